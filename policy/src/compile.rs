@@ -1,0 +1,245 @@
+//! Profile → plan: expand variables, check names, merge path rules, add the
+//! seccomp floor. Checks that need the filesystem (does the path exist, where
+//! is `node` on PATH) are the supervisor's, using the origins kept here.
+
+use std::collections::BTreeMap;
+
+use crate::env;
+use crate::error::{Error, Origin};
+use crate::plan::{CommandSpec, EnvPlan, ExecPlan, LandlockPlan, LimitsPlan, PathRule, Plan, SeccompPlan};
+use crate::profile::{Located, Profile};
+use crate::seccomp::{self, SocketPolicy};
+
+/// Values for `{workspace}`, `{home}` and `{tmp}`.
+#[derive(Clone, Debug)]
+pub struct Vars {
+    pub workspace: String,
+    pub home: String,
+    pub tmp: String,
+}
+
+impl Vars {
+    /// Expands `{name}` and a leading `~/`. Unknown names are errors.
+    pub fn expand(&self, text: &str, at: &Origin) -> Result<String, Error> {
+        let text = match text.strip_prefix("~/") {
+            Some(rest) => format!("{{home}}/{rest}"),
+            None if text == "~" => "{home}".to_string(),
+            None => text.to_string(),
+        };
+        let mut out = String::with_capacity(text.len());
+        let mut rest = text.as_str();
+        while let Some(open) = rest.find('{') {
+            out.push_str(&rest[..open]);
+            let after = &rest[open + 1..];
+            let close = after.find('}').ok_or_else(|| Error::invalid(at, format!("unclosed `{{` in `{text}`")))?;
+            let value = match &after[..close] {
+                "workspace" => &self.workspace,
+                "home" => &self.home,
+                "tmp" => &self.tmp,
+                other => {
+                    return Err(Error::invalid(at, format!("unknown variable `{{{other}}}`: use {{workspace}}, {{home}} or {{tmp}}")))
+                }
+            };
+            out.push_str(value);
+            rest = &after[close + 1..];
+        }
+        out.push_str(rest);
+        Ok(out)
+    }
+}
+
+/// Splits the optional marker: `?/lib64` → (`/lib64`, true).
+fn optional(text: &str) -> (&str, bool) {
+    match text.strip_prefix('?') {
+        Some(rest) => (rest, true),
+        None => (text, false),
+    }
+}
+
+/// `/a/./b/` → `/a/b`; `..` is refused (a rule should say what it means).
+fn normalize(path: &str, at: &Origin) -> Result<String, Error> {
+    if !path.starts_with('/') {
+        return Err(Error::invalid(at, format!("path `{path}` must be absolute (or start with {{workspace}}, {{home}}, {{tmp}} or ~/)")));
+    }
+    if path.contains('\0') {
+        return Err(Error::invalid(at, "path contains a NUL byte"));
+    }
+    let mut parts = Vec::new();
+    for part in path.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => return Err(Error::invalid(at, format!("path `{path}` must not contain `..`"))),
+            p => parts.push(p),
+        }
+    }
+    Ok(format!("/{}", parts.join("/")))
+}
+
+#[derive(Clone, Copy)]
+enum Right {
+    Read,
+    Write,
+    Exec,
+}
+
+fn add_path(rules: &mut Vec<PathRule>, vars: &Vars, item: &Located<String>, right: Right) -> Result<(), Error> {
+    let (raw, opt) = optional(&item.value);
+    let expanded = vars.expand(raw, &item.at)?;
+    let path = normalize(&expanded, &item.at)?;
+    let idx = match rules.iter().position(|r| r.path == path) {
+        Some(i) => i,
+        None => {
+            rules.push(PathRule { path, read: false, write: false, exec: false, optional: opt, at: item.at.clone() });
+            rules.len() - 1
+        }
+    };
+    let r = &mut rules[idx];
+    // A path is optional only if every line naming it says so.
+    r.optional &= opt;
+    match right {
+        Right::Read => r.read = true,
+        Right::Write => {
+            r.read = true;
+            r.write = true
+        }
+        Right::Exec => {
+            r.read = true;
+            r.exec = true
+        }
+    }
+    Ok(())
+}
+
+/// Compiles a merged profile into a plan.
+pub fn compile(profile: &Profile, vars: &Vars) -> Result<Plan, Error> {
+    let mut paths = Vec::new();
+    for item in &profile.read {
+        add_path(&mut paths, vars, item, Right::Read)?;
+    }
+    for item in &profile.write {
+        add_path(&mut paths, vars, item, Right::Write)?;
+    }
+    for item in &profile.exec {
+        add_path(&mut paths, vars, item, Right::Exec)?;
+    }
+
+    let mut allow = Vec::new();
+    for item in &profile.commands {
+        let (raw, opt) = optional(&item.value);
+        let spec = vars.expand(raw, &item.at)?;
+        if spec.is_empty() || spec.contains('\0') {
+            return Err(Error::invalid(&item.at, "empty command name"));
+        }
+        let spec = if spec.contains('/') { normalize(&spec, &item.at)? } else { spec };
+        allow.push(CommandSpec { spec, optional: opt, at: item.at.clone() });
+    }
+
+    let sockets = SocketPolicy { tcp: !profile.connect.is_empty() || !profile.bind.is_empty(), udp: profile.udp, unix: profile.unix };
+    let mut rules = seccomp::baseline(sockets);
+    for item in &profile.deny_syscalls {
+        let rule = seccomp::extra(&item.value, &format!("denied by {}", item.at))
+            .ok_or_else(|| Error::invalid(&item.at, format!("unknown syscall `{}` (x86-64 names, e.g. `ptrace`)", item.value)))?;
+        rules.push(rule);
+    }
+
+    for item in &profile.env_pass {
+        if !env::valid_name(&item.value) {
+            return Err(Error::invalid(&item.at, format!("bad environment variable name `{}`", item.value)));
+        }
+    }
+    let mut set = BTreeMap::new();
+    for (name, value) in &profile.env_set {
+        if !env::valid_name(name) {
+            return Err(Error::invalid(&value.at, format!("bad environment variable name `{name}`")));
+        }
+        set.insert(name.clone(), vars.expand(&value.value, &value.at)?);
+    }
+
+    let mut connect_tcp = profile.connect.clone();
+    connect_tcp.dedup_by_key(|p| p.value);
+    let mut bind_tcp = profile.bind.clone();
+    bind_tcp.dedup_by_key(|p| p.value);
+
+    Ok(Plan {
+        profile: profile.name.clone(),
+        chain: profile.chain.clone(),
+        best_effort: profile.best_effort,
+        landlock: LandlockPlan {
+            paths,
+            connect_tcp,
+            bind_tcp,
+            scope_abstract_unix: !profile.abstract_unix,
+            scope_signal: !profile.signals,
+        },
+        seccomp: SeccompPlan { kill_foreign_arch: true, rules },
+        exec: ExecPlan { allow },
+        env: EnvPlan { pass: profile.env_pass.clone(), set },
+        limits: LimitsPlan {
+            max_procs: profile.max_procs.clone(),
+            max_memory: profile.max_memory.clone(),
+            max_open_files: profile.max_open_files.clone(),
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::source::Loader;
+
+    fn vars() -> Vars {
+        Vars { workspace: "/w".into(), home: "/h".into(), tmp: "/t".into() }
+    }
+
+    #[test]
+    fn strict_compiles() {
+        let p = Loader::builtin_only().load("strict").unwrap();
+        let plan = compile(&p, &vars()).unwrap();
+        let ws = plan.landlock.paths.iter().find(|r| r.path == "/w").unwrap();
+        assert!(ws.read && ws.write && !ws.exec);
+        let usr = plan.landlock.paths.iter().find(|r| r.path == "/usr").unwrap();
+        assert!(usr.read && !usr.write && !usr.exec);
+        assert!(plan.landlock.connect_tcp.is_empty());
+        assert!(plan.landlock.scope_signal && plan.landlock.scope_abstract_unix);
+        assert_eq!(plan.env.set["TMPDIR"], "/t");
+        assert!(plan.exec.allow.is_empty());
+    }
+
+    #[test]
+    fn expansion() {
+        let at = Origin::new("x", 1);
+        assert_eq!(vars().expand("{workspace}/a", &at).unwrap(), "/w/a");
+        assert_eq!(vars().expand("~/.npm", &at).unwrap(), "/h/.npm");
+        assert!(vars().expand("{nope}", &at).unwrap_err().to_string().contains("unknown variable `{nope}`"));
+        assert!(vars().expand("{home", &at).is_err());
+    }
+
+    #[test]
+    fn relative_and_dotdot_paths_are_errors() {
+        let mut p = Profile::default();
+        p.read.push(Located::new("etc".into(), Origin::new("f.toml", 7)));
+        assert!(compile(&p, &vars()).unwrap_err().to_string().starts_with("f.toml:7: path `etc` must be absolute"));
+        let mut p = Profile::default();
+        p.write.push(Located::new("{workspace}/../x".into(), Origin::new("f.toml", 3)));
+        assert!(compile(&p, &vars()).unwrap_err().to_string().contains("f.toml:3:"));
+    }
+
+    #[test]
+    fn unknown_syscall_names_line() {
+        let mut p = Profile::default();
+        p.deny_syscalls.push(Located::new("frobnicate".into(), Origin::new("f.toml", 9)));
+        let e = compile(&p, &vars()).unwrap_err().to_string();
+        assert!(e.starts_with("f.toml:9: unknown syscall `frobnicate`"), "{e}");
+    }
+
+    #[test]
+    fn rights_merge_per_path() {
+        let mut p = Profile::default();
+        p.read.push(Located::new("?/opt/x".into(), Origin::new("a", 1)));
+        p.write.push(Located::new("/opt/x/".into(), Origin::new("a", 2)));
+        let plan = compile(&p, &vars()).unwrap();
+        assert_eq!(plan.landlock.paths.len(), 1);
+        let r = &plan.landlock.paths[0];
+        assert!(r.read && r.write && !r.optional, "a required mention makes the path required");
+    }
+}

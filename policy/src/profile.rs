@@ -1,0 +1,198 @@
+//! A profile after its `extends` chain is merged: every value knows where it
+//! came from. Lists add up along the chain; scalars from the child win.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+use toml::Spanned;
+
+use crate::error::{Error, Origin};
+use crate::schema::ProfileFile;
+use crate::size;
+
+/// A value and the place (file:line or flag) that gave it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Located<T> {
+    pub value: T,
+    pub at: Origin,
+}
+
+impl<T> Located<T> {
+    pub fn new(value: T, at: Origin) -> Self {
+        Located { value, at }
+    }
+}
+
+/// A merged profile, not yet expanded or checked against the machine.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Profile {
+    /// Name the user asked for (`strict`, `./mine.toml`).
+    pub name: String,
+    /// Sources from the root of the `extends` chain down to this profile.
+    pub chain: Vec<String>,
+    pub description: Option<String>,
+    pub best_effort: bool,
+    pub read: Vec<Located<String>>,
+    pub write: Vec<Located<String>>,
+    pub exec: Vec<Located<String>>,
+    pub connect: Vec<Located<u16>>,
+    pub bind: Vec<Located<u16>>,
+    pub udp: bool,
+    pub abstract_unix: bool,
+    pub signals: bool,
+    pub unix: bool,
+    pub commands: Vec<Located<String>>,
+    pub deny_syscalls: Vec<Located<String>>,
+    pub env_pass: Vec<Located<String>>,
+    pub env_set: BTreeMap<String, Located<String>>,
+    pub max_procs: Option<Located<u64>>,
+    pub max_memory: Option<Located<u64>>,
+    pub max_open_files: Option<Located<u64>>,
+}
+
+/// Maps byte offsets in one source text to 1-based lines.
+pub(crate) struct Lines<'a> {
+    source: &'a str,
+    text: &'a str,
+}
+
+impl<'a> Lines<'a> {
+    pub(crate) fn new(source: &'a str, text: &'a str) -> Self {
+        Lines { source, text }
+    }
+
+    pub(crate) fn at(&self, offset: usize) -> Origin {
+        let end = offset.min(self.text.len());
+        Origin::new(self.source, self.text[..end].matches('\n').count() + 1)
+    }
+
+    fn locate<T: Clone>(&self, v: &Spanned<T>) -> Located<T> {
+        Located::new(v.get_ref().clone(), self.at(v.span().start))
+    }
+}
+
+fn port(lines: &Lines, v: &Spanned<i64>) -> Result<Located<u16>, Error> {
+    let at = lines.at(v.span().start);
+    match u16::try_from(*v.get_ref()) {
+        Ok(p) if p != 0 => Ok(Located::new(p, at)),
+        _ => Err(Error::invalid(&at, format!("bad port {}: must be 1..=65535", v.get_ref()))),
+    }
+}
+
+fn count(lines: &Lines, v: &Spanned<i64>, what: &str) -> Result<Located<u64>, Error> {
+    let at = lines.at(v.span().start);
+    match u64::try_from(*v.get_ref()) {
+        Ok(n) if n > 0 => Ok(Located::new(n, at)),
+        _ => Err(Error::invalid(&at, format!("bad {what} {}: must be a positive number", v.get_ref()))),
+    }
+}
+
+impl Profile {
+    /// Adds one parsed file on top of what is merged so far (`self` is the parent).
+    pub(crate) fn layer(&mut self, file: &ProfileFile, lines: &Lines) -> Result<(), Error> {
+        self.chain.push(lines.source.to_string());
+        if file.description.is_some() {
+            self.description.clone_from(&file.description);
+        }
+        if let Some(b) = file.best_effort {
+            self.best_effort = b;
+        }
+        let fs = &file.filesystem;
+        self.read.extend(fs.read.iter().map(|v| lines.locate(v)));
+        self.write.extend(fs.write.iter().map(|v| lines.locate(v)));
+        self.exec.extend(fs.exec.iter().map(|v| lines.locate(v)));
+        for p in &file.network.connect {
+            self.connect.push(port(lines, p)?);
+        }
+        for p in &file.network.bind {
+            self.bind.push(port(lines, p)?);
+        }
+        if let Some(u) = file.network.udp {
+            self.udp = u;
+        }
+        if let Some(b) = file.ipc.abstract_unix {
+            self.abstract_unix = b;
+        }
+        if let Some(b) = file.ipc.signals {
+            self.signals = b;
+        }
+        if let Some(b) = file.ipc.unix {
+            self.unix = b;
+        }
+        self.commands.extend(file.commands.allow.iter().map(|v| lines.locate(v)));
+        self.deny_syscalls.extend(file.syscalls.deny.iter().map(|v| lines.locate(v)));
+        self.env_pass.extend(file.env.pass.iter().map(|v| lines.locate(v)));
+        for (k, v) in &file.env.set {
+            self.env_set.insert(k.clone(), lines.locate(v));
+        }
+        let limits = &file.limits;
+        if let Some(v) = &limits.max_procs {
+            self.max_procs = Some(count(lines, v, "max_procs")?);
+        }
+        if let Some(v) = &limits.max_open_files {
+            self.max_open_files = Some(count(lines, v, "max_open_files")?);
+        }
+        if let Some(v) = &limits.max_memory {
+            let at = lines.at(v.span().start);
+            let bytes = size::parse(v.get_ref()).map_err(|m| Error::invalid(&at, m))?;
+            self.max_memory = Some(Located::new(bytes, at));
+        }
+        Ok(())
+    }
+
+    /// Applies command-line flags. Flags only add to the profile.
+    pub fn apply(&mut self, o: &Overrides) -> Result<(), Error> {
+        let flag = |name: &str, v: &[String]| -> Vec<Located<String>> {
+            v.iter().map(|s| Located::new(s.clone(), Origin::flag(name))).collect()
+        };
+        self.read.extend(flag("--read", &o.read));
+        self.write.extend(flag("--write", &o.write));
+        // `--exec PATH` both allows running PATH and, for a directory, what is beneath it.
+        self.commands.extend(flag("--exec", &o.exec));
+        self.env_pass.extend(flag("--env", &o.env));
+        for (list, ports, name) in [(&mut self.connect, &o.connect, "--connect"), (&mut self.bind, &o.bind, "--bind")] {
+            for p in ports {
+                let at = Origin::flag(name);
+                match p.trim().parse::<u16>() {
+                    Ok(n) if n != 0 => list.push(Located::new(n, at)),
+                    _ => return Err(Error::invalid(&at, format!("bad port `{p}`: must be 1..=65535"))),
+                }
+            }
+        }
+        if let Some(n) = o.max_procs {
+            let at = Origin::flag("--max-procs");
+            if n == 0 {
+                return Err(Error::invalid(&at, "bad max-procs 0: must be a positive number"));
+            }
+            // Flags only tighten or add: a smaller limit wins over the profile's.
+            if self.max_procs.as_ref().is_none_or(|p| n < p.value) {
+                self.max_procs = Some(Located::new(n, at));
+            }
+        }
+        if let Some(m) = &o.max_memory {
+            let at = Origin::flag("--max-memory");
+            let bytes = size::parse(m).map_err(|e| Error::invalid(&at, e))?;
+            if self.max_memory.as_ref().is_none_or(|p| bytes < p.value) {
+                self.max_memory = Some(Located::new(bytes, at));
+            }
+        }
+        if o.best_effort {
+            self.best_effort = true;
+        }
+        Ok(())
+    }
+}
+
+/// What `portcullis run` flags add to a profile.
+#[derive(Clone, Debug, Default)]
+pub struct Overrides {
+    pub read: Vec<String>,
+    pub write: Vec<String>,
+    pub exec: Vec<String>,
+    pub connect: Vec<String>,
+    pub bind: Vec<String>,
+    pub env: Vec<String>,
+    pub max_procs: Option<u64>,
+    pub max_memory: Option<String>,
+    pub best_effort: bool,
+}

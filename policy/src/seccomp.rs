@@ -1,0 +1,283 @@
+//! The seccomp floor, as data: what every sandbox denies, and why.
+//!
+//! It is a deny list on top of default-allow, so the kernel's seccomp action
+//! cache can answer every unlisted syscall without walking BPF. Syscalls the
+//! list cannot know (added by a future kernel) are therefore allowed: the
+//! Landlock rules, dropped capabilities and no_new_privs still bound them.
+
+use crate::plan::{ArgCmp, Op, SyscallRule, Verdict, Width};
+use crate::syscalls;
+
+/// Syscalls an MCP server never needs and sandbox escapes use, denied with EPERM.
+const ALWAYS: &[(&str, &str)] = &[
+    ("io_uring_setup", "io_uring runs file and socket operations that seccomp never sees"),
+    ("io_uring_enter", "io_uring runs file and socket operations that seccomp never sees"),
+    ("io_uring_register", "io_uring runs file and socket operations that seccomp never sees"),
+    ("bpf", "loads programs into the kernel"),
+    ("perf_event_open", "kernel attack surface and side channels"),
+    ("userfaultfd", "stalls the kernel mid-copy to win races"),
+    ("keyctl", "the kernel keyring is not namespaced"),
+    ("add_key", "the kernel keyring is not namespaced"),
+    ("request_key", "the kernel keyring is not namespaced"),
+    ("ptrace", "tracing other processes, rewriting syscalls after seccomp"),
+    ("process_vm_readv", "reads other processes' memory"),
+    ("process_vm_writev", "writes other processes' memory"),
+    ("pidfd_getfd", "steals file descriptors from other processes"),
+    ("kcmp", "compares kernel objects of other processes"),
+    ("kexec_load", "replaces the running kernel"),
+    ("kexec_file_load", "replaces the running kernel"),
+    ("init_module", "loads kernel modules"),
+    ("finit_module", "loads kernel modules"),
+    ("delete_module", "unloads kernel modules"),
+    ("mount", "rearranges the filesystem view"),
+    ("umount2", "rearranges the filesystem view"),
+    ("fsopen", "new mount API"),
+    ("fsconfig", "new mount API"),
+    ("fsmount", "new mount API"),
+    ("fspick", "new mount API"),
+    ("move_mount", "new mount API"),
+    ("open_tree", "new mount API"),
+    ("open_tree_attr", "new mount API"),
+    ("mount_setattr", "new mount API"),
+    ("pivot_root", "changes the root filesystem"),
+    ("chroot", "changes the root directory"),
+    ("setns", "joins other namespaces"),
+    ("unshare", "new namespaces detach mount-based rules and expose more kernel code"),
+    ("open_by_handle_at", "opens files by handle, bypassing path checks (shocker)"),
+    ("swapon", "host administration"),
+    ("swapoff", "host administration"),
+    ("reboot", "host administration"),
+    ("acct", "host administration"),
+    ("quotactl", "host administration"),
+    ("quotactl_fd", "host administration"),
+    ("syslog", "reads the kernel log"),
+    ("settimeofday", "host administration"),
+    ("clock_settime", "host administration"),
+    ("clock_adjtime", "host administration"),
+    ("adjtimex", "host administration"),
+    ("sethostname", "host administration"),
+    ("setdomainname", "host administration"),
+    ("iopl", "raw I/O port access"),
+    ("ioperm", "raw I/O port access"),
+    ("modify_ldt", "old kernel attack surface"),
+    ("uselib", "obsolete loader entry point"),
+    ("lookup_dcookie", "profiling interface"),
+    ("vhangup", "hangs up the terminal"),
+    ("fanotify_init", "watches the whole filesystem"),
+    ("name_to_handle_at", "pairs with open_by_handle_at"),
+    ("memfd_secret", "memory hidden from the supervisor"),
+    ("lsm_set_self_attr", "changes LSM attributes"),
+];
+
+// clone(2) flags that create namespaces.
+const CLONE_NEWTIME: u64 = 0x80;
+const CLONE_NEWNS: u64 = 0x0002_0000;
+const CLONE_NEWCGROUP: u64 = 0x0200_0000;
+const CLONE_NEWUTS: u64 = 0x0400_0000;
+const CLONE_NEWIPC: u64 = 0x0800_0000;
+const CLONE_NEWUSER: u64 = 0x1000_0000;
+const CLONE_NEWPID: u64 = 0x2000_0000;
+const CLONE_NEWNET: u64 = 0x4000_0000;
+
+const TIOCSTI: u64 = 0x5412;
+const TIOCLINUX: u64 = 0x541C;
+const AF_UNIX: u64 = 1;
+const AF_INET: u64 = 2;
+const AF_INET6: u64 = 10;
+/// One past the highest address family Linux knows.
+const AF_MAX: u64 = 46;
+const SOCK_STREAM: u64 = 1;
+const SOCK_DGRAM: u64 = 2;
+const SOCK_TYPE_MASK: u64 = 0xf;
+const IPPROTO_TCP: u64 = 6;
+const IPPROTO_UDP: u64 = 17;
+const MFD_NOEXEC_SEAL: u64 = 0x8;
+const AT_EMPTY_PATH: u64 = 0x1000;
+/// personality(2) values programs legitimately set: PER_LINUX, PER_LINUX32,
+/// UNAME26 variants, and the 0xffffffff query.
+const PERSONALITY_OK: &[u64] = &[0, 8, 0x0002_0000, 0x0002_0008, 0xffff_ffff];
+
+/// What the socket rules must let through.
+#[derive(Clone, Copy, Debug)]
+pub struct SocketPolicy {
+    /// Some TCP port may be connected to or bound (Landlock checks which).
+    pub tcp: bool,
+    pub udp: bool,
+    /// socket(AF_UNIX): pathname and abstract unix sockets.
+    pub unix: bool,
+}
+
+fn nr(name: &str) -> i64 {
+    syscalls::number(name).unwrap_or_else(|| panic!("baseline names unknown syscall {name}"))
+}
+
+fn rule(name: &str, when: Vec<ArgCmp>, verdict: Verdict, why: &str) -> SyscallRule {
+    SyscallRule { syscall: name.to_string(), nr: nr(name), when, verdict, why: why.to_string() }
+}
+
+fn cmp(arg: u8, width: Width, op: Op, value: u64) -> ArgCmp {
+    ArgCmp { arg, width, op, value }
+}
+
+/// The baseline rules for a sandbox with this socket policy.
+pub fn baseline(sockets: SocketPolicy) -> Vec<SyscallRule> {
+    let mut rules: Vec<SyscallRule> = ALWAYS.iter().map(|(n, why)| rule(n, vec![], Verdict::Eperm, why)).collect();
+
+    // Flag words are unsigned long: test each bit with a full-width mask, so
+    // extra or high bits beside the flag cannot dodge an equality match.
+    for (flag, label) in [
+        (CLONE_NEWNS, "CLONE_NEWNS"),
+        (CLONE_NEWUSER, "CLONE_NEWUSER"),
+        (CLONE_NEWPID, "CLONE_NEWPID"),
+        (CLONE_NEWNET, "CLONE_NEWNET"),
+        (CLONE_NEWIPC, "CLONE_NEWIPC"),
+        (CLONE_NEWUTS, "CLONE_NEWUTS"),
+        (CLONE_NEWCGROUP, "CLONE_NEWCGROUP"),
+        (CLONE_NEWTIME, "CLONE_NEWTIME"),
+    ] {
+        rules.push(rule(
+            "clone",
+            vec![cmp(0, Width::Qword, Op::MaskedEq(flag), flag)],
+            Verdict::Eperm,
+            &format!("clone with {label} creates a namespace"),
+        ));
+    }
+    // clone3 passes its flags in memory BPF cannot read: ENOSYS makes libc
+    // fall back to clone(2), whose flags the rules above inspect.
+    rules.push(rule("clone3", vec![], Verdict::Enosys, "flags hidden in memory; libc falls back to clone"));
+
+    // ioctl's request is an unsigned int: compare 32 bits (CVE-2019-10063).
+    rules.push(rule("ioctl", vec![cmp(1, Width::Dword, Op::Eq, TIOCSTI)], Verdict::Eperm, "TIOCSTI pushes keystrokes into the terminal"));
+    rules.push(rule("ioctl", vec![cmp(1, Width::Dword, Op::Eq, TIOCLINUX)], Verdict::Eperm, "TIOCLINUX console selection injects input"));
+
+    let personality_other: Vec<ArgCmp> = PERSONALITY_OK.iter().map(|v| cmp(0, Width::Dword, Op::Ne, *v)).collect();
+    rules.push(rule("personality", personality_other, Verdict::Eperm, "READ_IMPLIES_EXEC, ADDR_NO_RANDOMIZE and friends weaken mitigations"));
+
+    rules.push(rule(
+        "memfd_create",
+        vec![cmp(1, Width::Dword, Op::MaskedEq(MFD_NOEXEC_SEAL), 0)],
+        Verdict::Eperm,
+        "an executable memfd runs code from no path (only MFD_NOEXEC_SEAL memfds are allowed)",
+    ));
+    rules.push(rule(
+        "execveat",
+        vec![cmp(4, Width::Dword, Op::MaskedEq(AT_EMPTY_PATH), AT_EMPTY_PATH)],
+        Verdict::Eperm,
+        "fileless exec of an fd (fexecve)",
+    ));
+
+    // Address families: only AF_UNIX (when IPC is allowed) and the inet ones.
+    for family in 0..AF_MAX {
+        let allowed = (family == AF_UNIX && sockets.unix) || family == AF_INET || family == AF_INET6;
+        if !allowed {
+            rules.push(rule(
+                "socket",
+                vec![cmp(0, Width::Dword, Op::Eq, family)],
+                Verdict::Eperm,
+                &format!("address family {} is not needed", family_name(family)),
+            ));
+        }
+    }
+    for family in [AF_INET, AF_INET6] {
+        let fam = cmp(0, Width::Dword, Op::Eq, family);
+        let fname = family_name(family);
+        if !sockets.tcp && !sockets.udp {
+            rules.push(rule("socket", vec![fam], Verdict::Eperm, &format!("{fname}: the profile allows no network")));
+            continue;
+        }
+        for ty in 0..=SOCK_TYPE_MASK {
+            let ok = (ty == SOCK_STREAM && sockets.tcp) || (ty == SOCK_DGRAM && sockets.udp);
+            if !ok {
+                rules.push(rule(
+                    "socket",
+                    vec![fam, cmp(1, Width::Dword, Op::MaskedEq(SOCK_TYPE_MASK), ty)],
+                    Verdict::Eperm,
+                    &format!("{fname} socket type {ty}: Landlock restricts TCP only; UDP needs `udp = true`"),
+                ));
+            }
+        }
+        // Landlock's port rules only see IPPROTO_TCP: SCTP or MPTCP streams would dodge them.
+        if sockets.tcp {
+            rules.push(rule(
+                "socket",
+                vec![
+                    fam,
+                    cmp(1, Width::Dword, Op::MaskedEq(SOCK_TYPE_MASK), SOCK_STREAM),
+                    cmp(2, Width::Dword, Op::Ne, 0),
+                    cmp(2, Width::Dword, Op::Ne, IPPROTO_TCP),
+                ],
+                Verdict::Eperm,
+                &format!("{fname} stream protocol other than TCP escapes Landlock's port rules"),
+            ));
+        }
+        if sockets.udp {
+            rules.push(rule(
+                "socket",
+                vec![
+                    fam,
+                    cmp(1, Width::Dword, Op::MaskedEq(SOCK_TYPE_MASK), SOCK_DGRAM),
+                    cmp(2, Width::Dword, Op::Ne, 0),
+                    cmp(2, Width::Dword, Op::Ne, IPPROTO_UDP),
+                ],
+                Verdict::Eperm,
+                &format!("{fname} datagram protocol other than UDP"),
+            ));
+        }
+    }
+    // socketpair reaches nothing outside, but only AF_UNIX makes sense.
+    rules.push(rule("socketpair", vec![cmp(0, Width::Dword, Op::Ne, AF_UNIX)], Verdict::Eperm, "socketpair other than AF_UNIX"));
+    rules
+}
+
+fn family_name(f: u64) -> String {
+    match f {
+        0 => "AF_UNSPEC".into(),
+        1 => "AF_UNIX".into(),
+        2 => "AF_INET".into(),
+        10 => "AF_INET6".into(),
+        16 => "AF_NETLINK".into(),
+        17 => "AF_PACKET".into(),
+        40 => "AF_VSOCK".into(),
+        n => format!("#{n}"),
+    }
+}
+
+/// A user-listed extra deny.
+pub fn extra(name: &str, why: &str) -> Option<SyscallRule> {
+    syscalls::number(name).map(|nr| SyscallRule { syscall: name.to_string(), nr, when: vec![], verdict: Verdict::Eperm, why: why.to_string() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_baseline_name_is_known() {
+        for tcp in [false, true] {
+            for udp in [false, true] {
+                for unix in [false, true] {
+                    let rules = baseline(SocketPolicy { tcp, udp, unix });
+                    assert!(rules.iter().all(|r| r.nr >= 0));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn no_network_denies_inet_entirely() {
+        let rules = baseline(SocketPolicy { tcp: false, udp: false, unix: false });
+        let inet_all = rules.iter().filter(|r| r.syscall == "socket" && r.when.len() == 1 && r.when[0].value == AF_INET).count();
+        assert_eq!(inet_all, 1);
+        assert!(rules.iter().any(|r| r.syscall == "socket" && r.when[0].value == AF_UNIX));
+    }
+
+    #[test]
+    fn tcp_only_denies_dgram_but_not_stream() {
+        let rules = baseline(SocketPolicy { tcp: true, udp: false, unix: true });
+        let stream_denied = rules.iter().any(|r| {
+            r.syscall == "socket" && r.when.len() == 2 && r.when[1].op == Op::MaskedEq(SOCK_TYPE_MASK) && r.when[1].value == SOCK_STREAM
+        });
+        assert!(!stream_denied);
+        assert!(!rules.iter().any(|r| r.syscall == "socket" && r.when.len() == 1 && r.when[0].value == AF_UNIX));
+    }
+}
