@@ -171,7 +171,7 @@ pub fn compile(profile: &Profile, vars: &Vars) -> Result<Plan, Error> {
             scope_abstract_unix: !profile.abstract_unix,
             scope_signal: !profile.signals,
         },
-        seccomp: SeccompPlan { kill_foreign_arch: true, rules },
+        seccomp: SeccompPlan { kill_foreign_arch: true, sockets, rules },
         exec: ExecPlan { allow },
         env: EnvPlan { pass: profile.env_pass.clone(), set },
         limits: LimitsPlan {

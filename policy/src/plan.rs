@@ -52,6 +52,8 @@ pub struct SeccompPlan {
     /// Syscalls from a non-native architecture (i386 `int 0x80`, the x32 bit)
     /// kill the process. Always on.
     pub kill_foreign_arch: bool,
+    /// Which sockets the rules let through (Landlock then checks TCP ports).
+    pub sockets: crate::seccomp::SocketPolicy,
     pub rules: Vec<SyscallRule>,
 }
 

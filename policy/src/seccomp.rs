@@ -98,7 +98,7 @@ const AT_EMPTY_PATH: u64 = 0x1000;
 const PERSONALITY_OK: &[u64] = &[0, 8, 0x0002_0000, 0x0002_0008, 0xffff_ffff];
 
 /// What the socket rules must let through.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, serde::Serialize)]
 pub struct SocketPolicy {
     /// Some TCP port may be connected to or bound (Landlock checks which).
     pub tcp: bool,

@@ -1,0 +1,132 @@
+//! `portcullis explain`: the compiled plan for this kernel, rule by rule.
+
+use std::fmt::Write;
+
+use serde::Serialize;
+
+use policy::plan::{Op, SyscallRule, Width};
+
+use super::run::Session;
+use super::ExplainArgs;
+use crate::exit::Failure;
+use crate::kernel::Features;
+use crate::sandbox::exec::Resolved;
+use crate::sandbox::report::Enforcement;
+
+#[derive(Serialize)]
+struct Explained<'a> {
+    kernel: &'a Features,
+    plan: &'a policy::Plan,
+    exec: &'a [Resolved],
+    /// The seccomp rules actually installed (the plan's plus this kernel's floor).
+    seccomp: &'a [SyscallRule],
+    enforcement: &'a Enforcement,
+}
+
+pub fn explain(args: ExplainArgs) -> Result<i32, Failure> {
+    let session = Session::open(&args.sandbox)?;
+    let prepared = session.prepare(true)?;
+    let e = Explained {
+        kernel: &session.features,
+        plan: &session.plan,
+        exec: &prepared.exec,
+        seccomp: &prepared.seccomp_rules,
+        enforcement: &prepared.enforcement,
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&e).map_err(|e| Failure::setup(e.to_string()))?);
+    } else {
+        print!("{}", render(&e));
+    }
+    Ok(0)
+}
+
+fn cond(c: &policy::plan::ArgCmp) -> String {
+    let w = if c.width == Width::Dword { "(u32)" } else { "" };
+    match c.op {
+        Op::Eq => format!("{w}arg{} == {:#x}", c.arg, c.value),
+        Op::Ne => format!("{w}arg{} != {:#x}", c.arg, c.value),
+        Op::MaskedEq(m) => format!("{w}arg{} & {m:#x} == {:#x}", c.arg, c.value),
+    }
+}
+
+fn render(e: &Explained) -> String {
+    let mut s = String::new();
+    let p = e.plan;
+    let k = e.kernel;
+    let _ = writeln!(s, "profile {} ({})", p.profile, p.chain.join(" -> "));
+    let _ = writeln!(s, "kernel {}: Landlock ABI {} (using {}), best effort: {}", k.release, k.landlock_abi, k.landlock_abi_used, p.best_effort);
+    let _ = writeln!(s, "\nLandlock filesystem (every right of the ABI is handled; what is not granted here is denied):");
+    for r in &p.landlock.paths {
+        let rights = format!("{}{}{}", if r.read { 'r' } else { '-' }, if r.write { 'w' } else { '-' }, if r.exec { 'x' } else { '-' });
+        let opt = if r.optional { " (optional)" } else { "" };
+        let _ = writeln!(s, "  {rights}  {:<44} {}{opt}", r.path, r.at);
+    }
+    let ports = |v: &[policy::profile::Located<u16>]| {
+        if v.is_empty() {
+            "none".to_string()
+        } else {
+            v.iter().map(|p| format!("{} ({})", p.value, p.at)).collect::<Vec<_>>().join(", ")
+        }
+    };
+    let _ = writeln!(s, "\nLandlock network (ABI 4+): connect TCP: {}; bind TCP: {}", ports(&p.landlock.connect_tcp), ports(&p.landlock.bind_tcp));
+    let blocked = |b: bool| if b { "blocked" } else { "allowed" };
+    let _ = writeln!(
+        s,
+        "Landlock scopes (ABI 6+): abstract unix sockets outside: {}; signals outside: {}",
+        blocked(p.landlock.scope_abstract_unix),
+        blocked(p.landlock.scope_signal)
+    );
+    let _ = writeln!(s, "\nExec allowlist (Landlock EXECUTE on exactly these files):");
+    if e.exec.is_empty() {
+        let _ = writeln!(s, "  (nothing: add --exec PATH or [commands] allow)");
+    }
+    for r in e.exec {
+        match &r.implied_by {
+            Some(by) => {
+                let _ = writeln!(s, "  {:<44} interpreter of {}", r.path.display(), by.display());
+            }
+            None => {
+                let _ = writeln!(s, "  {:<44} {} ({})", r.path.display(), r.spec, r.at);
+            }
+        }
+    }
+    let so = &p.seccomp.sockets;
+    let _ = writeln!(
+        s,
+        "\nSeccomp (native x86-64 only: i386 and x32 syscalls kill the process; sockets: tcp {}, udp {}, unix {}):",
+        so.tcp, so.udp, so.unix
+    );
+    for r in e.seccomp {
+        let when = if r.when.is_empty() { "always".to_string() } else { r.when.iter().map(cond).collect::<Vec<_>>().join(" && ") };
+        let verdict = serde_json::to_string(&r.verdict).unwrap_or_default();
+        let _ = writeln!(s, "  {:<7} {:<18} {:<44} {}", verdict.trim_matches('"'), r.syscall, when, r.why);
+    }
+    let _ = writeln!(s, "  + no_new_privs; every capability dropped (effective, permitted, inheritable, ambient, bounding)");
+    let _ = writeln!(s, "\nEnvironment: pass {}", p.env.pass.iter().map(|v| v.value.as_str()).collect::<Vec<_>>().join(" "));
+    for (k, v) in &p.env.set {
+        let _ = writeln!(s, "  set {k}={v}");
+    }
+    let _ = writeln!(s, "  (names that look like secrets pass only when named exactly)");
+    let _ = writeln!(s, "\nLimits:");
+    if e.enforcement.limits.is_empty() {
+        let _ = writeln!(s, "  none");
+    }
+    for l in &e.enforcement.limits {
+        let _ = writeln!(s, "  {l}");
+    }
+    let _ = writeln!(s, "Lifecycle: {}", e.enforcement.lifecycle);
+    if !e.enforcement.degradations.is_empty() {
+        let _ = writeln!(s, "\nNot enforceable on this kernel (run refuses unless --best-effort):");
+        for d in &e.enforcement.degradations {
+            let _ = writeln!(s, "  {}", d.line());
+        }
+    }
+    for n in &e.enforcement.notices {
+        let _ = writeln!(s, "note: {n}");
+    }
+    for n in &e.enforcement.skipped {
+        let _ = writeln!(s, "skipped: {n}");
+    }
+    s
+}

@@ -1,0 +1,163 @@
+//! The command line: `run`, `doctor`, `explain`, `profile`.
+
+mod doctor;
+mod explain;
+mod profile;
+mod run;
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::exit::{self, Failure};
+
+const EXIT_CODES: &str = "\
+Exit status of `portcullis run`:
+  N        the command's own exit status
+  128+N    the command was killed by signal N
+  125      portcullis failed before exec: bad profile or flag, a rule this
+           kernel cannot enforce (see --best-effort), sandbox setup failed
+  126      the command may not be executed under the profile (not in the
+           exec allowlist, or the kernel refused to execute it)
+  127      the command was not found
+Other subcommands exit 0 on success and 125 on error.";
+
+#[derive(Parser, Debug)]
+#[command(name = "portcullis", version, about = "Run MCP servers and agent tools in a kernel-enforced sandbox", after_help = EXIT_CODES)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Cmd {
+    /// Run a command under a profile: portcullis run [OPTIONS] -- CMD [ARGS]...
+    #[command(after_help = EXIT_CODES)]
+    Run(RunArgs),
+    /// What this kernel can enforce; with --profile, what of it would be weakened here.
+    Doctor {
+        #[arg(long)]
+        json: bool,
+        #[arg(long, value_name = "NAME|PATH")]
+        profile: Option<String>,
+    },
+    /// Print the compiled plan: every Landlock rule, seccomp verdict, exec allowlist, env policy and limit.
+    Explain(ExplainArgs),
+    /// List, show and check profiles.
+    Profile {
+        #[command(subcommand)]
+        cmd: ProfileCmd,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ProfileCmd {
+    /// Built-in, system and user profiles.
+    List,
+    /// The profile's text and its extends chain.
+    Show { name: String },
+    /// Validate a profile file: every error names file:line.
+    Check { file: PathBuf },
+}
+
+/// Flags shared by `run` and `explain`. They only add to the profile.
+#[derive(Args, Debug, Clone)]
+pub struct SandboxArgs {
+    /// Profile name (built-in, user or system) or path to a .toml file.
+    #[arg(long, default_value = "strict", value_name = "NAME|PATH")]
+    pub profile: String,
+    /// The directory `{workspace}` means (default: the current directory).
+    #[arg(long, value_name = "DIR")]
+    pub workspace: Option<PathBuf>,
+    /// Also allow reading PATH (repeatable).
+    #[arg(long, value_name = "PATH")]
+    pub read: Vec<String>,
+    /// Also allow reading and writing PATH (repeatable).
+    #[arg(long, value_name = "PATH")]
+    pub write: Vec<String>,
+    /// Also allow executing PATH or a command name looked up on PATH (repeatable).
+    #[arg(long, value_name = "PATH")]
+    pub exec: Vec<String>,
+    /// Also allow TCP connect to PORT (repeatable).
+    #[arg(long, value_name = "PORT")]
+    pub connect: Vec<String>,
+    /// Also allow TCP bind on PORT (repeatable).
+    #[arg(long, value_name = "PORT")]
+    pub bind: Vec<String>,
+    /// Also pass environment variable NAME (repeatable; `*` globs never pass secret-looking names).
+    #[arg(long, value_name = "NAME")]
+    pub env: Vec<String>,
+    /// At most N processes and threads in the sandbox.
+    #[arg(long, value_name = "N")]
+    pub max_procs: Option<u64>,
+    /// At most SIZE of memory (e.g. 512M, 2G).
+    #[arg(long, value_name = "SIZE")]
+    pub max_memory: Option<String>,
+    /// Run even if this kernel cannot enforce every rule; print what is degraded.
+    #[arg(long)]
+    pub best_effort: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub sandbox: SandboxArgs,
+    /// The command and its arguments, after `--`.
+    #[arg(last = true, required = true, value_name = "CMD")]
+    pub command: Vec<OsString>,
+}
+
+#[derive(Args, Debug)]
+pub struct ExplainArgs {
+    #[command(flatten)]
+    pub sandbox: SandboxArgs,
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl SandboxArgs {
+    pub fn overrides(&self) -> policy::Overrides {
+        policy::Overrides {
+            read: self.read.clone(),
+            write: self.write.clone(),
+            exec: self.exec.clone(),
+            connect: self.connect.clone(),
+            bind: self.bind.clone(),
+            env: self.env.clone(),
+            max_procs: self.max_procs,
+            max_memory: self.max_memory.clone(),
+            best_effort: self.best_effort,
+        }
+    }
+}
+
+/// Parses the command line, runs it, and returns the exit code.
+pub fn main() -> i32 {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = match e.kind() {
+                clap::error::ErrorKind::DisplayHelp
+                | clap::error::ErrorKind::DisplayVersion
+                | clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => 0,
+                _ => exit::SETUP,
+            };
+            let _ = e.print();
+            return code;
+        }
+    };
+    let result = match cli.cmd {
+        Cmd::Run(args) => run::run(args),
+        Cmd::Doctor { json, profile } => doctor::doctor(json, profile.as_deref()),
+        Cmd::Explain(args) => explain::explain(args),
+        Cmd::Profile { cmd } => profile::profile(cmd),
+    };
+    match result {
+        Ok(code) => code,
+        Err(Failure { code, message }) => {
+            eprintln!("portcullis: {message}");
+            code
+        }
+    }
+}

@@ -1,0 +1,10 @@
+//! Portcullis supervisor: applies a compiled plan to a command.
+//!
+//! `sys` holds every `unsafe` block; `sandbox` turns a plan into the exec
+//! stage; `cli` is the command line.
+
+pub mod cli;
+pub mod exit;
+pub mod kernel;
+pub mod sandbox;
+pub mod sys;

@@ -1,0 +1,199 @@
+//! The Landlock ruleset: every filesystem right the kernel's ABI knows is
+//! handled (an unhandled right is an allowed right), TCP ports on ABI 4+,
+//! abstract-unix and signal scoping on ABI 6+. What this kernel lacks is
+//! either covered by the seccomp floor (and noted) or reported as a
+//! degradation that needs --best-effort.
+
+use std::os::fd::OwnedFd;
+use std::path::Path;
+
+use landlock::{
+    Access, AccessFs, AccessNet, BitFlags, CompatLevel, Compatible, NetPort, PathBeneath, PathFd, Ruleset, RulesetAttr,
+    RulesetCreatedAttr, Scope, ABI,
+};
+
+use policy::plan::{LandlockPlan, SyscallRule, Verdict};
+
+use super::exec::Resolved;
+use super::report::Enforcement;
+use crate::exit::Failure;
+
+fn abi_of(v: i32) -> ABI {
+    ABI::from(v)
+}
+
+fn read_rights() -> BitFlags<AccessFs> {
+    AccessFs::ReadFile | AccessFs::ReadDir
+}
+
+fn write_rights() -> BitFlags<AccessFs> {
+    AccessFs::WriteFile
+        | AccessFs::RemoveDir
+        | AccessFs::RemoveFile
+        | AccessFs::MakeDir
+        | AccessFs::MakeReg
+        | AccessFs::MakeSock
+        | AccessFs::MakeFifo
+        | AccessFs::MakeSym
+        | AccessFs::Refer
+        | AccessFs::Truncate
+        | AccessFs::IoctlDev
+}
+
+fn ll_err(e: impl std::fmt::Display) -> Failure {
+    Failure::setup(format!("Landlock: {e}"))
+}
+
+/// What the rest of the sandbox must add because of this kernel's ABI.
+pub struct Outcome {
+    pub ruleset: Option<OwnedFd>,
+    /// Seccomp rules standing in for rights this ABI lacks.
+    pub floor: Vec<SyscallRule>,
+}
+
+/// Builds the ruleset for `plan` on a kernel with Landlock ABI `abi`.
+/// `namespaces`: the sandbox gets its own PID namespace (signals by pid stay inside).
+/// `unix_sockets`: the profile allows socket(AF_UNIX).
+pub fn build(
+    plan: &LandlockPlan,
+    exec: &[Resolved],
+    abi: i32,
+    namespaces: bool,
+    unix_sockets: bool,
+    report: &mut Enforcement,
+) -> Result<Outcome, Failure> {
+    report.landlock_abi = abi;
+    let mut floor = Vec::new();
+    if abi < 1 {
+        report.degrade(
+            "filesystem rules",
+            None,
+            "Landlock (ABI >= 1); this kernel has none (not built, or not in lsm= at boot)",
+            "no filesystem confinement at all; seccomp, capabilities and no_new_privs still apply",
+        );
+        return Ok(Outcome { ruleset: None, floor });
+    }
+    let v = abi_of(abi);
+    let fs_all = AccessFs::from_all(v);
+    let fs_file = AccessFs::from_file(v);
+
+    if abi < 2 {
+        report.notices.push("ABI 1: linking or renaming across directories always fails with EXDEV (stricter, not weaker)".into());
+    }
+    if abi < 3 {
+        floor.push(policy::seccomp::extra("truncate", "Landlock ABI < 3 cannot check truncate(2) by path").expect("known"));
+        report.notices.push("ABI < 3: truncate(2) is denied outright by seccomp (Landlock cannot check it by path)".into());
+    }
+    if abi < 5 {
+        report.notices.push("ABI < 5: ioctl on device files opened inside the sandbox is not restricted by Landlock (TIOCSTI/TIOCLINUX stay denied by seccomp)".into());
+    }
+
+    let mut ruleset = Ruleset::default().set_compatibility(CompatLevel::HardRequirement).handle_access(fs_all).map_err(ll_err)?;
+    let has_ports = !plan.connect_tcp.is_empty() || !plan.bind_tcp.is_empty();
+    if abi >= 4 {
+        ruleset = ruleset.handle_access(AccessNet::from_all(v)).map_err(ll_err)?;
+    } else if has_ports {
+        for p in plan.connect_tcp.iter().map(|p| ("connect", p)).chain(plan.bind_tcp.iter().map(|p| ("bind", p))) {
+            report.degrade(
+                format!("network.{} {}", p.0, p.1.value),
+                Some(&p.1.at),
+                format!("Landlock ABI 4 for TCP port rules; kernel has {abi}"),
+                "degraded: TCP to any port is allowed; seccomp still denies UDP, raw and non-TCP stream sockets",
+            );
+        }
+    } else {
+        report.notices.push(format!("ABI {abi} < 4: no network is enforced by seccomp alone (inet sockets denied)"));
+    }
+    if abi >= 6 {
+        let mut scopes = BitFlags::<Scope>::empty();
+        if plan.scope_abstract_unix {
+            scopes |= Scope::AbstractUnixSocket;
+        }
+        if plan.scope_signal {
+            scopes |= Scope::Signal;
+        }
+        if !scopes.is_empty() {
+            ruleset = ruleset.scope(scopes).map_err(ll_err)?;
+        }
+    } else {
+        if plan.scope_abstract_unix {
+            if unix_sockets {
+                report.degrade(
+                    "ipc.abstract_unix = false (with ipc.unix = true)",
+                    None,
+                    format!("Landlock ABI 6 for abstract unix socket scoping; kernel has {abi}"),
+                    "degraded: abstract sockets outside the sandbox (X11, D-Bus) are reachable",
+                );
+            } else {
+                report.notices.push(format!("ABI {abi} < 6: abstract unix sockets are blocked by seccomp (no AF_UNIX sockets)"));
+            }
+        }
+        if plan.scope_signal {
+            if namespaces {
+                floor.push(
+                    policy::seccomp::extra("pidfd_send_signal", "Landlock ABI < 6: a /proc/PID pidfd could signal outside the PID namespace")
+                        .expect("known"),
+                );
+                report.notices.push(format!("ABI {abi} < 6: signals stay inside the sandbox's PID namespace; pidfd_send_signal is denied"));
+            } else {
+                report.degrade(
+                    "ipc.signals = false",
+                    None,
+                    format!("Landlock ABI 6 for signal scoping (kernel has {abi}) or a PID namespace (unavailable)"),
+                    "degraded: the sandbox can signal other processes of this user",
+                );
+            }
+        }
+    }
+
+    let mut created = ruleset.create().map_err(ll_err)?;
+    for rule in &plan.paths {
+        let fd = match PathFd::new(&rule.path) {
+            Ok(fd) => fd,
+            Err(e) => {
+                let missing = Path::new(&rule.path).symlink_metadata().is_err();
+                if rule.optional {
+                    report.skipped.push(format!("path {} ({}): {}", rule.path, rule.at, if missing { "does not exist" } else { "cannot be opened" }));
+                    continue;
+                }
+                return Err(Failure::setup(if missing {
+                    format!("{}: path {} does not exist (prefix it with `?` in a profile to make it optional)", rule.at, rule.path)
+                } else {
+                    format!("{}: path {} cannot be opened: {e}", rule.at, rule.path)
+                }));
+            }
+        };
+        let mut access = BitFlags::<AccessFs>::empty();
+        if rule.read {
+            access |= read_rights();
+        }
+        if rule.write {
+            access |= write_rights();
+        }
+        if rule.exec {
+            access |= AccessFs::Execute;
+        }
+        let is_dir = std::fs::metadata(&rule.path).map(|m| m.is_dir()).unwrap_or(false);
+        access &= if is_dir { fs_all } else { fs_file };
+        created = created.add_rule(PathBeneath::new(fd, access)).map_err(|e| Failure::setup(format!("{}: Landlock rule for {}: {e}", rule.at, rule.path)))?;
+    }
+    for cmd in exec {
+        let fd = PathFd::new(&cmd.path).map_err(|e| Failure::setup(format!("{}: {}: {e}", cmd.at, cmd.path.display())))?;
+        let is_dir = cmd.path.is_dir();
+        let access = (AccessFs::Execute | AccessFs::ReadFile | AccessFs::ReadDir) & if is_dir { fs_all } else { fs_file };
+        created = created.add_rule(PathBeneath::new(fd, access)).map_err(ll_err)?;
+    }
+    if abi >= 4 {
+        for p in &plan.connect_tcp {
+            created = created.add_rule(NetPort::new(p.value, AccessNet::ConnectTcp)).map_err(ll_err)?;
+        }
+        for p in &plan.bind_tcp {
+            created = created.add_rule(NetPort::new(p.value, AccessNet::BindTcp)).map_err(ll_err)?;
+        }
+    }
+    let fd: Option<OwnedFd> = created.into();
+    Ok(Outcome { ruleset: fd, floor })
+}
+
+/// Verdict used for floor rules (kept here so `explain` shows one kind).
+pub const FLOOR_VERDICT: Verdict = Verdict::Eperm;

@@ -1,0 +1,110 @@
+//! Turns a compiled plan into an exec stage for this kernel.
+//!
+//! `prepare` does every check and every allocation: it resolves the command
+//! allowlist, builds the Landlock ruleset and the seccomp programs, sets up
+//! limits, and decides what is degraded. If anything is wrong it returns a
+//! [`Failure`] and nothing has been applied. Only then does `run` fork.
+
+pub mod env;
+pub mod exec;
+pub mod landlock;
+pub mod limits;
+pub mod report;
+pub mod seccomp;
+
+use std::ffi::OsString;
+use std::os::fd::OwnedFd;
+use std::path::PathBuf;
+
+use policy::Plan;
+
+use crate::exit::Failure;
+use crate::kernel::Features;
+use crate::sys::stage::{self, Stage};
+use report::Enforcement;
+
+/// Everything needed to launch, decided before fork.
+pub struct Prepared {
+    pub enforcement: Enforcement,
+    pub exec: Vec<exec::Resolved>,
+    /// Seccomp rules after kernel-dependent additions (what `explain` shows).
+    pub seccomp_rules: Vec<policy::plan::SyscallRule>,
+    pub stage: Stage,
+    pub report_rx: OwnedFd,
+    pub cgroups: Vec<PathBuf>,
+}
+
+/// Checks and builds everything for `plan` on this kernel.
+/// With `dry`, nothing is created on the machine (no cgroups): for `explain` and `doctor`.
+pub fn prepare(plan: &Plan, features: &Features, path_var: &OsString, session: &str, dry: bool) -> Result<Prepared, Failure> {
+    let mut enforcement = Enforcement::default();
+    let exec = exec::resolve_all(&plan.exec.allow, path_var, &mut enforcement.skipped)?;
+
+    let namespaces = features.user_namespaces;
+    enforcement.lifecycle = if namespaces {
+        "PID namespace: the sandbox dies with the supervisor, double-forked processes included".into()
+    } else {
+        "no user/PID namespace here: PDEATHSIG only; a double-forked process could outlive the supervisor".into()
+    };
+    if !namespaces {
+        enforcement.notices.push(enforcement.lifecycle.clone());
+    }
+
+    let unix = plan.seccomp.sockets.unix;
+    let ll = landlock::build(&plan.landlock, &exec, features.landlock_abi_used, namespaces, unix, &mut enforcement)?;
+
+    let mut rules = plan.seccomp.rules.clone();
+    rules.extend(ll.floor);
+    if !features.seccomp_filter {
+        return Err(Failure::setup("seccomp filtering is not available in this kernel; refusing to run without it"));
+    }
+    let filters = seccomp::compile(&rules)?;
+
+    let limits = limits::apply(&plan.limits, features.pids_cgroup.as_ref(), features.memory_cgroup.as_ref(), namespaces, session, dry, &mut enforcement)?;
+
+    let (report_rx, report_tx) = stage::report_pipe().map_err(|e| Failure::setup(format!("cannot create a pipe: {e}")))?;
+    let devnull: OwnedFd = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+        .map_err(|e| Failure::setup(format!("cannot open /dev/null: {e}")))?
+        .into();
+    let uid_map = format!("{0} {0} 1\n", features.euid).into_bytes();
+    let gid_map = format!("{0} {0} 1\n", nix::unistd::getegid()).into_bytes();
+    let stage = Stage {
+        supervisor: std::process::id() as libc::pid_t,
+        namespaces,
+        uid_map,
+        gid_map,
+        cgroup_procs: limits.cgroup_procs,
+        rlimits: limits.rlimits,
+        require_bounding_drop: namespaces || features.euid == 0,
+        ruleset: ll.ruleset,
+        filters,
+        report: report_tx,
+        devnull,
+    };
+    Ok(Prepared { enforcement, exec, seccomp_rules: rules, stage, report_rx, cgroups: limits.cgroups })
+}
+
+/// A fresh private directory for `{tmp}`, mode 0700, under a root we own.
+pub fn private_tmp(root: &std::path::Path, session: &str) -> Result<PathBuf, Failure> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    let fail = |what: &str, e: &dyn std::fmt::Display| Failure::setup(format!("private temp dir {what}: {e}"));
+    match std::fs::DirBuilder::new().mode(0o700).create(root) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(fail(&root.display().to_string(), &e)),
+    }
+    // Refuse a root planted by someone else or through a symlink.
+    let meta = std::fs::symlink_metadata(root).map_err(|e| fail(&root.display().to_string(), &e))?;
+    if !meta.is_dir() || meta.uid() != nix::unistd::geteuid().as_raw() || meta.mode() & 0o077 != 0 {
+        return Err(Failure::setup(format!(
+            "private temp root {} is not a 0700 directory owned by this user; remove it and retry",
+            root.display()
+        )));
+    }
+    let dir = root.join(format!("tmp-{session}"));
+    std::fs::DirBuilder::new().mode(0o700).create(&dir).map_err(|e| fail(&dir.display().to_string(), &e))?;
+    Ok(dir)
+}

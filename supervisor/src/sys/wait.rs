@@ -1,0 +1,41 @@
+//! The supervisor's side of the lifecycle: forward signals to the sandbox,
+//! wait for it, and turn its end into an exit code.
+
+use nix::sys::signal::{kill, SigSet, Signal};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+
+/// Signals the supervisor forwards to the sandbox.
+pub const FORWARDED: [Signal; 6] = [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP, Signal::SIGQUIT, Signal::SIGUSR1, Signal::SIGUSR2];
+
+/// Blocks the forwarded signals and SIGCHLD in this thread, before spawning,
+/// so none is lost between spawn and the wait loop.
+pub fn block_signals() -> nix::Result<SigSet> {
+    let mut set = SigSet::empty();
+    for s in FORWARDED {
+        set.add(s);
+    }
+    set.add(Signal::SIGCHLD);
+    set.thread_block()?;
+    Ok(set)
+}
+
+/// Waits for `child`, forwarding signals; returns the exit code to pass on.
+pub fn supervise(child: u32, set: &SigSet) -> i32 {
+    let pid = Pid::from_raw(child as i32);
+    loop {
+        match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::Exited(_, code)) => return code,
+            Ok(WaitStatus::Signaled(_, sig, _)) => return 128 + sig as i32,
+            Ok(_) => {}
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(_) => return 125,
+        }
+        match set.wait() {
+            Ok(Signal::SIGCHLD) | Err(_) => {}
+            Ok(sig) => {
+                let _ = kill(pid, sig);
+            }
+        }
+    }
+}
