@@ -10,19 +10,34 @@ use crate::syscalls;
 
 /// Syscalls an MCP server never needs and sandbox escapes use, denied with EPERM.
 const ALWAYS: &[(&str, &str)] = &[
-    ("io_uring_setup", "io_uring runs file and socket operations that seccomp never sees"),
-    ("io_uring_enter", "io_uring runs file and socket operations that seccomp never sees"),
-    ("io_uring_register", "io_uring runs file and socket operations that seccomp never sees"),
+    (
+        "io_uring_setup",
+        "io_uring runs file and socket operations that seccomp never sees",
+    ),
+    (
+        "io_uring_enter",
+        "io_uring runs file and socket operations that seccomp never sees",
+    ),
+    (
+        "io_uring_register",
+        "io_uring runs file and socket operations that seccomp never sees",
+    ),
     ("bpf", "loads programs into the kernel"),
     ("perf_event_open", "kernel attack surface and side channels"),
     ("userfaultfd", "stalls the kernel mid-copy to win races"),
     ("keyctl", "the kernel keyring is not namespaced"),
     ("add_key", "the kernel keyring is not namespaced"),
     ("request_key", "the kernel keyring is not namespaced"),
-    ("ptrace", "tracing other processes, rewriting syscalls after seccomp"),
+    (
+        "ptrace",
+        "tracing other processes, rewriting syscalls after seccomp",
+    ),
     ("process_vm_readv", "reads other processes' memory"),
     ("process_vm_writev", "writes other processes' memory"),
-    ("pidfd_getfd", "steals file descriptors from other processes"),
+    (
+        "pidfd_getfd",
+        "steals file descriptors from other processes",
+    ),
     ("kcmp", "compares kernel objects of other processes"),
     ("kexec_load", "replaces the running kernel"),
     ("kexec_file_load", "replaces the running kernel"),
@@ -42,8 +57,14 @@ const ALWAYS: &[(&str, &str)] = &[
     ("pivot_root", "changes the root filesystem"),
     ("chroot", "changes the root directory"),
     ("setns", "joins other namespaces"),
-    ("unshare", "new namespaces detach mount-based rules and expose more kernel code"),
-    ("open_by_handle_at", "opens files by handle, bypassing path checks (shocker)"),
+    (
+        "unshare",
+        "new namespaces detach mount-based rules and expose more kernel code",
+    ),
+    (
+        "open_by_handle_at",
+        "opens files by handle, bypassing path checks (shocker)",
+    ),
     ("swapon", "host administration"),
     ("swapoff", "host administration"),
     ("reboot", "host administration"),
@@ -112,16 +133,30 @@ fn nr(name: &str) -> i64 {
 }
 
 fn rule(name: &str, when: Vec<ArgCmp>, verdict: Verdict, why: &str) -> SyscallRule {
-    SyscallRule { syscall: name.to_string(), nr: nr(name), when, verdict, why: why.to_string() }
+    SyscallRule {
+        syscall: name.to_string(),
+        nr: nr(name),
+        when,
+        verdict,
+        why: why.to_string(),
+    }
 }
 
 fn cmp(arg: u8, width: Width, op: Op, value: u64) -> ArgCmp {
-    ArgCmp { arg, width, op, value }
+    ArgCmp {
+        arg,
+        width,
+        op,
+        value,
+    }
 }
 
 /// The baseline rules for a sandbox with this socket policy.
 pub fn baseline(sockets: SocketPolicy) -> Vec<SyscallRule> {
-    let mut rules: Vec<SyscallRule> = ALWAYS.iter().map(|(n, why)| rule(n, vec![], Verdict::Eperm, why)).collect();
+    let mut rules: Vec<SyscallRule> = ALWAYS
+        .iter()
+        .map(|(n, why)| rule(n, vec![], Verdict::Eperm, why))
+        .collect();
 
     // Flag words are unsigned long: test each bit with a full-width mask, so
     // extra or high bits beside the flag cannot dodge an equality match.
@@ -144,14 +179,37 @@ pub fn baseline(sockets: SocketPolicy) -> Vec<SyscallRule> {
     }
     // clone3 passes its flags in memory BPF cannot read: ENOSYS makes libc
     // fall back to clone(2), whose flags the rules above inspect.
-    rules.push(rule("clone3", vec![], Verdict::Enosys, "flags hidden in memory; libc falls back to clone"));
+    rules.push(rule(
+        "clone3",
+        vec![],
+        Verdict::Enosys,
+        "flags hidden in memory; libc falls back to clone",
+    ));
 
     // ioctl's request is an unsigned int: compare 32 bits (CVE-2019-10063).
-    rules.push(rule("ioctl", vec![cmp(1, Width::Dword, Op::Eq, TIOCSTI)], Verdict::Eperm, "TIOCSTI pushes keystrokes into the terminal"));
-    rules.push(rule("ioctl", vec![cmp(1, Width::Dword, Op::Eq, TIOCLINUX)], Verdict::Eperm, "TIOCLINUX console selection injects input"));
+    rules.push(rule(
+        "ioctl",
+        vec![cmp(1, Width::Dword, Op::Eq, TIOCSTI)],
+        Verdict::Eperm,
+        "TIOCSTI pushes keystrokes into the terminal",
+    ));
+    rules.push(rule(
+        "ioctl",
+        vec![cmp(1, Width::Dword, Op::Eq, TIOCLINUX)],
+        Verdict::Eperm,
+        "TIOCLINUX console selection injects input",
+    ));
 
-    let personality_other: Vec<ArgCmp> = PERSONALITY_OK.iter().map(|v| cmp(0, Width::Dword, Op::Ne, *v)).collect();
-    rules.push(rule("personality", personality_other, Verdict::Eperm, "READ_IMPLIES_EXEC, ADDR_NO_RANDOMIZE and friends weaken mitigations"));
+    let personality_other: Vec<ArgCmp> = PERSONALITY_OK
+        .iter()
+        .map(|v| cmp(0, Width::Dword, Op::Ne, *v))
+        .collect();
+    rules.push(rule(
+        "personality",
+        personality_other,
+        Verdict::Eperm,
+        "READ_IMPLIES_EXEC, ADDR_NO_RANDOMIZE and friends weaken mitigations",
+    ));
 
     rules.push(rule(
         "memfd_create",
@@ -161,14 +219,20 @@ pub fn baseline(sockets: SocketPolicy) -> Vec<SyscallRule> {
     ));
     rules.push(rule(
         "execveat",
-        vec![cmp(4, Width::Dword, Op::MaskedEq(AT_EMPTY_PATH), AT_EMPTY_PATH)],
+        vec![cmp(
+            4,
+            Width::Dword,
+            Op::MaskedEq(AT_EMPTY_PATH),
+            AT_EMPTY_PATH,
+        )],
         Verdict::Eperm,
         "fileless exec of an fd (fexecve)",
     ));
 
     // Address families: only AF_UNIX (when IPC is allowed) and the inet ones.
     for family in 0..AF_MAX {
-        let allowed = (family == AF_UNIX && sockets.unix) || family == AF_INET || family == AF_INET6;
+        let allowed =
+            (family == AF_UNIX && sockets.unix) || family == AF_INET || family == AF_INET6;
         if !allowed {
             rules.push(rule(
                 "socket",
@@ -182,7 +246,12 @@ pub fn baseline(sockets: SocketPolicy) -> Vec<SyscallRule> {
         let fam = cmp(0, Width::Dword, Op::Eq, family);
         let fname = family_name(family);
         if !sockets.tcp && !sockets.udp {
-            rules.push(rule("socket", vec![fam], Verdict::Eperm, &format!("{fname}: the profile allows no network")));
+            rules.push(rule(
+                "socket",
+                vec![fam],
+                Verdict::Eperm,
+                &format!("{fname}: the profile allows no network"),
+            ));
             continue;
         }
         for ty in 0..=SOCK_TYPE_MASK {
@@ -225,7 +294,12 @@ pub fn baseline(sockets: SocketPolicy) -> Vec<SyscallRule> {
         }
     }
     // socketpair reaches nothing outside, but only AF_UNIX makes sense.
-    rules.push(rule("socketpair", vec![cmp(0, Width::Dword, Op::Ne, AF_UNIX)], Verdict::Eperm, "socketpair other than AF_UNIX"));
+    rules.push(rule(
+        "socketpair",
+        vec![cmp(0, Width::Dword, Op::Ne, AF_UNIX)],
+        Verdict::Eperm,
+        "socketpair other than AF_UNIX",
+    ));
     rules
 }
 
@@ -244,7 +318,13 @@ fn family_name(f: u64) -> String {
 
 /// A user-listed extra deny.
 pub fn extra(name: &str, why: &str) -> Option<SyscallRule> {
-    syscalls::number(name).map(|nr| SyscallRule { syscall: name.to_string(), nr, when: vec![], verdict: Verdict::Eperm, why: why.to_string() })
+    syscalls::number(name).map(|nr| SyscallRule {
+        syscall: name.to_string(),
+        nr,
+        when: vec![],
+        verdict: Verdict::Eperm,
+        why: why.to_string(),
+    })
 }
 
 #[cfg(test)]
@@ -265,19 +345,37 @@ mod tests {
 
     #[test]
     fn no_network_denies_inet_entirely() {
-        let rules = baseline(SocketPolicy { tcp: false, udp: false, unix: false });
-        let inet_all = rules.iter().filter(|r| r.syscall == "socket" && r.when.len() == 1 && r.when[0].value == AF_INET).count();
+        let rules = baseline(SocketPolicy {
+            tcp: false,
+            udp: false,
+            unix: false,
+        });
+        let inet_all = rules
+            .iter()
+            .filter(|r| r.syscall == "socket" && r.when.len() == 1 && r.when[0].value == AF_INET)
+            .count();
         assert_eq!(inet_all, 1);
-        assert!(rules.iter().any(|r| r.syscall == "socket" && r.when[0].value == AF_UNIX));
+        assert!(rules
+            .iter()
+            .any(|r| r.syscall == "socket" && r.when[0].value == AF_UNIX));
     }
 
     #[test]
     fn tcp_only_denies_dgram_but_not_stream() {
-        let rules = baseline(SocketPolicy { tcp: true, udp: false, unix: true });
+        let rules = baseline(SocketPolicy {
+            tcp: true,
+            udp: false,
+            unix: true,
+        });
         let stream_denied = rules.iter().any(|r| {
-            r.syscall == "socket" && r.when.len() == 2 && r.when[1].op == Op::MaskedEq(SOCK_TYPE_MASK) && r.when[1].value == SOCK_STREAM
+            r.syscall == "socket"
+                && r.when.len() == 2
+                && r.when[1].op == Op::MaskedEq(SOCK_TYPE_MASK)
+                && r.when[1].value == SOCK_STREAM
         });
         assert!(!stream_denied);
-        assert!(!rules.iter().any(|r| r.syscall == "socket" && r.when.len() == 1 && r.when[0].value == AF_UNIX));
+        assert!(!rules
+            .iter()
+            .any(|r| r.syscall == "socket" && r.when.len() == 1 && r.when[0].value == AF_UNIX));
     }
 }

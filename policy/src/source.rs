@@ -68,25 +68,43 @@ impl Loader {
     }
 
     /// Finds a profile by name (or path) and returns its source and text.
-    pub fn find(&self, name: &str, relative_to: Option<&Path>) -> Result<(ProfileSource, String), Error> {
+    pub fn find(
+        &self,
+        name: &str,
+        relative_to: Option<&Path>,
+    ) -> Result<(ProfileSource, String), Error> {
         if Self::is_path(name) {
             let path = match relative_to {
                 Some(dir) if !Path::new(name).is_absolute() => dir.join(name),
                 _ => PathBuf::from(name),
             };
-            let text = std::fs::read_to_string(&path)
-                .map_err(|source| Error::Read { path: path.display().to_string(), source })?;
+            let text = std::fs::read_to_string(&path).map_err(|source| Error::Read {
+                path: path.display().to_string(),
+                source,
+            })?;
             return Ok((ProfileSource::File(path), text));
         }
-        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
-            return Err(Error::NotFound { name: name.to_string(), searched: "nowhere: not a valid profile name".into() });
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        {
+            return Err(Error::NotFound {
+                name: name.to_string(),
+                searched: "nowhere: not a valid profile name".into(),
+            });
         }
         for dir in &self.dirs {
             let path = dir.join(format!("{name}.toml"));
             match std::fs::read_to_string(&path) {
                 Ok(text) => return Ok((ProfileSource::File(path), text)),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(source) => return Err(Error::Read { path: path.display().to_string(), source }),
+                Err(source) => {
+                    return Err(Error::Read {
+                        path: path.display().to_string(),
+                        source,
+                    })
+                }
             }
         }
         if let Some((n, text)) = BUILTIN.iter().find(|(n, _)| *n == name) {
@@ -94,14 +112,19 @@ impl Loader {
         }
         let mut searched: Vec<String> = self.dirs.iter().map(|d| d.display().to_string()).collect();
         searched.push("built-in profiles".into());
-        Err(Error::NotFound { name: name.to_string(), searched: searched.join(", ") })
+        Err(Error::NotFound {
+            name: name.to_string(),
+            searched: searched.join(", "),
+        })
     }
 
     /// Every profile name visible from here: (name, where it comes from).
     pub fn list(&self) -> Vec<(String, ProfileSource)> {
         let mut out: Vec<(String, ProfileSource)> = Vec::new();
         for dir in &self.dirs {
-            let Ok(entries) = std::fs::read_dir(dir) else { continue };
+            let Ok(entries) = std::fs::read_dir(dir) else {
+                continue;
+            };
             let mut found: Vec<_> = entries.flatten().map(|e| e.path()).collect();
             found.sort();
             for p in found {
@@ -126,7 +149,11 @@ impl Loader {
     /// Loads `name` and everything it extends, merged root first.
     pub fn load(&self, name: &str) -> Result<Profile, Error> {
         let mut stack: Vec<(ProfileSource, String, ProfileFile)> = Vec::new();
-        let mut next = Some((name.to_string(), None::<PathBuf>, Origin::new("command line (--profile)", 0)));
+        let mut next = Some((
+            name.to_string(),
+            None::<PathBuf>,
+            Origin::new("command line (--profile)", 0),
+        ));
         while let Some((n, rel, asked_at)) = next.take() {
             let (src, text) = self.find(&n, rel.as_deref()).map_err(|e| match e {
                 Error::NotFound { .. } | Error::Read { .. } if asked_at.line > 0 => {
@@ -137,10 +164,16 @@ impl Loader {
             if stack.iter().any(|(s, _, _)| *s == src) {
                 let mut chain: Vec<String> = stack.iter().map(|(s, _, _)| s.label()).collect();
                 chain.push(src.label());
-                return Err(Error::Cycle { at: asked_at, chain: chain.join(" -> ") });
+                return Err(Error::Cycle {
+                    at: asked_at,
+                    chain: chain.join(" -> "),
+                });
             }
             if stack.len() >= MAX_DEPTH {
-                return Err(Error::invalid(&asked_at, format!("extends chain deeper than {MAX_DEPTH}")));
+                return Err(Error::invalid(
+                    &asked_at,
+                    format!("extends chain deeper than {MAX_DEPTH}"),
+                ));
             }
             let label = src.label();
             let file = parse(&label, &text)?;
@@ -152,13 +185,19 @@ impl Loader {
                 };
                 // A built-in profile may only extend another built-in profile.
                 if matches!(src, ProfileSource::Builtin(_)) && Self::is_path(parent.get_ref()) {
-                    return Err(Error::invalid(&at, "a built-in profile can only extend a built-in profile"));
+                    return Err(Error::invalid(
+                        &at,
+                        "a built-in profile can only extend a built-in profile",
+                    ));
                 }
                 next = Some((parent.get_ref().clone(), dir, at));
             }
             stack.push((src, text, file));
         }
-        let mut profile = Profile { name: name.to_string(), ..Profile::default() };
+        let mut profile = Profile {
+            name: name.to_string(),
+            ..Profile::default()
+        };
         for (src, text, file) in stack.iter().rev() {
             let label = src.label();
             profile.layer(file, &Lines::new(&label, text))?;
@@ -174,7 +213,13 @@ pub fn parse(label: &str, text: &str) -> Result<ProfileFile, Error> {
             Some(span) => Lines::new(label, text).at(span.start),
             None => Origin::new(label, 1),
         };
-        Error::invalid(&at, e.message().trim().to_string())
+        let message: Vec<&str> = e
+            .message()
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect();
+        Error::invalid(&at, message.join("; "))
     })
 }
 
@@ -190,7 +235,8 @@ mod tests {
     }
 
     fn tmpdir(tag: &str) -> PathBuf {
-        let d = std::env::temp_dir().join(format!("portcullis-policy-{tag}-{}", std::process::id()));
+        let d =
+            std::env::temp_dir().join(format!("portcullis-policy-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&d);
         std::fs::create_dir_all(&d).unwrap();
         d
@@ -206,12 +252,19 @@ mod tests {
         let node = l.load("node").unwrap();
         assert_eq!(node.chain, vec!["builtin:strict", "builtin:node"]);
         assert!(node.commands.iter().any(|c| c.value == "node"));
-        assert!(node.read.iter().any(|c| c.value == "/usr"), "inherits strict's reads");
+        assert!(
+            node.read.iter().any(|c| c.value == "/usr"),
+            "inherits strict's reads"
+        );
     }
 
     #[test]
     fn unknown_key_names_line() {
-        let e = parse("p.toml", "description = \"x\"\n[filesystem]\nread = []\nwrtie = []\n").unwrap_err();
+        let e = parse(
+            "p.toml",
+            "description = \"x\"\n[filesystem]\nread = []\nwrtie = []\n",
+        )
+        .unwrap_err();
         let s = e.to_string();
         assert!(s.starts_with("p.toml:4:"), "{s}");
         assert!(s.contains("wrtie"), "{s}");
@@ -227,13 +280,25 @@ mod tests {
     fn bad_port_and_size_name_line() {
         let d = tmpdir("bad");
         let p = write(&d, "a.toml", "[network]\n\nconnect = [70000]\n");
-        let e = Loader::builtin_only().load(p.to_str().unwrap()).unwrap_err().to_string();
-        assert!(e.ends_with("a.toml:3: bad port 70000: must be 1..=65535"), "{e}");
+        let e = Loader::builtin_only()
+            .load(p.to_str().unwrap())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.ends_with("a.toml:3: bad port 70000: must be 1..=65535"),
+            "{e}"
+        );
         let p = write(&d, "b.toml", "[limits]\nmax_memory = \"12Q\"\n");
-        let e = Loader::builtin_only().load(p.to_str().unwrap()).unwrap_err().to_string();
+        let e = Loader::builtin_only()
+            .load(p.to_str().unwrap())
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("b.toml:2: bad size `12Q`"), "{e}");
         let p = write(&d, "c.toml", "[network]\nconnect = [\"https\"]\n");
-        let e = Loader::builtin_only().load(p.to_str().unwrap()).unwrap_err().to_string();
+        let e = Loader::builtin_only()
+            .load(p.to_str().unwrap())
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("c.toml:2:"), "{e}");
     }
 
@@ -242,19 +307,33 @@ mod tests {
         let d = tmpdir("cycle");
         write(&d, "a.toml", "extends = \"b.toml\"\n");
         write(&d, "b.toml", "\nextends = \"a.toml\"\n");
-        let e = Loader::builtin_only().load(d.join("a.toml").to_str().unwrap()).unwrap_err();
+        let e = Loader::builtin_only()
+            .load(d.join("a.toml").to_str().unwrap())
+            .unwrap_err();
         assert!(matches!(e, Error::Cycle { .. }), "{e}");
         assert!(e.to_string().contains("b.toml:2"), "{e}");
         write(&d, "c.toml", "extends = \"nope\"\n");
-        let e = Loader::builtin_only().load(d.join("c.toml").to_str().unwrap()).unwrap_err().to_string();
-        assert!(e.contains("c.toml:1: extends: profile `nope` not found"), "{e}");
+        let e = Loader::builtin_only()
+            .load(d.join("c.toml").to_str().unwrap())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("c.toml:1: extends: profile `nope` not found"),
+            "{e}"
+        );
     }
 
     #[test]
     fn user_dir_shadows_builtin_and_extends_builtin() {
         let d = tmpdir("shadow");
-        write(&d, "mine.toml", "extends = \"strict\"\n[network]\nconnect = [443]\n");
-        let l = Loader { dirs: vec![d.clone()] };
+        write(
+            &d,
+            "mine.toml",
+            "extends = \"strict\"\n[network]\nconnect = [443]\n",
+        );
+        let l = Loader {
+            dirs: vec![d.clone()],
+        };
         let p = l.load("mine").unwrap();
         assert_eq!(p.connect[0].value, 443);
         assert_eq!(p.connect[0].at.line, 3);
@@ -265,14 +344,29 @@ mod tests {
     fn flags_only_add() {
         let mut p = Loader::builtin_only().load("strict").unwrap();
         let before = p.read.len();
-        p.apply(&Overrides { read: vec!["/opt".into()], connect: vec!["443".into()], max_procs: Some(10), ..Default::default() })
-            .unwrap();
+        p.apply(&Overrides {
+            read: vec!["/opt".into()],
+            connect: vec!["443".into()],
+            max_procs: Some(10),
+            ..Default::default()
+        })
+        .unwrap();
         assert_eq!(p.read.len(), before + 1);
         assert_eq!(p.connect[0].value, 443);
         assert_eq!(p.max_procs.as_ref().unwrap().value, 10);
-        let e = p.apply(&Overrides { connect: vec!["0".into()], ..Default::default() }).unwrap_err();
+        let e = p
+            .apply(&Overrides {
+                connect: vec!["0".into()],
+                ..Default::default()
+            })
+            .unwrap_err();
         assert!(e.to_string().contains("--connect"), "{e}");
-        let e = p.apply(&Overrides { max_memory: Some("lots".into()), ..Default::default() }).unwrap_err();
+        let e = p
+            .apply(&Overrides {
+                max_memory: Some("lots".into()),
+                ..Default::default()
+            })
+            .unwrap_err();
         assert!(e.to_string().contains("--max-memory"), "{e}");
     }
 }

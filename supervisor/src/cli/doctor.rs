@@ -35,19 +35,32 @@ fn rights(abi: i32) -> Vec<String> {
     if abi < 1 {
         return Vec::new();
     }
-    AccessFs::from_all(ABI::from(abi)).iter().map(|r| format!("{r:?}")).collect()
+    AccessFs::from_all(ABI::from(abi))
+        .iter()
+        .map(|r| format!("{r:?}"))
+        .collect()
 }
 
 pub fn doctor(json: bool, profile: Option<&str>) -> Result<i32, Failure> {
     let features = Features::probe();
     let abi = features.landlock_abi_used;
     let pids_limit = match &features.pids_cgroup {
-        Some(c) => format!("pids cgroup {} at {}", if c.v2 { "v2" } else { "v1" }, c.dir.display()),
-        None if features.user_namespaces => "RLIMIT_NPROC inside the sandbox's user namespace (no writable pids cgroup)".into(),
+        Some(c) => format!(
+            "pids cgroup {} at {}",
+            if c.v2 { "v2" } else { "v1" },
+            c.dir.display()
+        ),
+        None if features.user_namespaces => {
+            "RLIMIT_NPROC inside the sandbox's user namespace (no writable pids cgroup)".into()
+        }
         None => "RLIMIT_NPROC (does not bind root; no pids cgroup, no user namespace)".into(),
     };
     let memory_limit = match &features.memory_cgroup {
-        Some(c) => format!("memory cgroup {} at {}", if c.v2 { "v2" } else { "v1" }, c.dir.display()),
+        Some(c) => format!(
+            "memory cgroup {} at {}",
+            if c.v2 { "v2" } else { "v1" },
+            c.dir.display()
+        ),
         None => "RLIMIT_DATA per process (no writable memory cgroup)".into(),
     };
     let denials_visible = if abi >= 7 && features.audit_read {
@@ -78,7 +91,8 @@ pub fn doctor(json: bool, profile: Option<&str>) -> Result<i32, Failure> {
             prepared = session.prepare(true)?;
             Some(ProfileReport {
                 name: name.to_string(),
-                runs_without_best_effort: prepared.enforcement.degradations.is_empty() || session.plan.best_effort,
+                runs_without_best_effort: prepared.enforcement.degradations.is_empty()
+                    || session.plan.best_effort,
                 enforcement: &prepared.enforcement,
             })
         }
@@ -95,19 +109,52 @@ pub fn doctor(json: bool, profile: Option<&str>) -> Result<i32, Failure> {
         profile: profile_report,
     };
     if json {
-        println!("{}", serde_json::to_string_pretty(&r).map_err(|e| Failure::setup(e.to_string()))?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&r).map_err(|e| Failure::setup(e.to_string()))?
+        );
         return Ok(0);
     }
     let mut s = String::new();
     let yes = |b: bool| if b { "yes" } else { "NO" };
     let _ = writeln!(s, "kernel:              {}", features.release);
-    let _ = writeln!(s, "running as:          uid {} (euid {})", features.uid, features.euid);
-    let _ = writeln!(s, "Landlock:            ABI {} (portcullis uses {}, tested up to {})", features.landlock_abi, abi, crate::kernel::MAX_TESTED_ABI);
-    let _ = writeln!(s, "  filesystem rights: {}", if r.landlock_fs_rights.is_empty() { "none".into() } else { r.landlock_fs_rights.join(" ") });
-    let _ = writeln!(s, "  TCP port rules:    {} (ABI 4)", yes(r.landlock_network));
-    let _ = writeln!(s, "  scoping:           {} (abstract unix sockets, signals; ABI 6)", yes(r.landlock_scopes));
+    let _ = writeln!(
+        s,
+        "running as:          uid {} (euid {})",
+        features.uid, features.euid
+    );
+    let _ = writeln!(
+        s,
+        "Landlock:            ABI {} (portcullis uses {}, tested up to {})",
+        features.landlock_abi,
+        abi,
+        crate::kernel::MAX_TESTED_ABI
+    );
+    let _ = writeln!(
+        s,
+        "  filesystem rights: {}",
+        if r.landlock_fs_rights.is_empty() {
+            "none".into()
+        } else {
+            r.landlock_fs_rights.join(" ")
+        }
+    );
+    let _ = writeln!(
+        s,
+        "  TCP port rules:    {} (ABI 4)",
+        yes(r.landlock_network)
+    );
+    let _ = writeln!(
+        s,
+        "  scoping:           {} (abstract unix sockets, signals; ABI 6)",
+        yes(r.landlock_scopes)
+    );
     let _ = writeln!(s, "seccomp filters:     {}", yes(features.seccomp_filter));
-    let _ = writeln!(s, "  user notification: {}", yes(features.seccomp_user_notif));
+    let _ = writeln!(
+        s,
+        "  user notification: {}",
+        yes(features.seccomp_user_notif)
+    );
     let _ = writeln!(s, "user+PID namespaces: {}", yes(features.user_namespaces));
     let _ = writeln!(s, "process limit:       {}", r.pids_limit);
     let _ = writeln!(s, "memory limit:        {}", r.memory_limit);
@@ -127,7 +174,10 @@ pub fn doctor(json: bool, profile: Option<&str>) -> Result<i32, Failure> {
             let _ = writeln!(s, "  limit: {l}");
         }
         if !p.runs_without_best_effort {
-            let _ = writeln!(s, "  `portcullis run` refuses this profile here unless --best-effort");
+            let _ = writeln!(
+                s,
+                "  `portcullis run` refuses this profile here unless --best-effort"
+            );
         }
     }
     print!("{s}");

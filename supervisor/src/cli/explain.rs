@@ -34,7 +34,10 @@ pub fn explain(args: ExplainArgs) -> Result<i32, Failure> {
         enforcement: &prepared.enforcement,
     };
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&e).map_err(|e| Failure::setup(e.to_string()))?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&e).map_err(|e| Failure::setup(e.to_string()))?
+        );
     } else {
         print!("{}", render(&e));
     }
@@ -55,10 +58,19 @@ fn render(e: &Explained) -> String {
     let p = e.plan;
     let k = e.kernel;
     let _ = writeln!(s, "profile {} ({})", p.profile, p.chain.join(" -> "));
-    let _ = writeln!(s, "kernel {}: Landlock ABI {} (using {}), best effort: {}", k.release, k.landlock_abi, k.landlock_abi_used, p.best_effort);
+    let _ = writeln!(
+        s,
+        "kernel {}: Landlock ABI {} (using {}), best effort: {}",
+        k.release, k.landlock_abi, k.landlock_abi_used, p.best_effort
+    );
     let _ = writeln!(s, "\nLandlock filesystem (every right of the ABI is handled; what is not granted here is denied):");
     for r in &p.landlock.paths {
-        let rights = format!("{}{}{}", if r.read { 'r' } else { '-' }, if r.write { 'w' } else { '-' }, if r.exec { 'x' } else { '-' });
+        let rights = format!(
+            "{}{}{}",
+            if r.read { 'r' } else { '-' },
+            if r.write { 'w' } else { '-' },
+            if r.exec { 'x' } else { '-' }
+        );
         let opt = if r.optional { " (optional)" } else { "" };
         let _ = writeln!(s, "  {rights}  {:<44} {}{opt}", r.path, r.at);
     }
@@ -66,10 +78,18 @@ fn render(e: &Explained) -> String {
         if v.is_empty() {
             "none".to_string()
         } else {
-            v.iter().map(|p| format!("{} ({})", p.value, p.at)).collect::<Vec<_>>().join(", ")
+            v.iter()
+                .map(|p| format!("{} ({})", p.value, p.at))
+                .collect::<Vec<_>>()
+                .join(", ")
         }
     };
-    let _ = writeln!(s, "\nLandlock network (ABI 4+): connect TCP: {}; bind TCP: {}", ports(&p.landlock.connect_tcp), ports(&p.landlock.bind_tcp));
+    let _ = writeln!(
+        s,
+        "\nLandlock network (ABI 4+): connect TCP: {}; bind TCP: {}",
+        ports(&p.landlock.connect_tcp),
+        ports(&p.landlock.bind_tcp)
+    );
     let blocked = |b: bool| if b { "blocked" } else { "allowed" };
     let _ = writeln!(
         s,
@@ -77,14 +97,22 @@ fn render(e: &Explained) -> String {
         blocked(p.landlock.scope_abstract_unix),
         blocked(p.landlock.scope_signal)
     );
-    let _ = writeln!(s, "\nExec allowlist (Landlock EXECUTE on exactly these files):");
+    let _ = writeln!(
+        s,
+        "\nExec allowlist (Landlock EXECUTE on exactly these files):"
+    );
     if e.exec.is_empty() {
         let _ = writeln!(s, "  (nothing: add --exec PATH or [commands] allow)");
     }
     for r in e.exec {
         match &r.implied_by {
             Some(by) => {
-                let _ = writeln!(s, "  {:<44} interpreter of {}", r.path.display(), by.display());
+                let _ = writeln!(
+                    s,
+                    "  {:<44} interpreter of {}",
+                    r.path.display(),
+                    by.display()
+                );
             }
             None => {
                 let _ = writeln!(s, "  {:<44} {} ({})", r.path.display(), r.spec, r.at);
@@ -98,16 +126,39 @@ fn render(e: &Explained) -> String {
         so.tcp, so.udp, so.unix
     );
     for r in e.seccomp {
-        let when = if r.when.is_empty() { "always".to_string() } else { r.when.iter().map(cond).collect::<Vec<_>>().join(" && ") };
+        let when = if r.when.is_empty() {
+            "always".to_string()
+        } else {
+            r.when.iter().map(cond).collect::<Vec<_>>().join(" && ")
+        };
         let verdict = serde_json::to_string(&r.verdict).unwrap_or_default();
-        let _ = writeln!(s, "  {:<7} {:<18} {:<44} {}", verdict.trim_matches('"'), r.syscall, when, r.why);
+        let _ = writeln!(
+            s,
+            "  {:<7} {:<18} {:<44} {}",
+            verdict.trim_matches('"'),
+            r.syscall,
+            when,
+            r.why
+        );
     }
     let _ = writeln!(s, "  + no_new_privs; every capability dropped (effective, permitted, inheritable, ambient, bounding)");
-    let _ = writeln!(s, "\nEnvironment: pass {}", p.env.pass.iter().map(|v| v.value.as_str()).collect::<Vec<_>>().join(" "));
+    let _ = writeln!(
+        s,
+        "\nEnvironment: pass {}",
+        p.env
+            .pass
+            .iter()
+            .map(|v| v.value.as_str())
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
     for (k, v) in &p.env.set {
         let _ = writeln!(s, "  set {k}={v}");
     }
-    let _ = writeln!(s, "  (names that look like secrets pass only when named exactly)");
+    let _ = writeln!(
+        s,
+        "  (names that look like secrets pass only when named exactly)"
+    );
     let _ = writeln!(s, "\nLimits:");
     if e.enforcement.limits.is_empty() {
         let _ = writeln!(s, "  none");
@@ -117,7 +168,10 @@ fn render(e: &Explained) -> String {
     }
     let _ = writeln!(s, "Lifecycle: {}", e.enforcement.lifecycle);
     if !e.enforcement.degradations.is_empty() {
-        let _ = writeln!(s, "\nNot enforceable on this kernel (run refuses unless --best-effort):");
+        let _ = writeln!(
+            s,
+            "\nNot enforceable on this kernel (run refuses unless --best-effort):"
+        );
         for d in &e.enforcement.degradations {
             let _ = writeln!(s, "  {}", d.line());
         }

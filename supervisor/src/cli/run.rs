@@ -24,20 +24,32 @@ impl Session {
     /// Loads and compiles the profile with the flags; creates `{tmp}`.
     pub fn open(args: &SandboxArgs) -> Result<Session, Failure> {
         let features = Features::probe();
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
         let id = format!("{}-{:08x}", std::process::id(), nanos);
         let mut profile = policy::Loader::from_env().load(&args.profile)?;
         profile.apply(&args.overrides())?;
         let workspace = match &args.workspace {
-            Some(w) => std::fs::canonicalize(w).map_err(|e| Failure::setup(format!("--workspace {}: {e}", w.display())))?,
-            None => std::env::current_dir().map_err(|e| Failure::setup(format!("current directory: {e}")))?,
+            Some(w) => std::fs::canonicalize(w)
+                .map_err(|e| Failure::setup(format!("--workspace {}: {e}", w.display())))?,
+            None => std::env::current_dir()
+                .map_err(|e| Failure::setup(format!("current directory: {e}")))?,
         };
         if !workspace.is_dir() {
-            return Err(Failure::setup(format!("--workspace {}: not a directory", workspace.display())));
+            return Err(Failure::setup(format!(
+                "--workspace {}: not a directory",
+                workspace.display()
+            )));
         }
         let home = std::env::var("HOME").unwrap_or_else(|_| "/nonexistent".into());
         let tmp = sandbox::private_tmp(&features.runtime_root(), &id)?;
-        let vars = policy::Vars { workspace: path_str(&workspace)?, home, tmp: path_str(&tmp)? };
+        let vars = policy::Vars {
+            workspace: path_str(&workspace)?,
+            home,
+            tmp: path_str(&tmp)?,
+        };
         let plan = match policy::compile(&profile, &vars) {
             Ok(p) => p,
             Err(e) => {
@@ -45,8 +57,15 @@ impl Session {
                 return Err(e.into());
             }
         };
-        let path_var = std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
-        Ok(Session { id, features, plan, tmp, path_var })
+        let path_var =
+            std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
+        Ok(Session {
+            id,
+            features,
+            plan,
+            tmp,
+            path_var,
+        })
     }
 
     pub fn prepare(&self, dry: bool) -> Result<Prepared, Failure> {
@@ -61,7 +80,9 @@ impl Drop for Session {
 }
 
 fn path_str(p: &Path) -> Result<String, Failure> {
-    p.to_str().map(str::to_string).ok_or_else(|| Failure::setup(format!("path {} is not UTF-8", p.display())))
+    p.to_str()
+        .map(str::to_string)
+        .ok_or_else(|| Failure::setup(format!("path {} is not UTF-8", p.display())))
 }
 
 pub fn run(args: RunArgs) -> Result<i32, Failure> {
@@ -74,7 +95,14 @@ pub fn run(args: RunArgs) -> Result<i32, Failure> {
 }
 
 fn launch(session: &Session, prepared: Prepared, command: &[OsString]) -> Result<i32, Failure> {
-    let Prepared { enforcement, exec: allowed, stage, report_rx, cgroups, .. } = prepared;
+    let Prepared {
+        enforcement,
+        exec: allowed,
+        stage,
+        report_rx,
+        cgroups,
+        ..
+    } = prepared;
     let _cleanup = CgroupCleanup(cgroups);
     if !enforcement.degradations.is_empty() {
         if !session.plan.best_effort {
@@ -87,12 +115,21 @@ fn launch(session: &Session, prepared: Prepared, command: &[OsString]) -> Result
     for n in &enforcement.notices {
         eprintln!("portcullis: note: {n}");
     }
-    let program = exec::resolve_command(&command[0], &session.path_var, &allowed, &session.plan.profile)?;
+    let program = exec::resolve_command(
+        &command[0],
+        &session.path_var,
+        &allowed,
+        &session.plan.profile,
+    )?;
     let env = env::build(&session.plan.env, std::env::vars_os());
     let mut cmd = Command::new(&program);
-    cmd.arg0(&command[0]).args(&command[1..]).env_clear().envs(env);
+    cmd.arg0(&command[0])
+        .args(&command[1..])
+        .env_clear()
+        .envs(env);
 
-    let set = wait::block_signals().map_err(|e| Failure::setup(format!("cannot block signals: {e}")))?;
+    let set =
+        wait::block_signals().map_err(|e| Failure::setup(format!("cannot block signals: {e}")))?;
     let spawned = stage::spawn(&mut cmd, stage);
     // Drop our copies of the stage's fds (ruleset, report pipe, cgroup files).
     drop(cmd);
@@ -104,8 +141,14 @@ fn launch(session: &Session, prepared: Prepared, command: &[OsString]) -> Result
             }
             let name = command[0].to_string_lossy();
             return Err(match e.kind() {
-                std::io::ErrorKind::NotFound => Failure { code: exit::NOT_FOUND, message: format!("{name}: command not found") },
-                _ => Failure { code: exit::NOT_EXECUTABLE, message: format!("{name} ({}): cannot execute: {e}", program.display()) },
+                std::io::ErrorKind::NotFound => Failure {
+                    code: exit::NOT_FOUND,
+                    message: format!("{name}: command not found"),
+                },
+                _ => Failure {
+                    code: exit::NOT_EXECUTABLE,
+                    message: format!("{name} ({}): cannot execute: {e}", program.display()),
+                },
             });
         }
     };

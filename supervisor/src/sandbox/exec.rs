@@ -30,11 +30,16 @@ pub struct Resolved {
 
 /// Finds `name` on `path_var` (a colon-separated PATH), like execvp does.
 pub fn which(name: &str, path_var: &OsStr) -> Option<PathBuf> {
-    std::env::split_paths(path_var).filter(|d| d.is_absolute()).map(|d| d.join(name)).find(|p| is_executable(p))
+    std::env::split_paths(path_var)
+        .filter(|d| d.is_absolute())
+        .map(|d| d.join(name))
+        .find(|p| is_executable(p))
 }
 
 fn is_executable(p: &Path) -> bool {
-    std::fs::metadata(p).map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false)
+    std::fs::metadata(p)
+        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        .unwrap_or(false)
 }
 
 fn file_id(p: &Path) -> std::io::Result<(u64, u64)> {
@@ -99,7 +104,11 @@ fn elf_interp(head: &[u8], f: &mut std::fs::File) -> Option<PathBuf> {
 }
 
 /// Resolves every allowed command and adds the interpreters they need.
-pub fn resolve_all(specs: &[CommandSpec], path_var: &OsStr, skipped: &mut Vec<String>) -> Result<Vec<Resolved>, Failure> {
+pub fn resolve_all(
+    specs: &[CommandSpec],
+    path_var: &OsStr,
+    skipped: &mut Vec<String>,
+) -> Result<Vec<Resolved>, Failure> {
     let mut out: Vec<Resolved> = Vec::new();
     for spec in specs {
         let found = if spec.spec.contains('/') {
@@ -120,11 +129,23 @@ pub fn resolve_all(specs: &[CommandSpec], path_var: &OsStr, skipped: &mut Vec<St
                 skipped.push(format!("command `{}` ({}): not found", spec.spec, spec.at));
                 continue;
             }
-            return Err(Failure::setup(format!("{}: command `{}` not found (PATH searched for names)", spec.at, spec.spec)));
+            return Err(Failure::setup(format!(
+                "{}: command `{}` not found (PATH searched for names)",
+                spec.at, spec.spec
+            )));
         };
         let path = std::fs::canonicalize(&found)
             .map_err(|e| Failure::setup(format!("{}: command `{}`: {e}", spec.at, spec.spec)))?;
-        push(&mut out, Resolved { spec: spec.spec.clone(), id: file_id(&path).unwrap_or_default(), path, implied_by: None, at: spec.at.clone() });
+        push(
+            &mut out,
+            Resolved {
+                spec: spec.spec.clone(),
+                id: file_id(&path).unwrap_or_default(),
+                path,
+                implied_by: None,
+                at: spec.at.clone(),
+            },
+        );
     }
     // Interpreters, transitively (a script's interpreter may itself be dynamic).
     let mut i = 0;
@@ -155,7 +176,12 @@ fn push(out: &mut Vec<Resolved>, r: Resolved) {
 }
 
 /// Resolves the command to run, and checks it is allowed.
-pub fn resolve_command(argv0: &OsStr, path_var: &OsStr, allowed: &[Resolved], profile: &str) -> Result<PathBuf, Failure> {
+pub fn resolve_command(
+    argv0: &OsStr,
+    path_var: &OsStr,
+    allowed: &[Resolved],
+    profile: &str,
+) -> Result<PathBuf, Failure> {
     let name = argv0.to_string_lossy();
     let found = if name.contains('/') {
         let p = PathBuf::from(argv0);
@@ -168,11 +194,17 @@ pub fn resolve_command(argv0: &OsStr, path_var: &OsStr, allowed: &[Resolved], pr
         which(&name, path_var)
     };
     let Some(found) = found else {
-        return Err(Failure { code: exit::NOT_FOUND, message: format!("{name}: command not found") });
+        return Err(Failure {
+            code: exit::NOT_FOUND,
+            message: format!("{name}: command not found"),
+        });
     };
     let canon = std::fs::canonicalize(&found).unwrap_or_else(|_| found.clone());
     let id = file_id(&canon).ok();
-    let ok = allowed.iter().any(|a| a.implied_by.is_none() && (Some(a.id) == id || canon.starts_with(&a.path) && a.path.is_dir()));
+    let ok = allowed.iter().any(|a| {
+        a.implied_by.is_none()
+            && (Some(a.id) == id || canon.starts_with(&a.path) && a.path.is_dir())
+    });
     if !ok {
         return Err(Failure {
             code: exit::NOT_EXECUTABLE,

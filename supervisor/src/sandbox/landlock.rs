@@ -8,8 +8,8 @@ use std::os::fd::OwnedFd;
 use std::path::Path;
 
 use landlock::{
-    Access, AccessFs, AccessNet, BitFlags, CompatLevel, Compatible, NetPort, PathBeneath, PathFd, Ruleset, RulesetAttr,
-    RulesetCreatedAttr, Scope, ABI,
+    Access, AccessFs, AccessNet, BitFlags, CompatLevel, Compatible, NetPort, PathBeneath, PathFd,
+    Ruleset, RulesetAttr, RulesetCreatedAttr, Scope, ABI,
 };
 
 use policy::plan::{LandlockPlan, SyscallRule, Verdict};
@@ -71,7 +71,10 @@ pub fn build(
             "Landlock (ABI >= 1); this kernel has none (not built, or not in lsm= at boot)",
             "no filesystem confinement at all; seccomp, capabilities and no_new_privs still apply",
         );
-        return Ok(Outcome { ruleset: None, floor });
+        return Ok(Outcome {
+            ruleset: None,
+            floor,
+        });
     }
     let v = abi_of(abi);
     let fs_all = AccessFs::from_all(v);
@@ -81,28 +84,49 @@ pub fn build(
         report.notices.push("ABI 1: linking or renaming across directories always fails with EXDEV (stricter, not weaker)".into());
     }
     if abi < 3 {
-        floor.push(policy::seccomp::extra("truncate", "Landlock ABI < 3 cannot check truncate(2) by path").expect("known"));
-        report.notices.push("ABI < 3: truncate(2) is denied outright by seccomp (Landlock cannot check it by path)".into());
+        floor.push(
+            policy::seccomp::extra(
+                "truncate",
+                "Landlock ABI < 3 cannot check truncate(2) by path",
+            )
+            .expect("known"),
+        );
+        report.notices.push(
+            "ABI < 3: truncate(2) is denied outright by seccomp (Landlock cannot check it by path)"
+                .into(),
+        );
     }
     if abi < 5 {
         report.notices.push("ABI < 5: ioctl on device files opened inside the sandbox is not restricted by Landlock (TIOCSTI/TIOCLINUX stay denied by seccomp)".into());
     }
 
-    let mut ruleset = Ruleset::default().set_compatibility(CompatLevel::HardRequirement).handle_access(fs_all).map_err(ll_err)?;
+    let mut ruleset = Ruleset::default()
+        .set_compatibility(CompatLevel::HardRequirement)
+        .handle_access(fs_all)
+        .map_err(ll_err)?;
     let has_ports = !plan.connect_tcp.is_empty() || !plan.bind_tcp.is_empty();
     if abi >= 4 {
-        ruleset = ruleset.handle_access(AccessNet::from_all(v)).map_err(ll_err)?;
+        ruleset = ruleset
+            .handle_access(AccessNet::from_all(v))
+            .map_err(ll_err)?;
     } else if has_ports {
-        for p in plan.connect_tcp.iter().map(|p| ("connect", p)).chain(plan.bind_tcp.iter().map(|p| ("bind", p))) {
+        for p in plan
+            .connect_tcp
+            .iter()
+            .map(|p| ("connect", p))
+            .chain(plan.bind_tcp.iter().map(|p| ("bind", p)))
+        {
             report.degrade(
                 format!("network.{} {}", p.0, p.1.value),
                 Some(&p.1.at),
                 format!("Landlock ABI 4 for TCP port rules; kernel has {abi}"),
-                "degraded: TCP to any port is allowed; seccomp still denies UDP, raw and non-TCP stream sockets",
+                "when degraded, TCP to any port is allowed (seccomp still denies UDP, raw and non-TCP stream sockets)",
             );
         }
     } else {
-        report.notices.push(format!("ABI {abi} < 4: no network is enforced by seccomp alone (inet sockets denied)"));
+        report.notices.push(format!(
+            "ABI {abi} < 4: no network is enforced by seccomp alone (inet sockets denied)"
+        ));
     }
     if abi >= 6 {
         let mut scopes = BitFlags::<Scope>::empty();
@@ -122,7 +146,7 @@ pub fn build(
                     "ipc.abstract_unix = false (with ipc.unix = true)",
                     None,
                     format!("Landlock ABI 6 for abstract unix socket scoping; kernel has {abi}"),
-                    "degraded: abstract sockets outside the sandbox (X11, D-Bus) are reachable",
+                    "when degraded, abstract sockets outside the sandbox (X11, D-Bus) are reachable",
                 );
             } else {
                 report.notices.push(format!("ABI {abi} < 6: abstract unix sockets are blocked by seccomp (no AF_UNIX sockets)"));
@@ -140,7 +164,7 @@ pub fn build(
                     "ipc.signals = false",
                     None,
                     format!("Landlock ABI 6 for signal scoping (kernel has {abi}) or a PID namespace (unavailable)"),
-                    "degraded: the sandbox can signal other processes of this user",
+                    "when degraded, the sandbox can signal other processes of this user",
                 );
             }
         }
@@ -153,7 +177,16 @@ pub fn build(
             Err(e) => {
                 let missing = Path::new(&rule.path).symlink_metadata().is_err();
                 if rule.optional {
-                    report.skipped.push(format!("path {} ({}): {}", rule.path, rule.at, if missing { "does not exist" } else { "cannot be opened" }));
+                    report.skipped.push(format!(
+                        "path {} ({}): {}",
+                        rule.path,
+                        rule.at,
+                        if missing {
+                            "does not exist"
+                        } else {
+                            "cannot be opened"
+                        }
+                    ));
                     continue;
                 }
                 return Err(Failure::setup(if missing {
@@ -173,22 +206,36 @@ pub fn build(
         if rule.exec {
             access |= AccessFs::Execute;
         }
-        let is_dir = std::fs::metadata(&rule.path).map(|m| m.is_dir()).unwrap_or(false);
+        let is_dir = std::fs::metadata(&rule.path)
+            .map(|m| m.is_dir())
+            .unwrap_or(false);
         access &= if is_dir { fs_all } else { fs_file };
-        created = created.add_rule(PathBeneath::new(fd, access)).map_err(|e| Failure::setup(format!("{}: Landlock rule for {}: {e}", rule.at, rule.path)))?;
+        created = created
+            .add_rule(PathBeneath::new(fd, access))
+            .map_err(|e| {
+                Failure::setup(format!("{}: Landlock rule for {}: {e}", rule.at, rule.path))
+            })?;
     }
     for cmd in exec {
-        let fd = PathFd::new(&cmd.path).map_err(|e| Failure::setup(format!("{}: {}: {e}", cmd.at, cmd.path.display())))?;
+        let fd = PathFd::new(&cmd.path)
+            .map_err(|e| Failure::setup(format!("{}: {}: {e}", cmd.at, cmd.path.display())))?;
         let is_dir = cmd.path.is_dir();
-        let access = (AccessFs::Execute | AccessFs::ReadFile | AccessFs::ReadDir) & if is_dir { fs_all } else { fs_file };
-        created = created.add_rule(PathBeneath::new(fd, access)).map_err(ll_err)?;
+        let access = (AccessFs::Execute | AccessFs::ReadFile | AccessFs::ReadDir)
+            & if is_dir { fs_all } else { fs_file };
+        created = created
+            .add_rule(PathBeneath::new(fd, access))
+            .map_err(ll_err)?;
     }
     if abi >= 4 {
         for p in &plan.connect_tcp {
-            created = created.add_rule(NetPort::new(p.value, AccessNet::ConnectTcp)).map_err(ll_err)?;
+            created = created
+                .add_rule(NetPort::new(p.value, AccessNet::ConnectTcp))
+                .map_err(ll_err)?;
         }
         for p in &plan.bind_tcp {
-            created = created.add_rule(NetPort::new(p.value, AccessNet::BindTcp)).map_err(ll_err)?;
+            created = created
+                .add_rule(NetPort::new(p.value, AccessNet::BindTcp))
+                .map_err(ll_err)?;
         }
     }
     let fd: Option<OwnedFd> = created.into();

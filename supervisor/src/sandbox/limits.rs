@@ -40,7 +40,11 @@ pub fn find_controller(controller: &str) -> Option<CgroupController> {
             let _src = post.next()?;
             let opts = post.next().unwrap_or("");
             let point = pre.split_whitespace().nth(4)?;
-            let fits = if v2 { fstype == "cgroup2" } else { fstype == "cgroup" && opts.split(',').any(|o| o == controller) };
+            let fits = if v2 {
+                fstype == "cgroup2"
+            } else {
+                fstype == "cgroup" && opts.split(',').any(|o| o == controller)
+            };
             fits.then(|| PathBuf::from(point))
         })?;
         let dir = mount.join(path.trim_start_matches('/'));
@@ -54,7 +58,11 @@ pub fn find_controller(controller: &str) -> Option<CgroupController> {
         if nix::unistd::access(&dir, nix::unistd::AccessFlags::W_OK).is_err() {
             continue;
         }
-        return Some(CgroupController { controller: controller.to_string(), dir, v2 });
+        return Some(CgroupController {
+            controller: controller.to_string(),
+            dir,
+            v2,
+        });
     }
     None
 }
@@ -67,7 +75,11 @@ pub struct Applied {
     pub cgroups: Vec<PathBuf>,
 }
 
-fn make_cgroup(ctrl: &CgroupController, session: &str, files: &[(&str, String)]) -> std::io::Result<(PathBuf, OwnedFd)> {
+fn make_cgroup(
+    ctrl: &CgroupController,
+    session: &str,
+    files: &[(&str, String)],
+) -> std::io::Result<(PathBuf, OwnedFd)> {
     let dir = ctrl.dir.join(format!("portcullis-{session}"));
     fs::create_dir(&dir)?;
     let setup = || -> std::io::Result<OwnedFd> {
@@ -77,7 +89,9 @@ fn make_cgroup(ctrl: &CgroupController, session: &str, files: &[(&str, String)])
                 fs::write(&p, value)?;
             }
         }
-        let procs = fs::OpenOptions::new().write(true).open(dir.join("cgroup.procs"))?;
+        let procs = fs::OpenOptions::new()
+            .write(true)
+            .open(dir.join("cgroup.procs"))?;
         Ok(procs.into())
     };
     match setup() {
@@ -99,25 +113,35 @@ pub fn apply(
     dry: bool,
     report: &mut Enforcement,
 ) -> Result<Applied, Failure> {
-    let make = |c: &CgroupController, files: &[(&str, String)]| -> Option<(PathBuf, Option<OwnedFd>)> {
-        if dry {
-            return Some((c.dir.join(format!("portcullis-{session}")), None));
-        }
-        make_cgroup(c, session, files).ok().map(|(d, fd)| (d, Some(fd)))
-    };
+    let make =
+        |c: &CgroupController, files: &[(&str, String)]| -> Option<(PathBuf, Option<OwnedFd>)> {
+            if dry {
+                return Some((c.dir.join(format!("portcullis-{session}")), None));
+            }
+            make_cgroup(c, session, files)
+                .ok()
+                .map(|(d, fd)| (d, Some(fd)))
+        };
     let mut out = Applied::default();
     // No core dumps: they would write the sandbox's memory outside it.
     out.rlimits.push((libc::RLIMIT_CORE, 0));
     if let Some(n) = &plan.max_open_files {
         out.rlimits.push((libc::RLIMIT_NOFILE, n.value));
-        report.limits.push(format!("max_open_files {}: RLIMIT_NOFILE", n.value));
+        report
+            .limits
+            .push(format!("max_open_files {}: RLIMIT_NOFILE", n.value));
     }
     if let Some(n) = &plan.max_procs {
         let files = [("pids.max", n.value.to_string())];
         let via_cgroup = pids.and_then(|c| make(c, &files).map(|(d, fd)| (c, d, fd)));
         match via_cgroup {
             Some((c, dir, fd)) => {
-                report.limits.push(format!("max_procs {}: pids cgroup {} ({})", n.value, dir.display(), if c.v2 { "v2" } else { "v1" }));
+                report.limits.push(format!(
+                    "max_procs {}: pids cgroup {} ({})",
+                    n.value,
+                    dir.display(),
+                    if c.v2 { "v2" } else { "v1" }
+                ));
                 if let Some(fd) = fd {
                     out.cgroups.push(dir);
                     out.cgroup_procs.push(fd);
@@ -154,7 +178,12 @@ pub fn apply(
         ];
         match memory.and_then(|c| make(c, &files).map(|(d, fd)| (c, d, fd))) {
             Some((c, dir, fd)) => {
-                report.limits.push(format!("max_memory {}: memory cgroup {} ({})", m.value, dir.display(), if c.v2 { "v2" } else { "v1" }));
+                report.limits.push(format!(
+                    "max_memory {}: memory cgroup {} ({})",
+                    m.value,
+                    dir.display(),
+                    if c.v2 { "v2" } else { "v1" }
+                ));
                 if let Some(fd) = fd {
                     out.cgroups.push(dir);
                     out.cgroup_procs.push(fd);
@@ -162,7 +191,10 @@ pub fn apply(
             }
             None => {
                 out.rlimits.push((libc::RLIMIT_DATA, m.value));
-                report.limits.push(format!("max_memory {}: RLIMIT_DATA per process (no writable memory cgroup)", m.value));
+                report.limits.push(format!(
+                    "max_memory {}: RLIMIT_DATA per process (no writable memory cgroup)",
+                    m.value
+                ));
             }
         }
     }
@@ -188,7 +220,10 @@ fn kill_all(dir: &Path) {
     }
     if let Ok(procs) = fs::read_to_string(dir.join("cgroup.procs")) {
         for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
         }
     }
 }

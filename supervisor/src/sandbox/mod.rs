@@ -36,13 +36,26 @@ pub struct Prepared {
 
 /// Checks and builds everything for `plan` on this kernel.
 /// With `dry`, nothing is created on the machine (no cgroups): for `explain` and `doctor`.
-pub fn prepare(plan: &Plan, features: &Features, path_var: &OsString, session: &str, dry: bool) -> Result<Prepared, Failure> {
+pub fn prepare(
+    plan: &Plan,
+    features: &Features,
+    path_var: &OsString,
+    session: &str,
+    dry: bool,
+) -> Result<Prepared, Failure> {
     let mut enforcement = Enforcement::default();
     let exec = exec::resolve_all(&plan.exec.allow, path_var, &mut enforcement.skipped)?;
 
+    if features.landlock_abi_used < features.landlock_abi.min(crate::kernel::MAX_TESTED_ABI) {
+        enforcement.notices.push(format!(
+            "PORTCULLIS_LANDLOCK_ABI: behaving as if this kernel had Landlock ABI {} (it has {})",
+            features.landlock_abi_used, features.landlock_abi
+        ));
+    }
     let namespaces = features.user_namespaces;
     enforcement.lifecycle = if namespaces {
-        "PID namespace: the sandbox dies with the supervisor, double-forked processes included".into()
+        "PID namespace: the sandbox dies with the supervisor, double-forked processes included"
+            .into()
     } else {
         "no user/PID namespace here: PDEATHSIG only; a double-forked process could outlive the supervisor".into()
     };
@@ -51,18 +64,36 @@ pub fn prepare(plan: &Plan, features: &Features, path_var: &OsString, session: &
     }
 
     let unix = plan.seccomp.sockets.unix;
-    let ll = landlock::build(&plan.landlock, &exec, features.landlock_abi_used, namespaces, unix, &mut enforcement)?;
+    let ll = landlock::build(
+        &plan.landlock,
+        &exec,
+        features.landlock_abi_used,
+        namespaces,
+        unix,
+        &mut enforcement,
+    )?;
 
     let mut rules = plan.seccomp.rules.clone();
     rules.extend(ll.floor);
     if !features.seccomp_filter {
-        return Err(Failure::setup("seccomp filtering is not available in this kernel; refusing to run without it"));
+        return Err(Failure::setup(
+            "seccomp filtering is not available in this kernel; refusing to run without it",
+        ));
     }
     let filters = seccomp::compile(&rules)?;
 
-    let limits = limits::apply(&plan.limits, features.pids_cgroup.as_ref(), features.memory_cgroup.as_ref(), namespaces, session, dry, &mut enforcement)?;
+    let limits = limits::apply(
+        &plan.limits,
+        features.pids_cgroup.as_ref(),
+        features.memory_cgroup.as_ref(),
+        namespaces,
+        session,
+        dry,
+        &mut enforcement,
+    )?;
 
-    let (report_rx, report_tx) = stage::report_pipe().map_err(|e| Failure::setup(format!("cannot create a pipe: {e}")))?;
+    let (report_rx, report_tx) =
+        stage::report_pipe().map_err(|e| Failure::setup(format!("cannot create a pipe: {e}")))?;
     let devnull: OwnedFd = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -84,20 +115,30 @@ pub fn prepare(plan: &Plan, features: &Features, path_var: &OsString, session: &
         report: report_tx,
         devnull,
     };
-    Ok(Prepared { enforcement, exec, seccomp_rules: rules, stage, report_rx, cgroups: limits.cgroups })
+    Ok(Prepared {
+        enforcement,
+        exec,
+        seccomp_rules: rules,
+        stage,
+        report_rx,
+        cgroups: limits.cgroups,
+    })
 }
 
 /// A fresh private directory for `{tmp}`, mode 0700, under a root we own.
 pub fn private_tmp(root: &std::path::Path, session: &str) -> Result<PathBuf, Failure> {
     use std::os::unix::fs::{DirBuilderExt, MetadataExt};
-    let fail = |what: &str, e: &dyn std::fmt::Display| Failure::setup(format!("private temp dir {what}: {e}"));
+    let fail = |what: &str, e: &dyn std::fmt::Display| {
+        Failure::setup(format!("private temp dir {what}: {e}"))
+    };
     match std::fs::DirBuilder::new().mode(0o700).create(root) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
         Err(e) => return Err(fail(&root.display().to_string(), &e)),
     }
     // Refuse a root planted by someone else or through a symlink.
-    let meta = std::fs::symlink_metadata(root).map_err(|e| fail(&root.display().to_string(), &e))?;
+    let meta =
+        std::fs::symlink_metadata(root).map_err(|e| fail(&root.display().to_string(), &e))?;
     if !meta.is_dir() || meta.uid() != nix::unistd::geteuid().as_raw() || meta.mode() & 0o077 != 0 {
         return Err(Failure::setup(format!(
             "private temp root {} is not a 0700 directory owned by this user; remove it and retry",
@@ -105,6 +146,9 @@ pub fn private_tmp(root: &std::path::Path, session: &str) -> Result<PathBuf, Fai
         )));
     }
     let dir = root.join(format!("tmp-{session}"));
-    std::fs::DirBuilder::new().mode(0o700).create(&dir).map_err(|e| fail(&dir.display().to_string(), &e))?;
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&dir)
+        .map_err(|e| fail(&dir.display().to_string(), &e))?;
     Ok(dir)
 }

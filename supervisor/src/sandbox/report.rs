@@ -35,8 +35,19 @@ pub struct Enforcement {
 }
 
 impl Enforcement {
-    pub fn degrade(&mut self, rule: impl Into<String>, at: Option<&Origin>, needs: impl Into<String>, fallback: impl Into<String>) {
-        self.degradations.push(Degradation { rule: rule.into(), at: at.cloned(), needs: needs.into(), fallback: fallback.into() });
+    pub fn degrade(
+        &mut self,
+        rule: impl Into<String>,
+        at: Option<&Origin>,
+        needs: impl Into<String>,
+        fallback: impl Into<String>,
+    ) {
+        self.degradations.push(Degradation {
+            rule: rule.into(),
+            at: at.cloned(),
+            needs: needs.into(),
+            fallback: fallback.into(),
+        });
     }
 
     /// The refusal message when degradations exist and best effort is off.
@@ -53,7 +64,11 @@ impl Enforcement {
 
 impl Degradation {
     pub fn line(&self) -> String {
-        let at = self.at.as_ref().map(|o| format!("{o}: ")).unwrap_or_default();
+        let at = self
+            .at
+            .as_ref()
+            .map(|o| format!("{o}: "))
+            .unwrap_or_default();
         format!("{at}{} needs {}; {}", self.rule, self.needs, self.fallback)
     }
 }

@@ -49,9 +49,23 @@ pub enum Step {
 impl Step {
     pub fn from_u32(v: u32) -> Option<Step> {
         use Step::*;
-        [Signals, Session, ParentGone, Cgroup, Unshare, IdMap, Fork, Rlimit, Capabilities, NoNewPrivs, Landlock, Seccomp, Fds]
-            .into_iter()
-            .find(|s| *s as u32 == v)
+        [
+            Signals,
+            Session,
+            ParentGone,
+            Cgroup,
+            Unshare,
+            IdMap,
+            Fork,
+            Rlimit,
+            Capabilities,
+            NoNewPrivs,
+            Landlock,
+            Seccomp,
+            Fds,
+        ]
+        .into_iter()
+        .find(|s| *s as u32 == v)
     }
 
     pub fn describe(self) -> &'static str {
@@ -102,7 +116,14 @@ pub struct Stage {
 /// Pid the relay or init forwards signals to.
 static FORWARD_TO: AtomicI32 = AtomicI32::new(0);
 
-const FORWARDED: [libc::c_int; 6] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT, libc::SIGUSR1, libc::SIGUSR2];
+const FORWARDED: [libc::c_int; 6] = [
+    libc::SIGINT,
+    libc::SIGTERM,
+    libc::SIGHUP,
+    libc::SIGQUIT,
+    libc::SIGUSR1,
+    libc::SIGUSR2,
+];
 
 extern "C" fn forward(sig: libc::c_int) {
     let pid = FORWARD_TO.load(Ordering::Relaxed);
@@ -187,7 +208,14 @@ impl Stage {
                 return Err(self.fail(Step::Session, errno()));
             }
             // Die with the supervisor; check afterwards in case it died first.
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) != 0 {
+            if libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGKILL as libc::c_ulong,
+                0,
+                0,
+                0,
+            ) != 0
+            {
                 return Err(self.fail(Step::ParentGone, errno()));
             }
             if libc::getppid() != self.supervisor {
@@ -219,6 +247,9 @@ impl Stage {
             if libc::unshare(libc::CLONE_NEWUSER | libc::CLONE_NEWPID) != 0 {
                 return Err(self.fail(Step::Unshare, errno()));
             }
+            // The supervisor is undumpable, which makes /proc/self/* root-owned:
+            // an unprivileged relay could not write its own maps. Only for this.
+            libc::prctl(libc::PR_SET_DUMPABLE, 1, 0, 0, 0);
             let maps: [(&[u8], &[u8]); 3] = [
                 (b"/proc/self/setgroups\0", b"deny"),
                 (b"/proc/self/uid_map\0", &self.uid_map),
@@ -229,6 +260,7 @@ impl Stage {
                     return Err(self.fail(Step::IdMap, e));
                 }
             }
+            libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0);
             // Held open by the relay: init sees POLLHUP if the relay is gone.
             let mut alive = [0 as RawFd; 2];
             if libc::pipe2(alive.as_mut_ptr(), libc::O_CLOEXEC) != 0 {
@@ -244,10 +276,21 @@ impl Stage {
             }
             // Init: PID 1 of the new namespace.
             libc::close(alive[1]);
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) != 0 {
+            if libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGKILL as libc::c_ulong,
+                0,
+                0,
+                0,
+            ) != 0
+            {
                 return Err(self.fail(Step::ParentGone, errno()));
             }
-            let mut pfd = libc::pollfd { fd: alive[0], events: libc::POLLIN, revents: 0 };
+            let mut pfd = libc::pollfd {
+                fd: alive[0],
+                events: libc::POLLIN,
+                revents: 0,
+            };
             if libc::poll(&mut pfd, 1, 0) != 0 {
                 // The relay died before PDEATHSIG was armed.
                 return Err(self.fail(Step::ParentGone, libc::ESRCH));
@@ -322,7 +365,10 @@ impl Stage {
         // programs are live Vecs owned by `self` for the whole call.
         unsafe {
             for &(res, lim) in &self.rlimits {
-                let rl = libc::rlimit { rlim_cur: lim, rlim_max: lim };
+                let rl = libc::rlimit {
+                    rlim_cur: lim,
+                    rlim_max: lim,
+                };
                 if libc::setrlimit(res, &rl) != 0 {
                     return Err(self.fail(Step::Rlimit, errno()));
                 }
@@ -332,7 +378,13 @@ impl Stage {
             // user namespace this fails harmlessly: there is nothing to regain.
             const SECBITS: libc::c_ulong = 0x01 | 0x02 | 0x04 | 0x08 | 0x10 | 0x20 | 0x40 | 0x80;
             libc::prctl(libc::PR_SET_SECUREBITS, SECBITS, 0, 0, 0);
-            if let Err(e) = check(libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong, 0, 0, 0) as libc::c_long)
+            if let Err(e) = check(libc::prctl(
+                libc::PR_CAP_AMBIENT,
+                libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong,
+                0,
+                0,
+                0,
+            ) as libc::c_long)
             {
                 if e != libc::EINVAL {
                     return Err(self.fail(Step::Capabilities, e));
@@ -360,8 +412,15 @@ impl Stage {
                 permitted: u32,
                 inheritable: u32,
             }
-            let header = CapHeader { version: 0x2008_0522, pid: 0 };
-            let data = [CapData { effective: 0, permitted: 0, inheritable: 0 }; 2];
+            let header = CapHeader {
+                version: 0x2008_0522,
+                pid: 0,
+            };
+            let data = [CapData {
+                effective: 0,
+                permitted: 0,
+                inheritable: 0,
+            }; 2];
             if libc::syscall(libc::SYS_capset, &header, data.as_ptr()) != 0 {
                 return Err(self.fail(Step::Capabilities, errno()));
             }
@@ -374,14 +433,28 @@ impl Stage {
                 }
             }
             for prog in &self.filters {
-                let fprog = libc::sock_fprog { len: prog.len() as libc::c_ushort, filter: prog.as_ptr() as *mut libc::sock_filter };
-                if libc::syscall(libc::SYS_seccomp, libc::SECCOMP_SET_MODE_FILTER, 0u32, &fprog) != 0 {
+                let fprog = libc::sock_fprog {
+                    len: prog.len() as libc::c_ushort,
+                    filter: prog.as_ptr() as *mut libc::sock_filter,
+                };
+                if libc::syscall(
+                    libc::SYS_seccomp,
+                    libc::SECCOMP_SET_MODE_FILTER,
+                    0u32,
+                    &fprog,
+                ) != 0
+                {
                     return Err(self.fail(Step::Seccomp, errno()));
                 }
             }
             // Every inherited fd but stdio closes at exec (CVE-2024-21626: a
             // leaked directory fd walks around Landlock's path checks).
-            if libc::close_range(3, libc::c_uint::MAX, libc::CLOSE_RANGE_CLOEXEC as libc::c_int) != 0 {
+            if libc::close_range(
+                3,
+                libc::c_uint::MAX,
+                libc::CLOSE_RANGE_CLOEXEC as libc::c_int,
+            ) != 0
+            {
                 return Err(self.fail(Step::Fds, errno()));
             }
         }

@@ -1,0 +1,301 @@
+//! The command-line contract: exit codes, bad input, explain/doctor/profile.
+
+use crate::support::*;
+
+fn setup_error(r: &Run, needle: &str) {
+    assert_eq!(r.code, 125, "stdout {}\nstderr {}", r.stdout, r.stderr);
+    assert!(
+        r.stderr.contains(needle),
+        "expected `{needle}` in stderr:\n{}",
+        r.stderr
+    );
+    assert!(!r.stderr.contains("panicked"), "{}", r.stderr);
+    assert_eq!(
+        r.stderr.trim().lines().count(),
+        1,
+        "one-line error expected:\n{}",
+        r.stderr
+    );
+}
+
+#[test]
+fn bad_profiles_name_file_and_line_and_run_nothing() {
+    let sb = Sandbox::new("badprof", As::Caller);
+    let marker = sb.ws.join("ran");
+    let touch = sb.path(&marker);
+    let cases = [
+        (
+            "unknown.toml",
+            "[filesystem]\nread = []\nwrtie = [\"/x\"]\n",
+            "unknown.toml:3:",
+        ),
+        (
+            "syntax.toml",
+            "[network]\nconnect = [443,\n",
+            "syntax.toml:",
+        ),
+        (
+            "missing.toml",
+            "extends = \"strict\"\n[filesystem]\nread = [\"/definitely/not/here\"]\n",
+            "missing.toml:3: path /definitely/not/here does not exist",
+        ),
+        (
+            "port.toml",
+            "[network]\nbind = [0]\n",
+            "port.toml:2: bad port 0",
+        ),
+        (
+            "size.toml",
+            "[limits]\nmax_memory = \"lots\"\n",
+            "size.toml:2: bad size `lots`",
+        ),
+        (
+            "var.toml",
+            "[filesystem]\nread = [\"{nope}/x\"]\n",
+            "var.toml:2: unknown variable `{nope}`",
+        ),
+        (
+            "sys.toml",
+            "[syscalls]\ndeny = [\"frobnicate\"]\n",
+            "sys.toml:2: unknown syscall `frobnicate`",
+        ),
+        (
+            "extends.toml",
+            "extends = \"no-such-profile\"\n",
+            "extends.toml:1: extends: profile `no-such-profile` not found",
+        ),
+        ("type.toml", "[network]\nudp = \"yes\"\n", "type.toml:2:"),
+        (
+            "cmd.toml",
+            "extends = \"strict\"\n[commands]\nallow = [\"no-such-command-xyz\"]\n",
+            "cmd.toml:3: command `no-such-command-xyz` not found",
+        ),
+    ];
+    for (name, text, needle) in cases {
+        let prof = sb.profile(name, text);
+        let r = sb.run(&[
+            "run",
+            "--profile",
+            &prof,
+            "--exec",
+            "/usr/bin/touch",
+            "--",
+            "/usr/bin/touch",
+            &touch,
+        ]);
+        setup_error(&r, needle);
+        assert!(
+            !marker.exists(),
+            "{name}: the command ran despite the error"
+        );
+        // `profile check` reports the same error.
+        let r = sb.run(&["profile", "check", &prof]);
+        setup_error(&r, needle);
+    }
+    let ok = sb.profile(
+        "ok.toml",
+        "extends = \"strict\"\n[network]\nconnect = [443]\n",
+    );
+    let r = sb.run(&["profile", "check", &ok]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+}
+
+#[test]
+fn bad_flags_are_setup_errors() {
+    let sb = Sandbox::new("badflags", As::Caller);
+    let t = ["--", "/bin/true"];
+    let with = |flags: &[&str]| {
+        let mut a = vec!["run"];
+        a.extend_from_slice(flags);
+        a.extend_from_slice(&t);
+        sb.run(&a)
+    };
+    setup_error(&with(&["--connect", "70000"]), "bad port `70000`");
+    setup_error(&with(&["--bind", "http"]), "bad port `http`");
+    setup_error(&with(&["--max-memory", "12Q"]), "bad size `12Q`");
+    setup_error(&with(&["--read", "relative/path"]), "must be absolute");
+    setup_error(&with(&["--read", "/no/such/dir"]), "does not exist");
+    setup_error(
+        &with(&["--profile", "no-such-profile"]),
+        "profile `no-such-profile` not found",
+    );
+    setup_error(
+        &with(&["--workspace", "/no/such/ws"]),
+        "--workspace /no/such/ws",
+    );
+    assert_eq!(with(&["--max-procs", "many"]).code, 125);
+    assert_eq!(with(&["--frobnicate"]).code, 125);
+    assert_eq!(sb.run(&["run"]).code, 125, "no command");
+}
+
+#[test]
+fn exit_codes_for_missing_and_forbidden_commands() {
+    let sb = Sandbox::new("codes", As::Caller);
+    let r = sb.run(&["run", "--", "no-such-command-xyz"]);
+    assert_eq!(r.code, 127, "{}", r.stderr);
+    let r = sb.run(&["run", "--", "/bin/true"]);
+    assert_eq!(r.code, 126, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("not in the exec allowlist"),
+        "{}",
+        r.stderr
+    );
+    let r = sb.run(&["run", "--exec", "/bin/true", "--", "/bin/true"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let r = sb.run(&["run", "--exec", "/bin/false", "--", "/bin/false"]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    let help = sb.run(&["run", "--help"]);
+    assert_eq!(help.code, 0);
+    for needle in ["125", "126", "127", "128+N"] {
+        assert!(help.stdout.contains(needle), "--help documents {needle}");
+    }
+}
+
+#[test]
+fn older_kernel_rules_refuse_or_degrade_loudly() {
+    let sb = Sandbox::new("degrade", As::Caller);
+    // As if this kernel had Landlock ABI 2 (Linux 6.1): no TCP port rules.
+    let run = |flags: &[&str]| {
+        let mut a = vec!["run"];
+        a.extend_from_slice(flags);
+        a.extend_from_slice(&["--exec", PROBE, "--", PROBE, "pid"]);
+        Run::from(
+            sb.portcullis(&a)
+                .env("PORTCULLIS_LANDLOCK_ABI", "2")
+                .output()
+                .unwrap(),
+        )
+    };
+    let r = run(&["--connect", "443"]);
+    assert_eq!(r.code, 125, "{}", r.stderr);
+    assert!(r.stderr.contains("command line (--connect): network.connect 443 needs Landlock ABI 4 for TCP port rules; kernel has 2"), "{}", r.stderr);
+    let r = run(&["--connect", "443", "--best-effort"]);
+    assert_eq!(r.verdict(), "pid 2", "{}", r.stderr);
+    assert_eq!(
+        r.stderr.matches("degraded: ").count(),
+        1,
+        "printed once: {}",
+        r.stderr
+    );
+    // Without port rules, ABI 2 is enough: filesystem enforced, no network via seccomp.
+    let r = run(&[]);
+    assert_eq!(r.verdict(), "pid 2", "{}", r.stderr);
+    assert!(!r.stderr.contains("degraded"), "{}", r.stderr);
+    // ...and the seccomp floor stands in for what ABI 2 lacks.
+    let r = Run::from(
+        sb.portcullis(&[
+            "run",
+            "--exec",
+            PROBE,
+            "--",
+            PROBE,
+            "truncate",
+            &sb.path(&sb.ws.join("file.txt")),
+        ])
+        .env("PORTCULLIS_LANDLOCK_ABI", "2")
+        .output()
+        .unwrap(),
+    );
+    r.expect("errno 1 EPERM");
+    let r = Run::from(
+        sb.portcullis(&["run", "--exec", PROBE, "--", PROBE, "connect", "9"])
+            .env("PORTCULLIS_LANDLOCK_ABI", "2")
+            .output()
+            .unwrap(),
+    );
+    r.expect("errno 1 EPERM");
+}
+
+#[test]
+fn explain_shows_every_layer() {
+    let sb = Sandbox::new("explain", As::Caller);
+    let r = sb.run(&["explain", "--exec", "/bin/sh", "--connect", "443"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    for needle in [
+        "Landlock filesystem",
+        "rw-  ",
+        "connect TCP: 443",
+        "interpreter of",
+        "io_uring_setup",
+        "clone3",
+        "ENOSYS",
+        "Environment: pass",
+        "max_procs 512",
+        "Lifecycle: PID namespace",
+    ] {
+        assert!(
+            r.stdout.contains(needle),
+            "explain lacks `{needle}`:\n{}",
+            r.stdout
+        );
+    }
+    let r = sb.run(&["explain", "--json", "--profile", "node"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert!(v["plan"]["landlock"]["paths"].as_array().unwrap().len() > 5);
+    assert!(v["seccomp"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|r| r["syscall"] == "ptrace"));
+    assert!(v["exec"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|r| r["spec"] == "node"));
+}
+
+#[test]
+fn doctor_reports_this_kernel() {
+    let sb = Sandbox::new("doctor", As::Caller);
+    let r = sb.run(&["doctor", "--json"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert!(v["kernel"]["landlock_abi"].as_i64().unwrap() >= 0);
+    assert!(v["kernel"]["seccomp_filter"].as_bool().unwrap());
+    let r = Run::from(
+        sb.portcullis(&["doctor", "--profile", "strict"])
+            .env("PORTCULLIS_LANDLOCK_ABI", "3")
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stdout.contains("profile strict:"), "{}", r.stdout);
+    assert!(
+        r.stdout.contains("ABI 3 < 6"),
+        "doctor names what ABI 3 lacks:\n{}",
+        r.stdout
+    );
+}
+
+#[test]
+fn profile_list_and_show() {
+    let sb = Sandbox::new("plist", As::Caller);
+    let r = sb.run(&["profile", "list"]);
+    assert_eq!(r.code, 0);
+    for name in ["strict", "node", "python"] {
+        assert!(
+            r.stdout.lines().any(|l| l.starts_with(name)),
+            "{}",
+            r.stdout
+        );
+    }
+    let r = sb.run(&["profile", "show", "node"]);
+    assert_eq!(r.code, 0);
+    assert!(r.stdout.contains("extends = \"strict\""), "{}", r.stdout);
+    assert_eq!(sb.run(&["profile", "show", "nope"]).code, 125);
+}
+
+#[test]
+fn user_profiles_shadow_builtins() {
+    let sb = Sandbox::new("userprof", As::Caller);
+    let dir = sb.home.join(".config/portcullis/profiles");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("mine.toml"),
+        "extends = \"strict\"\n[commands]\nallow = [\"/bin/true\"]\n",
+    )
+    .unwrap();
+    let r = sb.run(&["run", "--profile", "mine", "--", "/bin/true"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+}

@@ -1,0 +1,96 @@
+//! Exit status, signal forwarding, and what happens when the supervisor dies.
+
+use std::io::{BufRead, BufReader};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use crate::both;
+use crate::support::*;
+
+both!(exit_status_passes_through, |sb| {
+    assert_eq!(sb.probe(&[], &["exit", "7"]).code, 7);
+    assert_eq!(sb.probe(&[], &["exit", "0"]).code, 0);
+    assert_eq!(sb.probe(&[], &["raise", "9"]).code, 137);
+    assert_eq!(sb.probe(&[], &["raise", "11"]).code, 139);
+});
+
+fn spawn_ready(
+    sb: &Sandbox,
+    args: &[&str],
+) -> (std::process::Child, BufReader<std::process::ChildStdout>) {
+    let mut all = vec!["run", "--exec", PROBE, "--", PROBE];
+    all.extend_from_slice(args);
+    let mut child = sb
+        .portcullis(&all)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert!(
+        line.starts_with("ready") || line.starts_with("ok"),
+        "child said {line:?}"
+    );
+    (child, out)
+}
+
+both!(signals_are_forwarded, |sb| {
+    for (sig, want) in [
+        (libc::SIGTERM, 42),
+        (libc::SIGHUP, 128 + libc::SIGHUP),
+        (libc::SIGINT, 128 + libc::SIGINT),
+    ] {
+        let (mut child, _out) = spawn_ready(sb, &["trap"]);
+        // The supervisor is setpriv's exec'd image for nobody: same pid.
+        // SAFETY: kill with plain integers.
+        unsafe { libc::kill(child.id() as i32, sig) };
+        let status = child.wait().unwrap();
+        assert_eq!(status.code(), Some(want), "signal {sig}");
+    }
+});
+
+fn processes_with(marker: &str) -> Vec<i32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        if let Ok(cmd) = std::fs::read(e.path().join("cmdline")) {
+            if String::from_utf8_lossy(&cmd)
+                .split('\0')
+                .any(|a| a == marker)
+            {
+                out.push(pid);
+            }
+        }
+    }
+    out
+}
+
+both!(nothing_outlives_a_killed_supervisor, |sb| {
+    let marker = format!("pc-orphan-{}-{}", std::process::id(), sb.who as u8);
+    let (mut child, _out) = spawn_ready(sb, &["orphan", &marker]);
+    // A setsid'd, double-forked grandchild is running...
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while processes_with(&marker).is_empty() {
+        assert!(Instant::now() < deadline, "the orphan never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // ...then the supervisor is SIGKILLed: it can clean up nothing itself.
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(1);
+    loop {
+        let left = processes_with(&marker);
+        if left.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "sandboxed processes survived the supervisor by a second: {left:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+});

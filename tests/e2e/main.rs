@@ -1,0 +1,11 @@
+//! End-to-end tests: the real `portcullis` binary confines the real probe on
+//! the real kernel. Every refusal is checked by its errno (or an untouched
+//! file, or a listener that got nothing) and paired with a twin showing the
+//! allowed case still works.
+
+mod support;
+
+mod cli;
+mod enforcement;
+mod lifecycle;
+mod limits;

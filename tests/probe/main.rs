@@ -1,0 +1,367 @@
+//! portcullis-probe: does one thing the test asks, inside the sandbox, and
+//! prints what the kernel answered: `ok` or `errno N NAME`.
+//!
+//! Probes pass deliberately harmless arguments (fd -1, NULL pointers) where
+//! they can, so an allowed syscall fails with EBADF/EFAULT/EINVAL while a
+//! filtered one fails with the filter's EPERM/ENOSYS (the bubblewrap and
+//! Chromium oracle): the errno proves which layer answered.
+#![allow(clippy::undocumented_unsafe_blocks)]
+
+use std::ffi::CString;
+use std::io::Write;
+
+fn errno() -> i32 {
+    std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
+}
+
+fn name(e: i32) -> &'static str {
+    match e {
+        libc::EPERM => "EPERM",
+        libc::ENOENT => "ENOENT",
+        libc::EBADF => "EBADF",
+        libc::EACCES => "EACCES",
+        libc::EFAULT => "EFAULT",
+        libc::EINVAL => "EINVAL",
+        libc::ENOSYS => "ENOSYS",
+        libc::EAGAIN => "EAGAIN",
+        libc::ECONNREFUSED => "ECONNREFUSED",
+        libc::EXDEV => "EXDEV",
+        libc::ESRCH => "ESRCH",
+        libc::ENOTTY => "ENOTTY",
+        libc::EEXIST => "EEXIST",
+        libc::ENOMEM => "ENOMEM",
+        libc::EAFNOSUPPORT => "EAFNOSUPPORT",
+        _ => "OTHER",
+    }
+}
+
+fn report(r: i64) {
+    if r < 0 {
+        let e = errno();
+        println!("errno {e} {}", name(e));
+    } else {
+        println!("ok");
+    }
+}
+
+fn c(s: &str) -> CString {
+    CString::new(s).unwrap()
+}
+
+fn num(s: &str) -> u64 {
+    if let Some(h) = s.strip_prefix("0x") {
+        u64::from_str_radix(h, 16).unwrap()
+    } else {
+        s.parse::<i64>().map(|v| v as u64).unwrap()
+    }
+}
+
+fn sockaddr_in(port: u16) -> libc::sockaddr_in {
+    libc::sockaddr_in {
+        sin_family: libc::AF_INET as u16,
+        sin_port: port.to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from_ne_bytes([127, 0, 0, 1]),
+        },
+        sin_zero: [0; 8],
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let a = |i: usize| args.get(i).map(String::as_str).unwrap_or("");
+    unsafe {
+        match a(0) {
+            "read" => {
+                let fd = libc::open(c(a(1)).as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC);
+                report(fd as i64);
+            }
+            "write" => {
+                // Open an existing file for writing and append a marker.
+                let fd = libc::open(
+                    c(a(1)).as_ptr(),
+                    libc::O_WRONLY | libc::O_APPEND | libc::O_CLOEXEC,
+                );
+                if fd >= 0 {
+                    libc::write(fd, b"probe\n".as_ptr().cast(), 6);
+                }
+                report(fd as i64);
+            }
+            "create" => {
+                let fd = libc::open(
+                    c(a(1)).as_ptr(),
+                    libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_CLOEXEC,
+                    0o755,
+                );
+                if fd >= 0 && args.len() > 2 {
+                    let data = std::fs::read(a(2)).unwrap_or_default();
+                    libc::write(fd, data.as_ptr().cast(), data.len());
+                }
+                report(fd as i64);
+            }
+            "truncate" => report(libc::truncate(c(a(1)).as_ptr(), 0) as i64),
+            "unlink" => report(libc::unlink(c(a(1)).as_ptr()) as i64),
+            "rename" => report(libc::rename(c(a(1)).as_ptr(), c(a(2)).as_ptr()) as i64),
+            "link" => report(libc::link(c(a(1)).as_ptr(), c(a(2)).as_ptr()) as i64),
+            "mkdir" => report(libc::mkdir(c(a(1)).as_ptr(), 0o755) as i64),
+            "reopen-rw" => {
+                // Upgrade a read-only fd through /proc/self/fd (re-checked by Landlock).
+                let fd = libc::open(c(a(1)).as_ptr(), libc::O_RDONLY);
+                if fd < 0 {
+                    return report(-1);
+                }
+                let p = format!("/proc/self/fd/{fd}");
+                report(libc::open(c(&p).as_ptr(), libc::O_WRONLY) as i64);
+            }
+            "exec" => {
+                let prog = c(a(1));
+                let argv: Vec<CString> = args[1..].iter().map(|s| c(s)).collect();
+                let mut ptrs: Vec<*const libc::c_char> = argv.iter().map(|s| s.as_ptr()).collect();
+                ptrs.push(std::ptr::null());
+                libc::execv(prog.as_ptr(), ptrs.as_ptr());
+                report(-1);
+            }
+            "execveat-empty" => {
+                let fd = libc::open(c(a(1)).as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC);
+                let argv = [c(a(1))];
+                let ptrs = [argv[0].as_ptr(), std::ptr::null()];
+                let envp: [*const libc::c_char; 1] = [std::ptr::null()];
+                let r = libc::syscall(
+                    libc::SYS_execveat,
+                    fd,
+                    c("").as_ptr(),
+                    ptrs.as_ptr(),
+                    envp.as_ptr(),
+                    libc::AT_EMPTY_PATH,
+                );
+                report(r);
+            }
+            "memfd" => {
+                let r = libc::syscall(
+                    libc::SYS_memfd_create,
+                    c("probe").as_ptr(),
+                    num(a(1)) as libc::c_uint,
+                );
+                report(r);
+            }
+            "connect" => {
+                let s = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+                if s < 0 {
+                    return report(-1);
+                }
+                let sa = sockaddr_in(num(a(1)) as u16);
+                let r = libc::connect(
+                    s,
+                    (&sa as *const libc::sockaddr_in).cast(),
+                    std::mem::size_of_val(&sa) as u32,
+                );
+                report(r as i64);
+            }
+            "bind" => {
+                let s = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+                if s < 0 {
+                    return report(-1);
+                }
+                let sa = sockaddr_in(num(a(1)) as u16);
+                let r = libc::bind(
+                    s,
+                    (&sa as *const libc::sockaddr_in).cast(),
+                    std::mem::size_of_val(&sa) as u32,
+                );
+                report(r as i64);
+            }
+            "udp-send" => {
+                let s = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+                if s < 0 {
+                    return report(-1);
+                }
+                let sa = sockaddr_in(num(a(1)) as u16);
+                let r = libc::sendto(
+                    s,
+                    b"leak".as_ptr().cast(),
+                    4,
+                    0,
+                    (&sa as *const libc::sockaddr_in).cast(),
+                    std::mem::size_of_val(&sa) as u32,
+                );
+                report(r as i64);
+            }
+            "socket" => {
+                report(libc::socket(num(a(1)) as i32, num(a(2)) as i32, num(a(3)) as i32) as i64)
+            }
+            "socketpair" => {
+                let mut sv = [0; 2];
+                report(
+                    libc::socketpair(num(a(1)) as i32, libc::SOCK_STREAM, 0, sv.as_mut_ptr())
+                        as i64,
+                );
+            }
+            "abstract-connect" => {
+                let s = libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+                if s < 0 {
+                    return report(-1);
+                }
+                let mut sa: libc::sockaddr_un = std::mem::zeroed();
+                sa.sun_family = libc::AF_UNIX as u16;
+                let n = a(1).as_bytes();
+                for (i, b) in n.iter().enumerate() {
+                    sa.sun_path[i + 1] = *b as libc::c_char;
+                }
+                let len = (std::mem::size_of::<libc::sa_family_t>() + 1 + n.len()) as u32;
+                report(libc::connect(s, (&sa as *const libc::sockaddr_un).cast(), len) as i64);
+            }
+            "kill" => report(libc::kill(num(a(1)) as i32, num(a(2)) as i32) as i64),
+            "ioctl" => {
+                // fd -1: an allowed request fails EBADF, a filtered one EPERM.
+                let req = num(a(1));
+                let ch = 0u8;
+                report(libc::syscall(libc::SYS_ioctl, -1i64, req, &ch as *const u8));
+            }
+            "syscall" => {
+                let nr = policy::syscalls::number(a(1)).unwrap_or_else(|| num(a(1)) as i64);
+                let v: Vec<u64> = (2..8)
+                    .map(|i| if a(i).is_empty() { 0 } else { num(a(i)) })
+                    .collect();
+                report(libc::syscall(nr, v[0], v[1], v[2], v[3], v[4], v[5]));
+            }
+            "clone" => {
+                // Raw clone with the given flags; the child exits at once.
+                let flags = num(a(1)) | libc::SIGCHLD as u64;
+                let r = libc::syscall(libc::SYS_clone, flags, 0usize, 0usize, 0usize, 0usize);
+                if r == 0 {
+                    libc::_exit(0);
+                }
+                if r > 0 {
+                    libc::waitpid(r as i32, std::ptr::null_mut(), 0);
+                }
+                report(r);
+            }
+            "x32" => {
+                // getpid with the x32 bit set.
+                let r = libc::syscall(libc::SYS_getpid | 0x4000_0000);
+                report(r);
+            }
+            "int80" => {
+                // i386 getpid (20) through the compat entry.
+                let mut ret: i64 = 20;
+                std::arch::asm!("int 0x80", inout("rax") ret, options(nostack));
+                println!("int80 returned {ret}");
+            }
+            "status" => {
+                let s = std::fs::read_to_string("/proc/self/status").unwrap();
+                for l in s.lines().filter(|l| {
+                    l.starts_with("NoNewPrivs") || l.starts_with("Seccomp:") || l.starts_with("Cap")
+                }) {
+                    println!("{l}");
+                }
+            }
+            "fds" => {
+                let mut fds: Vec<i32> = std::fs::read_dir("/proc/self/fd")
+                    .unwrap()
+                    .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+                    .collect();
+                fds.sort();
+                // The directory fd read_dir holds is the highest one: drop it.
+                fds.pop();
+                println!("fds {fds:?}");
+            }
+            "env" => {
+                for (k, v) in std::env::vars() {
+                    println!("{k}={v}");
+                }
+            }
+            "forks" => {
+                // Fork up to N sleeping children; report how many succeeded.
+                let n = num(a(1));
+                let mut kids = Vec::new();
+                let mut err = 0;
+                for _ in 0..n {
+                    let p = libc::fork();
+                    if p == 0 {
+                        libc::sleep(30);
+                        libc::_exit(0);
+                    }
+                    if p < 0 {
+                        err = errno();
+                        break;
+                    }
+                    kids.push(p);
+                }
+                println!("forked {} {}", kids.len(), name(err));
+                for k in kids {
+                    libc::kill(k, libc::SIGKILL);
+                    libc::waitpid(k, std::ptr::null_mut(), 0);
+                }
+            }
+            "alloc" => {
+                let mb = num(a(1)) as usize;
+                let mut v: Vec<Vec<u8>> = Vec::new();
+                for _ in 0..mb {
+                    let mut chunk = Vec::new();
+                    if chunk.try_reserve_exact(1 << 20).is_err() {
+                        println!("alloc failed after {} MiB", v.len());
+                        return;
+                    }
+                    chunk.resize(1 << 20, 1u8);
+                    v.push(chunk);
+                }
+                println!("allocated {} MiB", v.len());
+            }
+            "orphan" => {
+                // Double-fork a setsid'd grandchild that outlives us unless contained.
+                if libc::fork() == 0 {
+                    libc::setsid();
+                    if libc::fork() == 0 {
+                        let me = c(&std::env::current_exe().unwrap().to_string_lossy());
+                        let argv = [me.clone(), c("sleeper"), c(a(1))];
+                        let ptrs = [
+                            argv[0].as_ptr(),
+                            argv[1].as_ptr(),
+                            argv[2].as_ptr(),
+                            std::ptr::null(),
+                        ];
+                        libc::execv(me.as_ptr(), ptrs.as_ptr());
+                        libc::_exit(1);
+                    }
+                    libc::_exit(0);
+                }
+                libc::wait(std::ptr::null_mut());
+                println!("ok");
+                std::io::stdout().flush().unwrap();
+                libc::sleep(60);
+            }
+            "sleeper" => {
+                libc::sleep(60);
+            }
+            "trap" => {
+                // Exit 42 on SIGTERM, to show the signal was forwarded.
+                extern "C" fn on_term(_: libc::c_int) {
+                    unsafe { libc::_exit(42) };
+                }
+                libc::signal(
+                    libc::SIGTERM,
+                    on_term as extern "C" fn(libc::c_int) as libc::sighandler_t,
+                );
+                println!("ready");
+                std::io::stdout().flush().unwrap();
+                libc::sleep(60);
+                libc::_exit(1);
+            }
+            "exit" => std::process::exit(num(a(1)) as i32),
+            "raise" => {
+                libc::signal(num(a(1)) as i32, libc::SIG_DFL);
+                libc::raise(num(a(1)) as i32);
+            }
+            "echo-stdin" => {
+                let mut s = String::new();
+                std::io::Read::read_to_string(&mut std::io::stdin(), &mut s).unwrap();
+                print!("{s}");
+            }
+            "pid" => println!("pid {}", libc::getpid()),
+            other => {
+                eprintln!("probe: unknown action `{other}`");
+                std::process::exit(2);
+            }
+        }
+    }
+}
