@@ -6,11 +6,9 @@ use std::collections::BTreeMap;
 
 use crate::env;
 use crate::error::{Error, Origin};
-use crate::plan::{
-    CommandSpec, EnvPlan, ExecPlan, LandlockPlan, LimitsPlan, PathRule, Plan, SeccompPlan,
-};
+use crate::plan::{CommandSpec, EnvPlan, ExecPlan, LandlockPlan, LimitsPlan, PathRule, Plan, SeccompPlan};
 use crate::profile::{Located, Profile};
-use crate::seccomp::{self, SocketPolicy};
+use crate::seccomp::{self, FloorPolicy, SocketPolicy};
 
 /// Values for `{workspace}`, `{home}` and `{tmp}`.
 #[derive(Clone, Debug)]
@@ -33,19 +31,17 @@ impl Vars {
         while let Some(open) = rest.find('{') {
             out.push_str(&rest[..open]);
             let after = &rest[open + 1..];
-            let close = after
-                .find('}')
-                .ok_or_else(|| Error::invalid(at, format!("unclosed `{{` in `{text}`")))?;
+            let close = after.find('}').ok_or_else(|| Error::invalid(at, format!("unclosed `{{` in `{text}`")))?;
             let value = match &after[..close] {
                 "workspace" => &self.workspace,
                 "home" => &self.home,
                 "tmp" => &self.tmp,
-                other => return Err(Error::invalid(
-                    at,
-                    format!(
-                        "unknown variable `{{{other}}}`: use {{workspace}}, {{home}} or {{tmp}}"
-                    ),
-                )),
+                other => {
+                    return Err(Error::invalid(
+                        at,
+                        format!("unknown variable `{{{other}}}`: use {{workspace}}, {{home}} or {{tmp}}"),
+                    ))
+                }
             };
             out.push_str(value);
             rest = &after[close + 1..];
@@ -66,7 +62,10 @@ fn optional(text: &str) -> (&str, bool) {
 /// `/a/./b/` → `/a/b`; `..` is refused (a rule should say what it means).
 fn normalize(path: &str, at: &Origin) -> Result<String, Error> {
     if !path.starts_with('/') {
-        return Err(Error::invalid(at, format!("path `{path}` must be absolute (or start with {{workspace}}, {{home}}, {{tmp}} or ~/)")));
+        return Err(Error::invalid(
+            at,
+            format!("path `{path}` must be absolute (or start with {{workspace}}, {{home}}, {{tmp}} or ~/)"),
+        ));
     }
     if path.contains('\0') {
         return Err(Error::invalid(at, "path contains a NUL byte"));
@@ -75,12 +74,7 @@ fn normalize(path: &str, at: &Origin) -> Result<String, Error> {
     for part in path.split('/') {
         match part {
             "" | "." => {}
-            ".." => {
-                return Err(Error::invalid(
-                    at,
-                    format!("path `{path}` must not contain `..`"),
-                ))
-            }
+            ".." => return Err(Error::invalid(at, format!("path `{path}` must not contain `..`"))),
             p => parts.push(p),
         }
     }
@@ -94,26 +88,14 @@ enum Right {
     Exec,
 }
 
-fn add_path(
-    rules: &mut Vec<PathRule>,
-    vars: &Vars,
-    item: &Located<String>,
-    right: Right,
-) -> Result<(), Error> {
+fn add_path(rules: &mut Vec<PathRule>, vars: &Vars, item: &Located<String>, right: Right) -> Result<(), Error> {
     let (raw, opt) = optional(&item.value);
     let expanded = vars.expand(raw, &item.at)?;
     let path = normalize(&expanded, &item.at)?;
     let idx = match rules.iter().position(|r| r.path == path) {
         Some(i) => i,
         None => {
-            rules.push(PathRule {
-                path,
-                read: false,
-                write: false,
-                exec: false,
-                optional: opt,
-                at: item.at.clone(),
-            });
+            rules.push(PathRule { path, read: false, write: false, exec: false, optional: opt, at: item.at.clone() });
             rules.len() - 1
         }
     };
@@ -154,53 +136,34 @@ pub fn compile(profile: &Profile, vars: &Vars) -> Result<Plan, Error> {
         if spec.is_empty() || spec.contains('\0') {
             return Err(Error::invalid(&item.at, "empty command name"));
         }
-        let spec = if spec.contains('/') {
-            normalize(&spec, &item.at)?
-        } else {
-            spec
-        };
-        allow.push(CommandSpec {
-            spec,
-            optional: opt,
-            at: item.at.clone(),
-        });
+        let spec = if spec.contains('/') { normalize(&spec, &item.at)? } else { spec };
+        allow.push(CommandSpec { spec, optional: opt, at: item.at.clone() });
     }
 
     let sockets = SocketPolicy {
         tcp: !profile.connect.is_empty() || !profile.bind.is_empty(),
+        tcp_bind: !profile.bind.is_empty(),
         udp: profile.udp,
         unix: profile.unix,
     };
-    let mut rules = seccomp::baseline(sockets);
+    let floor = FloorPolicy { sockets, chmod: profile.chmod };
+    let mut rules = seccomp::baseline(floor);
     for item in &profile.deny_syscalls {
-        let rule =
-            seccomp::extra(&item.value, &format!("denied by {}", item.at)).ok_or_else(|| {
-                Error::invalid(
-                    &item.at,
-                    format!(
-                        "unknown syscall `{}` (x86-64 names, e.g. `ptrace`)",
-                        item.value
-                    ),
-                )
-            })?;
+        let rule = seccomp::extra(&item.value, &format!("denied by {}", item.at)).ok_or_else(|| {
+            Error::invalid(&item.at, format!("unknown syscall `{}` (x86-64 names, e.g. `ptrace`)", item.value))
+        })?;
         rules.push(rule);
     }
 
     for item in &profile.env_pass {
         if !env::valid_name(&item.value) {
-            return Err(Error::invalid(
-                &item.at,
-                format!("bad environment variable name `{}`", item.value),
-            ));
+            return Err(Error::invalid(&item.at, format!("bad environment variable name `{}`", item.value)));
         }
     }
     let mut set = BTreeMap::new();
     for (name, value) in &profile.env_set {
         if !env::valid_name(name) {
-            return Err(Error::invalid(
-                &value.at,
-                format!("bad environment variable name `{name}`"),
-            ));
+            return Err(Error::invalid(&value.at, format!("bad environment variable name `{name}`")));
         }
         set.insert(name.clone(), vars.expand(&value.value, &value.at)?);
     }
@@ -221,16 +184,9 @@ pub fn compile(profile: &Profile, vars: &Vars) -> Result<Plan, Error> {
             scope_abstract_unix: !profile.abstract_unix,
             scope_signal: !profile.signals,
         },
-        seccomp: SeccompPlan {
-            kill_foreign_arch: true,
-            sockets,
-            rules,
-        },
+        seccomp: SeccompPlan { kill_foreign_arch: true, floor, rules },
         exec: ExecPlan { allow },
-        env: EnvPlan {
-            pass: profile.env_pass.clone(),
-            set,
-        },
+        env: EnvPlan { pass: profile.env_pass.clone(), set },
         limits: LimitsPlan {
             max_procs: profile.max_procs.clone(),
             max_memory: profile.max_memory.clone(),
@@ -245,11 +201,7 @@ mod tests {
     use crate::source::Loader;
 
     fn vars() -> Vars {
-        Vars {
-            workspace: "/w".into(),
-            home: "/h".into(),
-            tmp: "/t".into(),
-        }
+        Vars { workspace: "/w".into(), home: "/h".into(), tmp: "/t".into() }
     }
 
     #[test]
@@ -258,12 +210,7 @@ mod tests {
         let plan = compile(&p, &vars()).unwrap();
         let ws = plan.landlock.paths.iter().find(|r| r.path == "/w").unwrap();
         assert!(ws.read && ws.write && !ws.exec);
-        let usr = plan
-            .landlock
-            .paths
-            .iter()
-            .find(|r| r.path == "/usr")
-            .unwrap();
+        let usr = plan.landlock.paths.iter().find(|r| r.path == "/usr").unwrap();
         assert!(usr.read && !usr.write && !usr.exec);
         assert!(plan.landlock.connect_tcp.is_empty());
         assert!(plan.landlock.scope_signal && plan.landlock.scope_abstract_unix);
@@ -276,59 +223,36 @@ mod tests {
         let at = Origin::new("x", 1);
         assert_eq!(vars().expand("{workspace}/a", &at).unwrap(), "/w/a");
         assert_eq!(vars().expand("~/.npm", &at).unwrap(), "/h/.npm");
-        assert!(vars()
-            .expand("{nope}", &at)
-            .unwrap_err()
-            .to_string()
-            .contains("unknown variable `{nope}`"));
+        assert!(vars().expand("{nope}", &at).unwrap_err().to_string().contains("unknown variable `{nope}`"));
         assert!(vars().expand("{home", &at).is_err());
     }
 
     #[test]
     fn relative_and_dotdot_paths_are_errors() {
         let mut p = Profile::default();
-        p.read
-            .push(Located::new("etc".into(), Origin::new("f.toml", 7)));
-        assert!(compile(&p, &vars())
-            .unwrap_err()
-            .to_string()
-            .starts_with("f.toml:7: path `etc` must be absolute"));
+        p.read.push(Located::new("etc".into(), Origin::new("f.toml", 7)));
+        assert!(compile(&p, &vars()).unwrap_err().to_string().starts_with("f.toml:7: path `etc` must be absolute"));
         let mut p = Profile::default();
-        p.write.push(Located::new(
-            "{workspace}/../x".into(),
-            Origin::new("f.toml", 3),
-        ));
-        assert!(compile(&p, &vars())
-            .unwrap_err()
-            .to_string()
-            .contains("f.toml:3:"));
+        p.write.push(Located::new("{workspace}/../x".into(), Origin::new("f.toml", 3)));
+        assert!(compile(&p, &vars()).unwrap_err().to_string().contains("f.toml:3:"));
     }
 
     #[test]
     fn unknown_syscall_names_line() {
         let mut p = Profile::default();
-        p.deny_syscalls
-            .push(Located::new("frobnicate".into(), Origin::new("f.toml", 9)));
+        p.deny_syscalls.push(Located::new("frobnicate".into(), Origin::new("f.toml", 9)));
         let e = compile(&p, &vars()).unwrap_err().to_string();
-        assert!(
-            e.starts_with("f.toml:9: unknown syscall `frobnicate`"),
-            "{e}"
-        );
+        assert!(e.starts_with("f.toml:9: unknown syscall `frobnicate`"), "{e}");
     }
 
     #[test]
     fn rights_merge_per_path() {
         let mut p = Profile::default();
-        p.read
-            .push(Located::new("?/opt/x".into(), Origin::new("a", 1)));
-        p.write
-            .push(Located::new("/opt/x/".into(), Origin::new("a", 2)));
+        p.read.push(Located::new("?/opt/x".into(), Origin::new("a", 1)));
+        p.write.push(Located::new("/opt/x/".into(), Origin::new("a", 2)));
         let plan = compile(&p, &vars()).unwrap();
         assert_eq!(plan.landlock.paths.len(), 1);
         let r = &plan.landlock.paths[0];
-        assert!(
-            r.read && r.write && !r.optional,
-            "a required mention makes the path required"
-        );
+        assert!(r.read && r.write && !r.optional, "a required mention makes the path required");
     }
 }

@@ -17,29 +17,10 @@ pub fn is_secret_like(name: &str) -> bool {
         "VAULT_",
         "DOCKER_AUTH",
     ];
-    const SUFFIXES: &[&str] = &[
-        "_KEY",
-        "_KEYS",
-        "_PASS",
-        "_AUTH",
-        "_PAT",
-        "_DSN",
-        "_COOKIE",
-        "_SESSION",
-        "_CREDS",
-        "_CREDENTIALS",
-    ];
-    const WORDS: &[&str] = &[
-        "SECRET",
-        "TOKEN",
-        "PASSWORD",
-        "PASSWD",
-        "APIKEY",
-        "API_KEY",
-        "PRIVATE",
-        "CREDENTIAL",
-        "BEARER",
-    ];
+    const SUFFIXES: &[&str] =
+        &["_KEY", "_KEYS", "_PASS", "_AUTH", "_PAT", "_DSN", "_COOKIE", "_SESSION", "_CREDS", "_CREDENTIALS"];
+    const WORDS: &[&str] =
+        &["SECRET", "TOKEN", "PASSWORD", "PASSWD", "APIKEY", "API_KEY", "PRIVATE", "CREDENTIAL", "BEARER"];
     PREFIXES.iter().any(|p| n.starts_with(p))
         || SUFFIXES.iter().any(|s| n.ends_with(s))
         || WORDS.iter().any(|w| n.contains(w))
@@ -70,13 +51,7 @@ pub fn glob_match(pattern: &str, name: &str) -> bool {
 /// Whether `name` passes the `pass` list.
 pub fn passes<'a>(name: &str, pass: impl IntoIterator<Item = &'a str>) -> bool {
     let secret = is_secret_like(name);
-    pass.into_iter().any(|p| {
-        if p.contains('*') {
-            !secret && glob_match(p, name)
-        } else {
-            p == name
-        }
-    })
+    pass.into_iter().any(|p| if p.contains('*') { !secret && glob_match(p, name) } else { p == name })
 }
 
 /// A valid variable name or pattern: no `=`, no NUL, not empty.
@@ -102,9 +77,7 @@ mod tests {
         ] {
             assert!(is_secret_like(s), "{s}");
         }
-        for s in [
-            "PATH", "HOME", "LANG", "LC_ALL", "TERM", "NODE_ENV", "KEYBOARD",
-        ] {
+        for s in ["PATH", "HOME", "LANG", "LC_ALL", "TERM", "NODE_ENV", "KEYBOARD"] {
             assert!(!is_secret_like(s), "{s}");
         }
     }
@@ -125,10 +98,7 @@ mod tests {
         assert!(passes("LANG", ["LANG"]));
         assert!(passes("LC_ALL", ["LC_*"]));
         assert!(!passes("GITHUB_TOKEN", ["*"]));
-        assert!(
-            passes("GITHUB_TOKEN", ["GITHUB_TOKEN"]),
-            "an exact name passes even a secret"
-        );
+        assert!(passes("GITHUB_TOKEN", ["GITHUB_TOKEN"]), "an exact name passes even a secret");
         assert!(!passes("HOME", ["PATH"]));
     }
 }

@@ -15,18 +15,12 @@ pub struct Origin {
 
 impl Origin {
     pub fn new(source: impl Into<String>, line: usize) -> Self {
-        Origin {
-            source: source.into(),
-            line,
-        }
+        Origin { source: source.into(), line }
     }
 
     /// A value given by a command-line flag such as `--read`.
     pub fn flag(flag: &str) -> Self {
-        Origin {
-            source: format!("command line ({flag})"),
-            line: 0,
-        }
+        Origin { source: format!("command line ({flag})"), line: 0 }
     }
 }
 
@@ -49,19 +43,13 @@ pub enum Error {
     #[error("profile `{name}` not found (looked in {searched})")]
     NotFound { name: String, searched: String },
     #[error("{path}: cannot read profile: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
+    Read { path: String, source: std::io::Error },
     #[error("{at}: `extends` cycle: {chain}")]
     Cycle { at: Origin, chain: String },
 }
 
 impl Error {
     pub fn invalid(at: &Origin, message: impl Into<String>) -> Self {
-        Error::Invalid {
-            at: at.clone(),
-            message: message.into(),
-        }
+        Error::Invalid { at: at.clone(), message: message.into() }
     }
 }

@@ -22,4 +22,4 @@ pub use compile::{compile, Vars};
 pub use error::{Error, Origin};
 pub use plan::Plan;
 pub use profile::{Overrides, Profile};
-pub use source::{Loader, ProfileSource};
+pub use source::{Loader, Place, ProfileSource};

@@ -52,8 +52,8 @@ pub struct SeccompPlan {
     /// Syscalls from a non-native architecture (i386 `int 0x80`, the x32 bit)
     /// kill the process. Always on.
     pub kill_foreign_arch: bool,
-    /// Which sockets the rules let through (Landlock then checks TCP ports).
-    pub sockets: crate::seccomp::SocketPolicy,
+    /// What the floor lets through (Landlock then checks TCP ports).
+    pub floor: crate::seccomp::FloorPolicy,
     pub rules: Vec<SyscallRule>,
 }
 
@@ -80,6 +80,9 @@ pub enum Width {
 pub enum Op {
     Eq,
     Ne,
+    Ge,
+    Le,
+    Gt,
     /// `(arg & mask) == value`.
     MaskedEq(u64),
 }

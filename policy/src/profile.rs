@@ -35,6 +35,7 @@ pub struct Profile {
     pub read: Vec<Located<String>>,
     pub write: Vec<Located<String>>,
     pub exec: Vec<Located<String>>,
+    pub chmod: bool,
     pub connect: Vec<Located<u16>>,
     pub bind: Vec<Located<u16>>,
     pub udp: bool,
@@ -76,10 +77,7 @@ fn port(lines: &Lines, v: &Spanned<i64>) -> Result<Located<u16>, Error> {
     let at = lines.at(v.span().start);
     match u16::try_from(*v.get_ref()) {
         Ok(p) if p != 0 => Ok(Located::new(p, at)),
-        _ => Err(Error::invalid(
-            &at,
-            format!("bad port {}: must be 1..=65535", v.get_ref()),
-        )),
+        _ => Err(Error::invalid(&at, format!("bad port {}: must be 1..=65535", v.get_ref()))),
     }
 }
 
@@ -87,10 +85,7 @@ fn count(lines: &Lines, v: &Spanned<i64>, what: &str) -> Result<Located<u64>, Er
     let at = lines.at(v.span().start);
     match u64::try_from(*v.get_ref()) {
         Ok(n) if n > 0 => Ok(Located::new(n, at)),
-        _ => Err(Error::invalid(
-            &at,
-            format!("bad {what} {}: must be a positive number", v.get_ref()),
-        )),
+        _ => Err(Error::invalid(&at, format!("bad {what} {}: must be a positive number", v.get_ref()))),
     }
 }
 
@@ -108,6 +103,9 @@ impl Profile {
         self.read.extend(fs.read.iter().map(|v| lines.locate(v)));
         self.write.extend(fs.write.iter().map(|v| lines.locate(v)));
         self.exec.extend(fs.exec.iter().map(|v| lines.locate(v)));
+        if let Some(c) = fs.chmod {
+            self.chmod = c;
+        }
         for p in &file.network.connect {
             self.connect.push(port(lines, p)?);
         }
@@ -126,12 +124,9 @@ impl Profile {
         if let Some(b) = file.ipc.unix {
             self.unix = b;
         }
-        self.commands
-            .extend(file.commands.allow.iter().map(|v| lines.locate(v)));
-        self.deny_syscalls
-            .extend(file.syscalls.deny.iter().map(|v| lines.locate(v)));
-        self.env_pass
-            .extend(file.env.pass.iter().map(|v| lines.locate(v)));
+        self.commands.extend(file.commands.allow.iter().map(|v| lines.locate(v)));
+        self.deny_syscalls.extend(file.syscalls.deny.iter().map(|v| lines.locate(v)));
+        self.env_pass.extend(file.env.pass.iter().map(|v| lines.locate(v)));
         for (k, v) in &file.env.set {
             self.env_set.insert(k.clone(), lines.locate(v));
         }
@@ -153,39 +148,26 @@ impl Profile {
     /// Applies command-line flags. Flags only add to the profile.
     pub fn apply(&mut self, o: &Overrides) -> Result<(), Error> {
         let flag = |name: &str, v: &[String]| -> Vec<Located<String>> {
-            v.iter()
-                .map(|s| Located::new(s.clone(), Origin::flag(name)))
-                .collect()
+            v.iter().map(|s| Located::new(s.clone(), Origin::flag(name))).collect()
         };
         self.read.extend(flag("--read", &o.read));
         self.write.extend(flag("--write", &o.write));
         // `--exec PATH` both allows running PATH and, for a directory, what is beneath it.
         self.commands.extend(flag("--exec", &o.exec));
         self.env_pass.extend(flag("--env", &o.env));
-        for (list, ports, name) in [
-            (&mut self.connect, &o.connect, "--connect"),
-            (&mut self.bind, &o.bind, "--bind"),
-        ] {
+        for (list, ports, name) in [(&mut self.connect, &o.connect, "--connect"), (&mut self.bind, &o.bind, "--bind")] {
             for p in ports {
                 let at = Origin::flag(name);
                 match p.trim().parse::<u16>() {
                     Ok(n) if n != 0 => list.push(Located::new(n, at)),
-                    _ => {
-                        return Err(Error::invalid(
-                            &at,
-                            format!("bad port `{p}`: must be 1..=65535"),
-                        ))
-                    }
+                    _ => return Err(Error::invalid(&at, format!("bad port `{p}`: must be 1..=65535"))),
                 }
             }
         }
         if let Some(n) = o.max_procs {
             let at = Origin::flag("--max-procs");
             if n == 0 {
-                return Err(Error::invalid(
-                    &at,
-                    "bad max-procs 0: must be a positive number",
-                ));
+                return Err(Error::invalid(&at, "bad max-procs 0: must be a positive number"));
             }
             // Flags only tighten or add: a smaller limit wins over the profile's.
             if self.max_procs.as_ref().is_none_or(|p| n < p.value) {

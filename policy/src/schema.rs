@@ -43,6 +43,10 @@ pub struct Filesystem {
     /// execute beneath them; prefer single files.
     #[serde(default)]
     pub exec: Paths,
+    /// Allow chmod (never setuid/setgid bits) of files this uid owns.
+    /// Landlock cannot confine mode changes to the writable paths, so this
+    /// reaches every file the uid owns; refused when portcullis runs as root.
+    pub chmod: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -10,34 +10,19 @@ use crate::syscalls;
 
 /// Syscalls an MCP server never needs and sandbox escapes use, denied with EPERM.
 const ALWAYS: &[(&str, &str)] = &[
-    (
-        "io_uring_setup",
-        "io_uring runs file and socket operations that seccomp never sees",
-    ),
-    (
-        "io_uring_enter",
-        "io_uring runs file and socket operations that seccomp never sees",
-    ),
-    (
-        "io_uring_register",
-        "io_uring runs file and socket operations that seccomp never sees",
-    ),
+    ("io_uring_setup", "io_uring runs file and socket operations that seccomp never sees"),
+    ("io_uring_enter", "io_uring runs file and socket operations that seccomp never sees"),
+    ("io_uring_register", "io_uring runs file and socket operations that seccomp never sees"),
     ("bpf", "loads programs into the kernel"),
     ("perf_event_open", "kernel attack surface and side channels"),
     ("userfaultfd", "stalls the kernel mid-copy to win races"),
     ("keyctl", "the kernel keyring is not namespaced"),
     ("add_key", "the kernel keyring is not namespaced"),
     ("request_key", "the kernel keyring is not namespaced"),
-    (
-        "ptrace",
-        "tracing other processes, rewriting syscalls after seccomp",
-    ),
+    ("ptrace", "tracing other processes, rewriting syscalls after seccomp"),
     ("process_vm_readv", "reads other processes' memory"),
     ("process_vm_writev", "writes other processes' memory"),
-    (
-        "pidfd_getfd",
-        "steals file descriptors from other processes",
-    ),
+    ("pidfd_getfd", "steals file descriptors from other processes"),
     ("kcmp", "compares kernel objects of other processes"),
     ("kexec_load", "replaces the running kernel"),
     ("kexec_file_load", "replaces the running kernel"),
@@ -57,14 +42,8 @@ const ALWAYS: &[(&str, &str)] = &[
     ("pivot_root", "changes the root filesystem"),
     ("chroot", "changes the root directory"),
     ("setns", "joins other namespaces"),
-    (
-        "unshare",
-        "new namespaces detach mount-based rules and expose more kernel code",
-    ),
-    (
-        "open_by_handle_at",
-        "opens files by handle, bypassing path checks (shocker)",
-    ),
+    ("unshare", "new namespaces detach mount-based rules and expose more kernel code"),
+    ("open_by_handle_at", "opens files by handle, bypassing path checks (shocker)"),
     ("swapon", "host administration"),
     ("swapoff", "host administration"),
     ("reboot", "host administration"),
@@ -88,7 +67,29 @@ const ALWAYS: &[(&str, &str)] = &[
     ("name_to_handle_at", "pairs with open_by_handle_at"),
     ("memfd_secret", "memory hidden from the supervisor"),
     ("lsm_set_self_attr", "changes LSM attributes"),
+    // Landlock (through ABI 7) does not mediate metadata changes, and the
+    // sandbox owns every file of its uid: chown and extended attributes
+    // (including POSIX ACLs) would reach files outside every rule.
+    ("chown", "Landlock does not mediate ownership changes"),
+    ("fchown", "Landlock does not mediate ownership changes"),
+    ("lchown", "Landlock does not mediate ownership changes"),
+    ("fchownat", "Landlock does not mediate ownership changes"),
+    ("setxattr", "Landlock does not mediate extended attributes (ACLs included)"),
+    ("lsetxattr", "Landlock does not mediate extended attributes (ACLs included)"),
+    ("fsetxattr", "Landlock does not mediate extended attributes (ACLs included)"),
+    ("setxattrat", "Landlock does not mediate extended attributes (ACLs included)"),
+    ("removexattr", "Landlock does not mediate extended attributes (ACLs included)"),
+    ("lremovexattr", "Landlock does not mediate extended attributes (ACLs included)"),
+    ("fremovexattr", "Landlock does not mediate extended attributes (ACLs included)"),
+    ("removexattrat", "Landlock does not mediate extended attributes (ACLs included)"),
 ];
+
+/// chmod-family syscalls and the index of their mode argument.
+const CHMODS: &[(&str, u8)] = &[("chmod", 1), ("fchmod", 1), ("fchmodat", 2), ("fchmodat2", 2)];
+const S_ISUID: u64 = 0o4000;
+const S_ISGID: u64 = 0o2000;
+/// MSG_FASTOPEN: sendto/sendmsg connect without connect(2), which Landlock never sees.
+const MSG_FASTOPEN: u64 = 0x2000_0000;
 
 // clone(2) flags that create namespaces.
 const CLONE_NEWTIME: u64 = 0x80;
@@ -105,8 +106,6 @@ const TIOCLINUX: u64 = 0x541C;
 const AF_UNIX: u64 = 1;
 const AF_INET: u64 = 2;
 const AF_INET6: u64 = 10;
-/// One past the highest address family Linux knows.
-const AF_MAX: u64 = 46;
 const SOCK_STREAM: u64 = 1;
 const SOCK_DGRAM: u64 = 2;
 const SOCK_TYPE_MASK: u64 = 0xf;
@@ -123,9 +122,21 @@ const PERSONALITY_OK: &[u64] = &[0, 8, 0x0002_0000, 0x0002_0008, 0xffff_ffff];
 pub struct SocketPolicy {
     /// Some TCP port may be connected to or bound (Landlock checks which).
     pub tcp: bool,
+    /// Some TCP port may be bound (else listen(2) is denied: its automatic
+    /// bind to an ephemeral port is not checked by Landlock).
+    pub tcp_bind: bool,
     pub udp: bool,
     /// socket(AF_UNIX): pathname and abstract unix sockets.
     pub unix: bool,
+}
+
+/// Everything the baseline depends on.
+#[derive(Clone, Copy, Debug, serde::Serialize)]
+pub struct FloorPolicy {
+    pub sockets: SocketPolicy,
+    /// chmod of files this uid owns (never setuid/setgid bits); off by default
+    /// because Landlock cannot confine it to the writable paths.
+    pub chmod: bool,
 }
 
 fn nr(name: &str) -> i64 {
@@ -133,30 +144,37 @@ fn nr(name: &str) -> i64 {
 }
 
 fn rule(name: &str, when: Vec<ArgCmp>, verdict: Verdict, why: &str) -> SyscallRule {
-    SyscallRule {
-        syscall: name.to_string(),
-        nr: nr(name),
-        when,
-        verdict,
-        why: why.to_string(),
-    }
+    SyscallRule { syscall: name.to_string(), nr: nr(name), when, verdict, why: why.to_string() }
 }
 
 fn cmp(arg: u8, width: Width, op: Op, value: u64) -> ArgCmp {
-    ArgCmp {
-        arg,
-        width,
-        op,
-        value,
-    }
+    ArgCmp { arg, width, op, value }
 }
 
 /// The baseline rules for a sandbox with this socket policy.
-pub fn baseline(sockets: SocketPolicy) -> Vec<SyscallRule> {
-    let mut rules: Vec<SyscallRule> = ALWAYS
-        .iter()
-        .map(|(n, why)| rule(n, vec![], Verdict::Eperm, why))
-        .collect();
+pub fn baseline(floor: FloorPolicy) -> Vec<SyscallRule> {
+    let sockets = floor.sockets;
+    let mut rules: Vec<SyscallRule> = ALWAYS.iter().map(|(n, why)| rule(n, vec![], Verdict::Eperm, why)).collect();
+
+    for &(name, arg) in CHMODS {
+        if floor.chmod {
+            for (bit, label) in [(S_ISUID, "setuid"), (S_ISGID, "setgid")] {
+                rules.push(rule(
+                    name,
+                    vec![cmp(arg, Width::Dword, Op::MaskedEq(bit), bit)],
+                    Verdict::Eperm,
+                    &format!("no {label} bits, ever"),
+                ));
+            }
+        } else {
+            rules.push(rule(
+                name,
+                vec![],
+                Verdict::Eperm,
+                "Landlock does not mediate mode changes: any file this uid owns would do (allow with `[filesystem] chmod = true`)",
+            ));
+        }
+    }
 
     // Flag words are unsigned long: test each bit with a full-width mask, so
     // extra or high bits beside the flag cannot dodge an equality match.
@@ -179,12 +197,7 @@ pub fn baseline(sockets: SocketPolicy) -> Vec<SyscallRule> {
     }
     // clone3 passes its flags in memory BPF cannot read: ENOSYS makes libc
     // fall back to clone(2), whose flags the rules above inspect.
-    rules.push(rule(
-        "clone3",
-        vec![],
-        Verdict::Enosys,
-        "flags hidden in memory; libc falls back to clone",
-    ));
+    rules.push(rule("clone3", vec![], Verdict::Enosys, "flags hidden in memory; libc falls back to clone"));
 
     // ioctl's request is an unsigned int: compare 32 bits (CVE-2019-10063).
     rules.push(rule(
@@ -200,10 +213,7 @@ pub fn baseline(sockets: SocketPolicy) -> Vec<SyscallRule> {
         "TIOCLINUX console selection injects input",
     ));
 
-    let personality_other: Vec<ArgCmp> = PERSONALITY_OK
-        .iter()
-        .map(|v| cmp(0, Width::Dword, Op::Ne, *v))
-        .collect();
+    let personality_other: Vec<ArgCmp> = PERSONALITY_OK.iter().map(|v| cmp(0, Width::Dword, Op::Ne, *v)).collect();
     rules.push(rule(
         "personality",
         personality_other,
@@ -219,77 +229,104 @@ pub fn baseline(sockets: SocketPolicy) -> Vec<SyscallRule> {
     ));
     rules.push(rule(
         "execveat",
-        vec![cmp(
-            4,
-            Width::Dword,
-            Op::MaskedEq(AT_EMPTY_PATH),
-            AT_EMPTY_PATH,
-        )],
+        vec![cmp(4, Width::Dword, Op::MaskedEq(AT_EMPTY_PATH), AT_EMPTY_PATH)],
         Verdict::Eperm,
         "fileless exec of an fd (fexecve)",
     ));
 
     // Address families: only AF_UNIX (when IPC is allowed) and the inet ones.
-    for family in 0..AF_MAX {
-        let allowed =
-            (family == AF_UNIX && sockets.unix) || family == AF_INET || family == AF_INET6;
-        if !allowed {
+    // Ranges keep the program short: seccomp's action cache is rebuilt by
+    // emulating the whole program once per syscall number at install time.
+    if !sockets.tcp && !sockets.udp && !sockets.unix {
+        rules.push(rule("socket", vec![], Verdict::Eperm, "the profile allows no network and no unix sockets"));
+    } else {
+        let families: [(Vec<ArgCmp>, &str); 3] = [
+            (vec![cmp(0, Width::Dword, Op::Eq, 0)], "AF_UNSPEC"),
+            (vec![cmp(0, Width::Dword, Op::Ge, 3), cmp(0, Width::Dword, Op::Le, 9)], "AF_AX25..AF_X25"),
+            (vec![cmp(0, Width::Dword, Op::Ge, 11)], "AF_ROSE and above: netlink, packet, vsock and the rest"),
+        ];
+        for (when, label) in families {
+            rules.push(rule("socket", when, Verdict::Eperm, &format!("address family {label} is not needed")));
+        }
+        if !sockets.unix {
             rules.push(rule(
                 "socket",
-                vec![cmp(0, Width::Dword, Op::Eq, family)],
+                vec![cmp(0, Width::Dword, Op::Eq, AF_UNIX)],
                 Verdict::Eperm,
-                &format!("address family {} is not needed", family_name(family)),
+                "AF_UNIX: the profile allows no IPC sockets",
             ));
         }
-    }
-    for family in [AF_INET, AF_INET6] {
-        let fam = cmp(0, Width::Dword, Op::Eq, family);
-        let fname = family_name(family);
-        if !sockets.tcp && !sockets.udp {
-            rules.push(rule(
-                "socket",
-                vec![fam],
-                Verdict::Eperm,
-                &format!("{fname}: the profile allows no network"),
-            ));
-            continue;
-        }
-        for ty in 0..=SOCK_TYPE_MASK {
-            let ok = (ty == SOCK_STREAM && sockets.tcp) || (ty == SOCK_DGRAM && sockets.udp);
-            if !ok {
+        for family in [AF_INET, AF_INET6] {
+            let fam = cmp(0, Width::Dword, Op::Eq, family);
+            let fname = family_name(family);
+            if !sockets.tcp && !sockets.udp {
                 rules.push(rule(
                     "socket",
-                    vec![fam, cmp(1, Width::Dword, Op::MaskedEq(SOCK_TYPE_MASK), ty)],
+                    vec![fam],
                     Verdict::Eperm,
-                    &format!("{fname} socket type {ty}: Landlock restricts TCP only; UDP needs `udp = true`"),
+                    &format!("{fname}: the profile allows no network"),
+                ));
+                continue;
+            }
+            let mut allowed = Vec::new();
+            if sockets.tcp {
+                allowed.push(SOCK_STREAM);
+            }
+            if sockets.udp {
+                allowed.push(SOCK_DGRAM);
+            }
+            for (mask, value) in type_denials(&allowed) {
+                rules.push(rule(
+                    "socket",
+                    vec![fam, cmp(1, Width::Dword, Op::MaskedEq(mask), value)],
+                    Verdict::Eperm,
+                    &format!("{fname} socket type (type & {mask:#x} == {value:#x}): Landlock restricts TCP only; UDP needs `udp = true`"),
+                ));
+            }
+            // Landlock's port rules only see IPPROTO_TCP: SCTP or MPTCP streams would dodge them.
+            if sockets.tcp {
+                rules.push(rule(
+                    "socket",
+                    vec![
+                        fam,
+                        cmp(1, Width::Dword, Op::MaskedEq(SOCK_TYPE_MASK), SOCK_STREAM),
+                        cmp(2, Width::Dword, Op::Ne, 0),
+                        cmp(2, Width::Dword, Op::Ne, IPPROTO_TCP),
+                    ],
+                    Verdict::Eperm,
+                    &format!("{fname} stream protocol other than TCP escapes Landlock's port rules"),
+                ));
+            }
+            if sockets.udp {
+                rules.push(rule(
+                    "socket",
+                    vec![
+                        fam,
+                        cmp(1, Width::Dword, Op::MaskedEq(SOCK_TYPE_MASK), SOCK_DGRAM),
+                        cmp(2, Width::Dword, Op::Ne, 0),
+                        cmp(2, Width::Dword, Op::Ne, IPPROTO_UDP),
+                    ],
+                    Verdict::Eperm,
+                    &format!("{fname} datagram protocol other than UDP"),
                 ));
             }
         }
-        // Landlock's port rules only see IPPROTO_TCP: SCTP or MPTCP streams would dodge them.
-        if sockets.tcp {
+    }
+    if sockets.tcp {
+        for (name, arg) in [("sendto", 3), ("sendmsg", 2), ("sendmmsg", 3)] {
             rules.push(rule(
-                "socket",
-                vec![
-                    fam,
-                    cmp(1, Width::Dword, Op::MaskedEq(SOCK_TYPE_MASK), SOCK_STREAM),
-                    cmp(2, Width::Dword, Op::Ne, 0),
-                    cmp(2, Width::Dword, Op::Ne, IPPROTO_TCP),
-                ],
+                name,
+                vec![cmp(arg, Width::Dword, Op::MaskedEq(MSG_FASTOPEN), MSG_FASTOPEN)],
                 Verdict::Eperm,
-                &format!("{fname} stream protocol other than TCP escapes Landlock's port rules"),
+                "TCP Fast Open connects without connect(2), past Landlock's port rules",
             ));
         }
-        if sockets.udp {
+        if !sockets.tcp_bind {
             rules.push(rule(
-                "socket",
-                vec![
-                    fam,
-                    cmp(1, Width::Dword, Op::MaskedEq(SOCK_TYPE_MASK), SOCK_DGRAM),
-                    cmp(2, Width::Dword, Op::Ne, 0),
-                    cmp(2, Width::Dword, Op::Ne, IPPROTO_UDP),
-                ],
+                "listen",
+                vec![],
                 Verdict::Eperm,
-                &format!("{fname} datagram protocol other than UDP"),
+                "listen(2) binds an ephemeral port Landlock never checks; allow a bind port to listen",
             ));
         }
     }
@@ -301,6 +338,26 @@ pub fn baseline(sockets: SocketPolicy) -> Vec<SyscallRule> {
         "socketpair other than AF_UNIX",
     ));
     rules
+}
+
+/// Masked-equality tests that together match every socket type (the low four
+/// bits of `type`; the rest are SOCK_NONBLOCK/SOCK_CLOEXEC) not in `allowed`:
+/// one test per bit no allowed type uses, then the leftovers one by one.
+fn type_denials(allowed: &[u64]) -> Vec<(u64, u64)> {
+    let mut out = Vec::new();
+    let mut covered_bits = 0;
+    for bit in [0x1, 0x2, 0x4, 0x8] {
+        if allowed.iter().all(|t| t & bit == 0) {
+            out.push((bit, bit));
+            covered_bits |= bit;
+        }
+    }
+    for ty in 0..=SOCK_TYPE_MASK {
+        if ty & covered_bits == 0 && !allowed.contains(&ty) {
+            out.push((SOCK_TYPE_MASK, ty));
+        }
+    }
+    out
 }
 
 fn family_name(f: u64) -> String {
@@ -336,46 +393,64 @@ mod tests {
         for tcp in [false, true] {
             for udp in [false, true] {
                 for unix in [false, true] {
-                    let rules = baseline(SocketPolicy { tcp, udp, unix });
+                    let rules =
+                        baseline(FloorPolicy { sockets: SocketPolicy { tcp, tcp_bind: tcp, udp, unix }, chmod: tcp });
                     assert!(rules.iter().all(|r| r.nr >= 0));
                 }
             }
         }
     }
 
-    #[test]
-    fn no_network_denies_inet_entirely() {
-        let rules = baseline(SocketPolicy {
-            tcp: false,
-            udp: false,
-            unix: false,
-        });
-        let inet_all = rules
-            .iter()
-            .filter(|r| r.syscall == "socket" && r.when.len() == 1 && r.when[0].value == AF_INET)
-            .count();
-        assert_eq!(inet_all, 1);
-        assert!(rules
-            .iter()
-            .any(|r| r.syscall == "socket" && r.when[0].value == AF_UNIX));
+    /// Evaluates the socket rules the way the kernel filter would.
+    fn denied(rules: &[SyscallRule], args: [u64; 3]) -> bool {
+        rules.iter().filter(|r| r.syscall == "socket").any(|r| {
+            r.when.iter().all(|c| {
+                let v = if c.width == Width::Dword { args[c.arg as usize] & 0xffff_ffff } else { args[c.arg as usize] };
+                match c.op {
+                    Op::Eq => v == c.value,
+                    Op::Ne => v != c.value,
+                    Op::Ge => v >= c.value,
+                    Op::Le => v <= c.value,
+                    Op::Gt => v > c.value,
+                    Op::MaskedEq(m) => v & m == c.value,
+                }
+            })
+        })
     }
 
     #[test]
-    fn tcp_only_denies_dgram_but_not_stream() {
-        let rules = baseline(SocketPolicy {
-            tcp: true,
-            udp: false,
-            unix: true,
-        });
-        let stream_denied = rules.iter().any(|r| {
-            r.syscall == "socket"
-                && r.when.len() == 2
-                && r.when[1].op == Op::MaskedEq(SOCK_TYPE_MASK)
-                && r.when[1].value == SOCK_STREAM
-        });
-        assert!(!stream_denied);
-        assert!(!rules
-            .iter()
-            .any(|r| r.syscall == "socket" && r.when.len() == 1 && r.when[0].value == AF_UNIX));
+    fn socket_rules_match_the_policy_exhaustively() {
+        const NONBLOCK_CLOEXEC: u64 = 0x800 | 0x80000;
+        for tcp in [false, true] {
+            for udp in [false, true] {
+                for unix in [false, true] {
+                    let rules = baseline(FloorPolicy {
+                        sockets: SocketPolicy { tcp, tcp_bind: false, udp, unix },
+                        chmod: false,
+                    });
+                    for family in 0..300u64 {
+                        for ty in 0..16u64 {
+                            for flags in [0, NONBLOCK_CLOEXEC] {
+                                for proto in [0u64, IPPROTO_TCP, IPPROTO_UDP, 132] {
+                                    let inet = family == AF_INET || family == AF_INET6;
+                                    let proto_ok = proto == 0
+                                        || (ty == SOCK_STREAM && proto == IPPROTO_TCP)
+                                        || (ty == SOCK_DGRAM && proto == IPPROTO_UDP);
+                                    let want_allowed = (family == AF_UNIX && unix)
+                                        || (inet
+                                            && proto_ok
+                                            && ((ty == SOCK_STREAM && tcp) || (ty == SOCK_DGRAM && udp)));
+                                    let got = !denied(&rules, [family, ty | flags, proto]);
+                                    assert_eq!(
+                                        got, want_allowed,
+                                        "tcp {tcp} udp {udp} unix {unix}: socket({family}, {ty}|{flags:#x}, {proto})"
+                                    );
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
     }
 }

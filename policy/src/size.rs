@@ -5,10 +5,7 @@
 pub fn parse(text: &str) -> Result<u64, String> {
     let t = text.trim();
     let lower = t.to_ascii_lowercase();
-    let body = lower
-        .strip_suffix("ib")
-        .or_else(|| lower.strip_suffix('b'))
-        .unwrap_or(&lower);
+    let body = lower.strip_suffix("ib").or_else(|| lower.strip_suffix('b')).unwrap_or(&lower);
     let (digits, shift) = match body.chars().last() {
         Some('k') => (&body[..body.len() - 1], 10),
         Some('m') => (&body[..body.len() - 1], 20),
@@ -16,16 +13,13 @@ pub fn parse(text: &str) -> Result<u64, String> {
         Some('t') => (&body[..body.len() - 1], 40),
         _ => (body, 0),
     };
-    let n: u64 = digits.parse().map_err(|_| {
-        format!(
-            "bad size `{text}`: expected a number with an optional K, M, G or T suffix, e.g. 512M"
-        )
-    })?;
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("bad size `{text}`: expected a number with an optional K, M, G or T suffix, e.g. 512M"))?;
     if n == 0 {
         return Err(format!("bad size `{text}`: must be greater than zero"));
     }
-    n.checked_mul(1u64 << shift)
-        .ok_or_else(|| format!("bad size `{text}`: too large"))
+    n.checked_mul(1u64 << shift).ok_or_else(|| format!("bad size `{text}`: too large"))
 }
 
 #[cfg(test)]

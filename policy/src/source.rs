@@ -1,7 +1,12 @@
 //! Finding and parsing profiles: built-in ones embedded in the binary, system
 //! ones in `/etc/portcullis/profiles`, user ones in
-//! `$XDG_CONFIG_HOME/portcullis/profiles`. A user profile shadows a system one,
-//! which shadows a built-in one of the same name.
+//! `$XDG_CONFIG_HOME/portcullis/profiles`.
+//!
+//! A name is looked up in the system directory, then among the built-in
+//! profiles, then in the user directory. A user profile can never shadow
+//! `strict` or a system profile: the user's config directory may be writable
+//! by an earlier sandbox (home writable), and a planted `strict.toml` must
+//! not weaken the next run. Security teams override built-ins system-wide.
 
 use std::path::{Path, PathBuf};
 
@@ -35,31 +40,37 @@ impl ProfileSource {
 
 const MAX_DEPTH: usize = 16;
 
+/// One place a profile name is looked up.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Place {
+    Dir(PathBuf),
+    Builtin,
+}
+
 /// Looks profiles up by name or path and loads them with their `extends` chain.
 #[derive(Clone, Debug)]
 pub struct Loader {
-    /// Searched in order; the first directory holding `NAME.toml` wins.
-    pub dirs: Vec<PathBuf>,
+    /// Searched in order; the first place holding the name wins.
+    pub places: Vec<Place>,
 }
 
 impl Loader {
-    /// The usual search path: the user's config dir, then the system dir.
+    /// The usual search path: the system dir, the built-ins, the user's config dir.
     pub fn from_env() -> Self {
-        let mut dirs = Vec::new();
+        let mut places = vec![Place::Dir(PathBuf::from("/etc/portcullis/profiles")), Place::Builtin];
         let config = std::env::var_os("XDG_CONFIG_HOME")
             .map(PathBuf::from)
             .filter(|p| p.is_absolute())
             .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")));
         if let Some(c) = config {
-            dirs.push(c.join("portcullis/profiles"));
+            places.push(Place::Dir(c.join("portcullis/profiles")));
         }
-        dirs.push(PathBuf::from("/etc/portcullis/profiles"));
-        Loader { dirs }
+        Loader { places }
     }
 
     /// Only the built-in profiles (for tests).
     pub fn builtin_only() -> Self {
-        Loader { dirs: Vec::new() }
+        Loader { places: vec![Place::Builtin] }
     }
 
     /// A name is a path when it contains `/` or ends in `.toml`.
@@ -68,60 +79,65 @@ impl Loader {
     }
 
     /// Finds a profile by name (or path) and returns its source and text.
-    pub fn find(
-        &self,
-        name: &str,
-        relative_to: Option<&Path>,
-    ) -> Result<(ProfileSource, String), Error> {
+    pub fn find(&self, name: &str, relative_to: Option<&Path>) -> Result<(ProfileSource, String), Error> {
         if Self::is_path(name) {
             let path = match relative_to {
                 Some(dir) if !Path::new(name).is_absolute() => dir.join(name),
                 _ => PathBuf::from(name),
             };
-            let text = std::fs::read_to_string(&path).map_err(|source| Error::Read {
-                path: path.display().to_string(),
-                source,
-            })?;
+            let text = std::fs::read_to_string(&path)
+                .map_err(|source| Error::Read { path: path.display().to_string(), source })?;
             return Ok((ProfileSource::File(path), text));
         }
-        if name.is_empty()
-            || !name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-        {
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
             return Err(Error::NotFound {
                 name: name.to_string(),
                 searched: "nowhere: not a valid profile name".into(),
             });
         }
-        for dir in &self.dirs {
-            let path = dir.join(format!("{name}.toml"));
-            match std::fs::read_to_string(&path) {
-                Ok(text) => return Ok((ProfileSource::File(path), text)),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(source) => {
-                    return Err(Error::Read {
-                        path: path.display().to_string(),
-                        source,
-                    })
+        for place in &self.places {
+            match place {
+                Place::Builtin => {
+                    if let Some((n, text)) = BUILTIN.iter().find(|(n, _)| *n == name) {
+                        return Ok((ProfileSource::Builtin(n), (*text).to_string()));
+                    }
+                }
+                Place::Dir(dir) => {
+                    let path = dir.join(format!("{name}.toml"));
+                    match std::fs::read_to_string(&path) {
+                        Ok(text) => return Ok((ProfileSource::File(path), text)),
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                        Err(source) => return Err(Error::Read { path: path.display().to_string(), source }),
+                    }
                 }
             }
         }
-        if let Some((n, text)) = BUILTIN.iter().find(|(n, _)| *n == name) {
-            return Ok((ProfileSource::Builtin(n), (*text).to_string()));
-        }
-        let mut searched: Vec<String> = self.dirs.iter().map(|d| d.display().to_string()).collect();
-        searched.push("built-in profiles".into());
-        Err(Error::NotFound {
-            name: name.to_string(),
-            searched: searched.join(", "),
-        })
+        let searched: Vec<String> = self
+            .places
+            .iter()
+            .map(|p| match p {
+                Place::Dir(d) => d.display().to_string(),
+                Place::Builtin => "built-in profiles".into(),
+            })
+            .collect();
+        Err(Error::NotFound { name: name.to_string(), searched: searched.join(", ") })
     }
 
     /// Every profile name visible from here: (name, where it comes from).
     pub fn list(&self) -> Vec<(String, ProfileSource)> {
         let mut out: Vec<(String, ProfileSource)> = Vec::new();
-        for dir in &self.dirs {
+        for place in &self.places {
+            let dir = match place {
+                Place::Dir(d) => d,
+                Place::Builtin => {
+                    for (n, _) in BUILTIN {
+                        if !out.iter().any(|(m, _)| m == n) {
+                            out.push(((*n).to_string(), ProfileSource::Builtin(n)));
+                        }
+                    }
+                    continue;
+                }
+            };
             let Ok(entries) = std::fs::read_dir(dir) else {
                 continue;
             };
@@ -137,11 +153,6 @@ impl Loader {
                 }
             }
         }
-        for (n, _) in BUILTIN {
-            if !out.iter().any(|(m, _)| m == n) {
-                out.push(((*n).to_string(), ProfileSource::Builtin(n)));
-            }
-        }
         out.sort_by(|a, b| a.0.cmp(&b.0));
         out
     }
@@ -149,11 +160,7 @@ impl Loader {
     /// Loads `name` and everything it extends, merged root first.
     pub fn load(&self, name: &str) -> Result<Profile, Error> {
         let mut stack: Vec<(ProfileSource, String, ProfileFile)> = Vec::new();
-        let mut next = Some((
-            name.to_string(),
-            None::<PathBuf>,
-            Origin::new("command line (--profile)", 0),
-        ));
+        let mut next = Some((name.to_string(), None::<PathBuf>, Origin::new("command line (--profile)", 0)));
         while let Some((n, rel, asked_at)) = next.take() {
             let (src, text) = self.find(&n, rel.as_deref()).map_err(|e| match e {
                 Error::NotFound { .. } | Error::Read { .. } if asked_at.line > 0 => {
@@ -164,16 +171,10 @@ impl Loader {
             if stack.iter().any(|(s, _, _)| *s == src) {
                 let mut chain: Vec<String> = stack.iter().map(|(s, _, _)| s.label()).collect();
                 chain.push(src.label());
-                return Err(Error::Cycle {
-                    at: asked_at,
-                    chain: chain.join(" -> "),
-                });
+                return Err(Error::Cycle { at: asked_at, chain: chain.join(" -> ") });
             }
             if stack.len() >= MAX_DEPTH {
-                return Err(Error::invalid(
-                    &asked_at,
-                    format!("extends chain deeper than {MAX_DEPTH}"),
-                ));
+                return Err(Error::invalid(&asked_at, format!("extends chain deeper than {MAX_DEPTH}")));
             }
             let label = src.label();
             let file = parse(&label, &text)?;
@@ -185,19 +186,13 @@ impl Loader {
                 };
                 // A built-in profile may only extend another built-in profile.
                 if matches!(src, ProfileSource::Builtin(_)) && Self::is_path(parent.get_ref()) {
-                    return Err(Error::invalid(
-                        &at,
-                        "a built-in profile can only extend a built-in profile",
-                    ));
+                    return Err(Error::invalid(&at, "a built-in profile can only extend a built-in profile"));
                 }
                 next = Some((parent.get_ref().clone(), dir, at));
             }
             stack.push((src, text, file));
         }
-        let mut profile = Profile {
-            name: name.to_string(),
-            ..Profile::default()
-        };
+        let mut profile = Profile { name: name.to_string(), ..Profile::default() };
         for (src, text, file) in stack.iter().rev() {
             let label = src.label();
             profile.layer(file, &Lines::new(&label, text))?;
@@ -213,12 +208,7 @@ pub fn parse(label: &str, text: &str) -> Result<ProfileFile, Error> {
             Some(span) => Lines::new(label, text).at(span.start),
             None => Origin::new(label, 1),
         };
-        let message: Vec<&str> = e
-            .message()
-            .lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty())
-            .collect();
+        let message: Vec<&str> = e.message().lines().map(str::trim).filter(|l| !l.is_empty()).collect();
         Error::invalid(&at, message.join("; "))
     })
 }
@@ -235,8 +225,7 @@ mod tests {
     }
 
     fn tmpdir(tag: &str) -> PathBuf {
-        let d =
-            std::env::temp_dir().join(format!("portcullis-policy-{tag}-{}", std::process::id()));
+        let d = std::env::temp_dir().join(format!("portcullis-policy-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&d);
         std::fs::create_dir_all(&d).unwrap();
         d
@@ -252,19 +241,12 @@ mod tests {
         let node = l.load("node").unwrap();
         assert_eq!(node.chain, vec!["builtin:strict", "builtin:node"]);
         assert!(node.commands.iter().any(|c| c.value == "node"));
-        assert!(
-            node.read.iter().any(|c| c.value == "/usr"),
-            "inherits strict's reads"
-        );
+        assert!(node.read.iter().any(|c| c.value == "/usr"), "inherits strict's reads");
     }
 
     #[test]
     fn unknown_key_names_line() {
-        let e = parse(
-            "p.toml",
-            "description = \"x\"\n[filesystem]\nread = []\nwrtie = []\n",
-        )
-        .unwrap_err();
+        let e = parse("p.toml", "description = \"x\"\n[filesystem]\nread = []\nwrtie = []\n").unwrap_err();
         let s = e.to_string();
         assert!(s.starts_with("p.toml:4:"), "{s}");
         assert!(s.contains("wrtie"), "{s}");
@@ -280,25 +262,13 @@ mod tests {
     fn bad_port_and_size_name_line() {
         let d = tmpdir("bad");
         let p = write(&d, "a.toml", "[network]\n\nconnect = [70000]\n");
-        let e = Loader::builtin_only()
-            .load(p.to_str().unwrap())
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.ends_with("a.toml:3: bad port 70000: must be 1..=65535"),
-            "{e}"
-        );
+        let e = Loader::builtin_only().load(p.to_str().unwrap()).unwrap_err().to_string();
+        assert!(e.ends_with("a.toml:3: bad port 70000: must be 1..=65535"), "{e}");
         let p = write(&d, "b.toml", "[limits]\nmax_memory = \"12Q\"\n");
-        let e = Loader::builtin_only()
-            .load(p.to_str().unwrap())
-            .unwrap_err()
-            .to_string();
+        let e = Loader::builtin_only().load(p.to_str().unwrap()).unwrap_err().to_string();
         assert!(e.contains("b.toml:2: bad size `12Q`"), "{e}");
         let p = write(&d, "c.toml", "[network]\nconnect = [\"https\"]\n");
-        let e = Loader::builtin_only()
-            .load(p.to_str().unwrap())
-            .unwrap_err()
-            .to_string();
+        let e = Loader::builtin_only().load(p.to_str().unwrap()).unwrap_err().to_string();
         assert!(e.contains("c.toml:2:"), "{e}");
     }
 
@@ -307,37 +277,27 @@ mod tests {
         let d = tmpdir("cycle");
         write(&d, "a.toml", "extends = \"b.toml\"\n");
         write(&d, "b.toml", "\nextends = \"a.toml\"\n");
-        let e = Loader::builtin_only()
-            .load(d.join("a.toml").to_str().unwrap())
-            .unwrap_err();
+        let e = Loader::builtin_only().load(d.join("a.toml").to_str().unwrap()).unwrap_err();
         assert!(matches!(e, Error::Cycle { .. }), "{e}");
         assert!(e.to_string().contains("b.toml:2"), "{e}");
         write(&d, "c.toml", "extends = \"nope\"\n");
-        let e = Loader::builtin_only()
-            .load(d.join("c.toml").to_str().unwrap())
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.contains("c.toml:1: extends: profile `nope` not found"),
-            "{e}"
-        );
+        let e = Loader::builtin_only().load(d.join("c.toml").to_str().unwrap()).unwrap_err().to_string();
+        assert!(e.contains("c.toml:1: extends: profile `nope` not found"), "{e}");
     }
 
     #[test]
-    fn user_dir_shadows_builtin_and_extends_builtin() {
+    fn user_dir_adds_profiles_but_cannot_shadow_builtins() {
         let d = tmpdir("shadow");
-        write(
-            &d,
-            "mine.toml",
-            "extends = \"strict\"\n[network]\nconnect = [443]\n",
-        );
-        let l = Loader {
-            dirs: vec![d.clone()],
-        };
+        write(&d, "mine.toml", "extends = \"strict\"\n[network]\nconnect = [443]\n");
+        let l = Loader { places: vec![Place::Builtin, Place::Dir(d.clone())] };
         let p = l.load("mine").unwrap();
         assert_eq!(p.connect[0].value, 443);
         assert_eq!(p.connect[0].at.line, 3);
         assert!(l.list().iter().any(|(n, _)| n == "mine"));
+        // A planted strict.toml in the user dir is ignored.
+        write(&d, "strict.toml", "[network]\nconnect = [1]\n");
+        assert!(l.load("strict").unwrap().connect.is_empty());
+        assert!(l.list().iter().any(|(n, s)| n == "strict" && *s == ProfileSource::Builtin("strict")));
     }
 
     #[test]
@@ -354,19 +314,9 @@ mod tests {
         assert_eq!(p.read.len(), before + 1);
         assert_eq!(p.connect[0].value, 443);
         assert_eq!(p.max_procs.as_ref().unwrap().value, 10);
-        let e = p
-            .apply(&Overrides {
-                connect: vec!["0".into()],
-                ..Default::default()
-            })
-            .unwrap_err();
+        let e = p.apply(&Overrides { connect: vec!["0".into()], ..Default::default() }).unwrap_err();
         assert!(e.to_string().contains("--connect"), "{e}");
-        let e = p
-            .apply(&Overrides {
-                max_memory: Some("lots".into()),
-                ..Default::default()
-            })
-            .unwrap_err();
+        let e = p.apply(&Overrides { max_memory: Some("lots".into()), ..Default::default() }).unwrap_err();
         assert!(e.to_string().contains("--max-memory"), "{e}");
     }
 }

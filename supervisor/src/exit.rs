@@ -18,10 +18,7 @@ pub struct Failure {
 
 impl Failure {
     pub fn setup(message: impl Into<String>) -> Self {
-        Failure {
-            code: SETUP,
-            message: message.into(),
-        }
+        Failure { code: SETUP, message: message.into() }
     }
 }
 

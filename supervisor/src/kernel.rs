@@ -33,15 +33,12 @@ pub struct Features {
 
 impl Features {
     pub fn probe() -> Features {
-        let release = nix::sys::utsname::uname()
-            .map(|u| u.release().to_string_lossy().into_owned())
-            .unwrap_or_default();
+        let release =
+            nix::sys::utsname::uname().map(|u| u.release().to_string_lossy().into_owned()).unwrap_or_default();
         let abi = probe::landlock_abi();
         // PORTCULLIS_LANDLOCK_ABI=N behaves as if the kernel had ABI N (only
         // lower): how the tests and the VM suite check older-kernel behaviour.
-        let cap = std::env::var("PORTCULLIS_LANDLOCK_ABI")
-            .ok()
-            .and_then(|v| v.parse::<i32>().ok());
+        let cap = std::env::var("PORTCULLIS_LANDLOCK_ABI").ok().and_then(|v| v.parse::<i32>().ok());
         let used = match cap {
             Some(c) if c >= 0 && c < abi => c,
             _ => abi,
@@ -53,18 +50,13 @@ impl Features {
             landlock_abi_used: used.min(MAX_TESTED_ABI),
             seccomp_filter: probe::seccomp_action_available(libc::SECCOMP_RET_ERRNO),
             seccomp_user_notif: probe::seccomp_action_available(libc::SECCOMP_RET_USER_NOTIF),
-            user_namespaces: probe::can_unshare_user_pid(),
+            user_namespaces: probe::user_namespaces_allowed(uid),
             uid,
             euid,
             gid,
             pids_cgroup: limits::find_controller("pids"),
             memory_cgroup: limits::find_controller("memory"),
-            audit_read: caps::has_cap(
-                None,
-                caps::CapSet::Effective,
-                caps::Capability::CAP_AUDIT_READ,
-            )
-            .unwrap_or(false),
+            audit_read: caps::has_cap(None, caps::CapSet::Effective, caps::Capability::CAP_AUDIT_READ).unwrap_or(false),
         }
     }
 

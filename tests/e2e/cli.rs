@@ -4,18 +4,9 @@ use crate::support::*;
 
 fn setup_error(r: &Run, needle: &str) {
     assert_eq!(r.code, 125, "stdout {}\nstderr {}", r.stdout, r.stderr);
-    assert!(
-        r.stderr.contains(needle),
-        "expected `{needle}` in stderr:\n{}",
-        r.stderr
-    );
+    assert!(r.stderr.contains(needle), "expected `{needle}` in stderr:\n{}", r.stderr);
     assert!(!r.stderr.contains("panicked"), "{}", r.stderr);
-    assert_eq!(
-        r.stderr.trim().lines().count(),
-        1,
-        "one-line error expected:\n{}",
-        r.stderr
-    );
+    assert_eq!(r.stderr.trim().lines().count(), 1, "one-line error expected:\n{}", r.stderr);
 }
 
 #[test]
@@ -24,41 +15,17 @@ fn bad_profiles_name_file_and_line_and_run_nothing() {
     let marker = sb.ws.join("ran");
     let touch = sb.path(&marker);
     let cases = [
-        (
-            "unknown.toml",
-            "[filesystem]\nread = []\nwrtie = [\"/x\"]\n",
-            "unknown.toml:3:",
-        ),
-        (
-            "syntax.toml",
-            "[network]\nconnect = [443,\n",
-            "syntax.toml:",
-        ),
+        ("unknown.toml", "[filesystem]\nread = []\nwrtie = [\"/x\"]\n", "unknown.toml:3:"),
+        ("syntax.toml", "[network]\nconnect = [443,\n", "syntax.toml:"),
         (
             "missing.toml",
             "extends = \"strict\"\n[filesystem]\nread = [\"/definitely/not/here\"]\n",
             "missing.toml:3: path /definitely/not/here does not exist",
         ),
-        (
-            "port.toml",
-            "[network]\nbind = [0]\n",
-            "port.toml:2: bad port 0",
-        ),
-        (
-            "size.toml",
-            "[limits]\nmax_memory = \"lots\"\n",
-            "size.toml:2: bad size `lots`",
-        ),
-        (
-            "var.toml",
-            "[filesystem]\nread = [\"{nope}/x\"]\n",
-            "var.toml:2: unknown variable `{nope}`",
-        ),
-        (
-            "sys.toml",
-            "[syscalls]\ndeny = [\"frobnicate\"]\n",
-            "sys.toml:2: unknown syscall `frobnicate`",
-        ),
+        ("port.toml", "[network]\nbind = [0]\n", "port.toml:2: bad port 0"),
+        ("size.toml", "[limits]\nmax_memory = \"lots\"\n", "size.toml:2: bad size `lots`"),
+        ("var.toml", "[filesystem]\nread = [\"{nope}/x\"]\n", "var.toml:2: unknown variable `{nope}`"),
+        ("sys.toml", "[syscalls]\ndeny = [\"frobnicate\"]\n", "sys.toml:2: unknown syscall `frobnicate`"),
         (
             "extends.toml",
             "extends = \"no-such-profile\"\n",
@@ -73,29 +40,14 @@ fn bad_profiles_name_file_and_line_and_run_nothing() {
     ];
     for (name, text, needle) in cases {
         let prof = sb.profile(name, text);
-        let r = sb.run(&[
-            "run",
-            "--profile",
-            &prof,
-            "--exec",
-            "/usr/bin/touch",
-            "--",
-            "/usr/bin/touch",
-            &touch,
-        ]);
+        let r = sb.run(&["run", "--profile", &prof, "--exec", "/usr/bin/touch", "--", "/usr/bin/touch", &touch]);
         setup_error(&r, needle);
-        assert!(
-            !marker.exists(),
-            "{name}: the command ran despite the error"
-        );
+        assert!(!marker.exists(), "{name}: the command ran despite the error");
         // `profile check` reports the same error.
         let r = sb.run(&["profile", "check", &prof]);
         setup_error(&r, needle);
     }
-    let ok = sb.profile(
-        "ok.toml",
-        "extends = \"strict\"\n[network]\nconnect = [443]\n",
-    );
+    let ok = sb.profile("ok.toml", "extends = \"strict\"\n[network]\nconnect = [443]\n");
     let r = sb.run(&["profile", "check", &ok]);
     assert_eq!(r.code, 0, "{}", r.stderr);
 }
@@ -115,14 +67,8 @@ fn bad_flags_are_setup_errors() {
     setup_error(&with(&["--max-memory", "12Q"]), "bad size `12Q`");
     setup_error(&with(&["--read", "relative/path"]), "must be absolute");
     setup_error(&with(&["--read", "/no/such/dir"]), "does not exist");
-    setup_error(
-        &with(&["--profile", "no-such-profile"]),
-        "profile `no-such-profile` not found",
-    );
-    setup_error(
-        &with(&["--workspace", "/no/such/ws"]),
-        "--workspace /no/such/ws",
-    );
+    setup_error(&with(&["--profile", "no-such-profile"]), "profile `no-such-profile` not found");
+    setup_error(&with(&["--workspace", "/no/such/ws"]), "--workspace /no/such/ws");
     assert_eq!(with(&["--max-procs", "many"]).code, 125);
     assert_eq!(with(&["--frobnicate"]).code, 125);
     assert_eq!(sb.run(&["run"]).code, 125, "no command");
@@ -135,11 +81,7 @@ fn exit_codes_for_missing_and_forbidden_commands() {
     assert_eq!(r.code, 127, "{}", r.stderr);
     let r = sb.run(&["run", "--", "/bin/true"]);
     assert_eq!(r.code, 126, "{}", r.stderr);
-    assert!(
-        r.stderr.contains("not in the exec allowlist"),
-        "{}",
-        r.stderr
-    );
+    assert!(r.stderr.contains("not in the exec allowlist"), "{}", r.stderr);
     let r = sb.run(&["run", "--exec", "/bin/true", "--", "/bin/true"]);
     assert_eq!(r.code, 0, "{}", r.stderr);
     let r = sb.run(&["run", "--exec", "/bin/false", "--", "/bin/false"]);
@@ -159,42 +101,30 @@ fn older_kernel_rules_refuse_or_degrade_loudly() {
         let mut a = vec!["run"];
         a.extend_from_slice(flags);
         a.extend_from_slice(&["--exec", PROBE, "--", PROBE, "pid"]);
-        Run::from(
-            sb.portcullis(&a)
-                .env("PORTCULLIS_LANDLOCK_ABI", "2")
-                .output()
-                .unwrap(),
-        )
+        Run::from(sb.portcullis(&a).env("PORTCULLIS_LANDLOCK_ABI", "2").output().unwrap())
     };
     let r = run(&["--connect", "443"]);
     assert_eq!(r.code, 125, "{}", r.stderr);
-    assert!(r.stderr.contains("command line (--connect): network.connect 443 needs Landlock ABI 4 for TCP port rules; kernel has 2"), "{}", r.stderr);
-    let r = run(&["--connect", "443", "--best-effort"]);
-    assert_eq!(r.verdict(), "pid 2", "{}", r.stderr);
-    assert_eq!(
-        r.stderr.matches("degraded: ").count(),
-        1,
-        "printed once: {}",
+    assert!(
+        r.stderr.contains(
+            "command line (--connect): network.connect 443 needs Landlock ABI 4 for TCP port rules; kernel has 2"
+        ),
+        "{}",
         r.stderr
     );
+    let r = run(&["--connect", "443", "--best-effort"]);
+    assert_eq!(r.verdict(), "pid 2", "{}", r.stderr);
+    assert_eq!(r.stderr.matches("degraded: ").count(), 1, "printed once: {}", r.stderr);
     // Without port rules, ABI 2 is enough: filesystem enforced, no network via seccomp.
     let r = run(&[]);
     assert_eq!(r.verdict(), "pid 2", "{}", r.stderr);
     assert!(!r.stderr.contains("degraded"), "{}", r.stderr);
     // ...and the seccomp floor stands in for what ABI 2 lacks.
     let r = Run::from(
-        sb.portcullis(&[
-            "run",
-            "--exec",
-            PROBE,
-            "--",
-            PROBE,
-            "truncate",
-            &sb.path(&sb.ws.join("file.txt")),
-        ])
-        .env("PORTCULLIS_LANDLOCK_ABI", "2")
-        .output()
-        .unwrap(),
+        sb.portcullis(&["run", "--exec", PROBE, "--", PROBE, "truncate", &sb.path(&sb.ws.join("file.txt"))])
+            .env("PORTCULLIS_LANDLOCK_ABI", "2")
+            .output()
+            .unwrap(),
     );
     r.expect("errno 1 EPERM");
     let r = Run::from(
@@ -223,26 +153,14 @@ fn explain_shows_every_layer() {
         "max_procs 512",
         "Lifecycle: PID namespace",
     ] {
-        assert!(
-            r.stdout.contains(needle),
-            "explain lacks `{needle}`:\n{}",
-            r.stdout
-        );
+        assert!(r.stdout.contains(needle), "explain lacks `{needle}`:\n{}", r.stdout);
     }
     let r = sb.run(&["explain", "--json", "--profile", "node"]);
     assert_eq!(r.code, 0, "{}", r.stderr);
     let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
     assert!(v["plan"]["landlock"]["paths"].as_array().unwrap().len() > 5);
-    assert!(v["seccomp"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .any(|r| r["syscall"] == "ptrace"));
-    assert!(v["exec"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .any(|r| r["spec"] == "node"));
+    assert!(v["seccomp"].as_array().unwrap().iter().any(|r| r["syscall"] == "ptrace"));
+    assert!(v["exec"].as_array().unwrap().iter().any(|r| r["spec"] == "node"));
 }
 
 #[test]
@@ -254,18 +172,11 @@ fn doctor_reports_this_kernel() {
     assert!(v["kernel"]["landlock_abi"].as_i64().unwrap() >= 0);
     assert!(v["kernel"]["seccomp_filter"].as_bool().unwrap());
     let r = Run::from(
-        sb.portcullis(&["doctor", "--profile", "strict"])
-            .env("PORTCULLIS_LANDLOCK_ABI", "3")
-            .output()
-            .unwrap(),
+        sb.portcullis(&["doctor", "--profile", "strict"]).env("PORTCULLIS_LANDLOCK_ABI", "3").output().unwrap(),
     );
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert!(r.stdout.contains("profile strict:"), "{}", r.stdout);
-    assert!(
-        r.stdout.contains("ABI 3 < 6"),
-        "doctor names what ABI 3 lacks:\n{}",
-        r.stdout
-    );
+    assert!(r.stdout.contains("ABI 3 < 6"), "doctor names what ABI 3 lacks:\n{}", r.stdout);
 }
 
 #[test]
@@ -274,11 +185,7 @@ fn profile_list_and_show() {
     let r = sb.run(&["profile", "list"]);
     assert_eq!(r.code, 0);
     for name in ["strict", "node", "python"] {
-        assert!(
-            r.stdout.lines().any(|l| l.starts_with(name)),
-            "{}",
-            r.stdout
-        );
+        assert!(r.stdout.lines().any(|l| l.starts_with(name)), "{}", r.stdout);
     }
     let r = sb.run(&["profile", "show", "node"]);
     assert_eq!(r.code, 0);
@@ -287,15 +194,11 @@ fn profile_list_and_show() {
 }
 
 #[test]
-fn user_profiles_shadow_builtins() {
+fn user_profiles_add_names() {
     let sb = Sandbox::new("userprof", As::Caller);
     let dir = sb.home.join(".config/portcullis/profiles");
     std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(
-        dir.join("mine.toml"),
-        "extends = \"strict\"\n[commands]\nallow = [\"/bin/true\"]\n",
-    )
-    .unwrap();
+    std::fs::write(dir.join("mine.toml"), "extends = \"strict\"\n[commands]\nallow = [\"/bin/true\"]\n").unwrap();
     let r = sb.run(&["run", "--profile", "mine", "--", "/bin/true"]);
     assert_eq!(r.code, 0, "{}", r.stderr);
 }

@@ -10,99 +10,56 @@ use crate::support::*;
 both!(fs_read_outside_is_denied, |sb| {
     let secret = sb.path(&sb.outside.join("secret.txt"));
     sb.probe(&[], &["read", &secret]).expect("errno 13 EACCES");
-    sb.probe(&[], &["read", &sb.path(&sb.ws.join("file.txt"))])
-        .expect("ok");
+    sb.probe(&[], &["read", &sb.path(&sb.ws.join("file.txt"))]).expect("ok");
     // Twin: the same file becomes readable when the profile says so.
-    sb.probe(&["--read", &sb.path(&sb.outside)], &["read", &secret])
-        .expect("ok");
+    sb.probe(&["--read", &sb.path(&sb.outside)], &["read", &secret]).expect("ok");
 });
 
 both!(fs_write_outside_is_denied_and_file_untouched, |sb| {
     let secret = sb.outside.join("secret.txt");
-    sb.probe(
-        &["--read", &sb.path(&sb.outside)],
-        &["write", &sb.path(&secret)],
-    )
-    .expect("errno 13 EACCES");
-    sb.probe(&[], &["truncate", &sb.path(&secret)])
-        .expect("errno 13 EACCES");
-    sb.probe(&[], &["unlink", &sb.path(&secret)])
-        .expect("errno 13 EACCES");
-    sb.probe(&[], &["create", &sb.path(&sb.outside.join("new"))])
-        .expect("errno 13 EACCES");
+    sb.probe(&["--read", &sb.path(&sb.outside)], &["write", &sb.path(&secret)]).expect("errno 13 EACCES");
+    sb.probe(&[], &["truncate", &sb.path(&secret)]).expect("errno 13 EACCES");
+    sb.probe(&[], &["unlink", &sb.path(&secret)]).expect("errno 13 EACCES");
+    sb.probe(&[], &["create", &sb.path(&sb.outside.join("new"))]).expect("errno 13 EACCES");
     assert_eq!(std::fs::read_to_string(&secret).unwrap(), "outside\n");
     assert!(!sb.outside.join("new").exists());
     // Twin: the workspace is writable.
     let inside = sb.ws.join("file.txt");
     sb.probe(&[], &["write", &sb.path(&inside)]).expect("ok");
     assert_eq!(std::fs::read_to_string(&inside).unwrap(), "inside\nprobe\n");
-    sb.probe(
-        &["--write", &sb.path(&sb.outside)],
-        &["write", &sb.path(&secret)],
-    )
-    .expect("ok");
+    sb.probe(&["--write", &sb.path(&sb.outside)], &["write", &sb.path(&secret)]).expect("ok");
 });
 
 both!(fs_reparenting_out_of_the_workspace_is_denied, |sb| {
     let inside = sb.path(&sb.ws.join("file.txt"));
     let out = sb.path(&sb.outside.join("moved.txt"));
     let r = sb.probe(&[], &["rename", &inside, &out]);
-    assert!(
-        r.verdict() == "errno 13 EACCES" || r.verdict() == "errno 18 EXDEV",
-        "{}",
-        r.stdout
-    );
-    let r = sb.probe(
-        &[],
-        &[
-            "link",
-            &sb.path(&sb.outside.join("secret.txt")),
-            &sb.path(&sb.ws.join("l")),
-        ],
-    );
-    assert!(
-        r.verdict() == "errno 13 EACCES" || r.verdict() == "errno 18 EXDEV",
-        "{}",
-        r.stdout
-    );
-    assert!(
-        sb.ws.join("file.txt").exists()
-            && !sb.outside.join("moved.txt").exists()
-            && !sb.ws.join("l").exists()
-    );
+    assert!(r.verdict() == "errno 13 EACCES" || r.verdict() == "errno 18 EXDEV", "{}", r.stdout);
+    let r = sb.probe(&[], &["link", &sb.path(&sb.outside.join("secret.txt")), &sb.path(&sb.ws.join("l"))]);
+    assert!(r.verdict() == "errno 13 EACCES" || r.verdict() == "errno 18 EXDEV", "{}", r.stdout);
+    assert!(sb.ws.join("file.txt").exists() && !sb.outside.join("moved.txt").exists() && !sb.ws.join("l").exists());
     // Twin: renames inside the workspace work.
-    sb.probe(
-        &[],
-        &["rename", &inside, &sb.path(&sb.ws.join("renamed.txt"))],
-    )
-    .expect("ok");
+    sb.probe(&[], &["rename", &inside, &sb.path(&sb.ws.join("renamed.txt"))]).expect("ok");
 });
 
 both!(fs_reopen_through_proc_fd_cannot_widen, |sb| {
     // outside/ is readable only; the file itself is DAC-writable.
     let secret = sb.path(&sb.outside.join("secret.txt"));
-    sb.probe(&["--read", &sb.path(&sb.outside)], &["reopen-rw", &secret])
-        .expect("errno 13 EACCES");
-    sb.probe(&["--write", &sb.path(&sb.outside)], &["reopen-rw", &secret])
-        .expect("ok");
+    sb.probe(&["--read", &sb.path(&sb.outside)], &["reopen-rw", &secret]).expect("errno 13 EACCES");
+    sb.probe(&["--write", &sb.path(&sb.outside)], &["reopen-rw", &secret]).expect("ok");
 });
 
 both!(exec_outside_allowlist_is_denied, |sb| {
-    sb.probe(&[], &["exec", "/bin/cat", "/etc/hostname"])
-        .expect("errno 13 EACCES");
+    sb.probe(&[], &["exec", "/bin/cat", "/etc/hostname"]).expect("errno 13 EACCES");
     // Twin: allow cat and the probe can exec it.
-    let r = sb.probe(
-        &["--exec", "/bin/cat"],
-        &["exec", "/bin/cat", &sb.path(&sb.ws.join("file.txt"))],
-    );
+    let r = sb.probe(&["--exec", "/bin/cat"], &["exec", "/bin/cat", &sb.path(&sb.ws.join("file.txt"))]);
     assert_eq!(r.stdout, "inside\n", "{}", r.stderr);
 });
 
 both!(exec_of_a_copy_in_the_workspace_is_denied, |sb| {
     let copy = sb.path(&sb.ws.join("copy"));
     sb.probe(&[], &["create", &copy, PROBE]).expect("ok");
-    sb.probe(&[], &["exec", &copy, "pid"])
-        .expect("errno 13 EACCES");
+    sb.probe(&[], &["exec", &copy, "pid"]).expect("errno 13 EACCES");
     // Twin: the original runs.
     sb.probe(&[], &["exec", PROBE, "pid"]).expect("pid 2");
 });
@@ -113,17 +70,14 @@ both!(shell_cannot_run_what_is_not_listed, |sb| {
     let r = sb.run(&["run", "--exec", "/bin/sh", "--", "/bin/sh", "-c", &script]);
     assert_eq!(r.code, 126, "{}", r.stderr);
     assert!(r.stderr.contains("Permission denied"), "{}", r.stderr);
-    let r = sb.run(&[
-        "run", "--exec", "/bin/sh", "--exec", "/bin/cat", "--", "/bin/sh", "-c", &script,
-    ]);
+    let r = sb.run(&["run", "--exec", "/bin/sh", "--exec", "/bin/cat", "--", "/bin/sh", "-c", &script]);
     assert_eq!((r.code, r.stdout.as_str()), (0, "inside\n"), "{}", r.stderr);
 });
 
 both!(fileless_exec_is_denied, |sb| {
     sb.probe(&[], &["memfd", "0"]).expect("errno 1 EPERM");
     sb.probe(&[], &["memfd", "0x10"]).expect("errno 1 EPERM"); // MFD_EXEC
-    sb.probe(&[], &["execveat-empty", PROBE])
-        .expect("errno 1 EPERM");
+    sb.probe(&[], &["execveat-empty", PROBE]).expect("errno 1 EPERM");
     // Twin: a sealed non-executable memfd is fine.
     sb.probe(&[], &["memfd", "8"]).expect("ok");
 });
@@ -135,26 +89,10 @@ both!(dynamic_loader_trick_stays_inside_the_floor, |sb| {
     if !std::path::Path::new(ld).exists() {
         return skip("no /lib64/ld-linux-x86-64.so.2 on this machine");
     }
-    let r = sb.probe(
-        &[],
-        &[
-            "exec",
-            ld,
-            "/bin/cat",
-            &sb.path(&sb.outside.join("secret.txt")),
-        ],
-    );
-    assert!(
-        r.stderr.contains("Permission denied") || r.code != 0,
-        "{} {}",
-        r.stdout,
-        r.stderr
-    );
+    let r = sb.probe(&[], &["exec", ld, "/bin/cat", &sb.path(&sb.outside.join("secret.txt"))]);
+    assert!(r.stderr.contains("Permission denied") || r.code != 0, "{} {}", r.stdout, r.stderr);
     assert!(!r.stdout.contains("outside"), "{}", r.stdout);
-    let r = sb.probe(
-        &[],
-        &["exec", ld, "/bin/cat", &sb.path(&sb.ws.join("file.txt"))],
-    );
+    let r = sb.probe(&[], &["exec", ld, "/bin/cat", &sb.path(&sb.ws.join("file.txt"))]);
     assert_eq!(r.stdout, "inside\n", "{}", r.stderr);
 });
 
@@ -162,25 +100,14 @@ both!(tcp_connect_only_to_allowed_ports, |sb| {
     let allowed = TcpListener::bind("127.0.0.1:0").unwrap();
     let denied = TcpListener::bind("127.0.0.1:0").unwrap();
     denied.set_nonblocking(true).unwrap();
-    let (pa, pd) = (
-        allowed.local_addr().unwrap().port().to_string(),
-        denied.local_addr().unwrap().port().to_string(),
-    );
+    let (pa, pd) = (allowed.local_addr().unwrap().port().to_string(), denied.local_addr().unwrap().port().to_string());
     // No network in strict: not even a socket.
     sb.probe(&[], &["connect", &pa]).expect("errno 1 EPERM");
-    sb.probe(&["--connect", &pa], &["connect", &pd])
-        .expect("errno 13 EACCES");
-    assert!(
-        denied.accept().is_err(),
-        "the denied listener must have received nothing"
-    );
-    sb.probe(&["--connect", &pa], &["connect", &pa])
-        .expect("ok");
+    sb.probe(&["--connect", &pa], &["connect", &pd]).expect("errno 13 EACCES");
+    assert!(denied.accept().is_err(), "the denied listener must have received nothing");
+    sb.probe(&["--connect", &pa], &["connect", &pa]).expect("ok");
     allowed.set_nonblocking(true).unwrap();
-    assert!(
-        allowed.accept().is_ok(),
-        "the allowed listener got the connection"
-    );
+    assert!(allowed.accept().is_ok(), "the allowed listener got the connection");
 });
 
 both!(tcp_bind_only_to_allowed_ports, |sb| {
@@ -188,40 +115,27 @@ both!(tcp_bind_only_to_allowed_ports, |sb| {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().port()
     };
-    let (p, other) = (
-        port.to_string(),
-        (if port == 65535 { port - 1 } else { port + 1 }).to_string(),
-    );
-    sb.probe(&["--bind", &p], &["bind", &other])
-        .expect("errno 13 EACCES");
+    let (p, other) = (port.to_string(), (if port == 65535 { port - 1 } else { port + 1 }).to_string());
+    sb.probe(&["--bind", &p], &["bind", &other]).expect("errno 13 EACCES");
     sb.probe(&["--bind", &p], &["bind", &p]).expect("ok");
 });
 
 both!(udp_and_raw_families_are_denied, |sb| {
     let listener = UdpSocket::bind("127.0.0.1:0").unwrap();
-    listener
-        .set_read_timeout(Some(Duration::from_millis(200)))
-        .unwrap();
+    listener.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
     let port = listener.local_addr().unwrap().port().to_string();
     // Even with TCP allowed, UDP is not (Landlock cannot restrict it by port).
-    sb.probe(&["--connect", "443"], &["udp-send", &port])
-        .expect("errno 1 EPERM");
+    sb.probe(&["--connect", "443"], &["udp-send", &port]).expect("errno 1 EPERM");
     let mut buf = [0u8; 16];
-    assert!(
-        listener.recv(&mut buf).is_err(),
-        "the UDP listener must have received nothing"
-    );
+    assert!(listener.recv(&mut buf).is_err(), "the UDP listener must have received nothing");
     for (family, ty) in [("16", "3"), ("17", "3"), ("40", "1"), ("1", "1")] {
         // netlink, packet, vsock, and AF_UNIX (no IPC in strict)
-        sb.probe(&["--connect", "443"], &["socket", family, ty, "0"])
-            .expect("errno 1 EPERM");
+        sb.probe(&["--connect", "443"], &["socket", family, ty, "0"]).expect("errno 1 EPERM");
     }
     // SCTP stream sockets would dodge Landlock's TCP port rules.
-    sb.probe(&["--connect", "443"], &["socket", "2", "1", "132"])
-        .expect("errno 1 EPERM");
+    sb.probe(&["--connect", "443"], &["socket", "2", "1", "132"]).expect("errno 1 EPERM");
     // Twins: TCP sockets with ports allowed, socketpair always.
-    sb.probe(&["--connect", "443"], &["socket", "2", "1", "0"])
-        .expect("ok");
+    sb.probe(&["--connect", "443"], &["socket", "2", "1", "0"]).expect("ok");
     sb.probe(&[], &["socketpair", "1"]).expect("ok");
 });
 
@@ -230,71 +144,32 @@ both!(seccomp_floor_answers_with_its_own_errno, |sb| {
     // the filter let it through: EPERM/ENOSYS proves seccomp answered.
     let cases: &[(&[&str], &str)] = &[
         (&["syscall", "io_uring_setup", "1", "0"], "errno 1 EPERM"),
-        (
-            &["syscall", "io_uring_enter", "-1", "0", "0", "0", "0", "0"],
-            "errno 1 EPERM",
-        ),
-        (
-            &["syscall", "io_uring_register", "-1", "0", "0", "0"],
-            "errno 1 EPERM",
-        ),
+        (&["syscall", "io_uring_enter", "-1", "0", "0", "0", "0", "0"], "errno 1 EPERM"),
+        (&["syscall", "io_uring_register", "-1", "0", "0", "0"], "errno 1 EPERM"),
         (&["syscall", "bpf", "0", "0", "0"], "errno 1 EPERM"),
-        (
-            &["syscall", "perf_event_open", "0", "0", "-1", "-1", "0"],
-            "errno 1 EPERM",
-        ),
+        (&["syscall", "perf_event_open", "0", "0", "-1", "-1", "0"], "errno 1 EPERM"),
         (&["syscall", "userfaultfd", "0"], "errno 1 EPERM"),
         (&["syscall", "keyctl", "0", "0"], "errno 1 EPERM"),
-        (
-            &["syscall", "add_key", "0", "0", "0", "0", "0"],
-            "errno 1 EPERM",
-        ),
-        (
-            &["syscall", "request_key", "0", "0", "0", "0"],
-            "errno 1 EPERM",
-        ),
+        (&["syscall", "add_key", "0", "0", "0", "0", "0"], "errno 1 EPERM"),
+        (&["syscall", "request_key", "0", "0", "0", "0"], "errno 1 EPERM"),
         (&["syscall", "ptrace", "0"], "errno 1 EPERM"),
-        (
-            &["syscall", "process_vm_readv", "1", "0", "0", "0", "0", "0"],
-            "errno 1 EPERM",
-        ),
-        (
-            &["syscall", "process_vm_writev", "1", "0", "0", "0", "0", "0"],
-            "errno 1 EPERM",
-        ),
-        (
-            &["syscall", "kexec_load", "0", "0", "0", "0"],
-            "errno 1 EPERM",
-        ),
+        (&["syscall", "process_vm_readv", "1", "0", "0", "0", "0", "0"], "errno 1 EPERM"),
+        (&["syscall", "process_vm_writev", "1", "0", "0", "0", "0", "0"], "errno 1 EPERM"),
+        (&["syscall", "kexec_load", "0", "0", "0", "0"], "errno 1 EPERM"),
         (&["syscall", "init_module", "0", "0", "0"], "errno 1 EPERM"),
-        (
-            &["syscall", "finit_module", "-1", "0", "0"],
-            "errno 1 EPERM",
-        ),
+        (&["syscall", "finit_module", "-1", "0", "0"], "errno 1 EPERM"),
         (&["syscall", "delete_module", "0", "0"], "errno 1 EPERM"),
-        (
-            &["syscall", "mount", "0", "0", "0", "0", "0"],
-            "errno 1 EPERM",
-        ),
+        (&["syscall", "mount", "0", "0", "0", "0", "0"], "errno 1 EPERM"),
         (&["syscall", "umount2", "0", "0"], "errno 1 EPERM"),
         (&["syscall", "fsopen", "0", "0"], "errno 1 EPERM"),
         (&["syscall", "open_tree", "-1", "0", "0"], "errno 1 EPERM"),
-        (
-            &["syscall", "move_mount", "-1", "0", "-1", "0", "0"],
-            "errno 1 EPERM",
-        ),
-        (
-            &["syscall", "mount_setattr", "-1", "0", "0", "0", "0"],
-            "errno 1 EPERM",
-        ),
+        (&["syscall", "move_mount", "-1", "0", "-1", "0", "0"], "errno 1 EPERM"),
+        (&["syscall", "mount_setattr", "-1", "0", "0", "0", "0"], "errno 1 EPERM"),
         (&["syscall", "pivot_root", "0", "0"], "errno 1 EPERM"),
         (&["syscall", "chroot", "0"], "errno 1 EPERM"),
         (&["syscall", "setns", "-1", "0"], "errno 1 EPERM"),
         (&["syscall", "unshare", "0x10000000"], "errno 1 EPERM"),
-        (
-            &["syscall", "open_by_handle_at", "-1", "0", "0"],
-            "errno 1 EPERM",
-        ),
+        (&["syscall", "open_by_handle_at", "-1", "0", "0"], "errno 1 EPERM"),
         (&["syscall", "pidfd_getfd", "-1", "0", "0"], "errno 1 EPERM"),
         // personality: READ_IMPLIES_EXEC denied, the query allowed.
         (&["syscall", "personality", "0x0400000"], "errno 1 EPERM"),
@@ -340,43 +215,30 @@ both!(no_capabilities_no_new_privs_seccomp_on, |sb| {
         "NoNewPrivs:\t1",
         "Seccomp:\t2",
     ] {
-        assert!(
-            r.stdout.lines().any(|l| l == line),
-            "missing `{line}` in\n{}",
-            r.stdout
-        );
+        assert!(r.stdout.lines().any(|l| l == line), "missing `{line}` in\n{}", r.stdout);
     }
 });
 
 both!(setuid_binaries_gain_nothing, |sb| {
     // su is setuid root: with no_new_privs the exec gains no privilege.
-    let su = ["/bin/su", "/usr/bin/su"]
-        .into_iter()
-        .find(|p| std::path::Path::new(p).exists());
+    let su = ["/bin/su", "/usr/bin/su"].into_iter().find(|p| std::path::Path::new(p).exists());
     let Some(su) = su else {
         return skip("no su binary to test setuid with");
     };
     let r = sb.run(&["run", "--exec", su, "--", su, "-c", "id -u"]);
     assert_ne!(r.code, 0, "su must fail: {} {}", r.stdout, r.stderr);
-    assert!(
-        !r.stdout.contains('0') || sb.who == As::Caller,
-        "{}",
-        r.stdout
-    );
+    assert!(!r.stdout.contains('0') || sb.who == As::Caller, "{}", r.stdout);
 });
 
 both!(only_stdio_fds_reach_the_command, |sb| {
-    // Start portcullis with extra inherited fds (a directory and a file).
-    let script = format!("exec 7</ 8</etc/passwd; exec \"$@\"");
-    let mut c = std::process::Command::new("/bin/sh");
-    c.args(["-c", &script, "sh"]);
+    // Start portcullis with extra inherited fds (a directory and a file),
+    // opened without close-on-exec by the shell that execs it.
     let mut inner = sb.portcullis(&["run", "--exec", PROBE, "--", PROBE, "fds"]);
-    c.arg(inner.get_program());
-    c.args(inner.get_args());
-    c.current_dir(&sb.ws).env("HOME", &sb.home);
-    let _ = &mut inner;
-    let r = Run::from(c.output().unwrap());
-    r.expect("fds [0, 1, 2]");
+    let mut c = std::process::Command::new("/bin/sh");
+    c.args(["-c", "exec 7</ 8</etc/passwd; exec \"$@\"", "sh"]).arg(inner.get_program()).args(inner.get_args());
+    c.current_dir(&sb.ws).env("HOME", &sb.home).env_remove("XDG_RUNTIME_DIR");
+    let _ = inner.stdin(std::process::Stdio::null());
+    Run::from(c.output().unwrap()).expect("fds [0, 1, 2]");
 });
 
 both!(environment_is_scrubbed, |sb| {
@@ -394,10 +256,7 @@ both!(environment_is_scrubbed, |sb| {
         PROBE,
         "env",
     ]);
-    c.env("GITHUB_TOKEN", "t1")
-        .env("OPENAI_API_KEY", "k1")
-        .env("AWS_SECRET_ACCESS_KEY", "a1")
-        .env("GH_TOKEN", "g1");
+    c.env("GITHUB_TOKEN", "t1").env("OPENAI_API_KEY", "k1").env("AWS_SECRET_ACCESS_KEY", "a1").env("GH_TOKEN", "g1");
     c.env("RANDOM_THING", "r1")
         .env("EXTRA", "e1")
         .env("EXPLICIT_TOKEN", "x1")
@@ -405,57 +264,32 @@ both!(environment_is_scrubbed, |sb| {
         .env("LANG", "C.UTF-8");
     let r = Run::from(c.output().unwrap());
     let env: Vec<&str> = r.stdout.lines().collect();
-    for gone in [
-        "GITHUB_TOKEN=",
-        "OPENAI_API_KEY=",
-        "AWS_SECRET_ACCESS_KEY=",
-        "RANDOM_THING=",
-        "GH_TOKEN=",
-    ] {
-        assert!(
-            !env.iter().any(|l| l.starts_with(gone)),
-            "{gone} leaked: {env:?}"
-        );
+    for gone in ["GITHUB_TOKEN=", "OPENAI_API_KEY=", "AWS_SECRET_ACCESS_KEY=", "RANDOM_THING=", "GH_TOKEN="] {
+        assert!(!env.iter().any(|l| l.starts_with(gone)), "{gone} leaked: {env:?}");
     }
-    for kept in [
-        "EXTRA=e1",
-        "EXPLICIT_TOKEN=x1",
-        "GH_HOST=h1",
-        "LANG=C.UTF-8",
-    ] {
+    for kept in ["EXTRA=e1", "EXPLICIT_TOKEN=x1", "GH_HOST=h1", "LANG=C.UTF-8"] {
         assert!(env.contains(&kept), "{kept} missing: {env:?}");
     }
     assert!(env.iter().any(|l| l.starts_with("TMPDIR=")), "{env:?}");
 });
 
-both!(
-    signals_and_abstract_sockets_do_not_leave_the_sandbox,
-    |sb| {
-        // PID 1 in the sandbox's namespace is portcullis' init, outside the
-        // Landlock domain: signal scoping refuses it (else: success).
-        sb.probe(&[], &["kill", "1", "0"]).expect("errno 1 EPERM");
-        // Twin: signalling itself works.
-        sb.probe(&[], &["kill", "2", "0"]).expect("ok");
-        // An abstract unix listener outside the sandbox, and a profile allowing AF_UNIX.
-        let name = format!("pc-e2e-{}-{}", std::process::id(), sb.who as u8);
-        let listener = abstract_listener(&name);
-        let prof = sb.profile("unix.toml", "extends = \"strict\"\n[ipc]\nunix = true\n");
-        sb.probe(&["--profile", &prof], &["abstract-connect", &name])
-            .expect("errno 1 EPERM");
-        assert!(
-            !listener.accepted(),
-            "the abstract listener must have accepted nothing"
-        );
-        // Twin: with abstract sockets allowed the same connect succeeds.
-        let prof = sb.profile(
-            "unix2.toml",
-            "extends = \"strict\"\n[ipc]\nunix = true\nabstract_unix = true\n",
-        );
-        sb.probe(&["--profile", &prof], &["abstract-connect", &name])
-            .expect("ok");
-        assert!(listener.accepted());
-    }
-);
+both!(signals_and_abstract_sockets_do_not_leave_the_sandbox, |sb| {
+    // PID 1 in the sandbox's namespace is portcullis' init, outside the
+    // Landlock domain: signal scoping refuses it (else: success).
+    sb.probe(&[], &["kill", "1", "0"]).expect("errno 1 EPERM");
+    // Twin: signalling itself works.
+    sb.probe(&[], &["kill", "2", "0"]).expect("ok");
+    // An abstract unix listener outside the sandbox, and a profile allowing AF_UNIX.
+    let name = format!("pc-e2e-{}-{}", std::process::id(), sb.who as u8);
+    let listener = abstract_listener(&name);
+    let prof = sb.profile("unix.toml", "extends = \"strict\"\n[ipc]\nunix = true\n");
+    sb.probe(&["--profile", &prof], &["abstract-connect", &name]).expect("errno 1 EPERM");
+    assert!(!listener.accepted(), "the abstract listener must have accepted nothing");
+    // Twin: with abstract sockets allowed the same connect succeeds.
+    let prof = sb.profile("unix2.toml", "extends = \"strict\"\n[ipc]\nunix = true\nabstract_unix = true\n");
+    sb.probe(&["--profile", &prof], &["abstract-connect", &name]).expect("ok");
+    assert!(listener.accepted());
+});
 
 struct Abstract(std::os::unix::net::UnixListener);
 
@@ -474,23 +308,12 @@ fn abstract_listener(name: &str) -> Abstract {
 
 both!(stdio_passes_through_untouched, |sb| {
     let mut c = sb.portcullis(&["run", "--exec", PROBE, "--", PROBE, "echo-stdin"]);
-    c.stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped());
+    c.stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped());
     let mut child = c.spawn().unwrap();
     let msg = "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"initialize\"}\n";
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(msg.as_bytes())
-        .unwrap();
+    child.stdin.take().unwrap().write_all(msg.as_bytes()).unwrap();
     let mut out = String::new();
-    child
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut out)
-        .unwrap();
+    child.stdout.take().unwrap().read_to_string(&mut out).unwrap();
     assert!(child.wait().unwrap().success());
     assert_eq!(out, msg);
 });

@@ -14,34 +14,19 @@ both!(exit_status_passes_through, |sb| {
     assert_eq!(sb.probe(&[], &["raise", "11"]).code, 139);
 });
 
-fn spawn_ready(
-    sb: &Sandbox,
-    args: &[&str],
-) -> (std::process::Child, BufReader<std::process::ChildStdout>) {
+fn spawn_ready(sb: &Sandbox, args: &[&str]) -> (std::process::Child, BufReader<std::process::ChildStdout>) {
     let mut all = vec!["run", "--exec", PROBE, "--", PROBE];
     all.extend_from_slice(args);
-    let mut child = sb
-        .portcullis(&all)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
+    let mut child = sb.portcullis(&all).stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().unwrap();
     let mut out = BufReader::new(child.stdout.take().unwrap());
     let mut line = String::new();
     out.read_line(&mut line).unwrap();
-    assert!(
-        line.starts_with("ready") || line.starts_with("ok"),
-        "child said {line:?}"
-    );
+    assert!(line.starts_with("ready") || line.starts_with("ok"), "child said {line:?}");
     (child, out)
 }
 
 both!(signals_are_forwarded, |sb| {
-    for (sig, want) in [
-        (libc::SIGTERM, 42),
-        (libc::SIGHUP, 128 + libc::SIGHUP),
-        (libc::SIGINT, 128 + libc::SIGINT),
-    ] {
+    for (sig, want) in [(libc::SIGTERM, 42), (libc::SIGHUP, 128 + libc::SIGHUP), (libc::SIGINT, 128 + libc::SIGINT)] {
         let (mut child, _out) = spawn_ready(sb, &["trap"]);
         // The supervisor is setpriv's exec'd image for nobody: same pid.
         // SAFETY: kill with plain integers.
@@ -58,10 +43,7 @@ fn processes_with(marker: &str) -> Vec<i32> {
             continue;
         };
         if let Ok(cmd) = std::fs::read(e.path().join("cmdline")) {
-            if String::from_utf8_lossy(&cmd)
-                .split('\0')
-                .any(|a| a == marker)
-            {
+            if String::from_utf8_lossy(&cmd).split('\0').any(|a| a == marker) {
                 out.push(pid);
             }
         }
@@ -87,10 +69,7 @@ both!(nothing_outlives_a_killed_supervisor, |sb| {
         if left.is_empty() {
             break;
         }
-        assert!(
-            Instant::now() < deadline,
-            "sandboxed processes survived the supervisor by a second: {left:?}"
-        );
+        assert!(Instant::now() < deadline, "sandboxed processes survived the supervisor by a second: {left:?}");
         std::thread::sleep(Duration::from_millis(20));
     }
 });

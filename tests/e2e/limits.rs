@@ -25,12 +25,7 @@ both!(process_limit_holds, |sb| {
 both!(memory_limit_holds, |sb| {
     let r = sb.probe(&["--max-memory", "64M"], &["alloc", "512"]);
     // Either the cgroup OOM-kills it (SIGKILL) or the rlimit makes allocation fail.
-    assert!(
-        r.code == 137 || r.stdout.contains("alloc failed"),
-        "code {} stdout {}",
-        r.code,
-        r.stdout
-    );
+    assert!(r.code == 137 || r.stdout.contains("alloc failed"), "code {} stdout {}", r.code, r.stdout);
     assert!(!r.stdout.contains("allocated 512 MiB"));
     let r = sb.probe(&["--max-memory", "64M"], &["alloc", "8"]);
     assert_eq!(r.verdict(), "allocated 8 MiB", "{}", r.stderr);

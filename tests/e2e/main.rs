@@ -9,3 +9,4 @@ mod cli;
 mod enforcement;
 mod lifecycle;
 mod limits;
+mod redteam;

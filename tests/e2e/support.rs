@@ -55,10 +55,7 @@ pub struct Run {
 impl Run {
     pub fn from(o: Output) -> Run {
         use std::os::unix::process::ExitStatusExt;
-        let code = o
-            .status
-            .code()
-            .unwrap_or_else(|| 128 + o.status.signal().unwrap_or(0));
+        let code = o.status.code().unwrap_or_else(|| 128 + o.status.signal().unwrap_or(0));
         Run {
             code,
             stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
@@ -73,14 +70,7 @@ impl Run {
 
     #[track_caller]
     pub fn expect(&self, verdict: &str) -> &Self {
-        assert_eq!(
-            self.verdict(),
-            verdict,
-            "code {}\nstdout:\n{}\nstderr:\n{}",
-            self.code,
-            self.stdout,
-            self.stderr
-        );
+        assert_eq!(self.verdict(), verdict, "code {}\nstdout:\n{}\nstderr:\n{}", self.code, self.stdout, self.stderr);
         self
     }
 }
@@ -103,24 +93,11 @@ impl Sandbox {
             std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o666)).unwrap();
         }
         if who == As::Nobody {
-            for p in [
-                &root,
-                &ws,
-                &outside,
-                &home,
-                &ws.join("file.txt"),
-                &outside.join("secret.txt"),
-            ] {
+            for p in [&root, &ws, &outside, &home, &ws.join("file.txt"), &outside.join("secret.txt")] {
                 std::os::unix::fs::chown(p, Some(NOBODY), Some(NOBODY)).unwrap();
             }
         }
-        Sandbox {
-            root,
-            ws,
-            outside,
-            home,
-            who,
-        }
+        Sandbox { root, ws, outside, home, who }
     }
 
     /// A sandbox for the unprivileged run, or None (with a skip) when this

@@ -51,6 +51,8 @@ fn c(s: &str) -> CString {
 fn num(s: &str) -> u64 {
     if let Some(h) = s.strip_prefix("0x") {
         u64::from_str_radix(h, 16).unwrap()
+    } else if let Some(o) = s.strip_prefix("0o") {
+        u64::from_str_radix(o, 8).unwrap()
     } else {
         s.parse::<i64>().map(|v| v as u64).unwrap()
     }
@@ -60,9 +62,7 @@ fn sockaddr_in(port: u16) -> libc::sockaddr_in {
     libc::sockaddr_in {
         sin_family: libc::AF_INET as u16,
         sin_port: port.to_be(),
-        sin_addr: libc::in_addr {
-            s_addr: u32::from_ne_bytes([127, 0, 0, 1]),
-        },
+        sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes([127, 0, 0, 1]) },
         sin_zero: [0; 8],
     }
 }
@@ -78,10 +78,7 @@ fn main() {
             }
             "write" => {
                 // Open an existing file for writing and append a marker.
-                let fd = libc::open(
-                    c(a(1)).as_ptr(),
-                    libc::O_WRONLY | libc::O_APPEND | libc::O_CLOEXEC,
-                );
+                let fd = libc::open(c(a(1)).as_ptr(), libc::O_WRONLY | libc::O_APPEND | libc::O_CLOEXEC);
                 if fd >= 0 {
                     libc::write(fd, b"probe\n".as_ptr().cast(), 6);
                 }
@@ -137,11 +134,7 @@ fn main() {
                 report(r);
             }
             "memfd" => {
-                let r = libc::syscall(
-                    libc::SYS_memfd_create,
-                    c("probe").as_ptr(),
-                    num(a(1)) as libc::c_uint,
-                );
+                let r = libc::syscall(libc::SYS_memfd_create, c("probe").as_ptr(), num(a(1)) as libc::c_uint);
                 report(r);
             }
             "connect" => {
@@ -150,11 +143,7 @@ fn main() {
                     return report(-1);
                 }
                 let sa = sockaddr_in(num(a(1)) as u16);
-                let r = libc::connect(
-                    s,
-                    (&sa as *const libc::sockaddr_in).cast(),
-                    std::mem::size_of_val(&sa) as u32,
-                );
+                let r = libc::connect(s, (&sa as *const libc::sockaddr_in).cast(), std::mem::size_of_val(&sa) as u32);
                 report(r as i64);
             }
             "bind" => {
@@ -163,11 +152,7 @@ fn main() {
                     return report(-1);
                 }
                 let sa = sockaddr_in(num(a(1)) as u16);
-                let r = libc::bind(
-                    s,
-                    (&sa as *const libc::sockaddr_in).cast(),
-                    std::mem::size_of_val(&sa) as u32,
-                );
+                let r = libc::bind(s, (&sa as *const libc::sockaddr_in).cast(), std::mem::size_of_val(&sa) as u32);
                 report(r as i64);
             }
             "udp-send" => {
@@ -186,15 +171,10 @@ fn main() {
                 );
                 report(r as i64);
             }
-            "socket" => {
-                report(libc::socket(num(a(1)) as i32, num(a(2)) as i32, num(a(3)) as i32) as i64)
-            }
+            "socket" => report(libc::socket(num(a(1)) as i32, num(a(2)) as i32, num(a(3)) as i32) as i64),
             "socketpair" => {
                 let mut sv = [0; 2];
-                report(
-                    libc::socketpair(num(a(1)) as i32, libc::SOCK_STREAM, 0, sv.as_mut_ptr())
-                        as i64,
-                );
+                report(libc::socketpair(num(a(1)) as i32, libc::SOCK_STREAM, 0, sv.as_mut_ptr()) as i64);
             }
             "abstract-connect" => {
                 let s = libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
@@ -219,9 +199,7 @@ fn main() {
             }
             "syscall" => {
                 let nr = policy::syscalls::number(a(1)).unwrap_or_else(|| num(a(1)) as i64);
-                let v: Vec<u64> = (2..8)
-                    .map(|i| if a(i).is_empty() { 0 } else { num(a(i)) })
-                    .collect();
+                let v: Vec<u64> = (2..8).map(|i| if a(i).is_empty() { 0 } else { num(a(i)) }).collect();
                 report(libc::syscall(nr, v[0], v[1], v[2], v[3], v[4], v[5]));
             }
             "clone" => {
@@ -249,9 +227,10 @@ fn main() {
             }
             "status" => {
                 let s = std::fs::read_to_string("/proc/self/status").unwrap();
-                for l in s.lines().filter(|l| {
-                    l.starts_with("NoNewPrivs") || l.starts_with("Seccomp:") || l.starts_with("Cap")
-                }) {
+                for l in s
+                    .lines()
+                    .filter(|l| l.starts_with("NoNewPrivs") || l.starts_with("Seccomp:") || l.starts_with("Cap"))
+                {
                     println!("{l}");
                 }
             }
@@ -314,12 +293,7 @@ fn main() {
                     if libc::fork() == 0 {
                         let me = c(&std::env::current_exe().unwrap().to_string_lossy());
                         let argv = [me.clone(), c("sleeper"), c(a(1))];
-                        let ptrs = [
-                            argv[0].as_ptr(),
-                            argv[1].as_ptr(),
-                            argv[2].as_ptr(),
-                            std::ptr::null(),
-                        ];
+                        let ptrs = [argv[0].as_ptr(), argv[1].as_ptr(), argv[2].as_ptr(), std::ptr::null()];
                         libc::execv(me.as_ptr(), ptrs.as_ptr());
                         libc::_exit(1);
                     }
@@ -338,10 +312,7 @@ fn main() {
                 extern "C" fn on_term(_: libc::c_int) {
                     unsafe { libc::_exit(42) };
                 }
-                libc::signal(
-                    libc::SIGTERM,
-                    on_term as extern "C" fn(libc::c_int) as libc::sighandler_t,
-                );
+                libc::signal(libc::SIGTERM, on_term as extern "C" fn(libc::c_int) as libc::sighandler_t);
                 println!("ready");
                 std::io::stdout().flush().unwrap();
                 libc::sleep(60);
@@ -358,6 +329,76 @@ fn main() {
                 print!("{s}");
             }
             "pid" => println!("pid {}", libc::getpid()),
+            "chmod" => report(libc::chmod(c(a(1)).as_ptr(), num(a(2)) as libc::mode_t) as i64),
+            "fchmod" => {
+                let fd = libc::open(c(a(1)).as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC);
+                report(libc::fchmod(fd, num(a(2)) as libc::mode_t) as i64);
+            }
+            "chown" => report(libc::chown(c(a(1)).as_ptr(), libc::getuid(), libc::getgid()) as i64),
+            "setxattr" => {
+                report(libc::setxattr(c(a(1)).as_ptr(), c("user.probe").as_ptr(), b"x".as_ptr().cast(), 1, 0) as i64)
+            }
+            "tfo" => {
+                // TCP Fast Open: sendto with MSG_FASTOPEN connects without connect(2).
+                let s = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+                if s < 0 {
+                    return report(-1);
+                }
+                let sa = sockaddr_in(num(a(1)) as u16);
+                let r = libc::sendto(
+                    s,
+                    b"hi".as_ptr().cast(),
+                    2,
+                    libc::MSG_FASTOPEN,
+                    (&sa as *const libc::sockaddr_in).cast(),
+                    std::mem::size_of_val(&sa) as u32,
+                );
+                report(r as i64);
+            }
+            "shmget" => report(libc::shmget(num(a(1)) as libc::key_t, num(a(2)) as usize, num(a(3)) as i32) as i64),
+            "listen" => {
+                // listen(2) without bind(2): the kernel binds an ephemeral port.
+                let s = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+                if s < 0 {
+                    return report(-1);
+                }
+                if !a(1).is_empty() {
+                    let sa = sockaddr_in(num(a(1)) as u16);
+                    if libc::bind(s, (&sa as *const libc::sockaddr_in).cast(), std::mem::size_of_val(&sa) as u32) != 0 {
+                        return report(-1);
+                    }
+                }
+                report(libc::listen(s, 1) as i64);
+            }
+            "proc-pids" => {
+                let mut pids: Vec<i32> = std::fs::read_dir("/proc")
+                    .unwrap()
+                    .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+                    .collect();
+                pids.sort();
+                println!("pids {pids:?}");
+            }
+            "loop-open" => {
+                // open/read/close of one file N times; prints ns per iteration.
+                let path = c(a(1));
+                let n = num(a(2));
+                let mut buf = [0u8; 4096];
+                let t = std::time::Instant::now();
+                for _ in 0..n {
+                    let fd = libc::open(path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC);
+                    libc::read(fd, buf.as_mut_ptr().cast(), buf.len());
+                    libc::close(fd);
+                }
+                println!("ns {}", t.elapsed().as_nanos() / n as u128);
+            }
+            "loop-getppid" => {
+                let n = num(a(1));
+                let t = std::time::Instant::now();
+                for _ in 0..n {
+                    libc::syscall(libc::SYS_getppid);
+                }
+                println!("ns {}", t.elapsed().as_nanos() / n as u128);
+            }
             other => {
                 eprintln!("probe: unknown action `{other}`");
                 std::process::exit(2);

@@ -1,1 +1,65 @@
-fn main() {}
+//! `cargo xtask <task>`: the project's own automation.
+//!
+//! * `ci`    — everything CI checks: formatting, clippy, tidy rules, all tests.
+//! * `bench` — launch and syscall overhead side by side with bare and bwrap;
+//!   writes BENCHMARKS.md.
+//! * `tidy`  — repository rules (also run as a test by `ci`).
+
+mod bench;
+mod ci;
+mod tidy;
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("ci") => ci::ci(),
+        Some("bench") => bench::bench(&args[1..]),
+        Some("tidy") => tidy::tidy(),
+        _ => {
+            eprintln!("usage: cargo xtask <ci | bench [--runs N] | tidy>");
+            std::process::exit(2);
+        }
+    }
+}
+
+/// The workspace root.
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()
+}
+
+/// Runs a command in the workspace root, failing on a non-zero exit.
+pub fn run(cmd: &mut Command) -> Result<()> {
+    eprintln!("xtask: $ {cmd:?}");
+    let status = cmd.current_dir(root()).status().with_context(|| format!("cannot start {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed with {status}");
+    }
+    Ok(())
+}
+
+/// Whether `prog` runs here.
+pub fn have(prog: &str) -> bool {
+    Command::new(prog).arg("--version").output().map(|o| o.status.success()).unwrap_or(false)
+}
+
+/// Installs Debian packages when root and they are missing.
+pub fn apt_install(pkgs: &[&str]) -> Result<()> {
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("missing packages {pkgs:?}: install them (apt-get install {})", pkgs.join(" "));
+    }
+    let install =
+        |c: &mut Command| c.env("DEBIAN_FRONTEND", "noninteractive").status().map(|s| s.success()).unwrap_or(false);
+    if !install(Command::new("apt-get").args(["install", "-y", "-q"]).args(pkgs)) {
+        install(Command::new("apt-get").args(["update", "-q"]));
+        if !install(Command::new("apt-get").args(["install", "-y", "-q"]).args(pkgs)) {
+            bail!("apt-get install {} failed", pkgs.join(" "));
+        }
+    }
+    Ok(())
+}

@@ -35,38 +35,30 @@ fn rights(abi: i32) -> Vec<String> {
     if abi < 1 {
         return Vec::new();
     }
-    AccessFs::from_all(ABI::from(abi))
-        .iter()
-        .map(|r| format!("{r:?}"))
-        .collect()
+    AccessFs::from_all(ABI::from(abi)).iter().map(|r| format!("{r:?}")).collect()
 }
 
 pub fn doctor(json: bool, profile: Option<&str>) -> Result<i32, Failure> {
-    let features = Features::probe();
+    let mut features = Features::probe();
+    // The launch path guesses from sysctls; here there is time to try for real.
+    features.user_namespaces = crate::sys::probe::can_unshare_user_pid();
     let abi = features.landlock_abi_used;
     let pids_limit = match &features.pids_cgroup {
-        Some(c) => format!(
-            "pids cgroup {} at {}",
-            if c.v2 { "v2" } else { "v1" },
-            c.dir.display()
-        ),
+        Some(c) => format!("pids cgroup {} at {}", if c.v2 { "v2" } else { "v1" }, c.dir.display()),
         None if features.user_namespaces => {
             "RLIMIT_NPROC inside the sandbox's user namespace (no writable pids cgroup)".into()
         }
         None => "RLIMIT_NPROC (does not bind root; no pids cgroup, no user namespace)".into(),
     };
     let memory_limit = match &features.memory_cgroup {
-        Some(c) => format!(
-            "memory cgroup {} at {}",
-            if c.v2 { "v2" } else { "v1" },
-            c.dir.display()
-        ),
+        Some(c) => format!("memory cgroup {} at {}", if c.v2 { "v2" } else { "v1" }, c.dir.display()),
         None => "RLIMIT_DATA per process (no writable memory cgroup)".into(),
     };
     let denials_visible = if abi >= 7 && features.audit_read {
         "Landlock denials reach the kernel audit log, readable here (CAP_AUDIT_READ)".into()
     } else if abi >= 7 {
-        "Landlock denials reach the kernel audit log, but this user cannot read it: denials are invisible to portcullis".into()
+        "Landlock denials reach the kernel audit log, but this user cannot read it: denials are invisible to portcullis"
+            .into()
     } else {
         "Landlock ABI < 7 does not log denials: they are invisible to portcullis".into()
     };
@@ -91,8 +83,7 @@ pub fn doctor(json: bool, profile: Option<&str>) -> Result<i32, Failure> {
             prepared = session.prepare(true)?;
             Some(ProfileReport {
                 name: name.to_string(),
-                runs_without_best_effort: prepared.enforcement.degradations.is_empty()
-                    || session.plan.best_effort,
+                runs_without_best_effort: prepared.enforcement.degradations.is_empty() || session.plan.best_effort,
                 enforcement: &prepared.enforcement,
             })
         }
@@ -109,20 +100,13 @@ pub fn doctor(json: bool, profile: Option<&str>) -> Result<i32, Failure> {
         profile: profile_report,
     };
     if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&r).map_err(|e| Failure::setup(e.to_string()))?
-        );
+        println!("{}", serde_json::to_string_pretty(&r).map_err(|e| Failure::setup(e.to_string()))?);
         return Ok(0);
     }
     let mut s = String::new();
     let yes = |b: bool| if b { "yes" } else { "NO" };
     let _ = writeln!(s, "kernel:              {}", features.release);
-    let _ = writeln!(
-        s,
-        "running as:          uid {} (euid {})",
-        features.uid, features.euid
-    );
+    let _ = writeln!(s, "running as:          uid {} (euid {})", features.uid, features.euid);
     let _ = writeln!(
         s,
         "Landlock:            ABI {} (portcullis uses {}, tested up to {})",
@@ -133,28 +117,12 @@ pub fn doctor(json: bool, profile: Option<&str>) -> Result<i32, Failure> {
     let _ = writeln!(
         s,
         "  filesystem rights: {}",
-        if r.landlock_fs_rights.is_empty() {
-            "none".into()
-        } else {
-            r.landlock_fs_rights.join(" ")
-        }
+        if r.landlock_fs_rights.is_empty() { "none".into() } else { r.landlock_fs_rights.join(" ") }
     );
-    let _ = writeln!(
-        s,
-        "  TCP port rules:    {} (ABI 4)",
-        yes(r.landlock_network)
-    );
-    let _ = writeln!(
-        s,
-        "  scoping:           {} (abstract unix sockets, signals; ABI 6)",
-        yes(r.landlock_scopes)
-    );
+    let _ = writeln!(s, "  TCP port rules:    {} (ABI 4)", yes(r.landlock_network));
+    let _ = writeln!(s, "  scoping:           {} (abstract unix sockets, signals; ABI 6)", yes(r.landlock_scopes));
     let _ = writeln!(s, "seccomp filters:     {}", yes(features.seccomp_filter));
-    let _ = writeln!(
-        s,
-        "  user notification: {}",
-        yes(features.seccomp_user_notif)
-    );
+    let _ = writeln!(s, "  user notification: {}", yes(features.seccomp_user_notif));
     let _ = writeln!(s, "user+PID namespaces: {}", yes(features.user_namespaces));
     let _ = writeln!(s, "process limit:       {}", r.pids_limit);
     let _ = writeln!(s, "memory limit:        {}", r.memory_limit);
@@ -174,10 +142,7 @@ pub fn doctor(json: bool, profile: Option<&str>) -> Result<i32, Failure> {
             let _ = writeln!(s, "  limit: {l}");
         }
         if !p.runs_without_best_effort {
-            let _ = writeln!(
-                s,
-                "  `portcullis run` refuses this profile here unless --best-effort"
-            );
+            let _ = writeln!(s, "  `portcullis run` refuses this profile here unless --best-effort");
         }
     }
     print!("{s}");

@@ -34,10 +34,7 @@ pub fn explain(args: ExplainArgs) -> Result<i32, Failure> {
         enforcement: &prepared.enforcement,
     };
     if args.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&e).map_err(|e| Failure::setup(e.to_string()))?
-        );
+        println!("{}", serde_json::to_string_pretty(&e).map_err(|e| Failure::setup(e.to_string()))?);
     } else {
         print!("{}", render(&e));
     }
@@ -49,6 +46,9 @@ fn cond(c: &policy::plan::ArgCmp) -> String {
     match c.op {
         Op::Eq => format!("{w}arg{} == {:#x}", c.arg, c.value),
         Op::Ne => format!("{w}arg{} != {:#x}", c.arg, c.value),
+        Op::Ge => format!("{w}arg{} >= {:#x}", c.arg, c.value),
+        Op::Le => format!("{w}arg{} <= {:#x}", c.arg, c.value),
+        Op::Gt => format!("{w}arg{} > {:#x}", c.arg, c.value),
         Op::MaskedEq(m) => format!("{w}arg{} & {m:#x} == {:#x}", c.arg, c.value),
     }
 }
@@ -63,7 +63,8 @@ fn render(e: &Explained) -> String {
         "kernel {}: Landlock ABI {} (using {}), best effort: {}",
         k.release, k.landlock_abi, k.landlock_abi_used, p.best_effort
     );
-    let _ = writeln!(s, "\nLandlock filesystem (every right of the ABI is handled; what is not granted here is denied):");
+    let _ =
+        writeln!(s, "\nLandlock filesystem (every right of the ABI is handled; what is not granted here is denied):");
     for r in &p.landlock.paths {
         let rights = format!(
             "{}{}{}",
@@ -78,10 +79,7 @@ fn render(e: &Explained) -> String {
         if v.is_empty() {
             "none".to_string()
         } else {
-            v.iter()
-                .map(|p| format!("{} ({})", p.value, p.at))
-                .collect::<Vec<_>>()
-                .join(", ")
+            v.iter().map(|p| format!("{} ({})", p.value, p.at)).collect::<Vec<_>>().join(", ")
         }
     };
     let _ = writeln!(
@@ -97,33 +95,25 @@ fn render(e: &Explained) -> String {
         blocked(p.landlock.scope_abstract_unix),
         blocked(p.landlock.scope_signal)
     );
-    let _ = writeln!(
-        s,
-        "\nExec allowlist (Landlock EXECUTE on exactly these files):"
-    );
+    let _ = writeln!(s, "\nExec allowlist (Landlock EXECUTE on exactly these files):");
     if e.exec.is_empty() {
         let _ = writeln!(s, "  (nothing: add --exec PATH or [commands] allow)");
     }
     for r in e.exec {
         match &r.implied_by {
             Some(by) => {
-                let _ = writeln!(
-                    s,
-                    "  {:<44} interpreter of {}",
-                    r.path.display(),
-                    by.display()
-                );
+                let _ = writeln!(s, "  {:<44} interpreter of {}", r.path.display(), by.display());
             }
             None => {
                 let _ = writeln!(s, "  {:<44} {} ({})", r.path.display(), r.spec, r.at);
             }
         }
     }
-    let so = &p.seccomp.sockets;
+    let so = &p.seccomp.floor.sockets;
     let _ = writeln!(
         s,
-        "\nSeccomp (native x86-64 only: i386 and x32 syscalls kill the process; sockets: tcp {}, udp {}, unix {}):",
-        so.tcp, so.udp, so.unix
+        "\nSeccomp (native x86-64 only: i386 and x32 syscalls kill the process; sockets: tcp {}, udp {}, unix {}; chmod {}):",
+        so.tcp, so.udp, so.unix, p.seccomp.floor.chmod
     );
     for r in e.seccomp {
         let when = if r.when.is_empty() {
@@ -132,33 +122,21 @@ fn render(e: &Explained) -> String {
             r.when.iter().map(cond).collect::<Vec<_>>().join(" && ")
         };
         let verdict = serde_json::to_string(&r.verdict).unwrap_or_default();
-        let _ = writeln!(
-            s,
-            "  {:<7} {:<18} {:<44} {}",
-            verdict.trim_matches('"'),
-            r.syscall,
-            when,
-            r.why
-        );
+        let _ = writeln!(s, "  {:<7} {:<18} {:<44} {}", verdict.trim_matches('"'), r.syscall, when, r.why);
     }
-    let _ = writeln!(s, "  + no_new_privs; every capability dropped (effective, permitted, inheritable, ambient, bounding)");
+    let _ = writeln!(
+        s,
+        "  + no_new_privs; every capability dropped (effective, permitted, inheritable, ambient, bounding)"
+    );
     let _ = writeln!(
         s,
         "\nEnvironment: pass {}",
-        p.env
-            .pass
-            .iter()
-            .map(|v| v.value.as_str())
-            .collect::<Vec<_>>()
-            .join(" ")
+        p.env.pass.iter().map(|v| v.value.as_str()).collect::<Vec<_>>().join(" ")
     );
     for (k, v) in &p.env.set {
         let _ = writeln!(s, "  set {k}={v}");
     }
-    let _ = writeln!(
-        s,
-        "  (names that look like secrets pass only when named exactly)"
-    );
+    let _ = writeln!(s, "  (names that look like secrets pass only when named exactly)");
     let _ = writeln!(s, "\nLimits:");
     if e.enforcement.limits.is_empty() {
         let _ = writeln!(s, "  none");
@@ -168,10 +146,7 @@ fn render(e: &Explained) -> String {
     }
     let _ = writeln!(s, "Lifecycle: {}", e.enforcement.lifecycle);
     if !e.enforcement.degradations.is_empty() {
-        let _ = writeln!(
-            s,
-            "\nNot enforceable on this kernel (run refuses unless --best-effort):"
-        );
+        let _ = writeln!(s, "\nNot enforceable on this kernel (run refuses unless --best-effort):");
         for d in &e.enforcement.degradations {
             let _ = writeln!(s, "  {}", d.line());
         }

@@ -9,11 +9,7 @@ pub fn profile(cmd: ProfileCmd) -> Result<i32, Failure> {
     match cmd {
         ProfileCmd::List => {
             for (name, src) in loader.list() {
-                let desc = loader
-                    .load(&name)
-                    .ok()
-                    .and_then(|p| p.description)
-                    .unwrap_or_default();
+                let desc = loader.load(&name).ok().and_then(|p| p.description).unwrap_or_default();
                 println!("{name:<12} {:<48} {desc}", src.label());
             }
             Ok(0)
@@ -30,29 +26,16 @@ pub fn profile(cmd: ProfileCmd) -> Result<i32, Failure> {
         }
         ProfileCmd::Check { file } => {
             let name = file.to_string_lossy().to_string();
-            let name = if name.contains('/') || name.ends_with(".toml") {
-                name
-            } else {
-                format!("./{name}")
-            };
+            let name = if name.contains('/') || name.ends_with(".toml") { name } else { format!("./{name}") };
             let profile = loader.load(&name)?;
-            let cwd = std::env::current_dir()
-                .map(|p| p.display().to_string())
-                .unwrap_or_else(|_| "/".into());
+            let cwd = std::env::current_dir().map(|p| p.display().to_string()).unwrap_or_else(|_| "/".into());
             let home = std::env::var("HOME").unwrap_or_else(|_| "/".into());
-            let vars = policy::Vars {
-                workspace: cwd,
-                home,
-                tmp: std::env::temp_dir().display().to_string(),
-            };
+            let vars = policy::Vars { workspace: cwd, home, tmp: std::env::temp_dir().display().to_string() };
             let plan = policy::compile(&profile, &vars)?;
             // The checks that need this machine: required paths exist, commands resolve.
             for r in &plan.landlock.paths {
                 if !r.optional && std::fs::symlink_metadata(&r.path).is_err() {
-                    return Err(Failure::setup(format!(
-                        "{}: path {} does not exist",
-                        r.at, r.path
-                    )));
+                    return Err(Failure::setup(format!("{}: path {} does not exist", r.at, r.path)));
                 }
             }
             let path_var = std::env::var_os("PATH").unwrap_or_default();

@@ -24,32 +24,23 @@ impl Session {
     /// Loads and compiles the profile with the flags; creates `{tmp}`.
     pub fn open(args: &SandboxArgs) -> Result<Session, Failure> {
         let features = Features::probe();
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
+        let nanos =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
         let id = format!("{}-{:08x}", std::process::id(), nanos);
         let mut profile = policy::Loader::from_env().load(&args.profile)?;
         profile.apply(&args.overrides())?;
         let workspace = match &args.workspace {
-            Some(w) => std::fs::canonicalize(w)
-                .map_err(|e| Failure::setup(format!("--workspace {}: {e}", w.display())))?,
-            None => std::env::current_dir()
-                .map_err(|e| Failure::setup(format!("current directory: {e}")))?,
+            Some(w) => {
+                std::fs::canonicalize(w).map_err(|e| Failure::setup(format!("--workspace {}: {e}", w.display())))?
+            }
+            None => std::env::current_dir().map_err(|e| Failure::setup(format!("current directory: {e}")))?,
         };
         if !workspace.is_dir() {
-            return Err(Failure::setup(format!(
-                "--workspace {}: not a directory",
-                workspace.display()
-            )));
+            return Err(Failure::setup(format!("--workspace {}: not a directory", workspace.display())));
         }
         let home = std::env::var("HOME").unwrap_or_else(|_| "/nonexistent".into());
         let tmp = sandbox::private_tmp(&features.runtime_root(), &id)?;
-        let vars = policy::Vars {
-            workspace: path_str(&workspace)?,
-            home,
-            tmp: path_str(&tmp)?,
-        };
+        let vars = policy::Vars { workspace: path_str(&workspace)?, home, tmp: path_str(&tmp)? };
         let plan = match policy::compile(&profile, &vars) {
             Ok(p) => p,
             Err(e) => {
@@ -57,15 +48,8 @@ impl Session {
                 return Err(e.into());
             }
         };
-        let path_var =
-            std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
-        Ok(Session {
-            id,
-            features,
-            plan,
-            tmp,
-            path_var,
-        })
+        let path_var = std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
+        Ok(Session { id, features, plan, tmp, path_var })
     }
 
     pub fn prepare(&self, dry: bool) -> Result<Prepared, Failure> {
@@ -80,29 +64,37 @@ impl Drop for Session {
 }
 
 fn path_str(p: &Path) -> Result<String, Failure> {
-    p.to_str()
-        .map(str::to_string)
-        .ok_or_else(|| Failure::setup(format!("path {} is not UTF-8", p.display())))
+    p.to_str().map(str::to_string).ok_or_else(|| Failure::setup(format!("path {} is not UTF-8", p.display())))
+}
+
+/// With PORTCULLIS_TIMING=1, prints how long each launch phase took (stderr).
+struct Timing(Option<std::time::Instant>);
+
+impl Timing {
+    fn new() -> Timing {
+        Timing(std::env::var_os("PORTCULLIS_TIMING").map(|_| std::time::Instant::now()))
+    }
+
+    fn mark(&self, phase: &str) {
+        if let Some(t) = self.0 {
+            eprintln!("portcullis: timing: {phase} at {} us", t.elapsed().as_micros());
+        }
+    }
 }
 
 pub fn run(args: RunArgs) -> Result<i32, Failure> {
+    let timing = Timing::new();
     // A sandboxed process of the same uid must not read our memory.
     stage::set_undumpable();
     let session = Session::open(&args.sandbox)?;
+    timing.mark("profile loaded and compiled");
     let prepared = session.prepare(false)?;
-    let result = launch(&session, prepared, &args.command);
-    result
+    timing.mark("sandbox prepared");
+    launch(&session, prepared, &args.command, &timing)
 }
 
-fn launch(session: &Session, prepared: Prepared, command: &[OsString]) -> Result<i32, Failure> {
-    let Prepared {
-        enforcement,
-        exec: allowed,
-        stage,
-        report_rx,
-        cgroups,
-        ..
-    } = prepared;
+fn launch(session: &Session, prepared: Prepared, command: &[OsString], timing: &Timing) -> Result<i32, Failure> {
+    let Prepared { enforcement, exec: allowed, stage, report_rx, cgroups, .. } = prepared;
     let _cleanup = CgroupCleanup(cgroups);
     if !enforcement.degradations.is_empty() {
         if !session.plan.best_effort {
@@ -115,36 +107,30 @@ fn launch(session: &Session, prepared: Prepared, command: &[OsString]) -> Result
     for n in &enforcement.notices {
         eprintln!("portcullis: note: {n}");
     }
-    let program = exec::resolve_command(
-        &command[0],
-        &session.path_var,
-        &allowed,
-        &session.plan.profile,
-    )?;
+    let program = exec::resolve_command(&command[0], &session.path_var, &allowed, &session.plan.profile)?;
     let env = env::build(&session.plan.env, std::env::vars_os());
     let mut cmd = Command::new(&program);
-    cmd.arg0(&command[0])
-        .args(&command[1..])
-        .env_clear()
-        .envs(env);
+    cmd.arg0(&command[0]).args(&command[1..]).env_clear().envs(env);
 
-    let set =
-        wait::block_signals().map_err(|e| Failure::setup(format!("cannot block signals: {e}")))?;
+    let set = wait::block_signals().map_err(|e| Failure::setup(format!("cannot block signals: {e}")))?;
+    timing.mark("forking");
     let spawned = stage::spawn(&mut cmd, stage);
+    timing.mark("command exec'd");
     // Drop our copies of the stage's fds (ruleset, report pipe, cgroup files).
     drop(cmd);
     let child = match spawned {
         Ok(c) => c,
         Err(e) => {
-            if let Some((step, errno)) = stage::read_report(&report_rx) {
+            if let Some((step, errno)) =
+                stage::read_reports(&report_rx).into_iter().find(|(s, _)| *s != stage::Step::ProcMount)
+            {
                 return Err(setup_failed(step, errno));
             }
             let name = command[0].to_string_lossy();
             return Err(match e.kind() {
-                std::io::ErrorKind::NotFound => Failure {
-                    code: exit::NOT_FOUND,
-                    message: format!("{name}: command not found"),
-                },
+                std::io::ErrorKind::NotFound => {
+                    Failure { code: exit::NOT_FOUND, message: format!("{name}: command not found") }
+                }
                 _ => Failure {
                     code: exit::NOT_EXECUTABLE,
                     message: format!("{name} ({}): cannot execute: {e}", program.display()),
@@ -152,8 +138,18 @@ fn launch(session: &Session, prepared: Prepared, command: &[OsString]) -> Result
             });
         }
     };
+    // Init has mounted /proc (or failed to) before the command could exec.
+    let mut reports = stage::read_reports(&report_rx);
+    for (_, errno) in reports.iter().filter(|(s, _)| *s == stage::Step::ProcMount) {
+        eprintln!(
+            "portcullis: note: the sandbox's own /proc could not be mounted ({}): it sees the host's /proc, where other processes' command lines are readable",
+            std::io::Error::from_raw_os_error(*errno)
+        );
+    }
     let code = wait::supervise(child.id(), &set);
-    if let Some((step, errno)) = stage::read_report(&report_rx) {
+    timing.mark("command exited");
+    reports.extend(stage::read_reports(&report_rx));
+    if let Some((step, errno)) = reports.into_iter().find(|(s, _)| *s != stage::Step::ProcMount) {
         return Err(setup_failed(step, errno));
     }
     Ok(code)

@@ -6,17 +6,12 @@ use std::os::unix::ffi::OsStrExt;
 use policy::plan::EnvPlan;
 
 /// Builds the environment from `caller` (normally `std::env::vars_os()`).
-pub fn build(
-    plan: &EnvPlan,
-    caller: impl IntoIterator<Item = (OsString, OsString)>,
-) -> Vec<(OsString, OsString)> {
+pub fn build(plan: &EnvPlan, caller: impl IntoIterator<Item = (OsString, OsString)>) -> Vec<(OsString, OsString)> {
     let patterns: Vec<&str> = plan.pass.iter().map(|p| p.value.as_str()).collect();
     let mut out: Vec<(OsString, OsString)> = caller
         .into_iter()
         .filter(|(k, _)| match std::str::from_utf8(k.as_bytes()) {
-            Ok(name) => {
-                !plan.set.contains_key(name) && policy::env::passes(name, patterns.iter().copied())
-            }
+            Ok(name) => !plan.set.contains_key(name) && policy::env::passes(name, patterns.iter().copied()),
             Err(_) => false,
         })
         .collect();
@@ -37,24 +32,14 @@ mod tests {
     fn secrets_need_exact_names() {
         let at = Origin::new("t", 1);
         let plan = EnvPlan {
-            pass: vec![
-                Located::new("*".into(), at.clone()),
-                Located::new("NPM_TOKEN".into(), at),
-            ],
+            pass: vec![Located::new("*".into(), at.clone()), Located::new("NPM_TOKEN".into(), at)],
             set: [("TMPDIR".to_string(), "/t".to_string())].into(),
         };
-        let caller = [
-            ("PATH", "/bin"),
-            ("GITHUB_TOKEN", "x"),
-            ("NPM_TOKEN", "y"),
-            ("TMPDIR", "/tmp"),
-        ]
-        .map(|(k, v)| (OsString::from(k), OsString::from(v)));
+        let caller = [("PATH", "/bin"), ("GITHUB_TOKEN", "x"), ("NPM_TOKEN", "y"), ("TMPDIR", "/tmp")]
+            .map(|(k, v)| (OsString::from(k), OsString::from(v)));
         let env = build(&plan, caller);
-        let names: Vec<_> = env
-            .iter()
-            .map(|(k, v)| format!("{}={}", k.to_string_lossy(), v.to_string_lossy()))
-            .collect();
+        let names: Vec<_> =
+            env.iter().map(|(k, v)| format!("{}={}", k.to_string_lossy(), v.to_string_lossy())).collect();
         assert_eq!(names, vec!["NPM_TOKEN=y", "PATH=/bin", "TMPDIR=/t"]);
     }
 }

@@ -1,7 +1,13 @@
 //! The command allowlist: names and paths resolved to files at launch, plus
 //! the interpreters the kernel opens for them (ELF `PT_INTERP`, `#!` lines).
 //! Landlock then grants EXECUTE on exactly these files, so the command and
-//! everything it starts can exec nothing else.
+//! everything it starts can execve nothing else.
+//!
+//! Known limit: the ELF interpreter (ld.so) must be executable for any
+//! dynamic binary to start, and `ld.so /path/to/prog` runs any *readable*
+//! dynamic ELF without execve of that file (mmap needs only read access). What
+//! runs that way is still inside the same Landlock, seccomp and namespace
+//! floor; gating execve of ld.so by argv is the approval gate's job.
 
 use std::ffi::OsStr;
 use std::io::Read;
@@ -30,16 +36,11 @@ pub struct Resolved {
 
 /// Finds `name` on `path_var` (a colon-separated PATH), like execvp does.
 pub fn which(name: &str, path_var: &OsStr) -> Option<PathBuf> {
-    std::env::split_paths(path_var)
-        .filter(|d| d.is_absolute())
-        .map(|d| d.join(name))
-        .find(|p| is_executable(p))
+    std::env::split_paths(path_var).filter(|d| d.is_absolute()).map(|d| d.join(name)).find(|p| is_executable(p))
 }
 
 fn is_executable(p: &Path) -> bool {
-    std::fs::metadata(p)
-        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-        .unwrap_or(false)
+    std::fs::metadata(p).map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false)
 }
 
 fn file_id(p: &Path) -> std::io::Result<(u64, u64)> {
@@ -194,17 +195,13 @@ pub fn resolve_command(
         which(&name, path_var)
     };
     let Some(found) = found else {
-        return Err(Failure {
-            code: exit::NOT_FOUND,
-            message: format!("{name}: command not found"),
-        });
+        return Err(Failure { code: exit::NOT_FOUND, message: format!("{name}: command not found") });
     };
     let canon = std::fs::canonicalize(&found).unwrap_or_else(|_| found.clone());
     let id = file_id(&canon).ok();
-    let ok = allowed.iter().any(|a| {
-        a.implied_by.is_none()
-            && (Some(a.id) == id || canon.starts_with(&a.path) && a.path.is_dir())
-    });
+    let ok = allowed
+        .iter()
+        .any(|a| a.implied_by.is_none() && (Some(a.id) == id || canon.starts_with(&a.path) && a.path.is_dir()));
     if !ok {
         return Err(Failure {
             code: exit::NOT_EXECUTABLE,

@@ -8,11 +8,11 @@ use std::os::fd::OwnedFd;
 use std::path::Path;
 
 use landlock::{
-    Access, AccessFs, AccessNet, BitFlags, CompatLevel, Compatible, NetPort, PathBeneath, PathFd,
-    Ruleset, RulesetAttr, RulesetCreatedAttr, Scope, ABI,
+    Access, AccessFs, AccessNet, BitFlags, CompatLevel, Compatible, NetPort, PathBeneath, PathFd, Ruleset, RulesetAttr,
+    RulesetCreatedAttr, Scope, ABI,
 };
 
-use policy::plan::{LandlockPlan, SyscallRule, Verdict};
+use policy::plan::{LandlockPlan, SyscallRule};
 
 use super::exec::Resolved;
 use super::report::Enforcement;
@@ -47,6 +47,8 @@ fn ll_err(e: impl std::fmt::Display) -> Failure {
 /// What the rest of the sandbox must add because of this kernel's ABI.
 pub struct Outcome {
     pub ruleset: Option<OwnedFd>,
+    /// Rights to grant on the sandbox's private /proc once it is mounted.
+    pub proc_access: Option<u64>,
     /// Seccomp rules standing in for rights this ABI lacks.
     pub floor: Vec<SyscallRule>,
 }
@@ -71,51 +73,36 @@ pub fn build(
             "Landlock (ABI >= 1); this kernel has none (not built, or not in lsm= at boot)",
             "no filesystem confinement at all; seccomp, capabilities and no_new_privs still apply",
         );
-        return Ok(Outcome {
-            ruleset: None,
-            floor,
-        });
+        return Ok(Outcome { ruleset: None, proc_access: None, floor });
     }
     let v = abi_of(abi);
     let fs_all = AccessFs::from_all(v);
     let fs_file = AccessFs::from_file(v);
 
     if abi < 2 {
-        report.notices.push("ABI 1: linking or renaming across directories always fails with EXDEV (stricter, not weaker)".into());
+        report.notices.push(
+            "ABI 1: linking or renaming across directories always fails with EXDEV (stricter, not weaker)".into(),
+        );
     }
     if abi < 3 {
         floor.push(
-            policy::seccomp::extra(
-                "truncate",
-                "Landlock ABI < 3 cannot check truncate(2) by path",
-            )
-            .expect("known"),
+            policy::seccomp::extra("truncate", "Landlock ABI < 3 cannot check truncate(2) by path").expect("known"),
         );
-        report.notices.push(
-            "ABI < 3: truncate(2) is denied outright by seccomp (Landlock cannot check it by path)"
-                .into(),
-        );
+        report
+            .notices
+            .push("ABI < 3: truncate(2) is denied outright by seccomp (Landlock cannot check it by path)".into());
     }
     if abi < 5 {
         report.notices.push("ABI < 5: ioctl on device files opened inside the sandbox is not restricted by Landlock (TIOCSTI/TIOCLINUX stay denied by seccomp)".into());
     }
 
-    let mut ruleset = Ruleset::default()
-        .set_compatibility(CompatLevel::HardRequirement)
-        .handle_access(fs_all)
-        .map_err(ll_err)?;
+    let mut ruleset =
+        Ruleset::default().set_compatibility(CompatLevel::HardRequirement).handle_access(fs_all).map_err(ll_err)?;
     let has_ports = !plan.connect_tcp.is_empty() || !plan.bind_tcp.is_empty();
     if abi >= 4 {
-        ruleset = ruleset
-            .handle_access(AccessNet::from_all(v))
-            .map_err(ll_err)?;
+        ruleset = ruleset.handle_access(AccessNet::from_all(v)).map_err(ll_err)?;
     } else if has_ports {
-        for p in plan
-            .connect_tcp
-            .iter()
-            .map(|p| ("connect", p))
-            .chain(plan.bind_tcp.iter().map(|p| ("bind", p)))
-        {
+        for p in plan.connect_tcp.iter().map(|p| ("connect", p)).chain(plan.bind_tcp.iter().map(|p| ("bind", p))) {
             report.degrade(
                 format!("network.{} {}", p.0, p.1.value),
                 Some(&p.1.at),
@@ -124,9 +111,7 @@ pub fn build(
             );
         }
     } else {
-        report.notices.push(format!(
-            "ABI {abi} < 4: no network is enforced by seccomp alone (inet sockets denied)"
-        ));
+        report.notices.push(format!("ABI {abi} < 4: no network is enforced by seccomp alone (inet sockets denied)"));
     }
     if abi >= 6 {
         let mut scopes = BitFlags::<Scope>::empty();
@@ -149,16 +134,23 @@ pub fn build(
                     "when degraded, abstract sockets outside the sandbox (X11, D-Bus) are reachable",
                 );
             } else {
-                report.notices.push(format!("ABI {abi} < 6: abstract unix sockets are blocked by seccomp (no AF_UNIX sockets)"));
+                report
+                    .notices
+                    .push(format!("ABI {abi} < 6: abstract unix sockets are blocked by seccomp (no AF_UNIX sockets)"));
             }
         }
         if plan.scope_signal {
             if namespaces {
                 floor.push(
-                    policy::seccomp::extra("pidfd_send_signal", "Landlock ABI < 6: a /proc/PID pidfd could signal outside the PID namespace")
-                        .expect("known"),
+                    policy::seccomp::extra(
+                        "pidfd_send_signal",
+                        "Landlock ABI < 6: a /proc/PID pidfd could signal outside the PID namespace",
+                    )
+                    .expect("known"),
                 );
-                report.notices.push(format!("ABI {abi} < 6: signals stay inside the sandbox's PID namespace; pidfd_send_signal is denied"));
+                report.notices.push(format!(
+                    "ABI {abi} < 6: signals stay inside the sandbox's PID namespace; pidfd_send_signal is denied"
+                ));
             } else {
                 report.degrade(
                     "ipc.signals = false",
@@ -171,9 +163,22 @@ pub fn build(
     }
 
     let mut created = ruleset.create().map_err(ll_err)?;
+    let mut proc_access = None;
+    // A path beneath a writable one may be a symlink the sandbox planted in an
+    // earlier run: resolve those without following symlinks.
+    let writable: Vec<&str> = plan.paths.iter().filter(|r| r.write).map(|r| r.path.as_str()).collect();
     for rule in &plan.paths {
-        let fd = match PathFd::new(&rule.path) {
+        let beneath_writable = writable.iter().any(|w| {
+            rule.path.len() > w.len() && rule.path.starts_with(w) && rule.path.as_bytes()[w.len()] == b'/' || *w == "/"
+        });
+        let fd = match crate::sys::fs::open_path(&rule.path, !beneath_writable) {
             Ok(fd) => fd,
+            Err(nix::errno::Errno::ELOOP) if beneath_writable => {
+                return Err(Failure::setup(format!(
+                    "{}: path {} goes through a symlink inside a writable tree; refusing it (the sandbox could have planted it): name the real path",
+                    rule.at, rule.path
+                )));
+            }
             Err(e) => {
                 let missing = Path::new(&rule.path).symlink_metadata().is_err();
                 if rule.optional {
@@ -181,16 +186,15 @@ pub fn build(
                         "path {} ({}): {}",
                         rule.path,
                         rule.at,
-                        if missing {
-                            "does not exist"
-                        } else {
-                            "cannot be opened"
-                        }
+                        if missing { "does not exist" } else { "cannot be opened" }
                     ));
                     continue;
                 }
                 return Err(Failure::setup(if missing {
-                    format!("{}: path {} does not exist (prefix it with `?` in a profile to make it optional)", rule.at, rule.path)
+                    format!(
+                        "{}: path {} does not exist (prefix it with `?` in a profile to make it optional)",
+                        rule.at, rule.path
+                    )
                 } else {
                     format!("{}: path {} cannot be opened: {e}", rule.at, rule.path)
                 }));
@@ -206,41 +210,31 @@ pub fn build(
         if rule.exec {
             access |= AccessFs::Execute;
         }
-        let is_dir = std::fs::metadata(&rule.path)
-            .map(|m| m.is_dir())
-            .unwrap_or(false);
+        let is_dir = std::fs::metadata(&rule.path).map(|m| m.is_dir()).unwrap_or(false);
         access &= if is_dir { fs_all } else { fs_file };
+        if rule.path == "/proc" {
+            proc_access = Some(access.bits());
+        }
         created = created
             .add_rule(PathBeneath::new(fd, access))
-            .map_err(|e| {
-                Failure::setup(format!("{}: Landlock rule for {}: {e}", rule.at, rule.path))
-            })?;
+            .map_err(|e| Failure::setup(format!("{}: Landlock rule for {}: {e}", rule.at, rule.path)))?;
     }
     for cmd in exec {
-        let fd = PathFd::new(&cmd.path)
-            .map_err(|e| Failure::setup(format!("{}: {}: {e}", cmd.at, cmd.path.display())))?;
+        let fd =
+            PathFd::new(&cmd.path).map_err(|e| Failure::setup(format!("{}: {}: {e}", cmd.at, cmd.path.display())))?;
         let is_dir = cmd.path.is_dir();
-        let access = (AccessFs::Execute | AccessFs::ReadFile | AccessFs::ReadDir)
-            & if is_dir { fs_all } else { fs_file };
-        created = created
-            .add_rule(PathBeneath::new(fd, access))
-            .map_err(ll_err)?;
+        let access =
+            (AccessFs::Execute | AccessFs::ReadFile | AccessFs::ReadDir) & if is_dir { fs_all } else { fs_file };
+        created = created.add_rule(PathBeneath::new(fd, access)).map_err(ll_err)?;
     }
     if abi >= 4 {
         for p in &plan.connect_tcp {
-            created = created
-                .add_rule(NetPort::new(p.value, AccessNet::ConnectTcp))
-                .map_err(ll_err)?;
+            created = created.add_rule(NetPort::new(p.value, AccessNet::ConnectTcp)).map_err(ll_err)?;
         }
         for p in &plan.bind_tcp {
-            created = created
-                .add_rule(NetPort::new(p.value, AccessNet::BindTcp))
-                .map_err(ll_err)?;
+            created = created.add_rule(NetPort::new(p.value, AccessNet::BindTcp)).map_err(ll_err)?;
         }
     }
     let fd: Option<OwnedFd> = created.into();
-    Ok(Outcome { ruleset: fd, floor })
+    Ok(Outcome { ruleset: fd, proc_access, floor })
 }
-
-/// Verdict used for floor rules (kept here so `explain` shows one kind).
-pub const FLOOR_VERDICT: Verdict = Verdict::Eperm;

@@ -40,11 +40,8 @@ pub fn find_controller(controller: &str) -> Option<CgroupController> {
             let _src = post.next()?;
             let opts = post.next().unwrap_or("");
             let point = pre.split_whitespace().nth(4)?;
-            let fits = if v2 {
-                fstype == "cgroup2"
-            } else {
-                fstype == "cgroup" && opts.split(',').any(|o| o == controller)
-            };
+            let fits =
+                if v2 { fstype == "cgroup2" } else { fstype == "cgroup" && opts.split(',').any(|o| o == controller) };
             fits.then(|| PathBuf::from(point))
         })?;
         let dir = mount.join(path.trim_start_matches('/'));
@@ -58,11 +55,7 @@ pub fn find_controller(controller: &str) -> Option<CgroupController> {
         if nix::unistd::access(&dir, nix::unistd::AccessFlags::W_OK).is_err() {
             continue;
         }
-        return Some(CgroupController {
-            controller: controller.to_string(),
-            dir,
-            v2,
-        });
+        return Some(CgroupController { controller: controller.to_string(), dir, v2 });
     }
     None
 }
@@ -89,9 +82,7 @@ fn make_cgroup(
                 fs::write(&p, value)?;
             }
         }
-        let procs = fs::OpenOptions::new()
-            .write(true)
-            .open(dir.join("cgroup.procs"))?;
+        let procs = fs::OpenOptions::new().write(true).open(dir.join("cgroup.procs"))?;
         Ok(procs.into())
     };
     match setup() {
@@ -113,23 +104,18 @@ pub fn apply(
     dry: bool,
     report: &mut Enforcement,
 ) -> Result<Applied, Failure> {
-    let make =
-        |c: &CgroupController, files: &[(&str, String)]| -> Option<(PathBuf, Option<OwnedFd>)> {
-            if dry {
-                return Some((c.dir.join(format!("portcullis-{session}")), None));
-            }
-            make_cgroup(c, session, files)
-                .ok()
-                .map(|(d, fd)| (d, Some(fd)))
-        };
+    let make = |c: &CgroupController, files: &[(&str, String)]| -> Option<(PathBuf, Option<OwnedFd>)> {
+        if dry {
+            return Some((c.dir.join(format!("portcullis-{session}")), None));
+        }
+        make_cgroup(c, session, files).ok().map(|(d, fd)| (d, Some(fd)))
+    };
     let mut out = Applied::default();
     // No core dumps: they would write the sandbox's memory outside it.
     out.rlimits.push((libc::RLIMIT_CORE, 0));
     if let Some(n) = &plan.max_open_files {
         out.rlimits.push((libc::RLIMIT_NOFILE, n.value));
-        report
-            .limits
-            .push(format!("max_open_files {}: RLIMIT_NOFILE", n.value));
+        report.limits.push(format!("max_open_files {}: RLIMIT_NOFILE", n.value));
     }
     if let Some(n) = &plan.max_procs {
         let files = [("pids.max", n.value.to_string())];
@@ -151,7 +137,10 @@ pub fn apply(
                 // In a fresh user namespace RLIMIT_NPROC counts only the
                 // sandbox's tasks and binds uid 0 too once capabilities are gone.
                 out.rlimits.push((libc::RLIMIT_NPROC, n.value));
-                report.limits.push(format!("max_procs {}: RLIMIT_NPROC in the sandbox's user namespace (no writable pids cgroup)", n.value));
+                report.limits.push(format!(
+                    "max_procs {}: RLIMIT_NPROC in the sandbox's user namespace (no writable pids cgroup)",
+                    n.value
+                ));
             }
             None => {
                 out.rlimits.push((libc::RLIMIT_NPROC, n.value));
@@ -191,10 +180,9 @@ pub fn apply(
             }
             None => {
                 out.rlimits.push((libc::RLIMIT_DATA, m.value));
-                report.limits.push(format!(
-                    "max_memory {}: RLIMIT_DATA per process (no writable memory cgroup)",
-                    m.value
-                ));
+                report
+                    .limits
+                    .push(format!("max_memory {}: RLIMIT_DATA per process (no writable memory cgroup)", m.value));
             }
         }
     }
@@ -220,10 +208,7 @@ fn kill_all(dir: &Path) {
     }
     if let Ok(procs) = fs::read_to_string(dir.join("cgroup.procs")) {
         for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGKILL,
-            );
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
         }
     }
 }

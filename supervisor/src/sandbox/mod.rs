@@ -54,8 +54,7 @@ pub fn prepare(
     }
     let namespaces = features.user_namespaces;
     enforcement.lifecycle = if namespaces {
-        "PID namespace: the sandbox dies with the supervisor, double-forked processes included"
-            .into()
+        "PID namespace: the sandbox dies with the supervisor, double-forked processes included".into()
     } else {
         "no user/PID namespace here: PDEATHSIG only; a double-forked process could outlive the supervisor".into()
     };
@@ -63,22 +62,41 @@ pub fn prepare(
         enforcement.notices.push(enforcement.lifecycle.clone());
     }
 
-    let unix = plan.seccomp.sockets.unix;
-    let ll = landlock::build(
-        &plan.landlock,
-        &exec,
-        features.landlock_abi_used,
-        namespaces,
-        unix,
-        &mut enforcement,
-    )?;
+    let unix = plan.seccomp.floor.sockets.unix;
+    let ll = landlock::build(&plan.landlock, &exec, features.landlock_abi_used, namespaces, unix, &mut enforcement)?;
 
+    if plan.seccomp.floor.chmod && features.euid == 0 {
+        return Err(Failure::setup(
+            "`[filesystem] chmod = true` is refused when portcullis runs as root: the sandbox would own, and could chmod, every root-owned file on the host",
+        ));
+    }
     let mut rules = plan.seccomp.rules.clone();
     rules.extend(ll.floor);
+    if !namespaces {
+        // Without a private IPC namespace, host SysV IPC objects and POSIX
+        // message queues of this uid would be reachable.
+        for name in [
+            "shmget",
+            "shmat",
+            "shmctl",
+            "msgget",
+            "msgsnd",
+            "msgrcv",
+            "msgctl",
+            "semget",
+            "semop",
+            "semtimedop",
+            "semctl",
+            "mq_open",
+        ] {
+            rules.extend(policy::seccomp::extra(
+                name,
+                "no IPC namespace here: host SysV IPC and message queues would be shared",
+            ));
+        }
+    }
     if !features.seccomp_filter {
-        return Err(Failure::setup(
-            "seccomp filtering is not available in this kernel; refusing to run without it",
-        ));
+        return Err(Failure::setup("seccomp filtering is not available in this kernel; refusing to run without it"));
     }
     let filters = seccomp::compile(&rules)?;
 
@@ -110,35 +128,26 @@ pub fn prepare(
         cgroup_procs: limits.cgroup_procs,
         rlimits: limits.rlimits,
         require_bounding_drop: namespaces || features.euid == 0,
+        proc_access: ll.proc_access,
         ruleset: ll.ruleset,
         filters,
         report: report_tx,
         devnull,
     };
-    Ok(Prepared {
-        enforcement,
-        exec,
-        seccomp_rules: rules,
-        stage,
-        report_rx,
-        cgroups: limits.cgroups,
-    })
+    Ok(Prepared { enforcement, exec, seccomp_rules: rules, stage, report_rx, cgroups: limits.cgroups })
 }
 
 /// A fresh private directory for `{tmp}`, mode 0700, under a root we own.
 pub fn private_tmp(root: &std::path::Path, session: &str) -> Result<PathBuf, Failure> {
     use std::os::unix::fs::{DirBuilderExt, MetadataExt};
-    let fail = |what: &str, e: &dyn std::fmt::Display| {
-        Failure::setup(format!("private temp dir {what}: {e}"))
-    };
+    let fail = |what: &str, e: &dyn std::fmt::Display| Failure::setup(format!("private temp dir {what}: {e}"));
     match std::fs::DirBuilder::new().mode(0o700).create(root) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
         Err(e) => return Err(fail(&root.display().to_string(), &e)),
     }
     // Refuse a root planted by someone else or through a symlink.
-    let meta =
-        std::fs::symlink_metadata(root).map_err(|e| fail(&root.display().to_string(), &e))?;
+    let meta = std::fs::symlink_metadata(root).map_err(|e| fail(&root.display().to_string(), &e))?;
     if !meta.is_dir() || meta.uid() != nix::unistd::geteuid().as_raw() || meta.mode() & 0o077 != 0 {
         return Err(Failure::setup(format!(
             "private temp root {} is not a 0700 directory owned by this user; remove it and retry",
@@ -146,9 +155,6 @@ pub fn private_tmp(root: &std::path::Path, session: &str) -> Result<PathBuf, Fai
         )));
     }
     let dir = root.join(format!("tmp-{session}"));
-    std::fs::DirBuilder::new()
-        .mode(0o700)
-        .create(&dir)
-        .map_err(|e| fail(&dir.display().to_string(), &e))?;
+    std::fs::DirBuilder::new().mode(0o700).create(&dir).map_err(|e| fail(&dir.display().to_string(), &e))?;
     Ok(dir)
 }

@@ -64,11 +64,7 @@ impl Enforcement {
 
 impl Degradation {
     pub fn line(&self) -> String {
-        let at = self
-            .at
-            .as_ref()
-            .map(|o| format!("{o}: "))
-            .unwrap_or_default();
+        let at = self.at.as_ref().map(|o| format!("{o}: ")).unwrap_or_default();
         format!("{at}{} needs {}; {}", self.rule, self.needs, self.fallback)
     }
 }

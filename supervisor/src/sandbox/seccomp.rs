@@ -6,8 +6,7 @@
 use std::collections::BTreeMap;
 
 use seccompiler::{
-    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
-    SeccompRule, TargetArch,
+    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter, SeccompRule, TargetArch,
 };
 
 use policy::plan::{Op, SyscallRule, Verdict, Width};
@@ -19,12 +18,7 @@ const AUDIT_ARCH_X86_64: u32 = 0xC000_003E;
 const X32_SYSCALL_BIT: u32 = 0x4000_0000;
 
 fn stmt(code: u16, k: u32) -> Insn {
-    Insn {
-        code,
-        jt: 0,
-        jf: 0,
-        k,
-    }
+    Insn { code, jt: 0, jf: 0, k }
 }
 
 fn jump(code: u16, k: u32, jt: u8, jf: u8) -> Insn {
@@ -58,6 +52,9 @@ fn condition(c: &policy::plan::ArgCmp) -> Result<SeccompCondition, seccompiler::
     let op = match c.op {
         Op::Eq => SeccompCmpOp::Eq,
         Op::Ne => SeccompCmpOp::Ne,
+        Op::Ge => SeccompCmpOp::Ge,
+        Op::Le => SeccompCmpOp::Le,
+        Op::Gt => SeccompCmpOp::Gt,
         Op::MaskedEq(m) => SeccompCmpOp::MaskedEq(m),
     };
     SeccompCondition::new(c.arg, len, op, c.value)
@@ -65,28 +62,16 @@ fn condition(c: &policy::plan::ArgCmp) -> Result<SeccompCondition, seccompiler::
 
 /// Compiles the rules into programs, architecture filter first.
 pub fn compile(rules: &[SyscallRule]) -> Result<Vec<Vec<Insn>>, Failure> {
-    let fail = |e: &dyn std::fmt::Display| {
-        Failure::setup(format!("seccomp: cannot compile the filter: {e}"))
-    };
+    let fail = |e: &dyn std::fmt::Display| Failure::setup(format!("seccomp: cannot compile the filter: {e}"));
     let mut programs = vec![arch_filter()];
-    let mut by_verdict: BTreeMap<Verdict, BTreeMap<i64, Option<Vec<SeccompRule>>>> =
-        BTreeMap::new();
+    let mut by_verdict: BTreeMap<Verdict, BTreeMap<i64, Option<Vec<SeccompRule>>>> = BTreeMap::new();
     for r in rules {
-        let slot = by_verdict
-            .entry(r.verdict)
-            .or_default()
-            .entry(r.nr)
-            .or_insert_with(|| Some(Vec::new()));
+        let slot = by_verdict.entry(r.verdict).or_default().entry(r.nr).or_insert_with(|| Some(Vec::new()));
         if r.when.is_empty() {
             // Unconditional: deny whatever the argument rules said.
             *slot = None;
         } else if let Some(list) = slot {
-            let conds = r
-                .when
-                .iter()
-                .map(condition)
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| fail(&e))?;
+            let conds = r.when.iter().map(condition).collect::<Result<Vec<_>, _>>().map_err(|e| fail(&e))?;
             list.push(SeccompRule::new(conds).map_err(|e| fail(&e))?);
         }
     }
@@ -95,20 +80,12 @@ pub fn compile(rules: &[SyscallRule]) -> Result<Vec<Vec<Insn>>, Failure> {
             Verdict::Eperm => libc::EPERM,
             Verdict::Enosys => libc::ENOSYS,
         };
-        let map: BTreeMap<i64, Vec<SeccompRule>> = map
-            .into_iter()
-            .map(|(nr, rules)| (nr, rules.unwrap_or_default()))
-            .collect();
-        let filter = SeccompFilter::new(
-            map,
-            SeccompAction::Allow,
-            SeccompAction::Errno(errno as u32),
-            TargetArch::x86_64,
-        )
-        .map_err(|e| fail(&e))?;
-        let prog: BpfProgram = filter
-            .try_into()
-            .map_err(|e: seccompiler::BackendError| fail(&e))?;
+        let map: BTreeMap<i64, Vec<SeccompRule>> =
+            map.into_iter().map(|(nr, rules)| (nr, rules.unwrap_or_default())).collect();
+        let filter =
+            SeccompFilter::new(map, SeccompAction::Allow, SeccompAction::Errno(errno as u32), TargetArch::x86_64)
+                .map_err(|e| fail(&e))?;
+        let prog: BpfProgram = filter.try_into().map_err(|e: seccompiler::BackendError| fail(&e))?;
         programs.push(prog);
     }
     Ok(programs)
@@ -120,11 +97,8 @@ mod tests {
 
     #[test]
     fn baseline_compiles_into_three_programs() {
-        let rules = policy::seccomp::baseline(policy::seccomp::SocketPolicy {
-            tcp: true,
-            udp: false,
-            unix: false,
-        });
+        let sockets = policy::seccomp::SocketPolicy { tcp: true, tcp_bind: false, udp: false, unix: false };
+        let rules = policy::seccomp::baseline(policy::seccomp::FloorPolicy { sockets, chmod: false });
         let progs = compile(&rules).unwrap();
         assert_eq!(progs.len(), 3, "arch, EPERM, ENOSYS");
         assert!(progs.iter().all(|p| p.len() < 4096));

@@ -4,6 +4,7 @@
 //! Everything called after fork must be async-signal-safe and allocation-free:
 //! the supervisor may have other threads holding the allocator's lock.
 
+pub mod fs;
 pub mod probe;
 pub mod stage;
 pub mod wait;
@@ -12,7 +13,5 @@ use std::io;
 
 /// errno of the last failed call, without allocating.
 pub(crate) fn errno() -> i32 {
-    io::Error::last_os_error()
-        .raw_os_error()
-        .unwrap_or(libc::EIO)
+    io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO)
 }

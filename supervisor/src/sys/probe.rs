@@ -26,15 +26,28 @@ pub fn landlock_abi() -> i32 {
 pub fn seccomp_action_available(action: u32) -> bool {
     // SAFETY: SECCOMP_GET_ACTION_AVAIL reads one u32 from a pointer to a live
     // local and changes nothing.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_seccomp,
-            libc::SECCOMP_GET_ACTION_AVAIL,
-            0,
-            &action as *const u32,
-        )
-    };
+    let r = unsafe { libc::syscall(libc::SYS_seccomp, libc::SECCOMP_GET_ACTION_AVAIL, 0, &action as *const u32) };
     r == 0
+}
+
+/// Whether user namespaces look allowed, from the sysctls alone (no fork: this
+/// runs on every launch). `doctor` double-checks with [`can_unshare_user_pid`];
+/// if this guess is wrong the exec stage fails closed at the unshare step.
+pub fn user_namespaces_allowed(uid: u32) -> bool {
+    let read = |p: &str| std::fs::read_to_string(p).ok().and_then(|s| s.trim().parse::<i64>().ok());
+    if read("/proc/sys/user/max_user_namespaces") == Some(0) {
+        return false;
+    }
+    if uid != 0 {
+        // Debian's switch, and Ubuntu's AppArmor restriction (which lets
+        // unshare succeed but takes the capabilities needed afterwards).
+        if read("/proc/sys/kernel/unprivileged_userns_clone") == Some(0)
+            || read("/proc/sys/kernel/apparmor_restrict_unprivileged_userns") == Some(1)
+        {
+            return false;
+        }
+    }
+    std::path::Path::new("/proc/self/ns/user").exists()
 }
 
 /// Whether a child can create a user and PID namespace (tested in a throwaway

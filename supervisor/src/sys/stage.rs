@@ -44,6 +44,8 @@ pub enum Step {
     Landlock,
     Seccomp,
     Fds,
+    /// Not fatal: the private /proc could not be mounted; the host's stays.
+    ProcMount,
 }
 
 impl Step {
@@ -83,6 +85,7 @@ impl Step {
             Step::Landlock => "applying the Landlock ruleset",
             Step::Seccomp => "installing a seccomp filter",
             Step::Fds => "closing inherited file descriptors",
+            Step::ProcMount => "mounting the sandbox's own /proc",
         }
     }
 }
@@ -105,6 +108,9 @@ pub struct Stage {
     pub require_bounding_drop: bool,
     /// A created Landlock ruleset, or None when Landlock is unavailable (best effort).
     pub ruleset: Option<OwnedFd>,
+    /// Landlock rights for the private /proc (the profile's /proc rule), added
+    /// by init once it has mounted it.
+    pub proc_access: Option<u64>,
     /// Seccomp programs, installed in order.
     pub filters: Vec<Vec<Insn>>,
     /// Write end of the report pipe: (step, errno) records on failure.
@@ -116,14 +122,8 @@ pub struct Stage {
 /// Pid the relay or init forwards signals to.
 static FORWARD_TO: AtomicI32 = AtomicI32::new(0);
 
-const FORWARDED: [libc::c_int; 6] = [
-    libc::SIGINT,
-    libc::SIGTERM,
-    libc::SIGHUP,
-    libc::SIGQUIT,
-    libc::SIGUSR1,
-    libc::SIGUSR2,
-];
+const FORWARDED: [libc::c_int; 6] =
+    [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT, libc::SIGUSR1, libc::SIGUSR2];
 
 extern "C" fn forward(sig: libc::c_int) {
     let pid = FORWARD_TO.load(Ordering::Relaxed);
@@ -153,16 +153,69 @@ fn status_code(status: libc::c_int) -> libc::c_int {
 }
 
 impl Stage {
-    /// Sends a (step, errno) record to the supervisor and makes the io::Error
-    /// std reports through its own pipe.
-    fn fail(&self, step: Step, err: i32) -> io::Error {
+    /// Sends a (step, errno) record to the supervisor.
+    fn record(&self, step: Step, err: i32) {
         let mut rec = [0u8; 8];
         rec[..4].copy_from_slice(&(step as u32).to_ne_bytes());
         rec[4..].copy_from_slice(&err.to_ne_bytes());
         // SAFETY: writes 8 bytes from a live stack buffer to an fd we own;
         // 8 < PIPE_BUF so the record is atomic.
         unsafe { libc::write(self.report.as_raw_fd(), rec.as_ptr().cast(), rec.len()) };
+    }
+
+    /// Records a fatal failure and makes the io::Error std reports through its own pipe.
+    fn fail(&self, step: Step, err: i32) -> io::Error {
+        self.record(step, err);
         io::Error::from_raw_os_error(err)
+    }
+
+    /// Mounts a fresh procfs on /proc (init only: procfs shows the mounter's
+    /// PID namespace) and grants the profile's /proc rights on it, so the
+    /// sandbox sees its own processes, not the host's command lines.
+    ///
+    /// # Safety
+    ///
+    /// As for [`Stage::run`]; call in init, inside the new mount namespace.
+    unsafe fn mount_proc(&self) {
+        // SAFETY: mount and open take NUL-terminated literals; the Landlock
+        // attribute is a live packed struct on the stack.
+        unsafe {
+            // Nothing mounted here may propagate back to the host.
+            libc::mount(
+                std::ptr::null(),
+                c"/".as_ptr(),
+                std::ptr::null(),
+                libc::MS_REC | libc::MS_PRIVATE,
+                std::ptr::null(),
+            );
+            let flags = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+            if libc::mount(c"proc".as_ptr(), c"/proc".as_ptr(), c"proc".as_ptr(), flags, std::ptr::null()) != 0 {
+                self.record(Step::ProcMount, errno());
+                return;
+            }
+            if let (Some(ruleset), Some(access)) = (&self.ruleset, self.proc_access) {
+                #[repr(C, packed)]
+                struct PathBeneath {
+                    allowed_access: u64,
+                    parent_fd: i32,
+                }
+                let fd = libc::open(c"/proc".as_ptr(), libc::O_PATH | libc::O_CLOEXEC);
+                let attr = PathBeneath { allowed_access: access, parent_fd: fd };
+                const LANDLOCK_RULE_PATH_BENEATH: libc::c_int = 1;
+                if fd < 0
+                    || libc::syscall(
+                        libc::SYS_landlock_add_rule,
+                        ruleset.as_raw_fd(),
+                        LANDLOCK_RULE_PATH_BENEATH,
+                        &attr,
+                        0u32,
+                    ) != 0
+                {
+                    self.record(Step::ProcMount, errno());
+                }
+                libc::close(fd);
+            }
+        }
     }
 
     fn write_file(path: &[u8], data: &[u8]) -> Result<(), i32> {
@@ -208,14 +261,7 @@ impl Stage {
                 return Err(self.fail(Step::Session, errno()));
             }
             // Die with the supervisor; check afterwards in case it died first.
-            if libc::prctl(
-                libc::PR_SET_PDEATHSIG,
-                libc::SIGKILL as libc::c_ulong,
-                0,
-                0,
-                0,
-            ) != 0
-            {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) != 0 {
                 return Err(self.fail(Step::ParentGone, errno()));
             }
             if libc::getppid() != self.supervisor {
@@ -244,7 +290,10 @@ impl Stage {
         // SAFETY: single-threaded child after fork; only syscalls on
         // prepared buffers and fds this process owns.
         unsafe {
-            if libc::unshare(libc::CLONE_NEWUSER | libc::CLONE_NEWPID) != 0 {
+            // IPC: host SysV segments and queues stay out of reach. Mount: for
+            // the private /proc.
+            let flags = libc::CLONE_NEWUSER | libc::CLONE_NEWPID | libc::CLONE_NEWIPC | libc::CLONE_NEWNS;
+            if libc::unshare(flags) != 0 {
                 return Err(self.fail(Step::Unshare, errno()));
             }
             // The supervisor is undumpable, which makes /proc/self/* root-owned:
@@ -276,26 +325,16 @@ impl Stage {
             }
             // Init: PID 1 of the new namespace.
             libc::close(alive[1]);
-            if libc::prctl(
-                libc::PR_SET_PDEATHSIG,
-                libc::SIGKILL as libc::c_ulong,
-                0,
-                0,
-                0,
-            ) != 0
-            {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) != 0 {
                 return Err(self.fail(Step::ParentGone, errno()));
             }
-            let mut pfd = libc::pollfd {
-                fd: alive[0],
-                events: libc::POLLIN,
-                revents: 0,
-            };
+            let mut pfd = libc::pollfd { fd: alive[0], events: libc::POLLIN, revents: 0 };
             if libc::poll(&mut pfd, 1, 0) != 0 {
                 // The relay died before PDEATHSIG was armed.
                 return Err(self.fail(Step::ParentGone, libc::ESRCH));
             }
             libc::close(alive[0]);
+            self.mount_proc();
             let cmd = libc::fork();
             if cmd < 0 {
                 return Err(self.fail(Step::Fork, errno()));
@@ -357,18 +396,17 @@ impl Stage {
     /// Confines the calling process. Order matters: limits and capability
     /// drops need privilege that no_new_privs, Landlock and seccomp then lock.
     ///
+    /// Public so `cargo xtask bench` can time the install cost alone.
+    ///
     /// # Safety
     ///
-    /// As for [`Stage::run`].
-    unsafe fn confine(&self) -> io::Result<()> {
+    /// As for [`Stage::run`]: only in a forked child, which it confines for good.
+    pub unsafe fn confine(&self) -> io::Result<()> {
         // SAFETY: syscalls on local structs and prepared buffers; the BPF
         // programs are live Vecs owned by `self` for the whole call.
         unsafe {
             for &(res, lim) in &self.rlimits {
-                let rl = libc::rlimit {
-                    rlim_cur: lim,
-                    rlim_max: lim,
-                };
+                let rl = libc::rlimit { rlim_cur: lim, rlim_max: lim };
                 if libc::setrlimit(res, &rl) != 0 {
                     return Err(self.fail(Step::Rlimit, errno()));
                 }
@@ -378,13 +416,9 @@ impl Stage {
             // user namespace this fails harmlessly: there is nothing to regain.
             const SECBITS: libc::c_ulong = 0x01 | 0x02 | 0x04 | 0x08 | 0x10 | 0x20 | 0x40 | 0x80;
             libc::prctl(libc::PR_SET_SECUREBITS, SECBITS, 0, 0, 0);
-            if let Err(e) = check(libc::prctl(
-                libc::PR_CAP_AMBIENT,
-                libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong,
-                0,
-                0,
-                0,
-            ) as libc::c_long)
+            if let Err(e) =
+                check(libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong, 0, 0, 0)
+                    as libc::c_long)
             {
                 if e != libc::EINVAL {
                     return Err(self.fail(Step::Capabilities, e));
@@ -412,15 +446,8 @@ impl Stage {
                 permitted: u32,
                 inheritable: u32,
             }
-            let header = CapHeader {
-                version: 0x2008_0522,
-                pid: 0,
-            };
-            let data = [CapData {
-                effective: 0,
-                permitted: 0,
-                inheritable: 0,
-            }; 2];
+            let header = CapHeader { version: 0x2008_0522, pid: 0 };
+            let data = [CapData { effective: 0, permitted: 0, inheritable: 0 }; 2];
             if libc::syscall(libc::SYS_capset, &header, data.as_ptr()) != 0 {
                 return Err(self.fail(Step::Capabilities, errno()));
             }
@@ -437,24 +464,13 @@ impl Stage {
                     len: prog.len() as libc::c_ushort,
                     filter: prog.as_ptr() as *mut libc::sock_filter,
                 };
-                if libc::syscall(
-                    libc::SYS_seccomp,
-                    libc::SECCOMP_SET_MODE_FILTER,
-                    0u32,
-                    &fprog,
-                ) != 0
-                {
+                if libc::syscall(libc::SYS_seccomp, libc::SECCOMP_SET_MODE_FILTER, 0u32, &fprog) != 0 {
                     return Err(self.fail(Step::Seccomp, errno()));
                 }
             }
             // Every inherited fd but stdio closes at exec (CVE-2024-21626: a
             // leaked directory fd walks around Landlock's path checks).
-            if libc::close_range(
-                3,
-                libc::c_uint::MAX,
-                libc::CLOSE_RANGE_CLOEXEC as libc::c_int,
-            ) != 0
-            {
+            if libc::close_range(3, libc::c_uint::MAX, libc::CLOSE_RANGE_CLOEXEC as libc::c_int) != 0 {
                 return Err(self.fail(Step::Fds, errno()));
             }
         }
@@ -473,18 +489,23 @@ pub fn spawn(cmd: &mut std::process::Command, stage: Stage) -> io::Result<std::p
     cmd.spawn()
 }
 
-/// Reads a failure record, if the child sent one, without blocking.
-pub fn read_report(fd: &OwnedFd) -> Option<(Step, i32)> {
-    let mut rec = [0u8; 8];
-    // SAFETY: reads at most 8 bytes into a live stack buffer from an fd we own
-    // (opened O_NONBLOCK by the caller).
-    let n = unsafe { libc::read(fd.as_raw_fd(), rec.as_mut_ptr().cast(), rec.len()) };
-    if n != 8 {
-        return None;
+/// Reads the records the child sent so far, without blocking.
+pub fn read_reports(fd: &OwnedFd) -> Vec<(Step, i32)> {
+    let mut out = Vec::new();
+    loop {
+        let mut rec = [0u8; 8];
+        // SAFETY: reads at most 8 bytes into a live stack buffer from an fd
+        // we own (opened O_NONBLOCK by report_pipe).
+        let n = unsafe { libc::read(fd.as_raw_fd(), rec.as_mut_ptr().cast(), rec.len()) };
+        if n != 8 {
+            return out;
+        }
+        let step = u32::from_ne_bytes([rec[0], rec[1], rec[2], rec[3]]);
+        let err = i32::from_ne_bytes([rec[4], rec[5], rec[6], rec[7]]);
+        if let Some(s) = Step::from_u32(step) {
+            out.push((s, err));
+        }
     }
-    let step = u32::from_ne_bytes(rec[..4].try_into().ok()?);
-    let err = i32::from_ne_bytes(rec[4..].try_into().ok()?);
-    Step::from_u32(step).map(|s| (s, err))
 }
 
 /// A close-on-exec pipe whose read end does not block.
@@ -498,4 +519,30 @@ pub fn report_pipe() -> io::Result<(OwnedFd, OwnedFd)> {
 pub fn set_undumpable() {
     // SAFETY: prctl with integer arguments only.
     unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
+}
+
+/// For `cargo xtask bench`: mean nanoseconds of fork → child `_exit` → reap,
+/// without and with [`Stage::confine`] in the child. The difference is what
+/// installing the capabilities drop, Landlock and seccomp costs per launch.
+pub fn time_confine(stage: &Stage, runs: u32) -> (u128, u128) {
+    let once = |confine: bool| -> u128 {
+        let t = std::time::Instant::now();
+        // SAFETY: the child only runs Stage::confine (allocation-free and
+        // async-signal-safe) and _exit; the parent reaps the child it made.
+        unsafe {
+            let pid = libc::fork();
+            if pid == 0 {
+                if confine && stage.confine().is_err() {
+                    libc::_exit(1);
+                }
+                libc::_exit(0);
+            }
+            let mut status = 0;
+            libc::waitpid(pid, &mut status, 0);
+        }
+        t.elapsed().as_nanos()
+    };
+    let mean = |confine: bool| (0..runs).map(|_| once(confine)).sum::<u128>() / runs.max(1) as u128;
+    let _warm = (mean(false), mean(true));
+    (mean(false), mean(true))
 }

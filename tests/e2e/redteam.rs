@@ -1,0 +1,101 @@
+//! Regression tests for escapes found by red-teaming portcullis itself. Each
+//! is named after the hole it pins.
+
+use std::net::TcpListener;
+use std::os::unix::fs::PermissionsExt;
+
+use crate::both;
+use crate::support::*;
+
+fn mode(p: &std::path::Path) -> u32 {
+    std::fs::metadata(p).unwrap().permissions().mode() & 0o7777
+}
+
+// Landlock (ABI <= 7) does not mediate chmod/chown/xattr, and the sandbox owns
+// every file of its uid: as root, `chmod 04755` on a workspace copy of a shell
+// made a setuid-root binary for any local user.
+both!(chmod_chown_xattr_outside_rules_are_denied, |sb| {
+    let secret = sb.outside.join("secret.txt");
+    let s = sb.path(&secret);
+    sb.probe(&[], &["chmod", &s, "0o777"]).expect("errno 1 EPERM");
+    sb.probe(&["--read", &sb.path(&sb.outside)], &["fchmod", &s, "0o777"]).expect("errno 1 EPERM");
+    sb.probe(&[], &["chown", &s]).expect("errno 1 EPERM");
+    sb.probe(&[], &["setxattr", &s]).expect("errno 1 EPERM");
+    assert_eq!(mode(&secret), 0o666, "mode must be untouched");
+    let inside = sb.ws.join("file.txt");
+    let i = sb.path(&inside);
+    if sb.who == As::Nobody {
+        // Twin: a profile may allow plain chmod (never setuid/setgid bits).
+        let prof = sb.profile("chmod.toml", "extends = \"strict\"\n[filesystem]\nchmod = true\n");
+        sb.probe(&["--profile", &prof], &["chmod", &i, "0o600"]).expect("ok");
+        assert_eq!(mode(&inside), 0o600);
+        sb.probe(&["--profile", &prof], &["chmod", &i, "0o4755"]).expect("errno 1 EPERM");
+        sb.probe(&["--profile", &prof], &["chmod", &i, "0o2755"]).expect("errno 1 EPERM");
+        assert_eq!(mode(&inside), 0o600);
+    } else {
+        // As root the sandbox would own every root-owned file: refused outright.
+        let prof = sb.profile("chmod.toml", "extends = \"strict\"\n[filesystem]\nchmod = true\n");
+        let r = sb.probe(&["--profile", &prof], &["chmod", &i, "0o600"]);
+        assert_eq!(r.code, 125, "{}", r.stderr);
+        assert!(r.stderr.contains("refused when portcullis runs as root"), "{}", r.stderr);
+        assert_eq!(mode(&inside), 0o666);
+    }
+});
+
+// sendto(MSG_FASTOPEN) connects without connect(2), which Landlock never saw.
+both!(tcp_fast_open_cannot_skip_connect_rules, |sb| {
+    let allowed = TcpListener::bind("127.0.0.1:0").unwrap();
+    let target = TcpListener::bind("127.0.0.1:0").unwrap();
+    target.set_nonblocking(true).unwrap();
+    let pa = allowed.local_addr().unwrap().port().to_string();
+    let pt = target.local_addr().unwrap().port().to_string();
+    sb.probe(&["--connect", &pa], &["tfo", &pt]).expect("errno 1 EPERM");
+    assert!(target.accept().is_err(), "the target listener must have received nothing");
+    // Twin: a plain connect to the allowed port works.
+    sb.probe(&["--connect", &pa], &["connect", &pa]).expect("ok");
+});
+
+// Without an IPC namespace, host SysV shared memory of this uid was readable.
+both!(host_sysv_ipc_is_out_of_reach, |sb| {
+    let key: i32 = 0x5043_0000 | (std::process::id() as i32 & 0xffff);
+    // SAFETY: shmget/shmctl with plain integers; the segment is removed below.
+    let id = unsafe { libc::shmget(key, 4096, libc::IPC_CREAT | 0o666) };
+    assert!(id >= 0, "cannot create the host segment");
+    let r = sb.probe(&[], &["shmget", &key.to_string(), "0", "0"]);
+    // SAFETY: as above.
+    unsafe { libc::shmctl(id, libc::IPC_RMID, std::ptr::null_mut()) };
+    r.expect("errno 2 ENOENT");
+    // Twin: the sandbox has SysV IPC of its own.
+    sb.probe(&[], &["shmget", "0", "4096", "0o1600"]).expect("ok");
+});
+
+// listen(2) without bind(2) auto-binds an ephemeral port Landlock never checks.
+both!(listen_autobind_is_denied, |sb| {
+    sb.probe(&["--connect", "443"], &["listen"]).expect("errno 1 EPERM");
+    // Twin: with a bind port, bind + listen works.
+    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port().to_string();
+    sb.probe(&["--bind", &port], &["listen", &port]).expect("ok");
+});
+
+// A symlink planted in the workspace by an earlier run widened a later
+// `--read {workspace}/data` rule to wherever it pointed.
+both!(symlinks_planted_in_the_workspace_do_not_widen_rules, |sb| {
+    let link = sb.ws.join("data");
+    std::os::unix::fs::symlink(&sb.outside, &link).unwrap();
+    let secret = sb.path(&sb.outside.join("secret.txt"));
+    let r = sb.probe(&["--read", &sb.path(&link)], &["read", &secret]);
+    assert_eq!(r.code, 125, "{} {}", r.stdout, r.stderr);
+    assert!(r.stderr.contains("symlink inside a writable tree"), "{}", r.stderr);
+    // Twin: naming the real directory works.
+    sb.probe(&["--read", &sb.path(&sb.outside)], &["read", &secret]).expect("ok");
+});
+
+// The host /proc showed every process's command line and status.
+both!(sandbox_sees_only_its_own_processes, |sb| {
+    let r = sb.probe(&[], &["proc-pids"]);
+    r.expect("pids [1, 2]");
+    let me = format!("/proc/{}/cmdline", std::process::id());
+    sb.probe(&[], &["read", &me]).expect("errno 2 ENOENT");
+    // Twin: its own entries are readable.
+    sb.probe(&[], &["read", "/proc/self/status"]).expect("ok");
+});

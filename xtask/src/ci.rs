@@ -1,0 +1,22 @@
+//! `cargo xtask ci`: what `.ci/run` runs on a fresh clone.
+
+use std::process::Command;
+
+use anyhow::Result;
+
+use crate::{apt_install, have, run};
+
+pub fn ci() -> Result<()> {
+    // The unprivileged test tier switches to nobody with setpriv (util-linux).
+    if !have("setpriv") {
+        apt_install(&["util-linux"])?;
+    }
+    run(Command::new("cargo").args(["fmt", "--all", "--", "--check"]))?;
+    run(Command::new("cargo").args(["clippy", "--workspace", "--all-targets", "--quiet", "--", "-D", "warnings"]))?;
+    crate::tidy::tidy()?;
+    run(Command::new("cargo")
+        .args(["test", "--workspace"])
+        .env("PORTCULLIS_STRICT_TESTS", std::env::var("PORTCULLIS_STRICT_TESTS").unwrap_or_else(|_| "1".into())))?;
+    eprintln!("xtask ci: all checks passed");
+    Ok(())
+}
