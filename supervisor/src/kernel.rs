@@ -25,6 +25,8 @@ pub struct Features {
     pub uid: u32,
     pub euid: u32,
     pub gid: u32,
+    /// Filled by [`Features::probe_all`] (doctor, explain); launches look
+    /// cgroups up only when a limit needs one.
     pub pids_cgroup: Option<CgroupController>,
     pub memory_cgroup: Option<CgroupController>,
     /// Whether this process may read the kernel audit log (Landlock denials).
@@ -54,10 +56,19 @@ impl Features {
             uid,
             euid,
             gid,
-            pids_cgroup: limits::find_controller("pids"),
-            memory_cgroup: limits::find_controller("memory"),
-            audit_read: caps::has_cap(None, caps::CapSet::Effective, caps::Capability::CAP_AUDIT_READ).unwrap_or(false),
+            pids_cgroup: None,
+            memory_cgroup: None,
+            audit_read: false,
         }
+    }
+
+    /// Everything, including what only `doctor` and `explain` report.
+    pub fn probe_all() -> Features {
+        let mut f = Features::probe();
+        f.pids_cgroup = limits::find_controller("pids");
+        f.memory_cgroup = limits::find_controller("memory");
+        f.audit_read = caps::has_cap(None, caps::CapSet::Effective, caps::Capability::CAP_AUDIT_READ).unwrap_or(false);
+        f
     }
 
     /// A private temp root for this uid: `$XDG_RUNTIME_DIR/portcullis` or `/tmp/portcullis-UID`.

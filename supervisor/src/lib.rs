@@ -8,3 +8,4 @@ pub mod exit;
 pub mod kernel;
 pub mod sandbox;
 pub mod sys;
+pub mod timing;

@@ -39,15 +39,15 @@ fn rights(abi: i32) -> Vec<String> {
 }
 
 pub fn doctor(json: bool, profile: Option<&str>) -> Result<i32, Failure> {
-    let mut features = Features::probe();
+    let mut features = Features::probe_all();
     // The launch path guesses from sysctls; here there is time to try for real.
     features.user_namespaces = crate::sys::probe::can_unshare_user_pid();
     let abi = features.landlock_abi_used;
     let pids_limit = match &features.pids_cgroup {
-        Some(c) => format!("pids cgroup {} at {}", if c.v2 { "v2" } else { "v1" }, c.dir.display()),
-        None if features.user_namespaces => {
-            "RLIMIT_NPROC inside the sandbox's user namespace (no writable pids cgroup)".into()
+        _ if features.user_namespaces && features.euid != 0 => {
+            "RLIMIT_NPROC inside the sandbox's own user namespace (counts only its tasks)".into()
         }
+        Some(c) => format!("pids cgroup {} at {}", if c.v2 { "v2" } else { "v1" }, c.dir.display()),
         None => "RLIMIT_NPROC (does not bind root; no pids cgroup, no user namespace)".into(),
     };
     let memory_limit = match &features.memory_cgroup {

@@ -134,6 +134,7 @@ impl SandboxArgs {
 
 /// Parses the command line, runs it, and returns the exit code.
 pub fn main() -> i32 {
+    crate::timing::start();
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {

@@ -24,6 +24,7 @@ impl Session {
     /// Loads and compiles the profile with the flags; creates `{tmp}`.
     pub fn open(args: &SandboxArgs) -> Result<Session, Failure> {
         let features = Features::probe();
+        crate::timing::mark("kernel probed");
         let nanos =
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
         let id = format!("{}-{:08x}", std::process::id(), nanos);
@@ -39,6 +40,7 @@ impl Session {
             return Err(Failure::setup(format!("--workspace {}: not a directory", workspace.display())));
         }
         let home = std::env::var("HOME").unwrap_or_else(|_| "/nonexistent".into());
+        crate::timing::mark("profile loaded");
         let tmp = sandbox::private_tmp(&features.runtime_root(), &id)?;
         let vars = policy::Vars { workspace: path_str(&workspace)?, home, tmp: path_str(&tmp)? };
         let plan = match policy::compile(&profile, &vars) {
@@ -67,33 +69,17 @@ fn path_str(p: &Path) -> Result<String, Failure> {
     p.to_str().map(str::to_string).ok_or_else(|| Failure::setup(format!("path {} is not UTF-8", p.display())))
 }
 
-/// With PORTCULLIS_TIMING=1, prints how long each launch phase took (stderr).
-struct Timing(Option<std::time::Instant>);
-
-impl Timing {
-    fn new() -> Timing {
-        Timing(std::env::var_os("PORTCULLIS_TIMING").map(|_| std::time::Instant::now()))
-    }
-
-    fn mark(&self, phase: &str) {
-        if let Some(t) = self.0 {
-            eprintln!("portcullis: timing: {phase} at {} us", t.elapsed().as_micros());
-        }
-    }
-}
-
 pub fn run(args: RunArgs) -> Result<i32, Failure> {
-    let timing = Timing::new();
     // A sandboxed process of the same uid must not read our memory.
     stage::set_undumpable();
     let session = Session::open(&args.sandbox)?;
-    timing.mark("profile loaded and compiled");
+    crate::timing::mark("profile loaded and compiled");
     let prepared = session.prepare(false)?;
-    timing.mark("sandbox prepared");
-    launch(&session, prepared, &args.command, &timing)
+    crate::timing::mark("sandbox prepared");
+    launch(&session, prepared, &args.command)
 }
 
-fn launch(session: &Session, prepared: Prepared, command: &[OsString], timing: &Timing) -> Result<i32, Failure> {
+fn launch(session: &Session, prepared: Prepared, command: &[OsString]) -> Result<i32, Failure> {
     let Prepared { enforcement, exec: allowed, stage, report_rx, cgroups, .. } = prepared;
     let _cleanup = CgroupCleanup(cgroups);
     if !enforcement.degradations.is_empty() {
@@ -113,9 +99,9 @@ fn launch(session: &Session, prepared: Prepared, command: &[OsString], timing: &
     cmd.arg0(&command[0]).args(&command[1..]).env_clear().envs(env);
 
     let set = wait::block_signals().map_err(|e| Failure::setup(format!("cannot block signals: {e}")))?;
-    timing.mark("forking");
+    crate::timing::mark("forking");
     let spawned = stage::spawn(&mut cmd, stage);
-    timing.mark("command exec'd");
+    crate::timing::mark("command exec'd");
     // Drop our copies of the stage's fds (ruleset, report pipe, cgroup files).
     drop(cmd);
     let child = match spawned {
@@ -147,7 +133,7 @@ fn launch(session: &Session, prepared: Prepared, command: &[OsString], timing: &
         );
     }
     let code = wait::supervise(child.id(), &set);
-    timing.mark("command exited");
+    crate::timing::mark("command exited");
     reports.extend(stage::read_reports(&report_rx));
     if let Some((step, errno)) = reports.into_iter().find(|(s, _)| *s != stage::Step::ProcMount) {
         return Err(setup_failed(step, errno));

@@ -118,9 +118,23 @@ pub fn apply(
         report.limits.push(format!("max_open_files {}: RLIMIT_NOFILE", n.value));
     }
     if let Some(n) = &plan.max_procs {
+        // For a non-root user, RLIMIT_NPROC in the sandbox's own user
+        // namespace counts only the sandbox's tasks; it is preferred over a
+        // pids cgroup, since moving a task into a v1 cgroup costs an RCU grace
+        // period on every launch. The kernel never applies RLIMIT_NPROC to
+        // uid 0 (user namespace or not), so root needs the cgroup.
+        let rlimit_binds = in_user_ns && !nix::unistd::geteuid().is_root();
         let files = [("pids.max", n.value.to_string())];
-        let via_cgroup = pids.and_then(|c| make(c, &files).map(|(d, fd)| (c, d, fd)));
+        let found = if rlimit_binds { None } else { pids.cloned().or_else(|| find_controller("pids")) };
+        let via_cgroup = found.as_ref().and_then(|c| make(c, &files).map(|(d, fd)| (c, d, fd)));
         match via_cgroup {
+            _ if rlimit_binds => {
+                out.rlimits.push((libc::RLIMIT_NPROC, n.value));
+                report.limits.push(format!(
+                    "max_procs {}: RLIMIT_NPROC in the sandbox's own user namespace (counts only its tasks)",
+                    n.value
+                ));
+            }
             Some((c, dir, fd)) => {
                 report.limits.push(format!(
                     "max_procs {}: pids cgroup {} ({})",
@@ -132,15 +146,6 @@ pub fn apply(
                     out.cgroups.push(dir);
                     out.cgroup_procs.push(fd);
                 }
-            }
-            None if in_user_ns => {
-                // In a fresh user namespace RLIMIT_NPROC counts only the
-                // sandbox's tasks and binds uid 0 too once capabilities are gone.
-                out.rlimits.push((libc::RLIMIT_NPROC, n.value));
-                report.limits.push(format!(
-                    "max_procs {}: RLIMIT_NPROC in the sandbox's user namespace (no writable pids cgroup)",
-                    n.value
-                ));
             }
             None => {
                 out.rlimits.push((libc::RLIMIT_NPROC, n.value));
@@ -165,7 +170,8 @@ pub fn apply(
             ("memory.swap.max", "0".to_string()),
             ("memory.limit_in_bytes", m.value.to_string()),
         ];
-        match memory.and_then(|c| make(c, &files).map(|(d, fd)| (c, d, fd))) {
+        let found = memory.cloned().or_else(|| find_controller("memory"));
+        match found.as_ref().and_then(|c| make(c, &files).map(|(d, fd)| (c, d, fd))) {
             Some((c, dir, fd)) => {
                 report.limits.push(format!(
                     "max_memory {}: memory cgroup {} ({})",

@@ -70,6 +70,7 @@ pub fn prepare(
             "`[filesystem] chmod = true` is refused when portcullis runs as root: the sandbox would own, and could chmod, every root-owned file on the host",
         ));
     }
+    crate::timing::mark("Landlock ruleset built");
     let mut rules = plan.seccomp.rules.clone();
     rules.extend(ll.floor);
     if !namespaces {
@@ -99,6 +100,7 @@ pub fn prepare(
         return Err(Failure::setup("seccomp filtering is not available in this kernel; refusing to run without it"));
     }
     let filters = seccomp::compile(&rules)?;
+    crate::timing::mark("seccomp compiled");
 
     let limits = limits::apply(
         &plan.limits,

@@ -1,0 +1,19 @@
+//! `PORTCULLIS_TIMING=1`: how long each launch phase took, on stderr. Used by
+//! `cargo xtask bench` and by anyone asking where launch time goes.
+
+use std::sync::OnceLock;
+use std::time::Instant;
+
+static START: OnceLock<Option<Instant>> = OnceLock::new();
+
+/// Starts the clock (once, at the top of `main`).
+pub fn start() {
+    START.get_or_init(|| std::env::var_os("PORTCULLIS_TIMING").map(|_| Instant::now()));
+}
+
+/// Prints the time since `start` when timing is on.
+pub fn mark(phase: &str) {
+    if let Some(Some(t)) = START.get() {
+        eprintln!("portcullis: timing: {:>6} us  {phase}", t.elapsed().as_micros());
+    }
+}
