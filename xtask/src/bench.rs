@@ -14,6 +14,9 @@ use anyhow::{bail, Context, Result};
 
 use crate::{apt_install, have, root, run};
 
+/// A launcher to time: (label, argv).
+type Row = (String, Vec<String>);
+
 struct Stats {
     median_us: f64,
     mean_us: f64,
@@ -92,7 +95,11 @@ fn path(p: &Path) -> String {
 fn cpu_model() -> String {
     std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|c| c.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
         .unwrap_or_else(|| "unknown".into())
 }
 
@@ -126,7 +133,8 @@ pub fn bench(args: &[String]) -> Result<()> {
 
     // 1. Launch overhead of /bin/true, as root and as an unprivileged user.
     let bare = vec![true_s.clone()];
-    let pc = vec![binp.clone(), s("run"), s("--profile"), s("strict"), s("--exec"), true_s.clone(), s("--"), true_s.clone()];
+    let pc =
+        vec![binp.clone(), s("run"), s("--profile"), s("strict"), s("--exec"), true_s.clone(), s("--"), true_s.clone()];
     let bwrap = have("bwrap").then(|| {
         let mut bw = vec![s("bwrap"), s("--unshare-all"), s("--die-with-parent"), s("--new-session")];
         for d in ["/usr", "/bin", "/lib", "/lib64", "/etc"] {
@@ -140,14 +148,16 @@ pub fn bench(args: &[String]) -> Result<()> {
     });
     // SAFETY: geteuid cannot fail.
     let is_root = unsafe { libc::geteuid() } == 0;
-    let mut groups: Vec<(&str, Vec<(String, Vec<String>)>)> = Vec::new();
-    let mut root_rows = vec![(s("bare `/bin/true`"), bare.clone()), (s("`portcullis run --profile strict`"), pc.clone())];
+    let mut groups: Vec<(&str, Vec<Row>)> = Vec::new();
+    let mut root_rows =
+        vec![(s("bare `/bin/true`"), bare.clone()), (s("`portcullis run --profile strict`"), pc.clone())];
     if let Some(bw) = &bwrap {
         root_rows.push((s("`bwrap --unshare-all` (same paths)"), bw.clone()));
     }
     groups.push((if is_root { "as root" } else { "as the calling user" }, root_rows));
     if is_root && have("setpriv") {
-        let mut rows = vec![(s("bare `/bin/true`"), as_nobody(&bare)), (s("`portcullis run --profile strict`"), as_nobody(&pc))];
+        let mut rows =
+            vec![(s("bare `/bin/true`"), as_nobody(&bare)), (s("`portcullis run --profile strict`"), as_nobody(&pc))];
         if let Some(bw) = &bwrap {
             rows.push((s("`bwrap --unshare-all` (same paths)"), as_nobody(bw)));
         }
@@ -173,7 +183,9 @@ pub fn bench(args: &[String]) -> Result<()> {
         }
         if st.len() == 3 {
             let ratio = (st[1].median_us - bare_med) / (st[2].median_us - bare_med);
-            launch_md.push_str(&format!("\nportcullis adds {ratio:.2}x of bwrap's added launch time (target: at most 0.6x).\n"));
+            launch_md.push_str(&format!(
+                "\nportcullis adds {ratio:.2}x of bwrap's added launch time (target: at most 0.6x).\n"
+            ));
         }
     }
     let missing: Vec<&str> = ["nono", "firejail", "syd", "bwrap"].into_iter().filter(|p| !have(p)).collect();
@@ -193,14 +205,21 @@ pub fn bench(args: &[String]) -> Result<()> {
         tmp: workp.clone(),
     };
     let mut plan = policy::compile(&profile, &vars)?;
-    plan.exec.allow.push(policy::plan::CommandSpec { spec: true_s.clone(), optional: false, at: policy::Origin::flag("--exec") });
+    plan.exec.allow.push(policy::plan::CommandSpec {
+        spec: true_s.clone(),
+        optional: false,
+        at: policy::Origin::flag("--exec"),
+    });
     plan.limits.max_procs = None;
     let path_var = std::env::var_os("PATH").unwrap_or_default();
     let n_prep = 200;
     let t = Instant::now();
     let mut prepared = None;
     for _ in 0..n_prep {
-        prepared = Some(portcullis::sandbox::prepare(&plan, &features, &path_var, "bench", true).map_err(|f| anyhow::anyhow!(f.message))?);
+        prepared = Some(
+            portcullis::sandbox::prepare(&plan, &features, &path_var, "bench", true)
+                .map_err(|f| anyhow::anyhow!(f.message))?,
+        );
     }
     let prepare_us = t.elapsed().as_secs_f64() * 1e6 / n_prep as f64;
     let prepared = prepared.context("prepared")?;
