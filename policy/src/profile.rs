@@ -49,6 +49,67 @@ pub struct Profile {
     pub max_procs: Option<Located<u64>>,
     pub max_memory: Option<Located<u64>>,
     pub max_open_files: Option<Located<u64>>,
+    /// The `[[expect]]` entries of the named profile itself (not inherited:
+    /// a child profile may grant what its parent denies).
+    pub expect: Vec<Located<Expect>>,
+}
+
+/// A checked `[[expect]]` entry.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Expect {
+    pub op: ExpectOp,
+    /// A path (variables not yet expanded) or a port number as text.
+    pub target: String,
+    pub allow: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ExpectOp {
+    Read,
+    Write,
+    Exec,
+    Connect,
+    Bind,
+}
+
+impl ExpectOp {
+    pub fn name(self) -> &'static str {
+        match self {
+            ExpectOp::Read => "read",
+            ExpectOp::Write => "write",
+            ExpectOp::Exec => "exec",
+            ExpectOp::Connect => "connect",
+            ExpectOp::Bind => "bind",
+        }
+    }
+}
+
+fn expect(lines: &Lines, v: &Spanned<crate::schema::ExpectEntry>) -> Result<Located<Expect>, Error> {
+    let at = lines.at(v.span().start);
+    let e = v.get_ref();
+    let op = match e.op.as_str() {
+        "read" => ExpectOp::Read,
+        "write" => ExpectOp::Write,
+        "exec" => ExpectOp::Exec,
+        "connect" => ExpectOp::Connect,
+        "bind" => ExpectOp::Bind,
+        other => return Err(Error::invalid(&at, format!("expect: unknown op `{other}` (read, write, exec, connect, bind)"))),
+    };
+    let allow = match e.verdict.as_str() {
+        "allow" => true,
+        "deny" => false,
+        other => return Err(Error::invalid(&at, format!("expect: unknown verdict `{other}` (allow or deny)"))),
+    };
+    let target = match (&e.target, op) {
+        (toml::Value::Integer(p), ExpectOp::Connect | ExpectOp::Bind) if (1..=65535).contains(p) => p.to_string(),
+        (toml::Value::String(s), ExpectOp::Read | ExpectOp::Write | ExpectOp::Exec) if !s.is_empty() => s.clone(),
+        (t, ExpectOp::Connect | ExpectOp::Bind) => {
+            return Err(Error::invalid(&at, format!("expect: {} needs a port 1..=65535, not {t}", op.name())))
+        }
+        (t, _) => return Err(Error::invalid(&at, format!("expect: {} needs a path, not {t}", op.name()))),
+    };
+    Ok(Located::new(Expect { op, target, allow }, at))
 }
 
 /// Maps byte offsets in one source text to 1-based lines.
@@ -93,6 +154,7 @@ impl Profile {
     /// Adds one parsed file on top of what is merged so far (`self` is the parent).
     pub(crate) fn layer(&mut self, file: &ProfileFile, lines: &Lines) -> Result<(), Error> {
         self.chain.push(lines.source.to_string());
+        self.expect = file.expect.iter().map(|e| expect(lines, e)).collect::<Result<_, _>>()?;
         if file.description.is_some() {
             self.description.clone_from(&file.description);
         }

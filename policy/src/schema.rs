@@ -30,6 +30,22 @@ pub struct ProfileFile {
     pub env: Env,
     #[serde(default)]
     pub limits: Limits,
+    /// What this profile promises: operations and the verdict each must get.
+    /// Checked by `portcullis profile test` and on every kernel by `cargo xtask vm-test`.
+    #[serde(default)]
+    pub expect: Vec<Spanned<ExpectEntry>>,
+}
+
+/// `[[expect]]`: one operation and the verdict it must get in the sandbox.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExpectEntry {
+    /// `read`, `write`, `exec`, `connect` or `bind`.
+    pub op: String,
+    /// A path (read, write, exec; variables allowed) or a TCP port (connect, bind).
+    pub target: toml::Value,
+    /// `allow` or `deny`.
+    pub verdict: String,
 }
 
 #[derive(Debug, Default, Deserialize)]

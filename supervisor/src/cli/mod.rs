@@ -2,6 +2,7 @@
 
 mod doctor;
 mod explain;
+mod probe_op;
 mod profile;
 mod run;
 
@@ -49,6 +50,9 @@ pub enum Cmd {
         #[command(subcommand)]
         cmd: ProfileCmd,
     },
+    /// Internal: what `profile test` runs inside the sandbox.
+    #[command(hide = true, name = "probe-op")]
+    ProbeOp { op: String, target: String },
 }
 
 #[derive(Subcommand, Debug)]
@@ -59,6 +63,14 @@ pub enum ProfileCmd {
     Show { name: String },
     /// Validate a profile file: every error names file:line.
     Check { file: PathBuf },
+    /// Check the profile's `[[expect]]` entries in real sandboxes on this
+    /// kernel (exit 0: all hold; 1: some do not; 125: cannot test).
+    Test {
+        name: String,
+        /// Check them on every kernel of the VM matrix instead (needs the source tree).
+        #[arg(long)]
+        vm: bool,
+    },
 }
 
 /// Flags shared by `run` and `explain`. They only add to the profile.
@@ -153,6 +165,7 @@ pub fn main() -> i32 {
         Cmd::Doctor { json, profile } => doctor::doctor(json, profile.as_deref()),
         Cmd::Explain(args) => explain::explain(args),
         Cmd::Profile { cmd } => profile::profile(cmd),
+        Cmd::ProbeOp { op, target } => Ok(probe_op::probe_op(&op, &target)),
     };
     match result {
         Ok(code) => code,

@@ -1,12 +1,17 @@
 //! `portcullis profile list | show | check`.
 
-use super::ProfileCmd;
+use std::ffi::OsString;
+
+use super::run::{launch, Session};
+use super::{probe_op, ProfileCmd, SandboxArgs};
 use crate::exit::Failure;
 use policy::{Loader, ProfileSource};
 
 pub fn profile(cmd: ProfileCmd) -> Result<i32, Failure> {
     let loader = Loader::from_env();
     match cmd {
+        ProfileCmd::Test { name, vm: false } => test(&loader, &name),
+        ProfileCmd::Test { name, vm: true } => test_in_vms(&name),
         ProfileCmd::List => {
             for (name, src) in loader.list() {
                 let desc = loader.load(&name).ok().and_then(|p| p.description).unwrap_or_default();
@@ -50,4 +55,75 @@ pub fn profile(cmd: ProfileCmd) -> Result<i32, Failure> {
             Ok(0)
         }
     }
+}
+
+/// Runs each `[[expect]]` of `name` in a fresh sandbox of that profile.
+fn test(loader: &Loader, name: &str) -> Result<i32, Failure> {
+    let profile = loader.load(name)?;
+    if profile.expect.is_empty() {
+        return Err(Failure::setup(format!("profile `{name}` has no [[expect]] entries to test")));
+    }
+    let me = std::env::current_exe().map_err(|e| Failure::setup(format!("cannot find the portcullis binary: {e}")))?;
+    let me_s = me.to_string_lossy().to_string();
+    let ws = std::env::temp_dir().join(format!("portcullis-profile-test-{}", std::process::id()));
+    std::fs::create_dir_all(&ws).map_err(|e| Failure::setup(format!("{}: {e}", ws.display())))?;
+    let args = SandboxArgs {
+        profile: name.to_string(),
+        workspace: Some(ws.clone()),
+        read: vec![],
+        write: vec![],
+        exec: vec![me_s.clone()],
+        connect: vec![],
+        bind: vec![],
+        env: vec![],
+        max_procs: None,
+        max_memory: None,
+        best_effort: false,
+    };
+    let mut failed = 0;
+    for e in &profile.expect {
+        let session = Session::open(&args)?;
+        let vars = policy::Vars {
+            workspace: ws.to_string_lossy().to_string(),
+            home: std::env::var("HOME").unwrap_or_else(|_| "/nonexistent".into()),
+            tmp: session.tmp.to_string_lossy().to_string(),
+        };
+        let target = vars.expand(&e.value.target, &e.at)?;
+        let prepared = session.prepare(false)?;
+        let command: Vec<OsString> = vec![me.clone().into(), "probe-op".into(), e.value.op.name().into(), target.clone().into()];
+        let code = launch(&session, prepared, &command)?;
+        let want = if e.value.allow { "allow" } else { "deny" };
+        let got = match code {
+            probe_op::ALLOWED => "allow",
+            probe_op::DENIED => "deny",
+            _ => "untestable",
+        };
+        let line = format!("{} {target} -> {want}", e.value.op.name());
+        if got == want {
+            println!("PASS {line}  ({})", e.at);
+        } else {
+            failed += 1;
+            println!("FAIL {line}, got {got}  ({})", e.at);
+        }
+    }
+    let _ = std::fs::remove_dir_all(&ws);
+    println!("profile {name}: {} expectations, {failed} failed", profile.expect.len());
+    Ok(if failed == 0 { 0 } else { 1 })
+}
+
+/// `profile test --vm`: the same expectations on every kernel of the VM
+/// matrix, through `cargo xtask vm-test` of the source tree this binary was
+/// built from.
+fn test_in_vms(name: &str) -> Result<i32, Failure> {
+    let me = std::env::current_exe().map_err(|e| Failure::setup(e.to_string()))?;
+    let tree = me
+        .ancestors()
+        .find(|d| d.join("xtask/Cargo.toml").is_file() && d.join("vm-tests").is_dir())
+        .ok_or_else(|| Failure::setup("--vm needs the portcullis source tree (it runs `cargo xtask vm-test`); this binary was not run from one"))?;
+    let status = std::process::Command::new("cargo")
+        .args(["xtask", "vm-test", "--profile", name])
+        .current_dir(tree)
+        .status()
+        .map_err(|e| Failure::setup(format!("cannot run cargo xtask vm-test: {e}")))?;
+    Ok(status.code().unwrap_or(1))
 }

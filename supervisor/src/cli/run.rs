@@ -79,7 +79,7 @@ pub fn run(args: RunArgs) -> Result<i32, Failure> {
     launch(&session, prepared, &args.command)
 }
 
-fn launch(session: &Session, prepared: Prepared, command: &[OsString]) -> Result<i32, Failure> {
+pub(super) fn launch(session: &Session, prepared: Prepared, command: &[OsString]) -> Result<i32, Failure> {
     let Prepared { enforcement, exec: allowed, stage, report_rx, cgroups, .. } = prepared;
     let _cleanup = CgroupCleanup(cgroups);
     if !enforcement.degradations.is_empty() {
