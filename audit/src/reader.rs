@@ -1,0 +1,124 @@
+//! Reading a log: bounded lines, a consistent snapshot, parsed records.
+
+use crate::record::{Record, MAX_LINE};
+use crate::storage::{self, StorageError};
+use crate::verify::VerifyError;
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+
+/// One line of the file.
+#[derive(Debug)]
+pub enum RawLine {
+    /// A line that ended with `\n` (the newline removed).
+    Complete(Vec<u8>),
+    /// Bytes after the last newline: a torn write.
+    Torn { offset: u64, bytes: u64 },
+}
+
+/// Reads lines up to a length fixed at open time.
+pub struct LineReader {
+    path: PathBuf,
+    inner: BufReader<std::io::Take<File>>,
+    offset: u64,
+    line: u64,
+}
+
+impl LineReader {
+    /// Opens `path` (never through a symlink) and fixes the snapshot length.
+    /// If the writers' lock file is readable, the length is taken under a
+    /// shared lock, so a batch being written is never seen half-done; the
+    /// lock is released at once (writers only append, so earlier bytes
+    /// cannot change without that being a tampering the verifier reports).
+    pub fn open_shared(path: &Path) -> Result<LineReader, VerifyError> {
+        let file = storage::open_read(path)?;
+        let lock_path = storage::sibling(path, ".lock");
+        let guard = storage::open_read(&lock_path).ok().filter(|l| l.lock_shared().is_ok());
+        let len = file.metadata().map_err(|e| StorageError::io("stat", path, e))?.len();
+        if let Some(l) = guard {
+            let _ = l.unlock();
+        }
+        Ok(LineReader {
+            path: path.to_path_buf(),
+            inner: BufReader::with_capacity(1 << 16, file.take(len)),
+            offset: 0,
+            line: 0,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Byte offset of the next line.
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    pub fn next_line(&mut self) -> Result<Option<RawLine>, VerifyError> {
+        let mut buf = Vec::new();
+        let n = (&mut self.inner)
+            .take(MAX_LINE as u64 + 2)
+            .read_until(b'\n', &mut buf)
+            .map_err(|e| StorageError::io("read", &self.path, e))?;
+        if n == 0 {
+            return Ok(None);
+        }
+        self.line += 1;
+        let start = self.offset;
+        self.offset += n as u64;
+        if buf.last() == Some(&b'\n') {
+            buf.pop();
+            return Ok(Some(RawLine::Complete(buf)));
+        }
+        if buf.len() > MAX_LINE {
+            return Err(VerifyError::Record {
+                seq: self.line - 1,
+                line: self.line,
+                problem: format!("line longer than {MAX_LINE} bytes"),
+            });
+        }
+        // Bytes without a newline can only be the end of the snapshot.
+        Ok(Some(RawLine::Torn { offset: start, bytes: n as u64 }))
+    }
+}
+
+/// Parsed records of a log, in file order, for display (`list`, `show`,
+/// `export`). Lines are parsed strictly but chain and signatures are not
+/// checked: that is `verify`'s job.
+pub struct Records {
+    reader: LineReader,
+    done: bool,
+}
+
+/// Iterates over the records of the log at `path`.
+pub fn records(path: &Path) -> Result<Records, VerifyError> {
+    Ok(Records { reader: LineReader::open_shared(path)?, done: false })
+}
+
+impl Iterator for Records {
+    type Item = Result<Record, VerifyError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.done {
+            return None;
+        }
+        let line_no = self.reader.line + 1;
+        match self.reader.next_line() {
+            Ok(Some(RawLine::Complete(l))) => Some(Record::parse_line(&l).map_err(|e| VerifyError::Record {
+                seq: line_no - 1,
+                line: line_no,
+                problem: e.to_string(),
+            })),
+            Ok(Some(RawLine::Torn { offset, bytes })) => {
+                self.done = true;
+                Some(Err(VerifyError::TornTail { records: line_no - 1, offset, bytes }))
+            }
+            Ok(None) => None,
+            Err(e) => {
+                self.done = true;
+                Some(Err(e))
+            }
+        }
+    }
+}

@@ -1,0 +1,186 @@
+//! The file-system rules every audit file follows: private directories, no
+//! symlinks in the last component, close-on-exec, atomic replacement.
+//!
+//! A planted symlink in the log directory (THREATS.md L12) would redirect
+//! writes or key reads; O_NOFOLLOW refuses it at open time, so there is no
+//! check-then-open race.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+/// An I/O failure on a named file, saying what was being done.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StorageError {
+    #[error("{op} {}: {source}", path.display())]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{} is a symbolic link; audit files are never opened through links (a planted link could redirect them)", path.display())]
+    Symlink { path: PathBuf },
+    #[error("{} is not a regular file", path.display())]
+    NotRegular { path: PathBuf },
+    #[error("directory {} is writable by group or others (mode {mode:o}); anyone who can write it can swap audit files: chmod go-w it or choose another path", path.display())]
+    SharedDirectory { path: PathBuf, mode: u32 },
+}
+
+impl StorageError {
+    pub fn io(op: &'static str, path: &Path, source: io::Error) -> Self {
+        StorageError::Io { op, path: path.to_path_buf(), source }
+    }
+}
+
+/// The directory holding `path` (`.` for a bare file name).
+pub fn parent_dir(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
+/// Creates `dir` (and missing parents) with mode 0700, or checks that the
+/// existing directory is not writable by group or others.
+pub fn ensure_private_dir(dir: &Path) -> Result<(), StorageError> {
+    match fs::metadata(dir) {
+        Ok(meta) => {
+            if !meta.is_dir() {
+                return Err(StorageError::io(
+                    "use as a directory",
+                    dir,
+                    io::Error::new(io::ErrorKind::NotADirectory, "not a directory"),
+                ));
+            }
+            let mode = meta.permissions().mode() & 0o7777;
+            if mode & 0o022 != 0 {
+                return Err(StorageError::SharedDirectory { path: dir.to_path_buf(), mode });
+            }
+            Ok(())
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| StorageError::io("create directory", dir, e)),
+        Err(e) => Err(StorageError::io("inspect directory", dir, e)),
+    }
+}
+
+/// Maps ELOOP from an O_NOFOLLOW open to a clear "is a symlink" error.
+fn open_error(op: &'static str, path: &Path, e: io::Error) -> StorageError {
+    if e.raw_os_error() == Some(libc::ELOOP) {
+        StorageError::Symlink { path: path.to_path_buf() }
+    } else {
+        StorageError::io(op, path, e)
+    }
+}
+
+fn check_regular(file: &File, path: &Path) -> Result<(), StorageError> {
+    let meta = file.metadata().map_err(|e| StorageError::io("stat", path, e))?;
+    if meta.is_file() {
+        Ok(())
+    } else {
+        Err(StorageError::NotRegular { path: path.to_path_buf() })
+    }
+}
+
+/// Opens (creating, 0600) a file for reading and appending:
+/// O_APPEND|O_NOFOLLOW|O_CLOEXEC (std sets O_CLOEXEC on every open).
+pub fn open_append(path: &Path) -> Result<File, StorageError> {
+    let file = OpenOptions::new()
+        .read(true)
+        .append(true)
+        .create(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .map_err(|e| open_error("open for appending", path, e))?;
+    check_regular(&file, path)?;
+    Ok(file)
+}
+
+/// Opens (creating, 0600) a lock file: read-write, O_NOFOLLOW|O_CLOEXEC.
+pub fn open_lock(path: &Path) -> Result<File, StorageError> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .map_err(|e| open_error("open lock file", path, e))?;
+    check_regular(&file, path)?;
+    Ok(file)
+}
+
+/// Opens an existing file read-only, refusing symlinks.
+pub fn open_read(path: &Path) -> Result<File, StorageError> {
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .map_err(|e| open_error("open", path, e))?;
+    check_regular(&file, path)?;
+    Ok(file)
+}
+
+/// Creates `path` exclusively (O_CREAT|O_EXCL|O_NOFOLLOW, `mode`), writes
+/// `data` and fsyncs it.
+pub fn create_exclusive(path: &Path, data: &[u8], mode: u32) -> Result<(), StorageError> {
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .map_err(|e| open_error("create", path, e))?;
+    file.write_all(data).map_err(|e| StorageError::io("write", path, e))?;
+    file.sync_all().map_err(|e| StorageError::io("fsync", path, e))
+}
+
+/// fsyncs a directory so a rename or link inside it survives a crash.
+pub fn sync_dir(dir: &Path) -> Result<(), StorageError> {
+    File::open(dir).and_then(|d| d.sync_all()).map_err(|e| StorageError::io("fsync directory", dir, e))
+}
+
+/// Replaces `path` atomically with `data` (temp file in the same directory,
+/// fsync, rename, fsync the directory), so a reader sees the old or the new
+/// content, never a mix, even across a crash.
+pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<(), StorageError> {
+    let dir = parent_dir(path);
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.tmp-{}-{:08x}", std::process::id(), random_u32()));
+    create_exclusive(&tmp, data, mode)?;
+    if let Err(e) = fs::rename(&tmp, path) {
+        let _ = fs::remove_file(&tmp);
+        return Err(StorageError::io("rename into place", path, e));
+    }
+    sync_dir(&dir)
+}
+
+fn random_u32() -> u32 {
+    let mut b = [0u8; 4];
+    // Only used to make a temp name unique; a failure falls back to the time.
+    if getrandom::fill(&mut b).is_err() {
+        let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos());
+        return t.unwrap_or(0);
+    }
+    u32::from_le_bytes(b)
+}
+
+/// Mode bits of an open file.
+pub fn mode_of(file: &File, path: &Path) -> Result<u32, StorageError> {
+    Ok(file.metadata().map_err(|e| StorageError::io("stat", path, e))?.mode() & 0o7777)
+}
+
+/// `path` with `suffix` appended to its file name (`audit.log` → `audit.log.lock`).
+pub fn sibling(path: &Path, suffix: &str) -> PathBuf {
+    let mut s = path.as_os_str().to_os_string();
+    s.push(suffix);
+    PathBuf::from(s)
+}

@@ -1,0 +1,718 @@
+//! The append side: one `AuditLog` handle per supervisor, any number of
+//! handles (processes) per file.
+//!
+//! Every change to the file happens inside an exclusive `flock` on the
+//! sibling `<log>.lock`, after re-reading whatever other writers appended,
+//! so the chain stays linear however many supervisors share it. Records are
+//! buffered by `append` and written and fsynced together by `commit`
+//! (group commit); `append_durable` is for decisions a human made, which
+//! must not be acted on before their record is on disk (THREATS.md L11).
+
+use crate::chain::{self, Chain};
+use crate::checkpoint::{self, Checkpoint, CheckpointError};
+use crate::clock;
+use crate::key::{self, KeyError};
+use crate::mask;
+use crate::merkle;
+use crate::record::{self, Kind, Record, FORMAT_VERSION, MAX_LINE};
+use crate::storage::{self, StorageError};
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine as _;
+use ed25519_dalek::{Signer, SigningKey, VerifyingKey};
+use serde_json::{Map, Value};
+use std::fs::File;
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// At most this many bytes of a torn tail are kept (base64) in the recovery record.
+const RECOVERY_KEEP: usize = 4096;
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AuditError {
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    #[error("lock {}: {source}", path.display())]
+    Lock {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{}: damaged at line {line} (seq {seq}): {problem}; run `portcullis audit verify` and move the log aside to start a new one", path.display())]
+    Corrupt { path: PathBuf, line: u64, seq: u64, problem: String },
+    #[error("{}: the log is signed by key {log_key} but the key file holds {our_key}; use the key that signs it, or rotate with `portcullis audit key rotate`", path.display())]
+    KeyMismatch { path: PathBuf, log_key: String, our_key: String },
+    #[error("{}: another writer rotated the log key to {new_key} at seq {seq}; this handle holds {our_key} and stops writing", path.display())]
+    KeyRotatedElsewhere { path: PathBuf, seq: u64, new_key: String, our_key: String },
+    #[error("{}: its checkpoint says {size} records but the log has {records}: the log was truncated or rolled back; run `portcullis audit verify` (if you removed the log on purpose, remove its .checkpoint too)", path.display())]
+    CheckpointAhead { path: PathBuf, size: u64, records: u64 },
+    #[error("{}: the first {size} records do not match the checkpoint's root: the log was rewritten; run `portcullis audit verify`", path.display())]
+    CheckpointMismatch { path: PathBuf, size: u64 },
+    #[error("{}: checkpoint: {source}", path.display())]
+    Checkpoint {
+        path: PathBuf,
+        #[source]
+        source: CheckpointError,
+    },
+    #[error("{}: the log shrank from {from} to {to} bytes while open: someone truncated it", path.display())]
+    Shrunk { path: PathBuf, from: u64, to: u64 },
+    #[error("the audit log is unusable after an earlier failure ({0}); no record is accepted")]
+    Failed(String),
+    #[error("`{0}` records are written by the log itself, not by callers")]
+    ReservedKind(Kind),
+    #[error("a record body must be a JSON object")]
+    BodyNotObject,
+    #[error("record of {0} bytes is larger than the limit")]
+    TooLarge(usize),
+    #[error("record body: {0}")]
+    Canon(#[from] crate::canon::CanonError),
+    #[error("session id {0:?} is invalid: use 1-128 of A-Z a-z 0-9 . _ : @ / -")]
+    InvalidSession(String),
+}
+
+/// How an `AuditLog` behaves; `Default` is what `AuditLog::open` uses.
+#[derive(Clone, Debug)]
+pub struct LogOptions {
+    /// Session id stamped on every record this handle writes (default: 128 random bits, hex).
+    pub session: Option<String>,
+    /// Write a checkpoint after this many records (default 1000).
+    pub checkpoint_every: u64,
+    /// ...or when this much time has passed since the last one, checked at
+    /// each commit (default 10 s). Call `checkpoint()` from a timer for idle logs.
+    pub checkpoint_interval: Duration,
+    /// `append` commits by itself when this many records are buffered (default 512).
+    pub max_batch: usize,
+    /// Origin written into the header of a new log (default `portcullis-audit/<16 random hex>`).
+    pub origin: Option<String>,
+}
+
+impl Default for LogOptions {
+    fn default() -> Self {
+        LogOptions {
+            session: None,
+            checkpoint_every: 1000,
+            checkpoint_interval: Duration::from_secs(10),
+            max_batch: 512,
+            origin: None,
+        }
+    }
+}
+
+/// A torn tail found (and cut off) while catching up.
+struct Torn {
+    offset: u64,
+    bytes: Vec<u8>,
+}
+
+/// An open, writable audit log. See the crate docs for the calling protocol.
+pub struct AuditLog {
+    path: PathBuf,
+    lock_path: PathBuf,
+    checkpoint_path: PathBuf,
+    file: File,
+    lock: File,
+    key: SigningKey,
+    vk: VerifyingKey,
+    session: String,
+    opts: LogOptions,
+    /// History as of `known_len` bytes, plus any pending records.
+    chain: Chain,
+    /// Bytes of the file folded into `chain` (always the end of a complete line).
+    known_len: u64,
+    /// Buffered records: hashed and chained, signed at commit.
+    pending: Vec<Record>,
+    locked: bool,
+    last_checkpoint_size: u64,
+    last_checkpoint_at: Instant,
+    failed: Option<String>,
+    closed: bool,
+}
+
+impl std::fmt::Debug for AuditLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuditLog")
+            .field("path", &self.path)
+            .field("session", &self.session)
+            .field("next_seq", &self.chain.next_seq)
+            .field("pending", &self.pending.len())
+            .finish_non_exhaustive()
+    }
+}
+
+fn random_hex(bytes: usize) -> Result<String, AuditError> {
+    let mut b = vec![0u8; bytes];
+    getrandom::fill(&mut b).map_err(|e| KeyError::Random(e.to_string()))?;
+    Ok(b.iter().map(|x| format!("{x:02x}")).collect())
+}
+
+fn valid_session(s: &str) -> bool {
+    (1..=128).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_alphanumeric() || b".:_@/-".contains(&b))
+}
+
+impl AuditLog {
+    /// Opens (creating if needed) the log at `path`, signing with `key`.
+    pub fn open(path: &Path, key: SigningKey) -> Result<AuditLog, AuditError> {
+        Self::open_with(path, key, LogOptions::default())
+    }
+
+    /// Opens the log with explicit options.
+    ///
+    /// Creates the parent directory 0700 if missing (refuses one writable by
+    /// group or others), takes the lock, reads the whole log to continue its
+    /// chain, repairs a torn last line with a `recovery` record, checks the
+    /// existing checkpoint against the log (fails if the log is shorter or
+    /// different: truncation or rollback), writes a header to a new log.
+    pub fn open_with(path: &Path, key: SigningKey, opts: LogOptions) -> Result<AuditLog, AuditError> {
+        let session = match &opts.session {
+            Some(s) if valid_session(s) => s.clone(),
+            Some(s) => return Err(AuditError::InvalidSession(s.clone())),
+            None => random_hex(16)?,
+        };
+        storage::ensure_private_dir(&storage::parent_dir(path))?;
+        let lock_path = storage::sibling(path, ".lock");
+        let lock = storage::open_lock(&lock_path)?;
+        lock.lock().map_err(|source| AuditError::Lock { path: lock_path.clone(), source })?;
+        // The log itself is created under the lock, so two first writers
+        // cannot both write a header. Dropping `lock` on error releases it.
+        let file = storage::open_append(path)?;
+        let mut log = AuditLog {
+            path: path.to_path_buf(),
+            checkpoint_path: storage::sibling(path, ".checkpoint"),
+            file,
+            lock_path,
+            lock,
+            vk: key.verifying_key(),
+            key,
+            session,
+            opts,
+            chain: Chain::default(),
+            known_len: 0,
+            pending: Vec::new(),
+            locked: true,
+            last_checkpoint_size: 0,
+            last_checkpoint_at: Instant::now(),
+            failed: None,
+            closed: false,
+        };
+        let result = log.open_locked();
+        log.unlock();
+        if result.is_err() {
+            log.closed = true;
+        }
+        result.map(|()| log)
+    }
+
+    fn open_locked(&mut self) -> Result<(), AuditError> {
+        let existing = self.read_checkpoint_file()?;
+        let mut at_size: Option<(merkle::Hash, Option<VerifyingKey>)> = None;
+        let want = existing.as_ref().map(|(cp, _)| cp.size);
+        if want == Some(0) {
+            at_size = Some((merkle::empty_root(), None));
+        }
+        let torn = self.fold_new_bytes(|chain| {
+            if Some(chain.frontier.size()) == want {
+                at_size = Some((chain.frontier.root(), chain.current_key().copied()));
+            }
+        })?;
+        if let Some((cp, text)) = existing {
+            let Some((root, key)) = at_size else {
+                return Err(AuditError::CheckpointAhead {
+                    path: self.path.clone(),
+                    size: cp.size,
+                    records: self.chain.next_seq,
+                });
+            };
+            if let Some(vk) = key {
+                Checkpoint::verify_note(&text, Some(&self.chain.origin), &vk)
+                    .map_err(|source| AuditError::Checkpoint { path: self.checkpoint_path.clone(), source })?;
+            }
+            if root != cp.root {
+                return Err(AuditError::CheckpointMismatch { path: self.path.clone(), size: cp.size });
+            }
+            self.last_checkpoint_size = cp.size;
+        }
+        if self.chain.next_seq == 0 {
+            let origin = match &self.opts.origin {
+                Some(o) if checkpoint::valid_name(o) => o.clone(),
+                Some(o) => {
+                    return Err(AuditError::Checkpoint {
+                        path: self.checkpoint_path.clone(),
+                        source: CheckpointError::Malformed(format!("origin {o:?} has spaces, `+` or controls")),
+                    })
+                }
+                None => format!("portcullis-audit/{}", random_hex(8)?),
+            };
+            let body = chain::header_body(&origin, &self.vk);
+            self.write_now(Kind::Header, body)?;
+        } else {
+            self.check_key()?;
+            // Verify the signature of the record we chain onto: a forged tail
+            // must not be built upon.
+            self.check_last_signature()?;
+        }
+        if let Some(t) = torn {
+            self.write_recovery(t)?;
+        }
+        if self.chain.next_seq > self.last_checkpoint_size {
+            self.write_checkpoint()?;
+        }
+        Ok(())
+    }
+
+    fn check_key(&self) -> Result<(), AuditError> {
+        match self.chain.current_key() {
+            Some(k) if *k == self.vk => Ok(()),
+            Some(k) => Err(AuditError::KeyMismatch {
+                path: self.path.clone(),
+                log_key: key::fingerprint(k),
+                our_key: key::fingerprint(&self.vk),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    fn check_last_signature(&self) -> Result<(), AuditError> {
+        let last = self.chain.next_seq - 1;
+        let line = self.read_last_line()?;
+        let corrupt =
+            |problem: String| AuditError::Corrupt { path: self.path.clone(), line: last + 1, seq: last, problem };
+        let rec = Record::parse_line(&line).map_err(|e| corrupt(e.to_string()))?;
+        let vk = self.chain.key_for(last).ok_or_else(|| corrupt("no key in force".into()))?;
+        vk.verify_strict(&rec.signed_message(), &rec.signature())
+            .map_err(|_| corrupt("signature does not verify under the key in force".into()))
+    }
+
+    fn read_last_line(&self) -> Result<Vec<u8>, AuditError> {
+        let end = self.known_len;
+        let mut start = end.saturating_sub(4096);
+        loop {
+            let mut buf = vec![0u8; (end - start) as usize];
+            self.file.read_exact_at(&mut buf, start).map_err(|e| StorageError::io("read", &self.path, e))?;
+            let body = &buf[..buf.len().saturating_sub(1)];
+            if let Some(i) = body.iter().rposition(|&b| b == b'\n') {
+                return Ok(body[i + 1..].to_vec());
+            }
+            if start == 0 {
+                return Ok(body.to_vec());
+            }
+            start = start.saturating_sub(MAX_LINE as u64 + 2);
+        }
+    }
+
+    fn read_checkpoint_file(&self) -> Result<Option<(Checkpoint, String)>, AuditError> {
+        let text = match std::fs::read_to_string(&self.checkpoint_path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(StorageError::io("read checkpoint", &self.checkpoint_path, e).into()),
+        };
+        let (cp, _) = Checkpoint::parse(&text)
+            .map_err(|source| AuditError::Checkpoint { path: self.checkpoint_path.clone(), source })?;
+        Ok(Some((cp, text)))
+    }
+
+    /// The session id stamped on this handle's records.
+    pub fn session(&self) -> &str {
+        &self.session
+    }
+
+    /// The log's origin (checkpoint name).
+    pub fn origin(&self) -> &str {
+        &self.chain.origin
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The public key this handle signs with.
+    pub fn public_key(&self) -> VerifyingKey {
+        self.vk
+    }
+
+    /// Number of records in the log as this handle knows it, including buffered ones.
+    pub fn len(&self) -> u64 {
+        self.chain.next_seq
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.chain.next_seq == 0
+    }
+
+    /// Records buffered and not yet committed.
+    pub fn pending(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Buffers a record and returns its seq. The body is masked
+    /// ([`mask::mask_secrets`]) before it is hashed.
+    ///
+    /// The file lock is taken at the first buffered record and held until
+    /// [`commit`](Self::commit): seq numbers are final when returned, and
+    /// other writers wait for this batch. Commit within your group-commit
+    /// window (milliseconds). Nothing is on disk until commit.
+    pub fn append(&mut self, kind: Kind, body: Value) -> Result<u64, AuditError> {
+        self.usable()?;
+        if kind.is_structural() {
+            return Err(AuditError::ReservedKind(kind));
+        }
+        let Value::Object(mut body) = body else {
+            return Err(AuditError::BodyNotObject);
+        };
+        for v in body.values_mut() {
+            mask::mask_secrets(v);
+        }
+        // Keys of the body object itself are checked too.
+        for (k, v) in body.iter_mut() {
+            if mask::is_secret_key(k) && !v.is_null() && v.as_str() != Some("") {
+                *v = Value::String(mask::MASK.to_string());
+            }
+        }
+        let seq = self.push(kind, body)?;
+        if self.pending.len() >= self.opts.max_batch.max(1) {
+            self.commit()?;
+        }
+        Ok(seq)
+    }
+
+    /// Appends and commits: returns only once the record (and everything
+    /// buffered before it) is written and fsynced. Use it for every decision
+    /// a human answered, before acting on the answer.
+    pub fn append_durable(&mut self, kind: Kind, body: Value) -> Result<u64, AuditError> {
+        let seq = self.append(kind, body)?;
+        self.commit()?;
+        Ok(seq)
+    }
+
+    /// Signs, writes and fsyncs the buffered records, writes a checkpoint if
+    /// one is due, and releases the lock. On error the handle is unusable
+    /// (fail closed) and whatever part of the batch reached the file is cut
+    /// off again where possible.
+    pub fn commit(&mut self) -> Result<(), AuditError> {
+        self.usable()?;
+        if self.pending.is_empty() {
+            self.unlock();
+            return Ok(());
+        }
+        let result = self.commit_locked();
+        if let Err(e) = &result {
+            self.failed = Some(e.to_string());
+        }
+        self.unlock();
+        result
+    }
+
+    /// Same as [`commit`](Self::commit): everything appended so far is durable when it returns.
+    pub fn flush_durable(&mut self) -> Result<(), AuditError> {
+        self.commit()
+    }
+
+    fn commit_locked(&mut self) -> Result<(), AuditError> {
+        let mut batch = std::mem::take(&mut self.pending);
+        for r in &mut batch {
+            r.sig = self.key.sign(&r.signed_message()).to_bytes();
+        }
+        self.write_records(&batch)?;
+        if self.checkpoint_due() {
+            self.write_checkpoint()?;
+        }
+        Ok(())
+    }
+
+    /// Commits, then writes a checkpoint of the current tree (under the
+    /// lock, after catching up with other writers) if it has grown.
+    pub fn checkpoint(&mut self) -> Result<(), AuditError> {
+        self.commit()?;
+        let result = (|| {
+            self.lock_now()?;
+            self.catch_up()?;
+            if self.chain.next_seq > self.last_checkpoint_size {
+                self.write_checkpoint()?;
+            }
+            Ok(())
+        })();
+        if let Err(e) = &result {
+            if !matches!(e, AuditError::Lock { .. }) {
+                self.failed = Some(e.to_string());
+            }
+        }
+        self.unlock();
+        result
+    }
+
+    /// Rotates the signing key: appends (durably) a `key_rotation` record
+    /// signed by the current key that names `new_key`; every later record
+    /// and checkpoint is signed by `new_key`. Returns the rotation's seq.
+    /// Store `new_key` before calling this (see `keystore` in the CLI).
+    pub fn rotate_key(&mut self, new_key: SigningKey) -> Result<u64, AuditError> {
+        self.commit()?;
+        self.usable()?;
+        let new_vk = new_key.verifying_key();
+        let result = (|| {
+            self.lock_now()?;
+            self.catch_up()?;
+            let seq = self.write_now(Kind::KeyRotation, chain::rotation_body(&self.vk, &new_vk))?;
+            self.key = new_key;
+            self.vk = new_vk;
+            self.write_checkpoint()?;
+            Ok(seq)
+        })();
+        if result.is_err() {
+            self.failed = result.as_ref().err().map(ToString::to_string);
+        }
+        self.unlock();
+        result
+    }
+
+    /// Commits, writes a final checkpoint and closes the handle.
+    pub fn close(mut self) -> Result<(), AuditError> {
+        let r = self.checkpoint();
+        self.closed = true;
+        r
+    }
+
+    fn usable(&self) -> Result<(), AuditError> {
+        match &self.failed {
+            Some(why) => Err(AuditError::Failed(why.clone())),
+            None => Ok(()),
+        }
+    }
+
+    fn lock_now(&mut self) -> Result<(), AuditError> {
+        if !self.locked {
+            self.lock.lock().map_err(|source| AuditError::Lock { path: self.lock_path.clone(), source })?;
+            self.locked = true;
+        }
+        Ok(())
+    }
+
+    fn unlock(&mut self) {
+        if self.locked {
+            // Closing the fd would also release it; an unlock error leaves
+            // the lock to be released when the handle is dropped.
+            let _ = self.lock.unlock();
+            self.locked = false;
+        }
+    }
+
+    /// Chains a record onto the buffer (taking the lock first if needed).
+    fn push(&mut self, kind: Kind, body: Map<String, Value>) -> Result<u64, AuditError> {
+        if !self.locked {
+            self.lock_now()?;
+            if let Err(e) = self.catch_up() {
+                self.failed = Some(e.to_string());
+                self.unlock();
+                return Err(e);
+            }
+        }
+        let seq = self.chain.next_seq;
+        let ts = clock::now_rfc3339();
+        let prev = self.chain.last_hash;
+        let input = record::hash_input(FORMAT_VERSION, seq, &ts, &self.session, kind, &body, &prev)?;
+        // hash (64 hex) + sig (88 base64) + their keys add under 200 bytes.
+        if input.len() + 256 > MAX_LINE {
+            return Err(AuditError::TooLarge(input.len()));
+        }
+        let hash = record::sha256(input.as_bytes());
+        self.pending.push(Record {
+            v: FORMAT_VERSION,
+            seq,
+            ts,
+            session: self.session.clone(),
+            kind,
+            body,
+            prev,
+            hash,
+            sig: [0u8; 64],
+        });
+        self.chain.next_seq += 1;
+        self.chain.last_hash = hash;
+        Ok(seq)
+    }
+
+    /// Writes one record immediately and durably (lock must be held, buffer empty).
+    fn write_now(&mut self, kind: Kind, body: Map<String, Value>) -> Result<u64, AuditError> {
+        let seq = self.chain.next_seq;
+        let rec =
+            record::seal(&self.key, seq, clock::now_rfc3339(), self.session.clone(), kind, body, self.chain.last_hash)?;
+        self.write_records(std::slice::from_ref(&rec))?;
+        Ok(seq)
+    }
+
+    /// Appends signed records in one write and fsyncs. `chain` must already
+    /// include buffered records (commit path) or not (write_now path); both
+    /// are reconciled here by re-applying the records to the committed state.
+    fn write_records(&mut self, records: &[Record]) -> Result<(), AuditError> {
+        let mut buf = Vec::with_capacity(records.len() * 400);
+        let mut lines = Vec::with_capacity(records.len());
+        for r in records {
+            let line = r.line()?;
+            lines.push(line.len());
+            buf.extend_from_slice(line.as_bytes());
+            buf.push(b'\n');
+        }
+        let before = self.known_len;
+        if let Err(e) = self.file.write_all(&buf).and_then(|()| self.file.sync_data()) {
+            // Cut off a partial batch so the file ends on a record boundary;
+            // if even that fails the next writer repairs it as a torn line.
+            let _ = self.file.set_len(before).and_then(|()| self.file.sync_data());
+            let err = AuditError::Storage(StorageError::io("append to", &self.path, e));
+            self.failed = Some(err.to_string());
+            return Err(err);
+        }
+        // Leaves are added only for durable records, so a checkpoint never
+        // covers something that could still be lost.
+        let mut off = 0;
+        for (r, len) in records.iter().zip(lines) {
+            let line = &buf[off..off + len];
+            off += len + 1;
+            self.chain.frontier.push(merkle::leaf_hash(line));
+            if r.seq >= self.chain.next_seq {
+                // write_now path: the record was not pushed through `push`.
+                self.chain.next_seq = r.seq + 1;
+                self.chain.last_hash = r.hash;
+            }
+            if r.kind == Kind::KeyRotation {
+                if let Some(Ok(vk)) = r.body.get("new_public_key").and_then(Value::as_str).map(key::parse_public_key) {
+                    self.chain.keys.push(chain::KeyEpoch { from_seq: r.seq + 1, key: vk });
+                }
+            }
+            if r.kind == Kind::Header {
+                if let Some(o) = r.body.get("origin").and_then(Value::as_str) {
+                    self.chain.origin = o.to_string();
+                }
+                self.chain.keys.push(chain::KeyEpoch { from_seq: 0, key: self.vk });
+            }
+        }
+        self.known_len = before + buf.len() as u64;
+        Ok(())
+    }
+
+    /// Folds records other writers appended since we last looked, and
+    /// repairs a torn tail they left. Lock must be held, buffer empty.
+    fn catch_up(&mut self) -> Result<(), AuditError> {
+        let torn = self.fold_new_bytes(|_| {})?;
+        if let Some(epoch) = self.chain.keys.last() {
+            if epoch.key != self.vk {
+                return Err(AuditError::KeyRotatedElsewhere {
+                    path: self.path.clone(),
+                    seq: epoch.from_seq.saturating_sub(1),
+                    new_key: key::fingerprint(&epoch.key),
+                    our_key: key::fingerprint(&self.vk),
+                });
+            }
+        }
+        if self.chain.next_seq == 0 {
+            // Someone emptied the file under us: refuse rather than start a
+            // second history with a new header.
+            return Err(AuditError::Shrunk { path: self.path.clone(), from: self.known_len, to: 0 });
+        }
+        if let Some(t) = torn {
+            self.write_recovery(t)?;
+        }
+        Ok(())
+    }
+
+    /// Reads the file from `known_len` to its end, applies every complete
+    /// line to the chain, cuts off a torn last line (returned). `observe` is
+    /// called before each record is applied and once at the end.
+    fn fold_new_bytes(&mut self, mut observe: impl FnMut(&Chain)) -> Result<Option<Torn>, AuditError> {
+        let len = self.file.metadata().map_err(|e| StorageError::io("stat", &self.path, e))?.len();
+        if len < self.known_len {
+            return Err(AuditError::Shrunk { path: self.path.clone(), from: self.known_len, to: len });
+        }
+        let mut off = self.known_len;
+        let mut line_no = self.chain.next_seq;
+        // Read in chunks so a large log does not need to fit in memory twice.
+        let mut carry: Vec<u8> = Vec::new();
+        while off < len {
+            let n = ((len - off) as usize).min(1 << 20);
+            let mut chunk = vec![0u8; n];
+            self.file.read_exact_at(&mut chunk, off).map_err(|e| StorageError::io("read", &self.path, e))?;
+            off += n as u64;
+            carry.extend_from_slice(&chunk);
+            let mut start = 0;
+            while let Some(i) = carry[start..].iter().position(|&b| b == b'\n') {
+                let line = &carry[start..start + i];
+                line_no += 1;
+                observe(&self.chain);
+                let corrupt = |problem: String| AuditError::Corrupt {
+                    path: self.path.clone(),
+                    line: line_no,
+                    seq: line_no - 1,
+                    problem,
+                };
+                let rec = Record::parse_line(line).map_err(|e| corrupt(e.to_string()))?;
+                self.chain.apply(&rec, line).map_err(|e| corrupt(e.to_string()))?;
+                self.known_len += i as u64 + 1;
+                start += i + 1;
+            }
+            carry.drain(..start);
+            if carry.len() > MAX_LINE + 1 {
+                return Err(AuditError::Corrupt {
+                    path: self.path.clone(),
+                    line: line_no + 1,
+                    seq: line_no,
+                    problem: format!("line longer than {MAX_LINE} bytes"),
+                });
+            }
+        }
+        observe(&self.chain);
+        if carry.is_empty() {
+            return Ok(None);
+        }
+        // A torn last line: a writer died mid-write (or the disk filled).
+        // It was never acknowledged; cut it off and say so in the log.
+        let offset = self.known_len;
+        self.file
+            .set_len(offset)
+            .and_then(|()| self.file.sync_data())
+            .map_err(|e| StorageError::io("truncate torn line of", &self.path, e))?;
+        Ok(Some(Torn { offset, bytes: carry }))
+    }
+
+    fn write_recovery(&mut self, torn: Torn) -> Result<(), AuditError> {
+        let mut body = Map::new();
+        body.insert("reason".into(), "torn last line: a writer stopped mid-write; the bytes were cut off".into());
+        body.insert("offset".into(), torn.offset.into());
+        body.insert("lost_bytes".into(), (torn.bytes.len() as u64).into());
+        body.insert("lost_sha256".into(), merkle::to_hex(&record::sha256(&torn.bytes)).into());
+        let keep = &torn.bytes[..torn.bytes.len().min(RECOVERY_KEEP)];
+        body.insert("lost_head_b64".into(), B64.encode(keep).into());
+        self.write_now(Kind::Recovery, body)?;
+        Ok(())
+    }
+
+    fn checkpoint_due(&self) -> bool {
+        let new = self.chain.frontier.size().saturating_sub(self.last_checkpoint_size);
+        new > 0
+            && (new >= self.opts.checkpoint_every || self.last_checkpoint_at.elapsed() >= self.opts.checkpoint_interval)
+    }
+
+    /// Writes `<log>.checkpoint` for the committed tree. Lock must be held.
+    fn write_checkpoint(&mut self) -> Result<(), AuditError> {
+        let cp = Checkpoint {
+            origin: self.chain.origin.clone(),
+            size: self.chain.frontier.size(),
+            root: self.chain.frontier.root(),
+        };
+        storage::write_atomic(&self.checkpoint_path, cp.sign(&self.key).as_bytes(), 0o644)?;
+        self.last_checkpoint_size = cp.size;
+        self.last_checkpoint_at = Instant::now();
+        Ok(())
+    }
+}
+
+impl Drop for AuditLog {
+    /// Best effort: commit what is buffered and checkpoint. Errors cannot be
+    /// reported here; call `close` to see them.
+    fn drop(&mut self) {
+        if !self.closed && self.failed.is_none() {
+            let _ = self.checkpoint();
+        }
+        self.unlock();
+    }
+}
