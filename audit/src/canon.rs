@@ -101,6 +101,53 @@ fn write_value(out: &mut String, value: &Value, depth: usize, trail: &mut PathTr
     Ok(())
 }
 
+/// Indented JSON for people: same key order and the same printable-ASCII
+/// string escaping as the canonical form (so a hostile string cannot drive
+/// the terminal), floats printed as serde_json prints them. Not hashed.
+pub fn encode_pretty(value: &Value) -> String {
+    let mut out = String::new();
+    pretty(&mut out, value, 0);
+    out
+}
+
+fn pretty(out: &mut String, value: &Value, indent: usize) {
+    let pad = |out: &mut String, n: usize| out.extend(std::iter::repeat_n(' ', n * 2));
+    match value {
+        Value::Array(items) if !items.is_empty() => {
+            out.push_str("[\n");
+            for (i, item) in items.iter().enumerate() {
+                pad(out, indent + 1);
+                pretty(out, item, indent + 1);
+                out.push_str(if i + 1 < items.len() { ",\n" } else { "\n" });
+            }
+            pad(out, indent);
+            out.push(']');
+        }
+        Value::Object(map) if !map.is_empty() => {
+            let mut entries: Vec<(&String, &Value)> = map.iter().collect();
+            entries.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+            out.push_str("{\n");
+            let n = entries.len();
+            for (i, (k, v)) in entries.into_iter().enumerate() {
+                pad(out, indent + 1);
+                write_string(out, k);
+                out.push_str(": ");
+                pretty(out, v, indent + 1);
+                out.push_str(if i + 1 < n { ",\n" } else { "\n" });
+            }
+            pad(out, indent);
+            out.push('}');
+        }
+        Value::String(s) => write_string(out, s),
+        Value::Number(n) => {
+            let _ = write!(out, "{n}");
+        }
+        other => {
+            let _ = write!(out, "{other}");
+        }
+    }
+}
+
 /// Writes `s` as a JSON string whose bytes are all printable ASCII.
 ///
 /// Escaping every non-ASCII character keeps U+0085 (NEL), U+2028/2029 and
@@ -190,6 +237,15 @@ mod tests {
             let v: Value = serde_json::from_str(s).unwrap();
             assert_ne!(encode(&v).unwrap(), s, "{s} must not be canonical");
         }
+    }
+
+    #[test]
+    fn pretty_is_ascii_and_parses_back() {
+        let v = json!({"b": [1, {"x": "\u{1b}[31m\u{85}"}], "a": {}, "c": []});
+        let p = encode_pretty(&v);
+        assert!(p.bytes().all(|b| b == b'\n' || (0x20..0x7f).contains(&b)));
+        assert_eq!(serde_json::from_str::<Value>(&p).unwrap(), v);
+        assert!(p.starts_with("{\n  \"a\": {},\n"));
     }
 
     #[test]

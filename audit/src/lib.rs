@@ -71,6 +71,7 @@ pub mod writer;
 
 pub use bench::{bench_signing, bench_verify, SigningBench, VerifyBench};
 pub use checkpoint::Checkpoint;
+pub use ed25519_dalek::{SigningKey, VerifyingKey};
 pub use mask::{display_safe, mask_secrets};
 pub use proof::{prove_consistency, prove_inclusion, InclusionReceipt, ProveError};
 pub use reader::records;

@@ -159,6 +159,20 @@ impl Record {
         Signature::from_bytes(&self.sig)
     }
 
+    /// Whether this record says something was refused (docs/AUDIT.md §2):
+    /// `verdict`, `answer` or `decision` is one of deny/denied/kill/errno/no/timeout,
+    /// or `denied` is true. What `portcullis audit list --denied` shows.
+    pub fn is_denial(&self) -> bool {
+        const DENY: [&str; 7] = ["deny", "denied", "kill", "errno", "no", "timeout", "block"];
+        let field_denies = |f: &str| {
+            self.body.get(f).and_then(Value::as_str).is_some_and(|v| DENY.contains(&v.to_ascii_lowercase().as_str()))
+        };
+        field_denies("verdict")
+            || field_denies("answer")
+            || field_denies("decision")
+            || self.body.get("denied") == Some(&Value::Bool(true))
+    }
+
     /// Parses one stored line (without its newline) and checks everything
     /// that needs no context: JSON, the exact field set and types, the format
     /// version, canonical form, and that `hash` is the hash of the input.

@@ -1,5 +1,6 @@
 //! The command line: `run`, `doctor`, `explain`, `profile`.
 
+mod audit;
 mod doctor;
 mod explain;
 mod probe_op;
@@ -45,6 +46,11 @@ pub enum Cmd {
     },
     /// Print the compiled plan: every Landlock rule, seccomp verdict, exec allowlist, env policy and limit.
     Explain(ExplainArgs),
+    /// Verify, read, export and prove the signed audit log; show or rotate its key.
+    Audit {
+        #[command(subcommand)]
+        cmd: audit::AuditCmd,
+    },
     /// List, show and check profiles.
     Profile {
         #[command(subcommand)]
@@ -165,6 +171,7 @@ pub fn main() -> i32 {
         Cmd::Doctor { json, profile } => doctor::doctor(json, profile.as_deref()),
         Cmd::Explain(args) => explain::explain(args),
         Cmd::Profile { cmd } => profile::profile(cmd),
+        Cmd::Audit { cmd } => audit::audit(cmd),
         Cmd::ProbeOp { op, target } => Ok(probe_op::probe_op(&op, &target)),
     };
     match result {

@@ -1,0 +1,549 @@
+//! `portcullis audit verify | list | show | tail | export | key | prove`:
+//! reading and checking the audit log (format: docs/AUDIT.md).
+
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use audit::record::Record;
+use audit::{display_safe, key, location, AuditError, AuditLog, Kind, VerifyError, VerifyOptions};
+use clap::{Args, Subcommand, ValueEnum};
+
+use crate::exit::Failure;
+
+/// println! that does not panic when stdout is a closed pipe (`| head`).
+macro_rules! say {
+    ($($t:tt)*) => {{
+        let _ = writeln!(std::io::stdout(), $($t)*);
+    }};
+}
+
+/// Exit status of `portcullis audit verify` when the log does not verify.
+pub const VERIFY_FAILED: i32 = 1;
+
+const AUDIT_EXIT: &str = "\
+Exit status: 0 on success; `verify` and `prove` exit 1 when the log, a
+signature, the checkpoint or a proof does not hold (the message names the
+first bad seq); 125 on other errors (bad flags, unreadable key).";
+
+#[derive(Subcommand, Debug)]
+#[command(after_help = AUDIT_EXIT)]
+pub enum AuditCmd {
+    /// Check every hash, signature, sequence number and the checkpoint; exit 0 only if all hold.
+    #[command(after_help = AUDIT_EXIT)]
+    Verify {
+        /// The log (default: --log, or the default log).
+        #[arg(value_name = "LOG")]
+        log_arg: Option<PathBuf>,
+        /// Hold the log to this checkpoint (default: <LOG>.checkpoint if it exists).
+        /// Keep a copy of a checkpoint somewhere the log's writer cannot change it.
+        #[arg(long, value_name = "FILE")]
+        checkpoint: Option<PathBuf>,
+        /// Require the log to be signed under this public key (base64, or a .pub file).
+        #[arg(long, value_name = "KEY|FILE")]
+        pubkey: Option<String>,
+        /// Check signatures one by one with strict verification instead of in batches.
+        #[arg(long)]
+        strict: bool,
+        #[command(flatten)]
+        paths: PathArgs,
+    },
+    /// List records, oldest first.
+    List {
+        /// Only records of this kind (launch, verdict, approval, exec, tool_call, exit, ...).
+        #[arg(long, value_name = "KIND")]
+        kind: Option<String>,
+        /// Only records of this session.
+        #[arg(long, value_name = "ID")]
+        session: Option<String>,
+        /// Only records at or after this time (RFC 3339, or a date).
+        #[arg(long, value_name = "RFC3339")]
+        since: Option<String>,
+        /// Only records that say something was refused (verdict/answer deny, timeout, ...).
+        #[arg(long)]
+        denied: bool,
+        /// Print the stored JSON lines instead of a table.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        paths: PathArgs,
+    },
+    /// Show one record in full.
+    Show {
+        seq: u64,
+        #[command(flatten)]
+        paths: PathArgs,
+    },
+    /// The last records; with -f, keep printing new ones.
+    Tail {
+        #[arg(short = 'f', long)]
+        follow: bool,
+        /// How many records to show first.
+        #[arg(short = 'n', long, default_value_t = 10)]
+        lines: usize,
+        #[command(flatten)]
+        paths: PathArgs,
+    },
+    /// Write every record as a JSON array or CSV to stdout.
+    Export {
+        #[arg(long, value_enum, default_value_t = ExportFormat::Json)]
+        format: ExportFormat,
+        #[command(flatten)]
+        paths: PathArgs,
+    },
+    /// Show or rotate the signing key.
+    Key {
+        #[command(subcommand)]
+        cmd: KeyCmd,
+    },
+    /// Print an inclusion proof for record SEQ against the latest checkpoint, and verify it.
+    #[command(after_help = AUDIT_EXIT)]
+    Prove {
+        seq: u64,
+        /// The checkpoint to prove against (default: <LOG>.checkpoint).
+        #[arg(long, value_name = "FILE")]
+        checkpoint: Option<PathBuf>,
+        #[command(flatten)]
+        paths: PathArgs,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum KeyCmd {
+    /// The key's fingerprint and public key (creates the key if there is none yet).
+    Show {
+        #[command(flatten)]
+        paths: PathArgs,
+    },
+    /// Replace the key: the log records the new public key, signed by the old one.
+    Rotate {
+        #[command(flatten)]
+        paths: PathArgs,
+    },
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExportFormat {
+    Json,
+    Csv,
+}
+
+/// Where the log and key are; every audit subcommand takes these.
+#[derive(Args, Debug, Clone)]
+pub struct PathArgs {
+    /// The audit log (default: $XDG_STATE_HOME/portcullis/audit.log; /var/log/portcullis/audit.log as root).
+    #[arg(long, value_name = "PATH")]
+    pub log: Option<PathBuf>,
+    /// The signing key (default: $XDG_DATA_HOME/portcullis/audit.key; /var/lib/portcullis/audit.key as root).
+    #[arg(long, value_name = "PATH")]
+    pub key: Option<PathBuf>,
+}
+
+impl PathArgs {
+    fn log(&self) -> Result<PathBuf, Failure> {
+        match &self.log {
+            Some(p) => Ok(p.clone()),
+            None => location::default_log_path().map_err(|e| Failure::setup(e.to_string())),
+        }
+    }
+    fn key(&self) -> Result<PathBuf, Failure> {
+        match &self.key {
+            Some(p) => Ok(p.clone()),
+            None => location::default_key_path().map_err(|e| Failure::setup(e.to_string())),
+        }
+    }
+}
+
+fn failed(message: impl Into<String>) -> Failure {
+    Failure { code: VERIFY_FAILED, message: message.into() }
+}
+
+fn setup(e: impl std::fmt::Display) -> Failure {
+    Failure::setup(e.to_string())
+}
+
+pub fn audit(cmd: AuditCmd) -> Result<i32, Failure> {
+    match cmd {
+        AuditCmd::Verify { log_arg, checkpoint, pubkey, strict, paths } => {
+            verify(log_arg, checkpoint, pubkey, strict, &paths)
+        }
+        AuditCmd::List { kind, session, since, denied, json, paths } => {
+            let kind = match kind {
+                Some(k) => Some(Kind::parse(&k).ok_or_else(|| {
+                    let all: Vec<&str> = Kind::ALL.iter().map(|k| k.as_str()).collect();
+                    setup(format!("unknown kind {k:?}; one of: {}", all.join(", ")))
+                })?),
+                None => None,
+            };
+            let since = match since {
+                Some(s) => Some(
+                    audit::clock::parse_rfc3339(&s)
+                        .ok_or_else(|| setup(format!("--since {s:?} is not an RFC 3339 time or a date")))?,
+                ),
+                None => None,
+            };
+            let filter = Filter { kind, session, since, denied };
+            list(&paths.log()?, &filter, json)
+        }
+        AuditCmd::Show { seq, paths } => show(&paths.log()?, seq),
+        AuditCmd::Tail { follow, lines, paths } => tail(&paths.log()?, follow, lines),
+        AuditCmd::Export { format, paths } => export(&paths.log()?, format),
+        AuditCmd::Key { cmd: KeyCmd::Show { paths } } => key_show(&paths),
+        AuditCmd::Key { cmd: KeyCmd::Rotate { paths } } => key_rotate(&paths),
+        AuditCmd::Prove { seq, checkpoint, paths } => prove(&paths, seq, checkpoint),
+    }
+}
+
+/// The trust anchor: --pubkey, else the public half of --key, else the
+/// default key's when verifying the default log.
+fn trusted_key(
+    pubkey: Option<String>,
+    paths: &PathArgs,
+    log: &Path,
+) -> Result<Option<(audit::VerifyingKey, String)>, Failure> {
+    if let Some(p) = pubkey {
+        return key::read_public_key(&p).map(|k| Some((k, "--pubkey".to_string()))).map_err(setup);
+    }
+    let key_path = match &paths.key {
+        Some(k) => k.clone(),
+        None if location::default_log_path().ok().as_deref() == Some(log) => match location::default_key_path() {
+            Ok(k) => k,
+            Err(_) => return Ok(None),
+        },
+        None => return Ok(None),
+    };
+    let pub_path = key::public_path(&key_path);
+    if let Ok(k) = key::read_public_key(&pub_path.to_string_lossy()) {
+        return Ok(Some((k, pub_path.display().to_string())));
+    }
+    match key::load(&key_path) {
+        Ok(k) => Ok(Some((k.verifying_key(), key_path.display().to_string()))),
+        Err(e) if paths.key.is_some() => Err(setup(e)),
+        Err(_) => Ok(None),
+    }
+}
+
+fn verify(
+    log_arg: Option<PathBuf>,
+    checkpoint: Option<PathBuf>,
+    pubkey: Option<String>,
+    strict: bool,
+    paths: &PathArgs,
+) -> Result<i32, Failure> {
+    let log = match log_arg {
+        Some(l) => l,
+        None => paths.log()?,
+    };
+    let checkpoint = checkpoint.or_else(|| Some(location::checkpoint_path(&log)).filter(|p| p.exists()));
+    let trusted = trusted_key(pubkey, paths, &log)?;
+    let opts = VerifyOptions { checkpoint: checkpoint.clone(), trusted_key: trusted.as_ref().map(|t| t.0), strict };
+    match audit::verify_with(&log, &opts) {
+        Ok(r) => {
+            say!("ok: {} records, seq 0..={} verified ({})", r.records, r.records - 1, log.display());
+            say!("  origin      {}", display_safe(&r.origin));
+            say!("  root        {}", audit::merkle::to_hex(&r.root));
+            for e in &r.keys {
+                say!("  key         {} from seq {}", key::fingerprint(&e.key), e.from_seq);
+            }
+            match (&r.trusted_key, &trusted) {
+                (Some(fp), Some((_, from))) => say!("  trusted key {fp} (from {})", display_safe(from)),
+                _ => {
+                    say!("  trusted key none: signatures are only self-consistent (pass --pubkey or --key to pin one)")
+                }
+            }
+            match &r.checkpoint {
+                Some((p, size)) => say!("  checkpoint  size {size} holds ({})", p.display()),
+                None => say!("  checkpoint  none: a truncated tail would not be detected"),
+            }
+            for (seq, lost) in &r.recoveries {
+                say!("  recovery    seq {seq}: a torn write of {lost} bytes was cut off");
+            }
+            say!("  signatures  {}", if r.strict { "strict, one by one" } else { "batch" });
+            let kinds: Vec<String> = r.kinds.iter().map(|(k, n)| format!("{k} {n}")).collect();
+            say!("  kinds       {}", kinds.join(", "));
+            say!("  sessions    {}", r.sessions);
+            Ok(0)
+        }
+        Err(e) => {
+            let seq = e.first_bad_seq().map(|s| format!(" (first bad seq {s})")).unwrap_or_default();
+            Err(failed(format!("audit log {} does not verify{seq}: {}", log.display(), display_safe(&e.to_string()))))
+        }
+    }
+}
+
+struct Filter {
+    kind: Option<Kind>,
+    session: Option<String>,
+    since: Option<i64>,
+    denied: bool,
+}
+
+impl Filter {
+    fn matches(&self, r: &Record) -> bool {
+        self.kind.is_none_or(|k| r.kind == k)
+            && self.session.as_ref().is_none_or(|s| &r.session == s)
+            && self.since.is_none_or(|t| audit::clock::parse_rfc3339(&r.ts).is_some_and(|ts| ts >= t))
+            && (!self.denied || r.is_denial())
+    }
+}
+
+/// One human line per record. The body is shown in canonical form, which
+/// is printable ASCII, so nothing in it can move the cursor or fake a line.
+fn summary(r: &Record) -> String {
+    let body = audit::canon::encode(&serde_json::Value::Object(r.body.clone())).unwrap_or_else(|e| e.to_string());
+    let body = if body.len() > 200 { format!("{}...", &body[..197]) } else { body };
+    format!(
+        "{:>6}  {}  {:<12}  {:<12}  {}",
+        r.seq,
+        display_safe(&r.ts),
+        display_safe(&r.session),
+        r.kind.as_str(),
+        body
+    )
+}
+
+fn each_record(log: &Path, mut f: impl FnMut(Record) -> bool) -> Result<(), Failure> {
+    for item in audit::records(log).map_err(setup)? {
+        match item {
+            Ok(r) => {
+                if !f(r) {
+                    break;
+                }
+            }
+            // A torn tail is normal after a crash; say so and show the rest.
+            Err(VerifyError::TornTail { records, bytes, .. }) => {
+                eprintln!("portcullis: note: {bytes} bytes of a torn write after seq {}", records.saturating_sub(1));
+            }
+            Err(e) => {
+                eprintln!("portcullis: warning: {} (run `portcullis audit verify`)", display_safe(&e.to_string()))
+            }
+        }
+    }
+    Ok(())
+}
+
+fn list(log: &Path, filter: &Filter, json: bool) -> Result<i32, Failure> {
+    let mut out = std::io::stdout().lock();
+    each_record(log, |r| {
+        if filter.matches(&r) {
+            let line = if json { r.line().unwrap_or_default() } else { summary(&r) };
+            // Stop quietly when the reader goes away (`| head`).
+            return writeln!(out, "{line}").is_ok();
+        }
+        true
+    })?;
+    Ok(0)
+}
+
+fn show(log: &Path, seq: u64) -> Result<i32, Failure> {
+    let mut found = None;
+    each_record(log, |r| {
+        if r.seq == seq {
+            found = Some(r);
+            return false;
+        }
+        true
+    })?;
+    let r = found.ok_or_else(|| setup(format!("no record with seq {seq} in {}", log.display())))?;
+    let mut v = serde_json::Value::Object(r.body.clone());
+    if let serde_json::Value::Object(m) = &mut v {
+        let body = std::mem::take(m);
+        m.insert("body".into(), serde_json::Value::Object(body));
+        m.insert("v".into(), r.v.into());
+        m.insert("seq".into(), r.seq.into());
+        m.insert("ts".into(), r.ts.clone().into());
+        m.insert("session".into(), r.session.clone().into());
+        m.insert("kind".into(), r.kind.as_str().into());
+        m.insert("prev".into(), audit::merkle::to_hex(&r.prev).into());
+        m.insert("hash".into(), audit::merkle::to_hex(&r.hash).into());
+        let sig = r.line().ok().and_then(|l| serde_json::from_str::<serde_json::Value>(&l).ok());
+        m.insert("sig".into(), sig.and_then(|s| s.get("sig").cloned()).unwrap_or_default());
+    }
+    say!("{}", audit::canon::encode_pretty(&v));
+    say!("(signatures and chain are checked by `portcullis audit verify`)");
+    Ok(0)
+}
+
+fn tail(log: &Path, follow: bool, n: usize) -> Result<i32, Failure> {
+    let mut last: std::collections::VecDeque<Record> = std::collections::VecDeque::with_capacity(n + 1);
+    each_record(log, |r| {
+        last.push_back(r);
+        if last.len() > n {
+            last.pop_front();
+        }
+        true
+    })?;
+    for r in &last {
+        say!("{}", summary(r));
+    }
+    if !follow {
+        return Ok(0);
+    }
+    // Follow: poll the file for complete new lines; a shrinking file is tampering.
+    let mut file = audit::storage::open_read(log).map_err(setup)?;
+    let mut offset = file.seek(SeekFrom::End(0)).map_err(|e| setup(format!("{}: {e}", log.display())))?;
+    // Start after the last complete line so a torn tail is not half-printed.
+    let mut partial: Vec<u8> = Vec::new();
+    loop {
+        std::thread::sleep(Duration::from_millis(250));
+        let len = file.metadata().map_err(|e| setup(format!("{}: {e}", log.display())))?.len();
+        if len < offset {
+            return Err(failed(format!("{} shrank from {offset} to {len} bytes: truncated", log.display())));
+        }
+        if len == offset {
+            continue;
+        }
+        let mut buf = Vec::new();
+        file.seek(SeekFrom::Start(offset))
+            .and_then(|_| (&mut file).take(len - offset).read_to_end(&mut buf))
+            .map_err(|e| setup(format!("{}: {e}", log.display())))?;
+        offset = len;
+        partial.extend_from_slice(&buf);
+        while let Some(i) = partial.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = partial.drain(..=i).collect();
+            match Record::parse_line(&line[..line.len() - 1]) {
+                Ok(r) => say!("{}", summary(&r)),
+                Err(e) => eprintln!("portcullis: warning: unparseable line: {}", display_safe(&e.to_string())),
+            }
+        }
+        let _ = std::io::stdout().flush();
+    }
+}
+
+/// CSV cell per RFC 4180; cells a spreadsheet would run as a formula get a leading `'`.
+fn csv_cell(s: &str) -> String {
+    let s = if s.starts_with(['=', '+', '-', '@', '\t', '\r']) { format!("'{s}") } else { s.to_string() };
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s
+    }
+}
+
+fn export(log: &Path, format: ExportFormat) -> Result<i32, Failure> {
+    let mut out = std::io::stdout().lock();
+    let mut first = true;
+    let mut ok = true;
+    match format {
+        ExportFormat::Json => {
+            let _ = write!(out, "[");
+            each_record(log, |r| {
+                let sep = if first { "\n" } else { ",\n" };
+                first = false;
+                ok = write!(out, "{sep}{}", r.line().unwrap_or_default()).is_ok();
+                ok
+            })?;
+            let _ = writeln!(out, "\n]");
+        }
+        ExportFormat::Csv => {
+            let _ = writeln!(out, "v,seq,ts,session,kind,body,prev,hash,sig");
+            each_record(log, |r| {
+                let body = audit::canon::encode(&serde_json::Value::Object(r.body.clone())).unwrap_or_default();
+                let line: serde_json::Value = serde_json::from_str(&r.line().unwrap_or_default()).unwrap_or_default();
+                let sig = line.get("sig").and_then(|s| s.as_str()).unwrap_or("").to_string();
+                let cells = [
+                    r.v.to_string(),
+                    r.seq.to_string(),
+                    r.ts.clone(),
+                    r.session.clone(),
+                    r.kind.as_str().to_string(),
+                    body,
+                    audit::merkle::to_hex(&r.prev),
+                    audit::merkle::to_hex(&r.hash),
+                    sig,
+                ];
+                let row: Vec<String> = cells.iter().map(|c| csv_cell(c)).collect();
+                ok = writeln!(out, "{}", row.join(",")).is_ok();
+                ok
+            })?;
+        }
+    }
+    Ok(0)
+}
+
+fn key_show(paths: &PathArgs) -> Result<i32, Failure> {
+    let key_path = paths.key()?;
+    let (k, created) = key::load_or_create(&key_path).map_err(setup)?;
+    let vk = k.verifying_key();
+    if created {
+        say!("created a new audit key");
+    }
+    say!("key          {}", key_path.display());
+    say!("public key   {}", key::public_key_b64(&vk));
+    say!("fingerprint  {}", key::fingerprint(&vk));
+    say!("public file  {}", key::public_path(&key_path).display());
+    let log = paths.log()?;
+    if let Some(Ok(header)) = audit::records(&log).ok().and_then(|mut r| r.next()) {
+        if let Some(origin) = header.body.get("origin").and_then(|o| o.as_str()) {
+            say!("log          {} (origin {})", log.display(), display_safe(origin));
+            if audit::checkpoint::valid_name(origin) {
+                say!("note key     {}", audit::checkpoint::verifier_key(origin, &vk));
+            }
+        }
+    }
+    Ok(0)
+}
+
+/// Rotation, crash-safe: the new key is stored at `<key>.next` first, the
+/// log records the rotation durably, then the key file is replaced. A crash
+/// in between is finished by running `key rotate` again.
+fn key_rotate(paths: &PathArgs) -> Result<i32, Failure> {
+    let key_path = paths.key()?;
+    let log_path = paths.log()?;
+    let old = key::load(&key_path).map_err(setup)?;
+    let next_path = audit::storage::sibling(&key_path, ".next");
+    let new = match key::load(&next_path) {
+        Ok(k) => k,
+        Err(_) => {
+            let _ = std::fs::remove_file(&next_path);
+            let k = key::generate().map_err(setup)?;
+            key::store_new(&next_path, &k).map_err(setup)?;
+            k
+        }
+    };
+    let new_fp = key::fingerprint(&new.verifying_key());
+    match AuditLog::open(&log_path, old.clone()) {
+        Ok(mut log) => {
+            let seq = log.rotate_key(new.clone()).map_err(setup)?;
+            log.close().map_err(setup)?;
+            say!("rotation recorded at seq {seq}, signed by {}", key::fingerprint(&old.verifying_key()));
+        }
+        // An earlier rotation reached the log but not the key file: finish it.
+        Err(AuditError::KeyMismatch { log_key, .. }) if log_key == new_fp => {
+            say!("finishing an interrupted rotation");
+        }
+        Err(e) => return Err(setup(e)),
+    }
+    key::replace(&key_path, &new).map_err(setup)?;
+    let _ = std::fs::remove_file(&next_path);
+    let _ = std::fs::remove_file(audit::storage::sibling(&next_path, ".pub"));
+    say!("new key      {new_fp} ({})", key_path.display());
+    say!("Logs signed by the old key elsewhere cannot be continued with the new one.");
+    Ok(0)
+}
+
+fn prove(paths: &PathArgs, seq: u64, checkpoint: Option<PathBuf>) -> Result<i32, Failure> {
+    let log = paths.log()?;
+    let cp_path = checkpoint.unwrap_or_else(|| location::checkpoint_path(&log));
+    // The whole log is verified against the checkpoint first: a proof out of
+    // a log that does not verify would prove nothing.
+    let opts = VerifyOptions { checkpoint: Some(cp_path.clone()), ..VerifyOptions::default() };
+    let report = audit::verify_with(&log, &opts).map_err(|e| {
+        let s = e.first_bad_seq().map(|s| format!(" (first bad seq {s})")).unwrap_or_default();
+        failed(format!("audit log {} does not verify{s}: {}", log.display(), display_safe(&e.to_string())))
+    })?;
+    let note = std::fs::read_to_string(&cp_path).map_err(|e| setup(format!("{}: {e}", cp_path.display())))?;
+    let receipt = audit::prove_inclusion(&log, seq, &note).map_err(|e| failed(e.to_string()))?;
+    let size = receipt.tree_size;
+    let vk = report
+        .keys
+        .iter()
+        .rev()
+        .find(|e| e.from_seq <= size)
+        .map(|e| e.key)
+        .ok_or_else(|| failed("no key in force at the checkpoint"))?;
+    receipt.verify(&vk).map_err(|e| failed(format!("proof does not verify: {e}")))?;
+    say!("{}", audit::canon::encode_pretty(&receipt.to_json()));
+    say!("verified: seq {seq} is leaf {seq} of the {size}-record tree in {}", cp_path.display());
+    Ok(0)
+}
