@@ -35,21 +35,42 @@ pub fn encode_into(out: &mut String, value: &Value) -> Result<(), CanonError> {
     write_value(out, value, 0, &mut PathTrail::default())
 }
 
-/// Where in the value we are, for error messages only (`body.argv[3]`).
-#[derive(Default)]
-struct PathTrail(Vec<String>);
+/// Appends the canonical encoding of an object to `out`.
+pub fn encode_object_into(out: &mut String, map: &serde_json::Map<String, Value>) -> Result<(), CanonError> {
+    write_object(out, map, 0, &mut PathTrail::default())
+}
 
-impl PathTrail {
+/// Where in the value we are, for error messages only (`.argv[3]`).
+/// Borrowed steps: nothing is allocated unless an error is rendered.
+#[derive(Default)]
+struct PathTrail<'a>(Vec<Step<'a>>);
+
+enum Step<'a> {
+    Index(usize),
+    Key(&'a str),
+}
+
+impl PathTrail<'_> {
     fn render(&self) -> String {
         if self.0.is_empty() {
-            "the top level".to_string()
-        } else {
-            self.0.concat()
+            return "the top level".to_string();
         }
+        self.0
+            .iter()
+            .map(|s| match s {
+                Step::Index(i) => format!("[{i}]"),
+                Step::Key(k) => format!(".{k}"),
+            })
+            .collect()
     }
 }
 
-fn write_value(out: &mut String, value: &Value, depth: usize, trail: &mut PathTrail) -> Result<(), CanonError> {
+fn write_value<'a>(
+    out: &mut String,
+    value: &'a Value,
+    depth: usize,
+    trail: &mut PathTrail<'a>,
+) -> Result<(), CanonError> {
     if depth > MAX_DEPTH {
         return Err(CanonError::TooDeep { path: trail.render() });
     }
@@ -73,31 +94,39 @@ fn write_value(out: &mut String, value: &Value, depth: usize, trail: &mut PathTr
                 if i > 0 {
                     out.push(',');
                 }
-                trail.0.push(format!("[{i}]"));
+                trail.0.push(Step::Index(i));
                 write_value(out, item, depth + 1, trail)?;
                 trail.0.pop();
             }
             out.push(']');
         }
-        Value::Object(map) => {
-            // Sort explicitly: serde_json's map order depends on a cargo feature
-            // (preserve_order) that any crate in the build may switch on.
-            let mut entries: Vec<(&String, &Value)> = map.iter().collect();
-            entries.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
-            out.push('{');
-            for (i, (k, v)) in entries.into_iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                write_string(out, k);
-                out.push(':');
-                trail.0.push(format!(".{k}"));
-                write_value(out, v, depth + 1, trail)?;
-                trail.0.pop();
-            }
-            out.push('}');
-        }
+        Value::Object(map) => write_object(out, map, depth, trail)?,
     }
+    Ok(())
+}
+
+fn write_object<'a>(
+    out: &mut String,
+    map: &'a serde_json::Map<String, Value>,
+    depth: usize,
+    trail: &mut PathTrail<'a>,
+) -> Result<(), CanonError> {
+    // Sort explicitly: serde_json's map order depends on a cargo feature
+    // (preserve_order) that any crate in the build may switch on.
+    let mut entries: Vec<(&'a String, &'a Value)> = map.iter().collect();
+    entries.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+    out.push('{');
+    for (i, (k, v)) in entries.into_iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        write_string(out, k);
+        out.push(':');
+        trail.0.push(Step::Key(k));
+        write_value(out, v, depth + 1, trail)?;
+        trail.0.pop();
+    }
+    out.push('}');
     Ok(())
 }
 
@@ -156,6 +185,12 @@ fn pretty(out: &mut String, value: &Value, indent: usize) {
 /// name forge a second record for a naive reader.
 pub fn write_string(out: &mut String, s: &str) {
     out.push('"');
+    // Fast path: most strings (paths, names) need no escaping at all.
+    if s.bytes().all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\') {
+        out.push_str(s);
+        out.push('"');
+        return;
+    }
     for c in s.chars() {
         match c {
             '"' => out.push_str("\\\""),

@@ -41,7 +41,9 @@
 //! Threading: `AuditLog` is `Send`, not shared. Run it on one thread (or a
 //! `spawn_blocking` task) fed by a channel; `append` takes the file lock
 //! at the first record of a batch and `commit` releases it, so other
-//! supervisors sharing the log wait at most one batch. Call `checkpoint()`
+//! supervisors sharing the log wait at most one batch. Never drive two
+//! handles on the same log from one thread: the second would wait for the
+//! first's lock forever. Call `checkpoint()`
 //! from a timer (e.g. every `LogOptions::checkpoint_interval`) so an idle log
 //! still gets checkpoints. Any error leaves the handle refusing further
 //! records: treat it as "audit unavailable" and deny what needs a record.

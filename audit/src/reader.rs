@@ -16,6 +16,23 @@ pub enum RawLine {
     Torn { offset: u64, bytes: u64 },
 }
 
+/// Tries for up to two seconds to take a shared lock: a writer holds the
+/// exclusive lock only for one batch, but a stuck writer must not hang a
+/// reader, which then reads without it (a half-written batch at the end
+/// would show up as a torn line).
+fn shared_lock_briefly(lock: &File) -> bool {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    loop {
+        match lock.try_lock_shared() {
+            Ok(()) => return true,
+            Err(std::fs::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            Err(_) => return false,
+        }
+    }
+}
+
 /// Reads lines up to a length fixed at open time.
 pub struct LineReader {
     path: PathBuf,
@@ -33,7 +50,7 @@ impl LineReader {
     pub fn open_shared(path: &Path) -> Result<LineReader, VerifyError> {
         let file = storage::open_read(path)?;
         let lock_path = storage::sibling(path, ".lock");
-        let guard = storage::open_read(&lock_path).ok().filter(|l| l.lock_shared().is_ok());
+        let guard = storage::open_read(&lock_path).ok().filter(shared_lock_briefly);
         let len = file.metadata().map_err(|e| StorageError::io("stat", path, e))?.len();
         if let Some(l) = guard {
             let _ = l.unlock();

@@ -138,16 +138,39 @@ const FIELDS: [&str; 9] = ["body", "hash", "kind", "prev", "seq", "session", "si
 impl Record {
     /// The hash input: the canonical encoding of the record without `hash` and `sig`.
     pub fn hash_input(&self) -> Result<String, CanonError> {
-        hash_input(self.v, self.seq, &self.ts, &self.session, self.kind, &self.body, &self.prev)
+        Ok(self.hash_input_with_body(&encode_body(&self.body)?))
+    }
+
+    /// [`hash_input`](Self::hash_input) given the body's canonical encoding.
+    pub fn hash_input_with_body(&self, body_enc: &str) -> String {
+        let mut out = String::with_capacity(body_enc.len() + 200);
+        assemble(&mut out, body_enc, None, self.kind, &self.prev, self.seq, &self.session, None, &self.ts, self.v);
+        out
     }
 
     /// The stored line, without its trailing newline: the canonical encoding
     /// of all nine fields.
     pub fn line(&self) -> Result<String, CanonError> {
-        let mut m = head_map(self.v, self.seq, &self.ts, &self.session, self.kind, &self.body, &self.prev);
-        m.insert("hash".into(), Value::String(merkle::to_hex(&self.hash)));
-        m.insert("sig".into(), Value::String(B64.encode(self.sig)));
-        canon::encode(&Value::Object(m))
+        Ok(self.line_with_body(&encode_body(&self.body)?))
+    }
+
+    /// [`line`](Self::line) given the body's canonical encoding (which the
+    /// writer already has from hashing).
+    pub fn line_with_body(&self, body_enc: &str) -> String {
+        let mut out = String::with_capacity(body_enc.len() + 320);
+        assemble(
+            &mut out,
+            body_enc,
+            Some(&self.hash),
+            self.kind,
+            &self.prev,
+            self.seq,
+            &self.session,
+            Some(&self.sig),
+            &self.ts,
+            self.v,
+        );
+        out
     }
 
     /// The message the signature is over: context prefix || 32-byte hash.
@@ -226,35 +249,63 @@ impl Record {
         let record = Record { v, seq, ts: ts.to_string(), session: session.to_string(), kind, body, prev, hash, sig };
         // Byte-exact: the stored line must be what the canonical encoder makes
         // of it. This rejects every alternative spelling of the same record.
-        if canon::encode(&value)?.as_bytes() != line {
+        let body_enc = encode_body(&record.body)?;
+        if record.line_with_body(&body_enc).as_bytes() != line {
             return Err(LineError::NotCanonical);
         }
-        if sha256(record.hash_input()?.as_bytes()) != hash {
+        if sha256(record.hash_input_with_body(&body_enc).as_bytes()) != hash {
             return Err(LineError::HashMismatch);
         }
         Ok(record)
     }
 }
 
-/// Builds the fields of a record that are hashed.
-fn head_map(
-    v: u64,
-    seq: u64,
-    ts: &str,
-    session: &str,
+/// Canonical encoding of a body object.
+pub fn encode_body(body: &Map<String, Value>) -> Result<String, CanonError> {
+    let mut out = String::with_capacity(256);
+    canon::encode_object_into(&mut out, body)?;
+    Ok(out)
+}
+
+/// Writes the canonical encoding of a record object straight from its parts
+/// (members in the canonical order body, hash, kind, prev, seq, session,
+/// sig, ts, v); without `hash` and `sig` this is the hash input. Equivalent
+/// to building the JSON object and encoding it, without the copies.
+#[allow(clippy::too_many_arguments)]
+fn assemble(
+    out: &mut String,
+    body_enc: &str,
+    hash: Option<&Hash>,
     kind: Kind,
-    body: &Map<String, Value>,
     prev: &Hash,
-) -> Map<String, Value> {
-    let mut m = Map::new();
-    m.insert("v".into(), Value::from(v));
-    m.insert("seq".into(), Value::from(seq));
-    m.insert("ts".into(), Value::String(ts.to_string()));
-    m.insert("session".into(), Value::String(session.to_string()));
-    m.insert("kind".into(), Value::String(kind.as_str().to_string()));
-    m.insert("body".into(), Value::Object(body.clone()));
-    m.insert("prev".into(), Value::String(merkle::to_hex(prev)));
-    m
+    seq: u64,
+    session: &str,
+    sig: Option<&[u8; 64]>,
+    ts: &str,
+    v: u64,
+) {
+    use std::fmt::Write as _;
+    out.push_str("{\"body\":");
+    out.push_str(body_enc);
+    if let Some(h) = hash {
+        out.push_str(",\"hash\":\"");
+        out.push_str(&merkle::to_hex(h));
+        out.push('"');
+    }
+    out.push_str(",\"kind\":");
+    canon::write_string(out, kind.as_str());
+    out.push_str(",\"prev\":\"");
+    out.push_str(&merkle::to_hex(prev));
+    let _ = write!(out, "\",\"seq\":{seq},\"session\":");
+    canon::write_string(out, session);
+    if let Some(s) = sig {
+        out.push_str(",\"sig\":\"");
+        B64.encode_string(s, out);
+        out.push('"');
+    }
+    out.push_str(",\"ts\":");
+    canon::write_string(out, ts);
+    let _ = write!(out, ",\"v\":{v}}}");
 }
 
 /// The canonical hash input of a record with these fields.
@@ -267,7 +318,10 @@ pub fn hash_input(
     body: &Map<String, Value>,
     prev: &Hash,
 ) -> Result<String, CanonError> {
-    canon::encode(&Value::Object(head_map(v, seq, ts, session, kind, body, prev)))
+    let body_enc = encode_body(body)?;
+    let mut out = String::with_capacity(body_enc.len() + 200);
+    assemble(&mut out, &body_enc, None, kind, prev, seq, session, None, ts, v);
+    Ok(out)
 }
 
 pub fn sha256(data: &[u8]) -> Hash {
@@ -306,6 +360,23 @@ mod tests {
         let key = SigningKey::from_bytes(&[1u8; 32]);
         let body = json!({"argv": ["sh", "-c", "echo hi\n{\"seq\":1}"], "exit": 0}).as_object().unwrap().clone();
         seal(&key, 0, "2026-01-01T00:00:00.000000Z".into(), "s1".into(), Kind::Launch, body, ZERO_HASH).unwrap()
+    }
+
+    #[test]
+    fn assembled_line_equals_generic_canonical_encoding() {
+        let r = sample();
+        let mut m = Map::new();
+        m.insert("v".into(), r.v.into());
+        m.insert("seq".into(), r.seq.into());
+        m.insert("ts".into(), r.ts.clone().into());
+        m.insert("session".into(), r.session.clone().into());
+        m.insert("kind".into(), r.kind.as_str().into());
+        m.insert("body".into(), Value::Object(r.body.clone()));
+        m.insert("prev".into(), merkle::to_hex(&r.prev).into());
+        assert_eq!(r.hash_input().unwrap(), canon::encode(&Value::Object(m.clone())).unwrap());
+        m.insert("hash".into(), merkle::to_hex(&r.hash).into());
+        m.insert("sig".into(), B64.encode(r.sig).into());
+        assert_eq!(r.line().unwrap(), canon::encode(&Value::Object(m)).unwrap());
     }
 
     #[test]

@@ -123,8 +123,8 @@ pub struct AuditLog {
     chain: Chain,
     /// Bytes of the file folded into `chain` (always the end of a complete line).
     known_len: u64,
-    /// Buffered records: hashed and chained, signed at commit.
-    pending: Vec<Record>,
+    /// Buffered records (with their body's canonical encoding): hashed and chained, signed at commit.
+    pending: Vec<(Record, String)>,
     locked: bool,
     last_checkpoint_size: u64,
     last_checkpoint_at: Instant,
@@ -412,7 +412,7 @@ impl AuditLog {
 
     fn commit_locked(&mut self) -> Result<(), AuditError> {
         let mut batch = std::mem::take(&mut self.pending);
-        for r in &mut batch {
+        for (r, _) in &mut batch {
             r.sig = self.key.sign(&r.signed_message()).to_bytes();
         }
         self.write_records(&batch)?;
@@ -446,7 +446,9 @@ impl AuditLog {
     /// Rotates the signing key: appends (durably) a `key_rotation` record
     /// signed by the current key that names `new_key`; every later record
     /// and checkpoint is signed by `new_key`. Returns the rotation's seq.
-    /// Store `new_key` before calling this (see `keystore` in the CLI).
+    /// Store `new_key` durably before calling this, so a crash cannot lose
+    /// the key the log now expects (`portcullis audit key rotate` keeps it
+    /// at `<key>.next` until the key file is replaced).
     pub fn rotate_key(&mut self, new_key: SigningKey) -> Result<u64, AuditError> {
         self.commit()?;
         self.usable()?;
@@ -509,27 +511,27 @@ impl AuditLog {
             }
         }
         let seq = self.chain.next_seq;
-        let ts = clock::now_rfc3339();
-        let prev = self.chain.last_hash;
-        let input = record::hash_input(FORMAT_VERSION, seq, &ts, &self.session, kind, &body, &prev)?;
+        let mut rec = Record {
+            v: FORMAT_VERSION,
+            seq,
+            ts: clock::now_rfc3339(),
+            session: self.session.clone(),
+            kind,
+            body,
+            prev: self.chain.last_hash,
+            hash: [0u8; 32],
+            sig: [0u8; 64],
+        };
+        let body_enc = record::encode_body(&rec.body)?;
+        let input = rec.hash_input_with_body(&body_enc);
         // hash (64 hex) + sig (88 base64) + their keys add under 200 bytes.
         if input.len() + 256 > MAX_LINE {
             return Err(AuditError::TooLarge(input.len()));
         }
-        let hash = record::sha256(input.as_bytes());
-        self.pending.push(Record {
-            v: FORMAT_VERSION,
-            seq,
-            ts,
-            session: self.session.clone(),
-            kind,
-            body,
-            prev,
-            hash,
-            sig: [0u8; 64],
-        });
+        rec.hash = record::sha256(input.as_bytes());
         self.chain.next_seq += 1;
-        self.chain.last_hash = hash;
+        self.chain.last_hash = rec.hash;
+        self.pending.push((rec, body_enc));
         Ok(seq)
     }
 
@@ -538,18 +540,19 @@ impl AuditLog {
         let seq = self.chain.next_seq;
         let rec =
             record::seal(&self.key, seq, clock::now_rfc3339(), self.session.clone(), kind, body, self.chain.last_hash)?;
-        self.write_records(std::slice::from_ref(&rec))?;
+        let body_enc = record::encode_body(&rec.body)?;
+        self.write_records(&[(rec, body_enc)])?;
         Ok(seq)
     }
 
     /// Appends signed records in one write and fsyncs. `chain` must already
     /// include buffered records (commit path) or not (write_now path); both
     /// are reconciled here by re-applying the records to the committed state.
-    fn write_records(&mut self, records: &[Record]) -> Result<(), AuditError> {
+    fn write_records(&mut self, records: &[(Record, String)]) -> Result<(), AuditError> {
         let mut buf = Vec::with_capacity(records.len() * 400);
         let mut lines = Vec::with_capacity(records.len());
-        for r in records {
-            let line = r.line()?;
+        for (r, body_enc) in records {
+            let line = r.line_with_body(body_enc);
             lines.push(line.len());
             buf.extend_from_slice(line.as_bytes());
             buf.push(b'\n');
@@ -566,7 +569,7 @@ impl AuditLog {
         // Leaves are added only for durable records, so a checkpoint never
         // covers something that could still be lost.
         let mut off = 0;
-        for (r, len) in records.iter().zip(lines) {
+        for ((r, _), len) in records.iter().zip(lines) {
             let line = &buf[off..off + len];
             off += len + 1;
             self.chain.frontier.push(merkle::leaf_hash(line));

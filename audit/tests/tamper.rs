@@ -557,3 +557,18 @@ fn full_disk_fails_closed() {
     let r = verify(&t.log(), None, None).unwrap();
     assert!(r.records >= 2, "{r:?}");
 }
+
+#[test]
+fn readers_do_not_hang_on_a_stuck_writer() {
+    let t = Tmp::new("stuck");
+    make_log(&t, 2);
+    let mut log = AuditLog::open(&t.log(), test_key(1)).unwrap();
+    // Holds the exclusive lock (a batch is open) and never commits during the read.
+    log.append(Kind::Exec, json!({"path": "/bin/true"})).unwrap();
+    let started = std::time::Instant::now();
+    let r = verify(&t.log(), Some(&t.cp()), None).unwrap();
+    assert_eq!(r.records, 3, "only committed records are visible");
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+    log.close().unwrap();
+    assert_eq!(verify(&t.log(), Some(&t.cp()), None).unwrap().records, 4);
+}

@@ -547,3 +547,87 @@ fn prove(paths: &PathArgs, seq: u64, checkpoint: Option<PathBuf>) -> Result<i32,
     say!("verified: seq {seq} is leaf {seq} of the {size}-record tree in {}", cp_path.display());
     Ok(0)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    struct Tmp(PathBuf);
+    impl Drop for Tmp {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    fn tmp(tag: &str) -> Tmp {
+        let dir = std::env::temp_dir().join(format!("portcullis-cli-audit-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+        Tmp(dir)
+    }
+
+    fn paths(t: &Tmp) -> PathArgs {
+        PathArgs { log: Some(t.0.join("audit.log")), key: Some(t.0.join("audit.key")) }
+    }
+
+    fn write_sample(t: &Tmp) {
+        let (k, _) = key::load_or_create(&t.0.join("audit.key")).unwrap();
+        let mut log = AuditLog::open(&t.0.join("audit.log"), k).unwrap();
+        log.append(Kind::Verdict, json!({"syscall": "openat", "path": "/etc/shadow", "verdict": "deny"})).unwrap();
+        log.append(Kind::Verdict, json!({"syscall": "openat", "path": "/w", "verdict": "allow"})).unwrap();
+        log.close().unwrap();
+    }
+
+    fn verify_cmd(t: &Tmp) -> AuditCmd {
+        AuditCmd::Verify { log_arg: None, checkpoint: None, pubkey: None, strict: false, paths: paths(t) }
+    }
+
+    #[test]
+    fn verify_exit_codes() {
+        let t = tmp("verify");
+        write_sample(&t);
+        assert_eq!(audit(verify_cmd(&t)).unwrap(), 0);
+        // Drop the last record: the sibling checkpoint catches the truncation.
+        let log = t.0.join("audit.log");
+        let text = std::fs::read_to_string(&log).unwrap();
+        let mut lines: Vec<&str> = text.lines().collect();
+        lines.pop();
+        std::fs::write(&log, lines.join("\n") + "\n").unwrap();
+        let err = audit(verify_cmd(&t)).unwrap_err();
+        assert_eq!(err.code, VERIFY_FAILED);
+        assert!(err.message.contains("first bad seq 2"), "{}", err.message);
+    }
+
+    #[test]
+    fn rotate_then_verify_pins_the_new_key() {
+        let t = tmp("rotate");
+        write_sample(&t);
+        let before = std::fs::read_to_string(t.0.join("audit.key.pub")).unwrap();
+        assert_eq!(audit(AuditCmd::Key { cmd: KeyCmd::Rotate { paths: paths(&t) } }).unwrap(), 0);
+        let after = std::fs::read_to_string(t.0.join("audit.key.pub")).unwrap();
+        assert_ne!(before, after);
+        assert!(!t.0.join("audit.key.next").exists());
+        assert_eq!(audit(verify_cmd(&t)).unwrap(), 0);
+        // The log continues with the new key.
+        let k = key::load(&t.0.join("audit.key")).unwrap();
+        AuditLog::open(&t.0.join("audit.log"), k).unwrap().close().unwrap();
+    }
+
+    #[test]
+    fn denied_filter_and_csv_cells() {
+        let t = tmp("filter");
+        write_sample(&t);
+        let f = Filter { kind: None, session: None, since: None, denied: true };
+        let denied: Vec<u64> = audit::records(&t.0.join("audit.log"))
+            .unwrap()
+            .filter_map(Result::ok)
+            .filter(|r| f.matches(r))
+            .map(|r| r.seq)
+            .collect();
+        assert_eq!(denied, vec![1]);
+        assert_eq!(csv_cell("=cmd|' /C calc'!A0"), "'=cmd|' /C calc'!A0");
+        assert_eq!(csv_cell("a,\"b\""), "\"a,\"\"b\"\"\"");
+        assert_eq!(csv_cell("plain"), "plain");
+    }
+}
