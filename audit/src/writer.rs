@@ -60,6 +60,8 @@ pub enum AuditError {
     },
     #[error("{}: the log shrank from {from} to {to} bytes while open: someone truncated it", path.display())]
     Shrunk { path: PathBuf, from: u64, to: u64 },
+    #[error("{}: the log file was removed, renamed or replaced while open; records stop here (fail closed)", path.display())]
+    Replaced { path: PathBuf },
     #[error("the audit log is unusable after an earlier failure ({0}); no record is accepted")]
     Failed(String),
     #[error("`{0}` records are written by the log itself, not by callers")]
@@ -597,6 +599,7 @@ impl AuditLog {
     /// Folds records other writers appended since we last looked, and
     /// repairs a torn tail they left. Lock must be held, buffer empty.
     fn catch_up(&mut self) -> Result<(), AuditError> {
+        self.check_same_file()?;
         let torn = self.fold_new_bytes(|_| {})?;
         if let Some(epoch) = self.chain.keys.last() {
             if epoch.key != self.vk {
@@ -617,6 +620,18 @@ impl AuditLog {
             self.write_recovery(t)?;
         }
         Ok(())
+    }
+
+    /// The path must still name the file we hold open: if it was renamed,
+    /// removed or replaced, further records would go to a file nobody reads.
+    fn check_same_file(&self) -> Result<(), AuditError> {
+        use std::os::unix::fs::MetadataExt;
+        let ours = self.file.metadata().map_err(|e| StorageError::io("stat", &self.path, e))?;
+        let now = std::fs::symlink_metadata(&self.path);
+        match now {
+            Ok(m) if m.dev() == ours.dev() && m.ino() == ours.ino() => Ok(()),
+            _ => Err(AuditError::Replaced { path: self.path.clone() }),
+        }
     }
 
     /// Reads the file from `known_len` to its end, applies every complete

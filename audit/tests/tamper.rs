@@ -572,3 +572,16 @@ fn readers_do_not_hang_on_a_stuck_writer() {
     log.close().unwrap();
     assert_eq!(verify(&t.log(), Some(&t.cp()), None).unwrap().records, 4);
 }
+
+#[test]
+fn replaced_log_file_stops_the_writer() {
+    let t = Tmp::new("replaced");
+    let mut log = AuditLog::open(&t.log(), test_key(1)).unwrap();
+    log.append_durable(Kind::Exec, json!({"path": "/bin/true"})).unwrap();
+    // Someone moves the log away and plants an empty file in its place.
+    std::fs::rename(t.log(), t.0.join("moved.log")).unwrap();
+    std::fs::write(t.log(), b"").unwrap();
+    let err = log.append_durable(Kind::Exec, json!({"path": "/bin/false"})).unwrap_err();
+    assert!(matches!(err, AuditError::Replaced { .. }), "{err}");
+    assert!(matches!(log.append(Kind::Exit, json!({})), Err(AuditError::Failed(_))));
+}
