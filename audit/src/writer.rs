@@ -237,6 +237,15 @@ impl AuditLog {
             }
             self.last_checkpoint_size = cp.size;
         }
+        if self.chain.next_seq > 0 {
+            self.check_key()?;
+            // Verify the signature of the record we chain onto: a forged tail
+            // must not be built upon.
+            self.check_last_signature()?;
+        }
+        if let Some(t) = &torn {
+            self.cut(t)?;
+        }
         if self.chain.next_seq == 0 {
             let origin = match &self.opts.origin {
                 Some(o) if checkpoint::valid_name(o) => o.clone(),
@@ -250,11 +259,6 @@ impl AuditLog {
             };
             let body = chain::header_body(&origin, &self.vk);
             self.write_now(Kind::Header, body)?;
-        } else {
-            self.check_key()?;
-            // Verify the signature of the record we chain onto: a forged tail
-            // must not be built upon.
-            self.check_last_signature()?;
         }
         if let Some(t) = torn {
             self.write_recovery(t)?;
@@ -617,6 +621,7 @@ impl AuditLog {
             return Err(AuditError::Shrunk { path: self.path.clone(), from: self.known_len, to: 0 });
         }
         if let Some(t) = torn {
+            self.cut(&t)?;
             self.write_recovery(t)?;
         }
         Ok(())
@@ -683,13 +688,19 @@ impl AuditLog {
             return Ok(None);
         }
         // A torn last line: a writer died mid-write (or the disk filled).
-        // It was never acknowledged; cut it off and say so in the log.
-        let offset = self.known_len;
+        // Nothing is cut here: the caller first finishes its checks, so a
+        // log it then refuses is left exactly as found.
+        Ok(Some(Torn { offset: self.known_len, bytes: carry }))
+    }
+
+    /// Cuts a torn tail off (it was never acknowledged). Must be followed by
+    /// `write_recovery` at once, so the loss is recorded, never silent; a
+    /// crash between the two (milliseconds) is the one way to lose it.
+    fn cut(&mut self, torn: &Torn) -> Result<(), AuditError> {
         self.file
-            .set_len(offset)
+            .set_len(torn.offset)
             .and_then(|()| self.file.sync_data())
-            .map_err(|e| StorageError::io("truncate torn line of", &self.path, e))?;
-        Ok(Some(Torn { offset, bytes: carry }))
+            .map_err(|e| StorageError::io("truncate torn line of", &self.path, e).into())
     }
 
     fn write_recovery(&mut self, torn: Torn) -> Result<(), AuditError> {

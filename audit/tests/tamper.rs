@@ -585,3 +585,29 @@ fn replaced_log_file_stops_the_writer() {
     assert!(matches!(err, AuditError::Replaced { .. }), "{err}");
     assert!(matches!(log.append(Kind::Exit, json!({})), Err(AuditError::Failed(_))));
 }
+
+#[test]
+fn a_refused_log_is_left_exactly_as_found() {
+    let t = Tmp::new("asfound");
+    make_log(&t, 5);
+    let mut l = lines(&t.log());
+    l.truncate(4);
+    let mut bytes = (l.join("\n") + "\n").into_bytes();
+    bytes.extend_from_slice(b"{\"body\":{\"half");
+    std::fs::write(t.log(), &bytes).unwrap();
+    // Truncated below its checkpoint and torn: the writer refuses, and the
+    // evidence (including the torn bytes) stays for the investigation.
+    assert!(matches!(AuditLog::open(&t.log(), test_key(1)), Err(AuditError::CheckpointAhead { .. })));
+    assert_eq!(std::fs::read(t.log()).unwrap(), bytes);
+}
+
+#[test]
+fn crash_while_writing_the_header_is_recovered() {
+    let t = Tmp::new("tornheader");
+    std::fs::write(t.log(), b"{\"body\":{\"algor").unwrap();
+    let log = AuditLog::open(&t.log(), test_key(1)).unwrap();
+    log.close().unwrap();
+    let r = verify(&t.log(), Some(&t.cp()), None).unwrap();
+    assert_eq!(r.recoveries, vec![(1, 15)]);
+    assert_eq!(r.kinds.get("header"), Some(&1));
+}
