@@ -365,19 +365,21 @@ impl AuditLog {
         if kind.is_structural() {
             return Err(AuditError::ReservedKind(kind));
         }
-        let Value::Object(mut body) = body else {
+        let mut body = body;
+        mask::mask_secrets(&mut body);
+        let Value::Object(body) = body else {
             return Err(AuditError::BodyNotObject);
         };
-        for v in body.values_mut() {
-            mask::mask_secrets(v);
-        }
-        // Keys of the body object itself are checked too.
-        for (k, v) in body.iter_mut() {
-            if mask::is_secret_key(k) && !v.is_null() && v.as_str() != Some("") {
-                *v = Value::String(mask::MASK.to_string());
+        let seq = match self.push(kind, body) {
+            Ok(seq) => seq,
+            Err(e) => {
+                // Do not keep other writers waiting for a batch that has nothing in it.
+                if self.pending.is_empty() {
+                    self.unlock();
+                }
+                return Err(e);
             }
-        }
-        let seq = self.push(kind, body)?;
+        };
         if self.pending.len() >= self.opts.max_batch.max(1) {
             self.commit()?;
         }
