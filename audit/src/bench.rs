@@ -73,27 +73,30 @@ fn write_log(path: &Path, n: usize, batch: usize) -> Result<(f64, f64), AuditErr
 }
 
 /// Appends `n` records (group commit of 512) durably, and separately signs
-/// `n` messages with the raw key, on this thread.
+/// `n` messages with the raw key, on this thread. The two are measured in
+/// three interleaved rounds and the best round of each is reported, so that
+/// other load on the machine skews both alike.
 pub fn bench_signing(n: usize) -> Result<SigningBench, AuditError> {
-    let n = n.max(1);
+    const ROUNDS: usize = 3;
+    let per_round = (n / ROUNDS).max(1);
     let dir = TempDir::new()?;
     let batch = 512;
-    let (total, append_time) = write_log(&dir.0.join("audit.log"), n, batch)?;
     let k = key::generate()?;
     let msg = [7u8; 59];
-    let start = Instant::now();
-    let mut sink = 0u8;
-    for _ in 0..n {
-        sink ^= k.sign(&msg).to_bytes()[0];
+    let (mut best_log, mut best_raw, mut best_append) = (0f64, 0f64, f64::MAX);
+    for round in 0..ROUNDS {
+        let (total, append_time) = write_log(&dir.0.join(format!("audit-{round}.log")), per_round, batch)?;
+        best_log = best_log.max(per_round as f64 / total);
+        best_append = best_append.min(append_time / per_round as f64 * 1e6);
+        let start = Instant::now();
+        let mut sink = 0u8;
+        for _ in 0..per_round {
+            sink ^= k.sign(&msg).to_bytes()[0];
+        }
+        std::hint::black_box(sink);
+        best_raw = best_raw.max(per_round as f64 / start.elapsed().as_secs_f64());
     }
-    let raw = start.elapsed().as_secs_f64();
-    std::hint::black_box(sink);
-    Ok(SigningBench {
-        records_per_sec: n as f64 / total,
-        raw_signatures_per_sec: n as f64 / raw,
-        append_us: append_time / n as f64 * 1e6,
-        batch,
-    })
+    Ok(SigningBench { records_per_sec: best_log, raw_signatures_per_sec: best_raw, append_us: best_append, batch })
 }
 
 /// Writes a log of `n` records, then verifies it with batch signature
@@ -110,5 +113,11 @@ pub fn bench_verify(n: usize) -> Result<VerifyBench, AuditError> {
             verify_with(&path, &opts).map_err(|e| AuditError::Failed(format!("benchmark log did not verify: {e}")))?;
         Ok(report.records as f64 / start.elapsed().as_secs_f64())
     };
-    Ok(VerifyBench { batch_per_sec: run(false)?, one_by_one_per_sec: run(true)? })
+    // Interleaved rounds, best of each (see bench_signing).
+    let (mut batch, mut single) = (0f64, 0f64);
+    for _ in 0..3 {
+        batch = batch.max(run(false)?);
+        single = single.max(run(true)?);
+    }
+    Ok(VerifyBench { batch_per_sec: batch, one_by_one_per_sec: single })
 }
