@@ -310,11 +310,15 @@ impl AuditLog {
     }
 
     fn read_checkpoint_file(&self) -> Result<Option<(Checkpoint, String)>, AuditError> {
-        let text = match std::fs::read_to_string(&self.checkpoint_path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(StorageError::io("read checkpoint", &self.checkpoint_path, e).into()),
+        // Same rules as the log: no symlinks, bounded size.
+        let file = match storage::open_read(&self.checkpoint_path) {
+            Ok(f) => f,
+            Err(StorageError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e.into()),
         };
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut std::io::Read::take(file, checkpoint::MAX_NOTE as u64 + 1), &mut text)
+            .map_err(|e| StorageError::io("read checkpoint", &self.checkpoint_path, e))?;
         let (cp, _) = Checkpoint::parse(&text)
             .map_err(|source| AuditError::Checkpoint { path: self.checkpoint_path.clone(), source })?;
         Ok(Some((cp, text)))
