@@ -4,6 +4,7 @@
 //! stage; `cli` is the command line.
 
 pub mod cli;
+pub mod evidence;
 pub mod exit;
 pub mod kernel;
 pub mod sandbox;

@@ -7,6 +7,7 @@ mod support;
 
 mod cli;
 mod enforcement;
+mod evidence;
 mod lifecycle;
 mod limits;
 mod redteam;

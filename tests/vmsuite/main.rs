@@ -170,20 +170,30 @@ impl Suite {
             self.record(problem.is_none(), &name, &problem.unwrap_or_default());
             return;
         }
-        let below = case.below.clone().unwrap_or(Below { refuse: None, degraded: None, expect: Some(case.expect.clone()) });
+        let below =
+            case.below.clone().unwrap_or(Below { refuse: None, degraded: None, expect: Some(case.expect.clone()) });
         if let Some(text) = &below.refuse {
             let o = self.run(who, &case.flags, &case.args, false);
             let refused = o.code == 125 && o.stderr.contains(text.as_str());
-            self.record(refused, &format!("{name} refused without --best-effort (ABI {abi})"), &format!("want exit 125 naming `{text}`, got {}", o.describe()));
+            self.record(
+                refused,
+                &format!("{name} refused without --best-effort (ABI {abi})"),
+                &format!("want exit 125 naming `{text}`, got {}", o.describe()),
+            );
             if let Some(degraded) = &below.degraded {
                 let o = self.run(who, &case.flags, &case.args, true);
                 let ok = o.any(degraded) && o.stderr.contains("degraded:");
-                self.record(ok, &format!("{name} degrades loudly with --best-effort (ABI {abi})"), &format!("want {degraded:?} and a `degraded:` line, got {}", o.describe()));
+                self.record(
+                    ok,
+                    &format!("{name} degrades loudly with --best-effort (ABI {abi})"),
+                    &format!("want {degraded:?} and a `degraded:` line, got {}", o.describe()),
+                );
             }
         }
         if let Some(expect) = &below.expect {
             let o = self.run(who, &case.flags, &case.args, false);
-            let mut problem = (!o.any(expect)).then(|| format!("want {expect:?} (ABI {abi} floor), got {}", o.describe()));
+            let mut problem =
+                (!o.any(expect)).then(|| format!("want {expect:?} (ABI {abi} floor), got {}", o.describe()));
             if problem.is_none() {
                 problem = check_then(self);
             }
@@ -209,7 +219,11 @@ impl Suite {
                     }
                 }
                 let err = String::from_utf8_lossy(&o.stderr);
-                self.record(o.status.success(), &format!("profile {profile}: `portcullis profile test` exits 0"), err.trim());
+                self.record(
+                    o.status.success(),
+                    &format!("profile {profile}: `portcullis profile test` exits 0"),
+                    err.trim(),
+                );
             }
             Err(e) => self.record(false, &format!("profile {profile}"), &e.to_string()),
         }

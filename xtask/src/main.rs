@@ -4,10 +4,13 @@
 //! * `bench` — launch and syscall overhead side by side with bare and bwrap;
 //!   writes BENCHMARKS.md.
 //! * `tidy`  — repository rules (also run as a test by `ci`).
+//! * `vm-test` — the policy suite on every kernel of vm-tests/kernels.toml
+//!   under QEMU, and on the host.
 
 mod bench;
 mod ci;
 mod tidy;
+mod vmtest;
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -20,8 +23,9 @@ fn main() -> Result<()> {
         Some("ci") => ci::ci(),
         Some("bench") => bench::bench(&args[1..]),
         Some("tidy") => tidy::tidy(),
+        Some("vm-test") => vmtest::vm_test(&args[1..]),
         _ => {
-            eprintln!("usage: cargo xtask <ci | bench [--runs N] | tidy>");
+            eprintln!("usage: cargo xtask <ci | bench [--runs N] | tidy | vm-test [--kernel 6.1|6.12|host|all] [--timeout SECS] [--profile NAME] [--sabotage]>");
             std::process::exit(2);
         }
     }
@@ -42,9 +46,13 @@ pub fn run(cmd: &mut Command) -> Result<()> {
     Ok(())
 }
 
-/// Whether `prog` runs here.
+/// Whether `prog` is an executable on PATH.
 pub fn have(prog: &str) -> bool {
-    Command::new(prog).arg("--version").output().map(|o| o.status.success()).unwrap_or(false)
+    use std::os::unix::fs::PermissionsExt;
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|d| d.join(prog))
+        .any(|p| std::fs::metadata(&p).map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false))
 }
 
 /// Installs Debian packages when root and they are missing.

@@ -78,6 +78,8 @@ pub fn doctor(json: bool, profile: Option<&str>) -> Result<i32, Failure> {
                 max_procs: None,
                 max_memory: None,
                 best_effort: false,
+                audit_log: None,
+                audit_key: None,
             };
             session = Session::open(&args)?;
             prepared = session.prepare(true)?;

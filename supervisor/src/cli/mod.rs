@@ -115,6 +115,14 @@ pub struct SandboxArgs {
     /// Run even if this kernel cannot enforce every rule; print what is degraded.
     #[arg(long)]
     pub best_effort: bool,
+    /// The signed audit log (default: /var/log/portcullis/audit.log for root,
+    /// else $XDG_STATE_HOME/portcullis/audit.log).
+    #[arg(long, value_name = "PATH")]
+    pub audit_log: Option<PathBuf>,
+    /// Its signing key (default: /var/lib/portcullis/audit.key for root,
+    /// else $XDG_DATA_HOME/portcullis/audit.key).
+    #[arg(long, value_name = "PATH")]
+    pub audit_key: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]

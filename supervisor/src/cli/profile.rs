@@ -79,6 +79,8 @@ fn test(loader: &Loader, name: &str) -> Result<i32, Failure> {
         max_procs: None,
         max_memory: None,
         best_effort: false,
+        audit_log: None,
+        audit_key: None,
     };
     let mut failed = 0;
     for e in &profile.expect {
@@ -90,7 +92,8 @@ fn test(loader: &Loader, name: &str) -> Result<i32, Failure> {
         };
         let target = vars.expand(&e.value.target, &e.at)?;
         let prepared = session.prepare(false)?;
-        let command: Vec<OsString> = vec![me.clone().into(), "probe-op".into(), e.value.op.name().into(), target.clone().into()];
+        let command: Vec<OsString> =
+            vec![me.clone().into(), "probe-op".into(), e.value.op.name().into(), target.clone().into()];
         let code = launch(&session, prepared, &command)?;
         let want = if e.value.allow { "allow" } else { "deny" };
         let got = match code {

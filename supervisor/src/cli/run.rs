@@ -6,6 +6,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use super::{RunArgs, SandboxArgs};
+use audit::Kind;
+use serde_json::json;
+
+use crate::evidence::{AuditPaths, Evidence};
 use crate::exit::{self, Failure};
 use crate::kernel::Features;
 use crate::sandbox::{self, env, exec, limits, Prepared};
@@ -18,6 +22,8 @@ pub struct Session {
     pub plan: policy::Plan,
     pub tmp: PathBuf,
     pub path_var: OsString,
+    pub workspace: PathBuf,
+    pub audit: AuditPaths,
 }
 
 impl Session {
@@ -51,7 +57,8 @@ impl Session {
             }
         };
         let path_var = std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
-        Ok(Session { id, features, plan, tmp, path_var })
+        let audit = AuditPaths::resolve(args.audit_log.as_deref(), args.audit_key.as_deref())?;
+        Ok(Session { id, features, plan, tmp, path_var, workspace, audit })
     }
 
     pub fn prepare(&self, dry: bool) -> Result<Prepared, Failure> {
@@ -82,18 +89,51 @@ pub fn run(args: RunArgs) -> Result<i32, Failure> {
 pub(super) fn launch(session: &Session, prepared: Prepared, command: &[OsString]) -> Result<i32, Failure> {
     let Prepared { enforcement, exec: allowed, stage, report_rx, cgroups, .. } = prepared;
     let _cleanup = CgroupCleanup(cgroups);
+    let mut evidence = Evidence::open(&session.audit, &session.id)?;
+    crate::timing::mark("audit log opened");
+    let argv: Vec<String> = command.iter().map(|a| a.to_string_lossy().into_owned()).collect();
+    let f = &session.features;
+    let mut launch = json!({
+        "profile": session.plan.profile,
+        "chain": session.plan.chain,
+        "argv": argv,
+        "workspace": session.workspace,
+        "kernel": f.release,
+        "landlock_abi": f.landlock_abi_used,
+        "uid": f.euid,
+        "best_effort": session.plan.best_effort,
+        "degraded": enforcement.degradations.iter().map(|d| d.line()).collect::<Vec<_>>(),
+        "notices": enforcement.notices,
+        "limits": enforcement.limits,
+        "exec_allow": allowed.iter().map(|r| &r.path).collect::<Vec<_>>(),
+    });
+    if let Err(f) = session.audit.check_out_of_reach(&session.plan) {
+        evidence.refused(Kind::Launch, f.code, &f.message, launch)?;
+        return Err(f);
+    }
     if !enforcement.degradations.is_empty() {
         if !session.plan.best_effort {
-            return Err(Failure::setup(enforcement.refusal()));
+            let f = Failure::setup(enforcement.refusal());
+            evidence.refused(Kind::Launch, f.code, &f.message, launch)?;
+            return Err(f);
         }
         for d in &enforcement.degradations {
             eprintln!("portcullis: degraded: {}", d.line());
+            evidence.degradation(json!({ "rule": d.rule, "at": d.at.as_ref().map(|o| o.to_string()), "needs": d.needs, "fallback": d.fallback }))?;
         }
     }
     for n in &enforcement.notices {
         eprintln!("portcullis: note: {n}");
     }
-    let program = exec::resolve_command(&command[0], &session.path_var, &allowed, &session.plan.profile)?;
+    let program = match exec::resolve_command(&command[0], &session.path_var, &allowed, &session.plan.profile) {
+        Ok(p) => p,
+        Err(f) => {
+            evidence.refused(Kind::Exec, f.code, &f.message, json!({ "argv": argv, "rule": "exec allowlist" }))?;
+            return Err(f);
+        }
+    };
+    launch["program"] = json!(program);
+    evidence.launch(launch)?;
     let env = env::build(&session.plan.env, std::env::vars_os());
     let mut cmd = Command::new(&program);
     cmd.arg0(&command[0]).args(&command[1..]).env_clear().envs(env);
@@ -107,23 +147,20 @@ pub(super) fn launch(session: &Session, prepared: Prepared, command: &[OsString]
     let child = match spawned {
         Ok(c) => c,
         Err(e) => {
-            if let Some((step, errno)) =
-                stage::read_reports(&report_rx).into_iter().find(|(s, _)| *s != stage::Step::ProcMount)
-            {
-                return Err(setup_failed(step, errno));
-            }
-            let name = command[0].to_string_lossy();
-            return Err(match e.kind() {
-                std::io::ErrorKind::NotFound => {
-                    Failure { code: exit::NOT_FOUND, message: format!("{name}: command not found") }
-                }
-                _ => Failure {
-                    code: exit::NOT_EXECUTABLE,
-                    message: format!("{name} ({}): cannot execute: {e}", program.display()),
-                },
-            });
+            let f = spawn_failure(&report_rx, e, command, &program);
+            evidence.refused(Kind::Exec, f.code, &f.message, json!({ "program": program }))?;
+            return Err(f);
         }
     };
+    // Log before the command gets far: the launch record is durable while
+    // the command starts; if it cannot be, the sandbox does not go on.
+    if let Err(f) = evidence.commit() {
+        let _ =
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGKILL);
+        wait::supervise(child.id(), &set);
+        return Err(f);
+    }
+    crate::timing::mark("launch record durable");
     // Init has mounted /proc (or failed to) before the command could exec.
     let mut reports = stage::read_reports(&report_rx);
     for (_, errno) in reports.iter().filter(|(s, _)| *s == stage::Step::ProcMount) {
@@ -136,9 +173,33 @@ pub(super) fn launch(session: &Session, prepared: Prepared, command: &[OsString]
     crate::timing::mark("command exited");
     reports.extend(stage::read_reports(&report_rx));
     if let Some((step, errno)) = reports.into_iter().find(|(s, _)| *s != stage::Step::ProcMount) {
-        return Err(setup_failed(step, errno));
+        let f = setup_failed(step, errno);
+        evidence.refused(Kind::Exit, f.code, &f.message, json!({}))?;
+        return Err(f);
+    }
+    if let Err(f) = evidence.exit(code) {
+        // The command has run; its status still passes through.
+        eprintln!("portcullis: {}", f.message);
     }
     Ok(code)
+}
+
+/// Why spawn failed: a setup step the stage reported, or exec's own error.
+fn spawn_failure(report_rx: &std::os::fd::OwnedFd, e: std::io::Error, command: &[OsString], program: &Path) -> Failure {
+    if let Some((step, errno)) = stage::read_reports(report_rx).into_iter().find(|(s, _)| *s != stage::Step::ProcMount)
+    {
+        return setup_failed(step, errno);
+    }
+    let name = command[0].to_string_lossy();
+    match e.kind() {
+        std::io::ErrorKind::NotFound => {
+            Failure { code: exit::NOT_FOUND, message: format!("{name}: command not found") }
+        }
+        _ => Failure {
+            code: exit::NOT_EXECUTABLE,
+            message: format!("{name} ({}): cannot execute: {e}", program.display()),
+        },
+    }
 }
 
 fn setup_failed(step: stage::Step, errno: i32) -> Failure {

@@ -99,7 +99,7 @@ pub fn build(
     let mut ruleset =
         Ruleset::default().set_compatibility(CompatLevel::HardRequirement).handle_access(fs_all).map_err(ll_err)?;
     let has_ports = !plan.connect_tcp.is_empty() || !plan.bind_tcp.is_empty();
-    if abi >= 4 {
+    if abi >= 4 && !cfg!(feature = "sabotage-landlock-net") {
         ruleset = ruleset.handle_access(AccessNet::from_all(v)).map_err(ll_err)?;
     } else if has_ports {
         for p in plan.connect_tcp.iter().map(|p| ("connect", p)).chain(plan.bind_tcp.iter().map(|p| ("bind", p))) {
@@ -227,7 +227,7 @@ pub fn build(
             (AccessFs::Execute | AccessFs::ReadFile | AccessFs::ReadDir) & if is_dir { fs_all } else { fs_file };
         created = created.add_rule(PathBeneath::new(fd, access)).map_err(ll_err)?;
     }
-    if abi >= 4 {
+    if abi >= 4 && !cfg!(feature = "sabotage-landlock-net") {
         for p in &plan.connect_tcp {
             created = created.add_rule(NetPort::new(p.value, AccessNet::ConnectTcp)).map_err(ll_err)?;
         }
