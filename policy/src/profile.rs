@@ -94,7 +94,9 @@ fn expect(lines: &Lines, v: &Spanned<crate::schema::ExpectEntry>) -> Result<Loca
         "exec" => ExpectOp::Exec,
         "connect" => ExpectOp::Connect,
         "bind" => ExpectOp::Bind,
-        other => return Err(Error::invalid(&at, format!("expect: unknown op `{other}` (read, write, exec, connect, bind)"))),
+        other => {
+            return Err(Error::invalid(&at, format!("expect: unknown op `{other}` (read, write, exec, connect, bind)")))
+        }
     };
     let allow = match e.verdict.as_str() {
         "allow" => true,
