@@ -19,12 +19,14 @@ use crate::exit::Failure;
 pub struct AuditPaths {
     pub log: PathBuf,
     pub key: PathBuf,
+    /// Forward each record to this syslog datagram socket as well.
+    pub syslog: Option<PathBuf>,
 }
 
 impl AuditPaths {
     /// `--audit-log`/`--audit-key`, else the defaults (`/var/log/portcullis`
     /// and `/var/lib/portcullis` for root, the XDG state and data dirs otherwise).
-    pub fn resolve(log: Option<&Path>, key: Option<&Path>) -> Result<AuditPaths, Failure> {
+    pub fn resolve(log: Option<&Path>, key: Option<&Path>, syslog: Option<&Path>) -> Result<AuditPaths, Failure> {
         let fail = |e: &dyn std::fmt::Display| Failure::setup(format!("audit log: {e}"));
         let log = match log {
             Some(p) => absolute(p)?,
@@ -34,7 +36,7 @@ impl AuditPaths {
             Some(p) => absolute(p)?,
             None => audit::location::default_key_path().map_err(|e| fail(&e))?,
         };
-        Ok(AuditPaths { log, key })
+        Ok(AuditPaths { log, key, syslog: syslog.map(Path::to_path_buf) })
     }
 
     /// Refuses when a Landlock rule of the plan would let the sandbox reach
@@ -71,6 +73,34 @@ fn absolute(p: &Path) -> Result<PathBuf, Failure> {
 pub struct Evidence {
     log: AuditLog,
     started: Instant,
+    session: String,
+    syslog: Option<Syslog>,
+}
+
+/// Forwards records to a syslog socket (RFC 3164 framing, the record as
+/// JSON), so rsyslog, journald, Vector or Fluent Bit can ship them. The
+/// signed file stays the evidence: a forwarding failure is reported once and
+/// does not stop the run.
+struct Syslog {
+    socket: std::os::unix::net::UnixDatagram,
+    path: PathBuf,
+    failed: bool,
+}
+
+impl Syslog {
+    fn send(&mut self, seq: u64, session: &str, kind: Kind, body: &Value) {
+        // authpriv (10); warning (4) for refusals, info (6) otherwise.
+        let denied = body.get("verdict").and_then(Value::as_str) == Some("deny");
+        let pri = 10 * 8 + if denied { 4 } else { 6 };
+        let record = json!({ "seq": seq, "session": session, "kind": kind.as_str(), "body": body });
+        let msg = format!("<{pri}>portcullis[{}]: {record}", std::process::id());
+        if let Err(e) = self.socket.send_to(msg.as_bytes(), &self.path) {
+            if !self.failed {
+                eprintln!("portcullis: note: cannot forward audit records to {}: {e}", self.path.display());
+                self.failed = true;
+            }
+        }
+    }
 }
 
 impl Evidence {
@@ -88,14 +118,32 @@ impl Evidence {
         let (key, _created) = audit::key::load_or_create(&paths.key).map_err(|e| fail("key", &e))?;
         let opts = LogOptions { session: Some(session.to_string()), ..LogOptions::default() };
         let log = AuditLog::open_with(&paths.log, key, opts).map_err(|e| fail("log", &e))?;
-        Ok(Evidence { log, started: Instant::now() })
+        let syslog = match &paths.syslog {
+            Some(p) => Some(Syslog {
+                socket: std::os::unix::net::UnixDatagram::unbound().map_err(|e| fail("syslog socket", &e))?,
+                path: p.clone(),
+                failed: false,
+            }),
+            None => None,
+        };
+        Ok(Evidence { log, started: Instant::now(), session: session.to_string(), syslog })
     }
 
     fn append(&mut self, kind: Kind, body: Value) -> Result<(), Failure> {
-        self.log
+        // The forwarded copy is masked like the record itself.
+        let forwarded = self.syslog.as_ref().map(|_| {
+            let mut b = body.clone();
+            audit::mask_secrets(&mut b);
+            b
+        });
+        let seq = self
+            .log
             .append(kind, body)
-            .map(drop)
-            .map_err(|e| Failure::setup(format!("audit log write failed: {e}; refusing to go on without a record")))
+            .map_err(|e| Failure::setup(format!("audit log write failed: {e}; refusing to go on without a record")))?;
+        if let (Some(s), Some(body)) = (self.syslog.as_mut(), forwarded) {
+            s.send(seq, &self.session, kind, &body);
+        }
+        Ok(())
     }
 
     /// Writes what is buffered and fsyncs it.

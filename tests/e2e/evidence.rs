@@ -62,3 +62,39 @@ fn no_log_no_run() {
     assert!(r.stderr.contains("refusing to run without a working audit log"), "{}", r.stderr);
     assert!(!sb.ws.join("ran").exists(), "the command must not run without a log");
 }
+
+#[test]
+fn records_are_forwarded_to_syslog() {
+    let sb = Sandbox::new("syslog", As::Caller);
+    let (log, key) = audit_flags(&sb);
+    let sock = sb.root.join("syslog.sock");
+    let listener = std::os::unix::net::UnixDatagram::bind(&sock).unwrap();
+    listener.set_read_timeout(Some(std::time::Duration::from_secs(5))).unwrap();
+    let s = sb.path(&sock);
+    let r = sb.run(&[
+        "run",
+        "--audit-log",
+        &log,
+        "--audit-key",
+        &key,
+        "--syslog",
+        &s,
+        "--exec",
+        PROBE,
+        "--",
+        PROBE,
+        "exit",
+        "0",
+    ]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 65536];
+    while let Ok(n) = listener.recv(&mut buf) {
+        got.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        if got.last().is_some_and(|m| m.contains("\"kind\":\"exit\"")) {
+            break;
+        }
+    }
+    assert!(got.iter().any(|m| m.starts_with("<86>portcullis[") && m.contains("\"kind\":\"launch\"")), "{got:?}");
+    assert!(got.iter().any(|m| m.contains("\"kind\":\"exit\"")), "{got:?}");
+}

@@ -1,4 +1,5 @@
-//! `cargo xtask ci`: what `.ci/run` runs on a fresh clone.
+//! `cargo xtask ci`: what `.ci/run` runs on a fresh clone: formatting,
+//! clippy, tidy, every test, then `vm-test` (host + the kernel matrix).
 
 use std::process::Command;
 
@@ -14,9 +15,10 @@ pub fn ci() -> Result<()> {
     run(Command::new("cargo").args(["fmt", "--all", "--", "--check"]))?;
     run(Command::new("cargo").args(["clippy", "--workspace", "--all-targets", "--quiet", "--", "-D", "warnings"]))?;
     crate::tidy::tidy()?;
-    run(Command::new("cargo")
-        .args(["test", "--workspace"])
-        .env("PORTCULLIS_STRICT_TESTS", std::env::var("PORTCULLIS_STRICT_TESTS").unwrap_or_else(|_| "1".into())))?;
+    let strict = std::env::var("PORTCULLIS_STRICT_TESTS").unwrap_or_else(|_| "1".into());
+    run(Command::new("cargo").args(["test", "--workspace"]).env("PORTCULLIS_STRICT_TESTS", &strict))?;
+    // The policy suite on the host and on every kernel of the VM matrix.
+    crate::vmtest::vm_test(&[])?;
     eprintln!("xtask ci: all checks passed");
     Ok(())
 }

@@ -80,6 +80,7 @@ pub fn doctor(json: bool, profile: Option<&str>) -> Result<i32, Failure> {
                 best_effort: false,
                 audit_log: None,
                 audit_key: None,
+                syslog: None,
             };
             session = Session::open(&args)?;
             prepared = session.prepare(true)?;

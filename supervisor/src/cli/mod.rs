@@ -123,6 +123,10 @@ pub struct SandboxArgs {
     /// else $XDG_DATA_HOME/portcullis/audit.key).
     #[arg(long, value_name = "PATH")]
     pub audit_key: Option<PathBuf>,
+    /// Also forward each audit record to syslog (journald reads /dev/log
+    /// too), or to the datagram socket at PATH.
+    #[arg(long, value_name = "PATH", num_args = 0..=1, default_missing_value = "/dev/log")]
+    pub syslog: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]

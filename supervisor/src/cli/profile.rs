@@ -81,6 +81,7 @@ fn test(loader: &Loader, name: &str) -> Result<i32, Failure> {
         best_effort: false,
         audit_log: None,
         audit_key: None,
+        syslog: None,
     };
     let mut failed = 0;
     for e in &profile.expect {

@@ -57,7 +57,7 @@ impl Session {
             }
         };
         let path_var = std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
-        let audit = AuditPaths::resolve(args.audit_log.as_deref(), args.audit_key.as_deref())?;
+        let audit = AuditPaths::resolve(args.audit_log.as_deref(), args.audit_key.as_deref(), args.syslog.as_deref())?;
         Ok(Session { id, features, plan, tmp, path_var, workspace, audit })
     }
 
