@@ -192,6 +192,7 @@ pub fn compile(profile: &Profile, vars: &Vars) -> Result<Plan, Error> {
             max_memory: profile.max_memory.clone(),
             max_open_files: profile.max_open_files.clone(),
         },
+        mcp: crate::mcp::compile(&profile.mcp),
     })
 }
 

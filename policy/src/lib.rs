@@ -10,6 +10,7 @@
 pub mod compile;
 pub mod env;
 pub mod error;
+pub mod mcp;
 pub mod plan;
 pub mod profile;
 pub mod schema;

@@ -19,6 +19,8 @@ pub struct Plan {
     pub exec: ExecPlan,
     pub env: EnvPlan,
     pub limits: LimitsPlan,
+    /// What the MCP gate applies in `run --mcp`.
+    pub mcp: crate::mcp::McpPlan,
 }
 
 #[derive(Clone, Debug, Serialize)]

@@ -52,6 +52,8 @@ pub struct Profile {
     /// The `[[expect]]` entries of the named profile itself (not inherited:
     /// a child profile may grant what its parent denies).
     pub expect: Vec<Located<Expect>>,
+    /// The `[mcp]` section, merged along the chain.
+    pub mcp: crate::mcp::McpProfile,
 }
 
 /// A checked `[[expect]]` entry.
@@ -206,6 +208,7 @@ impl Profile {
             let bytes = size::parse(v.get_ref()).map_err(|m| Error::invalid(&at, m))?;
             self.max_memory = Some(Located::new(bytes, at));
         }
+        self.mcp.layer(&file.mcp, lines)?;
         Ok(())
     }
 

@@ -30,6 +30,9 @@ pub struct ProfileFile {
     pub env: Env,
     #[serde(default)]
     pub limits: Limits,
+    /// The MCP gate (`portcullis run --mcp`): tool rules, rates, breaker, redaction, pinning.
+    #[serde(default)]
+    pub mcp: crate::mcp::McpFile,
     /// What this profile promises: operations and the verdict each must get.
     /// Checked by `portcullis profile test` and on every kernel by `cargo xtask vm-test`.
     #[serde(default)]
