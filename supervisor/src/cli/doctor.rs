@@ -66,22 +66,7 @@ pub fn doctor(json: bool, profile: Option<&str>) -> Result<i32, Failure> {
     let prepared;
     let profile_report = match profile {
         Some(name) => {
-            let args = SandboxArgs {
-                profile: name.to_string(),
-                workspace: None,
-                read: vec![],
-                write: vec![],
-                exec: vec![],
-                connect: vec![],
-                bind: vec![],
-                env: vec![],
-                max_procs: None,
-                max_memory: None,
-                best_effort: false,
-                audit_log: None,
-                audit_key: None,
-                syslog: None,
-            };
+            let args = SandboxArgs::for_profile(name);
             session = Session::open(&args)?;
             prepared = session.prepare(true)?;
             Some(ProfileReport {

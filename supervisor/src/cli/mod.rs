@@ -147,6 +147,26 @@ pub struct ExplainArgs {
 }
 
 impl SandboxArgs {
+    /// Just a profile, no flags: what `doctor --profile` and `profile test` use.
+    pub fn for_profile(profile: &str) -> Self {
+        SandboxArgs {
+            profile: profile.to_string(),
+            workspace: None,
+            read: vec![],
+            write: vec![],
+            exec: vec![],
+            connect: vec![],
+            bind: vec![],
+            env: vec![],
+            max_procs: None,
+            max_memory: None,
+            best_effort: false,
+            audit_log: None,
+            audit_key: None,
+            syslog: None,
+        }
+    }
+
     pub fn overrides(&self) -> policy::Overrides {
         policy::Overrides {
             read: self.read.clone(),

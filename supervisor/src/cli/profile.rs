@@ -67,22 +67,7 @@ fn test(loader: &Loader, name: &str) -> Result<i32, Failure> {
     let me_s = me.to_string_lossy().to_string();
     let ws = std::env::temp_dir().join(format!("portcullis-profile-test-{}", std::process::id()));
     std::fs::create_dir_all(&ws).map_err(|e| Failure::setup(format!("{}: {e}", ws.display())))?;
-    let args = SandboxArgs {
-        profile: name.to_string(),
-        workspace: Some(ws.clone()),
-        read: vec![],
-        write: vec![],
-        exec: vec![me_s.clone()],
-        connect: vec![],
-        bind: vec![],
-        env: vec![],
-        max_procs: None,
-        max_memory: None,
-        best_effort: false,
-        audit_log: None,
-        audit_key: None,
-        syslog: None,
-    };
+    let args = SandboxArgs { workspace: Some(ws.clone()), exec: vec![me_s.clone()], ..SandboxArgs::for_profile(name) };
     let mut failed = 0;
     for e in &profile.expect {
         let session = Session::open(&args)?;

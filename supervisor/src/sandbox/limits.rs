@@ -68,6 +68,25 @@ pub struct Applied {
     pub cgroups: Vec<PathBuf>,
 }
 
+impl Applied {
+    /// Joins the sandbox to a cgroup made for it (`fd`: its cgroup.procs; None in a dry run).
+    fn use_cgroup(
+        &mut self,
+        report: &mut Enforcement,
+        what: String,
+        c: &CgroupController,
+        dir: PathBuf,
+        fd: Option<OwnedFd>,
+    ) {
+        let v = if c.v2 { "v2" } else { "v1" };
+        report.limits.push(format!("{what}: {} cgroup {} ({v})", c.controller, dir.display()));
+        if let Some(fd) = fd {
+            self.cgroups.push(dir);
+            self.cgroup_procs.push(fd);
+        }
+    }
+}
+
 fn make_cgroup(
     ctrl: &CgroupController,
     session: &str,
@@ -135,18 +154,7 @@ pub fn apply(
                     n.value
                 ));
             }
-            Some((c, dir, fd)) => {
-                report.limits.push(format!(
-                    "max_procs {}: pids cgroup {} ({})",
-                    n.value,
-                    dir.display(),
-                    if c.v2 { "v2" } else { "v1" }
-                ));
-                if let Some(fd) = fd {
-                    out.cgroups.push(dir);
-                    out.cgroup_procs.push(fd);
-                }
-            }
+            Some((c, dir, fd)) => out.use_cgroup(report, format!("max_procs {}", n.value), c, dir, fd),
             None => {
                 out.rlimits.push((libc::RLIMIT_NPROC, n.value));
                 report.limits.push(format!(
@@ -172,18 +180,7 @@ pub fn apply(
         ];
         let found = memory.cloned().or_else(|| find_controller("memory"));
         match found.as_ref().and_then(|c| make(c, &files).map(|(d, fd)| (c, d, fd))) {
-            Some((c, dir, fd)) => {
-                report.limits.push(format!(
-                    "max_memory {}: memory cgroup {} ({})",
-                    m.value,
-                    dir.display(),
-                    if c.v2 { "v2" } else { "v1" }
-                ));
-                if let Some(fd) = fd {
-                    out.cgroups.push(dir);
-                    out.cgroup_procs.push(fd);
-                }
-            }
+            Some((c, dir, fd)) => out.use_cgroup(report, format!("max_memory {}", m.value), c, dir, fd),
             None => {
                 out.rlimits.push((libc::RLIMIT_DATA, m.value));
                 report
