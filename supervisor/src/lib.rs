@@ -7,6 +7,7 @@ pub mod cli;
 pub mod evidence;
 pub mod exit;
 pub mod kernel;
+pub mod mcp;
 pub mod sandbox;
 pub mod sys;
 pub mod timing;

@@ -133,6 +133,11 @@ pub struct SandboxArgs {
 pub struct RunArgs {
     #[command(flatten)]
     pub sandbox: SandboxArgs,
+    /// Gate the command's MCP stdio: check each tools/call against the
+    /// profile's [mcp] rules, rate limits and breakers, redact results,
+    /// record every call in the audit log (see docs/MCP.md).
+    #[arg(long)]
+    pub mcp: bool,
     /// The command and its arguments, after `--`.
     #[arg(last = true, required = true, value_name = "CMD")]
     pub command: Vec<OsString>,

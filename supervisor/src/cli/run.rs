@@ -83,12 +83,24 @@ pub fn run(args: RunArgs) -> Result<i32, Failure> {
     crate::timing::mark("profile loaded and compiled");
     let prepared = session.prepare(false)?;
     crate::timing::mark("sandbox prepared");
-    launch(&session, prepared, &args.command)
+    launch_with(&session, prepared, &args.command, args.mcp)
 }
 
 pub(super) fn launch(session: &Session, prepared: Prepared, command: &[OsString]) -> Result<i32, Failure> {
+    launch_with(session, prepared, command, false)
+}
+
+/// `mcp`: the command's stdin/stdout go through the MCP gate (crate::mcp).
+fn launch_with(session: &Session, prepared: Prepared, command: &[OsString], mcp: bool) -> Result<i32, Failure> {
     let Prepared { enforcement, exec: allowed, stage, report_rx, cgroups, .. } = prepared;
     let _cleanup = CgroupCleanup(cgroups);
+    let gate = match mcp {
+        true => {
+            let argv: Vec<String> = command.iter().map(|a| a.to_string_lossy().into_owned()).collect();
+            Some(crate::mcp::open(&session.plan, &session.audit, &session.id, &argv)?)
+        }
+        false => None,
+    };
     let mut evidence = Evidence::open(&session.audit, &session.id)?;
     crate::timing::mark("audit log opened");
     let argv: Vec<String> = command.iter().map(|a| a.to_string_lossy().into_owned()).collect();
@@ -137,6 +149,9 @@ pub(super) fn launch(session: &Session, prepared: Prepared, command: &[OsString]
     let env = env::build(&session.plan.env, std::env::vars_os());
     let mut cmd = Command::new(&program);
     cmd.arg0(&command[0]).args(&command[1..]).env_clear().envs(env);
+    if gate.is_some() {
+        cmd.stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped());
+    }
 
     let set = wait::block_signals().map_err(|e| Failure::setup(format!("cannot block signals: {e}")))?;
     crate::timing::mark("forking");
@@ -144,7 +159,7 @@ pub(super) fn launch(session: &Session, prepared: Prepared, command: &[OsString]
     crate::timing::mark("command exec'd");
     // Drop our copies of the stage's fds (ruleset, report pipe, cgroup files).
     drop(cmd);
-    let child = match spawned {
+    let mut child = match spawned {
         Ok(c) => c,
         Err(e) => {
             let f = spawn_failure(&report_rx, e, command, &program);
@@ -161,6 +176,18 @@ pub(super) fn launch(session: &Session, prepared: Prepared, command: &[OsString]
         return Err(f);
     }
     crate::timing::mark("launch record durable");
+    let proxy = match gate.map(|g| crate::mcp::attach(g, &mut child)).transpose() {
+        Ok(p) => p,
+        Err(f) => {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(child.id() as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            wait::supervise(child.id(), &set);
+            evidence.refused(Kind::Exit, f.code, &f.message, json!({}))?;
+            return Err(f);
+        }
+    };
     // Init has mounted /proc (or failed to) before the command could exec.
     let mut reports = stage::read_reports(&report_rx);
     for (_, errno) in reports.iter().filter(|(s, _)| *s == stage::Step::ProcMount) {
@@ -171,6 +198,9 @@ pub(super) fn launch(session: &Session, prepared: Prepared, command: &[OsString]
     }
     let code = wait::supervise(child.id(), &set);
     crate::timing::mark("command exited");
+    if let Some(p) = proxy {
+        p.finish();
+    }
     reports.extend(stage::read_reports(&report_rx));
     if let Some((step, errno)) = reports.into_iter().find(|(s, _)| *s != stage::Step::ProcMount) {
         let f = setup_failed(step, errno);

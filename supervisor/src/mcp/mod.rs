@@ -1,0 +1,158 @@
+//! The MCP gate (`portcullis run --mcp`): the supervisor sits on the
+//! server's stdio, passes the JSON-RPC stream through, and holds each
+//! `tools/call` for the profile's `[mcp]` policy — allow / ask / deny by
+//! tool, rate limits, circuit breakers, description pinning — redacts
+//! secrets from results, and writes one audit record per call.
+//!
+//! - [`frame`]: bounded newline-delimited framing;
+//! - [`jsonrpc`]: message shapes and the error responses the gate sends;
+//! - [`gate`]: the decisions (no I/O), with [`bucket`], [`breaker`], [`pins`], [`redact`];
+//! - [`approver`]: who answers `ask` (the broker later; [`approver::NoBroker`] now);
+//! - [`journal`]: the writer thread for `tool_call` audit records;
+//! - [`proxy`]: the two threads that move the bytes;
+//! - [`bench`]: added latency and throughput, for `cargo xtask bench`.
+
+pub mod approver;
+pub mod bench;
+pub mod breaker;
+pub mod bucket;
+pub mod frame;
+pub mod gate;
+pub mod journal;
+pub mod jsonrpc;
+pub mod pins;
+pub mod proxy;
+pub mod redact;
+
+use std::io::{BufReader, BufWriter};
+use std::os::fd::AsFd;
+use std::path::Path;
+use std::process::Child;
+use std::sync::Arc;
+
+pub use approver::{Approval, ApprovalRequest, Approver, NoBroker};
+pub use gate::Gate;
+pub use journal::Journal;
+pub use proxy::Proxy;
+
+use crate::evidence::AuditPaths;
+use crate::exit::Failure;
+
+/// The gate's parts, opened before anything is spawned. No thread runs
+/// yet: threads started before `run` blocks its signals would swallow the
+/// SIGCHLD it waits for.
+pub struct Prepared {
+    plan: policy::mcp::McpPlan,
+    profile: String,
+    argv: Vec<String>,
+    log: audit::AuditLog,
+    pins: pins::PinStore,
+}
+
+/// Opens the audit log handle and the pin store for `run --mcp`. Fails
+/// closed: no log, no run; a pin directory the sandbox could write is refused.
+pub fn open(plan: &policy::Plan, audit: &AuditPaths, session: &str, argv: &[String]) -> Result<Prepared, Failure> {
+    let pins = if plan.mcp.pin {
+        let dir = pins::default_dir().ok_or_else(|| {
+            Failure::setup("mcp: cannot place the pin directory: neither $XDG_STATE_HOME nor $HOME is absolute")
+        })?;
+        check_out_of_reach(plan, &dir)?;
+        pins::PinStore::load(pins::file_for(&dir, &plan.profile, argv))
+            .map_err(|e| Failure::setup(format!("mcp: {e}")))?
+    } else {
+        pins::PinStore::in_memory()
+    };
+    let fail = |what: &str, e: &dyn std::fmt::Display| {
+        Failure::setup(format!("audit {what}: {e}; refusing to run without a working audit log"))
+    };
+    for dir in [audit.key.parent(), audit.log.parent()].into_iter().flatten() {
+        create_private_dir(dir).map_err(|e| fail("directory", &e))?;
+    }
+    let (key, _) = audit::key::load_or_create(&audit.key).map_err(|e| fail("key", &e))?;
+    let opts = audit::LogOptions { session: Some(session.to_string()), ..audit::LogOptions::default() };
+    let log = audit::AuditLog::open_with(&audit.log, key, opts).map_err(|e| fail("log", &e))?;
+    Ok(Prepared { plan: plan.mcp.clone(), profile: plan.profile.clone(), argv: argv.to_vec(), log, pins })
+}
+
+/// A write rule of the plan that covers the pin directory would let the
+/// server rewrite its own pins.
+fn check_out_of_reach(plan: &policy::Plan, dir: &Path) -> Result<(), Failure> {
+    let mut probe = dir.to_path_buf();
+    // The directory may not exist yet: compare its nearest existing ancestor.
+    while !probe.exists() {
+        if !probe.pop() {
+            break;
+        }
+    }
+    let canon = std::fs::canonicalize(&probe).unwrap_or(probe);
+    let canon = canon.join(dir.strip_prefix(&canon).unwrap_or(Path::new("")));
+    for rule in plan.landlock.paths.iter().filter(|r| r.write) {
+        let Ok(rule_path) = std::fs::canonicalize(&rule.path) else { continue };
+        if canon.starts_with(&rule_path) {
+            return Err(Failure::setup(format!(
+                "{}: the rule for {} would let the sandbox rewrite the MCP tool pins in {}; move the workspace, or set XDG_STATE_HOME outside every writable rule",
+                rule.at,
+                rule.path,
+                dir.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    if dir.is_dir() {
+        return Ok(());
+    }
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)
+}
+
+/// The proxy of a running session.
+pub struct Attached {
+    proxy: Proxy,
+    gate: Arc<Gate>,
+}
+
+/// Starts the proxy between our stdio and the child's piped stdin/stdout.
+/// Call after the signals `run` waits for are blocked, so the proxy's
+/// threads inherit the mask.
+pub fn attach(prepared: Prepared, child: &mut Child) -> Result<Attached, Failure> {
+    let fail = |e: &dyn std::fmt::Display| Failure::setup(format!("mcp: cannot start the proxy: {e}"));
+    let journal = Journal::start(prepared.log).map_err(|e| fail(&e))?;
+    let gate = Arc::new(Gate::new(
+        prepared.plan,
+        &prepared.profile,
+        prepared.argv,
+        Box::new(NoBroker),
+        journal,
+        prepared.pins,
+    ));
+    let server_in = child.stdin.take().ok_or_else(|| fail(&"the server's stdin is not a pipe"))?;
+    let server_out = child.stdout.take().ok_or_else(|| fail(&"the server's stdout is not a pipe"))?;
+    let client_in = std::fs::File::from(std::io::stdin().as_fd().try_clone_to_owned().map_err(|e| fail(&e))?);
+    let client_out = std::fs::File::from(std::io::stdout().as_fd().try_clone_to_owned().map_err(|e| fail(&e))?);
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let stop: proxy::Stopper = Box::new(move |sig| {
+        let _ = nix::sys::signal::kill(pid, sig);
+    });
+    let proxy = Proxy::start(
+        gate.clone(),
+        BufReader::with_capacity(64 << 10, client_in),
+        proxy::ClientOut::new(Box::new(BufWriter::with_capacity(64 << 10, client_out))),
+        server_in,
+        server_out,
+        Some(stop),
+    )
+    .map_err(|e| fail(&e))?;
+    Ok(Attached { proxy, gate })
+}
+
+impl Attached {
+    /// After the server exited: pass on what it still wrote, record calls
+    /// it never answered, commit the audit log.
+    pub fn finish(self) {
+        self.proxy.join();
+        self.gate.finish();
+    }
+}

@@ -1,0 +1,228 @@
+//! Result redaction: secrets a tool returns are replaced by `[REDACTED]`
+//! before the client (and the model behind it) sees them — PEM private-key
+//! blocks, AWS access key ids, GitHub and OpenAI-style tokens anywhere in a
+//! string, and the whole value of fields whose name marks a secret
+//! (`password`, `api_key`, `*_token`, plus the profile's `redact_fields`).
+
+use serde_json::Value;
+
+pub const REDACTED: &str = "[REDACTED]";
+
+/// Token formats: a prefix, the characters of the body and its minimum length.
+struct TokenFormat {
+    prefix: &'static str,
+    body: fn(u8) -> bool,
+    min: usize,
+}
+
+fn alnum_upper(b: u8) -> bool {
+    b.is_ascii_uppercase() || b.is_ascii_digit()
+}
+fn alnum(b: u8) -> bool {
+    b.is_ascii_alphanumeric()
+}
+fn alnum_underscore(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'_'
+}
+fn alnum_dash_underscore(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'_' || b == b'-'
+}
+
+const FORMATS: &[TokenFormat] = &[
+    // AWS access key ids: AKIA (long-term) and ASIA (temporary) + 16.
+    TokenFormat { prefix: "AKIA", body: alnum_upper, min: 16 },
+    TokenFormat { prefix: "ASIA", body: alnum_upper, min: 16 },
+    // GitHub: classic personal, OAuth, user-to-server, server-to-server, refresh; fine-grained PATs.
+    TokenFormat { prefix: "ghp_", body: alnum, min: 36 },
+    TokenFormat { prefix: "gho_", body: alnum, min: 36 },
+    TokenFormat { prefix: "ghu_", body: alnum, min: 36 },
+    TokenFormat { prefix: "ghs_", body: alnum, min: 36 },
+    TokenFormat { prefix: "ghr_", body: alnum, min: 36 },
+    TokenFormat { prefix: "github_pat_", body: alnum_underscore, min: 22 },
+    // OpenAI (sk-..., sk-proj-...) and the same shape used by Anthropic (sk-ant-...).
+    TokenFormat { prefix: "sk-", body: alnum_dash_underscore, min: 20 },
+];
+
+/// What to redact.
+#[derive(Clone, Debug, Default)]
+pub struct Redactor {
+    /// Extra field names (compared case-insensitively), beyond the built-in secret names.
+    pub fields: Vec<String>,
+}
+
+impl Redactor {
+    pub fn new(fields: &[String]) -> Self {
+        Redactor { fields: fields.iter().map(|f| f.to_ascii_lowercase()).collect() }
+    }
+
+    /// Redacts `value` in place; returns how many secrets were replaced.
+    pub fn redact(&self, value: &mut Value) -> usize {
+        self.walk(value)
+    }
+
+    fn secret_field(&self, key: &str) -> bool {
+        audit::mask::is_secret_key(key) || self.fields.iter().any(|f| f.eq_ignore_ascii_case(key))
+    }
+
+    fn walk(&self, value: &mut Value) -> usize {
+        // serde_json refuses input nested deeper than 128, so this ends.
+        match value {
+            Value::String(s) => match redact_text(s) {
+                Some((text, n)) => {
+                    *s = text;
+                    n
+                }
+                None => 0,
+            },
+            Value::Array(a) => a.iter_mut().map(|v| self.walk(v)).sum(),
+            Value::Object(m) => {
+                let mut n = 0;
+                for (k, v) in m.iter_mut() {
+                    let hides_something = !matches!(v, Value::Null | Value::Bool(_))
+                        && !matches!(v, Value::String(s) if s.is_empty() || s == REDACTED);
+                    if hides_something && !v.is_object() && !v.is_array() && self.secret_field(k) {
+                        *v = Value::String(REDACTED.into());
+                        n += 1;
+                    } else {
+                        n += self.walk(v);
+                    }
+                }
+                n
+            }
+            _ => 0,
+        }
+    }
+}
+
+/// The text with every secret replaced, or None when there is none.
+pub fn redact_text(s: &str) -> Option<(String, usize)> {
+    let mut ranges: Vec<(usize, usize)> = Vec::new();
+    pem_blocks(s, &mut ranges);
+    let bytes = s.as_bytes();
+    for f in FORMATS {
+        let mut from = 0;
+        while let Some(pos) = s[from..].find(f.prefix) {
+            let start = from + pos;
+            let body_start = start + f.prefix.len();
+            let mut end = body_start;
+            while end < bytes.len() && (f.body)(bytes[end]) {
+                end += 1;
+            }
+            // A token starts a word: `MASKIA...` or `task-...` is not one.
+            let boundary = start == 0 || !bytes[start - 1].is_ascii_alphanumeric();
+            if boundary && end - body_start >= f.min {
+                ranges.push((start, end));
+            }
+            from = end.max(start + 1);
+        }
+    }
+    if ranges.is_empty() {
+        return None;
+    }
+    ranges.sort_unstable();
+    let mut out = String::with_capacity(s.len());
+    let mut at = 0;
+    let mut n = 0;
+    for (start, end) in ranges {
+        if start < at {
+            // Inside a range already redacted (a token within a key block).
+            at = at.max(end);
+            continue;
+        }
+        out.push_str(&s[at..start]);
+        out.push_str(REDACTED);
+        n += 1;
+        at = end;
+    }
+    out.push_str(&s[at..]);
+    Some((out, n))
+}
+
+/// `-----BEGIN ... PRIVATE KEY-----` through its END line (or the end of the text).
+fn pem_blocks(s: &str, out: &mut Vec<(usize, usize)>) {
+    let mut from = 0;
+    while let Some(pos) = s[from..].find("-----BEGIN ") {
+        let start = from + pos;
+        let line_end = s[start..].find('\n').map_or(s.len(), |i| start + i);
+        let header = &s[start..line_end];
+        if !header.contains("PRIVATE KEY-----") {
+            from = start + 11;
+            continue;
+        }
+        let end = match s[line_end..].find("-----END ") {
+            Some(i) => {
+                let e = line_end + i;
+                match s[e..].find("PRIVATE KEY-----") {
+                    Some(j) => e + j + "PRIVATE KEY-----".len(),
+                    None => s.len(),
+                }
+            }
+            None => s.len(),
+        };
+        out.push((start, end));
+        from = end;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const PEM: &str =
+        "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAA\n-----END OPENSSH PRIVATE KEY-----";
+
+    #[test]
+    fn tokens_in_text() {
+        let text = format!(
+            "key {PEM} aws=AKIAIOSFODNN7EXAMPLE gh ghp_{} pat github_pat_{} openai sk-proj-{} done",
+            "a".repeat(36),
+            "B_1".repeat(10),
+            "x".repeat(40)
+        );
+        let (out, n) = redact_text(&text).unwrap();
+        assert_eq!(n, 5, "{out}");
+        assert_eq!(out, "key [REDACTED] aws=[REDACTED] gh [REDACTED] pat [REDACTED] openai [REDACTED] done");
+    }
+
+    #[test]
+    fn near_misses_stay() {
+        for s in [
+            "ask-me-anything",
+            "task-1234567890123456789012",
+            "AKIA-short",
+            "MASKIAIOSFODNN7EXAMPLE1",
+            "ghp_short",
+            "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----",
+            "",
+        ] {
+            assert_eq!(redact_text(s), None, "{s}");
+        }
+        // A key block with no END is redacted to the end.
+        let (out, _) = redact_text("x -----BEGIN RSA PRIVATE KEY-----\nMIIE...").unwrap();
+        assert_eq!(out, "x [REDACTED]");
+    }
+
+    #[test]
+    fn secret_fields_and_nested_values() {
+        let r = Redactor::new(&["SSN".into()]);
+        let mut v = json!({
+            "content": [{"type": "text", "text": format!("token: ghs_{}", "Z".repeat(36))}],
+            "structuredContent": {"user": "ann", "password": "hunter2", "apiKey": 12345, "ssn": "078-05-1120",
+                                  "max_tokens": 100, "secret": null, "nested": {"GITHUB_TOKEN": "abc"}},
+        });
+        assert_eq!(r.redact(&mut v), 5);
+        assert_eq!(v["content"][0]["text"], "token: [REDACTED]");
+        let s = &v["structuredContent"];
+        assert_eq!(s["user"], "ann");
+        assert_eq!(s["password"], REDACTED);
+        assert_eq!(s["apiKey"], REDACTED);
+        assert_eq!(s["ssn"], REDACTED);
+        assert_eq!(s["max_tokens"], 100);
+        assert_eq!(s["secret"], Value::Null);
+        assert_eq!(s["nested"]["GITHUB_TOKEN"], REDACTED);
+        // Nothing to redact: nothing changes.
+        let mut clean = json!({"content": [{"type": "text", "text": "hello"}]});
+        assert_eq!(r.redact(&mut clean), 0);
+    }
+}
