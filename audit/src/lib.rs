@@ -66,6 +66,7 @@ pub mod mask;
 pub mod merkle;
 pub mod proof;
 pub mod reader;
+pub mod resume;
 pub mod record;
 pub mod storage;
 pub mod verify;

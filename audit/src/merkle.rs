@@ -254,6 +254,26 @@ impl Frontier {
         self.size += 1;
     }
 
+    /// The size and the perfect subtrees (height, root), largest first.
+    pub fn parts(&self) -> (u64, &[(u32, Hash)]) {
+        (self.size, &self.stack)
+    }
+
+    /// Rebuilds a frontier from [`parts`](Self::parts); None unless the
+    /// heights strictly decrease and add up to `size` leaves.
+    pub fn from_parts(size: u64, stack: Vec<(u32, Hash)>) -> Option<Frontier> {
+        let mut total: u64 = 0;
+        let mut last = u32::MAX;
+        for &(h, _) in &stack {
+            if h >= last || h >= 64 {
+                return None;
+            }
+            last = h;
+            total = total.checked_add(1u64 << h)?;
+        }
+        (total == size).then_some(Frontier { size, stack })
+    }
+
     /// MTH of everything pushed so far: the perfect subtrees folded right to left.
     pub fn root(&self) -> Hash {
         let mut it = self.stack.iter().rev();

@@ -15,6 +15,7 @@ use crate::key::{self, KeyError};
 use crate::mask;
 use crate::merkle;
 use crate::record::{self, Kind, Record, FORMAT_VERSION, MAX_LINE};
+use crate::resume;
 use crate::storage::{self, StorageError};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
@@ -208,6 +209,31 @@ impl AuditLog {
         result.map(|()| log)
     }
 
+    /// Starts from `<log>.state` when it matches the log (see `resume`).
+    fn resume(&mut self, checkpoint_size: Option<u64>) {
+        let Some(st) = resume::load(&storage::sibling(&self.path, ".state")) else { return };
+        let len = match self.file.metadata() {
+            Ok(m) => m.len(),
+            Err(_) => return,
+        };
+        // The checkpoint must be at or beyond the state, so that reading the
+        // rest of the log still meets (and checks) the checkpointed size.
+        if st.bytes > len || checkpoint_size.is_some_and(|c| c < st.chain.next_seq) {
+            return;
+        }
+        self.known_len = st.bytes;
+        let matches = self
+            .read_last_line()
+            .ok()
+            .and_then(|line| Record::parse_line(&line).ok())
+            .is_some_and(|rec| rec.seq + 1 == st.chain.next_seq && rec.hash == st.chain.last_hash);
+        if matches {
+            self.chain = st.chain;
+        } else {
+            self.known_len = 0;
+        }
+    }
+
     fn open_locked(&mut self) -> Result<(), AuditError> {
         let existing = self.read_checkpoint_file()?;
         let mut at_size: Option<(merkle::Hash, Option<VerifyingKey>)> = None;
@@ -215,6 +241,7 @@ impl AuditLog {
         if want == Some(0) {
             at_size = Some((merkle::empty_root(), None));
         }
+        self.resume(want);
         let torn = self.fold_new_bytes(|chain| {
             if Some(chain.frontier.size()) == want {
                 at_size = Some((chain.frontier.root(), chain.current_key().copied()));
@@ -735,6 +762,12 @@ impl AuditLog {
             root: self.chain.frontier.root(),
         };
         storage::write_atomic(&self.checkpoint_path, cp.sign(&self.key).as_bytes(), 0o644)?;
+        // A cache for the next writer; losing it only costs a full read.
+        let _ = storage::write_atomic(
+            &storage::sibling(&self.path, ".state"),
+            resume::encode(self.known_len, &self.chain).as_bytes(),
+            0o600,
+        );
         self.last_checkpoint_size = cp.size;
         self.last_checkpoint_at = Instant::now();
         Ok(())

@@ -611,3 +611,61 @@ fn crash_while_writing_the_header_is_recovered() {
     assert_eq!(r.recoveries, vec![(1, 15)]);
     assert_eq!(r.kinds.get("header"), Some(&1));
 }
+
+fn state(t: &Tmp) -> PathBuf {
+    t.0.join("audit.log.state")
+}
+
+/// Appends `n` more verdicts and closes.
+fn append_more(t: &Tmp, n: usize) {
+    let mut log = AuditLog::open(&t.log(), test_key(1)).unwrap();
+    for i in 0..n {
+        log.append(Kind::Verdict, json!({"syscall": "openat", "path": format!("/w/more{i}"), "verdict": "allow"}))
+            .unwrap();
+    }
+    log.close().unwrap();
+}
+
+#[test]
+fn writers_resume_from_the_state_cache_and_the_log_still_verifies() {
+    let t = Tmp::new("resume");
+    make_log(&t, 50);
+    assert!(state(&t).exists(), "a checkpoint leaves a state cache beside it");
+    append_more(&t, 7);
+    append_more(&t, 3);
+    let report = verify(&t.log(), Some(&t.cp()), None).unwrap();
+    assert_eq!(report.records, 1 + 50 + 10);
+    // Proof that the next writer did not reread the log: a byte changed in an
+    // early record goes unnoticed by it (reading whole, it would refuse)...
+    let mut l = lines(&t.log());
+    l[5] = l[5].replacen("/w/f", "/w/g", 1);
+    write_lines(&t.log(), &l);
+    append_more(&t, 1);
+    // ...and `verify`, which never uses the cache, finds it.
+    let (seq, _) = bad_seq(verify(&t.log(), Some(&t.cp()), None));
+    assert_eq!(seq, 5);
+}
+
+#[test]
+fn a_forged_or_stale_state_cache_is_ignored() {
+    let t = Tmp::new("resume-forged");
+    make_log(&t, 20);
+    // A state whose last hash matches no record: ignored, the log is read whole.
+    let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(state(&t)).unwrap()).unwrap();
+    v["last_hash"] = json!("11".repeat(32));
+    let forged = v.to_string();
+    std::fs::write(state(&t), forged).unwrap();
+    append_more(&t, 2);
+    verify(&t.log(), Some(&t.cp()), None).unwrap();
+    // A state pointing past the end of the log (a log restored from backup): ignored too.
+    let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(state(&t)).unwrap()).unwrap();
+    v["bytes"] = json!(u64::MAX / 2);
+    std::fs::write(state(&t), v.to_string()).unwrap();
+    append_more(&t, 2);
+    let report = verify(&t.log(), Some(&t.cp()), None).unwrap();
+    assert_eq!(report.records, 1 + 20 + 4);
+    // Garbage: ignored.
+    std::fs::write(state(&t), "not json").unwrap();
+    append_more(&t, 1);
+    verify(&t.log(), Some(&t.cp()), None).unwrap();
+}

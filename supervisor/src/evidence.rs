@@ -24,10 +24,14 @@ pub struct AuditPaths {
 }
 
 impl AuditPaths {
-    /// `--audit-log`/`--audit-key`, else the defaults (`/var/log/portcullis`
-    /// and `/var/lib/portcullis` for root, the XDG state and data dirs otherwise).
+    /// `--audit-log`/`--audit-key`, else `$PORTCULLIS_AUDIT_LOG` /
+    /// `$PORTCULLIS_AUDIT_KEY`, else the defaults (`/var/log/portcullis` and
+    /// `/var/lib/portcullis` for root, the XDG state and data dirs otherwise).
     pub fn resolve(log: Option<&Path>, key: Option<&Path>, syslog: Option<&Path>) -> Result<AuditPaths, Failure> {
         let fail = |e: &dyn std::fmt::Display| Failure::setup(format!("audit log: {e}"));
+        let env_log = std::env::var_os("PORTCULLIS_AUDIT_LOG").map(PathBuf::from);
+        let env_key = std::env::var_os("PORTCULLIS_AUDIT_KEY").map(PathBuf::from);
+        let (log, key) = (log.or(env_log.as_deref()), key.or(env_key.as_deref()));
         let log = match log {
             Some(p) => absolute(p)?,
             None => audit::location::default_log_path().map_err(|e| fail(&e))?,

@@ -135,6 +135,10 @@ impl Sandbox {
             .env("HOME", &self.home)
             .env_remove("XDG_RUNTIME_DIR")
             .env_remove("XDG_CONFIG_HOME");
+        // Each sandbox keeps its own audit log: tests run as root must not
+        // write the machine's /var/log/portcullis, nor queue on its lock.
+        let audit = self.root.join("state");
+        c.env("PORTCULLIS_AUDIT_LOG", audit.join("audit.log")).env("PORTCULLIS_AUDIT_KEY", audit.join("audit.key"));
         c.stdin(Stdio::null());
         c
     }

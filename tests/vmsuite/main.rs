@@ -115,6 +115,9 @@ impl Suite {
         c.args(["--exec", &probe, "--workspace", &self.vars["ws"], "--", &probe]);
         c.args(args.iter().map(|a| self.expand(a)));
         c.current_dir(&self.vars["ws"]).stdin(Stdio::null()).env_remove("XDG_RUNTIME_DIR");
+        // The suite's own audit log per user, not the machine's.
+        let audit = self.dir.join(format!("audit-{who}"));
+        c.env("PORTCULLIS_AUDIT_LOG", audit.join("audit.log")).env("PORTCULLIS_AUDIT_KEY", audit.join("audit.key"));
         if who == "nobody" {
             c.uid(NOBODY).gid(NOBODY).env("HOME", self.dir.join("home"));
         }
@@ -207,6 +210,8 @@ impl Suite {
             .current_dir(&self.dir)
             .stdin(Stdio::null())
             .env("HOME", self.dir.join("home"))
+            .env("PORTCULLIS_AUDIT_LOG", self.dir.join("audit-root/audit.log"))
+            .env("PORTCULLIS_AUDIT_KEY", self.dir.join("audit-root/audit.key"))
             .output();
         match o {
             Ok(o) => {
