@@ -19,6 +19,11 @@ pub const BUILTIN: &[(&str, &str)] = &[
     ("strict", include_str!("../../profiles/strict.toml")),
     ("node", include_str!("../../profiles/node.toml")),
     ("python", include_str!("../../profiles/python.toml")),
+    ("mcp-filesystem", include_str!("../../profiles/mcp-filesystem.toml")),
+    ("mcp-memory", include_str!("../../profiles/mcp-memory.toml")),
+    ("mcp-everything", include_str!("../../profiles/mcp-everything.toml")),
+    ("mcp-git", include_str!("../../profiles/mcp-git.toml")),
+    ("mcp-time", include_str!("../../profiles/mcp-time.toml")),
 ];
 
 /// Where a profile's text came from.

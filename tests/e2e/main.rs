@@ -10,4 +10,5 @@ mod enforcement;
 mod evidence;
 mod lifecycle;
 mod limits;
+mod mcp;
 mod redteam;

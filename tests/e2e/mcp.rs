@@ -1,0 +1,448 @@
+//! The MCP gate against real MCP servers from npm and PyPI, driven by the
+//! official MCP Python SDK client (tests/mcp/driver.py), plus raw-stream
+//! cases against tests/mcp/fake_server.py, which records every message it
+//! receives so a test can show a refused call never reached it.
+//!
+//! The servers are installed once into target/tmp/mcp-servers (npm and a
+//! venv); when a registry is unreachable the tests skip with the reason
+//! (a failure under PORTCULLIS_STRICT_TESTS=1).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+
+use serde_json::{json, Value};
+
+use crate::support::*;
+
+const NPM_PACKAGES: [&str; 3] = [
+    "@modelcontextprotocol/server-filesystem",
+    "@modelcontextprotocol/server-everything",
+    "@modelcontextprotocol/server-memory",
+];
+const PYPI_PACKAGES: [&str; 3] = ["mcp", "mcp-server-git", "mcp-server-time"];
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+struct Servers {
+    root: PathBuf,
+}
+
+impl Servers {
+    fn npm(&self) -> PathBuf {
+        self.root.join("npm")
+    }
+    fn node_server(&self, name: &str) -> String {
+        self.npm().join(format!("node_modules/@modelcontextprotocol/{name}/dist/index.js")).to_str().unwrap().into()
+    }
+    fn python(&self) -> String {
+        self.root.join("venv/bin/python").to_str().unwrap().into()
+    }
+    /// The real interpreter behind the venv's symlink (what the sandbox must exec).
+    fn python_real(&self) -> String {
+        std::fs::canonicalize(self.python()).unwrap().to_str().unwrap().into()
+    }
+    fn site_packages(&self) -> String {
+        let lib = self.root.join("venv/lib");
+        let d = std::fs::read_dir(&lib).unwrap().flatten().next().unwrap().path();
+        d.join("site-packages").to_str().unwrap().into()
+    }
+}
+
+/// Installs the real servers once (cached across runs).
+fn servers() -> Option<&'static Servers> {
+    static S: OnceLock<Result<Servers, String>> = OnceLock::new();
+    let r = S.get_or_init(|| {
+        let root = Path::new(env!("CARGO_TARGET_TMPDIR")).join("mcp-servers");
+        std::fs::create_dir_all(&root).map_err(|e| e.to_string())?;
+        let s = Servers { root: root.clone() };
+        let npm_ok = NPM_PACKAGES.iter().all(|p| s.npm().join("node_modules").join(p).join("package.json").exists());
+        if !npm_ok {
+            let out = Command::new("npm")
+                .args(["install", "--prefix", s.npm().to_str().unwrap(), "--no-audit", "--no-fund"])
+                .args(NPM_PACKAGES)
+                .output()
+                .map_err(|e| format!("npm: {e}"))?;
+            if !out.status.success() {
+                return Err(format!(
+                    "npm install failed (registry unreachable?): {}",
+                    String::from_utf8_lossy(&out.stderr)
+                ));
+            }
+        }
+        let py_ok = Command::new(s.python()).args(["-c", "import mcp, mcp_server_git, mcp_server_time"]).output();
+        if !py_ok.is_ok_and(|o| o.status.success()) {
+            let venv = root.join("venv");
+            let _ = Command::new("python3").arg("-m").arg("venv").arg(&venv).status();
+            let out = Command::new(s.python())
+                .args(["-m", "pip", "install", "-q"])
+                .args(PYPI_PACKAGES)
+                .output()
+                .map_err(|e| format!("pip: {e}"))?;
+            if !out.status.success() {
+                return Err(format!(
+                    "pip install failed (PyPI unreachable?): {}",
+                    String::from_utf8_lossy(&out.stderr)
+                ));
+            }
+        }
+        Ok(s)
+    });
+    match r {
+        Ok(s) => Some(s),
+        Err(e) => {
+            skip(&format!("the real MCP servers could not be installed: {e}"));
+            None
+        }
+    }
+}
+
+/// `portcullis run --mcp` flags shared by every case.
+fn run_args(sb: &Sandbox, profile: &str, extra: &[&str]) -> Vec<String> {
+    let mut a: Vec<String> = vec!["run".into(), "--mcp".into(), "--profile".into(), profile.into()];
+    a.extend(["--workspace".into(), sb.path(&sb.ws)]);
+    a.extend(["--audit-log".into(), sb.path(&sb.root.join("audit/audit.log"))]);
+    a.extend(["--audit-key".into(), sb.path(&sb.root.join("audit/audit.key"))]);
+    a.extend(extra.iter().map(|s| s.to_string()));
+    a
+}
+
+/// Runs the SDK driver against `portcullis ARGS -- SERVER...`; returns its report.
+fn drive(sb: &Sandbox, servers: &Servers, args: Vec<String>, server: &[&str], calls: Value) -> Value {
+    let mut all = args;
+    all.push("--".into());
+    all.extend(server.iter().map(|s| s.to_string()));
+    let script = json!({
+        "command": PORTCULLIS,
+        "args": all,
+        "cwd": sb.path(&sb.ws),
+        "env": {
+            "HOME": sb.path(&sb.home), "PATH": "/usr/local/bin:/usr/bin:/bin",
+            "XDG_STATE_HOME": sb.path(&sb.root.join("state")),
+            "SEEN": sb.path(&sb.ws.join("seen.jsonl")),
+        },
+        "calls": calls,
+    });
+    let f = sb.root.join("script.json");
+    std::fs::write(&f, script.to_string()).unwrap();
+    let out = Command::new(servers.python())
+        .arg(repo().join("tests/mcp/driver.py"))
+        .arg(&f)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "driver failed\nstdout: {stdout}\nstderr: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_str(stdout.lines().last().unwrap_or("")).unwrap_or_else(|e| panic!("{e}: {stdout}"))
+}
+
+fn audit_records(sb: &Sandbox) -> Vec<Value> {
+    let r = sb.run(&[
+        "audit",
+        "list",
+        "--log",
+        &sb.path(&sb.root.join("audit/audit.log")),
+        "--key",
+        &sb.path(&sb.root.join("audit/audit.key")),
+        "--json",
+    ]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    r.stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["kind"] == "tool_call")
+        .collect()
+}
+
+fn audit_verifies(sb: &Sandbox) {
+    let v = sb.run(&[
+        "audit",
+        "verify",
+        "--log",
+        &sb.path(&sb.root.join("audit/audit.log")),
+        "--key",
+        &sb.path(&sb.root.join("audit/audit.key")),
+    ]);
+    assert_eq!(v.code, 0, "{} {}", v.stdout, v.stderr);
+}
+
+fn node_flags(s: &Servers) -> Vec<String> {
+    vec!["--read".into(), s.npm().to_str().unwrap().into()]
+}
+
+fn python_flags(s: &Servers) -> Vec<String> {
+    let venv = s.root.join("venv");
+    let real = s.python_real();
+    let prefix = Path::new(&real).parent().unwrap().parent().unwrap().to_str().unwrap().to_string();
+    vec![
+        "--read".into(),
+        venv.to_str().unwrap().into(),
+        "--read".into(),
+        prefix,
+        "--read".into(),
+        repo().join("tests/mcp").to_str().unwrap().into(),
+        "--exec".into(),
+        real,
+        "--exec".into(),
+        s.python(),
+        "--env".into(),
+        "SEEN".into(),
+    ]
+}
+
+fn strs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
+#[test]
+fn everything_server_initialize_and_list_pass_an_allowed_tool_works_a_denied_one_is_refused() {
+    let Some(s) = servers() else { return };
+    let sb = Sandbox::new("mcp-everything", As::Caller);
+    let args = run_args(&sb, "mcp-everything", &strs(&node_flags(s)));
+    let r = drive(
+        &sb,
+        s,
+        args,
+        &["node", &s.node_server("server-everything")],
+        json!([{"tool": "echo", "arguments": {"message": "hello"}}, {"tool": "get-env", "arguments": {}},
+               {"tool": "get-sum", "arguments": {"a": 2, "b": 3}}]),
+    );
+    assert_eq!(r["server"], "mcp-servers/everything", "{r}");
+    assert!(r["tools"].as_array().unwrap().iter().any(|t| t == "get-env"), "tools/list passes unchanged: {r}");
+    let calls = r["calls"].as_array().unwrap();
+    assert_eq!(calls[0]["text"], "Echo: hello", "{r}");
+    assert_eq!(calls[1]["ok"], false);
+    assert_eq!(calls[1]["code"], -32001, "{r}");
+    assert!(calls[1]["message"].as_str().unwrap().contains("get-env"), "{r}");
+    assert!(calls[2]["text"].as_str().unwrap().contains('5'), "{r}");
+    let recs = audit_records(&sb);
+    assert!(recs.iter().any(|r| r["body"]["tool"] == "get-env" && r["body"]["verdict"] == "deny"), "{recs:?}");
+    assert!(recs.iter().any(|r| r["body"]["tool"] == "echo" && r["body"]["status"] == "ok"), "{recs:?}");
+    audit_verifies(&sb);
+}
+
+#[test]
+fn filesystem_server_reads_inside_and_the_kernel_stops_it_outside() {
+    let Some(s) = servers() else { return };
+    let sb = Sandbox::new("mcp-fs", As::Caller);
+    // The server is told it may use both directories; the profile grants only the workspace.
+    let args = run_args(&sb, "mcp-filesystem", &strs(&node_flags(s)));
+    let inside = sb.path(&sb.ws.join("file.txt"));
+    let outside = sb.path(&sb.outside.join("secret.txt"));
+    let r = drive(
+        &sb,
+        s,
+        args,
+        &["node", &s.node_server("server-filesystem"), &sb.path(&sb.ws), &sb.path(&sb.outside)],
+        json!([{"tool": "read_text_file", "arguments": {"path": inside}},
+               {"tool": "read_text_file", "arguments": {"path": outside}},
+               {"tool": "write_file", "arguments": {"path": sb.path(&sb.outside.join("planted.txt")), "content": "x"}},
+               {"tool": "write_file", "arguments": {"path": sb.path(&sb.ws.join("new.txt")), "content": "ok"}}]),
+    );
+    let calls = r["calls"].as_array().unwrap();
+    assert_eq!(calls[0]["text"], "inside\n", "{r}");
+    // The server's own check let it through; Landlock said no.
+    assert_eq!(calls[1]["isError"], true, "{r}");
+    let msg = calls[1]["text"].as_str().unwrap();
+    assert!(msg.contains("EACCES") || msg.contains("permission denied"), "{r}");
+    assert!(!msg.contains("outside\n"), "{r}");
+    assert_eq!(calls[2]["isError"], true, "{r}");
+    assert!(!sb.outside.join("planted.txt").exists(), "the kernel kept the write out");
+    assert_eq!(calls[3]["isError"], false, "{r}");
+    assert_eq!(std::fs::read_to_string(sb.ws.join("new.txt")).unwrap(), "ok", "the positive twin");
+}
+
+#[test]
+fn a_denied_write_never_reaches_the_filesystem_server() {
+    let Some(s) = servers() else { return };
+    let sb = Sandbox::new("mcp-fs-deny", As::Caller);
+    let profile =
+        sb.profile("ro.toml", "extends = \"mcp-filesystem\"\n[mcp.tools]\ndeny = [\"write_file\", \"edit_file\"]\n");
+    let args = run_args(&sb, &profile, &strs(&node_flags(s)));
+    let target = sb.ws.join("denied.txt");
+    let r = drive(
+        &sb,
+        s,
+        args,
+        &["node", &s.node_server("server-filesystem"), &sb.path(&sb.ws)],
+        json!([{"tool": "write_file", "arguments": {"path": sb.path(&target), "content": "x"}},
+               {"tool": "list_directory", "arguments": {"path": sb.path(&sb.ws)}}]),
+    );
+    let calls = r["calls"].as_array().unwrap();
+    assert_eq!(calls[0]["code"], -32001, "{r}");
+    assert!(!target.exists(), "the server never performed the denied call");
+    assert!(calls[1]["text"].as_str().unwrap().contains("file.txt"), "{r}");
+}
+
+#[test]
+fn a_denied_call_never_reaches_the_server_and_ask_fails_closed() {
+    let Some(s) = servers() else { return };
+    let sb = Sandbox::new("mcp-fake", As::Caller);
+    let profile = sb.profile("fake.toml", "extends = \"python\"\n[mcp.tools]\ndeny = [\"secret\"]\nask = [\"big\"]\n");
+    let mut flags = python_flags(s);
+    flags.extend(["--read".into(), s.site_packages()]);
+    let args = run_args(&sb, &profile, &strs(&flags));
+    let r = drive(
+        &sb,
+        s,
+        args,
+        &[&s.python_real(), &sb.path(&repo().join("tests/mcp/fake_server.py"))],
+        json!([{"tool": "echo", "arguments": {"text": "hi"}}, {"tool": "secret"}, {"tool": "big", "arguments": {"n": 5}},
+               {"tool": "wipe"}]),
+    );
+    let calls = r["calls"].as_array().unwrap();
+    assert_eq!(calls[0]["text"], "hi", "{r}");
+    assert_eq!(calls[1]["code"], -32001, "{r}");
+    assert_eq!(calls[2]["code"], -32002, "{r}");
+    assert!(calls[2]["message"].as_str().unwrap().contains("no approval broker"), "{r}");
+    // wipe is annotated destructive: with no rule it asks, and without a broker that is no.
+    assert_eq!(calls[3]["code"], -32002, "{r}");
+    let seen = std::fs::read_to_string(sb.ws.join("seen.jsonl")).unwrap();
+    let tools: Vec<String> = seen
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|m| m["method"] == "tools/call")
+        .map(|m| m["params"]["name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(tools, vec!["echo"], "the server saw only the allowed call: {seen}");
+}
+
+#[test]
+fn arguments_are_masked_and_results_redacted() {
+    let Some(s) = servers() else { return };
+    let sb = Sandbox::new("mcp-mask", As::Caller);
+    let mut flags = python_flags(s);
+    flags.extend(["--read".into(), s.site_packages()]);
+    let args = run_args(&sb, "python", &strs(&flags));
+    let r = drive(
+        &sb,
+        s,
+        args,
+        &[&s.python_real(), &sb.path(&repo().join("tests/mcp/fake_server.py"))],
+        json!([{"tool": "echo", "arguments": {"text": "hi", "password": "hunter2", "token": "ghp_0123456789abcdefghijABCDEFGHIJ012345"}},
+               {"tool": "secret"}]),
+    );
+    let calls = r["calls"].as_array().unwrap();
+    let secret = calls[1]["text"].as_str().unwrap();
+    assert!(!secret.contains("AKIAIOSFODNN7EXAMPLE") && !secret.contains("MIIEabc"), "{r}");
+    assert_eq!(secret.matches("[REDACTED]").count(), 2, "{r}");
+    let log = std::fs::read_to_string(sb.root.join("audit/audit.log")).unwrap();
+    assert!(!log.contains("hunter2") && !log.contains("ghp_0123456789"), "arguments are masked in the log");
+    let recs = audit_records(&sb);
+    let echo = recs.iter().find(|r| r["body"]["tool"] == "echo").unwrap();
+    assert_eq!(echo["body"]["arguments"]["password"], "********");
+    assert_eq!(echo["body"]["arguments"]["text"], "hi");
+    for k in ["verdict", "decided_by", "status", "duration_us"] {
+        assert!(!echo["body"][k].is_null(), "{k} is recorded: {echo}");
+    }
+    audit_verifies(&sb);
+}
+
+#[test]
+fn rate_limit_and_breaker_trip_on_real_servers() {
+    let Some(s) = servers() else { return };
+    let sb = Sandbox::new("mcp-limits", As::Caller);
+    let profile = sb.profile("lim.toml", "extends = \"mcp-filesystem\"\n[mcp.rate]\n\"list_directory\" = \"2/min\"\n");
+    let args = run_args(&sb, &profile, &strs(&node_flags(s)));
+    let ws = sb.path(&sb.ws);
+    let missing = sb.path(&sb.ws.join("missing.txt"));
+    let mut calls = vec![json!({"tool": "list_directory", "arguments": {"path": ws}}); 3];
+    calls.extend(vec![json!({"tool": "read_text_file", "arguments": {"path": missing}}); 6]);
+    let r = drive(&sb, s, args, &["node", &s.node_server("server-filesystem"), &ws], Value::Array(calls));
+    let c = r["calls"].as_array().unwrap();
+    assert_eq!(c[0]["ok"], true, "{r}");
+    assert_eq!(c[1]["ok"], true, "{r}");
+    assert_eq!(c[2]["code"], -32003, "{r}");
+    assert!(c[2]["data"]["portcullis"]["retry_after_ms"].as_u64().unwrap() > 0, "{r}");
+    for (i, call) in c[3..8].iter().enumerate() {
+        assert_eq!(call["isError"], true, "failure {i} reaches the server: {r}");
+    }
+    assert_eq!(c[8]["code"], -32004, "the sixth call fails fast: {r}");
+}
+
+#[test]
+fn pypi_time_and_git_servers_work_under_their_profiles() {
+    let Some(s) = servers() else { return };
+    let sb = Sandbox::new("mcp-py", As::Caller);
+    let mut flags = python_flags(s);
+    flags.extend(["--read".into(), s.site_packages()]);
+    let args = run_args(&sb, "mcp-time", &strs(&flags));
+    let r = drive(
+        &sb,
+        s,
+        args,
+        &[&s.python(), "-m", "mcp_server_time", "--local-timezone", "UTC"],
+        json!([{"tool": "get_current_time", "arguments": {"timezone": "Europe/Paris"}}, {"tool": "not_a_tool"}]),
+    );
+    let c = r["calls"].as_array().unwrap();
+    assert!(c[0]["text"].as_str().unwrap().contains("Europe/Paris"), "{r}");
+    assert_eq!(c[1]["code"], -32001, "mcp-time denies tools it does not name: {r}");
+
+    let git = |args: &[&str]| Command::new("git").args(args).current_dir(&sb.ws).output().unwrap();
+    git(&["init", "-q"]);
+    let args = run_args(&sb, "mcp-git", &strs(&flags));
+    let ws = sb.path(&sb.ws);
+    let r = drive(
+        &sb,
+        s,
+        args,
+        &[&s.python(), "-m", "mcp_server_git", "--repository", &ws],
+        json!([{"tool": "git_status", "arguments": {"repo_path": ws}}, {"tool": "git_reset", "arguments": {"repo_path": ws}}]),
+    );
+    let c = r["calls"].as_array().unwrap();
+    assert!(c[0]["text"].as_str().unwrap().contains("file.txt"), "{r}");
+    assert_eq!(c[1]["code"], -32002, "git_reset asks, and no broker means no: {r}");
+}
+
+/// Raw stream: malformed and oversized messages get errors, the session goes on,
+/// and closing the client's side ends the run cleanly.
+#[test]
+fn malformed_and_oversized_messages_get_errors_and_eof_ends_the_run() {
+    let Some(s) = servers() else { return };
+    let sb = Sandbox::new("mcp-raw", As::Caller);
+    let profile = sb.profile("small.toml", "extends = \"python\"\n[mcp]\nmax_message = \"64K\"\n");
+    let mut flags = python_flags(s);
+    flags.extend(["--read".into(), s.site_packages()]);
+    let mut args = run_args(&sb, &profile, &strs(&flags));
+    args.push("--".into());
+    args.push(s.python_real());
+    args.push(sb.path(&repo().join("tests/mcp/fake_server.py")));
+    let mut child = sb
+        .portcullis(&strs(&args))
+        .env("SEEN", sb.ws.join("seen.jsonl"))
+        .env("XDG_STATE_HOME", sb.root.join("state"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    let big = format!(
+        "{{\"jsonrpc\":\"2.0\",\"id\":2,\"method\":\"tools/call\",\"params\":{{\"name\":\"echo\",\"arguments\":{{\"text\":\"{}\"}}}}}}\n",
+        "a".repeat(100_000)
+    );
+    input.write_all(b"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":tools/list}\n").unwrap();
+    input.write_all(big.as_bytes()).unwrap();
+    input.write_all(b"{\"jsonrpc\":\"2.0\",\"id\":3,\"method\":\"tools/call\",\"params\":{\"name\":\"big\",\"arguments\":{\"n\":100000}}}\n").unwrap();
+    input.write_all(b"{\"jsonrpc\":\"2.0\",\"id\":4,\"method\":\"tools/call\",\"params\":{\"name\":\"echo\",\"arguments\":{\"text\":\"still here\"}}}\n").unwrap();
+    drop(input);
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "closing stdin ends the server and the run: {stderr}");
+    let replies: Vec<Value> = stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let by_id = |id: i64| replies.iter().find(|r| r["id"] == id).unwrap_or_else(|| panic!("no reply {id}: {stdout}"));
+    assert_eq!(by_id(1)["error"]["code"], -32700, "{stdout}");
+    assert_eq!(by_id(2)["error"]["code"], -32006, "{stdout}");
+    assert_eq!(by_id(3)["error"]["code"], -32006, "the server's oversized result is dropped: {stdout}");
+    assert_eq!(by_id(4)["result"]["content"][0]["text"], "still here", "{stdout}");
+    let seen = std::fs::read_to_string(sb.ws.join("seen.jsonl"))
+        .unwrap_or_else(|e| panic!("{e}: {:?} {stderr}", std::fs::read_dir(&sb.ws).unwrap().collect::<Vec<_>>()));
+    assert!(
+        !seen.contains("\"id\": 1,") && !seen.contains("\"id\": 2,"),
+        "refused messages were not forwarded: {seen}"
+    );
+}
