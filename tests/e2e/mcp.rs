@@ -446,3 +446,64 @@ fn malformed_and_oversized_messages_get_errors_and_eof_ends_the_run() {
         "refused messages were not forwarded: {seen}"
     );
 }
+
+/// Sample configs of each client format (tests/mcp/configs): wrap rewrites
+/// every stdio server and nothing else, is idempotent, --dry-run writes
+/// nothing, and unwrap restores the original byte for byte.
+#[test]
+fn wrap_and_unwrap_round_trip_every_client_format() {
+    let sb = Sandbox::new("mcp-wrap", As::Caller);
+    let cases: [(&str, &str, usize); 5] = [
+        ("claude_desktop_config.json", "claude_desktop_config.json", 2),
+        ("claude_code.mcp.json", ".mcp.json", 1),
+        ("claude.json", ".claude.json", 2),
+        ("vscode.mcp.json", ".vscode/mcp.json", 1),
+        ("cursor.mcp.json", "mcp.json", 2),
+    ];
+    for (sample, name, stdio_servers) in cases {
+        let dir = sb.root.join(sample.replace('.', "_"));
+        let file = dir.join(name);
+        std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+        let original = std::fs::read(repo().join("tests/mcp/configs").join(sample)).unwrap();
+        std::fs::write(&file, &original).unwrap();
+        let f = sb.path(&file);
+        let dry = sb.run(&["wrap", &f, "--dry-run"]);
+        assert_eq!(dry.code, 0, "{}", dry.stderr);
+        assert!(dry.stdout.contains("+") && dry.stdout.contains("--mcp"), "{sample}: {}", dry.stdout);
+        assert_eq!(std::fs::read(&file).unwrap(), original, "{sample}: --dry-run writes nothing");
+        let w = sb.run(&["wrap", &f]);
+        assert_eq!(w.code, 0, "{sample}: {}", w.stderr);
+        let wrapped = std::fs::read_to_string(&file).unwrap();
+        let v: Value = serde_json::from_str(&wrapped).unwrap_or_else(|e| panic!("{sample}: {e}: {wrapped}"));
+        let mut servers: Vec<&Value> = Vec::new();
+        for key in ["mcpServers", "servers"] {
+            servers.extend(v[key].as_object().into_iter().flat_map(|m| m.values()));
+        }
+        for p in v["projects"].as_object().into_iter().flat_map(|m| m.values()) {
+            servers.extend(p["mcpServers"].as_object().into_iter().flat_map(|m| m.values()));
+        }
+        let wrapped_n = servers.iter().filter(|s| s["args"][1] == "--mcp").count();
+        assert_eq!(wrapped_n, stdio_servers, "{sample}: {wrapped}");
+        for s in servers.iter().filter(|s| s.get("url").is_some()) {
+            assert!(s.get("command").is_none(), "{sample}: HTTP servers are untouched");
+        }
+        assert!(
+            w.stderr.contains("HTTP/SSE") || !String::from_utf8_lossy(&original).contains("\"url\""),
+            "{}",
+            w.stderr
+        );
+        assert_eq!(
+            std::fs::read(
+                file.with_file_name(format!("{}.portcullis-backup", file.file_name().unwrap().to_str().unwrap()))
+            )
+            .unwrap(),
+            original
+        );
+        // Idempotent.
+        assert_eq!(sb.run(&["wrap", &f]).code, 0);
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), wrapped, "{sample}: wrapping twice changes nothing");
+        let u = sb.run(&["unwrap", &f]);
+        assert_eq!(u.code, 0, "{}", u.stderr);
+        assert_eq!(std::fs::read(&file).unwrap(), original, "{sample}: unwrap restores byte for byte");
+    }
+}

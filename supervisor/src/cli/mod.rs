@@ -3,6 +3,7 @@
 mod audit;
 mod doctor;
 mod explain;
+mod mcp;
 mod probe_op;
 mod profile;
 mod run;
@@ -56,6 +57,19 @@ pub enum Cmd {
         #[command(subcommand)]
         cmd: ProfileCmd,
     },
+    /// Put `portcullis run --mcp` in front of the stdio servers of an MCP
+    /// client config (Claude Desktop, Claude Code, VS Code, Cursor); keeps FILE.portcullis-backup.
+    Wrap {
+        file: PathBuf,
+        /// Use this profile for every server instead of recognising each.
+        #[arg(long, value_name = "NAME|PATH")]
+        profile: Option<String>,
+        /// Show what would change; write nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Undo `wrap`: the original file byte for byte when it is unchanged since.
+    Unwrap { file: PathBuf },
     /// Internal: what `profile test` runs inside the sandbox.
     #[command(hide = true, name = "probe-op")]
     ProbeOp { op: String, target: String },
@@ -115,12 +129,12 @@ pub struct SandboxArgs {
     /// Run even if this kernel cannot enforce every rule; print what is degraded.
     #[arg(long)]
     pub best_effort: bool,
-    /// The signed audit log (default: /var/log/portcullis/audit.log for root,
-    /// else $XDG_STATE_HOME/portcullis/audit.log).
+    /// The signed audit log (default: $PORTCULLIS_AUDIT_LOG, else
+    /// /var/log/portcullis/audit.log for root, else $XDG_STATE_HOME/portcullis/audit.log).
     #[arg(long, value_name = "PATH")]
     pub audit_log: Option<PathBuf>,
-    /// Its signing key (default: /var/lib/portcullis/audit.key for root,
-    /// else $XDG_DATA_HOME/portcullis/audit.key).
+    /// Its signing key (default: $PORTCULLIS_AUDIT_KEY, else
+    /// /var/lib/portcullis/audit.key for root, else $XDG_DATA_HOME/portcullis/audit.key).
     #[arg(long, value_name = "PATH")]
     pub audit_key: Option<PathBuf>,
     /// Also forward each audit record to syslog (journald reads /dev/log
@@ -209,6 +223,8 @@ pub fn main() -> i32 {
         Cmd::Explain(args) => explain::explain(args),
         Cmd::Profile { cmd } => profile::profile(cmd),
         Cmd::Audit { cmd } => audit::audit(cmd),
+        Cmd::Wrap { file, profile, dry_run } => mcp::wrap(&file, profile.as_deref(), dry_run),
+        Cmd::Unwrap { file } => mcp::unwrap(&file),
         Cmd::ProbeOp { op, target } => Ok(probe_op::probe_op(&op, &target)),
     };
     match result {

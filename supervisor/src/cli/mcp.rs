@@ -1,0 +1,465 @@
+//! `portcullis wrap FILE` / `unwrap FILE`: put `portcullis run --mcp` in
+//! front of the stdio servers of an MCP client's config, and take it away.
+//!
+//! Shapes (from each client's documentation):
+//! - Claude Desktop `claude_desktop_config.json`, Claude Code `.mcp.json`,
+//!   Cursor `~/.cursor/mcp.json`: `{"mcpServers": {NAME: {"command", "args", "env"}}}`;
+//! - Claude Code `~/.claude.json`: the same at the top and under `projects.PATH.mcpServers`;
+//! - VS Code `.vscode/mcp.json`: `{"servers": {NAME: {"type": "stdio", "command", "args"}}}`.
+//!
+//! Servers with a `url` (HTTP, SSE) are left alone with a note. Only the
+//! `command` and `args` values are rewritten, in place: every other byte of
+//! the file stays as it was. The original is kept as `FILE.portcullis-backup`;
+//! `unwrap` restores it byte for byte when the file is still what `wrap`
+//! wrote, and otherwise unwraps each server in place.
+
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+use crate::exit::Failure;
+
+/// `FILE.portcullis-backup`.
+pub fn backup_path(file: &Path) -> PathBuf {
+    let mut s = file.as_os_str().to_owned();
+    s.push(".portcullis-backup");
+    PathBuf::from(s)
+}
+
+// ------------------------------------------------------------ a JSON reader that keeps byte spans
+
+#[derive(Debug)]
+enum Node {
+    Object(Vec<(String, Span)>),
+    Array,
+    Scalar,
+}
+
+#[derive(Debug)]
+struct Span {
+    start: usize,
+    end: usize,
+    node: Node,
+}
+
+struct Reader<'a> {
+    b: &'a [u8],
+    i: usize,
+}
+
+impl Reader<'_> {
+    fn ws(&mut self) {
+        while self.i < self.b.len() && self.b[self.i].is_ascii_whitespace() {
+            self.i += 1;
+        }
+    }
+
+    fn value(&mut self, depth: usize) -> Result<Span, String> {
+        if depth > 64 {
+            return Err("nested too deep".into());
+        }
+        self.ws();
+        let start = self.i;
+        let node = match self.b.get(self.i) {
+            Some(b'{') => {
+                self.i += 1;
+                let mut members = Vec::new();
+                self.ws();
+                if self.b.get(self.i) == Some(&b'}') {
+                    self.i += 1;
+                } else {
+                    loop {
+                        self.ws();
+                        let ks = self.i;
+                        self.string()?;
+                        let key: String = serde_json::from_slice(&self.b[ks..self.i]).map_err(|e| e.to_string())?;
+                        self.ws();
+                        if self.b.get(self.i) != Some(&b':') {
+                            return Err(format!("expected `:` at byte {}", self.i));
+                        }
+                        self.i += 1;
+                        members.push((key, self.value(depth + 1)?));
+                        self.ws();
+                        match self.b.get(self.i) {
+                            Some(b',') => self.i += 1,
+                            Some(b'}') => {
+                                self.i += 1;
+                                break;
+                            }
+                            _ => return Err(format!("expected `,` or `}}` at byte {}", self.i)),
+                        }
+                    }
+                }
+                Node::Object(members)
+            }
+            Some(b'[') => {
+                self.i += 1;
+                let mut items = Vec::new();
+                self.ws();
+                if self.b.get(self.i) == Some(&b']') {
+                    self.i += 1;
+                } else {
+                    loop {
+                        items.push(self.value(depth + 1)?);
+                        self.ws();
+                        match self.b.get(self.i) {
+                            Some(b',') => self.i += 1,
+                            Some(b']') => {
+                                self.i += 1;
+                                break;
+                            }
+                            _ => return Err(format!("expected `,` or `]` at byte {}", self.i)),
+                        }
+                    }
+                }
+                drop(items);
+                Node::Array
+            }
+            Some(b'"') => {
+                self.string()?;
+                Node::Scalar
+            }
+            Some(_) => {
+                while self.i < self.b.len() && !b",}] \t\r\n".contains(&self.b[self.i]) {
+                    self.i += 1;
+                }
+                Node::Scalar
+            }
+            None => return Err("unexpected end".into()),
+        };
+        Ok(Span { start, end: self.i, node })
+    }
+
+    fn string(&mut self) -> Result<(), String> {
+        if self.b.get(self.i) != Some(&b'"') {
+            return Err(format!("expected a string at byte {}", self.i));
+        }
+        self.i += 1;
+        while self.i < self.b.len() {
+            match self.b[self.i] {
+                b'\\' => self.i += 2,
+                b'"' => {
+                    self.i += 1;
+                    return Ok(());
+                }
+                _ => self.i += 1,
+            }
+        }
+        Err("unterminated string".into())
+    }
+}
+
+fn member<'a>(s: &'a Span, key: &str) -> Option<&'a Span> {
+    match &s.node {
+        Node::Object(m) => m.iter().rev().find(|(k, _)| k == key).map(|(_, v)| v),
+        _ => None,
+    }
+}
+
+/// Every server entry: (name, its span).
+fn server_entries(root: &Span) -> Vec<(&str, &Span)> {
+    fn collect<'a>(out: &mut Vec<(&'a str, &'a Span)>, obj: Option<&'a Span>) {
+        if let Some(Span { node: Node::Object(m), .. }) = obj {
+            out.extend(m.iter().map(|(k, v)| (k.as_str(), v)));
+        }
+    }
+    let mut out = Vec::new();
+    collect(&mut out, member(root, "mcpServers"));
+    collect(&mut out, member(root, "servers"));
+    if let Some(Span { node: Node::Object(projects), .. }) = member(root, "projects") {
+        for (_, p) in projects {
+            collect(&mut out, member(p, "mcpServers"));
+        }
+    }
+    out
+}
+
+// ------------------------------------------------------------ choosing a profile
+
+/// The `portcullis run` flags for a server launched as `command args`.
+pub fn flags_for(command: &str, args: &[String], workspace: &Path) -> Vec<String> {
+    let has = |pkg: &str| args.iter().any(|a| a == pkg || a.starts_with(&format!("{pkg}@")));
+    let mut flags = vec!["run".to_string(), "--mcp".to_string(), "--profile".to_string()];
+    let base = Path::new(command).file_name().and_then(|n| n.to_str()).unwrap_or(command);
+    if has("@modelcontextprotocol/server-filesystem") {
+        flags.push("mcp-filesystem".into());
+        // The directories the server is given become exactly the writable paths.
+        let pkg = args.iter().position(|a| a.starts_with("@modelcontextprotocol/server-filesystem")).unwrap_or(0);
+        for dir in args[pkg + 1..].iter().filter(|a| !a.starts_with('-')) {
+            flags.extend(["--write".into(), dir.clone()]);
+        }
+    } else if has("@modelcontextprotocol/server-memory") {
+        flags.push("mcp-memory".into());
+    } else if has("@modelcontextprotocol/server-everything") {
+        flags.push("mcp-everything".into());
+    } else if has("mcp-server-git") {
+        flags.push("mcp-git".into());
+        if let Some(i) = args.iter().position(|a| a == "--repository" || a == "-r") {
+            if let Some(repo) = args.get(i + 1) {
+                flags.extend(["--write".into(), repo.clone()]);
+            }
+        }
+    } else if has("mcp-server-time") {
+        flags.push("mcp-time".into());
+    } else if matches!(base, "npx" | "node" | "npm") {
+        flags.push("node".into());
+    } else if matches!(base, "uvx" | "uv" | "python" | "python3") {
+        flags.push("python".into());
+    } else {
+        // Unknown server: the strict default, with only its own command allowed.
+        flags.extend(["strict".into(), "--exec".into(), command.to_string()]);
+    }
+    flags.extend(["--workspace".into(), workspace.display().to_string()]);
+    flags
+}
+
+/// Where `{workspace}` points for servers of this config: the project for
+/// project configs, a private empty directory per server for user-wide ones.
+fn workspace_for(file: &Path, server: &str) -> Result<PathBuf, Failure> {
+    let abs = std::fs::canonicalize(file).map_err(|e| Failure::setup(format!("{}: {e}", file.display())))?;
+    let name = abs.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    let dir = abs.parent().unwrap_or(Path::new("/"));
+    if name == "mcp.json" && dir.file_name().is_some_and(|d| d == ".vscode") {
+        return Ok(dir.parent().unwrap_or(dir).to_path_buf());
+    }
+    if name == ".mcp.json" {
+        return Ok(dir.to_path_buf());
+    }
+    let data = std::env::var_os("XDG_DATA_HOME")
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute())
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
+        .ok_or_else(|| Failure::setup("wrap: neither $XDG_DATA_HOME nor $HOME is set"))?;
+    let safe: String =
+        server.chars().map(|c| if c.is_ascii_alphanumeric() || "-_.".contains(c) { c } else { '_' }).collect();
+    let ws = data.join("portcullis/workspaces").join(safe);
+    std::fs::create_dir_all(&ws).map_err(|e| Failure::setup(format!("{}: {e}", ws.display())))?;
+    Ok(ws)
+}
+
+/// `portcullis run --mcp ... -- CMD`, whatever the binary is called or where it lives.
+fn is_wrapped(_command: &str, args: &[String]) -> bool {
+    args.len() >= 3 && args[0] == "run" && args[1] == "--mcp" && args.iter().any(|a| a == "--")
+}
+
+fn portcullis_path() -> String {
+    std::env::current_exe().map(|p| p.display().to_string()).unwrap_or_else(|_| "portcullis".into())
+}
+
+// ------------------------------------------------------------ rewriting
+
+struct Edit {
+    start: usize,
+    end: usize,
+    text: String,
+}
+
+fn json_str(s: &str) -> String {
+    serde_json::to_string(s).unwrap_or_default()
+}
+
+fn json_args(args: &[String]) -> String {
+    serde_json::to_string(args).unwrap_or_default()
+}
+
+/// The wrapped text, and notes for the user.
+pub fn wrap_text(text: &str, file: &Path, profile: Option<&str>) -> Result<(String, Vec<String>), Failure> {
+    let bad = |e: String| Failure::setup(format!("{}: not a JSON config I can read: {e}", file.display()));
+    let root = Reader { b: text.as_bytes(), i: 0 }.value(0).map_err(bad)?;
+    let mut edits = Vec::new();
+    let mut notes = Vec::new();
+    for (name, entry) in server_entries(&root) {
+        let full: Value = serde_json::from_str(&text[entry.start..entry.end]).map_err(|e| bad(e.to_string()))?;
+        let Some(command) = full.get("command").and_then(Value::as_str) else {
+            if full.get("url").is_some() || full.get("serverUrl").is_some() {
+                notes.push(format!("{name}: an HTTP/SSE server; left as it is (the gate covers stdio servers)"));
+            }
+            continue;
+        };
+        let args: Vec<String> = match full.get("args") {
+            None => Vec::new(),
+            Some(Value::Array(a)) => {
+                a.iter().map(|v| v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string())).collect()
+            }
+            Some(_) => {
+                notes.push(format!("{name}: `args` is not a list; left as it is"));
+                continue;
+            }
+        };
+        if is_wrapped(command, &args) {
+            notes.push(format!("{name}: already wrapped"));
+            continue;
+        }
+        let ws = workspace_for(file, name)?;
+        let mut flags = flags_for(command, &args, &ws);
+        if let Some(p) = profile {
+            flags[3] = p.to_string();
+        }
+        flags.push("--".into());
+        flags.push(command.to_string());
+        flags.extend(args.iter().cloned());
+        notes.push(format!("{name}: wrapped with profile {}", flags[3]));
+        let cmd_span = member(entry, "command").ok_or_else(|| bad("no command span".into()))?;
+        edits.push(Edit { start: cmd_span.start, end: cmd_span.end, text: json_str(&portcullis_path()) });
+        match member(entry, "args") {
+            Some(a) => edits.push(Edit { start: a.start, end: a.end, text: json_args(&flags) }),
+            None => edits.push(Edit {
+                start: cmd_span.end,
+                end: cmd_span.end,
+                text: format!(", \"args\": {}", json_args(&flags)),
+            }),
+        }
+    }
+    Ok((apply(text, edits), notes))
+}
+
+/// Each wrapped server back to its own command and arguments.
+pub fn unwrap_text(text: &str, file: &Path) -> Result<(String, usize), Failure> {
+    let bad = |e: String| Failure::setup(format!("{}: not a JSON config I can read: {e}", file.display()));
+    let root = Reader { b: text.as_bytes(), i: 0 }.value(0).map_err(bad)?;
+    let mut edits = Vec::new();
+    for (_, entry) in server_entries(&root) {
+        let full: Value = serde_json::from_str(&text[entry.start..entry.end]).map_err(|e| bad(e.to_string()))?;
+        let (Some(command), Some(Value::Array(a))) = (full.get("command").and_then(Value::as_str), full.get("args"))
+        else {
+            continue;
+        };
+        let args: Vec<String> = a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect();
+        if !is_wrapped(command, &args) {
+            continue;
+        }
+        let Some(sep) = args.iter().position(|a| a == "--") else { continue };
+        let (Some(orig), Some(cmd_span), Some(args_span)) =
+            (args.get(sep + 1), member(entry, "command"), member(entry, "args"))
+        else {
+            continue;
+        };
+        edits.push(Edit { start: cmd_span.start, end: cmd_span.end, text: json_str(orig) });
+        edits.push(Edit { start: args_span.start, end: args_span.end, text: json_args(&args[sep + 2..]) });
+    }
+    let n = edits.len() / 2;
+    Ok((apply(text, edits), n))
+}
+
+fn apply(text: &str, mut edits: Vec<Edit>) -> String {
+    edits.sort_by_key(|e| std::cmp::Reverse(e.start));
+    let mut out = text.to_string();
+    for e in edits {
+        out.replace_range(e.start..e.end, &e.text);
+    }
+    out
+}
+
+/// Lines that differ, `-` old and `+` new (common head and tail trimmed).
+fn diff(old: &str, new: &str) -> String {
+    let a: Vec<&str> = old.lines().collect();
+    let b: Vec<&str> = new.lines().collect();
+    let head = a.iter().zip(&b).take_while(|(x, y)| x == y).count();
+    let tail = a[head..].iter().rev().zip(b[head..].iter().rev()).take_while(|(x, y)| x == y).count();
+    let mut s = String::new();
+    for l in &a[head..a.len() - tail] {
+        s += &format!("-{l}\n");
+    }
+    for l in &b[head..b.len() - tail] {
+        s += &format!("+{l}\n");
+    }
+    s
+}
+
+fn write_atomic(path: &Path, text: &str) -> Result<(), Failure> {
+    let fail = |e: std::io::Error| Failure::setup(format!("{}: {e}", path.display()));
+    let tmp = {
+        let mut s = path.as_os_str().to_owned();
+        s.push(".portcullis-tmp");
+        PathBuf::from(s)
+    };
+    std::fs::write(&tmp, text).map_err(fail)?;
+    if let Ok(meta) = std::fs::metadata(path) {
+        std::fs::set_permissions(&tmp, meta.permissions()).map_err(fail)?;
+    }
+    std::fs::rename(&tmp, path).map_err(fail)
+}
+
+pub fn wrap(file: &Path, profile: Option<&str>, dry_run: bool) -> Result<i32, Failure> {
+    let text = std::fs::read_to_string(file).map_err(|e| Failure::setup(format!("{}: {e}", file.display())))?;
+    let (new, notes) = wrap_text(&text, file, profile)?;
+    for n in &notes {
+        eprintln!("portcullis: {n}");
+    }
+    if dry_run {
+        print!("{}", diff(&text, &new));
+        return Ok(0);
+    }
+    if new == text {
+        return Ok(0);
+    }
+    let backup = backup_path(file);
+    // The first backup is the original; wrapping again must not overwrite it.
+    if !backup.exists() {
+        std::fs::write(&backup, &text).map_err(|e| Failure::setup(format!("{}: {e}", backup.display())))?;
+    }
+    write_atomic(file, &new)?;
+    eprintln!("portcullis: wrote {} (original kept in {})", file.display(), backup.display());
+    Ok(0)
+}
+
+pub fn unwrap(file: &Path) -> Result<i32, Failure> {
+    let text = std::fs::read_to_string(file).map_err(|e| Failure::setup(format!("{}: {e}", file.display())))?;
+    let backup = backup_path(file);
+    if let Ok(original) = std::fs::read_to_string(&backup) {
+        let (rewrapped, _) = wrap_text(&original, file, None)?;
+        let (unwrapped_now, _) = unwrap_text(&text, file)?;
+        let (unwrapped_then, _) = unwrap_text(&rewrapped, file)?;
+        if rewrapped == text || unwrapped_now == unwrapped_then {
+            write_atomic(file, &original)?;
+            let _ = std::fs::remove_file(&backup);
+            eprintln!("portcullis: restored {} from {}", file.display(), backup.display());
+            return Ok(0);
+        }
+        eprintln!("portcullis: {} changed since it was wrapped; unwrapping each server in place", file.display());
+    }
+    let (new, n) = unwrap_text(&text, file)?;
+    if n > 0 {
+        write_atomic(file, &new)?;
+    }
+    eprintln!("portcullis: unwrapped {n} server(s) in {}", file.display());
+    Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wrap_rewrites_only_command_and_args_and_unwrap_reverses_it() {
+        let dir = std::env::temp_dir().join(format!("pc-wrap-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join(".mcp.json");
+        let text = "{\n  // not JSON, but kept\n}";
+        assert!(wrap_text(text, &f, None).is_err());
+        let text = "{\n  \"mcpServers\": {\n    \"fs\": { \"command\": \"npx\", \"args\": [\"-y\", \"@modelcontextprotocol/server-filesystem\", \"/data\"] },\n    \"web\": {\"url\": \"https://x\"},\n    \"t\": {\"command\": \"uvx\", \"args\": [\"mcp-server-time\"], \"env\": {\"A\": \"1\"}},\n    \"bare\": {\"command\": \"/opt/srv\"}\n  },\n  \"other\": [1, 2.5e3, true, null, \"\\\"q\\\"\"]\n}\n";
+        std::fs::write(&f, text).unwrap();
+        let (w, notes) = wrap_text(text, &f, None).unwrap();
+        assert!(notes.iter().any(|n| n.contains("web: an HTTP/SSE server")), "{notes:?}");
+        let v: Value = serde_json::from_str(&w).unwrap();
+        let fs = &v["mcpServers"]["fs"]["args"];
+        let fs: Vec<&str> = fs.as_array().unwrap().iter().map(|x| x.as_str().unwrap()).collect();
+        assert_eq!(&fs[..5], ["run", "--mcp", "--profile", "mcp-filesystem", "--write"]);
+        assert_eq!(fs[5], "/data");
+        assert_eq!(&fs[fs.len() - 5..], ["--", "npx", "-y", "@modelcontextprotocol/server-filesystem", "/data"]);
+        assert_eq!(v["mcpServers"]["t"]["args"][3], "mcp-time");
+        assert_eq!(v["mcpServers"]["bare"]["args"][3], "strict");
+        assert!(w.ends_with("\"other\": [1, 2.5e3, true, null, \"\\\"q\\\"\"]\n}\n"), "other bytes are kept: {w}");
+        // Idempotent.
+        assert_eq!(wrap_text(&w, &f, None).unwrap().0, w);
+        // Unwrap restores command and args.
+        let (u, n) = unwrap_text(&w, &f).unwrap();
+        assert_eq!(n, 3);
+        let back: Value = serde_json::from_str(&u).unwrap();
+        assert_eq!(
+            back["mcpServers"]["t"],
+            serde_json::json!({"command": "uvx", "args": ["mcp-server-time"], "env": {"A": "1"}})
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
