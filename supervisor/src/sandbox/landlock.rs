@@ -99,8 +99,11 @@ pub fn build(
     let mut ruleset =
         Ruleset::default().set_compatibility(CompatLevel::HardRequirement).handle_access(fs_all).map_err(ll_err)?;
     let has_ports = !plan.connect_tcp.is_empty() || !plan.bind_tcp.is_empty();
-    if abi >= 4 && !cfg!(feature = "sabotage-landlock-net") {
-        ruleset = ruleset.handle_access(AccessNet::from_all(v)).map_err(ll_err)?;
+    if abi >= 4 {
+        // The sabotage build silently drops the network rules (vm-test --sabotage).
+        if !cfg!(feature = "sabotage-landlock-net") {
+            ruleset = ruleset.handle_access(AccessNet::from_all(v)).map_err(ll_err)?;
+        }
     } else if has_ports {
         for p in plan.connect_tcp.iter().map(|p| ("connect", p)).chain(plan.bind_tcp.iter().map(|p| ("bind", p))) {
             report.degrade(
