@@ -235,6 +235,19 @@ impl Suite {
     }
 }
 
+/// Every shipped profile: each carries `[[expect]]` entries to check here.
+fn builtin_profiles(portcullis: &Path) -> Vec<String> {
+    let out = Command::new(portcullis).args(["profile", "list"]).output().expect("portcullis profile list");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let mut words = l.split_whitespace();
+            let name = words.next()?;
+            words.next().filter(|src| src.starts_with("builtin:")).map(|_| name.to_string())
+        })
+        .collect()
+}
+
 fn abi_of(portcullis: &Path) -> i64 {
     let out = Command::new(portcullis).args(["doctor", "--json"]).output().expect("portcullis doctor");
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("doctor --json");
@@ -255,7 +268,8 @@ fn main() {
     let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_string();
 
     let dir = std::env::temp_dir().join(format!("portcullis-vmsuite-{}", std::process::id()));
-    std::fs::create_dir_all(dir.join("home")).expect("scratch dir");
+    // A home like a user's: profiles promise to keep ~/.ssh out of reach.
+    std::fs::create_dir_all(dir.join("home/.ssh")).expect("scratch dir");
     for d in [dir.clone(), dir.join("home")] {
         std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o777)).expect("chmod");
     }
@@ -304,7 +318,7 @@ fn main() {
                     while abstract_listener.accept().is_ok() {}
                 }
             }
-            ["strict", "node", "python"].map(String::from).to_vec()
+            builtin_profiles(&suite.portcullis)
         }
     };
     for p in &profiles {

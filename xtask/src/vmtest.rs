@@ -133,7 +133,9 @@ fn pack_initramfs(bins: &Path, out: &Path) -> Result<()> {
     for b in ["portcullis", "portcullis-probe", "portcullis-vmsuite"] {
         std::fs::copy(bins.join(b), tree.join("usr/bin").join(b))?;
     }
-    for stand_in in ["node", "python3"] {
+    // Commands the shipped profiles allow; what their [[expect]] entries
+    // check is that exec is allowed or denied, not what the program does.
+    for stand_in in ["node", "python3", "git"] {
         std::fs::copy(bins.join("portcullis-probe"), tree.join("usr/bin").join(stand_in))?;
     }
     std::fs::write(
@@ -369,7 +371,14 @@ pub fn vm_test(args: &[String]) -> Result<()> {
             q.arg("-kernel").arg(&kernel).arg("-initrd").arg(&initrd).args(["-append", &append]);
             let (mut child, lines) = spawn_lines(&mut q)?;
             let boot = Instant::now() + if accel == "kvm" { BOOT_KVM } else { BOOT_TCG };
-            let ok = follow(&spec.name, lines, Instant::now() + Duration::from_secs(timeout), Some(boot), &mut row, &mut log);
+            let ok = follow(
+                &spec.name,
+                lines,
+                Instant::now() + Duration::from_secs(timeout),
+                Some(boot),
+                &mut row,
+                &mut log,
+            );
             let _ = child.kill();
             let _ = child.wait();
             if (row.note == KVM_BROKEN || row.note == NO_BOOT) && accel == "kvm" {
