@@ -212,6 +212,7 @@ mod tests {
     #[test]
     fn measure_runs() {
         let f = super::measure(5, 2000, None).unwrap();
+        eprintln!("{}", f.table());
         assert_eq!(f.latency.len(), 2);
         assert!(f.messages_per_sec > 0.0);
         assert!(f.table().contains("| 1 KiB |"));
