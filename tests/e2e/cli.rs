@@ -137,6 +137,32 @@ fn older_kernel_rules_refuse_or_degrade_loudly() {
 }
 
 #[test]
+fn no_landlock_means_no_run_unless_best_effort() {
+    // THREATS #34: a kernel without Landlock must not run the sandbox unconfined quietly.
+    let sb = Sandbox::new("nolandlock", As::Caller);
+    let run = |flags: &[&str]| {
+        let mut a = vec!["run"];
+        a.extend_from_slice(flags);
+        a.extend_from_slice(&["--exec", PROBE, "--", PROBE, "read", "/etc/hostname"]);
+        Run::from(sb.portcullis(&a).env("PORTCULLIS_LANDLOCK_ABI", "0").output().unwrap())
+    };
+    let r = run(&[]);
+    assert_eq!(r.code, 125, "{}", r.stderr);
+    assert!(r.stderr.contains("filesystem rules needs Landlock"), "{}", r.stderr);
+    assert!(r.stdout.is_empty());
+    let r = run(&["--best-effort"]);
+    assert!(r.stderr.contains("degraded: filesystem rules"), "{}", r.stderr);
+    // The rest of the floor still holds without Landlock.
+    let r = Run::from(
+        sb.portcullis(&["run", "--best-effort", "--exec", PROBE, "--", PROBE, "syscall", "io_uring_setup", "1", "0"])
+            .env("PORTCULLIS_LANDLOCK_ABI", "0")
+            .output()
+            .unwrap(),
+    );
+    r.expect("errno 1 EPERM");
+}
+
+#[test]
 fn explain_shows_every_layer() {
     let sb = Sandbox::new("explain", As::Caller);
     let r = sb.run(&["explain", "--exec", "/bin/sh", "--connect", "443"]);

@@ -257,6 +257,9 @@ both!(environment_is_scrubbed, |sb| {
         "env",
     ]);
     c.env("GITHUB_TOKEN", "t1").env("OPENAI_API_KEY", "k1").env("AWS_SECRET_ACCESS_KEY", "a1").env("GH_TOKEN", "g1");
+    // Loader and interpreter injection (THREATS #41) never pass by default.
+    c.env("LD_PRELOAD", "/tmp/evil.so").env("LD_AUDIT", "/tmp/evil.so").env("NODE_OPTIONS", "--require /tmp/x.js");
+    c.env("BASH_ENV", "/tmp/x.sh").env("PYTHONSTARTUP", "/tmp/x.py");
     c.env("RANDOM_THING", "r1")
         .env("EXTRA", "e1")
         .env("EXPLICIT_TOKEN", "x1")
@@ -264,7 +267,18 @@ both!(environment_is_scrubbed, |sb| {
         .env("LANG", "C.UTF-8");
     let r = Run::from(c.output().unwrap());
     let env: Vec<&str> = r.stdout.lines().collect();
-    for gone in ["GITHUB_TOKEN=", "OPENAI_API_KEY=", "AWS_SECRET_ACCESS_KEY=", "RANDOM_THING=", "GH_TOKEN="] {
+    for gone in [
+        "GITHUB_TOKEN=",
+        "OPENAI_API_KEY=",
+        "AWS_SECRET_ACCESS_KEY=",
+        "RANDOM_THING=",
+        "GH_TOKEN=",
+        "LD_PRELOAD=",
+        "LD_AUDIT=",
+        "NODE_OPTIONS=",
+        "BASH_ENV=",
+        "PYTHONSTARTUP=",
+    ] {
         assert!(!env.iter().any(|l| l.starts_with(gone)), "{gone} leaked: {env:?}");
     }
     for kept in ["EXTRA=e1", "EXPLICIT_TOKEN=x1", "GH_HOST=h1", "LANG=C.UTF-8"] {
