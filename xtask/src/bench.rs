@@ -250,6 +250,13 @@ pub fn bench(args: &[String]) -> Result<()> {
     let sign = audit::bench_signing(30_000).map_err(|e| anyhow::anyhow!("{e}"))?;
     let verify = audit::bench_verify(30_000).map_err(|e| anyhow::anyhow!("{e}"))?;
 
+    // 5. The MCP gate: tools/call round trips through the proxy, audit off and on.
+    eprintln!("xtask bench: MCP gate");
+    let mcp_off = portcullis::mcp::bench::measure(200, 20_000, None)?;
+    let audit_dir = std::env::temp_dir().join(format!("portcullis-bench-mcp-{}", std::process::id()));
+    let mcp_on = portcullis::mcp::bench::measure(200, 20_000, Some(&audit_dir))?;
+    let _ = std::fs::remove_dir_all(&audit_dir);
+
     // 4. The report.
     let mut md = String::new();
     md.push_str("# Benchmarks\n\nWritten by `cargo xtask bench` (do not edit by hand; rerun it). ");
@@ -288,6 +295,13 @@ pub fn bench(args: &[String]) -> Result<()> {
         verify.batch_per_sec,
         verify.one_by_one_per_sec,
         verify.batch_per_sec / verify.one_by_one_per_sec
+    ));
+    md.push_str(&format!(
+        "\n## MCP gate (`run --mcp`): a tools/call and its result through the proxy, against an in-process echo server\n\nAudit off:\n\n{}\nsmall messages through the proxy: {:.0}/s\n\nAudit on (each call a signed record, group-committed):\n\n{}\nsmall messages through the proxy: {:.0}/s\n",
+        mcp_off.table(),
+        mcp_off.messages_per_sec,
+        mcp_on.table(),
+        mcp_on.messages_per_sec
     ));
     std::fs::write(root.join("BENCHMARKS.md"), &md)?;
     print!("{md}");

@@ -10,7 +10,9 @@ pub const FORWARDED: [Signal; 6] =
     [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP, Signal::SIGQUIT, Signal::SIGUSR1, Signal::SIGUSR2];
 
 /// Blocks the forwarded signals and SIGCHLD in this thread, before spawning,
-/// so none is lost between spawn and the wait loop.
+/// so none is lost between spawn and the wait loop. Start every other thread
+/// (MCP proxy, audit writer) after this: a thread created before it keeps the
+/// signals unblocked, may take SIGCHLD, and the wait loop would never wake.
 pub fn block_signals() -> nix::Result<SigSet> {
     let mut set = SigSet::empty();
     for s in FORWARDED {
