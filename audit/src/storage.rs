@@ -163,6 +163,30 @@ pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<(), StorageEr
     sync_dir(&dir)
 }
 
+/// Replaces `path` with `data` atomically but without fsync: for caches,
+/// where a crash may lose the new content but must never leave a mix.
+pub fn write_replace(path: &Path, data: &[u8], mode: u32) -> Result<(), StorageError> {
+    let dir = parent_dir(path);
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.tmp-{}-{:08x}", std::process::id(), random_u32()));
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&tmp)
+        .map_err(|e| open_error("create", &tmp, e))?;
+    if let Err(e) = file.write_all(data) {
+        let _ = fs::remove_file(&tmp);
+        return Err(StorageError::io("write", &tmp, e));
+    }
+    if let Err(e) = fs::rename(&tmp, path) {
+        let _ = fs::remove_file(&tmp);
+        return Err(StorageError::io("rename into place", path, e));
+    }
+    Ok(())
+}
+
 fn random_u32() -> u32 {
     let mut b = [0u8; 4];
     // Only used to make a temp name unique; a failure falls back to the time.

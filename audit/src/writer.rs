@@ -762,8 +762,8 @@ impl AuditLog {
             root: self.chain.frontier.root(),
         };
         storage::write_atomic(&self.checkpoint_path, cp.sign(&self.key).as_bytes(), 0o644)?;
-        // A cache for the next writer; losing it only costs a full read.
-        let _ = storage::write_atomic(
+        // A cache for the next writer, not fsynced: a crash only costs a full read.
+        let _ = storage::write_replace(
             &storage::sibling(&self.path, ".state"),
             resume::encode(self.known_len, &self.chain).as_bytes(),
             0o600,

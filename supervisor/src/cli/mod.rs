@@ -227,6 +227,7 @@ pub fn main() -> i32 {
         Cmd::Unwrap { file } => mcp::unwrap(&file),
         Cmd::ProbeOp { op, target } => Ok(probe_op::probe_op(&op, &target)),
     };
+    crate::timing::mark("done");
     match result {
         Ok(code) => code,
         Err(Failure { code, message }) => {

@@ -207,7 +207,9 @@ fn launch_with(session: &Session, prepared: Prepared, command: &[OsString], mcp:
         evidence.refused(Kind::Exit, f.code, &f.message, json!({}))?;
         return Err(f);
     }
-    if let Err(f) = evidence.exit(code) {
+    let exit_record = evidence.exit(code);
+    crate::timing::mark("exit record durable");
+    if let Err(f) = exit_record {
         // The command has run; its status still passes through.
         eprintln!("portcullis: {}", f.message);
     }
