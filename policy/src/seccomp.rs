@@ -283,32 +283,26 @@ pub fn baseline(floor: FloorPolicy) -> Vec<SyscallRule> {
                     &format!("{fname} socket type (type & {mask:#x} == {value:#x}): Landlock restricts TCP only; UDP needs `udp = true`"),
                 ));
             }
-            // Landlock's port rules only see IPPROTO_TCP: SCTP or MPTCP streams would dodge them.
-            if sockets.tcp {
-                rules.push(rule(
-                    "socket",
-                    vec![
-                        fam,
-                        cmp(1, Width::Dword, Op::MaskedEq(SOCK_TYPE_MASK), SOCK_STREAM),
-                        cmp(2, Width::Dword, Op::Ne, 0),
-                        cmp(2, Width::Dword, Op::Ne, IPPROTO_TCP),
-                    ],
-                    Verdict::Eperm,
-                    &format!("{fname} stream protocol other than TCP escapes Landlock's port rules"),
-                ));
-            }
-            if sockets.udp {
-                rules.push(rule(
-                    "socket",
-                    vec![
-                        fam,
-                        cmp(1, Width::Dword, Op::MaskedEq(SOCK_TYPE_MASK), SOCK_DGRAM),
-                        cmp(2, Width::Dword, Op::Ne, 0),
-                        cmp(2, Width::Dword, Op::Ne, IPPROTO_UDP),
-                    ],
-                    Verdict::Eperm,
-                    &format!("{fname} datagram protocol other than UDP"),
-                ));
+            // Landlock's port rules only see IPPROTO_TCP: SCTP or MPTCP
+            // streams would dodge them. Protocol 0 means the default one.
+            let protocols = [
+                (sockets.tcp, SOCK_STREAM, IPPROTO_TCP, "stream protocol other than TCP escapes Landlock's port rules"),
+                (sockets.udp, SOCK_DGRAM, IPPROTO_UDP, "datagram protocol other than UDP"),
+            ];
+            for (allowed, ty, proto, why) in protocols {
+                if allowed {
+                    rules.push(rule(
+                        "socket",
+                        vec![
+                            fam,
+                            cmp(1, Width::Dword, Op::MaskedEq(SOCK_TYPE_MASK), ty),
+                            cmp(2, Width::Dword, Op::Ne, 0),
+                            cmp(2, Width::Dword, Op::Ne, proto),
+                        ],
+                        Verdict::Eperm,
+                        &format!("{fname} {why}"),
+                    ));
+                }
             }
         }
     }
