@@ -327,11 +327,9 @@ pub fn bench(args: &[String]) -> Result<()> {
         verify.batch_per_sec / verify.one_by_one_per_sec
     ));
     md.push_str(&format!(
-        "\n## MCP gate (`run --mcp`): a tools/call and its result through the proxy, against an in-process echo server\n\nAudit off:\n\n{}\nsmall messages through the proxy: {:.0}/s\n\nAudit on (each call a signed record, group-committed):\n\n{}\nsmall messages through the proxy: {:.0}/s\n",
+        "\n## MCP gate (`run --mcp`): a tools/call and its result through the proxy, against an in-process echo server\n\nAudit off:\n\n{}\nAudit on (each call a signed record, group-committed):\n\n{}",
         mcp_off.table(),
-        mcp_off.messages_per_sec,
-        mcp_on.table(),
-        mcp_on.messages_per_sec
+        mcp_on.table()
     ));
     std::fs::write(root.join("BENCHMARKS.md"), &md)?;
     print!("{md}");
