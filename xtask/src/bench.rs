@@ -174,8 +174,7 @@ pub fn bench(args: &[String]) -> Result<()> {
         bw.extend([s("--chdir"), workp.clone(), true_s.clone()]);
         bw
     });
-    // SAFETY: geteuid cannot fail.
-    let is_root = unsafe { libc::geteuid() } == 0;
+    let is_root = portcullis::sys::probe::ids().1 == 0;
     let mut groups: Vec<(&str, Vec<Row>)> = Vec::new();
     let mut root_rows =
         vec![(s("bare `/bin/true`"), bare.clone()), (s("`portcullis run --profile strict`"), pc.clone())];

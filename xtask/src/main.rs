@@ -57,8 +57,7 @@ pub fn have(prog: &str) -> bool {
 
 /// Installs Debian packages when root and they are missing.
 pub fn apt_install(pkgs: &[&str]) -> Result<()> {
-    // SAFETY: geteuid cannot fail.
-    if unsafe { libc::geteuid() } != 0 {
+    if portcullis::sys::probe::ids().1 != 0 {
         bail!("missing packages {pkgs:?}: install them (apt-get install {})", pkgs.join(" "));
     }
     let install =
