@@ -32,6 +32,7 @@ struct KernelSpec {
     abi: i64,
 }
 
+/// One line of the result table: a fresh one per kernel and per boot attempt.
 struct Row {
     kernel: String,
     abi: String,
@@ -39,6 +40,12 @@ struct Row {
     fail: usize,
     secs: f64,
     note: String,
+}
+
+impl Row {
+    fn new(kernel: &str) -> Row {
+        Row { kernel: kernel.into(), abi: "?".into(), pass: 0, fail: 0, secs: 0.0, note: String::new() }
+    }
 }
 
 const TARGET: &str = "x86_64-unknown-linux-gnu";
@@ -313,7 +320,7 @@ pub fn vm_test(args: &[String]) -> Result<()> {
 
     if which == "all" || which == "host" {
         let t = Instant::now();
-        let mut row = Row { kernel: "host".into(), abi: "?".into(), pass: 0, fail: 0, secs: 0.0, note: String::new() };
+        let mut row = Row::new("host");
         eprintln!("xtask vm-test: host kernel, directly");
         // Through sh, so the suite's exit status arrives as the guest's does.
         let mut c = Command::new("sh");
@@ -342,8 +349,7 @@ pub fn vm_test(args: &[String]) -> Result<()> {
     }
     for spec in &selected {
         let t = Instant::now();
-        let mut row =
-            Row { kernel: spec.name.clone(), abi: "?".into(), pass: 0, fail: 0, secs: 0.0, note: String::new() };
+        let mut row = Row::new(&spec.name);
         let kernel = match fetch_kernel(spec, &cache) {
             Ok(k) => k,
             Err(e) => {
@@ -396,27 +402,13 @@ pub fn vm_test(args: &[String]) -> Result<()> {
             if row.note == "kernel panic" && row.abi == "?" && row.pass + row.fail == 0 && early_panics == 0 {
                 early_panics += 1;
                 eprintln!("xtask vm-test: the guest kernel panicked while booting; booting it once more");
-                row = Row {
-                    kernel: spec.name.clone(),
-                    abi: "?".into(),
-                    pass: 0,
-                    fail: 0,
-                    secs: 0.0,
-                    note: String::new(),
-                };
+                row = Row::new(&spec.name);
                 continue;
             }
             if (row.note == KVM_BROKEN || row.note == NO_BOOT) && accel == "kvm" {
                 eprintln!("xtask vm-test: KVM does not run this guest ({}); using TCG from now on", row.note);
                 accel = "tcg";
-                row = Row {
-                    kernel: spec.name.clone(),
-                    abi: "?".into(),
-                    pass: 0,
-                    fail: 0,
-                    secs: 0.0,
-                    note: String::new(),
-                };
+                row = Row::new(&spec.name);
                 continue;
             }
             break ok;

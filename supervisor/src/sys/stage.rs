@@ -49,25 +49,26 @@ pub enum Step {
 }
 
 impl Step {
+    /// Every step, in discriminant order (1..); `ProcMount` stays last.
+    const ALL: [Step; 14] = [
+        Step::Signals,
+        Step::Session,
+        Step::ParentGone,
+        Step::Cgroup,
+        Step::Unshare,
+        Step::IdMap,
+        Step::Fork,
+        Step::Rlimit,
+        Step::Capabilities,
+        Step::NoNewPrivs,
+        Step::Landlock,
+        Step::Seccomp,
+        Step::Fds,
+        Step::ProcMount,
+    ];
+
     pub fn from_u32(v: u32) -> Option<Step> {
-        use Step::*;
-        [
-            Signals,
-            Session,
-            ParentGone,
-            Cgroup,
-            Unshare,
-            IdMap,
-            Fork,
-            Rlimit,
-            Capabilities,
-            NoNewPrivs,
-            Landlock,
-            Seccomp,
-            Fds,
-        ]
-        .into_iter()
-        .find(|s| *s as u32 == v)
+        Step::ALL.into_iter().find(|s| *s as u32 == v)
     }
 
     pub fn describe(self) -> &'static str {
@@ -545,4 +546,21 @@ pub fn time_confine(stage: &Stage, runs: u32) -> (u128, u128) {
     let mean = |confine: bool| (0..runs).map(|_| once(confine)).sum::<u128>() / runs.max(1) as u128;
     let _warm = (mean(false), mean(true));
     (mean(false), mean(true))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Step;
+
+    #[test]
+    fn every_step_survives_the_report_pipe() {
+        // A step missing from ALL would be dropped on the supervisor's side:
+        // the /proc warning once was, silently.
+        for (i, s) in Step::ALL.iter().enumerate() {
+            assert_eq!(*s as u32, i as u32 + 1);
+            assert_eq!(Step::from_u32(*s as u32), Some(*s));
+        }
+        assert_eq!(Step::ALL.len() as u32, Step::ProcMount as u32);
+        assert_eq!(Step::from_u32(0), None);
+    }
 }
