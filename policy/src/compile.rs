@@ -129,6 +129,21 @@ pub fn compile(profile: &Profile, vars: &Vars) -> Result<Plan, Error> {
         add_path(&mut paths, vars, item, Right::Exec)?;
     }
 
+    let gate = compile_gate(profile, vars)?;
+    // What may be asked must be grantable: Landlock gets the rights, the gate asks.
+    for r in &gate.rules {
+        let right = match (r.access, r.deny) {
+            (_, true) => continue,
+            (crate::ask::Access::Read, _) => Right::Read,
+            (crate::ask::Access::Write, _) => Right::Write,
+            (crate::ask::Access::Exec, _) => Right::Exec,
+            _ => continue,
+        };
+        if let crate::ask::Target::Path(p) = &r.target {
+            add_path(&mut paths, vars, &Located::new(format!("?{p}"), r.at.clone()), right)?;
+        }
+    }
+
     let mut allow = Vec::new();
     for item in &profile.commands {
         let (raw, opt) = optional(&item.value);
@@ -169,6 +184,12 @@ pub fn compile(profile: &Profile, vars: &Vars) -> Result<Plan, Error> {
     }
 
     let mut connect_tcp = profile.connect.clone();
+    for r in &gate.rules {
+        if let crate::ask::Target::Port(p) | crate::ask::Target::Addr(_, p) = r.target {
+            connect_tcp.push(Located::new(p, r.at.clone()));
+        }
+    }
+    connect_tcp.sort_by_key(|p| p.value);
     connect_tcp.dedup_by_key(|p| p.value);
     let mut bind_tcp = profile.bind.clone();
     bind_tcp.dedup_by_key(|p| p.value);
@@ -193,7 +214,29 @@ pub fn compile(profile: &Profile, vars: &Vars) -> Result<Plan, Error> {
             max_open_files: profile.max_open_files.clone(),
         },
         mcp: crate::mcp::compile(&profile.mcp),
+        gate,
     })
+}
+
+/// `[ask]`/`[deny]`: paths expanded and normalised; an ask on a syscall the
+/// floor denies outright is an error (ask never loosens the floor).
+fn compile_gate(profile: &Profile, vars: &Vars) -> Result<crate::ask::GatePlan, Error> {
+    let floor = seccomp::baseline(FloorPolicy {
+        sockets: SocketPolicy { tcp: true, tcp_bind: true, udp: true, unix: true },
+        chmod: profile.chmod,
+    });
+    let path = |text: &str, at: &Origin| -> Result<String, Error> {
+        let (raw, _) = optional(text);
+        normalize(&vars.expand(raw, at)?, at)
+    };
+    let syscall = |name: &str| -> Result<i64, String> {
+        let nr = crate::syscalls::number(name).ok_or_else(|| format!("unknown syscall `{name}` (x86-64 names)"))?;
+        match floor.iter().find(|r| r.nr == nr && r.when.is_empty()) {
+            Some(r) => Err(format!("ask.syscalls: `{name}` is always denied ({}); ask cannot loosen that", r.why)),
+            None => Ok(nr),
+        }
+    };
+    crate::ask::compile(&profile.gate, &path, &syscall)
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@
 //! [`Plan`] that the supervisor applies and `portcullis explain` prints.
 #![forbid(unsafe_code)]
 
+pub mod ask;
 pub mod compile;
 pub mod env;
 pub mod error;

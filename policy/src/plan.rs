@@ -21,6 +21,9 @@ pub struct Plan {
     pub limits: LimitsPlan,
     /// What the MCP gate applies in `run --mcp`.
     pub mcp: crate::mcp::McpPlan,
+    /// `ask` rules and carved-out `deny` paths: decided by the supervisor on
+    /// seccomp user notifications.
+    pub gate: crate::ask::GatePlan,
 }
 
 #[derive(Clone, Debug, Serialize)]

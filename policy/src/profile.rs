@@ -54,6 +54,8 @@ pub struct Profile {
     pub expect: Vec<Located<Expect>>,
     /// The `[mcp]` section, merged along the chain.
     pub mcp: crate::mcp::McpProfile,
+    /// `[ask]` and `[deny]`, merged along the chain.
+    pub gate: crate::ask::AskProfile,
 }
 
 /// A checked `[[expect]]` entry.
@@ -209,6 +211,7 @@ impl Profile {
             self.max_memory = Some(Located::new(bytes, at));
         }
         self.mcp.layer(&file.mcp, lines)?;
+        self.gate.layer(&file.ask, &file.deny, lines)?;
         Ok(())
     }
 
@@ -251,6 +254,7 @@ impl Profile {
         if o.best_effort {
             self.best_effort = true;
         }
+        self.gate.apply(&o.ask)?;
         Ok(())
     }
 }
@@ -267,4 +271,5 @@ pub struct Overrides {
     pub max_procs: Option<u64>,
     pub max_memory: Option<String>,
     pub best_effort: bool,
+    pub ask: crate::ask::AskOverrides,
 }

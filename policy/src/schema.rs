@@ -30,6 +30,12 @@ pub struct ProfileFile {
     pub env: Env,
     #[serde(default)]
     pub limits: Limits,
+    /// Operations that stop for a decision (seccomp user notification).
+    #[serde(default)]
+    pub ask: crate::ask::AskFile,
+    /// Paths carved out of allowed trees (enforced through the same gate).
+    #[serde(default)]
+    pub deny: crate::ask::DenyFile,
     /// The MCP gate (`portcullis run --mcp`): tool rules, rates, breaker, redaction, pinning.
     #[serde(default)]
     pub mcp: crate::mcp::McpFile,
