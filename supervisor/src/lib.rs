@@ -3,9 +3,11 @@
 //! `sys` holds every `unsafe` block; `sandbox` turns a plan into the exec
 //! stage; `cli` is the command line.
 
+pub mod broker;
 pub mod cli;
 pub mod evidence;
 pub mod exit;
+pub mod grants;
 pub mod kernel;
 pub mod mcp;
 pub mod sandbox;

@@ -1,8 +1,10 @@
 //! The command line: `run`, `doctor`, `explain`, `profile`.
 
+mod approvals;
 mod audit;
 mod doctor;
 mod explain;
+mod grants;
 mod mcp;
 mod probe_op;
 mod profile;
@@ -70,6 +72,37 @@ pub enum Cmd {
     },
     /// Undo `wrap`: the original file byte for byte when it is unchanged since.
     Unwrap { file: PathBuf },
+    /// The approval broker: one per user; supervisors submit `ask` requests,
+    /// front ends answer. Started on demand by the first supervisor that needs it.
+    Broker {
+        /// Stay in the foreground (default: detach when started on demand).
+        #[arg(long)]
+        foreground: bool,
+    },
+    /// Pending approval requests: an interactive queue on a terminal, or with --json a list.
+    Approvals {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Allow pending request ID (once, unless --session or --always).
+    Approve {
+        id: String,
+        #[arg(long, conflicts_with = "always")]
+        session: bool,
+        #[arg(long)]
+        always: bool,
+    },
+    /// Deny pending request ID (once, unless --always).
+    Deny {
+        id: String,
+        #[arg(long)]
+        always: bool,
+    },
+    /// Persisted decisions (`always allow` / `always deny`) per profile.
+    Grants {
+        #[command(subcommand)]
+        cmd: grants::GrantsCmd,
+    },
     /// Internal: what `profile test` runs inside the sandbox.
     #[command(hide = true, name = "probe-op")]
     ProbeOp { op: String, target: String },
@@ -126,6 +159,21 @@ pub struct SandboxArgs {
     /// At most SIZE of memory (e.g. 512M, 2G).
     #[arg(long, value_name = "SIZE")]
     pub max_memory: Option<String>,
+    /// Stop reads of PATH (and beneath) for a decision (repeatable).
+    #[arg(long, value_name = "PATH")]
+    pub ask_read: Vec<String>,
+    /// Stop writes to PATH (and beneath), creating, renaming or deleting there, for a decision (repeatable).
+    #[arg(long, value_name = "PATH")]
+    pub ask_write: Vec<String>,
+    /// Stop executing PATH for a decision, showing its argv (repeatable; PATH also becomes executable).
+    #[arg(long, value_name = "PATH")]
+    pub ask_exec: Vec<String>,
+    /// Stop TCP connects to PORT (or IP:PORT) for a decision (repeatable).
+    #[arg(long, value_name = "PORT")]
+    pub ask_connect: Vec<String>,
+    /// Deny an unanswered request after DURATION (e.g. 30s, 2m; default 120s).
+    #[arg(long, value_name = "DURATION")]
+    pub ask_timeout: Option<String>,
     /// Run even if this kernel cannot enforce every rule; print what is degraded.
     #[arg(long)]
     pub best_effort: bool,
@@ -179,6 +227,11 @@ impl SandboxArgs {
             env: vec![],
             max_procs: None,
             max_memory: None,
+            ask_read: vec![],
+            ask_write: vec![],
+            ask_exec: vec![],
+            ask_connect: vec![],
+            ask_timeout: None,
             best_effort: false,
             audit_log: None,
             audit_key: None,
@@ -197,6 +250,13 @@ impl SandboxArgs {
             max_procs: self.max_procs,
             max_memory: self.max_memory.clone(),
             best_effort: self.best_effort,
+            ask: policy::ask::AskOverrides {
+                read: self.ask_read.clone(),
+                write: self.ask_write.clone(),
+                exec: self.ask_exec.clone(),
+                connect: self.ask_connect.clone(),
+                timeout: self.ask_timeout.clone(),
+            },
         }
     }
 }
@@ -225,6 +285,11 @@ pub fn main() -> i32 {
         Cmd::Audit { cmd } => audit::audit(cmd),
         Cmd::Wrap { file, profile, dry_run } => mcp::wrap(&file, profile.as_deref(), dry_run),
         Cmd::Unwrap { file } => mcp::unwrap(&file),
+        Cmd::Broker { foreground } => approvals::broker(foreground),
+        Cmd::Approvals { json } => approvals::approvals(json),
+        Cmd::Approve { id, session, always } => approvals::answer(&id, true, session, always),
+        Cmd::Deny { id, always } => approvals::answer(&id, false, false, always),
+        Cmd::Grants { cmd } => grants::grants(cmd),
         Cmd::ProbeOp { op, target } => Ok(probe_op::probe_op(&op, &target)),
     };
     crate::timing::mark("done");
