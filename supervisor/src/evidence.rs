@@ -46,24 +46,33 @@ impl AuditPaths {
     /// Refuses when a Landlock rule of the plan would let the sandbox reach
     /// the key (forge records) or the log (rewrite or read history).
     pub fn check_out_of_reach(&self, plan: &policy::Plan) -> Result<(), Failure> {
-        let targets = [("signing key", &self.key), ("log", &self.log)];
-        for rule in &plan.landlock.paths {
-            let Ok(rule_path) = std::fs::canonicalize(&rule.path) else { continue };
-            for (what, target) in targets {
-                let dir = target.parent().unwrap_or(target);
-                let canon = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
-                if canon.starts_with(&rule_path) {
-                    return Err(Failure::setup(format!(
-                        "{}: the rule for {} would let the sandbox reach the audit {what} {}; move the workspace, or pass --audit-log/--audit-key outside every rule",
-                        rule.at,
-                        rule.path,
-                        target.display()
-                    )));
-                }
-            }
-        }
-        Ok(())
+        let advice = "move the workspace, or pass --audit-log/--audit-key outside every rule";
+        check_out_of_reach(plan, "audit signing key", &self.key, advice)?;
+        check_out_of_reach(plan, "audit log", &self.log, advice)
     }
+}
+
+/// Refuses when a Landlock rule of the plan reaches the directory of
+/// `target` (a file the sandbox must neither read nor write).
+pub fn check_out_of_reach(plan: &policy::Plan, what: &str, target: &Path, advice: &str) -> Result<(), Failure> {
+    let dir = target.parent().unwrap_or(target);
+    // The directory may not exist yet: compare its nearest existing ancestor.
+    let mut probe = dir.to_path_buf();
+    while !probe.exists() && probe.pop() {}
+    let canon = std::fs::canonicalize(&probe).unwrap_or(probe.clone());
+    let canon = canon.join(dir.strip_prefix(&probe).unwrap_or(Path::new("")));
+    for rule in &plan.landlock.paths {
+        let Ok(rule_path) = std::fs::canonicalize(&rule.path) else { continue };
+        if canon.starts_with(&rule_path) {
+            return Err(Failure::setup(format!(
+                "{}: the rule for {} would let the sandbox reach the {what} {}; {advice}",
+                rule.at,
+                rule.path,
+                target.display()
+            )));
+        }
+    }
+    Ok(())
 }
 
 fn absolute(p: &Path) -> Result<PathBuf, Failure> {
@@ -148,6 +157,17 @@ impl Evidence {
             s.send(seq, &self.session, kind, &body);
         }
         Ok(())
+    }
+
+    /// Appends a record (group-committed with the next commit).
+    pub fn record(&mut self, kind: Kind, body: Value) -> Result<(), Failure> {
+        self.append(kind, body)
+    }
+
+    /// Appends a record and makes it durable before returning ("log before act").
+    pub fn record_durable(&mut self, kind: Kind, body: Value) -> Result<(), Failure> {
+        self.append(kind, body)?;
+        self.commit()
     }
 
     /// Writes what is buffered and fsyncs it.

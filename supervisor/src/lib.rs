@@ -7,6 +7,7 @@ pub mod broker;
 pub mod cli;
 pub mod evidence;
 pub mod exit;
+pub mod gate;
 pub mod grants;
 pub mod kernel;
 pub mod mcp;

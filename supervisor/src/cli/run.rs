@@ -92,7 +92,7 @@ pub(super) fn launch(session: &Session, prepared: Prepared, command: &[OsString]
 
 /// `mcp`: the command's stdin/stdout go through the MCP gate (crate::mcp).
 fn launch_with(session: &Session, prepared: Prepared, command: &[OsString], mcp: bool) -> Result<i32, Failure> {
-    let Prepared { enforcement, exec: allowed, stage, report_rx, cgroups, .. } = prepared;
+    let Prepared { enforcement, exec: allowed, stage, report_rx, cgroups, gate: gate_setup, .. } = prepared;
     let _cleanup = CgroupCleanup(cgroups);
     let gate = match mcp {
         true => {
@@ -100,6 +100,11 @@ fn launch_with(session: &Session, prepared: Prepared, command: &[OsString], mcp:
             Some(crate::mcp::open(&session.plan, &session.audit, &session.id, &argv)?)
         }
         false => None,
+    };
+    // The gate's own log handle, opened before this one holds the log's lock.
+    let gate_evidence = match &gate_setup {
+        Some(_) => Some(Evidence::open(&session.audit, &session.id)?),
+        None => None,
     };
     let mut evidence = Evidence::open(&session.audit, &session.id)?;
     crate::timing::mark("audit log opened");
@@ -154,6 +159,18 @@ fn launch_with(session: &Session, prepared: Prepared, command: &[OsString], mcp:
     }
 
     let set = wait::block_signals().map_err(|e| Failure::setup(format!("cannot block signals: {e}")))?;
+    // The gate serves notifications before the command starts: its first
+    // execve may already be parked, and spawn() waits for that exec.
+    let syscall_gate = match (gate_setup, gate_evidence) {
+        (Some(setup), Some(ev)) => {
+            // The gate's records wait for the log's lock, which the launch
+            // record holds until committed: commit it now, so an ask on the
+            // very first exec can be logged before it is acted on.
+            evidence.commit()?;
+            Some(start_gate(session, setup, &argv, ev)?)
+        }
+        _ => None,
+    };
     crate::timing::mark("forking");
     let spawned = stage::spawn(&mut cmd, stage);
     crate::timing::mark("command exec'd");
@@ -198,6 +215,9 @@ fn launch_with(session: &Session, prepared: Prepared, command: &[OsString], mcp:
     }
     let code = wait::supervise(child.id(), &set);
     crate::timing::mark("command exited");
+    if let Some(g) = syscall_gate {
+        g.finish();
+    }
     if let Some(p) = proxy {
         p.finish();
     }
@@ -214,6 +234,42 @@ fn launch_with(session: &Session, prepared: Prepared, command: &[OsString], mcp:
         eprintln!("portcullis: {}", f.message);
     }
     Ok(code)
+}
+
+/// Starts the syscall gate for the plan's `ask`/`deny` rules.
+fn start_gate(
+    session: &Session,
+    setup: crate::gate::Setup,
+    argv: &[String],
+    evidence: Evidence,
+) -> Result<crate::gate::Running, Failure> {
+    let grants_path = crate::grants::path()?;
+    crate::evidence::check_out_of_reach(
+        &session.plan,
+        "grants file",
+        &grants_path,
+        "set PORTCULLIS_GRANTS or XDG_STATE_HOME outside every rule",
+    )?;
+    if let Ok(dir) = crate::broker::socket::dir() {
+        crate::evidence::check_out_of_reach(
+            &session.plan,
+            "approval broker socket",
+            &dir.join("broker.sock"),
+            "set XDG_RUNTIME_DIR outside every rule",
+        )?;
+    }
+    let file = crate::grants::load(&grants_path)?;
+    let ctx = crate::gate::Context {
+        plan: crate::gate::canonical_rules(&session.plan.gate),
+        profile: session.plan.profile.clone(),
+        session: session.id.clone(),
+        argv: argv.to_vec(),
+        grants: policy::ask::Grants::for_profile(&file, &session.plan.profile),
+        grants_path,
+        asker: crate::gate::default_asker(),
+        unix_sockets: session.plan.seccomp.floor.sockets.unix,
+    };
+    crate::gate::start(setup, ctx, evidence)
 }
 
 /// Why spawn failed: a setup step the stage reported, or exec's own error.

@@ -32,6 +32,8 @@ pub struct Prepared {
     pub stage: Stage,
     pub report_rx: OwnedFd,
     pub cgroups: Vec<PathBuf>,
+    /// For the syscall gate (`ask`/`deny` rules), when the plan has any.
+    pub gate: Option<crate::gate::Setup>,
 }
 
 /// Checks and builds everything for `plan` on this kernel.
@@ -120,6 +122,33 @@ pub fn prepare(
         .open("/dev/null")
         .map_err(|e| Failure::setup(format!("cannot open /dev/null: {e}")))?
         .into();
+    let (notify, gate) = match plan.gate.is_empty() {
+        true => (None, None),
+        false => {
+            if !features.seccomp_user_notif {
+                return Err(Failure::setup(format!(
+                    "the profile has ask/deny rules ({}), which need seccomp user notification; this kernel lacks it, and an ask never turns into an allow",
+                    plan.gate.rules[0].describe()
+                )));
+            }
+            let set = seccomp::notify_set(&plan.gate);
+            let prog = seccomp::notify_program(&set);
+            let (ours, theirs) = nix::sys::socket::socketpair(
+                nix::sys::socket::AddressFamily::Unix,
+                nix::sys::socket::SockType::SeqPacket,
+                None,
+                nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+            )
+            .map_err(|e| Failure::setup(format!("cannot create a socket pair: {e}")))?;
+            let ruleset = match &ll.ruleset {
+                Some(r) => {
+                    Some(r.try_clone().map_err(|e| Failure::setup(format!("cannot duplicate the ruleset: {e}")))?)
+                }
+                None => None,
+            };
+            (Some((prog, theirs)), Some(crate::gate::Setup { sock: ours, ruleset }))
+        }
+    };
     let uid_map = format!("{0} {0} 1\n", features.euid).into_bytes();
     let gid_map = format!("{0} {0} 1\n", nix::unistd::getegid()).into_bytes();
     let stage = Stage {
@@ -133,10 +162,11 @@ pub fn prepare(
         proc_access: ll.proc_access,
         ruleset: ll.ruleset,
         filters,
+        notify,
         report: report_tx,
         devnull,
     };
-    Ok(Prepared { enforcement, exec, seccomp_rules: rules, stage, report_rx, cgroups: limits.cgroups })
+    Ok(Prepared { enforcement, exec, seccomp_rules: rules, stage, report_rx, cgroups: limits.cgroups, gate })
 }
 
 /// A fresh private directory for `{tmp}`, mode 0700, under a root we own.

@@ -257,3 +257,117 @@ mod tests {
         }
     }
 }
+
+/// Which syscalls the approval filter parks, and when.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Notify {
+    /// Always.
+    Always,
+    /// When the open flags (argument `arg`) ask for writing or creating.
+    WriteFlags { arg: u8 },
+    /// Fail with ENOSYS (libc falls back to a syscall the filter parks).
+    Enosys,
+}
+
+/// x86-64 numbers of the path syscalls the gate performs itself.
+pub mod nr {
+    pub const OPEN: u32 = 2;
+    pub const OPENAT: u32 = 257;
+    pub const CREAT: u32 = 85;
+    pub const OPENAT2: u32 = 437;
+    pub const RENAME: u32 = 82;
+    pub const RENAMEAT: u32 = 264;
+    pub const RENAMEAT2: u32 = 316;
+    pub const LINK: u32 = 86;
+    pub const LINKAT: u32 = 265;
+    pub const SYMLINK: u32 = 88;
+    pub const SYMLINKAT: u32 = 266;
+    pub const UNLINK: u32 = 87;
+    pub const UNLINKAT: u32 = 263;
+    pub const RMDIR: u32 = 84;
+    pub const MKDIR: u32 = 83;
+    pub const MKDIRAT: u32 = 258;
+    pub const MKNOD: u32 = 133;
+    pub const MKNODAT: u32 = 259;
+    pub const TRUNCATE: u32 = 76;
+    pub const EXECVE: u32 = 59;
+    pub const EXECVEAT: u32 = 322;
+    pub const CONNECT: u32 = 42;
+}
+
+/// The syscalls the gate must see for `plan`'s ask and deny rules.
+pub fn notify_set(plan: &policy::ask::GatePlan) -> Vec<(u32, Notify)> {
+    use policy::ask::Access;
+    let mut out = Vec::new();
+    let reads = plan.covers(Access::Read);
+    let paths = reads || plan.covers(Access::Write);
+    if paths {
+        let open = |arg| if reads { Notify::Always } else { Notify::WriteFlags { arg } };
+        out.push((nr::OPEN, open(1)));
+        out.push((nr::OPENAT, open(2)));
+        out.push((nr::CREAT, Notify::Always));
+        // openat2 keeps its flags behind a pointer the filter cannot read.
+        out.push((nr::OPENAT2, Notify::Enosys));
+        // Every call that adds, moves or removes a name: a protected path
+        // must not be reachable by renaming a tree into or out of it.
+        for n in [
+            nr::RENAME,
+            nr::RENAMEAT,
+            nr::RENAMEAT2,
+            nr::LINK,
+            nr::LINKAT,
+            nr::SYMLINK,
+            nr::SYMLINKAT,
+            nr::UNLINK,
+            nr::UNLINKAT,
+            nr::RMDIR,
+            nr::MKDIR,
+            nr::MKDIRAT,
+            nr::MKNOD,
+            nr::MKNODAT,
+            nr::TRUNCATE,
+        ] {
+            out.push((n, Notify::Always));
+        }
+    }
+    if plan.covers(Access::Exec) {
+        out.push((nr::EXECVE, Notify::Always));
+        out.push((nr::EXECVEAT, Notify::Always));
+    }
+    if plan.covers(Access::Connect) {
+        out.push((nr::CONNECT, Notify::Always));
+    }
+    for (n, _) in plan.ask_syscalls() {
+        if let Ok(n) = u32::try_from(n) {
+            if !out.iter().any(|(x, _)| *x == n) {
+                out.push((n, Notify::Always));
+            }
+        }
+    }
+    out
+}
+
+/// The approval filter: RET_USER_NOTIF for `set`, ALLOW for the rest. The
+/// first program's architecture check already killed foreign syscalls.
+pub fn notify_program(set: &[(u32, Notify)]) -> Vec<Insn> {
+    const JSET_K: u16 = 0x45; // BPF_JMP | BPF_JSET | BPF_K
+    const WRITE_FLAGS: u32 = (libc::O_WRONLY | libc::O_RDWR | libc::O_CREAT | libc::O_TRUNC) as u32;
+    let mut out = vec![stmt(LD_W_ABS, NR)];
+    for &(n, how) in set {
+        let handler: Vec<Insn> = match how {
+            Notify::Always => vec![stmt(RET_K, libc::SECCOMP_RET_USER_NOTIF)],
+            Notify::Enosys => vec![stmt(RET_K, libc::SECCOMP_RET_ERRNO | libc::ENOSYS as u32)],
+            Notify::WriteFlags { arg } => vec![
+                // Low 32 bits of the argument (x86-64 is little-endian).
+                stmt(LD_W_ABS, 16 + 8 * u32::from(arg)),
+                jump(JSET_K, WRITE_FLAGS, 0, 1),
+                stmt(RET_K, libc::SECCOMP_RET_USER_NOTIF),
+                stmt(RET_K, libc::SECCOMP_RET_ALLOW),
+            ],
+        };
+        out.push(jump(JEQ_K, n, 0, handler.len() as u8));
+        out.extend(handler);
+    }
+    out.push(stmt(RET_K, libc::SECCOMP_RET_ALLOW));
+    out
+}

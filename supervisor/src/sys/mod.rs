@@ -5,6 +5,7 @@
 //! the supervisor may have other threads holding the allocator's lock.
 
 pub mod fs;
+pub mod notify;
 pub mod probe;
 pub mod stage;
 pub mod wait;

@@ -44,13 +44,14 @@ pub enum Step {
     Landlock,
     Seccomp,
     Fds,
+    Notify,
     /// Not fatal: the private /proc could not be mounted; the host's stays.
     ProcMount,
 }
 
 impl Step {
     /// Every step, in discriminant order (1..); `ProcMount` stays last.
-    const ALL: [Step; 14] = [
+    const ALL: [Step; 15] = [
         Step::Signals,
         Step::Session,
         Step::ParentGone,
@@ -64,6 +65,7 @@ impl Step {
         Step::Landlock,
         Step::Seccomp,
         Step::Fds,
+        Step::Notify,
         Step::ProcMount,
     ];
 
@@ -86,6 +88,7 @@ impl Step {
             Step::Landlock => "applying the Landlock ruleset",
             Step::Seccomp => "installing a seccomp filter",
             Step::Fds => "closing inherited file descriptors",
+            Step::Notify => "installing the approval filter (seccomp user notification)",
             Step::ProcMount => "mounting the sandbox's own /proc",
         }
     }
@@ -114,6 +117,10 @@ pub struct Stage {
     pub proc_access: Option<u64>,
     /// Seccomp programs, installed in order.
     pub filters: Vec<Vec<Insn>>,
+    /// The approval filter (RET_USER_NOTIF for what the gate decides),
+    /// installed last with NEW_LISTENER; the listener goes to the
+    /// supervisor over the socket and is closed here.
+    pub notify: Option<(Vec<Insn>, OwnedFd)>,
     /// Write end of the report pipe: (step, errno) records on failure.
     pub report: OwnedFd,
     /// `/dev/null`, for the relay's and init's own stdio.
@@ -469,6 +476,26 @@ impl Stage {
                     return Err(self.fail(Step::Seccomp, errno()));
                 }
             }
+            if let Some((prog, sock)) = &self.notify {
+                let fprog = libc::sock_fprog {
+                    len: prog.len() as libc::c_ushort,
+                    filter: prog.as_ptr() as *mut libc::sock_filter,
+                };
+                let listener = libc::syscall(
+                    libc::SYS_seccomp,
+                    libc::SECCOMP_SET_MODE_FILTER,
+                    libc::SECCOMP_FILTER_FLAG_NEW_LISTENER,
+                    &fprog,
+                );
+                if listener < 0 {
+                    return Err(self.fail(Step::Notify, errno()));
+                }
+                let sent = send_fd(sock.as_raw_fd(), listener as RawFd);
+                libc::close(listener as RawFd);
+                if let Err(e) = sent {
+                    return Err(self.fail(Step::Notify, e));
+                }
+            }
             // Every inherited fd but stdio closes at exec (CVE-2024-21626: a
             // leaked directory fd walks around Landlock's path checks).
             if libc::close_range(3, libc::c_uint::MAX, libc::CLOSE_RANGE_CLOEXEC as libc::c_int) != 0 {
@@ -477,6 +504,35 @@ impl Stage {
         }
         Ok(())
     }
+}
+
+/// Sends `fd` over the unix socket `sock` (SCM_RIGHTS), without allocating.
+///
+/// # Safety
+///
+/// `sock` and `fd` must be open fds of this process.
+unsafe fn send_fd(sock: RawFd, fd: RawFd) -> Result<(), i32> {
+    // SAFETY: every pointer is to a live stack buffer sized for one fd; the
+    // CMSG_* helpers only compute offsets inside `space`.
+    unsafe {
+        let mut space = [0u64; 4];
+        let mut byte = [0u8; 1];
+        let mut iov = libc::iovec { iov_base: byte.as_mut_ptr().cast(), iov_len: 1 };
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = space.as_mut_ptr().cast();
+        msg.msg_controllen = libc::CMSG_SPACE(std::mem::size_of::<RawFd>() as u32) as usize;
+        let cmsg = libc::CMSG_FIRSTHDR(&msg);
+        (*cmsg).cmsg_level = libc::SOL_SOCKET;
+        (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+        (*cmsg).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<RawFd>() as u32) as usize;
+        std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<RawFd>(), fd);
+        if libc::sendmsg(sock, &msg, libc::MSG_NOSIGNAL) != 1 {
+            return Err(errno());
+        }
+    }
+    Ok(())
 }
 
 /// Spawns `cmd` through the stage.

@@ -1,0 +1,609 @@
+//! The syscall gate: decides the syscalls the approval filter parks
+//! (seccomp user notification) with the profile's `ask`/`deny` rules, the
+//! grants, and — for `ask` — a person through the broker.
+//!
+//! Threads:
+//! - the *server* receives the listener fd from the exec stage, then reads
+//!   each notification, resolves its arguments from the caller's memory
+//!   (re-checking the notification id after every read) and decides;
+//! - the *hands* are one thread confined like the sandbox (no capabilities,
+//!   no_new_privs, the same Landlock ruleset, its own umask): every approved
+//!   path operation and connect is performed there, then the result is
+//!   injected (SECCOMP_IOCTL_NOTIF_ADDFD with SEND for a new fd). The kernel
+//!   never re-reads memory the sandbox could have changed after the check;
+//! - one thread per distinct pending `ask` (coalesced, capped), blocking on
+//!   the broker; other notifications keep flowing meanwhile.
+//!
+//! `execve` and raw syscalls asked by name are answered with CONTINUE: for
+//! execve the supervisor cannot run the program itself, so the Landlock
+//! exec allowlist is what a raced path argument could reach (README).
+
+pub mod ops;
+pub mod path;
+
+use std::collections::HashMap;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::Duration;
+
+use audit::Kind;
+use policy::ask::{Access, Grant, GrantScope, Grants, Outcome};
+use serde_json::json;
+
+use crate::broker::{AskAnswer, AskRequest, Scope};
+use crate::evidence::Evidence;
+use crate::exit::Failure;
+use crate::sys::notify::{self, Notif};
+
+/// Distinct asks one sandbox may have waiting; beyond, new ones are denied.
+pub const MAX_PENDING: usize = 64;
+/// Denials of one target recorded in the audit log before the rest are counted.
+const VERDICT_RECORDS_PER_TARGET: u32 = 3;
+
+/// Who answers an ask: the broker client (or a stand-in in tests).
+pub trait Asker: Send + Sync {
+    fn ask(&self, req: &AskRequest) -> AskAnswer;
+}
+
+impl Asker for crate::broker::Client {
+    fn ask(&self, req: &AskRequest) -> AskAnswer {
+        crate::broker::Client::ask(self, req)
+    }
+}
+
+/// The broker client (started on demand; tty prompt or deny without one).
+pub fn default_asker() -> Box<dyn Asker> {
+    Box::new(crate::broker::Client::new())
+}
+
+/// What `prepare` made for the gate, before fork.
+pub struct Setup {
+    /// Our end of the socket the exec stage sends the listener on.
+    pub sock: OwnedFd,
+    /// The sandbox's Landlock ruleset, for the hands.
+    pub ruleset: Option<OwnedFd>,
+}
+
+/// The context of one sandbox.
+pub struct Context {
+    pub plan: policy::ask::GatePlan,
+    pub profile: String,
+    pub session: String,
+    pub argv: Vec<String>,
+    pub grants_path: std::path::PathBuf,
+    pub grants: Grants,
+    pub asker: Box<dyn Asker>,
+    /// The profile allows AF_UNIX sockets (`[ipc] unix`).
+    pub unix_sockets: bool,
+}
+
+/// How a parked syscall is answered.
+pub enum Reply {
+    /// Return this value.
+    Value(i64),
+    /// Fail with this errno.
+    Errno(i32),
+    /// Let the kernel run it as asked.
+    Continue,
+    /// Install this fd in the caller and return its number.
+    Fd { fd: OwnedFd, cloexec: bool },
+}
+
+/// The hands: one confined thread running jobs in order.
+struct Hands {
+    tx: Mutex<mpsc::Sender<Box<dyn FnOnce() + Send>>>,
+}
+
+impl Hands {
+    fn start(ruleset: Option<OwnedFd>) -> Result<Hands, Failure> {
+        let (tx, rx) = mpsc::channel::<Box<dyn FnOnce() + Send>>();
+        let (ready_tx, ready_rx) = mpsc::sync_channel(1);
+        std::thread::Builder::new()
+            .name("gate-hands".into())
+            .spawn(move || {
+                let confined = notify::confine_thread(ruleset.as_ref());
+                drop(ruleset);
+                let ok = confined.is_ok();
+                let _ = ready_tx.send(confined);
+                if ok {
+                    for job in rx {
+                        job();
+                    }
+                }
+            })
+            .map_err(|e| Failure::setup(format!("gate: cannot start a thread: {e}")))?;
+        match ready_rx.recv() {
+            Ok(Ok(())) => Ok(Hands { tx: Mutex::new(tx) }),
+            Ok(Err(e)) => Err(Failure::setup(format!(
+                "gate: cannot confine the thread that acts for the sandbox: {e}; refusing to run"
+            ))),
+            Err(_) => Err(Failure::setup("gate: the acting thread died")),
+        }
+    }
+
+    /// Runs `f` confined and waits for its result.
+    pub fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+        let (rtx, rrx) = mpsc::sync_channel(1);
+        let job: Box<dyn FnOnce() + Send> = Box::new(move || {
+            let _ = rtx.send(f());
+        });
+        self.tx.lock().ok()?.send(job).ok()?;
+        rrx.recv().ok()
+    }
+}
+
+/// An operation decided on but not yet performed.
+pub struct Op {
+    pub access: Vec<Access>,
+    /// Canonical targets the rules are matched on; `moves` as in policy::ask::Subject.
+    pub targets: Vec<(String, bool)>,
+    pub subject: Option<Subject>,
+    /// `open-write`, `rename`, `exec`, `connect`, ...
+    pub kind: &'static str,
+    /// The syscall with its arguments, for the prompt and the log.
+    pub detail: String,
+    /// Performs it (in the hands where it touches the filesystem or network).
+    pub perform: Box<dyn FnOnce(&Shared) -> Reply + Send>,
+}
+
+/// Non-path subjects.
+pub enum Subject {
+    Addr(std::net::IpAddr, u16),
+    Syscall(String),
+}
+
+impl Op {
+    fn key(&self) -> String {
+        match &self.subject {
+            Some(Subject::Addr(ip, port)) => std::net::SocketAddr::new(*ip, *port).to_string(),
+            Some(Subject::Syscall(s)) => s.clone(),
+            None => self.targets.iter().map(|(t, _)| t.as_str()).collect::<Vec<_>>().join(" -> "),
+        }
+    }
+}
+
+/// State shared by the server and the ask threads.
+pub struct Shared {
+    ctx: Context,
+    listener: OwnedFd,
+    hands: Hands,
+    grants: Mutex<Grants>,
+    evidence: Journal,
+    /// Pending asks by key: the notifications waiting on one answer.
+    pending: Mutex<HashMap<String, Vec<(Notif, Op)>>>,
+    /// Denials per target (audit rate limit).
+    denials: Mutex<HashMap<String, u32>>,
+}
+
+impl Shared {
+    /// Runs `f` in the confined hands thread.
+    pub fn hands<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+        self.hands.run(f)
+    }
+
+    fn send(&self, n: &Notif, reply: Reply) {
+        let l = self.listener.as_fd();
+        // ENOENT: the caller is gone (killed while parked); nothing to answer.
+        let _ = match reply {
+            Reply::Value(v) => notify::respond(l, n.id, v, 0, false),
+            Reply::Errno(e) => notify::respond(l, n.id, 0, e, false),
+            Reply::Continue => notify::respond(l, n.id, 0, 0, true),
+            Reply::Fd { fd, cloexec } => match notify::addfd_send(l, n.id, fd.as_fd(), cloexec) {
+                Ok(_) => Ok(()),
+                Err(e) => notify::respond(l, n.id, 0, e.raw_os_error().unwrap_or(libc::EIO), false),
+            },
+        };
+    }
+
+    /// The engine's decision for every (access, target) of `op`; the strictest wins.
+    fn decide(&self, op: &Op) -> policy::ask::Decision {
+        let grants = self.grants.lock().unwrap_or_else(|p| p.into_inner());
+        let mut worst: Option<policy::ask::Decision> = None;
+        let mut consider = |d: policy::ask::Decision| {
+            let rank = |o: Outcome| match o {
+                Outcome::Allow => 0,
+                Outcome::Ask => 1,
+                Outcome::Deny => 2,
+            };
+            if worst.as_ref().is_none_or(|w| rank(d.outcome) > rank(w.outcome)) {
+                worst = Some(d);
+            }
+        };
+        for &access in &op.access {
+            match &op.subject {
+                Some(Subject::Addr(ip, port)) => consider(policy::ask::decide(
+                    &self.ctx.plan,
+                    &grants,
+                    access,
+                    &policy::ask::Subject::Addr { ip: *ip, port: *port },
+                )),
+                Some(Subject::Syscall(s)) => {
+                    consider(policy::ask::decide(&self.ctx.plan, &grants, access, &policy::ask::Subject::Syscall(s)))
+                }
+                None => {
+                    for (t, moves) in &op.targets {
+                        consider(policy::ask::decide(
+                            &self.ctx.plan,
+                            &grants,
+                            access,
+                            &policy::ask::Subject::Path { path: t, moves: *moves },
+                        ));
+                    }
+                }
+            }
+        }
+        worst.unwrap_or(policy::ask::Decision {
+            outcome: Outcome::Allow,
+            category: None,
+            timeout_ms: 0,
+            reason: "no rule".into(),
+            grant: None,
+        })
+    }
+
+    fn record_denial(&self, n: &Notif, op: &Op, reason: &str) {
+        let key = op.key();
+        let count = {
+            let mut d = self.denials.lock().unwrap_or_else(|p| p.into_inner());
+            let c = d.entry(key.clone()).or_insert(0);
+            *c += 1;
+            *c
+        };
+        if count > VERDICT_RECORDS_PER_TARGET {
+            return;
+        }
+        self.evidence.record(
+            Kind::Verdict,
+            json!({ "verdict": "deny", "op": op.kind, "target": key, "detail": op.detail, "rule": reason, "pid": n.pid }),
+        );
+    }
+
+    /// Decides `op` for notification `n` and answers, or parks it for a person.
+    fn handle(self: &Arc<Self>, n: Notif, op: Op) {
+        let d = self.decide(&op);
+        match d.outcome {
+            Outcome::Allow => {
+                let reply = (op.perform)(self);
+                self.send(&n, reply);
+            }
+            Outcome::Deny => {
+                self.record_denial(&n, &op, &d.reason);
+                self.send(&n, Reply::Errno(deny_errno(&op)));
+            }
+            Outcome::Ask => self.park(n, op, d),
+        }
+    }
+
+    fn park(self: &Arc<Self>, n: Notif, op: Op, d: policy::ask::Decision) {
+        let key = format!("{}:{}", op.access.iter().map(|a| a.as_str()).collect::<Vec<_>>().join("+"), op.key());
+        {
+            let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(waiting) = pending.get_mut(&key) {
+                // The same question is already being asked: share its answer.
+                if waiting.len() < MAX_PENDING * 16 {
+                    waiting.push((n, op));
+                    return;
+                }
+                drop(pending);
+                self.record_denial(&n, &op, "too many identical requests waiting");
+                self.send(&n, Reply::Errno(libc::EAGAIN));
+                return;
+            }
+            if pending.len() >= MAX_PENDING {
+                drop(pending);
+                self.record_denial(&n, &op, "too many requests waiting for an answer");
+                self.send(&n, Reply::Errno(deny_errno(&op)));
+                return;
+            }
+            let req = AskRequest {
+                session: self.ctx.session.clone(),
+                profile: self.ctx.profile.clone(),
+                argv: self.ctx.argv.clone(),
+                pid: n.pid as i32,
+                kind: op.kind.to_string(),
+                category: d.category.map_or("write", |c| c.as_str()).to_string(),
+                target: op.key(),
+                detail: op.detail.clone(),
+                rule: d.reason.clone(),
+                timeout: Duration::from_millis(d.timeout_ms),
+            };
+            let access = op.access.clone();
+            pending.insert(key.clone(), vec![(n, op)]);
+            let shared = Arc::clone(self);
+            let ask_key = key.clone();
+            let spawned = std::thread::Builder::new().name("gate-ask".into()).spawn(move || {
+                let answer = shared.ctx.asker.ask(&req);
+                shared.answered(&ask_key, &req, &access, answer);
+            });
+            if spawned.is_err() {
+                let waiting = pending.remove(&key).unwrap_or_default();
+                drop(pending);
+                for (n, _) in waiting {
+                    self.send(&n, Reply::Errno(libc::EAGAIN));
+                }
+            }
+        }
+    }
+
+    /// An answer arrived: log it durably, remember grants, then act.
+    fn answered(self: &Arc<Self>, key: &str, req: &AskRequest, access: &[Access], answer: AskAnswer) {
+        let waiting = self.pending.lock().unwrap_or_else(|p| p.into_inner()).remove(key).unwrap_or_default();
+        let mut allow = answer.allow;
+        let grant_id = match answer.scope {
+            Scope::Once => None,
+            Scope::Session | Scope::Always => Some(crate::grants::new_id()),
+        };
+        let scope_name = match answer.scope {
+            Scope::Once => "once",
+            Scope::Session => "session",
+            Scope::Always => "always",
+        };
+        // Log before act: the sandbox goes on only once the answer is durable.
+        let logged = self.evidence.record_durable(
+            Kind::Approval,
+            json!({
+                "request": {
+                    "kind": req.kind, "category": req.category, "target": req.target, "detail": req.detail,
+                    "rule": req.rule, "pid": req.pid, "timeout_ms": req.timeout.as_millis() as u64,
+                },
+                "decision": if answer.allow { "allow" } else { "deny" },
+                "scope": scope_name,
+                "by": answer.by,
+                "reason": answer.reason,
+                "latency_ms": answer.latency.as_millis() as u64,
+                "grant": grant_id,
+                "coalesced": waiting.len(),
+            }),
+        );
+        let durable = logged.is_ok();
+        if let Err(f) = logged {
+            eprintln!("portcullis: {}; denying the request", f.message);
+            allow = false;
+        }
+        if let (Some(id), true) = (&grant_id, durable) {
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+            for &a in access {
+                let grant = Grant {
+                    id: id.clone(),
+                    profile: self.ctx.profile.clone(),
+                    access: a,
+                    target: req.target.clone(),
+                    allow: answer.allow,
+                    scope: if answer.scope == Scope::Always { GrantScope::Always } else { GrantScope::Session },
+                    created: now,
+                    by: answer.by.clone(),
+                };
+                self.grants.lock().unwrap_or_else(|p| p.into_inner()).insert(&grant);
+                if answer.scope == Scope::Always {
+                    if let Err(f) = crate::grants::persist(&self.ctx.grants_path, grant) {
+                        eprintln!("portcullis: could not save the grant: {}", f.message);
+                    }
+                }
+            }
+        }
+        for (n, op) in waiting {
+            if allow {
+                let reply = (op.perform)(self);
+                self.send(&n, reply);
+            } else {
+                self.send(&n, Reply::Errno(deny_errno(&op)));
+            }
+        }
+    }
+}
+
+fn deny_errno(op: &Op) -> i32 {
+    match op.subject {
+        Some(Subject::Syscall(_)) => libc::EPERM,
+        _ => libc::EACCES,
+    }
+}
+
+/// Rule paths as the kernel resolves them: `/bin/sh` may really be
+/// `/usr/bin/dash`, and the gate matches canonical paths. A path that does
+/// not exist yet keeps its longest existing ancestor's canonical form.
+pub fn canonical_rules(plan: &policy::ask::GatePlan) -> policy::ask::GatePlan {
+    let mut out = plan.clone();
+    for r in &plan.rules {
+        if let policy::ask::Target::Path(p) = &r.target {
+            let c = canonical_path(std::path::Path::new(p));
+            if c != *p {
+                let mut extra = r.clone();
+                extra.target = policy::ask::Target::Path(c);
+                out.rules.push(extra);
+            }
+        }
+    }
+    out
+}
+
+fn canonical_path(p: &std::path::Path) -> String {
+    let mut head = p.to_path_buf();
+    let mut tail = Vec::new();
+    loop {
+        if let Ok(c) = std::fs::canonicalize(&head) {
+            let mut full = c;
+            for part in tail.iter().rev() {
+                full.push(part);
+            }
+            return full.to_string_lossy().into_owned();
+        }
+        match (head.file_name().map(|n| n.to_os_string()), head.pop()) {
+            (Some(name), true) => tail.push(name),
+            _ => return p.to_string_lossy().into_owned(),
+        }
+    }
+}
+
+/// The running gate.
+pub struct Running {
+    server: std::thread::JoinHandle<()>,
+    shared: Arc<Mutex<Option<Arc<Shared>>>>,
+}
+
+/// Starts the hands (confined before anything runs) and the server, which
+/// waits for the listener from the exec stage. Call before spawning.
+pub fn start(setup: Setup, ctx: Context, evidence: Evidence) -> Result<Running, Failure> {
+    let hands = Hands::start(setup.ruleset)?;
+    let evidence = Journal::start(evidence)?;
+    let grants = ctx.grants.clone();
+    let slot: Arc<Mutex<Option<Arc<Shared>>>> = Arc::new(Mutex::new(None));
+    let slot2 = Arc::clone(&slot);
+    let sock = setup.sock;
+    let server = std::thread::Builder::new()
+        .name("gate".into())
+        .spawn(move || {
+            let Some(listener) = recv_listener(&sock) else { return };
+            drop(sock);
+            let _ = notify::set_sync_wakeup(listener.as_fd());
+            let shared = Arc::new(Shared {
+                ctx,
+                listener,
+                hands,
+                grants: Mutex::new(grants),
+                evidence,
+                pending: Mutex::new(HashMap::new()),
+                denials: Mutex::new(HashMap::new()),
+            });
+            *slot2.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::clone(&shared));
+            serve(&shared);
+        })
+        .map_err(|e| Failure::setup(format!("gate: cannot start a thread: {e}")))?;
+    Ok(Running { server, shared: slot })
+}
+
+impl Running {
+    /// After the sandbox is gone: the server has seen the listener hang up.
+    /// Writes the denial counts and commits the gate's records.
+    pub fn finish(self) {
+        let _ = self.server.join();
+        let Some(shared) = self.shared.lock().unwrap_or_else(|p| p.into_inner()).take() else { return };
+        let denials = shared.denials.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let suppressed: u32 = denials.values().map(|c| c.saturating_sub(VERDICT_RECORDS_PER_TARGET)).sum();
+        if suppressed > 0 {
+            let mut top: Vec<(&String, &u32)> = denials.iter().collect();
+            top.sort_by(|a, b| b.1.cmp(a.1));
+            top.truncate(20);
+            shared.evidence.record(
+                Kind::Verdict,
+                json!({ "verdict": "deny", "summary": true, "unrecorded_denials": suppressed, "most_denied": top }),
+            );
+        }
+        shared.evidence.close();
+    }
+}
+
+/// The gate's audit writer: records go through a channel to one thread, so
+/// no notification waits on the log's lock unless it must ("log before act").
+struct Journal {
+    tx: Mutex<Option<mpsc::SyncSender<JournalMsg>>>,
+    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+type JournalMsg = (Kind, serde_json::Value, Option<mpsc::SyncSender<Result<(), String>>>);
+
+impl Journal {
+    fn start(mut ev: Evidence) -> Result<Journal, Failure> {
+        let (tx, rx) = mpsc::sync_channel::<JournalMsg>(4096);
+        let writer = std::thread::Builder::new()
+            .name("gate-audit".into())
+            .spawn(move || {
+                for (kind, body, ack) in rx {
+                    let r = ev.record(kind, body);
+                    let r = match ack {
+                        Some(ack) => {
+                            let r = r.and_then(|()| ev.commit()).map_err(|f| f.message);
+                            let _ = ack.send(r);
+                            continue;
+                        }
+                        None => r,
+                    };
+                    if let Err(f) = r {
+                        eprintln!("portcullis: gate: {}", f.message);
+                    }
+                }
+                let _ = ev.commit();
+            })
+            .map_err(|e| Failure::setup(format!("gate: cannot start a thread: {e}")))?;
+        Ok(Journal { tx: Mutex::new(Some(tx)), writer: Mutex::new(Some(writer)) })
+    }
+
+    /// Queues a record (group-committed). A full queue drops it: a flood of
+    /// denials must not stall the sandbox; the summary at exit counts them.
+    fn record(&self, kind: Kind, body: serde_json::Value) {
+        if let Some(tx) = self.tx.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+            let _ = tx.try_send((kind, body, None));
+        }
+    }
+
+    /// Appends and fsyncs; returns once the record is durable.
+    fn record_durable(&self, kind: Kind, body: serde_json::Value) -> Result<(), Failure> {
+        let (ack, done) = mpsc::sync_channel(1);
+        let tx = self.tx.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let sent = tx.is_some_and(|tx| tx.send((kind, body, Some(ack))).is_ok());
+        match (sent, done.recv()) {
+            (true, Ok(Ok(()))) => Ok(()),
+            (true, Ok(Err(m))) => Err(Failure::setup(m)),
+            _ => Err(Failure::setup("gate: the audit writer is gone")),
+        }
+    }
+
+    fn close(&self) {
+        self.tx.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(w) = self.writer.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            let _ = w.join();
+        }
+    }
+}
+
+fn recv_listener(sock: &OwnedFd) -> Option<OwnedFd> {
+    use std::os::fd::AsRawFd;
+    let mut byte = [0u8; 1];
+    let mut iov = [std::io::IoSliceMut::new(&mut byte)];
+    let mut cmsg = nix::cmsg_space!(std::os::fd::RawFd);
+    let msg = nix::sys::socket::recvmsg::<()>(
+        sock.as_raw_fd(),
+        &mut iov,
+        Some(&mut cmsg),
+        nix::sys::socket::MsgFlags::MSG_CMSG_CLOEXEC,
+    )
+    .ok()?;
+    for c in msg.cmsgs().ok()? {
+        if let nix::sys::socket::ControlMessageOwned::ScmRights(fds) = c {
+            if let Some(&fd) = fds.first() {
+                return Some(notify::own(fd));
+            }
+        }
+    }
+    None
+}
+
+fn serve(shared: &Arc<Shared>) {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    loop {
+        let mut fds = [PollFd::new(shared.listener.as_fd(), PollFlags::POLLIN)];
+        match poll(&mut fds, PollTimeout::NONE) {
+            Ok(_) => {}
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(_) => return,
+        }
+        let revents = fds[0].revents().unwrap_or(PollFlags::empty());
+        if revents.contains(PollFlags::POLLIN) {
+            match notify::recv(shared.listener.as_fd()) {
+                Ok(Some(n)) => dispatch(shared, n),
+                Ok(None) => continue,
+                Err(_) => return,
+            }
+        } else if revents.intersects(PollFlags::POLLHUP | PollFlags::POLLERR | PollFlags::POLLNVAL) {
+            // No process uses the filter any more: the sandbox is gone.
+            return;
+        }
+    }
+}
+
+fn dispatch(shared: &Arc<Shared>, n: Notif) {
+    match ops::classify(shared, &n) {
+        Ok(op) => shared.handle(n, op),
+        Err(errno) => shared.send(&n, Reply::Errno(errno)),
+    }
+}

@@ -1,0 +1,535 @@
+//! What each parked syscall means: its arguments read from the caller's
+//! memory (the notification id re-checked after every read), its targets
+//! resolved, and how to perform it on the caller's behalf.
+
+use std::ffi::CString;
+use std::os::fd::{AsFd, AsRawFd};
+
+use nix::fcntl::OFlag;
+use nix::sys::stat::Mode;
+use policy::ask::Access;
+
+use super::path::{resolve, Caller, Resolved};
+use super::{Op, Reply, Shared, Subject};
+use crate::sandbox::seccomp::nr;
+use crate::sys::notify::{self, Notif};
+
+const PATH_MAX: usize = 4096;
+const AT_EMPTY_PATH: u64 = 0x1000;
+const AT_SYMLINK_FOLLOW: u64 = 0x400;
+const AT_SYMLINK_NOFOLLOW: u64 = 0x100;
+const AT_REMOVEDIR: u64 = 0x200;
+const O_TMPFILE_BIT: i32 = 0x40_0000;
+
+/// Reads `len` bytes at `addr` of the caller.
+fn read_mem(shared: &Shared, n: &Notif, addr: u64, buf: &mut [u8]) -> Result<usize, i32> {
+    use nix::sys::uio::{process_vm_readv, RemoteIoVec};
+    let mut local = [std::io::IoSliceMut::new(buf)];
+    let remote = [RemoteIoVec { base: addr as usize, len: local[0].len() }];
+    let got =
+        process_vm_readv(nix::unistd::Pid::from_raw(n.pid as i32), &mut local, &remote).map_err(|_| libc::EFAULT)?;
+    // The pid may have been recycled between the notification and the read.
+    if !notify::id_valid(shared.listener.as_fd(), n.id) {
+        return Err(libc::ESRCH);
+    }
+    Ok(got)
+}
+
+/// Reads a NUL-terminated string of at most PATH_MAX bytes, page by page
+/// (a read across an unmapped page would fail as a whole).
+fn read_cstr(shared: &Shared, n: &Notif, addr: u64, max: usize) -> Result<Vec<u8>, i32> {
+    if addr == 0 {
+        return Err(libc::EFAULT);
+    }
+    let mut out = Vec::new();
+    let mut at = addr;
+    while out.len() < max {
+        let to_page_end = 4096 - (at % 4096) as usize;
+        let want = to_page_end.min(max - out.len());
+        let mut buf = vec![0u8; want];
+        let got = read_mem(shared, n, at, &mut buf)?;
+        if got == 0 {
+            return Err(libc::EFAULT);
+        }
+        if let Some(end) = buf[..got].iter().position(|&b| b == 0) {
+            out.extend_from_slice(&buf[..end]);
+            return Ok(out);
+        }
+        out.extend_from_slice(&buf[..got]);
+        at += got as u64;
+    }
+    Err(libc::ENAMETOOLONG)
+}
+
+/// argv for the prompt: at most 64 arguments of 256 bytes each.
+fn read_argv(shared: &Shared, n: &Notif, addr: u64) -> Vec<String> {
+    let mut out = Vec::new();
+    if addr == 0 {
+        return out;
+    }
+    let mut ptrs = [0u8; 8 * 64];
+    let Ok(got) = read_mem(shared, n, addr, &mut ptrs) else { return out };
+    for chunk in ptrs[..got - got % 8].chunks(8) {
+        let p = u64::from_le_bytes(chunk.try_into().unwrap_or([0; 8]));
+        if p == 0 {
+            break;
+        }
+        match read_cstr(shared, n, p, 256) {
+            Ok(s) => out.push(String::from_utf8_lossy(&s).into_owned()),
+            Err(libc::ENAMETOOLONG) => out.push("[long argument]".into()),
+            Err(_) => break,
+        }
+    }
+    out
+}
+
+fn int(v: u64) -> i32 {
+    v as u32 as i32
+}
+
+fn path_arg(shared: &Shared, n: &Notif, caller: &Caller, dirfd: u64, addr: u64, follow: bool) -> Result<Resolved, i32> {
+    let p = read_cstr(shared, n, addr, PATH_MAX)?;
+    resolve(caller, int(dirfd), &p, follow)
+}
+
+fn hands_result(r: Option<Reply>) -> Reply {
+    r.unwrap_or(Reply::Errno(libc::EIO))
+}
+
+fn errno_of(e: nix::errno::Errno) -> Reply {
+    Reply::Errno(e as i32)
+}
+
+fn unit(r: nix::Result<()>) -> Reply {
+    match r {
+        Ok(()) => Reply::Value(0),
+        Err(e) => errno_of(e),
+    }
+}
+
+fn name_or_busy(r: &Resolved) -> Result<CString, i32> {
+    r.name.clone().ok_or(libc::EBUSY)
+}
+
+/// Classifies notification `n` into an operation to decide and perform.
+pub fn classify(shared: &Shared, n: &Notif) -> Result<Op, i32> {
+    let caller = Caller { tid: n.pid };
+    let a = n.args;
+    let nr_ = u32::try_from(n.nr).map_err(|_| libc::ENOSYS)?;
+    match nr_ {
+        nr::OPEN => open_op(shared, n, &caller, libc::AT_FDCWD as u64, a[0], int(a[1]), a[2]),
+        nr::OPENAT => open_op(shared, n, &caller, a[0], a[1], int(a[2]), a[3]),
+        nr::CREAT => open_op(
+            shared,
+            n,
+            &caller,
+            libc::AT_FDCWD as u64,
+            a[0],
+            libc::O_CREAT | libc::O_WRONLY | libc::O_TRUNC,
+            a[1],
+        ),
+        nr::OPENAT2 => Err(libc::ENOSYS),
+        nr::RENAME | nr::RENAMEAT | nr::RENAMEAT2 => {
+            let (od, op, nd, np, flags) = match nr_ {
+                nr::RENAME => (libc::AT_FDCWD as u64, a[0], libc::AT_FDCWD as u64, a[1], 0),
+                nr::RENAMEAT => (a[0], a[1], a[2], a[3], 0),
+                _ => (a[0], a[1], a[2], a[3], a[4] as u32),
+            };
+            let from = path_arg(shared, n, &caller, od, op, false)?;
+            let to = path_arg(shared, n, &caller, nd, np, false)?;
+            let (fname, tname) = (name_or_busy(&from)?, name_or_busy(&to)?);
+            Ok(Op {
+                access: vec![Access::Write, Access::Read],
+                targets: vec![(from.canonical.clone(), true), (to.canonical.clone(), true)],
+                subject: None,
+                kind: "rename",
+                detail: format!("rename({:?}, {:?}, flags {flags:#x})", from.canonical, to.canonical),
+                perform: Box::new(move |s: &Shared| {
+                    hands_result(s.hands(move || {
+                        unit(nix::fcntl::renameat2(
+                            Some(from.dir.as_raw_fd()),
+                            fname.as_c_str(),
+                            Some(to.dir.as_raw_fd()),
+                            tname.as_c_str(),
+                            nix::fcntl::RenameFlags::from_bits_retain(flags),
+                        ))
+                    }))
+                }),
+            })
+        }
+        nr::LINK | nr::LINKAT => {
+            let (od, op, nd, np, flags) = match nr_ {
+                nr::LINK => (libc::AT_FDCWD as u64, a[0], libc::AT_FDCWD as u64, a[1], 0),
+                _ => (a[0], a[1], a[2], a[3], a[4]),
+            };
+            if flags & AT_EMPTY_PATH != 0 {
+                // Linking an fd (O_TMPFILE) in: the gate cannot see what it is.
+                return Err(libc::EPERM);
+            }
+            let from = path_arg(shared, n, &caller, od, op, flags & AT_SYMLINK_FOLLOW != 0)?;
+            let to = path_arg(shared, n, &caller, nd, np, false)?;
+            let (fname, tname) = (name_or_busy(&from)?, name_or_busy(&to)?);
+            Ok(Op {
+                access: vec![Access::Write, Access::Read],
+                targets: vec![(from.canonical.clone(), true), (to.canonical.clone(), true)],
+                subject: None,
+                kind: "link",
+                detail: format!("link({:?}, {:?})", from.canonical, to.canonical),
+                perform: Box::new(move |s: &Shared| {
+                    hands_result(s.hands(move || {
+                        unit(nix::unistd::linkat(
+                            Some(from.dir.as_raw_fd()),
+                            fname.as_c_str(),
+                            Some(to.dir.as_raw_fd()),
+                            tname.as_c_str(),
+                            nix::fcntl::AtFlags::empty(),
+                        ))
+                    }))
+                }),
+            })
+        }
+        nr::SYMLINK | nr::SYMLINKAT => {
+            let (target_addr, nd, np) = match nr_ {
+                nr::SYMLINK => (a[0], libc::AT_FDCWD as u64, a[1]),
+                _ => (a[0], a[1], a[2]),
+            };
+            let target = CString::new(read_cstr(shared, n, target_addr, PATH_MAX)?).map_err(|_| libc::EINVAL)?;
+            let link = path_arg(shared, n, &caller, nd, np, false)?;
+            let lname = name_or_busy(&link)?;
+            Ok(Op {
+                access: vec![Access::Write, Access::Read],
+                // A symlink named like a protected place redirects it: counts as a move.
+                targets: vec![(link.canonical.clone(), true)],
+                subject: None,
+                kind: "symlink",
+                detail: format!("symlink({:?} -> {:?})", link.canonical, target.to_string_lossy()),
+                perform: Box::new(move |s: &Shared| {
+                    hands_result(s.hands(move || {
+                        unit(nix::unistd::symlinkat(target.as_c_str(), Some(link.dir.as_raw_fd()), lname.as_c_str()))
+                    }))
+                }),
+            })
+        }
+        nr::UNLINK | nr::UNLINKAT | nr::RMDIR => {
+            let (d, p, flags) = match nr_ {
+                nr::UNLINK => (libc::AT_FDCWD as u64, a[0], 0),
+                nr::RMDIR => (libc::AT_FDCWD as u64, a[0], AT_REMOVEDIR),
+                _ => (a[0], a[1], a[2]),
+            };
+            let r = path_arg(shared, n, &caller, d, p, false)?;
+            let name = name_or_busy(&r)?;
+            let how = if flags & AT_REMOVEDIR != 0 {
+                nix::unistd::UnlinkatFlags::RemoveDir
+            } else {
+                nix::unistd::UnlinkatFlags::NoRemoveDir
+            };
+            Ok(Op {
+                access: vec![Access::Write],
+                targets: vec![(r.canonical.clone(), false)],
+                subject: None,
+                kind: "unlink",
+                detail: format!("unlink({:?})", r.canonical),
+                perform: Box::new(move |s: &Shared| {
+                    hands_result(
+                        s.hands(move || unit(nix::unistd::unlinkat(Some(r.dir.as_raw_fd()), name.as_c_str(), how))),
+                    )
+                }),
+            })
+        }
+        nr::MKDIR | nr::MKDIRAT => {
+            let (d, p, mode) = match nr_ {
+                nr::MKDIR => (libc::AT_FDCWD as u64, a[0], a[1]),
+                _ => (a[0], a[1], a[2]),
+            };
+            let r = path_arg(shared, n, &caller, d, p, false)?;
+            let name = name_or_busy(&r).map_err(|_| libc::EEXIST)?;
+            let umask = caller.umask();
+            Ok(Op {
+                access: vec![Access::Write],
+                targets: vec![(r.canonical.clone(), false)],
+                subject: None,
+                kind: "mkdir",
+                detail: format!("mkdir({:?}, {:o})", r.canonical, mode),
+                perform: Box::new(move |s: &Shared| {
+                    hands_result(s.hands(move || {
+                        notify::set_umask(umask);
+                        unit(nix::sys::stat::mkdirat(
+                            Some(r.dir.as_raw_fd()),
+                            name.as_c_str(),
+                            Mode::from_bits_truncate(mode as u32),
+                        ))
+                    }))
+                }),
+            })
+        }
+        nr::MKNOD | nr::MKNODAT => {
+            let (d, p, mode, dev) = match nr_ {
+                nr::MKNOD => (libc::AT_FDCWD as u64, a[0], a[1], a[2]),
+                _ => (a[0], a[1], a[2], a[3]),
+            };
+            let r = path_arg(shared, n, &caller, d, p, false)?;
+            let name = name_or_busy(&r).map_err(|_| libc::EEXIST)?;
+            let umask = caller.umask();
+            Ok(Op {
+                access: vec![Access::Write],
+                targets: vec![(r.canonical.clone(), false)],
+                subject: None,
+                kind: "mknod",
+                detail: format!("mknod({:?}, {:o})", r.canonical, mode),
+                perform: Box::new(move |s: &Shared| {
+                    hands_result(s.hands(move || {
+                        notify::set_umask(umask);
+                        let m = mode as u32;
+                        unit(nix::sys::stat::mknodat(
+                            Some(r.dir.as_raw_fd()),
+                            name.as_c_str(),
+                            nix::sys::stat::SFlag::from_bits_truncate(m & libc::S_IFMT),
+                            Mode::from_bits_truncate(m & 0o7777),
+                            dev,
+                        ))
+                    }))
+                }),
+            })
+        }
+        nr::TRUNCATE => {
+            let r = path_arg(shared, n, &caller, libc::AT_FDCWD as u64, a[0], true)?;
+            let len = a[1] as i64;
+            Ok(Op {
+                access: vec![Access::Write],
+                targets: vec![(r.canonical.clone(), false)],
+                subject: None,
+                kind: "truncate",
+                detail: format!("truncate({:?}, {len})", r.canonical),
+                perform: Box::new(move |s: &Shared| {
+                    hands_result(s.hands(move || {
+                        let fd = match nix::fcntl::openat(
+                            Some(r.dir.as_raw_fd()),
+                            r.at_name(),
+                            OFlag::O_WRONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+                            Mode::empty(),
+                        ) {
+                            Ok(fd) => notify::own(fd),
+                            Err(e) => return errno_of(e),
+                        };
+                        unit(nix::unistd::ftruncate(fd, len))
+                    }))
+                }),
+            })
+        }
+        nr::EXECVE | nr::EXECVEAT => {
+            let (d, p, argv, flags) = match nr_ {
+                nr::EXECVE => (libc::AT_FDCWD as u64, a[0], a[1], 0),
+                _ => (a[0], a[1], a[2], a[4]),
+            };
+            let r = path_arg(shared, n, &caller, d, p, flags & AT_SYMLINK_NOFOLLOW == 0)?;
+            let argv = read_argv(shared, n, argv);
+            Ok(Op {
+                access: vec![Access::Exec],
+                targets: vec![(r.canonical.clone(), false)],
+                subject: None,
+                kind: "exec",
+                detail: format!("exec {} (argv: {})", r.canonical, shell_words(&argv)),
+                // The kernel runs it; Landlock's exec allowlist bounds what a raced path reaches.
+                perform: Box::new(|_| Reply::Continue),
+            })
+        }
+        nr::CONNECT => connect_op(shared, n, &caller),
+        other => {
+            let name = shared
+                .ctx
+                .plan
+                .ask_syscalls()
+                .into_iter()
+                .find(|(x, _)| *x == i64::from(other))
+                .map(|(_, name)| name)
+                .ok_or(libc::ENOSYS)?;
+            Ok(Op {
+                access: vec![Access::Syscall],
+                targets: vec![],
+                subject: Some(Subject::Syscall(name.clone())),
+                kind: "syscall",
+                detail: format!("{name}({:#x}, {:#x}, {:#x}, {:#x}, {:#x}, {:#x})", a[0], a[1], a[2], a[3], a[4], a[5]),
+                // Register arguments only: nothing the caller can change after the check.
+                perform: Box::new(|_| Reply::Continue),
+            })
+        }
+    }
+}
+
+fn shell_words(argv: &[String]) -> String {
+    argv.iter()
+        .map(|a| {
+            if a.is_empty() || a.contains(|c: char| c.is_whitespace() || c == '\'') {
+                format!("{a:?}")
+            } else {
+                a.clone()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn open_op(
+    shared: &Shared,
+    n: &Notif,
+    caller: &Caller,
+    dirfd: u64,
+    addr: u64,
+    flags: i32,
+    mode: u64,
+) -> Result<Op, i32> {
+    let accmode = flags & libc::O_ACCMODE;
+    let tmpfile = flags & O_TMPFILE_BIT != 0;
+    let path_only = flags & libc::O_PATH != 0;
+    let creates = flags & libc::O_CREAT != 0 || tmpfile;
+    let writes = !path_only && (accmode != libc::O_RDONLY || creates || flags & libc::O_TRUNC != 0);
+    let reads = !path_only && accmode != libc::O_WRONLY;
+    let excl_create = flags & libc::O_CREAT != 0 && flags & libc::O_EXCL != 0;
+    let follow = flags & libc::O_NOFOLLOW == 0 && !excl_create;
+    let r = path_arg(shared, n, caller, dirfd, addr, follow)?;
+    if r.trailing_slash && flags & libc::O_CREAT != 0 && r.name.is_some() {
+        return Err(libc::EISDIR);
+    }
+    let mut access = Vec::new();
+    if reads {
+        access.push(Access::Read);
+    }
+    if writes {
+        access.push(Access::Write);
+    }
+    let umask = if creates { caller.umask() } else { 0 };
+    let cloexec = flags & libc::O_CLOEXEC != 0;
+    let kind = if writes { "open-write" } else { "open-read" };
+    let mut own_flags = flags | libc::O_CLOEXEC;
+    if r.name.is_some() && follow {
+        // Resolved already: a symlink swapped in now must not redirect the open.
+        own_flags |= libc::O_NOFOLLOW;
+    }
+    if r.trailing_slash && !tmpfile {
+        own_flags |= libc::O_DIRECTORY;
+    }
+    Ok(Op {
+        access,
+        targets: vec![(r.canonical.clone(), false)],
+        subject: None,
+        kind,
+        detail: format!("open({:?}, {})", r.canonical, open_flags(flags)),
+        perform: Box::new(move |s: &Shared| {
+            hands_result(s.hands(move || {
+                if creates {
+                    notify::set_umask(umask);
+                }
+                match nix::fcntl::openat(
+                    Some(r.dir.as_raw_fd()),
+                    r.at_name(),
+                    OFlag::from_bits_retain(own_flags),
+                    Mode::from_bits_truncate(mode as u32),
+                ) {
+                    Ok(fd) => Reply::Fd { fd: notify::own(fd), cloexec },
+                    Err(e) => errno_of(e),
+                }
+            }))
+        }),
+    })
+}
+
+fn open_flags(flags: i32) -> String {
+    let mut parts = vec![match flags & libc::O_ACCMODE {
+        libc::O_WRONLY => "O_WRONLY",
+        libc::O_RDWR => "O_RDWR",
+        _ => "O_RDONLY",
+    }];
+    for (bit, name) in [
+        (libc::O_CREAT, "O_CREAT"),
+        (libc::O_TRUNC, "O_TRUNC"),
+        (libc::O_APPEND, "O_APPEND"),
+        (libc::O_EXCL, "O_EXCL"),
+        (libc::O_NOFOLLOW, "O_NOFOLLOW"),
+        (libc::O_DIRECTORY, "O_DIRECTORY"),
+        (libc::O_PATH, "O_PATH"),
+        (O_TMPFILE_BIT, "O_TMPFILE"),
+    ] {
+        if flags & bit == bit {
+            parts.push(name);
+        }
+    }
+    parts.join("|")
+}
+
+fn tgid_of(tid: u32) -> Option<i32> {
+    let status = std::fs::read_to_string(format!("/proc/{tid}/status")).ok()?;
+    status.lines().find_map(|l| l.strip_prefix("Tgid:")).and_then(|v| v.trim().parse().ok())
+}
+
+fn connect_op(shared: &Shared, n: &Notif, _caller: &Caller) -> Result<Op, i32> {
+    let fd = int(n.args[0]);
+    let tgid = tgid_of(n.pid).ok_or(libc::ESRCH)?;
+    let pidfd = notify::pidfd_open(tgid).map_err(|e| e.raw_os_error().unwrap_or(libc::ESRCH))?;
+    // The caller's own socket (same open file description): connecting it
+    // here connects it for the caller, with every option it set, and what
+    // the kernel connects is exactly the address checked below.
+    let sock = notify::pidfd_getfd(pidfd.as_fd(), fd).map_err(|e| e.raw_os_error().unwrap_or(libc::EIO))?;
+    let inet = matches!(notify::sock_domain(sock.as_fd()), Some(libc::AF_INET | libc::AF_INET6));
+    if !inet {
+        if !shared.ctx.unix_sockets {
+            // Only socketpairs exist here (the floor refuses AF_UNIX
+            // sockets): nothing to connect, and a CONTINUE could be raced
+            // by swapping a TCP socket onto this fd number.
+            return Err(libc::EISCONN);
+        }
+        // A unix socket the profile allows: the rules are about TCP
+        // destinations (README: the unix-socket caveat).
+        return Ok(Op {
+            access: vec![],
+            targets: vec![],
+            subject: None,
+            kind: "connect",
+            detail: String::new(),
+            perform: Box::new(|_| Reply::Continue),
+        });
+    }
+    let len = (n.args[2] as usize).min(128);
+    let mut addr = vec![0u8; len];
+    let got = read_mem(shared, n, n.args[1], &mut addr)?;
+    addr.truncate(got);
+    let family = if addr.len() >= 2 { u16::from_ne_bytes([addr[0], addr[1]]) as i32 } else { -1 };
+    let (ip, port) = match family {
+        libc::AF_INET if addr.len() >= 8 => {
+            (std::net::IpAddr::from([addr[4], addr[5], addr[6], addr[7]]), u16::from_be_bytes([addr[2], addr[3]]))
+        }
+        libc::AF_INET6 if addr.len() >= 24 => {
+            let mut ip = [0u8; 16];
+            ip.copy_from_slice(&addr[8..24]);
+            (std::net::IpAddr::from(ip), u16::from_be_bytes([addr[2], addr[3]]))
+        }
+        // AF_UNSPEC dissolves a UDP association; anything else the kernel refuses itself.
+        _ => (std::net::IpAddr::from([0u8; 4]), 0),
+    };
+    let stream = nix::sys::socket::getsockopt(&sock, nix::sys::socket::sockopt::SockType)
+        .is_ok_and(|t| t == nix::sys::socket::SockType::Stream);
+    let perform: Box<dyn FnOnce(&Shared) -> Reply + Send> = Box::new(move |s: &Shared| {
+        hands_result(s.hands(move || match notify::connect_raw(sock.as_fd(), &addr) {
+            Ok(()) => Reply::Value(0),
+            Err(e) => Reply::Errno(e),
+        }))
+    });
+    if !stream {
+        // UDP: the rules are about TCP; the floor decided UDP already.
+        return Ok(Op {
+            access: vec![],
+            targets: vec![],
+            subject: None,
+            kind: "connect",
+            detail: String::new(),
+            perform,
+        });
+    }
+    Ok(Op {
+        access: vec![Access::Connect],
+        targets: vec![],
+        subject: Some(Subject::Addr(ip, port)),
+        kind: "connect",
+        detail: format!("connect(tcp {})", std::net::SocketAddr::new(ip, port)),
+        perform,
+    })
+}

@@ -1,0 +1,194 @@
+//! Resolving a path argument of a parked syscall the way the kernel would for
+//! the sandboxed caller, into something the supervisor can act on without
+//! rereading the caller's memory: an O_PATH fd of the parent directory, the
+//! last component, and the canonical absolute path rules are matched against.
+//!
+//! - The walk starts at the caller's root, cwd or dirfd (through
+//!   `/proc/TID/root|cwd|fd/N`), never at ours.
+//! - Magic links (`/proc/*/fd/*`, `/proc/*/cwd`, ...) are refused
+//!   (RESOLVE_NO_MAGICLINKS): ELOOP.
+//! - A symlink in the last component is followed here, one hop at a time,
+//!   so the canonical path names the file actually reached; the act then
+//!   uses O_NOFOLLOW, so a symlink swapped in afterwards fails with ELOOP
+//!   instead of redirecting the act.
+
+use std::ffi::{CString, OsStr};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+
+use nix::fcntl::OFlag;
+
+use crate::sys::notify;
+
+const RESOLVE_NO_MAGICLINKS: u64 = 0x02;
+const RESOLVE_IN_ROOT: u64 = 0x10;
+const PROC_SUPER_MAGIC: i64 = 0x9fa0;
+const MAX_HOPS: usize = 40;
+
+/// A resolved path argument.
+#[derive(Debug)]
+pub struct Resolved {
+    /// O_PATH fd of the directory holding the last component.
+    pub dir: OwnedFd,
+    /// The last component; None when the path names `dir` itself (`/`, `.`, `..`).
+    pub name: Option<CString>,
+    /// Absolute, without `.`, `..` or symlinks (as far as resolved).
+    pub canonical: String,
+    /// The path ended in `/`: it must be a directory.
+    pub trailing_slash: bool,
+}
+
+impl Resolved {
+    /// The name to pass to the *at call: the component, or "." for the directory itself.
+    pub fn at_name(&self) -> &std::ffi::CStr {
+        self.name.as_deref().unwrap_or(c".")
+    }
+}
+
+/// The process the path belongs to.
+pub struct Caller {
+    pub tid: u32,
+}
+
+impl Caller {
+    fn proc(&self, what: &str) -> String {
+        format!("/proc/{}/{what}", self.tid)
+    }
+
+    fn open_proc(&self, what: &str) -> Result<OwnedFd, i32> {
+        let p = self.proc(what);
+        nix::fcntl::open(p.as_str(), OFlag::O_PATH | OFlag::O_CLOEXEC, nix::sys::stat::Mode::empty())
+            .map(notify::own)
+            .map_err(|e| if e == nix::errno::Errno::ENOENT { libc::ESRCH } else { e as i32 })
+    }
+
+    /// `NStgid` and `NSpid` (innermost namespace) of the caller, for `/proc/self`.
+    fn ns_ids(&self) -> Option<(String, String)> {
+        let status = std::fs::read_to_string(self.proc("status")).ok()?;
+        let last = |key: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(key))
+                .and_then(|v| v.split_whitespace().last())
+                .map(str::to_string)
+        };
+        Some((last("NStgid:")?, last("NSpid:")?))
+    }
+
+    /// The caller's umask, for files the supervisor creates on its behalf.
+    pub fn umask(&self) -> u32 {
+        std::fs::read_to_string(self.proc("status"))
+            .ok()
+            .and_then(|s| {
+                s.lines().find_map(|l| l.strip_prefix("Umask:")).and_then(|v| u32::from_str_radix(v.trim(), 8).ok())
+            })
+            .unwrap_or(0o022)
+    }
+}
+
+fn fd_path(fd: &OwnedFd) -> Result<String, i32> {
+    let link = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())).map_err(|_| libc::ENOENT)?;
+    let s = link.to_string_lossy().into_owned();
+    if !s.starts_with('/') || s.ends_with(" (deleted)") {
+        return Err(libc::ENOENT);
+    }
+    Ok(s)
+}
+
+fn join(dir: &str, name: &[u8]) -> String {
+    let name = String::from_utf8_lossy(name);
+    if dir == "/" {
+        format!("/{name}")
+    } else {
+        format!("{dir}/{name}")
+    }
+}
+
+/// Rewrites a leading `/proc/self` or `/proc/thread-self`: those links
+/// resolve by the *opener's* pid, and the supervisor is not in the
+/// sandbox's PID namespace.
+fn rewrite_self(caller: &Caller, path: &[u8]) -> Vec<u8> {
+    for (prefix, thread) in [(&b"/proc/self"[..], false), (&b"/proc/thread-self"[..], true)] {
+        if path.starts_with(prefix) && matches!(path.get(prefix.len()), None | Some(b'/')) {
+            if let Some((tgid, tid)) = caller.ns_ids() {
+                let head = if thread { format!("/proc/{tgid}/task/{tid}") } else { format!("/proc/{tgid}") };
+                let mut out = head.into_bytes();
+                out.extend_from_slice(&path[prefix.len()..]);
+                return out;
+            }
+        }
+    }
+    path.to_vec()
+}
+
+/// Resolves `path` (relative to `dirfd`, the caller's number or AT_FDCWD).
+/// `follow`: follow a symlink in the last component.
+pub fn resolve(caller: &Caller, dirfd: i32, path: &[u8], follow: bool) -> Result<Resolved, i32> {
+    if path.is_empty() {
+        return Err(libc::ENOENT);
+    }
+    let root = caller.open_proc("root")?;
+    let mut base = if path.starts_with(b"/") {
+        root.try_clone().map_err(|_| libc::EMFILE)?
+    } else if dirfd == libc::AT_FDCWD {
+        caller.open_proc("cwd")?
+    } else {
+        caller.open_proc(&format!("fd/{dirfd}")).map_err(|e| if e == libc::ESRCH { libc::EBADF } else { e })?
+    };
+    let mut path = rewrite_self(caller, path);
+    for _ in 0..MAX_HOPS {
+        let trailing_slash = path.ends_with(b"/") && path.len() > 1;
+        let trimmed: &[u8] = {
+            let mut p = &path[..];
+            while p.len() > 1 && p.ends_with(b"/") {
+                p = &p[..p.len() - 1];
+            }
+            p
+        };
+        let (dir_part, last): (&[u8], &[u8]) = match trimmed.iter().rposition(|&b| b == b'/') {
+            Some(0) => (b"/", &trimmed[1..]),
+            Some(i) => (&trimmed[..i], &trimmed[i + 1..]),
+            None => (b".", trimmed),
+        };
+        let whole_dir = last.is_empty() || last == b"." || last == b"..";
+        let walk: &[u8] = if whole_dir { trimmed } else { dir_part };
+        let absolute = walk.starts_with(b"/");
+        let start = if absolute { &root } else { &base };
+        let walk_c = CString::new(walk).map_err(|_| libc::EINVAL)?;
+        let resolve_flags = RESOLVE_NO_MAGICLINKS | if absolute { RESOLVE_IN_ROOT } else { 0 };
+        let dir = notify::openat2(
+            start.as_fd(),
+            &walk_c,
+            (libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC) as u64,
+            0,
+            resolve_flags,
+        )
+        .map_err(|e| e.raw_os_error().unwrap_or(libc::EIO))?;
+        let dir_path = fd_path(&dir)?;
+        if whole_dir {
+            return Ok(Resolved { dir, name: None, canonical: dir_path, trailing_slash: true });
+        }
+        let name = CString::new(last).map_err(|_| libc::EINVAL)?;
+        let is_link =
+            nix::sys::stat::fstatat(Some(dir.as_raw_fd()), name.as_c_str(), nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW)
+                .is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFLNK);
+        if is_link && (follow || trailing_slash) {
+            // Links in procfs are magic: their text is not a path to follow.
+            let in_proc = nix::sys::statfs::fstatfs(&dir).is_ok_and(|s| s.filesystem_type().0 == PROC_SUPER_MAGIC);
+            if in_proc {
+                return Err(libc::ELOOP);
+            }
+            let target = nix::fcntl::readlinkat(Some(dir.as_raw_fd()), name.as_c_str()).map_err(|e| e as i32)?;
+            let mut next = OsStr::as_bytes(&target).to_vec();
+            if trailing_slash {
+                next.push(b'/');
+            }
+            base = dir;
+            path = next;
+            continue;
+        }
+        let canonical = join(&dir_path, last);
+        return Ok(Resolved { dir, name: Some(name), canonical, trailing_slash });
+    }
+    Err(libc::ELOOP)
+}
