@@ -1,9 +1,15 @@
-//! Who answers an `ask`. The approval broker (issue 3) will implement
-//! [`Approver`]; until it exists, [`NoBroker`] answers every ask with no,
-//! saying why: an ask never turns into an allow by default.
+//! Who answers an `ask`: [`Broker`] asks a person through the approval
+//! broker (or the terminal, when no broker answers); [`NoBroker`] answers
+//! every ask with no, saying why. An ask never turns into an allow by default.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
 
 use policy::mcp::Category;
 use serde_json::Value;
+
+use crate::broker::{AskRequest, Client, Scope};
 
 /// What the approver is shown for one call.
 #[derive(Debug)]
@@ -44,6 +50,118 @@ impl Approver for NoBroker {
                 "tool `{}` needs approval ({}), and no approval broker is available: denied",
                 request.tool, request.rule
             ),
+        }
+    }
+}
+
+/// Asks through the approval broker ([`Client`]). "For this session" and
+/// "always" answers hold for the rest of this gate's session; persisting
+/// "always" across sessions is the grants file's business, not this gate's.
+pub struct Broker {
+    client: Client,
+    session: String,
+    /// The MCP server's pid (in our PID namespace).
+    pid: i32,
+    timeout: Duration,
+    /// Tool name → the remembered answer, and who gave it.
+    remembered: Mutex<HashMap<String, (bool, String)>>,
+}
+
+impl Broker {
+    /// `server_pid`: the wrapped server's pid; the session shown to the
+    /// person answering is this supervisor's (its pid, which prefixes the
+    /// audit session id).
+    pub fn new(server_pid: u32) -> Broker {
+        Broker::with_client(Client::new(), format!("mcp-{}", std::process::id()), server_pid)
+    }
+
+    pub fn with_client(client: Client, session: String, server_pid: u32) -> Broker {
+        Broker {
+            client,
+            session,
+            pid: i32::try_from(server_pid).unwrap_or(0),
+            timeout: Duration::from_millis(policy::ask::DEFAULT_TIMEOUT_MS),
+            remembered: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+impl Approver for Broker {
+    fn decide(&self, request: &ApprovalRequest<'_>) -> Approval {
+        let remembered = self.remembered.lock().unwrap_or_else(|p| p.into_inner()).get(request.tool).cloned();
+        match remembered {
+            Some((true, by)) => return Approval::Allow { by: format!("{by} (for this session)") },
+            Some((false, by)) => {
+                return Approval::Deny {
+                    by: format!("{by} (for this session)"),
+                    reason: format!("tool `{}` was denied for the rest of this session", request.tool),
+                }
+            }
+            None => {}
+        }
+        let ask = AskRequest {
+            session: self.session.clone(),
+            profile: request.profile.to_string(),
+            argv: request.server.to_vec(),
+            pid: self.pid,
+            kind: "tool".into(),
+            // A tool without a category is shown as what calling it is: executing something.
+            category: request.category.map_or("execute", |c| c.as_str()).into(),
+            target: request.tool.to_string(),
+            detail: format!("tools/call {} {}", request.tool, request.arguments),
+            rule: request.rule.to_string(),
+            timeout: self.timeout,
+        };
+        let answer = self.client.ask(&ask);
+        let remember = match (answer.allow, answer.scope) {
+            (true, Scope::Session | Scope::Always) | (false, Scope::Always) => true,
+            (_, _) => false,
+        };
+        if remember {
+            let mut r = self.remembered.lock().unwrap_or_else(|p| p.into_inner());
+            r.insert(request.tool.to_string(), (answer.allow, answer.by.clone()));
+        }
+        if answer.allow {
+            return Approval::Allow { by: answer.by };
+        }
+        let why = answer.reason.unwrap_or_else(|| format!("denied by {}", answer.by));
+        let reason = if answer.by == "no-broker" {
+            format!(
+                "tool `{}` needs approval ({}), and no approval broker is available: {why}; denied",
+                request.tool, request.rule
+            )
+        } else {
+            format!("tool `{}` needs approval ({}): {why}", request.tool, request.rule)
+        };
+        Approval::Deny { by: answer.by, reason }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::broker::client::Options;
+
+    #[test]
+    fn without_a_broker_or_terminal_a_tool_is_denied_and_says_why() {
+        let dir = std::env::temp_dir().join(format!("pc-approver-none-{}", std::process::id()));
+        let client = Client::with_options(Options { dir: Some(dir), start: None, tty: false, hints: false });
+        let b = Broker::with_client(client, "s".into(), 1);
+        let args = serde_json::json!({"path": "/x"});
+        let req = ApprovalRequest {
+            profile: "p",
+            server: &["srv".to_string()],
+            tool: "wipe",
+            category: None,
+            arguments: &args,
+            rule: "ask.tools wipe",
+        };
+        match b.decide(&req) {
+            Approval::Deny { by, reason } => {
+                assert_eq!(by, "no-broker");
+                assert!(reason.contains("no approval broker") && reason.contains("wipe"), "{reason}");
+            }
+            a => panic!("{a:?}"),
         }
     }
 }

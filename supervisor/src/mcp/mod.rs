@@ -124,7 +124,7 @@ pub fn attach(prepared: Prepared, child: &mut Child) -> Result<Attached, Failure
         prepared.plan,
         &prepared.profile,
         prepared.argv,
-        Box::new(NoBroker),
+        Box::new(approver::Broker::new(child.id())),
         journal,
         prepared.pins,
     ));
