@@ -136,7 +136,6 @@ pub fn compile(profile: &Profile, vars: &Vars) -> Result<Plan, Error> {
             (_, true) => continue,
             (crate::ask::Access::Read, _) => Right::Read,
             (crate::ask::Access::Write, _) => Right::Write,
-            (crate::ask::Access::Exec, _) => Right::Exec,
             _ => continue,
         };
         if let crate::ask::Target::Path(p) = &r.target {
@@ -145,6 +144,12 @@ pub fn compile(profile: &Profile, vars: &Vars) -> Result<Plan, Error> {
     }
 
     let mut allow = Vec::new();
+    // An asked command joins the allowlist (with its interpreters); the gate asks before each exec.
+    for r in gate.rules.iter().filter(|r| r.access == crate::ask::Access::Exec && !r.deny) {
+        if let crate::ask::Target::Path(p) = &r.target {
+            allow.push(CommandSpec { spec: p.clone(), optional: true, at: r.at.clone() });
+        }
+    }
     for item in &profile.commands {
         let (raw, opt) = optional(&item.value);
         let spec = vars.expand(raw, &item.at)?;

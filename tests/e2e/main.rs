@@ -5,9 +5,11 @@
 
 mod support;
 
+mod broker;
 mod cli;
 mod enforcement;
 mod evidence;
+mod gate;
 mod lifecycle;
 mod limits;
 mod mcp;

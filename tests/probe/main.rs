@@ -97,6 +97,8 @@ fn main() {
                 report(fd as i64);
             }
             "truncate" => report(libc::truncate(c(a(1)).as_ptr(), 0) as i64),
+            "symlink" => report(libc::symlink(c(a(1)).as_ptr(), c(a(2)).as_ptr()) as i64),
+            "race-open" => race_open(a(1), a(2), num(a(3)) as usize),
             "unlink" => report(libc::unlink(c(a(1)).as_ptr()) as i64),
             "rename" => report(libc::rename(c(a(1)).as_ptr(), c(a(2)).as_ptr()) as i64),
             "link" => report(libc::link(c(a(1)).as_ptr(), c(a(2)).as_ptr()) as i64),
@@ -405,4 +407,42 @@ fn main() {
             }
         }
     }
+}
+
+/// One thread keeps swapping a shared path buffer between `allowed` and
+/// `denied` while this one opens whatever it holds for appending, `n`
+/// times. Prints how many opens succeeded; the test checks `denied` is untouched.
+fn race_open(allowed: &str, denied: &str, n: usize) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    static STOP: AtomicBool = AtomicBool::new(false);
+    let buf: &'static mut [u8; 512] = Box::leak(Box::new([0u8; 512]));
+    let ptr = buf.as_mut_ptr() as usize;
+    let (a, d) = (c(allowed), c(denied));
+    let (a, d) = (a.as_bytes_with_nul().to_vec(), d.as_bytes_with_nul().to_vec());
+    // SAFETY: test code; the buffer is leaked (lives forever) and the race on it is the point.
+    unsafe { std::ptr::copy_nonoverlapping(a.as_ptr(), ptr as *mut u8, a.len()) };
+    let swapper = std::thread::spawn(move || {
+        while !STOP.load(Ordering::Relaxed) {
+            for name in [&a, &d] {
+                // SAFETY: as above.
+                unsafe { std::ptr::copy_nonoverlapping(name.as_ptr(), ptr as *mut u8, name.len()) };
+            }
+        }
+    });
+    let mut opened = 0;
+    for _ in 0..n {
+        // SAFETY: the buffer always holds a NUL-terminated name (both copies end in NUL).
+        let fd = unsafe { libc::open(ptr as *const libc::c_char, libc::O_WRONLY | libc::O_APPEND | libc::O_CLOEXEC) };
+        if fd >= 0 {
+            opened += 1;
+            // SAFETY: writes 5 bytes from a literal to an fd we own, then closes it.
+            unsafe {
+                libc::write(fd, b"race\n".as_ptr().cast(), 5);
+                libc::close(fd);
+            }
+        }
+    }
+    STOP.store(true, Ordering::Relaxed);
+    let _ = swapper.join();
+    println!("opened {opened} of {n}");
 }

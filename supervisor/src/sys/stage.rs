@@ -477,6 +477,10 @@ impl Stage {
                 }
             }
             if let Some((prog, sock)) = &self.notify {
+                // The relay left us undumpable, and our memory still belongs
+                // to the host's user namespace until exec: an unprivileged
+                // supervisor could not read a parked execve's arguments.
+                libc::prctl(libc::PR_SET_DUMPABLE, 1, 0, 0, 0);
                 let fprog = libc::sock_fprog {
                     len: prog.len() as libc::c_ushort,
                     filter: prog.as_ptr() as *mut libc::sock_filter,
