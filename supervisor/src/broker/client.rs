@@ -96,8 +96,14 @@ impl Link {
     }
 
     pub fn send(&mut self, m: &ToBroker) -> Result<(), LinkError> {
-        self.stream.write_all(m.encode().as_bytes())?;
-        Ok(())
+        match self.stream.write_all(m.encode().as_bytes()) {
+            Ok(()) => Ok(()),
+            // A refused peer is closed at once: the refusal line says why better than EPIPE.
+            Err(e) => match self.recv_timeout(Duration::from_millis(200)) {
+                Err(LinkError::Refused(why)) => Err(LinkError::Refused(why)),
+                _ => Err(e.into()),
+            },
+        }
     }
 
     /// The next message. An error line about the connection itself
@@ -168,6 +174,8 @@ struct Conn {
     writer: Mutex<UnixStream>,
     waiters: Mutex<HashMap<u64, Sender<Event>>>,
     alive: AtomicBool,
+    /// Set when the broker refused this connection, before `alive` clears.
+    refused: Mutex<Option<String>>,
 }
 
 impl Conn {
@@ -210,6 +218,7 @@ impl Conn {
                 Err(_) => break None,
             }
         };
+        *self.refused.lock().unwrap_or_else(|p| p.into_inner()) = lost.clone();
         self.alive.store(false, Ordering::SeqCst);
         for (_, tx) in self.waiters().drain() {
             let _ = tx.send(Event::Lost(lost.clone()));
@@ -297,6 +306,7 @@ impl Client {
         let _in_flight = InFlight(&self.in_flight);
         // After losing the broker: how long a restarting one is waited for.
         let mut grace: Option<Instant> = None;
+        let mut send_failures = 0;
         loop {
             let now = Instant::now();
             if now >= deadline {
@@ -317,8 +327,16 @@ impl Client {
             let submit = fitted_submit(n, req, left_ms.min(super::protocol::MAX_TIMEOUT_MS));
             if conn.send(&submit).is_err() {
                 conn.waiters().remove(&n);
-                conn.kill();
+                // Let the reader see the refusal line, if that is why the write failed.
                 std::thread::sleep(Duration::from_millis(20));
+                if let Some(why) = conn.refused.lock().unwrap_or_else(|p| p.into_inner()).clone() {
+                    return self.without_broker(req, start, deadline, &format!("refused: {why}"));
+                }
+                conn.kill();
+                send_failures += 1;
+                if send_failures >= 3 {
+                    return self.without_broker(req, start, deadline, "cannot send to the broker");
+                }
                 continue;
             }
             loop {
@@ -413,6 +431,7 @@ impl Client {
             writer: Mutex::new(writer),
             waiters: Mutex::new(HashMap::new()),
             alive: AtomicBool::new(true),
+            refused: Mutex::new(None),
         });
         let reader = conn.clone();
         std::thread::Builder::new()
