@@ -47,6 +47,8 @@ pub struct AskFile {
     #[serde(default)]
     pub syscalls: Vec<Spanned<toml::Value>>,
     pub timeout: Option<Spanned<String>>,
+    /// `false`: drop the `ask` rules of the profiles this one extends.
+    pub inherit: Option<bool>,
 }
 
 /// `[deny]` as written: paths carved out of allowed trees.
@@ -57,6 +59,8 @@ pub struct DenyFile {
     pub read: Vec<Spanned<String>>,
     #[serde(default)]
     pub write: Vec<Spanned<String>>,
+    /// `false`: drop the `deny` rules of the profiles this one extends.
+    pub inherit: Option<bool>,
 }
 
 /// What an operation does to its target.
@@ -120,7 +124,10 @@ pub struct AskProfile {
 }
 
 fn parse_port(at: &Origin, n: i64) -> Result<u16, Error> {
-    u16::try_from(n).ok().filter(|p| *p != 0).ok_or_else(|| Error::invalid(at, format!("bad port {n}: must be 1..=65535")))
+    u16::try_from(n)
+        .ok()
+        .filter(|p| *p != 0)
+        .ok_or_else(|| Error::invalid(at, format!("bad port {n}: must be 1..=65535")))
 }
 
 /// `443`, `"443"`, `"127.0.0.1:5432"`, `"[::1]:8080"`.
@@ -199,6 +206,12 @@ impl AskProfile {
     }
 
     pub(crate) fn layer(&mut self, ask: &AskFile, deny: &DenyFile, lines: &Lines) -> Result<(), Error> {
+        if ask.inherit == Some(false) {
+            self.rules.retain(|r| r.deny);
+        }
+        if deny.inherit == Some(false) {
+            self.rules.retain(|r| !r.deny);
+        }
         for (list, access) in [
             (&ask.read, Access::Read),
             (&ask.write, Access::Write),
@@ -259,7 +272,14 @@ impl AskProfile {
         for c in &o.connect {
             let at = Origin::flag("--ask-connect");
             let target = parse_connect(&at, c)?;
-            self.rules.push(RawRule { access: Access::Connect, target, deny: false, category: None, timeout_ms: None, at });
+            self.rules.push(RawRule {
+                access: Access::Connect,
+                target,
+                deny: false,
+                category: None,
+                timeout_ms: None,
+                at,
+            });
         }
         if let Some(t) = &o.timeout {
             let at = Origin::flag("--ask-timeout");
@@ -290,7 +310,10 @@ pub enum Target {
     Port(u16),
     /// This address and TCP port.
     Addr(IpAddr, u16),
-    Syscall { name: String, nr: i64 },
+    Syscall {
+        name: String,
+        nr: i64,
+    },
 }
 
 /// A compiled `ask` or `deny` rule.
@@ -408,8 +431,14 @@ pub enum Subject<'a> {
     /// A canonical absolute path. `moves`: the operation adds or removes a
     /// name (rename, link): moving a whole tree into or out of a protected
     /// place counts, so an ancestor of a rule's path matches too.
-    Path { path: &'a str, moves: bool },
-    Addr { ip: IpAddr, port: u16 },
+    Path {
+        path: &'a str,
+        moves: bool,
+    },
+    Addr {
+        ip: IpAddr,
+        port: u16,
+    },
     Syscall(&'a str),
 }
 
@@ -434,7 +463,9 @@ impl GateRule {
             return false;
         }
         match (&self.target, subject) {
-            (Target::Path(root), Subject::Path { path, moves }) => beneath(path, root) || (*moves && beneath(root, path)),
+            (Target::Path(root), Subject::Path { path, moves }) => {
+                beneath(path, root) || (*moves && beneath(root, path))
+            }
             (Target::Port(p), Subject::Addr { port, .. }) => p == port,
             (Target::Addr(ip, p), Subject::Addr { ip: i, port }) => p == port && canonical_ip(*ip) == canonical_ip(*i),
             (Target::Syscall { name, .. }, Subject::Syscall(s)) => name == s,
@@ -662,6 +693,19 @@ mod tests {
         }
         let e: Result<crate::schema::ProfileFile, _> = toml::from_str("[deny]\nexec = [\"/x\"]\n");
         assert!(e.is_err(), "unknown keys are errors");
+    }
+
+    #[test]
+    fn inherit_false_drops_the_parents_rules() {
+        let parent = "[ask]\nread = [\"/a\"]\n[deny]\nwrite = [\"/b\"]\n";
+        let child = "[deny]\ninherit = false\nwrite = [\"/c\"]\n";
+        let mut p = AskProfile::default();
+        for text in [parent, child] {
+            let f: crate::schema::ProfileFile = toml::from_str(text).unwrap();
+            p.layer(&f.ask, &f.deny, &Lines::new("t.toml", text)).unwrap();
+        }
+        let targets: Vec<_> = p.rules.iter().map(|r| (r.deny, r.target.clone())).collect();
+        assert_eq!(targets, vec![(false, RawTarget::Path("/a".into())), (true, RawTarget::Path("/c".into()))]);
     }
 
     #[test]

@@ -33,9 +33,8 @@ fn parse(path: &Path, text: &str) -> Result<GrantFile, Failure> {
     if text.trim().is_empty() {
         return Ok(GrantFile { version: GRANT_FILE_VERSION, grants: vec![] });
     }
-    let f: GrantFile = serde_json::from_str(text).map_err(|e| {
-        Failure::setup(format!("{}:{}: grants file does not parse: {e}", path.display(), e.line()))
-    })?;
+    let f: GrantFile = serde_json::from_str(text)
+        .map_err(|e| Failure::setup(format!("{}:{}: grants file does not parse: {e}", path.display(), e.line())))?;
     if f.version != GRANT_FILE_VERSION {
         return Err(Failure::setup(format!(
             "{}: grants file version {} is not {GRANT_FILE_VERSION}",
@@ -50,7 +49,9 @@ fn parse(path: &Path, text: &str) -> Result<GrantFile, Failure> {
 pub fn load(path: &Path) -> Result<GrantFile, Failure> {
     match std::fs::read_to_string(path) {
         Ok(t) => parse(path, &t),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(GrantFile { version: GRANT_FILE_VERSION, grants: vec![] }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            Ok(GrantFile { version: GRANT_FILE_VERSION, grants: vec![] })
+        }
         Err(e) => Err(Failure::setup(format!("{}: {e}", path.display()))),
     }
 }

@@ -43,10 +43,17 @@ both!(fs_reparenting_out_of_the_workspace_is_denied, |sb| {
 });
 
 both!(fs_reopen_through_proc_fd_cannot_widen, |sb| {
-    // outside/ is readable only; the file itself is DAC-writable.
+    // Landlock alone (a profile without the gate's protected paths): the
+    // reopen is re-checked. outside/ is readable only; the file itself is DAC-writable.
+    let p = sb.profile("nogate.toml", "extends = \"strict\"\n[deny]\ninherit = false\n[ask]\ninherit = false\n");
     let secret = sb.path(&sb.outside.join("secret.txt"));
-    sb.probe(&["--read", &sb.path(&sb.outside)], &["reopen-rw", &secret]).expect("errno 13 EACCES");
-    sb.probe(&["--write", &sb.path(&sb.outside)], &["reopen-rw", &secret]).expect("ok");
+    sb.probe(&["--profile", &p, "--read", &sb.path(&sb.outside)], &["reopen-rw", &secret]).expect("errno 13 EACCES");
+    sb.probe(&["--profile", &p, "--write", &sb.path(&sb.outside)], &["reopen-rw", &secret]).expect("ok");
+    // With the gate (strict's protected paths), a write open is performed by
+    // the supervisor, which never follows magic links: refused even where
+    // Landlock would allow it.
+    sb.probe(&["--write", &sb.path(&sb.outside)], &["reopen-rw", &secret]).expect("errno 40 ELOOP");
+    assert_eq!(std::fs::read_to_string(sb.outside.join("secret.txt")).unwrap(), "outside\n");
 });
 
 both!(exec_outside_allowlist_is_denied, |sb| {

@@ -127,11 +127,8 @@ both!(ask_without_broker_or_terminal_is_denied, |sb| {
     probe_gate(sb, &p, &["read", &ws(sb, "file.txt")]).expect("ok");
     // The refusal is evidence: who answered (nobody could) and why.
     let log = sb.root.join("state/audit.log");
-    let out = Command::new(PORTCULLIS)
-        .args(["audit", "export", "--format", "json", "--log"])
-        .arg(&log)
-        .output()
-        .unwrap();
+    let out =
+        Command::new(PORTCULLIS).args(["audit", "export", "--format", "json", "--log"]).arg(&log).output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("\"approval\"") && text.contains("ask.txt"), "{text}");
     assert!(text.contains("\"decision\": \"deny\"") || text.contains("\"decision\":\"deny\""), "{text}");

@@ -123,6 +123,8 @@ fn drive(sb: &Sandbox, servers: &Servers, args: Vec<String>, server: &[&str], ca
             "HOME": sb.path(&sb.home), "PATH": "/usr/local/bin:/usr/bin:/bin",
             "XDG_STATE_HOME": sb.path(&sb.root.join("state")),
             "SEEN": sb.path(&sb.ws.join("seen.jsonl")),
+            // No broker: an ask must fail closed at once (tests/e2e/broker.rs drives one).
+            "PORTCULLIS_BROKER": "off",
         },
         "calls": calls,
     });
@@ -414,6 +416,7 @@ fn malformed_and_oversized_messages_get_errors_and_eof_ends_the_run() {
         .portcullis(&strs(&args))
         .env("SEEN", sb.ws.join("seen.jsonl"))
         .env("XDG_STATE_HOME", sb.root.join("state"))
+        .env("PORTCULLIS_BROKER", "off")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

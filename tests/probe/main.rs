@@ -31,6 +31,8 @@ fn name(e: i32) -> &'static str {
         libc::EEXIST => "EEXIST",
         libc::ENOMEM => "ENOMEM",
         libc::EAFNOSUPPORT => "EAFNOSUPPORT",
+        libc::ELOOP => "ELOOP",
+        libc::EISCONN => "EISCONN",
         _ => "OTHER",
     }
 }

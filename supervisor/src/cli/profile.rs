@@ -66,7 +66,11 @@ fn test(loader: &Loader, name: &str) -> Result<i32, Failure> {
     let me = std::env::current_exe().map_err(|e| Failure::setup(format!("cannot find the portcullis binary: {e}")))?;
     let me_s = me.to_string_lossy().to_string();
     let ws = std::env::temp_dir().join(format!("portcullis-profile-test-{}", std::process::id()));
-    std::fs::create_dir_all(&ws).map_err(|e| Failure::setup(format!("{}: {e}", ws.display())))?;
+    // A workspace like a real one: a git checkout, whose hooks and config
+    // the built-in profiles protect.
+    std::fs::create_dir_all(ws.join(".git/hooks"))
+        .and_then(|()| std::fs::write(ws.join(".git/config"), "[core]\n"))
+        .map_err(|e| Failure::setup(format!("{}: {e}", ws.display())))?;
     let args = SandboxArgs { workspace: Some(ws.clone()), exec: vec![me_s.clone()], ..SandboxArgs::for_profile(name) };
     let mut failed = 0;
     for e in &profile.expect {
