@@ -230,3 +230,140 @@ fn ask_on_an_always_denied_syscall_is_a_profile_error() {
     assert!(r.stderr.contains("bad.toml:3:") && r.stderr.contains("ptrace"), "{}", r.stderr);
     let _ = Path::new(&p);
 }
+
+/// A broker of our own, in the foreground, for one test.
+struct TestBroker {
+    dir: std::path::PathBuf,
+    child: std::process::Child,
+}
+
+impl TestBroker {
+    fn start(sb: &Sandbox) -> TestBroker {
+        let dir = sb.root.join("broker");
+        let child = Command::new(PORTCULLIS)
+            .args(["broker", "--foreground"])
+            .env("PORTCULLIS_BROKER_DIR", &dir)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !dir.join("broker.sock").exists() {
+            assert!(std::time::Instant::now() < until, "broker did not start");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        TestBroker { dir, child }
+    }
+
+    fn cli(&self, args: &[&str]) -> Run {
+        Run::from(Command::new(PORTCULLIS).args(args).env("PORTCULLIS_BROKER_DIR", &self.dir).output().unwrap())
+    }
+
+    /// Waits for the one pending request and returns it.
+    fn next(&self) -> serde_json::Value {
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            let r = self.cli(&["approvals", "--json"]);
+            let list: Vec<serde_json::Value> = serde_json::from_str(&r.stdout).unwrap_or_default();
+            if let Some(v) = list.into_iter().next() {
+                return v;
+            }
+            assert!(std::time::Instant::now() < until, "no request reached the broker");
+            std::thread::sleep(std::time::Duration::from_millis(30));
+        }
+    }
+}
+
+impl Drop for TestBroker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `portcullis run` of the probe with a broker, in the background.
+fn spawn_with_broker(sb: &Sandbox, b: &TestBroker, profile: &str, args: &[&str]) -> std::process::Child {
+    let mut all: Vec<&str> = vec!["run", "--profile", profile, "--exec", PROBE, "--", PROBE];
+    all.extend_from_slice(args);
+    let mut c = sb.portcullis(&all);
+    c.env("PORTCULLIS_BROKER_DIR", &b.dir)
+        .env("PORTCULLIS_GRANTS", sb.root.join("state/grants.json"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    c.spawn().unwrap()
+}
+
+#[test]
+fn a_person_approves_denies_and_always_allows_through_the_broker() {
+    let sb = Sandbox::new("gate-broker", As::Caller);
+    let p = setup(&sb);
+    let b = TestBroker::start(&sb);
+    let target = ws(&sb, "ask.txt");
+
+    // Allow once.
+    let child = spawn_with_broker(&sb, &b, &p, &["read", &target]);
+    let req = b.next();
+    assert_eq!(req["kind"], "open-read", "{req}");
+    assert_eq!(req["target"], target.as_str(), "{req}");
+    assert!(req["detail"].as_str().unwrap().contains("O_RDONLY"), "{req}");
+    assert!(req["command"].to_string().contains("portcullis-probe") || req.to_string().contains("portcullis-probe"));
+    assert_eq!(b.cli(&["approve", req["id"].as_str().unwrap()]).code, 0);
+    Run::from(child.wait_with_output().unwrap()).expect("ok");
+
+    // Deny once.
+    let child = spawn_with_broker(&sb, &b, &p, &["read", &target]);
+    let req = b.next();
+    assert_eq!(b.cli(&["deny", req["id"].as_str().unwrap()]).code, 0);
+    Run::from(child.wait_with_output().unwrap()).expect("errno 13 EACCES");
+
+    // Always allow: persisted, so the next run needs nobody.
+    let child = spawn_with_broker(&sb, &b, &p, &["read", &target]);
+    let req = b.next();
+    assert_eq!(b.cli(&["approve", "--always", req["id"].as_str().unwrap()]).code, 0);
+    Run::from(child.wait_with_output().unwrap()).expect("ok");
+    let grants_env = [("PORTCULLIS_GRANTS", sb.root.join("state/grants.json"))];
+    let list = Command::new(PORTCULLIS).args(["grants", "list", "--json"]).envs(grants_env.clone()).output().unwrap();
+    let grants: Vec<serde_json::Value> = serde_json::from_slice(&list.stdout).unwrap();
+    assert_eq!(grants.len(), 1, "{grants:?}");
+    assert_eq!((grants[0]["target"].as_str(), grants[0]["allow"].as_bool()), (Some(target.as_str()), Some(true)));
+    probe_gate(&sb, &p, &["read", &target]).expect("ok");
+
+    // Revoked: asked again (and with no broker, denied).
+    let id = grants[0]["id"].as_str().unwrap();
+    let r = Command::new(PORTCULLIS).args(["grants", "revoke", id]).envs(grants_env).output().unwrap();
+    assert!(r.status.success());
+    probe_gate(&sb, &p, &["read", &target]).expect("errno 13 EACCES");
+}
+
+#[test]
+fn supervisor_death_while_parked_kills_the_sandbox_and_acts_on_nothing() {
+    let sb = Sandbox::new("gate-death", As::Caller);
+    let p = sb.profile("askw.toml", "extends = \"strict\"\n[ask]\nwrite = [\"{workspace}/file.txt\"]\n");
+    let b = TestBroker::start(&sb);
+    let mut child = spawn_with_broker(&sb, &b, &p, &["write", &ws(&sb, "file.txt")]);
+    let _req = b.next();
+    // The probe is parked in open(); kill the supervisor outright.
+    let probe_pids = |ws: &str| -> Vec<u32> {
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+            .filter(|pid| {
+                std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+                    let c = String::from_utf8_lossy(&c);
+                    c.starts_with(PROBE) && c.contains(ws)
+                })
+            })
+            .collect()
+    };
+    let wsp = ws(&sb, "file.txt");
+    assert!(!probe_pids(&wsp).is_empty(), "the probe should be parked");
+    child.kill().unwrap();
+    let _ = child.wait();
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !probe_pids(&wsp).is_empty() {
+        assert!(std::time::Instant::now() < until, "the sandbox outlived its supervisor");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(std::fs::read_to_string(sb.ws.join("file.txt")).unwrap(), "inside\n");
+}
