@@ -146,11 +146,16 @@ impl Suite {
         let outside = PathBuf::from(&self.vars["outside"]);
         let _ = std::fs::remove_dir_all(&ws);
         let _ = std::fs::remove_dir_all(&outside);
-        for d in [&ws, &outside] {
+        // The workspace is a git checkout: strict protects its hooks and config.
+        for d in [&ws, &outside, &ws.join(".git"), &ws.join(".git/hooks")] {
             std::fs::create_dir_all(d).expect("scratch dir");
             std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o777)).expect("chmod");
         }
-        for (f, text) in [(ws.join("file.txt"), "inside\n"), (outside.join("secret.txt"), "outside\n")] {
+        for (f, text) in [
+            (ws.join("file.txt"), "inside\n"),
+            (outside.join("secret.txt"), "outside\n"),
+            (ws.join(".git/config"), "[core]\n"),
+        ] {
             std::fs::write(&f, text).expect("scratch file");
             std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o666)).expect("chmod");
         }
@@ -274,6 +279,9 @@ fn main() {
         std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o777)).expect("chmod");
     }
     std::fs::write(dir.join("unix.toml"), "extends = \"strict\"\n[ipc]\nunix = true\n").expect("profile");
+    // strict without the syscall gate's protected paths: Landlock alone.
+    std::fs::write(dir.join("nogate.toml"), "extends = \"strict\"\n[deny]\ninherit = false\n[ask]\ninherit = false\n")
+        .expect("profile");
     let open = TcpListener::bind("127.0.0.1:0").expect("listener");
     let other = TcpListener::bind("127.0.0.1:0").expect("listener");
     open.set_nonblocking(true).expect("nonblocking");

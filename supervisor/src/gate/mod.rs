@@ -18,6 +18,7 @@
 //! execve the supervisor cannot run the program itself, so the Landlock
 //! exec allowlist is what a raced path argument could reach (README).
 
+pub mod bench;
 pub mod ops;
 pub mod path;
 
@@ -556,7 +557,7 @@ impl Journal {
     }
 }
 
-fn recv_listener(sock: &OwnedFd) -> Option<OwnedFd> {
+pub(crate) fn recv_listener(sock: &OwnedFd) -> Option<OwnedFd> {
     use std::os::fd::AsRawFd;
     let mut byte = [0u8; 1];
     let mut iov = [std::io::IoSliceMut::new(&mut byte)];

@@ -4,6 +4,7 @@
 //! Everything called after fork must be async-signal-safe and allocation-free:
 //! the supervisor may have other threads holding the allocator's lock.
 
+pub mod bench;
 pub mod fs;
 pub mod notify;
 pub mod probe;

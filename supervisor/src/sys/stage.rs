@@ -515,7 +515,7 @@ impl Stage {
 /// # Safety
 ///
 /// `sock` and `fd` must be open fds of this process.
-unsafe fn send_fd(sock: RawFd, fd: RawFd) -> Result<(), i32> {
+pub(crate) unsafe fn send_fd(sock: RawFd, fd: RawFd) -> Result<(), i32> {
     // SAFETY: every pointer is to a live stack buffer sized for one fd; the
     // CMSG_* helpers only compute offsets inside `space`.
     unsafe {
