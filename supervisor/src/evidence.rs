@@ -200,7 +200,13 @@ impl Evidence {
     pub fn exit(&mut self, status: i32) -> Result<(), Failure> {
         let signal = (status > 128).then(|| status - 128);
         let ms = self.started.elapsed().as_millis() as u64;
-        self.append(Kind::Exit, json!({ "status": status, "signal": signal, "duration_ms": ms }))?;
+        // The supervisor's own peak memory: bounded, floods or not.
+        let max_rss_kb =
+            nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_SELF).map(|u| u.max_rss()).unwrap_or(0);
+        self.append(
+            Kind::Exit,
+            json!({ "status": status, "signal": signal, "duration_ms": ms, "supervisor_max_rss_kb": max_rss_kb }),
+        )?;
         self.close()
     }
 

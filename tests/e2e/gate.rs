@@ -367,3 +367,28 @@ fn supervisor_death_while_parked_kills_the_sandbox_and_acts_on_nothing() {
     }
     assert_eq!(std::fs::read_to_string(sb.ws.join("file.txt")).unwrap(), "inside\n");
 }
+
+#[test]
+fn a_flood_of_asks_keeps_the_supervisor_small() {
+    // 100,000 distinct asked opens from 4 threads, no broker: each is
+    // denied, the supervisor's memory stays bounded, and the log says how
+    // many denials it summarised instead of recording one by one.
+    let sb = Sandbox::new("gate-flood", As::Caller);
+    std::fs::create_dir_all(sb.ws.join("vault")).unwrap();
+    let p = sb.profile("vault.toml", "extends = \"strict\"\n[ask]\nread = [\"{workspace}/vault\"]\n");
+    let r = probe_gate(&sb, &p, &["flood-open", &ws(&sb, "vault"), "100000", "4"]);
+    r.expect("denied 100000 of 100000");
+    let out = Command::new(PORTCULLIS)
+        .args(["audit", "export", "--format", "json", "--log"])
+        .arg(sb.root.join("state/audit.log"))
+        .output()
+        .unwrap();
+    let records: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let exit = records.iter().rev().find(|r| r["kind"] == "exit").expect("an exit record");
+    let rss = exit["body"]["supervisor_max_rss_kb"].as_i64().unwrap();
+    assert!(rss > 0 && rss < 128 * 1024, "supervisor peak RSS {rss} KiB");
+    let approvals = records.iter().filter(|r| r["kind"] == "approval").count();
+    let summary = records.iter().find(|r| r["body"]["summary"] == true);
+    let dropped = summary.map_or(0, |s| s["body"]["records_dropped_in_flood"].as_u64().unwrap_or(0));
+    assert_eq!(approvals as u64 + dropped, 100_000, "every ask is either recorded or counted");
+}

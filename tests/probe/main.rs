@@ -101,6 +101,7 @@ fn main() {
             "truncate" => report(libc::truncate(c(a(1)).as_ptr(), 0) as i64),
             "symlink" => report(libc::symlink(c(a(1)).as_ptr(), c(a(2)).as_ptr()) as i64),
             "race-open" => race_open(a(1), a(2), num(a(3)) as usize),
+            "flood-open" => flood_open(a(1), num(a(2)) as usize, num(a(3)) as usize),
             "unlink" => report(libc::unlink(c(a(1)).as_ptr()) as i64),
             "rename" => report(libc::rename(c(a(1)).as_ptr(), c(a(2)).as_ptr()) as i64),
             "link" => report(libc::link(c(a(1)).as_ptr(), c(a(2)).as_ptr()) as i64),
@@ -447,4 +448,34 @@ fn race_open(allowed: &str, denied: &str, n: usize) {
     STOP.store(true, Ordering::Relaxed);
     let _ = swapper.join();
     println!("opened {opened} of {n}");
+}
+
+/// `threads` threads open `n` distinct files under `dir` in all; prints how
+/// many were refused with EACCES.
+fn flood_open(dir: &str, n: usize, threads: usize) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static DENIED: AtomicUsize = AtomicUsize::new(0);
+    let per = n / threads;
+    let handles: Vec<_> = (0..threads)
+        .map(|t| {
+            let dir = dir.to_string();
+            std::thread::spawn(move || {
+                for i in 0..per {
+                    let p = c(&format!("{dir}/f{t}-{i}"));
+                    // SAFETY: a NUL-terminated path; the fd, if any, is closed at once.
+                    let fd = unsafe { libc::open(p.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
+                    if fd >= 0 {
+                        // SAFETY: closes the fd we just opened.
+                        unsafe { libc::close(fd) };
+                    } else if errno() == libc::EACCES {
+                        DENIED.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        let _ = h.join();
+    }
+    println!("denied {} of {}", DENIED.load(Ordering::Relaxed), per * threads);
 }

@@ -95,6 +95,27 @@ fn render(e: &Explained) -> String {
         blocked(p.landlock.scope_abstract_unix),
         blocked(p.landlock.scope_signal)
     );
+    if !p.gate.is_empty() {
+        let _ =
+            writeln!(s, "\nSyscall gate (seccomp user notification; deny > grant > ask > allowed here; docs/GATE.md):");
+        for r in &p.gate.rules {
+            let extra =
+                if r.deny { String::new() } else { format!(" [{}, {} s]", r.category.as_str(), r.timeout_ms / 1000) };
+            let _ = writeln!(s, "  {}{extra}", r.describe());
+        }
+        let parked: Vec<String> = crate::sandbox::seccomp::notify_set(&p.gate)
+            .iter()
+            .map(|(nr, how)| {
+                let name = policy::syscalls::name(i64::from(*nr)).unwrap_or("?");
+                match how {
+                    crate::sandbox::seccomp::Notify::Always => name.to_string(),
+                    crate::sandbox::seccomp::Notify::WriteFlags { .. } => format!("{name} (writing)"),
+                    crate::sandbox::seccomp::Notify::Enosys => format!("{name} (ENOSYS)"),
+                }
+            })
+            .collect();
+        let _ = writeln!(s, "  parked: {}", parked.join(", "));
+    }
     let _ = writeln!(s, "\nExec allowlist (Landlock EXECUTE on exactly these files):");
     if e.exec.is_empty() {
         let _ = writeln!(s, "  (nothing: add --exec PATH or [commands] allow)");

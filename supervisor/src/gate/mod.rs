@@ -339,10 +339,9 @@ impl Shared {
             Scope::Session => "session",
             Scope::Always => "always",
         };
-        // Log before act: the sandbox goes on only once the answer is durable.
-        let logged = self.evidence.record_durable(
-            Kind::Approval,
-            json!({
+        // Log before act: an allowed operation happens only once its answer
+        // is durable. A denial acts on nothing; it is group-committed.
+        let body = json!({
                 "request": {
                     "kind": req.kind, "category": req.category, "target": req.target, "detail": req.detail,
                     "rule": req.rule, "pid": req.pid, "timeout_ms": req.timeout.as_millis() as u64,
@@ -354,8 +353,13 @@ impl Shared {
                 "latency_ms": answer.latency.as_millis() as u64,
                 "grant": grant_id,
                 "coalesced": waiting.len(),
-            }),
-        );
+        });
+        let logged = if answer.allow {
+            self.evidence.record_durable(Kind::Approval, body)
+        } else {
+            self.evidence.record(Kind::Approval, body);
+            Ok(())
+        };
         let durable = logged.is_ok();
         if let Err(f) = logged {
             eprintln!("portcullis: {}; denying the request", f.message);
@@ -481,13 +485,17 @@ impl Running {
         let Some(shared) = self.shared.lock().unwrap_or_else(|p| p.into_inner()).take() else { return };
         let denials = shared.denials.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let suppressed: u32 = denials.values().map(|c| c.saturating_sub(VERDICT_RECORDS_PER_TARGET)).sum();
-        if suppressed > 0 {
+        let dropped = shared.evidence.dropped.load(std::sync::atomic::Ordering::Relaxed);
+        if suppressed > 0 || dropped > 0 {
             let mut top: Vec<(&String, &u32)> = denials.iter().collect();
             top.sort_by(|a, b| b.1.cmp(a.1));
             top.truncate(20);
             shared.evidence.record(
                 Kind::Verdict,
-                json!({ "verdict": "deny", "summary": true, "unrecorded_denials": suppressed, "most_denied": top }),
+                json!({
+                    "verdict": "deny", "summary": true, "unrecorded_denials": suppressed,
+                    "records_dropped_in_flood": dropped, "most_denied": top,
+                }),
             );
         }
         shared.evidence.close();
@@ -499,6 +507,8 @@ impl Running {
 struct Journal {
     tx: Mutex<Option<mpsc::SyncSender<JournalMsg>>>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Records the full queue turned away (a flood); reported at exit.
+    dropped: std::sync::atomic::AtomicU64,
 }
 
 type JournalMsg = (Kind, serde_json::Value, Option<mpsc::SyncSender<Result<(), String>>>);
@@ -526,14 +536,16 @@ impl Journal {
                 let _ = ev.commit();
             })
             .map_err(|e| Failure::setup(format!("gate: cannot start a thread: {e}")))?;
-        Ok(Journal { tx: Mutex::new(Some(tx)), writer: Mutex::new(Some(writer)) })
+        Ok(Journal { tx: Mutex::new(Some(tx)), writer: Mutex::new(Some(writer)), dropped: Default::default() })
     }
 
     /// Queues a record (group-committed). A full queue drops it: a flood of
     /// denials must not stall the sandbox; the summary at exit counts them.
     fn record(&self, kind: Kind, body: serde_json::Value) {
         if let Some(tx) = self.tx.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
-            let _ = tx.try_send((kind, body, None));
+            if tx.try_send((kind, body, None)).is_err() {
+                self.dropped.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
         }
     }
 
