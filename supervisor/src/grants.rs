@@ -52,6 +52,15 @@ pub fn load(path: &Path) -> Result<GrantFile, Failure> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             Ok(GrantFile { version: GRANT_FILE_VERSION, grants: vec![] })
         }
+        // Not ours to read (HOME points at another user's home): this user
+        // saved nothing there, so no saved answer applies. Only asking more.
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            eprintln!(
+                "portcullis: note: the grants file {} is not readable by this user: no saved answers apply, and `always` answers cannot be saved (set PORTCULLIS_GRANTS or XDG_STATE_HOME)",
+                path.display()
+            );
+            Ok(GrantFile { version: GRANT_FILE_VERSION, grants: vec![] })
+        }
         Err(e) => Err(Failure::setup(format!("{}: {e}", path.display()))),
     }
 }

@@ -392,3 +392,51 @@ fn a_flood_of_asks_keeps_the_supervisor_small() {
     let dropped = summary.map_or(0, |s| s["body"]["records_dropped_in_flood"].as_u64().unwrap_or(0));
     assert_eq!(approvals as u64 + dropped, 100_000, "every ask is either recorded or counted");
 }
+
+#[test]
+fn the_sandbox_cannot_use_the_broker_even_with_unix_sockets() {
+    // With AF_UNIX sockets allowed, the sandbox can reach the socket file,
+    // but the broker refuses peers outside its own user and PID namespaces:
+    // a sandbox must never list, let alone answer, its own requests.
+    let sb = Sandbox::new("gate-broker-reach", As::Caller);
+    let b = TestBroker::start(&sb);
+    let p = sb.profile("unix.toml", "extends = \"strict\"\n[ipc]\nunix = true\n");
+    let sock = sb.path(&b.dir.join("broker.sock"));
+    let r = probe_gate(&sb, &p, &["unix-talk", &sock, r#"{"v":1,"type":"list"}"#]);
+    let v = r.verdict();
+    assert!(v.starts_with("reply ") || v.starts_with("errno "), "{}\n{}", r.stdout, r.stderr);
+    assert!(!v.contains("\"pending\""), "the sandbox was served: {v}");
+    if v.starts_with("reply ") {
+        assert!(v.contains("error"), "{v}");
+    }
+    // Twin: the same line from outside the sandbox is answered.
+    let outside = b.cli(&["approvals", "--json"]);
+    assert_eq!((outside.code, outside.stdout.trim()), (0, "[]"), "{}", outside.stderr);
+}
+
+#[test]
+fn an_approved_exec_runs_and_always_deny_sticks() {
+    let sb = Sandbox::new("gate-exec-ok", As::Caller);
+    let b = TestBroker::start(&sb);
+    let p = sb.profile("askexec.toml", "extends = \"strict\"\n[ask]\nexec = [\"/bin/true\"]\n");
+    // Approve: the exec happens (the probe reports its own exec status).
+    let child = spawn_with_broker(&sb, &b, &p, &["exec", "/bin/true"]);
+    let req = b.next();
+    assert_eq!(req["kind"], "exec", "{req}");
+    assert!(req["detail"].as_str().unwrap().contains("/bin/true") || req["detail"].as_str().unwrap().contains("true"));
+    assert_eq!(b.cli(&["approve", req["id"].as_str().unwrap()]).code, 0);
+    let out = child.wait_with_output().unwrap();
+    let r = Run::from(out);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    // Always deny: saved, and the next run is refused without asking anyone.
+    let child = spawn_with_broker(&sb, &b, &p, &["exec", "/bin/true"]);
+    let req = b.next();
+    assert_eq!(b.cli(&["deny", "--always", req["id"].as_str().unwrap()]).code, 0);
+    Run::from(child.wait_with_output().unwrap()).expect("errno 13 EACCES");
+    let started = std::time::Instant::now();
+    let child = spawn_with_broker(&sb, &b, &p, &["exec", "/bin/true"]);
+    Run::from(child.wait_with_output().unwrap()).expect("errno 13 EACCES");
+    assert!(started.elapsed() < std::time::Duration::from_secs(60), "no one was asked");
+    let r = b.cli(&["approvals", "--json"]);
+    assert_eq!(r.stdout.trim(), "[]");
+}

@@ -101,6 +101,22 @@ fn main() {
             "truncate" => report(libc::truncate(c(a(1)).as_ptr(), 0) as i64),
             "symlink" => report(libc::symlink(c(a(1)).as_ptr(), c(a(2)).as_ptr()) as i64),
             "race-open" => race_open(a(1), a(2), num(a(3)) as usize),
+            "unix-talk" => {
+                // Connect to a pathname unix socket, send one line, print the reply line.
+                use std::io::{BufRead, Write};
+                match std::os::unix::net::UnixStream::connect(a(1)) {
+                    Err(e) => {
+                        let n = e.raw_os_error().unwrap_or(0);
+                        println!("errno {n} {}", name(n));
+                    }
+                    Ok(mut s) => {
+                        let _ = writeln!(s, "{}", a(2));
+                        let mut line = String::new();
+                        let _ = std::io::BufReader::new(s).read_line(&mut line);
+                        println!("reply {}", line.trim());
+                    }
+                }
+            }
             "flood-open" => flood_open(a(1), num(a(2)) as usize, num(a(3)) as usize),
             "unlink" => report(libc::unlink(c(a(1)).as_ptr()) as i64),
             "rename" => report(libc::rename(c(a(1)).as_ptr(), c(a(2)).as_ptr()) as i64),
