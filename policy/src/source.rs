@@ -24,6 +24,9 @@ pub const BUILTIN: &[(&str, &str)] = &[
     ("mcp-everything", include_str!("../../profiles/mcp-everything.toml")),
     ("mcp-git", include_str!("../../profiles/mcp-git.toml")),
     ("mcp-time", include_str!("../../profiles/mcp-time.toml")),
+    ("mcp-fetch", include_str!("../../profiles/mcp-fetch.toml")),
+    ("npx", include_str!("../../profiles/npx.toml")),
+    ("uvx", include_str!("../../profiles/uvx.toml")),
 ];
 
 /// Where a profile's text came from.

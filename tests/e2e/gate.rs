@@ -440,3 +440,39 @@ fn an_approved_exec_runs_and_always_deny_sticks() {
     let r = b.cli(&["approvals", "--json"]);
     assert_eq!(r.stdout.trim(), "[]");
 }
+
+#[test]
+fn the_interactive_queue_answers_with_one_key() {
+    // `portcullis approvals` on a real terminal (a pty through script(1)):
+    // the request is shown, `y` allows it once, `q` quits.
+    if Command::new("script").arg("--version").output().is_err() {
+        return skip("script (util-linux) is needed to give `approvals` a terminal");
+    }
+    let sb = Sandbox::new("gate-tui", As::Caller);
+    let p = setup(&sb);
+    let b = TestBroker::start(&sb);
+    let target = ws(&sb, "ask.txt");
+    let child = spawn_with_broker(&sb, &b, &p, &["read", &target]);
+    let _ = b.next();
+    let mut tui = Command::new("script")
+        .args(["-q", "-e", "-c", &format!("{PORTCULLIS} approvals"), "/dev/null"])
+        .env("PORTCULLIS_BROKER_DIR", &b.dir)
+        .env("TERM", "xterm")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut keys = tui.stdin.take().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    use std::io::Write;
+    keys.write_all(b"y").unwrap();
+    keys.flush().unwrap();
+    Run::from(child.wait_with_output().unwrap()).expect("ok");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let _ = keys.write_all(b"q");
+    drop(keys);
+    let out = tui.wait_with_output().unwrap();
+    let screen = String::from_utf8_lossy(&out.stdout);
+    assert!(screen.contains("ask.txt"), "the queue showed the request: {screen}");
+}

@@ -21,7 +21,7 @@ const NPM_PACKAGES: [&str; 3] = [
     "@modelcontextprotocol/server-everything",
     "@modelcontextprotocol/server-memory",
 ];
-const PYPI_PACKAGES: [&str; 3] = ["mcp", "mcp-server-git", "mcp-server-time"];
+const PYPI_PACKAGES: [&str; 4] = ["mcp", "mcp-server-git", "mcp-server-time", "mcp-server-fetch"];
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
@@ -73,7 +73,9 @@ fn servers() -> Option<&'static Servers> {
                 ));
             }
         }
-        let py_ok = Command::new(s.python()).args(["-c", "import mcp, mcp_server_git, mcp_server_time"]).output();
+        let py_ok = Command::new(s.python())
+            .args(["-c", "import mcp, mcp_server_git, mcp_server_time, mcp_server_fetch"])
+            .output();
         if !py_ok.is_ok_and(|o| o.status.success()) {
             let venv = root.join("venv");
             let _ = Command::new("python3").arg("-m").arg("venv").arg(&venv).status();
@@ -397,6 +399,57 @@ fn pypi_time_and_git_servers_work_under_their_profiles() {
     let c = r["calls"].as_array().unwrap();
     assert!(c[0]["text"].as_str().unwrap().contains("file.txt"), "{r}");
     assert_eq!(c[1]["code"], -32002, "git_reset asks, and no broker means no: {r}");
+}
+
+/// A one-page HTTP server on 127.0.0.1; returns its port and a counter of requests.
+fn http_fixture(body: &'static str) -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::io::{Read, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let h = hits.clone();
+    std::thread::spawn(move || {
+        for mut c in l.incoming().flatten() {
+            h.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let mut buf = [0u8; 4096];
+            let _ = c.read(&mut buf);
+            let resp = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = c.write_all(resp.as_bytes());
+        }
+    });
+    (port, hits)
+}
+
+/// mcp-server-fetch under its profile: it fetches from a port the run
+/// allows (result redacted), and the kernel stops it at a port it does not.
+#[test]
+fn fetch_server_fetches_where_allowed_and_the_kernel_stops_it_elsewhere() {
+    let Some(s) = servers() else { return };
+    let sb = Sandbox::new("mcp-fetch", As::Caller);
+    let (port, _) = http_fixture("hello from the fixture; key AKIAIOSFODNN7EXAMPLE\n");
+    let (other, other_hits) = http_fixture("must never be served\n");
+    let mut flags = python_flags(s);
+    flags.extend(["--read".into(), s.site_packages(), "--connect".into(), port.to_string()]);
+    let args = run_args(&sb, "mcp-fetch", &strs(&flags));
+    let url = |p: u16| format!("http://127.0.0.1:{p}/page");
+    let r = drive(
+        &sb,
+        s,
+        args,
+        &[&s.python(), "-m", "mcp_server_fetch", "--ignore-robots-txt", "--allow-private-ips"],
+        json!([{"tool": "fetch", "arguments": {"url": url(port), "raw": true}},
+               {"tool": "fetch", "arguments": {"url": url(other), "raw": true}}]),
+    );
+    let c = r["calls"].as_array().unwrap();
+    let text = c[0]["text"].as_str().unwrap_or_default();
+    assert!(text.contains("hello from the fixture"), "{r}");
+    assert!(!text.contains("AKIAIOSFODNN7EXAMPLE") && text.contains("[REDACTED]"), "{r}");
+    let second = c[1].to_string();
+    assert!(!second.contains("must never be served"), "{r}");
+    assert_eq!(other_hits.load(std::sync::atomic::Ordering::SeqCst), 0, "the other listener got nothing");
 }
 
 /// Raw stream: malformed and oversized messages get errors, the session goes on,

@@ -209,7 +209,7 @@ impl Suite {
         }
     }
 
-    fn profile_test(&mut self, profile: &str) {
+    fn profile_test(&mut self, profile: &str, abi: i64) {
         let o = Command::new(&self.portcullis)
             .args(["profile", "test", profile])
             .current_dir(&self.dir)
@@ -229,6 +229,21 @@ impl Suite {
                     }
                 }
                 let err = String::from_utf8_lossy(&o.stderr);
+                // Only network port rules (ABI 4) are allowed to be the reason, and only below ABI 4.
+                let only_ports = err
+                    .lines()
+                    .filter(|l| l.contains(" needs Landlock ABI "))
+                    .all(|l| l.contains("needs Landlock ABI 4"));
+                if abi < 4
+                    && only_ports
+                    && o.status.code() == Some(125)
+                    && err.contains("this kernel cannot enforce the profile as written")
+                {
+                    // A profile needing more than this kernel has (mcp-fetch's
+                    // port rules on ABI < 4) must be refused, not run weaker.
+                    self.record(true, &format!("profile {profile}: refused on this kernel, as it must be"), "");
+                    return;
+                }
                 self.record(
                     o.status.success(),
                     &format!("profile {profile}: `portcullis profile test` exits 0"),
@@ -330,7 +345,7 @@ fn main() {
         }
     };
     for p in &profiles {
-        suite.profile_test(p);
+        suite.profile_test(p, abi);
     }
     println!("SUITE DONE kernel={release} abi={abi} pass={} fail={}", suite.pass, suite.fail);
     let _ = std::fs::remove_dir_all(&dir);

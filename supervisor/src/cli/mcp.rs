@@ -201,9 +201,15 @@ pub fn flags_for(command: &str, args: &[String], workspace: &Path) -> Vec<String
         }
     } else if has("mcp-server-time") {
         flags.push("mcp-time".into());
-    } else if matches!(base, "npx" | "node" | "npm") {
+    } else if has("mcp-server-fetch") {
+        flags.push("mcp-fetch".into());
+    } else if base == "npx" {
+        flags.push("npx".into());
+    } else if base == "uvx" {
+        flags.push("uvx".into());
+    } else if matches!(base, "node" | "npm") {
         flags.push("node".into());
-    } else if matches!(base, "uvx" | "uv" | "python" | "python3") {
+    } else if matches!(base, "uv" | "python" | "python3") {
         flags.push("python".into());
     } else {
         // Unknown server: the strict default, with only its own command allowed.

@@ -124,7 +124,11 @@ fn launch_with(session: &Session, prepared: Prepared, command: &[OsString], mcp:
         "limits": enforcement.limits,
         "exec_allow": allowed.iter().map(|r| &r.path).collect::<Vec<_>>(),
     });
-    if let Err(f) = session.audit.check_out_of_reach(&session.plan) {
+    let reach = session.audit.check_out_of_reach(&session.plan).and_then(|()| match &gate_setup {
+        Some(_) => gate_files_out_of_reach(session),
+        None => Ok(()),
+    });
+    if let Err(f) = reach {
         evidence.refused(Kind::Launch, f.code, &f.message, launch)?;
         return Err(f);
     }
@@ -163,9 +167,11 @@ fn launch_with(session: &Session, prepared: Prepared, command: &[OsString], mcp:
     // execve may already be parked, and spawn() waits for that exec.
     let syscall_gate = match (gate_setup, gate_evidence) {
         (Some(setup), Some(ev)) => {
-            // The gate's records wait for the log's lock, which the launch
-            // record holds until committed: commit it now, so an ask on the
-            // very first exec can be logged before it is acted on.
+            // The gate's log handle waits for the log's lock, which the
+            // launch record holds until committed: commit it first. Else an
+            // ask on the very first execve (its answer durable before the
+            // command runs) would wait for spawn, which waits for it, and a
+            // gate that fails to start would block dropping its handle.
             evidence.commit()?;
             Some(start_gate(session, setup, &argv, ev)?)
         }
@@ -236,18 +242,13 @@ fn launch_with(session: &Session, prepared: Prepared, command: &[OsString], mcp:
     Ok(code)
 }
 
-/// Starts the syscall gate for the plan's `ask`/`deny` rules.
-fn start_gate(
-    session: &Session,
-    setup: crate::gate::Setup,
-    argv: &[String],
-    evidence: Evidence,
-) -> Result<crate::gate::Running, Failure> {
-    let grants_path = crate::grants::path()?;
+/// The grants file and the broker's socket must be out of the sandbox's
+/// reach: it could grant itself, or answer its own requests.
+fn gate_files_out_of_reach(session: &Session) -> Result<(), Failure> {
     crate::evidence::check_out_of_reach(
         &session.plan,
         "grants file",
-        &grants_path,
+        &crate::grants::path()?,
         "set PORTCULLIS_GRANTS or XDG_STATE_HOME outside every rule",
     )?;
     if let Ok(dir) = crate::broker::socket::dir() {
@@ -258,6 +259,17 @@ fn start_gate(
             "set XDG_RUNTIME_DIR outside every rule",
         )?;
     }
+    Ok(())
+}
+
+/// Starts the syscall gate for the plan's `ask`/`deny` rules.
+fn start_gate(
+    session: &Session,
+    setup: crate::gate::Setup,
+    argv: &[String],
+    evidence: Evidence,
+) -> Result<crate::gate::Running, Failure> {
+    let grants_path = crate::grants::path()?;
     let file = crate::grants::load(&grants_path)?;
     let ctx = crate::gate::Context {
         plan: crate::gate::canonical_rules(&session.plan.gate),

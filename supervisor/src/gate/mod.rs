@@ -444,6 +444,8 @@ fn canonical_path(p: &std::path::Path) -> String {
 pub struct Running {
     server: std::thread::JoinHandle<()>,
     shared: Arc<Mutex<Option<Arc<Shared>>>>,
+    /// Closed when the server thread ends.
+    done: mpsc::Receiver<()>,
 }
 
 /// Starts the hands (confined before anything runs) and the server, which
@@ -455,6 +457,7 @@ pub fn start(setup: Setup, ctx: Context, evidence: Evidence) -> Result<Running, 
     let slot: Arc<Mutex<Option<Arc<Shared>>>> = Arc::new(Mutex::new(None));
     let slot2 = Arc::clone(&slot);
     let sock = setup.sock;
+    let (done_tx, done) = mpsc::channel::<()>();
     let server = std::thread::Builder::new()
         .name("gate".into())
         .spawn(move || {
@@ -472,16 +475,25 @@ pub fn start(setup: Setup, ctx: Context, evidence: Evidence) -> Result<Running, 
             });
             *slot2.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::clone(&shared));
             serve(&shared);
+            drop(done_tx);
         })
         .map_err(|e| Failure::setup(format!("gate: cannot start a thread: {e}")))?;
-    Ok(Running { server, shared: slot })
+    Ok(Running { server, shared: slot, done })
 }
 
 impl Running {
     /// After the sandbox is gone: the server has seen the listener hang up.
     /// Writes the denial counts and commits the gate's records.
     pub fn finish(self) {
-        let _ = self.server.join();
+        // With a PID namespace the sandbox is gone when the command is, and
+        // the listener hangs up at once. Without one, a process that
+        // outlived the command keeps the filter alive: do not wait for it
+        // (our exit closes the listener; its parked syscalls then fail).
+        if self.done.recv_timeout(Duration::from_secs(2)) == Err(mpsc::RecvTimeoutError::Timeout) {
+            eprintln!("portcullis: note: processes of the sandbox outlived the command; the gate stops serving them");
+        } else {
+            let _ = self.server.join();
+        }
         let Some(shared) = self.shared.lock().unwrap_or_else(|p| p.into_inner()).take() else { return };
         let denials = shared.denials.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let suppressed: u32 = denials.values().map(|c| c.saturating_sub(VERDICT_RECORDS_PER_TARGET)).sum();
