@@ -258,7 +258,9 @@ pub fn bench(args: &[String]) -> Result<()> {
     }
     let prepare_us = t.elapsed().as_secs_f64() * 1e6 / n_prep as f64;
     let prepared = prepared.context("prepared")?;
-    let filter_sizes: Vec<usize> = prepared.stage.filters.iter().map(Vec::len).collect();
+    let mut filter_sizes: Vec<usize> = prepared.stage.filters.iter().map(Vec::len).collect();
+    // The approval filter (strict's protected paths), installed last with NEW_LISTENER.
+    filter_sizes.extend(prepared.stage.notify.as_ref().map(|(p, _)| p.len()));
     let (fork_ns, confine_ns) = portcullis::sys::stage::time_confine(&prepared.stage, 500);
     let install_us = (confine_ns as f64 - fork_ns as f64) / 1000.0;
 
