@@ -7,7 +7,7 @@
 //! - [`frame`]: bounded newline-delimited framing;
 //! - [`jsonrpc`]: message shapes and the error responses the gate sends;
 //! - [`gate`]: the decisions (no I/O), with [`bucket`], [`breaker`], [`pins`], [`redact`];
-//! - [`approver`]: who answers `ask` (the broker later; [`approver::NoBroker`] now);
+//! - [`approver`]: who answers `ask`: the approval broker ([`approver::Broker`]), a terminal prompt without one, else no;
 //! - [`journal`]: the writer thread for `tool_call` audit records;
 //! - [`proxy`]: the two threads that move the bytes;
 //! - [`bench`]: added latency and throughput, for `cargo xtask bench`.
@@ -45,6 +45,8 @@ pub struct Prepared {
     plan: policy::mcp::McpPlan,
     profile: String,
     argv: Vec<String>,
+    /// The run's session id (as in the audit log), shown with each ask.
+    session: String,
     log: audit::AuditLog,
     pins: pins::PinStore,
 }
@@ -71,7 +73,14 @@ pub fn open(plan: &policy::Plan, audit: &AuditPaths, session: &str, argv: &[Stri
     let (key, _) = audit::key::load_or_create(&audit.key).map_err(|e| fail("key", &e))?;
     let opts = audit::LogOptions { session: Some(session.to_string()), ..audit::LogOptions::default() };
     let log = audit::AuditLog::open_with(&audit.log, key, opts).map_err(|e| fail("log", &e))?;
-    Ok(Prepared { plan: plan.mcp.clone(), profile: plan.profile.clone(), argv: argv.to_vec(), log, pins })
+    Ok(Prepared {
+        plan: plan.mcp.clone(),
+        profile: plan.profile.clone(),
+        argv: argv.to_vec(),
+        session: session.to_string(),
+        log,
+        pins,
+    })
 }
 
 /// A write rule of the plan that covers the pin directory would let the
@@ -124,7 +133,7 @@ pub fn attach(prepared: Prepared, child: &mut Child) -> Result<Attached, Failure
         prepared.plan,
         &prepared.profile,
         prepared.argv,
-        Box::new(approver::Broker::new(child.id())),
+        Box::new(approver::Broker::with_client(crate::broker::Client::new(), prepared.session.clone(), child.id())),
         journal,
         prepared.pins,
     ));
