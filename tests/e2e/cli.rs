@@ -178,9 +178,17 @@ fn explain_shows_every_layer() {
         "Environment: pass",
         "max_procs 512",
         "Lifecycle: PID namespace",
+        "Syscall gate",
+        "deny.write",
+        ".git/hooks",
+        "parked: open (writing), openat (writing)",
+        "MCP gate (with run --mcp)",
     ] {
         assert!(r.stdout.contains(needle), "explain lacks `{needle}`:\n{}", r.stdout);
     }
+    // A profile's [mcp] rules, as text.
+    let r = sb.run(&["explain", "--profile", "mcp-memory"]);
+    assert!(r.stdout.contains("ask   delete_*") && r.stdout.contains("rate     50 per 1000 ms"), "{}", r.stdout);
     let r = sb.run(&["explain", "--json", "--profile", "node"]);
     assert_eq!(r.code, 0, "{}", r.stderr);
     let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();

@@ -158,6 +158,34 @@ fn render(e: &Explained) -> String {
         let _ = writeln!(s, "  set {k}={v}");
     }
     let _ = writeln!(s, "  (names that look like secrets pass only when named exactly)");
+    let m = &p.mcp;
+    let _ = writeln!(
+        s,
+        "\nMCP gate (with run --mcp): tools/call rules, strictest match wins (deny > ask > allow); max message {} bytes; redaction {}; description pinning {}; breaker after {} failures, {} s cool-down:",
+        m.max_message,
+        if m.redact { "on" } else { "off" },
+        if m.pin { "on" } else { "off" },
+        m.breaker_failures,
+        m.breaker_cooldown_ms / 1000
+    );
+    for r in &m.rules {
+        let _ = writeln!(s, "  {:<5} {:<32} ({})", r.verdict.as_str(), r.pattern, r.at);
+    }
+    let default_at = m.default_at.as_ref().map_or("built in".to_string(), |o| o.to_string());
+    let _ = writeln!(
+        s,
+        "  default {} for tools no rule names ({default_at}); tools annotated destructive ask at least",
+        m.default.as_str()
+    );
+    for c in &m.categories {
+        let _ = writeln!(s, "  category {:<10} {:<26} ({})", c.category.as_str(), c.pattern, c.at);
+    }
+    for r in &m.rates {
+        let _ = writeln!(s, "  rate     {} per {} ms      {:<26} ({})", r.burst, r.per_ms, r.pattern, r.at);
+    }
+    if !m.redact_fields.is_empty() {
+        let _ = writeln!(s, "  redacted fields: {}", m.redact_fields.join(", "));
+    }
     let _ = writeln!(s, "\nLimits:");
     if e.enforcement.limits.is_empty() {
         let _ = writeln!(s, "  none");
