@@ -117,8 +117,19 @@ fn drive(sb: &Sandbox, servers: &Servers, args: Vec<String>, server: &[&str], ca
     let mut all = args;
     all.push("--".into());
     all.extend(server.iter().map(|s| s.to_string()));
+    // The unprivileged tier: the client launches portcullis as nobody.
+    let (command, all) = match sb.who {
+        As::Caller => (PORTCULLIS.to_string(), all),
+        As::Nobody => {
+            let mut a: Vec<String> =
+                vec![format!("--reuid={NOBODY}"), format!("--regid={NOBODY}"), "--clear-groups".into(), "--".into()];
+            a.push(PORTCULLIS.into());
+            a.extend(all);
+            ("setpriv".to_string(), a)
+        }
+    };
     let script = json!({
-        "command": PORTCULLIS,
+        "command": command,
         "args": all,
         "cwd": sb.path(&sb.ws),
         "env": {
@@ -230,8 +241,20 @@ fn everything_server_initialize_and_list_pass_an_allowed_tool_works_a_denied_one
 
 #[test]
 fn filesystem_server_reads_inside_and_the_kernel_stops_it_outside() {
+    filesystem_case(Sandbox::new("mcp-fs", As::Caller));
+}
+
+/// The same, with the supervisor run as nobody: no privilege needed for
+/// the sandbox, the syscall gate or the MCP gate.
+#[test]
+fn filesystem_server_under_an_unprivileged_supervisor() {
+    if let Some(sb) = Sandbox::nobody("mcp-fs-nobody") {
+        filesystem_case(sb);
+    }
+}
+
+fn filesystem_case(sb: Sandbox) {
     let Some(s) = servers() else { return };
-    let sb = Sandbox::new("mcp-fs", As::Caller);
     // The server is told it may use both directories; the profile grants only the workspace.
     let args = run_args(&sb, "mcp-filesystem", &strs(&node_flags(s)));
     let inside = sb.path(&sb.ws.join("file.txt"));
