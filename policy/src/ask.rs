@@ -72,6 +72,8 @@ pub enum Access {
     Exec,
     Connect,
     Syscall,
+    /// An MCP `tools/call` (grants only: tool rules live in `[mcp.tools]`).
+    Tool,
 }
 
 impl Access {
@@ -82,6 +84,7 @@ impl Access {
             Access::Exec => "exec",
             Access::Connect => "connect",
             Access::Syscall => "syscall",
+            Access::Tool => "tool",
         }
     }
 
@@ -91,7 +94,7 @@ impl Access {
             Access::Write => Category::Write,
             Access::Exec => Category::Execute,
             Access::Connect => Category::Network,
-            Access::Syscall => Category::Execute,
+            Access::Syscall | Access::Tool => Category::Execute,
         }
     }
 }
@@ -561,6 +564,11 @@ impl Grants {
 
     fn find(&self, access: Access, key: &str) -> Option<&(bool, String)> {
         self.map.get(&(access, key.to_string()))
+    }
+
+    /// The saved answer for exactly `access` on `key`: (allow, grant id).
+    pub fn lookup(&self, access: Access, key: &str) -> Option<(bool, &str)> {
+        self.find(access, key).map(|(a, id)| (*a, id.as_str()))
     }
 }
 

@@ -476,3 +476,69 @@ fn the_interactive_queue_answers_with_one_key() {
     let screen = String::from_utf8_lossy(&out.stdout);
     assert!(screen.contains("ask.txt"), "the queue showed the request: {screen}");
 }
+
+#[test]
+fn an_always_answer_for_an_mcp_tool_is_saved_for_the_profile() {
+    use std::io::{BufRead, Write};
+    const PYTHON: &str = "/usr/bin/python3";
+    if !Path::new(PYTHON).exists() {
+        return skip("/usr/bin/python3 is needed for the fake MCP server");
+    }
+    let sb = Sandbox::new("gate-mcp-always", As::Caller);
+    let b = TestBroker::start(&sb);
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf();
+    let server = sb.path(&repo.join("tests/mcp/fake_server.py"));
+    let mcp_dir = sb.path(&repo.join("tests/mcp"));
+    let profile = sb.profile("ask.toml", "extends = \"python\"\n[mcp.tools]\nask = [\"big\"]\n");
+    let grants = sb.root.join("state/grants.json");
+    let call = "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"tools/call\",\"params\":{\"name\":\"big\",\"arguments\":{\"n\":3}}}\n";
+    let session = |with_broker: bool| -> serde_json::Value {
+        let mut c = sb.portcullis(&[
+            "run",
+            "--mcp",
+            "--profile",
+            &profile,
+            "--read",
+            &mcp_dir,
+            "--exec",
+            PYTHON,
+            "--",
+            PYTHON,
+            &server,
+        ]);
+        c.env("PORTCULLIS_GRANTS", &grants).env("XDG_STATE_HOME", sb.root.join("state"));
+        if with_broker {
+            c.env("PORTCULLIS_BROKER_DIR", &b.dir);
+        } else {
+            c.env("PORTCULLIS_BROKER", "off");
+        }
+        let mut child = c
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut input = child.stdin.take().unwrap();
+        input.write_all(call.as_bytes()).unwrap();
+        input.flush().unwrap();
+        if with_broker {
+            let req = b.next();
+            assert_eq!((req["kind"].as_str(), req["target"].as_str()), (Some("tool"), Some("big")), "{req}");
+            assert_eq!(b.cli(&["approve", "--always", req["id"].as_str().unwrap()]).code, 0);
+        }
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        drop(input);
+        let _ = child.wait();
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line:?}"))
+    };
+    let first = session(true);
+    assert_eq!(first["result"]["content"][0]["text"], "xxx", "{first}");
+    // The next run asks nobody (no broker at all): the saved grant answers.
+    let second = session(false);
+    assert_eq!(second["result"]["content"][0]["text"], "xxx", "{second}");
+    let list =
+        Command::new(PORTCULLIS).args(["grants", "list", "--json"]).env("PORTCULLIS_GRANTS", &grants).output().unwrap();
+    let saved: Vec<serde_json::Value> = serde_json::from_slice(&list.stdout).unwrap();
+    assert!(saved.iter().any(|g| g["access"] == "tool" && g["target"] == "big" && g["allow"] == true), "{saved:?}");
+}

@@ -65,6 +65,8 @@ pub struct Broker {
     timeout: Duration,
     /// Tool name → the remembered answer, and who gave it.
     remembered: Mutex<HashMap<String, (bool, String)>>,
+    /// The grants file and this profile's saved answers ("always").
+    saved: Option<(std::path::PathBuf, policy::ask::Grants)>,
 }
 
 impl Broker {
@@ -82,7 +84,15 @@ impl Broker {
             pid: i32::try_from(server_pid).unwrap_or(0),
             timeout: Duration::from_millis(policy::ask::DEFAULT_TIMEOUT_MS),
             remembered: Mutex::new(HashMap::new()),
+            saved: None,
         }
+    }
+
+    /// Consults and extends the grants file: an "always" answer for a tool
+    /// holds for later runs of the same profile, like a syscall grant.
+    pub fn with_grants(mut self, path: std::path::PathBuf, grants: policy::ask::Grants) -> Broker {
+        self.saved = Some((path, grants));
+        self
     }
 }
 
@@ -98,6 +108,18 @@ impl Approver for Broker {
                 }
             }
             None => {}
+        }
+        if let Some((allow, id)) =
+            self.saved.as_ref().and_then(|(_, g)| g.lookup(policy::ask::Access::Tool, request.tool))
+        {
+            let by = format!("grant {id}");
+            if allow {
+                return Approval::Allow { by };
+            }
+            return Approval::Deny {
+                reason: format!("tool `{}` is always denied for this profile ({by})", request.tool),
+                by,
+            };
         }
         let ask = AskRequest {
             session: self.session.clone(),
@@ -120,6 +142,21 @@ impl Approver for Broker {
         if remember {
             let mut r = self.remembered.lock().unwrap_or_else(|p| p.into_inner());
             r.insert(request.tool.to_string(), (answer.allow, answer.by.clone()));
+        }
+        if let (Scope::Always, Some((path, _))) = (answer.scope, &self.saved) {
+            let grant = policy::ask::Grant {
+                id: crate::grants::new_id(),
+                profile: request.profile.to_string(),
+                access: policy::ask::Access::Tool,
+                target: request.tool.to_string(),
+                allow: answer.allow,
+                scope: policy::ask::GrantScope::Always,
+                created: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+                by: answer.by.clone(),
+            };
+            if let Err(f) = crate::grants::persist(path, grant) {
+                eprintln!("portcullis: mcp: could not save the grant: {}", f.message);
+            }
         }
         if answer.allow {
             return Approval::Allow { by: answer.by };

@@ -47,6 +47,8 @@ pub struct Prepared {
     argv: Vec<String>,
     /// The run's session id (as in the audit log), shown with each ask.
     session: String,
+    /// The grants file and this profile's saved answers, when one is usable.
+    grants: Option<(std::path::PathBuf, policy::ask::Grants)>,
     log: audit::AuditLog,
     pins: pins::PinStore,
 }
@@ -78,6 +80,9 @@ pub fn open(plan: &policy::Plan, audit: &AuditPaths, session: &str, argv: &[Stri
         profile: plan.profile.clone(),
         argv: argv.to_vec(),
         session: session.to_string(),
+        grants: crate::grants::path()
+            .and_then(|p| crate::grants::load(&p).map(|f| (p, policy::ask::Grants::for_profile(&f, &plan.profile))))
+            .ok(),
         log,
         pins,
     })
@@ -133,7 +138,13 @@ pub fn attach(prepared: Prepared, child: &mut Child) -> Result<Attached, Failure
         prepared.plan,
         &prepared.profile,
         prepared.argv,
-        Box::new(approver::Broker::with_client(crate::broker::Client::new(), prepared.session.clone(), child.id())),
+        Box::new(match &prepared.grants {
+            Some((path, grants)) => {
+                approver::Broker::with_client(crate::broker::Client::new(), prepared.session.clone(), child.id())
+                    .with_grants(path.clone(), grants.clone())
+            }
+            None => approver::Broker::with_client(crate::broker::Client::new(), prepared.session.clone(), child.id()),
+        }),
         journal,
         prepared.pins,
     ));
