@@ -210,6 +210,11 @@ impl Evidence {
         self.close()
     }
 
+    /// Commits and closes without a checkpoint (see `audit::AuditLog::release`).
+    pub fn release(self) -> Result<(), Failure> {
+        self.log.release().map_err(|e| Failure::setup(format!("audit log write failed: {e}")))
+    }
+
     fn close(&mut self) -> Result<(), Failure> {
         self.commit()?;
         self.log.checkpoint().map(drop).map_err(|e| Failure::setup(format!("audit checkpoint failed: {e}")))

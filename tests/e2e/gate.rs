@@ -542,3 +542,17 @@ fn an_always_answer_for_an_mcp_tool_is_saved_for_the_profile() {
     let saved: Vec<serde_json::Value> = serde_json::from_slice(&list.stdout).unwrap();
     assert!(saved.iter().any(|g| g["access"] == "tool" && g["target"] == "big" && g["allow"] == true), "{saved:?}");
 }
+
+#[test]
+fn a_corrupt_grants_file_refuses_the_run_and_says_where() {
+    // A lost "always deny" would weaken the policy: no guessing, no run.
+    let sb = Sandbox::new("gate-grants-corrupt", As::Caller);
+    let p = setup(&sb);
+    let grants = sb.root.join("state/grants.json");
+    std::fs::create_dir_all(grants.parent().unwrap()).unwrap();
+    std::fs::write(&grants, "{\"version\": 1, \"grants\": [\n  {\"id\": 3}\n]}\n").unwrap();
+    let r = probe_gate(&sb, &p, &["read", &ws(&sb, "file.txt")]);
+    assert_eq!(r.code, 125, "{}\n{}", r.stdout, r.stderr);
+    assert!(r.stderr.contains("grants.json:") && r.stderr.contains("does not parse"), "{}", r.stderr);
+    assert!(r.stdout.is_empty(), "nothing ran: {}", r.stdout);
+}

@@ -106,6 +106,7 @@ fn launch_with(session: &Session, prepared: Prepared, command: &[OsString], mcp:
         Some(_) => Some(Evidence::open(&session.audit, &session.id)?),
         None => None,
     };
+    crate::timing::mark("gate's audit handle opened");
     let mut evidence = Evidence::open(&session.audit, &session.id)?;
     crate::timing::mark("audit log opened");
     let argv: Vec<String> = command.iter().map(|a| a.to_string_lossy().into_owned()).collect();
@@ -167,13 +168,24 @@ fn launch_with(session: &Session, prepared: Prepared, command: &[OsString], mcp:
     // execve may already be parked, and spawn() waits for that exec.
     let syscall_gate = match (gate_setup, gate_evidence) {
         (Some(setup), Some(ev)) => {
-            // The gate's log handle waits for the log's lock, which the
-            // launch record holds until committed: commit it first. Else an
-            // ask on the very first execve (its answer durable before the
-            // command runs) would wait for spawn, which waits for it, and a
-            // gate that fails to start would block dropping its handle.
-            evidence.commit()?;
-            Some(start_gate(session, setup, &argv, ev)?)
+            // The gate's records wait for the log's lock, which the launch
+            // record holds until committed. With exec rules the very first
+            // execve may be an ask whose answer must be durable before the
+            // command runs: commit the launch record first, or that answer
+            // waits for spawn, which waits for it. (A gate handle that never
+            // appended needs no lock to be dropped.)
+            if session.plan.gate.covers(policy::ask::Access::Exec) {
+                evidence.commit()?;
+            }
+            let g = match start_gate(session, setup, &argv, ev) {
+                Ok(g) => g,
+                Err(f) => {
+                    evidence.refused(Kind::Exit, f.code, &f.message, json!({ "stage": "syscall gate" }))?;
+                    return Err(f);
+                }
+            };
+            crate::timing::mark("gate started");
+            Some(g)
         }
         _ => None,
     };
@@ -223,6 +235,7 @@ fn launch_with(session: &Session, prepared: Prepared, command: &[OsString], mcp:
     crate::timing::mark("command exited");
     if let Some(g) = syscall_gate {
         g.finish();
+        crate::timing::mark("gate finished");
     }
     if let Some(p) = proxy {
         p.finish();

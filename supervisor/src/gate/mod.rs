@@ -545,7 +545,10 @@ impl Journal {
                         eprintln!("portcullis: gate: {}", f.message);
                     }
                 }
-                let _ = ev.commit();
+                // The run's exit record and checkpoint come after this.
+                if let Err(f) = ev.release() {
+                    eprintln!("portcullis: gate: {}", f.message);
+                }
             })
             .map_err(|e| Failure::setup(format!("gate: cannot start a thread: {e}")))?;
         Ok(Journal { tx: Mutex::new(Some(tx)), writer: Mutex::new(Some(writer)), dropped: Default::default() })
