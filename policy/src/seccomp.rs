@@ -82,6 +82,7 @@ const ALWAYS: &[(&str, &str)] = &[
     ("lremovexattr", "Landlock does not mediate extended attributes (ACLs included)"),
     ("fremovexattr", "Landlock does not mediate extended attributes (ACLs included)"),
     ("removexattrat", "Landlock does not mediate extended attributes (ACLs included)"),
+    ("file_setattr", "Landlock does not mediate inode flags (append-only, nodump, project ids)"),
 ];
 
 /// chmod-family syscalls and the index of their mode argument.
@@ -103,6 +104,9 @@ const CLONE_NEWNET: u64 = 0x4000_0000;
 
 const TIOCSTI: u64 = 0x5412;
 const TIOCLINUX: u64 = 0x541C;
+/// Inode flags (chattr) and extended flags: metadata Landlock does not mediate.
+const FS_IOC_SETFLAGS: u64 = 0x4008_6602;
+const FS_IOC_FSSETXATTR: u64 = 0x401C_5820;
 const AF_UNIX: u64 = 1;
 const AF_INET: u64 = 2;
 const AF_INET6: u64 = 10;
@@ -212,6 +216,17 @@ pub fn baseline(floor: FloorPolicy) -> Vec<SyscallRule> {
         Verdict::Eperm,
         "TIOCLINUX console selection injects input",
     ));
+    for (req, what) in [(FS_IOC_SETFLAGS, "FS_IOC_SETFLAGS"), (FS_IOC_FSSETXATTR, "FS_IOC_FSSETXATTR")] {
+        rules.push(rule(
+            "ioctl",
+            vec![cmp(1, Width::Dword, Op::Eq, req)],
+            Verdict::Eperm,
+            match what {
+                "FS_IOC_SETFLAGS" => "FS_IOC_SETFLAGS changes inode flags (chattr), which Landlock does not mediate",
+                _ => "FS_IOC_FSSETXATTR changes inode flags and project ids, which Landlock does not mediate",
+            },
+        ));
+    }
 
     let personality_other: Vec<ArgCmp> = PERSONALITY_OK.iter().map(|v| cmp(0, Width::Dword, Op::Ne, *v)).collect();
     rules.push(rule(

@@ -556,3 +556,40 @@ fn a_corrupt_grants_file_refuses_the_run_and_says_where() {
     assert!(r.stderr.contains("grants.json:") && r.stderr.contains("does not parse"), "{}", r.stderr);
     assert!(r.stdout.is_empty(), "nothing ran: {}", r.stdout);
 }
+
+both!(git_redirects_are_protected_too, |sb| {
+    // Git takes config and hooks from $GIT_DIR/commondir's target, from
+    // worktrees/ and modules/, and from a `.git` *file* naming another git
+    // dir: each would run code the sandbox planted without touching hooks/.
+    let p = setup(sb);
+    probe_gate(sb, &p, &["create", &ws(sb, ".git/commondir")]).expect("errno 13 EACCES");
+    probe_gate(sb, &p, &["mkdir", &ws(sb, ".git/worktrees")]).expect("errno 13 EACCES");
+    probe_gate(sb, &p, &["mkdir", &ws(sb, ".git/modules")]).expect("errno 13 EACCES");
+    assert!(!sb.ws.join(".git/commondir").exists());
+    std::fs::remove_dir_all(sb.ws.join(".git")).unwrap();
+    probe_gate(sb, &p, &["create", &ws(sb, ".git")]).expect("errno 13 EACCES");
+    assert!(!sb.ws.join(".git").exists());
+    // Twins: the rest of .git stays writable (git itself works in the sandbox).
+    probe_gate(sb, &p, &["mkdir", &ws(sb, ".git")]).expect("ok");
+    probe_gate(sb, &p, &["create", &ws(sb, ".git/index")]).expect("ok");
+});
+
+both!(inode_flags_of_protected_files_cannot_change, |sb| {
+    // chattr-style flags: metadata Landlock does not mediate (floor).
+    sb.probe(&[], &["ioctl", "0x40086602"]).expect("errno 1 EPERM");
+    sb.probe(&[], &["ioctl", "0x401c5820"]).expect("errno 1 EPERM");
+    sb.probe(&[], &["syscall", "file_setattr"]).expect("errno 1 EPERM");
+    // Twin: an unfiltered ioctl request reaches the kernel (EBADF for fd -1).
+    sb.probe(&[], &["ioctl", "0x80086601"]).expect("errno 9 EBADF");
+});
+
+both!(o_path_opens_and_fifos_work_under_read_rules, |sb| {
+    // Read rules park every open. An O_PATH open reads nothing (and ADDFD
+    // could not pass it): it still works. Opening a FIFO waits for its other
+    // end, in a thread of its own, so the reader's open is still served.
+    let p = setup(sb);
+    probe_gate(sb, &p, &["opath", &ws(sb, "file.txt")]).expect("ok");
+    probe_gate(sb, &p, &["fifo", &ws(sb, "pipe")]).expect("ok");
+    // And the read rule still holds beside them.
+    probe_gate(sb, &p, &["read", &ws(sb, "ask.txt")]).expect("errno 13 EACCES");
+});

@@ -117,6 +117,29 @@ fn main() {
                     }
                 }
             }
+            "opath" => report(libc::open(c(a(1)).as_ptr(), libc::O_PATH | libc::O_CLOEXEC) as i64),
+            "fifo" => {
+                // A FIFO made in the sandbox, opened by a writer and a reader
+                // (each open waits for the other end). SIGALRM ends a hang.
+                libc::alarm(10);
+                let p = c(a(1));
+                if libc::mkfifo(p.as_ptr(), 0o600) != 0 {
+                    return report(-1);
+                }
+                let pid = libc::fork();
+                if pid == 0 {
+                    let fd = libc::open(p.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC);
+                    libc::_exit(if fd >= 0 { 0 } else { 1 });
+                }
+                let fd = libc::open(p.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+                let mut status = 0;
+                libc::waitpid(pid, &mut status, 0);
+                if fd >= 0 && libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0 {
+                    println!("ok");
+                } else {
+                    report(-1);
+                }
+            }
             "flood-open" => flood_open(a(1), num(a(2)) as usize, num(a(3)) as usize),
             "unlink" => report(libc::unlink(c(a(1)).as_ptr()) as i64),
             "rename" => report(libc::rename(c(a(1)).as_ptr(), c(a(2)).as_ptr()) as i64),

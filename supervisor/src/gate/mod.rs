@@ -88,6 +88,8 @@ pub enum Reply {
     Continue,
     /// Install this fd in the caller and return its number.
     Fd { fd: OwnedFd, cloexec: bool },
+    /// Another thread answers (an operation that may block, like opening a FIFO).
+    Deferred,
 }
 
 /// The hands: one confined thread running jobs in order.
@@ -168,6 +170,8 @@ pub struct Shared {
     ctx: Context,
     listener: OwnedFd,
     hands: Hands,
+    /// The sandbox's ruleset, for threads confined apart from the hands.
+    ruleset: Option<OwnedFd>,
     grants: Mutex<Grants>,
     evidence: Journal,
     /// Pending asks by key: the notifications waiting on one answer.
@@ -182,6 +186,38 @@ impl Shared {
         self.hands.run(f)
     }
 
+    /// Runs `f` in a new thread confined like the hands, which answers
+    /// notification `id` itself: for an operation that may block (opening
+    /// a FIFO waits for its other end) and must not stall every other one.
+    pub fn hands_apart(&self, id: u64, f: impl FnOnce() -> Reply + Send + 'static) -> Reply {
+        let (Ok(listener), Ok(ruleset)) =
+            (self.listener.try_clone(), self.ruleset.as_ref().map(|r| r.try_clone()).transpose())
+        else {
+            return Reply::Errno(libc::EMFILE);
+        };
+        let spawned = std::thread::Builder::new().name("gate-hands-apart".into()).spawn(move || {
+            let reply = match notify::confine_thread(ruleset.as_ref()) {
+                Ok(()) => f(),
+                Err(_) => Reply::Errno(libc::EPERM),
+            };
+            drop(ruleset);
+            let l = listener.as_fd();
+            let _ = match reply {
+                Reply::Value(v) => notify::respond(l, id, v, 0, false),
+                Reply::Errno(e) => notify::respond(l, id, 0, e, false),
+                Reply::Continue | Reply::Deferred => notify::respond(l, id, 0, libc::EIO, false),
+                Reply::Fd { fd, cloexec } => match notify::addfd_send(l, id, fd.as_fd(), cloexec) {
+                    Ok(_) => Ok(()),
+                    Err(e) => notify::respond(l, id, 0, e.raw_os_error().unwrap_or(libc::EIO), false),
+                },
+            };
+        });
+        match spawned {
+            Ok(_) => Reply::Deferred,
+            Err(_) => Reply::Errno(libc::EAGAIN),
+        }
+    }
+
     fn send(&self, n: &Notif, reply: Reply) {
         let l = self.listener.as_fd();
         // ENOENT: the caller is gone (killed while parked); nothing to answer.
@@ -193,6 +229,7 @@ impl Shared {
                 Ok(_) => Ok(()),
                 Err(e) => notify::respond(l, n.id, 0, e.raw_os_error().unwrap_or(libc::EIO), false),
             },
+            Reply::Deferred => Ok(()),
         };
     }
 
@@ -276,7 +313,14 @@ impl Shared {
     }
 
     fn park(self: &Arc<Self>, n: Notif, op: Op, d: policy::ask::Decision) {
-        let key = format!("{}:{}", op.access.iter().map(|a| a.as_str()).collect::<Vec<_>>().join("+"), op.key());
+        // One answer covers only the same operation on the same target: a
+        // person who allowed an open did not allow an unlink.
+        let key = format!(
+            "{}:{}:{}",
+            op.kind,
+            op.access.iter().map(|a| a.as_str()).collect::<Vec<_>>().join("+"),
+            op.key()
+        );
         {
             let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
             if let Some(waiting) = pending.get_mut(&key) {
@@ -451,6 +495,10 @@ pub struct Running {
 /// Starts the hands (confined before anything runs) and the server, which
 /// waits for the listener from the exec stage. Call before spawning.
 pub fn start(setup: Setup, ctx: Context, evidence: Evidence) -> Result<Running, Failure> {
+    let ruleset = match &setup.ruleset {
+        Some(r) => Some(r.try_clone().map_err(|e| Failure::setup(format!("gate: cannot duplicate the ruleset: {e}")))?),
+        None => None,
+    };
     let hands = Hands::start(setup.ruleset)?;
     let evidence = Journal::start(evidence)?;
     let grants = ctx.grants.clone();
@@ -468,6 +516,7 @@ pub fn start(setup: Setup, ctx: Context, evidence: Evidence) -> Result<Running, 
                 ctx,
                 listener,
                 hands,
+                ruleset,
                 grants: Mutex::new(grants),
                 evidence,
                 pending: Mutex::new(HashMap::new()),

@@ -272,7 +272,7 @@ pub fn classify(shared: &Shared, n: &Notif) -> Result<Op, i32> {
             let umask = caller.umask();
             Ok(Op {
                 access: vec![Access::Write],
-                targets: vec![(r.canonical.clone(), false)],
+                targets: vec![(r.canonical.clone(), true)],
                 subject: None,
                 kind: "mknod",
                 detail: format!("mknod({:?}, {:o})", r.canonical, mode),
@@ -386,10 +386,25 @@ fn open_op(
     let reads = !path_only && accmode != libc::O_WRONLY;
     let excl_create = flags & libc::O_CREAT != 0 && flags & libc::O_EXCL != 0;
     let follow = flags & libc::O_NOFOLLOW == 0 && !excl_create;
+    if path_only {
+        // An O_PATH fd reads and writes nothing, and everything done through
+        // it (an *at call, a /proc reopen) is parked and resolved again.
+        // ADDFD cannot pass one anyway (fget refuses O_PATH files).
+        return Ok(Op {
+            access: vec![],
+            targets: vec![],
+            subject: None,
+            kind: "open-path",
+            detail: String::new(),
+            perform: Box::new(|_| Reply::Continue),
+        });
+    }
     let r = path_arg(shared, n, caller, dirfd, addr, follow)?;
     if r.trailing_slash && flags & libc::O_CREAT != 0 && r.name.is_some() {
         return Err(libc::EISDIR);
     }
+    let fifo = r.kind == Some(libc::S_IFIFO);
+    let id = n.id;
     let mut access = Vec::new();
     if reads {
         access.push(Access::Read);
@@ -410,25 +425,45 @@ fn open_op(
     }
     Ok(Op {
         access,
-        targets: vec![(r.canonical.clone(), false)],
+        // Creating a file where a protected tree would be (a `.git` *file*
+        // saying `gitdir: /elsewhere`) redirects that tree: counts as a move.
+        targets: vec![(r.canonical.clone(), flags & libc::O_CREAT != 0 && r.kind.is_none())],
         subject: None,
         kind,
         detail: format!("open({:?}, {})", r.canonical, open_flags(flags)),
         perform: Box::new(move |s: &Shared| {
-            hands_result(s.hands(move || {
+            let open = move |nonblock: bool| {
                 if creates {
                     notify::set_umask(umask);
                 }
+                let asked_nonblock = own_flags & libc::O_NONBLOCK != 0;
+                let flags = if nonblock { own_flags | libc::O_NONBLOCK } else { own_flags };
                 match nix::fcntl::openat(
                     Some(r.dir.as_raw_fd()),
                     r.at_name(),
-                    OFlag::from_bits_retain(own_flags),
+                    OFlag::from_bits_retain(flags),
                     Mode::from_bits_truncate(mode as u32),
                 ) {
-                    Ok(fd) => Reply::Fd { fd: notify::own(fd), cloexec },
+                    Ok(fd) => {
+                        let fd = notify::own(fd);
+                        if nonblock && !asked_nonblock {
+                            // Only so the shared thread never blocks: give back the caller's flags.
+                            let back = OFlag::from_bits_retain(own_flags & !libc::O_NONBLOCK & !libc::O_CLOEXEC);
+                            let _ = nix::fcntl::fcntl(fd.as_raw_fd(), nix::fcntl::FcntlArg::F_SETFL(back));
+                        }
+                        Reply::Fd { fd, cloexec }
+                    }
                     Err(e) => errno_of(e),
                 }
-            }))
+            };
+            if fifo {
+                // Opening a FIFO waits for its other end: in a thread of its own.
+                s.hands_apart(id, move || open(false))
+            } else {
+                // Never block the shared thread: a FIFO swapped in after the
+                // check fails (ENXIO) instead of stalling every other call.
+                hands_result(s.hands(move || open(true)))
+            }
         }),
     })
 }

@@ -36,6 +36,8 @@ pub struct Resolved {
     pub canonical: String,
     /// The path ended in `/`: it must be a directory.
     pub trailing_slash: bool,
+    /// File type (`st_mode & S_IFMT`) of the last component when resolved, if it exists.
+    pub kind: Option<u32>,
 }
 
 impl Resolved {
@@ -166,12 +168,20 @@ pub fn resolve(caller: &Caller, dirfd: i32, path: &[u8], follow: bool) -> Result
         .map_err(|e| e.raw_os_error().unwrap_or(libc::EIO))?;
         let dir_path = fd_path(&dir)?;
         if whole_dir {
-            return Ok(Resolved { dir, name: None, canonical: dir_path, trailing_slash: true });
+            return Ok(Resolved {
+                dir,
+                name: None,
+                canonical: dir_path,
+                trailing_slash: true,
+                kind: Some(libc::S_IFDIR),
+            });
         }
         let name = CString::new(last).map_err(|_| libc::EINVAL)?;
-        let is_link =
+        let kind =
             nix::sys::stat::fstatat(Some(dir.as_raw_fd()), name.as_c_str(), nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW)
-                .is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFLNK);
+                .ok()
+                .map(|st| st.st_mode & libc::S_IFMT);
+        let is_link = kind == Some(libc::S_IFLNK);
         if is_link && (follow || trailing_slash) {
             // Links in procfs are magic: their text is not a path to follow.
             let in_proc = nix::sys::statfs::fstatfs(&dir).is_ok_and(|s| s.filesystem_type().0 == PROC_SUPER_MAGIC);
@@ -188,7 +198,7 @@ pub fn resolve(caller: &Caller, dirfd: i32, path: &[u8], follow: bool) -> Result
             continue;
         }
         let canonical = join(&dir_path, last);
-        return Ok(Resolved { dir, name: Some(name), canonical, trailing_slash });
+        return Ok(Resolved { dir, name: Some(name), canonical, trailing_slash, kind });
     }
     Err(libc::ELOOP)
 }
