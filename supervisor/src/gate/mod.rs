@@ -315,12 +315,8 @@ impl Shared {
     fn park(self: &Arc<Self>, n: Notif, op: Op, d: policy::ask::Decision) {
         // One answer covers only the same operation on the same target: a
         // person who allowed an open did not allow an unlink.
-        let key = format!(
-            "{}:{}:{}",
-            op.kind,
-            op.access.iter().map(|a| a.as_str()).collect::<Vec<_>>().join("+"),
-            op.key()
-        );
+        let key =
+            format!("{}:{}:{}", op.kind, op.access.iter().map(|a| a.as_str()).collect::<Vec<_>>().join("+"), op.key());
         {
             let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
             if let Some(waiting) = pending.get_mut(&key) {
