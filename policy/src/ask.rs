@@ -448,10 +448,15 @@ pub enum Subject<'a> {
 impl Subject<'_> {
     /// The text grants are keyed by.
     pub fn key(&self) -> String {
+        self.key_ref().into_owned()
+    }
+
+    /// The same, without allocating where the text is already there.
+    pub fn key_ref(&self) -> std::borrow::Cow<'_, str> {
         match self {
-            Subject::Path { path, .. } => path.to_string(),
-            Subject::Addr { ip, port } => std::net::SocketAddr::new(*ip, *port).to_string(),
-            Subject::Syscall(name) => name.to_string(),
+            Subject::Path { path, .. } => std::borrow::Cow::Borrowed(path),
+            Subject::Addr { ip, port } => std::borrow::Cow::Owned(std::net::SocketAddr::new(*ip, *port).to_string()),
+            Subject::Syscall(name) => std::borrow::Cow::Borrowed(name),
         }
     }
 }
@@ -536,8 +541,8 @@ pub const GRANT_FILE_VERSION: u32 = 1;
 /// Grants in force for one profile: the persisted ones plus this session's.
 #[derive(Clone, Debug, Default)]
 pub struct Grants {
-    /// (access, target) → (allow, grant id). A later grant replaces an earlier one.
-    map: BTreeMap<(Access, String), (bool, String)>,
+    /// access → target → (allow, grant id). A later grant replaces an earlier one.
+    map: BTreeMap<Access, BTreeMap<String, (bool, String)>>,
 }
 
 impl Grants {
@@ -551,11 +556,11 @@ impl Grants {
     }
 
     pub fn insert(&mut self, grant: &Grant) {
-        self.map.insert((grant.access, grant.target.clone()), (grant.allow, grant.id.clone()));
+        self.map.entry(grant.access).or_default().insert(grant.target.clone(), (grant.allow, grant.id.clone()));
     }
 
     pub fn len(&self) -> usize {
-        self.map.len()
+        self.map.values().map(BTreeMap::len).sum()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -563,7 +568,7 @@ impl Grants {
     }
 
     fn find(&self, access: Access, key: &str) -> Option<&(bool, String)> {
-        self.map.get(&(access, key.to_string()))
+        self.map.get(&access)?.get(key)
     }
 
     /// The saved answer for exactly `access` on `key`: (allow, grant id).
@@ -615,7 +620,7 @@ pub fn decide(plan: &GatePlan, grants: &Grants, access: Access, subject: &Subjec
             grant: None,
         };
     }
-    if let Some((allow, id)) = grants.find(access, &subject.key()) {
+    if let Some((allow, id)) = grants.find(access, &subject.key_ref()) {
         let outcome = if *allow { Outcome::Allow } else { Outcome::Deny };
         return Decision {
             outcome,

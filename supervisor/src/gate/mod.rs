@@ -152,15 +152,26 @@ pub struct Op {
 /// Non-path subjects.
 pub enum Subject {
     Addr(std::net::IpAddr, u16),
-    Syscall(String),
+    /// A syscall asked by name, and its register arguments.
+    Syscall(String, [u64; 6]),
 }
 
 impl Op {
     fn key(&self) -> String {
         match &self.subject {
             Some(Subject::Addr(ip, port)) => std::net::SocketAddr::new(*ip, *port).to_string(),
-            Some(Subject::Syscall(s)) => s.clone(),
+            Some(Subject::Syscall(s, _)) => s.clone(),
             None => self.targets.iter().map(|(t, _)| t.as_str()).collect::<Vec<_>>().join(" -> "),
+        }
+    }
+
+    /// What the person and the log are shown.
+    fn detail(&self) -> String {
+        match &self.subject {
+            Some(Subject::Syscall(name, a)) if self.detail.is_empty() => {
+                format!("{name}({:#x}, {:#x}, {:#x}, {:#x}, {:#x}, {:#x})", a[0], a[1], a[2], a[3], a[4], a[5])
+            }
+            _ => self.detail.clone(),
         }
     }
 }
@@ -168,6 +179,8 @@ impl Op {
 /// State shared by the server and the ask threads.
 pub struct Shared {
     ctx: Context,
+    /// Syscalls asked by name, by number (looked up on every notification).
+    syscall_names: HashMap<i64, String>,
     listener: OwnedFd,
     hands: Hands,
     /// The sandbox's ruleset, for threads confined apart from the hands.
@@ -255,7 +268,7 @@ impl Shared {
                     access,
                     &policy::ask::Subject::Addr { ip: *ip, port: *port },
                 )),
-                Some(Subject::Syscall(s)) => {
+                Some(Subject::Syscall(s, _)) => {
                     consider(policy::ask::decide(&self.ctx.plan, &grants, access, &policy::ask::Subject::Syscall(s)))
                 }
                 None => {
@@ -292,7 +305,7 @@ impl Shared {
         }
         self.evidence.record(
             Kind::Verdict,
-            json!({ "verdict": "deny", "op": op.kind, "target": key, "detail": op.detail, "rule": reason, "pid": n.pid }),
+            json!({ "verdict": "deny", "op": op.kind, "target": key, "detail": op.detail(), "rule": reason, "pid": n.pid }),
         );
     }
 
@@ -344,7 +357,7 @@ impl Shared {
                 kind: op.kind.to_string(),
                 category: d.category.map_or("write", |c| c.as_str()).to_string(),
                 target: op.key(),
-                detail: op.detail.clone(),
+                detail: op.detail(),
                 rule: d.reason.clone(),
                 timeout: Duration::from_millis(d.timeout_ms),
             };
@@ -439,7 +452,7 @@ impl Shared {
 
 fn deny_errno(op: &Op) -> i32 {
     match op.subject {
-        Some(Subject::Syscall(_)) => libc::EPERM,
+        Some(Subject::Syscall(..)) => libc::EPERM,
         _ => libc::EACCES,
     }
 }
@@ -508,8 +521,10 @@ pub fn start(setup: Setup, ctx: Context, evidence: Evidence) -> Result<Running, 
             let Some(listener) = recv_listener(&sock) else { return };
             drop(sock);
             let _ = notify::set_sync_wakeup(listener.as_fd());
+            let syscall_names = ctx.plan.ask_syscalls().into_iter().collect();
             let shared = Arc::new(Shared {
                 ctx,
+                syscall_names,
                 listener,
                 hands,
                 ruleset,

@@ -335,20 +335,14 @@ pub fn classify(shared: &Shared, n: &Notif) -> Result<Op, i32> {
         }
         nr::CONNECT => connect_op(shared, n, &caller),
         other => {
-            let name = shared
-                .ctx
-                .plan
-                .ask_syscalls()
-                .into_iter()
-                .find(|(x, _)| *x == i64::from(other))
-                .map(|(_, name)| name)
-                .ok_or(libc::ENOSYS)?;
+            let name = shared.syscall_names.get(&i64::from(other)).ok_or(libc::ENOSYS)?;
             Ok(Op {
                 access: vec![Access::Syscall],
                 targets: vec![],
-                subject: Some(Subject::Syscall(name.clone())),
+                // The arguments are formatted only if someone is shown them.
+                subject: Some(Subject::Syscall(name.clone(), a)),
                 kind: "syscall",
-                detail: format!("{name}({:#x}, {:#x}, {:#x}, {:#x}, {:#x}, {:#x})", a[0], a[1], a[2], a[3], a[4], a[5]),
+                detail: String::new(),
                 // Register arguments only: nothing the caller can change after the check.
                 perform: Box::new(|_| Reply::Continue),
             })
