@@ -17,3 +17,29 @@ use std::io;
 pub(crate) fn errno() -> i32 {
     io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO)
 }
+
+/// Empties the calling thread's effective, permitted and inheritable
+/// capability sets (capset acts per thread). Allocation-free: the exec stage
+/// calls it between fork and exec. Returns the errno on failure.
+pub(crate) fn clear_capabilities() -> Result<(), i32> {
+    #[repr(C)]
+    struct CapHeader {
+        version: u32,
+        pid: libc::c_int,
+    }
+    #[repr(C)]
+    #[derive(Clone, Copy)]
+    struct CapData {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    // _LINUX_CAPABILITY_VERSION_3: two 32-bit words per set.
+    let header = CapHeader { version: 0x2008_0522, pid: 0 };
+    let data = [CapData { effective: 0, permitted: 0, inheritable: 0 }; 2];
+    // SAFETY: capset reads a live header and two live data structs.
+    if unsafe { libc::syscall(libc::SYS_capset, &header, data.as_ptr()) } != 0 {
+        return Err(errno());
+    }
+    Ok(())
+}

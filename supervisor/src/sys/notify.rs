@@ -123,23 +123,7 @@ pub fn confine_thread(ruleset: Option<&OwnedFd>) -> io::Result<()> {
         if libc::unshare(libc::CLONE_FS) != 0 {
             return Err(io::Error::last_os_error());
         }
-        #[repr(C)]
-        struct CapHeader {
-            version: u32,
-            pid: libc::c_int,
-        }
-        #[repr(C)]
-        #[derive(Clone, Copy)]
-        struct CapData {
-            effective: u32,
-            permitted: u32,
-            inheritable: u32,
-        }
-        let header = CapHeader { version: 0x2008_0522, pid: 0 };
-        let data = [CapData { effective: 0, permitted: 0, inheritable: 0 }; 2];
-        if libc::syscall(libc::SYS_capset, &header, data.as_ptr()) != 0 {
-            return Err(io::Error::last_os_error());
-        }
+        super::clear_capabilities().map_err(io::Error::from_raw_os_error)?;
         if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
             return Err(io::Error::last_os_error());
         }
