@@ -43,7 +43,9 @@
 //! at the first record of a batch and `commit` releases it, so other
 //! supervisors sharing the log wait at most one batch. Never drive two
 //! handles on the same log from one thread: the second would wait for the
-//! first's lock forever. Call `checkpoint()`
+//! first's lock forever. Each handle signs on a thread of its own (started
+//! at the first `append`, joined on close or drop), so encoding and hashing
+//! on the caller's thread overlap with signing. Call `checkpoint()`
 //! from a timer (e.g. every `LogOptions::checkpoint_interval`) so an idle log
 //! still gets checkpoints. Any error leaves the handle refusing further
 //! records: treat it as "audit unavailable" and deny what needs a record.
@@ -68,6 +70,7 @@ pub mod proof;
 pub mod reader;
 pub mod record;
 pub mod resume;
+pub mod signer;
 pub mod storage;
 pub mod verify;
 pub mod writer;

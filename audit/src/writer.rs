@@ -16,10 +16,11 @@ use crate::mask;
 use crate::merkle;
 use crate::record::{self, Kind, Record, FORMAT_VERSION, MAX_LINE};
 use crate::resume;
+use crate::signer::{SignerError, SignerThread};
 use crate::storage::{self, StorageError};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
-use ed25519_dalek::{Signer, SigningKey, VerifyingKey};
+use ed25519_dalek::{SigningKey, VerifyingKey};
 use serde_json::{Map, Value};
 use std::fs::File;
 use std::io::Write;
@@ -75,6 +76,8 @@ pub enum AuditError {
     Canon(#[from] crate::canon::CanonError),
     #[error("session id {0:?} is invalid: use 1-128 of A-Z a-z 0-9 . _ : @ / -")]
     InvalidSession(String),
+    #[error(transparent)]
+    Signer(#[from] SignerError),
 }
 
 /// How an `AuditLog` behaves; `Default` is what `AuditLog::open` uses.
@@ -105,6 +108,26 @@ impl Default for LogOptions {
     }
 }
 
+/// Signed records as one write: their lines (each with its `\n`), and the
+/// Merkle frontier as it will be once they are durable.
+struct Encoded {
+    buf: Vec<u8>,
+    frontier: merkle::Frontier,
+}
+
+impl Encoded {
+    fn new(frontier: &merkle::Frontier, records: usize) -> Encoded {
+        Encoded { buf: Vec::with_capacity(records * 400), frontier: frontier.clone() }
+    }
+
+    fn push(&mut self, r: &Record, body_enc: &str) {
+        let line = r.line_with_body(body_enc);
+        self.frontier.push(merkle::leaf_hash(line.as_bytes()));
+        self.buf.extend_from_slice(line.as_bytes());
+        self.buf.push(b'\n');
+    }
+}
+
 /// A torn tail found (and cut off) while catching up.
 struct Torn {
     offset: u64,
@@ -120,13 +143,16 @@ pub struct AuditLog {
     lock: File,
     key: SigningKey,
     vk: VerifyingKey,
+    /// Signs buffered records with `key` on a thread of its own (see `signer`).
+    signer: SignerThread,
     session: String,
     opts: LogOptions,
     /// History as of `known_len` bytes, plus any pending records.
     chain: Chain,
     /// Bytes of the file folded into `chain` (always the end of a complete line).
     known_len: u64,
-    /// Buffered records (with their body's canonical encoding): hashed and chained, signed at commit.
+    /// Buffered records (with their body's canonical encoding): hashed and
+    /// chained; their signatures are being made by `signer`, collected at commit.
     pending: Vec<(Record, String)>,
     locked: bool,
     last_checkpoint_size: u64,
@@ -193,6 +219,7 @@ impl AuditLog {
             lock,
             vk: key.verifying_key(),
             key,
+            signer: SignerThread::new(),
             session,
             opts,
             chain: Chain::default(),
@@ -457,11 +484,21 @@ impl AuditLog {
     }
 
     fn commit_locked(&mut self) -> Result<(), AuditError> {
-        let mut batch = std::mem::take(&mut self.pending);
-        for (r, _) in &mut batch {
-            r.sig = self.key.sign(&r.signed_message()).to_bytes();
+        let batch = std::mem::take(&mut self.pending);
+        let mut encoded = Encoded::new(&self.chain.frontier, batch.len());
+        // In order: the signer thread has been signing since each `push`.
+        // Each line is encoded, leaf-hashed and freed as soon as its
+        // signature is back, while the thread signs the next ones, so only
+        // the write and fsync follow the last signature. (`chain` already
+        // holds these records' seq and hash: `push` chained them.)
+        for (mut r, body_enc) in batch {
+            r.sig = self.signer.take(&r.hash)?;
+            encoded.push(&r, &body_enc);
         }
-        self.write_records(&batch)?;
+        if self.signer.in_flight() != 0 {
+            return Err(SignerError::Missing(self.signer.in_flight()).into());
+        }
+        self.write_encoded(encoded)?;
         if self.checkpoint_due() {
             self.write_checkpoint()?;
         }
@@ -505,6 +542,8 @@ impl AuditLog {
             let seq = self.write_now(Kind::KeyRotation, chain::rotation_body(&self.vk, &new_vk))?;
             self.key = new_key;
             self.vk = new_vk;
+            // The thread holds the old key: the next record starts one with the new key.
+            self.signer.stop();
             self.write_checkpoint()?;
             Ok(seq)
         })();
@@ -584,36 +623,53 @@ impl AuditLog {
             return Err(AuditError::TooLarge(input.len()));
         }
         rec.hash = record::sha256(input.as_bytes());
+        if let Err(e) = self.signer.submit(&self.key, rec.hash) {
+            self.failed = Some(e.to_string());
+            return Err(e.into());
+        }
         self.chain.next_seq += 1;
         self.chain.last_hash = rec.hash;
         self.pending.push((rec, body_enc));
         Ok(seq)
     }
 
-    /// Writes one record immediately and durably (lock must be held, buffer empty).
+    /// Signs (on this thread) and writes one record immediately and durably
+    /// (lock must be held, buffer empty): the structural records.
     fn write_now(&mut self, kind: Kind, body: Map<String, Value>) -> Result<u64, AuditError> {
         let seq = self.chain.next_seq;
         let rec =
             record::seal(&self.key, seq, clock::now_rfc3339(), self.session.clone(), kind, body, self.chain.last_hash)?;
         let body_enc = record::encode_body(&rec.body)?;
-        self.write_records(&[(rec, body_enc)])?;
+        let mut encoded = Encoded::new(&self.chain.frontier, 1);
+        encoded.push(&rec, &body_enc);
+        self.write_encoded(encoded)?;
+        self.chain.next_seq = seq + 1;
+        self.chain.last_hash = rec.hash;
+        match rec.kind {
+            Kind::KeyRotation => {
+                if let Some(Ok(vk)) = rec.body.get("new_public_key").and_then(Value::as_str).map(key::parse_public_key)
+                {
+                    self.chain.keys.push(chain::KeyEpoch { from_seq: seq + 1, key: vk });
+                }
+            }
+            Kind::Header => {
+                if let Some(o) = rec.body.get("origin").and_then(Value::as_str) {
+                    self.chain.origin = o.to_string();
+                }
+                self.chain.keys.push(chain::KeyEpoch { from_seq: 0, key: self.vk });
+            }
+            _ => {}
+        }
         Ok(seq)
     }
 
-    /// Appends signed records in one write and fsyncs. `chain` must already
-    /// include buffered records (commit path) or not (write_now path); both
-    /// are reconciled here by re-applying the records to the committed state.
-    fn write_records(&mut self, records: &[(Record, String)]) -> Result<(), AuditError> {
-        let mut buf = Vec::with_capacity(records.len() * 400);
-        let mut lines = Vec::with_capacity(records.len());
-        for (r, body_enc) in records {
-            let line = r.line_with_body(body_enc);
-            lines.push(line.len());
-            buf.extend_from_slice(line.as_bytes());
-            buf.push(b'\n');
-        }
+    /// Appends encoded records in one write and fsyncs; only then do their
+    /// leaves join the chain's tree, so a checkpoint never covers something
+    /// that could still be lost. On failure the batch is cut off again and
+    /// the handle fails closed.
+    fn write_encoded(&mut self, encoded: Encoded) -> Result<(), AuditError> {
         let before = self.known_len;
-        if let Err(e) = self.file.write_all(&buf).and_then(|()| self.file.sync_data()) {
+        if let Err(e) = self.file.write_all(&encoded.buf).and_then(|()| self.file.sync_data()) {
             // Cut off a partial batch so the file ends on a record boundary;
             // if even that fails the next writer repairs it as a torn line.
             let _ = self.file.set_len(before).and_then(|()| self.file.sync_data());
@@ -621,31 +677,8 @@ impl AuditLog {
             self.failed = Some(err.to_string());
             return Err(err);
         }
-        // Leaves are added only for durable records, so a checkpoint never
-        // covers something that could still be lost.
-        let mut off = 0;
-        for ((r, _), len) in records.iter().zip(lines) {
-            let line = &buf[off..off + len];
-            off += len + 1;
-            self.chain.frontier.push(merkle::leaf_hash(line));
-            if r.seq >= self.chain.next_seq {
-                // write_now path: the record was not pushed through `push`.
-                self.chain.next_seq = r.seq + 1;
-                self.chain.last_hash = r.hash;
-            }
-            if r.kind == Kind::KeyRotation {
-                if let Some(Ok(vk)) = r.body.get("new_public_key").and_then(Value::as_str).map(key::parse_public_key) {
-                    self.chain.keys.push(chain::KeyEpoch { from_seq: r.seq + 1, key: vk });
-                }
-            }
-            if r.kind == Kind::Header {
-                if let Some(o) = r.body.get("origin").and_then(Value::as_str) {
-                    self.chain.origin = o.to_string();
-                }
-                self.chain.keys.push(chain::KeyEpoch { from_seq: 0, key: self.vk });
-            }
-        }
-        self.known_len = before + buf.len() as u64;
+        self.chain.frontier = encoded.frontier;
+        self.known_len = before + encoded.buf.len() as u64;
         Ok(())
     }
 
