@@ -9,6 +9,7 @@ pub mod evidence;
 pub mod exit;
 pub mod gate;
 pub mod grants;
+pub mod kaudit;
 pub mod kernel;
 pub mod mcp;
 pub mod sandbox;

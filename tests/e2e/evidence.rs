@@ -98,3 +98,89 @@ fn records_are_forwarded_to_syslog() {
     assert!(got.iter().any(|m| m.starts_with("<86>portcullis[") && m.contains("\"kind\":\"launch\"")), "{got:?}");
     assert!(got.iter().any(|m| m.contains("\"kind\":\"exit\"")), "{got:?}");
 }
+
+/// Landlock ABI 7 reports its refusals to the kernel's audit subsystem; the
+/// supervisor reads them, attributes them to its sandbox and records them.
+#[test]
+fn kernel_reported_landlock_denials_are_recorded() {
+    if !is_root() {
+        return skip("reading the kernel audit stream needs CAP_AUDIT_READ (run as root)");
+    }
+    if portcullis::kernel::Features::probe().landlock_abi < 7 {
+        return skip("Landlock ABI 7 (Linux 6.15) is needed for denial reports");
+    }
+    // The kernel reports nothing while its audit is off (the default without
+    // auditd). This turns it on for the machine, like `auditctl -e 1`, and
+    // leaves it on: other tests may be running sandboxes meanwhile.
+    portcullis::kaudit::set_enabled(true).expect("turn the kernel's audit on");
+    let sb = Sandbox::new("kaudit", As::Caller);
+    let (log, key) = audit_flags(&sb);
+    let flags = ["--audit-log", log.as_str(), "--audit-key", key.as_str()];
+    let secret = sb.path(&sb.outside.join("secret.txt"));
+    sb.probe(&flags, &["read", &secret]).expect("errno 13 EACCES");
+    // Twin: an allowed read is not reported.
+    let allowed = sb.path(&sb.ws.join("file.txt"));
+    sb.probe(&flags, &["read", &allowed]).expect("ok");
+    let list = sb.run(&["audit", "list", "--log", &log, "--key", &key, "--denied", "--json"]);
+    assert_eq!(list.code, 0, "{}", list.stderr);
+    let records: Vec<serde_json::Value> =
+        list.stdout.lines().map(|l| serde_json::from_str(l).expect("a JSON line")).collect();
+    let from_kernel: Vec<&serde_json::Value> =
+        records.iter().filter(|r| r["body"]["source"] == "landlock-kernel-audit").collect();
+    let hit: Vec<_> = from_kernel.iter().filter(|r| r["body"]["path"] == secret.as_str()).collect();
+    assert_eq!(hit.len(), 1, "the refused read is recorded once: {}", list.stdout);
+    assert_eq!(hit[0]["body"]["blockers"], "fs.read_file");
+    assert_eq!(hit[0]["body"]["syscall"], "openat");
+    assert!(
+        from_kernel.iter().all(|r| r["body"]["path"] != allowed.as_str()),
+        "the allowed read is not a denial: {}",
+        list.stdout
+    );
+    assert!(
+        from_kernel.iter().all(|r| !r["body"]["path"].as_str().unwrap_or("").contains("landlock-canary")),
+        "the canary is not recorded: {}",
+        list.stdout
+    );
+    // Each run closes with a summary: identified, complete, and counted.
+    let summaries: Vec<_> = records
+        .iter()
+        .chain(
+            sb.run(&["audit", "list", "--log", &log, "--key", &key, "--json"])
+                .stdout
+                .lines()
+                .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+                .collect::<Vec<_>>()
+                .iter(),
+        )
+        .filter(|r| r["body"]["source"] == "landlock-kernel-audit" && r["body"]["summary"] == true)
+        .map(|r| r["body"].clone())
+        .collect();
+    assert!(summaries.iter().any(|s| s["denials_seen"] == 1 && s["complete"] == true), "{summaries:?}");
+    assert!(summaries.iter().all(|s| s["sandbox_identified"] == true), "{summaries:?}");
+    // The canary is removed with the run.
+    let state = sb.root.join("audit");
+    let left: Vec<_> = std::fs::read_dir(&state)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().contains("canary"))
+        .collect();
+    assert!(left.is_empty(), "canary left behind: {left:?}");
+    let v = sb.run(&["audit", "verify", "--log", &log, "--key", &key]);
+    assert_eq!(v.code, 0, "{} {}", v.stdout, v.stderr);
+}
+
+/// Unprivileged, the kernel's reports cannot be read: the launch record and
+/// `doctor` say so instead of pretending nothing was refused.
+#[test]
+fn unprivileged_runs_say_kernel_denials_are_invisible() {
+    let Some(sb) = Sandbox::nobody("kaudit-nobody") else { return };
+    let (log, key) = audit_flags(&sb);
+    let r = sb.run(&["run", "--audit-log", &log, "--audit-key", &key, "--exec", PROBE, "--", PROBE, "pid"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let list = sb.run(&["audit", "list", "--log", &log, "--key", &key, "--kind", "launch", "--json"]);
+    let launch: serde_json::Value = serde_json::from_str(list.stdout.lines().last().unwrap()).unwrap();
+    let said = launch["body"]["kernel_denials"].as_str().unwrap_or_default().to_string();
+    assert!(said.starts_with("invisible: "), "{}", list.stdout);
+    let doctor = sb.run(&["doctor"]);
+    assert!(doctor.stdout.contains("invisible: "), "{}", doctor.stdout);
+}

@@ -54,13 +54,9 @@ pub fn doctor(json: bool, profile: Option<&str>) -> Result<i32, Failure> {
         Some(c) => format!("memory cgroup {} at {}", if c.v2 { "v2" } else { "v1" }, c.dir.display()),
         None => "RLIMIT_DATA per process (no writable memory cgroup)".into(),
     };
-    let denials_visible = if abi >= 7 && features.audit_read {
-        "Landlock denials reach the kernel audit log, readable here (CAP_AUDIT_READ)".into()
-    } else if abi >= 7 {
-        "Landlock denials reach the kernel audit log, but this user cannot read it: denials are invisible to portcullis"
-            .into()
-    } else {
-        "Landlock ABI < 7 does not log denials: they are invisible to portcullis".into()
+    let denials_visible = match crate::kaudit::probe(abi) {
+        Ok(_) => "visible: Landlock reports its denials to the kernel audit log, readable here (CAP_AUDIT_READ); `portcullis run` records them, `portcullis audit list --denied` shows them".to_string(),
+        Err(why) => format!("invisible: {why}; portcullis cannot record what Landlock refused"),
     };
     let session;
     let prepared;

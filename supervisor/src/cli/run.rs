@@ -11,6 +11,7 @@ use serde_json::json;
 
 use crate::evidence::{AuditPaths, Evidence};
 use crate::exit::{self, Failure};
+use crate::kaudit;
 use crate::kernel::Features;
 use crate::sandbox::{self, env, exec, limits, Prepared};
 use crate::sys::{stage, wait};
@@ -93,6 +94,10 @@ pub(super) fn launch(session: &Session, prepared: Prepared, command: &[OsString]
 /// `mcp`: the command's stdin/stdout go through the MCP gate (crate::mcp).
 fn launch_with(session: &Session, prepared: Prepared, command: &[OsString], mcp: bool) -> Result<i32, Failure> {
     let Prepared { enforcement, exec: allowed, stage, report_rx, cgroups, gate: gate_setup, .. } = prepared;
+    // Before any thread exists (audit writers and signers, the kernel-audit
+    // reader, the MCP journal): every thread inherits the mask, so SIGCHLD
+    // can only be taken by the wait loop (see wait::block_signals).
+    let set = wait::block_signals().map_err(|e| Failure::setup(format!("cannot block signals: {e}")))?;
     let _cleanup = CgroupCleanup(cgroups);
     let gate = match mcp {
         true => {
@@ -107,6 +112,10 @@ fn launch_with(session: &Session, prepared: Prepared, command: &[OsString], mcp:
         None => None,
     };
     crate::timing::mark("gate's audit handle opened");
+    // Landlock's own reports of what it refused (ABI 7+, kernel audit on,
+    // CAP_AUDIT_READ); the watcher starts once the launch is decided.
+    let kernel_denials = kaudit::probe(session.features.landlock_abi_used);
+    crate::timing::mark("kernel audit probed");
     let mut evidence = Evidence::open(&session.audit, &session.id)?;
     crate::timing::mark("audit log opened");
     let argv: Vec<String> = command.iter().map(|a| a.to_string_lossy().into_owned()).collect();
@@ -155,6 +164,31 @@ fn launch_with(session: &Session, prepared: Prepared, command: &[OsString], mcp:
         }
     };
     launch["program"] = json!(program);
+    let mut stage = stage;
+    let watcher = match kernel_denials {
+        Ok(reader) => match kaudit::Watcher::start(reader, &session.audit, &session.id) {
+            Ok(w) => Some(w),
+            Err(why) => {
+                launch["kernel_denials"] = json!(format!("invisible: {why}"));
+                None
+            }
+        },
+        Err(why) => {
+            launch["kernel_denials"] = json!(format!("invisible: {why}"));
+            None
+        }
+    };
+    if let Some(w) = &watcher {
+        match std::ffi::CString::new(w.canary().as_os_str().as_encoded_bytes()) {
+            Ok(c) => {
+                stage.canary = Some(c);
+                stage.landlock_flags |= kaudit::LOG_NEW_EXEC_ON;
+                launch["kernel_denials"] = json!("recorded");
+            }
+            Err(_) => launch["kernel_denials"] = json!("invisible: the canary path holds a NUL byte"),
+        }
+    }
+    crate::timing::mark("kernel audit watcher started");
     evidence.launch(launch)?;
     let env = env::build(&session.plan.env, std::env::vars_os());
     let mut cmd = Command::new(&program);
@@ -163,7 +197,6 @@ fn launch_with(session: &Session, prepared: Prepared, command: &[OsString], mcp:
         cmd.stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped());
     }
 
-    let set = wait::block_signals().map_err(|e| Failure::setup(format!("cannot block signals: {e}")))?;
     // The gate serves notifications before the command starts: its first
     // execve may already be parked, and spawn() waits for that exec.
     let syscall_gate = match (gate_setup, gate_evidence) {
@@ -239,6 +272,10 @@ fn launch_with(session: &Session, prepared: Prepared, command: &[OsString], mcp:
     }
     if let Some(p) = proxy {
         p.finish();
+    }
+    if let Some(w) = watcher {
+        w.finish();
+        crate::timing::mark("kernel audit read to the end");
     }
     reports.extend(stage::read_reports(&report_rx));
     if let Some((step, errno)) = reports.into_iter().find(|(s, _)| *s != stage::Step::ProcMount) {

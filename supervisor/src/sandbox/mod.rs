@@ -160,6 +160,8 @@ pub fn prepare(
         rlimits: limits.rlimits,
         require_bounding_drop: namespaces || features.euid == 0,
         proc_access: ll.proc_access,
+        landlock_flags: 0,
+        canary: None,
         ruleset: ll.ruleset,
         filters,
         notify,

@@ -115,6 +115,11 @@ pub struct Stage {
     /// Landlock rights for the private /proc (the profile's /proc rule), added
     /// by init once it has mounted it.
     pub proc_access: Option<u64>,
+    /// `landlock_restrict_self` flags (LOG_NEW_EXEC_ON when denials are read).
+    pub landlock_flags: u32,
+    /// Opened (and refused by Landlock) right after `landlock_restrict_self`,
+    /// so the kernel's audit report names this sandbox's domain (crate::kaudit).
+    pub canary: Option<std::ffi::CString>,
     /// Seccomp programs, installed in order.
     pub filters: Vec<Vec<Insn>>,
     /// The approval filter (RET_USER_NOTIF for what the gate decides),
@@ -461,8 +466,14 @@ impl Stage {
                 return Err(self.fail(Step::NoNewPrivs, errno()));
             }
             if let Some(ruleset) = &self.ruleset {
-                if libc::syscall(libc::SYS_landlock_restrict_self, ruleset.as_raw_fd(), 0u32) != 0 {
+                if libc::syscall(libc::SYS_landlock_restrict_self, ruleset.as_raw_fd(), self.landlock_flags) != 0 {
                     return Err(self.fail(Step::Landlock, errno()));
+                }
+                if let Some(canary) = &self.canary {
+                    let fd = libc::open(canary.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC);
+                    if fd >= 0 {
+                        libc::close(fd);
+                    }
                 }
             }
             for prog in &self.filters {

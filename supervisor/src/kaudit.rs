@@ -1,0 +1,665 @@
+//! Landlock denials as the kernel reports them to its audit subsystem
+//! (Landlock ABI 7+), attributed to this sandbox and written to the signed
+//! log as `verdict` records with `source: landlock-kernel-audit`.
+//!
+//! * Reading: a `NETLINK_AUDIT` socket joined to the read-only multicast
+//!   group (needs CAP_AUDIT_READ; auditd keeps working beside it). Nothing
+//!   is reported while the kernel's audit is off (`auditctl -e 0`, the
+//!   default without auditd): `probe` says so and the run records it.
+//! * Attribution: a report names the Landlock *domain* that refused, not the
+//!   sandbox. Right after `landlock_restrict_self` the sandboxed process
+//!   opens a per-session canary file that no rule grants (it lies beside
+//!   the audit log, which no rule may reach); the kernel's report of that
+//!   refusal carries the canary's path and the new domain's id, and every
+//!   later report with that id is ours. Refusals met by the gate's confined
+//!   thread carry a domain this process created (`pid=` ours).
+//! * After `execve`, the kernel reports a domain's denials only when it was
+//!   created with LANDLOCK_RESTRICT_SELF_LOG_NEW_EXEC_ON, which the stage
+//!   sets when a watcher is running.
+//! * Completeness: at exit an AUDIT_USER marker goes through the kernel's
+//!   own queue; once it comes back, every report queued before it has been
+//!   read. The kernel drops reports itself when its backlog overflows, and
+//!   our socket may overrun: both are counted in the summary record.
+
+use std::collections::{HashMap, HashSet};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use audit::Kind;
+use nix::errno::Errno;
+use nix::sys::socket::{self, AddressFamily, MsgFlags, NetlinkAddr, SockFlag, SockProtocol, SockType};
+use serde_json::{json, Map, Value};
+
+use crate::evidence::{AuditPaths, Evidence};
+
+const NLMSG_HDRLEN: usize = 16;
+const NLMSG_ERROR: u16 = 2;
+const NLM_F_REQUEST: u16 = 1;
+const NLM_F_ACK: u16 = 4;
+const AUDIT_GET: u16 = 1000;
+const AUDIT_USER: u16 = 1005;
+const AUDIT_SYSCALL: u16 = 1300;
+const AUDIT_EOE: u16 = 1320;
+const AUDIT_LANDLOCK_ACCESS: u16 = 1423;
+const AUDIT_LANDLOCK_DOMAIN: u16 = 1424;
+/// The read-only multicast group (AUDIT_NLGRP_READLOG = 1), as a bind mask.
+const READLOG_GROUPS: u32 = 1;
+/// LANDLOCK_RESTRICT_SELF_LOG_NEW_EXEC_ON (ABI 7).
+pub const LOG_NEW_EXEC_ON: u32 = 1 << 1;
+
+/// Per refused target (blockers + object), this many records; the rest are counted.
+const RECORDS_PER_TARGET: u32 = 3;
+/// Distinct targets remembered for counting; beyond, one shared counter.
+const MAX_TARGETS: usize = 4096;
+/// How long `finish` waits for the marker to come back through the kernel.
+const SYNC_WAIT: Duration = Duration::from_secs(2);
+const MARKER: &str = "portcullis-sync";
+
+/// Whether this process can see Landlock denials, and if not why.
+pub fn probe(landlock_abi: i32) -> Result<OwnedFd, String> {
+    if landlock_abi < 7 {
+        return Err(format!("Landlock ABI {landlock_abi} does not report denials (ABI 7, Linux 6.15, does)"));
+    }
+    if audit_enabled() == Some(false) {
+        return Err("the kernel's audit is off, so Landlock reports nothing (`auditctl -e 1` turns it on)".into());
+    }
+    open_reader()
+}
+
+/// A socket joined to the audit read-log multicast group.
+fn open_reader() -> Result<OwnedFd, String> {
+    let fd = socket::socket(
+        AddressFamily::Netlink,
+        SockType::Raw,
+        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+        SockProtocol::NetlinkAudit,
+    )
+    .map_err(|e| format!("cannot open a kernel audit socket: {e}"))?;
+    match socket::bind(fd.as_raw_fd(), &NetlinkAddr::new(0, READLOG_GROUPS)) {
+        Ok(()) => {}
+        Err(Errno::EPERM) => {
+            return Err("reading the kernel's audit stream needs CAP_AUDIT_READ, which this user lacks".into())
+        }
+        Err(e) => return Err(format!("cannot join the kernel audit read group: {e}")),
+    }
+    // Bursts of denials: room for a few thousand reports (best effort).
+    let _ = socket::setsockopt(&fd, socket::sockopt::RcvBufForce, &(4 << 20))
+        .or_else(|_| socket::setsockopt(&fd, socket::sockopt::RcvBuf, &(4 << 20)));
+    Ok(fd)
+}
+
+/// A netlink message to the kernel's audit subsystem.
+fn request(kind: u16, flags: u16, payload: &[u8]) -> Vec<u8> {
+    let len = NLMSG_HDRLEN + payload.len();
+    let mut m = Vec::with_capacity(len);
+    m.extend_from_slice(&(len as u32).to_ne_bytes());
+    m.extend_from_slice(&kind.to_ne_bytes());
+    m.extend_from_slice(&(flags | NLM_F_REQUEST).to_ne_bytes());
+    m.extend_from_slice(&1u32.to_ne_bytes());
+    m.extend_from_slice(&0u32.to_ne_bytes());
+    m.extend_from_slice(payload);
+    m
+}
+
+fn control_socket() -> Option<OwnedFd> {
+    let fd = socket::socket(AddressFamily::Netlink, SockType::Raw, SockFlag::SOCK_CLOEXEC, SockProtocol::NetlinkAudit)
+        .ok()?;
+    socket::bind(fd.as_raw_fd(), &NetlinkAddr::new(0, 0)).ok()?;
+    let tv = nix::sys::time::TimeVal::new(1, 0);
+    socket::setsockopt(&fd, socket::sockopt::ReceiveTimeout, &tv).ok()?;
+    Some(fd)
+}
+
+/// The kernel's audit `enabled` flag; None when this process may not ask
+/// (AUDIT_GET needs CAP_AUDIT_CONTROL in the initial namespaces).
+pub fn audit_enabled() -> Option<bool> {
+    let fd = control_socket()?;
+    socket::sendto(fd.as_raw_fd(), &request(AUDIT_GET, 0, &[]), &NetlinkAddr::new(0, 0), MsgFlags::empty()).ok()?;
+    let mut buf = [0u8; 512];
+    for _ in 0..4 {
+        let n = socket::recv(fd.as_raw_fd(), &mut buf, MsgFlags::empty()).ok()?;
+        let (kind, payload) = header(&buf[..n])?;
+        match kind {
+            // struct audit_status: mask, enabled, ...
+            AUDIT_GET if payload.len() >= 8 => return Some(u32::from_ne_bytes(payload[4..8].try_into().ok()?) != 0),
+            NLMSG_ERROR if payload.len() >= 4 => {
+                if i32::from_ne_bytes(payload[..4].try_into().ok()?) != 0 {
+                    return None;
+                }
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
+/// Turns the kernel's audit on or off (AUDIT_SET; needs CAP_AUDIT_CONTROL).
+/// Portcullis never does this by itself: the tests do, and so may an admin
+/// (`auditctl -e 1` is the same request).
+pub fn set_enabled(on: bool) -> Result<(), String> {
+    const AUDIT_SET: u16 = 1001;
+    const AUDIT_STATUS_ENABLED: u32 = 1;
+    let fd = control_socket().ok_or("cannot open a kernel audit socket")?;
+    // struct audit_status: mask, enabled, then six more u32 left zero.
+    let mut status = [0u8; 32];
+    status[0..4].copy_from_slice(&AUDIT_STATUS_ENABLED.to_ne_bytes());
+    status[4..8].copy_from_slice(&u32::from(on).to_ne_bytes());
+    socket::sendto(fd.as_raw_fd(), &request(AUDIT_SET, NLM_F_ACK, &status), &NetlinkAddr::new(0, 0), MsgFlags::empty())
+        .map_err(|e| format!("AUDIT_SET: {e}"))?;
+    let mut buf = [0u8; 256];
+    let n = socket::recv(fd.as_raw_fd(), &mut buf, MsgFlags::empty()).map_err(|e| format!("AUDIT_SET: {e}"))?;
+    match header(&buf[..n]) {
+        Some((NLMSG_ERROR, p)) if p.len() >= 4 => match i32::from_ne_bytes([p[0], p[1], p[2], p[3]]) {
+            0 => Ok(()),
+            e => Err(format!("AUDIT_SET: {}", Errno::from_raw(-e))),
+        },
+        _ => Err("AUDIT_SET: no acknowledgement".into()),
+    }
+}
+
+/// Sends an AUDIT_USER message (needs CAP_AUDIT_WRITE); true when accepted.
+fn send_user_message(text: &str) -> bool {
+    let Some(fd) = control_socket() else { return false };
+    let mut payload = text.as_bytes().to_vec();
+    payload.push(0);
+    if socket::sendto(
+        fd.as_raw_fd(),
+        &request(AUDIT_USER, NLM_F_ACK, &payload),
+        &NetlinkAddr::new(0, 0),
+        MsgFlags::empty(),
+    )
+    .is_err()
+    {
+        return false;
+    }
+    let mut buf = [0u8; 256];
+    match socket::recv(fd.as_raw_fd(), &mut buf, MsgFlags::empty()) {
+        Ok(n) => matches!(header(&buf[..n]), Some((NLMSG_ERROR, p)) if p.len() >= 4 && p[..4] == [0, 0, 0, 0]),
+        Err(_) => false,
+    }
+}
+
+/// (type, payload) of the first netlink message in `buf`.
+fn header(buf: &[u8]) -> Option<(u16, &[u8])> {
+    if buf.len() < NLMSG_HDRLEN {
+        return None;
+    }
+    let len = u32::from_ne_bytes(buf[0..4].try_into().ok()?) as usize;
+    let kind = u16::from_ne_bytes(buf[4..6].try_into().ok()?);
+    let end = len.clamp(NLMSG_HDRLEN, buf.len());
+    Some((kind, &buf[NLMSG_HDRLEN..end]))
+}
+
+/// One kernel audit record: its type, event serial and `key=value` fields.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Report {
+    pub kind: u16,
+    pub serial: u64,
+    pub fields: Vec<(String, String)>,
+}
+
+impl Report {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.fields.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+    }
+}
+
+/// Parses `audit(1729738800.268:30): key=value key="quoted" ...`. Values
+/// the kernel hex-encoded (untrusted strings with spaces, quotes or
+/// control characters) are decoded for `path`, `exe`, `comm` and other
+/// string fields that come unquoted in hex.
+pub fn parse(kind: u16, text: &str) -> Option<Report> {
+    let text = text.trim_end_matches(['\0', '\n']);
+    let rest = text.strip_prefix("audit(")?;
+    let close = rest.find("):")?;
+    let stamp = &rest[..close];
+    let serial = stamp.rsplit(':').next()?.parse().ok()?;
+    let mut fields = Vec::new();
+    let mut s = rest[close + 2..].trim_start();
+    while !s.is_empty() {
+        let eq = match s.find('=') {
+            Some(i) if !s[..i].contains(' ') => i,
+            _ => {
+                // A bare word: skip it.
+                s = s.find(' ').map_or("", |i| s[i..].trim_start());
+                continue;
+            }
+        };
+        let key = s[..eq].to_string();
+        let after = &s[eq + 1..];
+        let (value, next) = if let Some(q) = after.strip_prefix('"') {
+            match q.find('"') {
+                Some(end) => (q[..end].to_string(), &q[end + 1..]),
+                None => (q.to_string(), ""),
+            }
+        } else if let Some(q) = after.strip_prefix('\'') {
+            match q.find('\'') {
+                Some(end) => (q[..end].to_string(), &q[end + 1..]),
+                None => (q.to_string(), ""),
+            }
+        } else {
+            let end = after.find(' ').unwrap_or(after.len());
+            let raw = &after[..end];
+            let v = match key.as_str() {
+                "path" | "exe" | "comm" | "name" | "ocomm" => unhex(raw).unwrap_or_else(|| raw.to_string()),
+                _ => raw.to_string(),
+            };
+            (v, &after[end..])
+        };
+        fields.push((key, value));
+        s = next.trim_start();
+    }
+    Some(Report { kind, serial, fields })
+}
+
+fn unhex(s: &str) -> Option<String> {
+    if s.is_empty() || s.len() % 2 != 0 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    let bytes: Option<Vec<u8>> = (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).ok()).collect();
+    Some(String::from_utf8_lossy(&bytes?).into_owned())
+}
+
+/// What the watcher learned, for the summary record and the tests.
+#[derive(Debug, Default)]
+struct Tally {
+    domains: HashSet<String>,
+    /// Per target: denials seen.
+    targets: HashMap<String, u32>,
+    /// Denials past MAX_TARGETS distinct targets.
+    overflow: u64,
+    recorded: u64,
+    canary_seen: bool,
+    overruns: u64,
+}
+
+/// Decides, per event (all reports sharing a serial), what is ours and what to record.
+struct Attributor {
+    canary: String,
+    own_pid: String,
+    tally: Tally,
+}
+
+impl Attributor {
+    /// Bodies of the `verdict` records this event yields.
+    fn event(&mut self, reports: &[Report]) -> Vec<Value> {
+        for r in reports.iter().filter(|r| r.kind == AUDIT_LANDLOCK_DOMAIN) {
+            // A domain this process created: the gate's confined thread.
+            if r.get("status") == Some("allocated") && r.get("pid") == Some(self.own_pid.as_str()) {
+                if let Some(domain) = r.get("domain") {
+                    self.tally.domains.insert(domain.to_string());
+                }
+            }
+        }
+        let syscall = reports.iter().find(|r| r.kind == AUDIT_SYSCALL);
+        let mut out = Vec::new();
+        for r in reports.iter().filter(|r| r.kind == AUDIT_LANDLOCK_ACCESS) {
+            let Some(domain) = r.get("domain") else { continue };
+            if r.get("path") == Some(self.canary.as_str()) {
+                self.tally.domains.insert(domain.to_string());
+                self.tally.canary_seen = true;
+                continue;
+            }
+            if !self.tally.domains.contains(domain) {
+                continue;
+            }
+            let mut body = Map::new();
+            body.insert("source".into(), json!("landlock-kernel-audit"));
+            body.insert("verdict".into(), json!("deny"));
+            body.insert("layer".into(), json!("landlock"));
+            for (k, v) in &r.fields {
+                body.insert(k.clone(), json!(v));
+            }
+            if let Some(sc) = syscall {
+                for key in ["pid", "exe", "comm"] {
+                    if let Some(v) = sc.get(key) {
+                        body.insert(key.into(), json!(v));
+                    }
+                }
+                if let Some(nr) = sc.get("syscall").and_then(|n| n.parse::<i64>().ok()) {
+                    body.insert("syscall".into(), json!(policy::syscalls::name(nr).unwrap_or("?")));
+                }
+            }
+            let target = format!(
+                "{} {}",
+                r.get("blockers").unwrap_or("?"),
+                ["path", "daddr", "dest", "opid", "name"].iter().filter_map(|k| r.get(k)).collect::<Vec<_>>().join(":")
+            );
+            let known = self.tally.targets.len();
+            let n = match self.tally.targets.entry(target) {
+                std::collections::hash_map::Entry::Occupied(mut e) => {
+                    *e.get_mut() += 1;
+                    *e.get()
+                }
+                std::collections::hash_map::Entry::Vacant(e) if known < MAX_TARGETS => *e.insert(1),
+                std::collections::hash_map::Entry::Vacant(_) => {
+                    self.tally.overflow += 1;
+                    continue;
+                }
+            };
+            if n <= RECORDS_PER_TARGET {
+                self.tally.recorded += 1;
+                out.push(Value::Object(body));
+            }
+        }
+        out
+    }
+
+    /// The closing record; None when nothing was refused, the sandbox was
+    /// identified and everything the kernel queued was read.
+    fn summary(&self, synced: bool) -> Option<Value> {
+        let seen: u64 = self.tally.targets.values().map(|&n| u64::from(n)).sum::<u64>() + self.tally.overflow;
+        let complete = synced && self.tally.overruns == 0;
+        if seen == 0 && complete && self.tally.canary_seen {
+            return None;
+        }
+        Some(json!({
+            "source": "landlock-kernel-audit",
+            "summary": true,
+            "verdict": if seen > 0 { "deny" } else { "none" },
+            "denials_seen": seen,
+            "denials_recorded": self.tally.recorded,
+            "unrecorded_denials": seen - self.tally.recorded,
+            "receive_overruns": self.tally.overruns,
+            "sandbox_identified": self.tally.canary_seen,
+            "complete": complete,
+        }))
+    }
+}
+
+/// The running watcher: one thread reading the audit stream.
+pub struct Watcher {
+    canary: PathBuf,
+    marker: String,
+    stop: Arc<AtomicU8>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Watcher {
+    /// Creates the canary beside the audit log and starts reading. `reader`
+    /// comes from [`probe`]. Records go to the log through a handle of the
+    /// watcher's own, opened at its first record: a run the kernel reports
+    /// nothing about costs no extra write.
+    pub fn start(reader: OwnedFd, paths: &AuditPaths, session: &str) -> Result<Watcher, String> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let log_dir = paths.log.parent().unwrap_or(Path::new("/"));
+        let canary = log_dir.join(format!(".landlock-canary-{session}"));
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&canary)
+            .map_err(|e| format!("cannot create the canary {}: {e}", canary.display()))?;
+        let canary_str = canary.to_str().ok_or("the audit log's directory is not UTF-8")?.to_string();
+        let stop = Arc::new(AtomicU8::new(RUNNING));
+        let marker = format!("{MARKER} session={session}");
+        let attributor =
+            Attributor { canary: canary_str, own_pid: std::process::id().to_string(), tally: Tally::default() };
+        let (s, m) = (stop.clone(), marker.clone());
+        let sink = Sink { paths: paths.clone(), session: session.to_string(), ev: None, failed: false };
+        let thread = std::thread::Builder::new()
+            .name("kernel-audit".into())
+            .spawn(move || read_loop(reader, attributor, sink, s, m))
+            .map_err(|e| format!("cannot start a thread: {e}"));
+        let thread = match thread {
+            Ok(t) => t,
+            Err(e) => {
+                let _ = std::fs::remove_file(&canary);
+                return Err(e);
+            }
+        };
+        Ok(Watcher { canary, marker, stop, thread: Some(thread) })
+    }
+
+    pub fn canary(&self) -> &Path {
+        &self.canary
+    }
+
+    /// After the sandbox is gone: waits until every report the kernel queued
+    /// has been read (or SYNC_WAIT), writes the summary, releases the log.
+    pub fn finish(mut self) {
+        self.stop_thread();
+    }
+
+    fn stop_thread(&mut self) {
+        // Without CAP_AUDIT_WRITE there is no marker: a quiet spell instead.
+        let how = if send_user_message(&self.marker) { STOP_AT_MARKER } else { STOP_WHEN_QUIET };
+        self.stop.store(how, Ordering::Release);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        let _ = std::fs::remove_file(&self.canary);
+    }
+}
+
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        if self.thread.is_some() {
+            self.stop_thread();
+        }
+    }
+}
+
+const RUNNING: u8 = 0;
+const STOP_AT_MARKER: u8 = 1;
+const STOP_WHEN_QUIET: u8 = 2;
+/// Without a marker, this long without a report ends the watch.
+const QUIET: Duration = Duration::from_millis(100);
+
+/// The watcher's audit handle, opened at the first record.
+struct Sink {
+    paths: AuditPaths,
+    session: String,
+    ev: Option<Evidence>,
+    failed: bool,
+}
+
+impl Sink {
+    fn record(&mut self, body: Value) {
+        if self.failed {
+            return;
+        }
+        if self.ev.is_none() {
+            match Evidence::open(&self.paths, &self.session) {
+                Ok(ev) => self.ev = Some(ev),
+                Err(f) => return self.fail(&f.message),
+            }
+        }
+        if let Some(Err(f)) = self.ev.as_mut().map(|ev| ev.record(Kind::Verdict, body)) {
+            self.fail(&f.message);
+        }
+    }
+
+    fn commit(&mut self) {
+        if let Some(Err(f)) = self.ev.as_mut().filter(|_| !self.failed).map(Evidence::commit) {
+            self.fail(&f.message);
+        }
+    }
+
+    fn fail(&mut self, why: &str) {
+        eprintln!("portcullis: kernel audit: {why}; denials the kernel reports are no longer recorded");
+        self.failed = true;
+    }
+
+    /// Commits; the run's exit record and checkpoint come after this.
+    fn release(self) {
+        if let Some(ev) = self.ev.filter(|_| !self.failed) {
+            if let Err(f) = ev.release() {
+                eprintln!("portcullis: kernel audit: {}", f.message);
+            }
+        }
+    }
+}
+
+fn read_loop(fd: OwnedFd, mut at: Attributor, mut sink: Sink, stop: Arc<AtomicU8>, marker: String) {
+    crate::sys::background_thread(crate::mcp::journal::WRITER_NICE);
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    let mut buf = vec![0u8; 16 << 10];
+    let mut event: Vec<Report> = Vec::new();
+    let mut stop_since: Option<Instant> = None;
+    let mut last_read = Instant::now();
+    let mut synced = false;
+    loop {
+        match stop.load(Ordering::Acquire) {
+            RUNNING => {}
+            how => {
+                let since = *stop_since.get_or_insert_with(Instant::now);
+                let quiet = how == STOP_WHEN_QUIET && since.elapsed() > QUIET && last_read.elapsed() > QUIET;
+                if quiet || since.elapsed() > SYNC_WAIT {
+                    break;
+                }
+            }
+        }
+        let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
+        match poll(&mut fds, PollTimeout::from(50u16)) {
+            Ok(0) => {
+                // Idle: close the event in progress and make records durable.
+                at.event(&std::mem::take(&mut event)).into_iter().for_each(|b| sink.record(b));
+                sink.commit();
+                continue;
+            }
+            Ok(_) => {}
+            Err(Errno::EINTR) => continue,
+            Err(_) => break,
+        }
+        loop {
+            let n = match socket::recv(fd.as_raw_fd(), &mut buf, MsgFlags::empty()) {
+                Ok(n) => n,
+                Err(Errno::EAGAIN) => break,
+                Err(Errno::ENOBUFS) => {
+                    at.tally.overruns += 1;
+                    continue;
+                }
+                Err(Errno::EINTR) => continue,
+                Err(_) => break,
+            };
+            last_read = Instant::now();
+            let Some((kind, payload)) = header(&buf[..n]) else { continue };
+            let text = String::from_utf8_lossy(payload);
+            if kind == AUDIT_USER && text.contains(&marker) {
+                synced = true;
+                break;
+            }
+            if !matches!(kind, AUDIT_LANDLOCK_ACCESS | AUDIT_LANDLOCK_DOMAIN | AUDIT_SYSCALL | AUDIT_EOE) {
+                continue;
+            }
+            let Some(r) = parse(kind, &text) else { continue };
+            if event.first().is_some_and(|e| e.serial != r.serial) {
+                at.event(&std::mem::take(&mut event)).into_iter().for_each(|b| sink.record(b));
+            }
+            if r.kind == AUDIT_EOE {
+                at.event(&std::mem::take(&mut event)).into_iter().for_each(|b| sink.record(b));
+            } else {
+                event.push(r);
+            }
+        }
+        if synced {
+            break;
+        }
+    }
+    at.event(&std::mem::take(&mut event)).into_iter().for_each(|b| sink.record(b));
+    // A run with nothing refused, seen to the end, needs no summary.
+    if let Some(summary) = at.summary(synced) {
+        sink.record(summary);
+    }
+    sink.release();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(kind: u16, text: &str) -> Report {
+        parse(kind, text).expect("parses")
+    }
+
+    #[test]
+    fn parses_quoted_hex_and_plain_fields() {
+        let r = report(
+            AUDIT_LANDLOCK_ACCESS,
+            r#"audit(1729738800.268:30): domain=195ba459b blockers=fs.read_file path="/etc/hostname" dev="vda2" ino=351"#,
+        );
+        assert_eq!(r.serial, 30);
+        assert_eq!(r.get("domain"), Some("195ba459b"));
+        assert_eq!(r.get("path"), Some("/etc/hostname"));
+        assert_eq!(r.get("ino"), Some("351"));
+        // A path with a space comes hex-encoded and unquoted.
+        let r = report(
+            AUDIT_LANDLOCK_ACCESS,
+            "audit(1.2:7): domain=1 blockers=fs.read_file path=2F746D702F612062 dev=\"vda\" ino=3\0",
+        );
+        assert_eq!(r.get("path"), Some("/tmp/a b"));
+        assert_eq!(r.serial, 7);
+        assert!(parse(AUDIT_SYSCALL, "garbage").is_none());
+        assert!(parse(AUDIT_SYSCALL, "audit(1.2:x): a=b").is_none());
+    }
+
+    fn at() -> Attributor {
+        Attributor { canary: "/state/.landlock-canary-s".into(), own_pid: "100".into(), tally: Tally::default() }
+    }
+
+    fn access(serial: u64, domain: &str, path: &str) -> Report {
+        report(
+            AUDIT_LANDLOCK_ACCESS,
+            &format!(r#"audit(1.0:{serial}): domain={domain} blockers=fs.read_file path="{path}" dev="vda" ino=9"#),
+        )
+    }
+
+    #[test]
+    fn the_canary_names_our_domain_and_others_are_ignored() {
+        let mut a = at();
+        // Before the canary, an unknown domain is not ours.
+        assert!(a.event(&[access(1, "aa", "/etc/shadow")]).is_empty());
+        // The canary: not recorded itself, but identifies domain bb.
+        assert!(a.event(&[access(2, "bb", "/state/.landlock-canary-s")]).is_empty());
+        let sc = report(
+            AUDIT_SYSCALL,
+            "audit(1.0:3): arch=c000003e syscall=257 success=no pid=4242 comm=\"cat\" exe=\"/usr/bin/cat\"",
+        );
+        let out = a.event(&[access(3, "bb", "/etc/shadow"), sc]);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0]["path"], "/etc/shadow");
+        assert_eq!(out[0]["pid"], "4242");
+        assert_eq!(out[0]["syscall"], "openat");
+        assert_eq!(out[0]["verdict"], "deny");
+        assert!(a.event(&[access(4, "aa", "/etc/passwd")]).is_empty(), "another sandbox's domain");
+        // A domain this process created (the gate's confined thread).
+        let dom =
+            report(AUDIT_LANDLOCK_DOMAIN, "audit(1.0:5): domain=cc status=allocated mode=enforcing pid=100 uid=0");
+        assert_eq!(a.event(&[access(5, "cc", "/etc"), dom]).len(), 1);
+        let s = a.summary(true).expect("denials: a summary");
+        assert_eq!(s["denials_seen"], 2);
+        assert_eq!(s["sandbox_identified"], true);
+        assert_eq!(s["complete"], true);
+    }
+
+    #[test]
+    fn a_clean_run_needs_no_summary_but_an_unidentified_one_does() {
+        let mut a = at();
+        let s = a.summary(true).expect("not identified: say so");
+        assert_eq!(s["sandbox_identified"], false);
+        a.event(&[access(1, "bb", "/state/.landlock-canary-s")]);
+        assert!(a.summary(true).is_none(), "identified, complete, nothing refused");
+        assert!(a.summary(false).is_some(), "not read to the end: say so");
+    }
+
+    #[test]
+    fn a_flood_is_counted_not_recorded() {
+        let mut a = at();
+        a.event(&[access(1, "bb", "/state/.landlock-canary-s")]);
+        let mut recorded = 0;
+        for i in 0..1000 {
+            recorded += a.event(&[access(10 + i, "bb", "/etc/shadow")]).len();
+        }
+        assert_eq!(recorded, RECORDS_PER_TARGET as usize);
+        let s = a.summary(false).expect("a summary");
+        assert_eq!(s["denials_seen"], 1000);
+        assert_eq!(s["unrecorded_denials"], 1000 - u64::from(RECORDS_PER_TARGET));
+        assert_eq!(s["complete"], false, "not synced with the kernel");
+    }
+}
