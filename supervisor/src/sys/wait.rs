@@ -34,11 +34,25 @@ pub fn supervise(child: u32, set: &SigSet) -> i32 {
             Err(nix::errno::Errno::EINTR) => continue,
             Err(_) => return 125,
         }
-        match set.wait() {
-            Ok(Signal::SIGCHLD) | Err(_) => {}
-            Ok(sig) => {
+        // A timed wait: should a thread that does not block SIGCHLD ever
+        // take it (a library's thread, a regression), the loop still sees
+        // the child's end within a second instead of hanging.
+        match wait_timeout(set, 1) {
+            Some(Signal::SIGCHLD) | None => {}
+            Some(sig) => {
                 let _ = kill(pid, sig);
             }
         }
     }
+}
+
+/// sigtimedwait for the signals of `set`; None on timeout, EINTR or error.
+fn wait_timeout(set: &SigSet, secs: libc::time_t) -> Option<Signal> {
+    let ts = libc::timespec { tv_sec: secs, tv_nsec: 0 };
+    // SAFETY: `set` is a live sigset_t; siginfo may be null; `ts` is live.
+    let sig = unsafe { libc::sigtimedwait(set.as_ref(), std::ptr::null_mut(), &ts) };
+    if sig <= 0 {
+        return None;
+    }
+    Signal::try_from(sig).ok()
 }
