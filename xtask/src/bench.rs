@@ -120,6 +120,29 @@ fn as_nobody(argv: &[String], base: &Path) -> Vec<String> {
     v
 }
 
+fn only(section: &str) -> Result<()> {
+    match section {
+        "mcp" => {
+            let dir = std::env::temp_dir().join(format!("portcullis-bench-mcp-{}", std::process::id()));
+            let off = portcullis::mcp::bench::measure(200, 20_000, None)?;
+            let on = portcullis::mcp::bench::measure(200, 20_000, Some(&dir));
+            let _ = std::fs::remove_dir_all(&dir);
+            println!("audit off:\n{}\naudit on:\n{}", off.table(), on?.table());
+        }
+        "audit" => {
+            let sign = audit::bench_signing(30_000).map_err(|e| anyhow::anyhow!("{e}"))?;
+            println!(
+                "{:.0} durable records/s, raw {:.0} signatures/s: {:.2}x",
+                sign.records_per_sec,
+                sign.raw_signatures_per_sec,
+                sign.records_per_sec / sign.raw_signatures_per_sec
+            );
+        }
+        other => anyhow::bail!("--only {other:?}: expected mcp or audit"),
+    }
+    Ok(())
+}
+
 pub fn bench(args: &[String]) -> Result<()> {
     // The audit and MCP figures are measured in this process: measure
     // optimised code, not the debug build `cargo xtask` runs by default.
@@ -132,6 +155,11 @@ pub fn bench(args: &[String]) -> Result<()> {
         Some(i) => args.get(i + 1).context("--runs N")?.parse()?,
         None => 200,
     };
+    // `--only mcp|audit`: one section, printed, BENCHMARKS.md untouched (for
+    // trying a change; the file is only ever written by a full run).
+    if let Some(i) = args.iter().position(|a| a == "--only") {
+        return only(args.get(i + 1).map(String::as_str).unwrap_or(""));
+    }
     run(Command::new("cargo").args(["build", "--release", "--quiet", "-p", "portcullis"]))?;
     // 0. The syscall gate first: its workers fork while this process is
     // still single-threaded.

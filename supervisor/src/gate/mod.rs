@@ -591,6 +591,7 @@ impl Journal {
         let writer = std::thread::Builder::new()
             .name("gate-audit".into())
             .spawn(move || {
+                crate::sys::background_thread(crate::mcp::journal::WRITER_NICE);
                 for (kind, body, ack) in rx {
                     let r = ev.record(kind, body);
                     let r = match ack {

@@ -43,3 +43,15 @@ pub(crate) fn clear_capabilities() -> Result<(), i32> {
     }
     Ok(())
 }
+
+/// Lowers the calling thread's CPU priority to nice `nice` (Linux keeps a
+/// nice value per thread). For the audit writers: signing and fsync are
+/// background work that must not take the CPU from the path a sandboxed
+/// call waits on; a full queue still makes that path wait (bounded memory).
+pub fn background_thread(nice: i32) {
+    // SAFETY: gettid and setpriority take and return plain integers.
+    unsafe {
+        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        libc::setpriority(libc::PRIO_PROCESS, tid, nice);
+    }
+}
