@@ -27,6 +27,10 @@ pub enum ChainError {
     BadHeader(String),
     #[error("key_rotation record is invalid: {0}")]
     BadRotation(String),
+    #[error("segment record does not continue the previous segment: {0}")]
+    BadSegment(String),
+    #[error("a `segment` record at seq 0 (the first record of a log must be its `header`)")]
+    SegmentFirst,
 }
 
 /// A key and the first seq it signs.
@@ -44,11 +48,20 @@ pub struct Chain {
     pub origin: String,
     pub keys: Vec<KeyEpoch>,
     pub frontier: Frontier,
+    /// First seq of the current file: 0, or the seq of its `segment` record.
+    pub segment_start: u64,
 }
 
 impl Default for Chain {
     fn default() -> Self {
-        Chain { next_seq: 0, last_hash: ZERO_HASH, origin: String::new(), keys: Vec::new(), frontier: Frontier::new() }
+        Chain {
+            next_seq: 0,
+            last_hash: ZERO_HASH,
+            origin: String::new(),
+            keys: Vec::new(),
+            frontier: Frontier::new(),
+            segment_start: 0,
+        }
     }
 }
 
@@ -69,6 +82,7 @@ impl Chain {
                 self.origin = origin;
                 self.keys.push(KeyEpoch { from_seq: 0, key: vk });
             }
+            (0, Kind::Segment) => return Err(ChainError::SegmentFirst),
             (0, other) => return Err(ChainError::FirstNotHeader(other)),
             (_, Kind::Header) => return Err(ChainError::HeaderNotFirst),
             (seq, Kind::KeyRotation) => {
@@ -76,11 +90,70 @@ impl Chain {
                 let vk = parse_rotation(&rec.body, current.as_ref()).map_err(ChainError::BadRotation)?;
                 self.keys.push(KeyEpoch { from_seq: seq + 1, key: vk });
             }
+            (seq, Kind::Segment) => {
+                let seg = parse_segment(&rec.body).map_err(ChainError::BadSegment)?;
+                self.check_segment(seq, &seg).map_err(ChainError::BadSegment)?;
+                self.segment_start = seq;
+            }
             _ => {}
         }
         self.next_seq += 1;
         self.last_hash = rec.hash;
         self.frontier.push(merkle::leaf_hash(line));
+        Ok(())
+    }
+
+    /// The history before a `segment` record, as the record states it: for a
+    /// reader that starts at a segment without the files before it. The
+    /// record itself still has to be applied (and its signature checked
+    /// under the key it names).
+    pub fn before_segment(rec: &Record) -> Result<Chain, ChainError> {
+        if rec.kind != Kind::Segment {
+            return Err(ChainError::BadSegment(format!("the record is a `{}`", rec.kind)));
+        }
+        if rec.seq == 0 {
+            return Err(ChainError::SegmentFirst);
+        }
+        let seg = parse_segment(&rec.body).map_err(ChainError::BadSegment)?;
+        let frontier = Frontier::from_hashes(seg.tree_size, &seg.frontier).ok_or_else(|| {
+            ChainError::BadSegment("`frontier` does not have one hash per 1-bit of `tree_size`".into())
+        })?;
+        Ok(Chain {
+            next_seq: rec.seq,
+            last_hash: rec.prev,
+            origin: seg.origin,
+            keys: vec![KeyEpoch { from_seq: rec.seq, key: seg.key }],
+            frontier,
+            segment_start: seg.previous_first_seq,
+        })
+    }
+
+    /// A segment record at `seq` must restate this history exactly.
+    fn check_segment(&self, seq: u64, seg: &Segment) -> Result<(), String> {
+        if seg.origin != self.origin {
+            return Err(format!("`origin` is {:?}, the log's is {:?}", seg.origin, self.origin));
+        }
+        if self.key_for(seq) != Some(&seg.key) {
+            return Err("`public_key` is not the key in force".into());
+        }
+        if seg.previous_last_seq.checked_add(1) != Some(seq) || seg.tree_size != seq {
+            return Err(format!(
+                "`previous_last_seq` {} / `tree_size` {} do not match seq {seq}",
+                seg.previous_last_seq, seg.tree_size
+            ));
+        }
+        if seg.previous_last_hash != self.last_hash {
+            return Err("`previous_last_hash` is not the hash of the previous record".into());
+        }
+        if seg.previous_first_seq != self.segment_start {
+            return Err(format!(
+                "`previous_first_seq` is {}, but the previous segment starts at seq {}",
+                seg.previous_first_seq, self.segment_start
+            ));
+        }
+        if seg.frontier != self.frontier.hashes() || self.frontier.size() != seq {
+            return Err("`frontier` is not the Merkle frontier of the records before it".into());
+        }
         Ok(())
     }
 
@@ -151,4 +224,56 @@ fn parse_rotation(body: &Map<String, Value>, current: Option<&VerifyingKey>) -> 
         }
     }
     Ok(vk)
+}
+
+/// What a `segment` record states (docs/AUDIT.md §12).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Segment {
+    pub origin: String,
+    pub key: VerifyingKey,
+    pub previous_segment: String,
+    pub previous_first_seq: u64,
+    pub previous_last_seq: u64,
+    pub previous_last_hash: Hash,
+    pub tree_size: u64,
+    pub frontier: Vec<Hash>,
+}
+
+/// Body of the `segment` record that starts a new file at `chain.next_seq`,
+/// after the file holding `chain.segment_start..` was moved to `previous_segment`.
+pub fn segment_body(chain: &Chain, vk: &VerifyingKey, previous_segment: &str) -> Map<String, Value> {
+    let mut b = header_body(&chain.origin, vk);
+    b.insert("previous_segment".into(), previous_segment.into());
+    b.insert("previous_first_seq".into(), chain.segment_start.into());
+    b.insert("previous_last_seq".into(), chain.next_seq.saturating_sub(1).into());
+    b.insert("previous_last_hash".into(), merkle::to_hex(&chain.last_hash).into());
+    b.insert("tree_size".into(), chain.frontier.size().into());
+    b.insert("frontier".into(), chain.frontier.hashes().iter().map(|h| Value::from(merkle::to_hex(h))).collect());
+    b
+}
+
+/// Parses a segment body: the header members, then the continuation.
+pub fn parse_segment(body: &Map<String, Value>) -> Result<Segment, String> {
+    let (origin, key) = parse_header(body)?;
+    let uint =
+        |f: &str| body.get(f).and_then(Value::as_u64).ok_or_else(|| format!("`{f}` is missing or not an integer"));
+    let hex = |s: &str, f: &str| merkle::from_hex(s).ok_or_else(|| format!("`{f}` is not 64 lowercase hex digits"));
+    let previous_segment = str_field(body, "previous_segment")?.to_string();
+    let frontier = body
+        .get("frontier")
+        .and_then(Value::as_array)
+        .ok_or_else(|| "`frontier` is missing or not an array".to_string())?
+        .iter()
+        .map(|v| v.as_str().ok_or_else(|| "`frontier` holds a non-string".to_string()).and_then(|s| hex(s, "frontier")))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Segment {
+        origin,
+        key,
+        previous_segment,
+        previous_first_seq: uint("previous_first_seq")?,
+        previous_last_seq: uint("previous_last_seq")?,
+        previous_last_hash: hex(str_field(body, "previous_last_hash")?, "previous_last_hash")?,
+        tree_size: uint("tree_size")?,
+        frontier,
+    })
 }

@@ -274,6 +274,23 @@ impl Frontier {
         (total == size).then_some(Frontier { size, stack })
     }
 
+    /// The roots of the perfect subtrees alone, largest first: one per
+    /// 1-bit of `size`, from the most significant (what a `segment` record
+    /// carries).
+    pub fn hashes(&self) -> Vec<Hash> {
+        self.stack.iter().map(|(_, h)| *h).collect()
+    }
+
+    /// Rebuilds a frontier from [`hashes`](Self::hashes); None unless there
+    /// is exactly one hash per 1-bit of `size`.
+    pub fn from_hashes(size: u64, hashes: &[Hash]) -> Option<Frontier> {
+        let heights = (0..64u32).rev().filter(|h| size >> h & 1 == 1);
+        if hashes.len() != size.count_ones() as usize {
+            return None;
+        }
+        Frontier::from_parts(size, heights.zip(hashes.iter().copied()).collect())
+    }
+
     /// MTH of everything pushed so far: the perfect subtrees folded right to left.
     pub fn root(&self) -> Hash {
         let mut it = self.stack.iter().rev();

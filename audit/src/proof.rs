@@ -3,7 +3,7 @@
 
 use crate::checkpoint::{Checkpoint, CheckpointError};
 use crate::merkle::{self, Hash, ProofError};
-use crate::reader::{LineReader, RawLine};
+use crate::reader::{open_all, RawLine};
 use crate::record::Record;
 use crate::verify::{leaf_hashes, VerifyError};
 use base64::engine::general_purpose::STANDARD as B64;
@@ -71,13 +71,15 @@ pub fn prove_inclusion(log_path: &Path, seq: u64, checkpoint_note: &str) -> Resu
 }
 
 fn nth_line(log_path: &Path, seq: u64) -> Result<String, VerifyError> {
-    let mut reader = LineReader::open_shared(log_path)?;
+    // Across segments; `leaf_hashes` has checked they start at seq 0.
     let mut i = 0;
-    while let Some(RawLine::Complete(l)) = reader.next_line()? {
-        if i == seq {
-            return Ok(String::from_utf8_lossy(&l).into_owned());
+    for mut reader in open_all(log_path)? {
+        while let Some(RawLine::Complete(l)) = reader.next_line()? {
+            if i == seq {
+                return Ok(String::from_utf8_lossy(&l).into_owned());
+            }
+            i += 1;
         }
-        i += 1;
     }
     Err(VerifyError::Record { seq, line: seq + 1, problem: "no such record".into() })
 }

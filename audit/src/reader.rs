@@ -33,6 +33,37 @@ fn shared_lock_briefly(lock: &File) -> bool {
     }
 }
 
+/// The writers' lock, held shared while a snapshot is taken (released on drop).
+struct SharedLock(Option<File>);
+
+impl SharedLock {
+    fn take(log: &Path) -> SharedLock {
+        SharedLock(storage::open_read(&storage::sibling(log, ".lock")).ok().filter(shared_lock_briefly))
+    }
+}
+
+impl Drop for SharedLock {
+    fn drop(&mut self) {
+        if let Some(l) = &self.0 {
+            let _ = l.unlock();
+        }
+    }
+}
+
+/// Every file of a log, oldest first: the rotated segments present
+/// (`<log>.<first seq>`, docs/AUDIT.md §12) and then the live file, each
+/// opened with its length fixed in one snapshot under the shared lock, so a
+/// rotation happening meanwhile is seen entirely or not at all.
+pub fn open_all(log: &Path) -> Result<Vec<LineReader>, VerifyError> {
+    let _guard = SharedLock::take(log);
+    let mut out = Vec::new();
+    for (_, path) in crate::segment::list(log)? {
+        out.push(LineReader::open_unlocked(&path)?);
+    }
+    out.push(LineReader::open_unlocked(log)?);
+    Ok(out)
+}
+
 /// Reads lines up to a length fixed at open time.
 pub struct LineReader {
     path: PathBuf,
@@ -48,19 +79,26 @@ impl LineReader {
     /// lock is released at once (writers only append, so earlier bytes
     /// cannot change without that being a tampering the verifier reports).
     pub fn open_shared(path: &Path) -> Result<LineReader, VerifyError> {
+        let guard = SharedLock::take(path);
+        let r = LineReader::open_unlocked(path);
+        drop(guard);
+        r
+    }
+
+    fn open_unlocked(path: &Path) -> Result<LineReader, VerifyError> {
         let file = storage::open_read(path)?;
-        let lock_path = storage::sibling(path, ".lock");
-        let guard = storage::open_read(&lock_path).ok().filter(shared_lock_briefly);
         let len = file.metadata().map_err(|e| StorageError::io("stat", path, e))?.len();
-        if let Some(l) = guard {
-            let _ = l.unlock();
-        }
         Ok(LineReader {
             path: path.to_path_buf(),
             inner: BufReader::with_capacity(1 << 16, file.take(len)),
             offset: 0,
             line: 0,
         })
+    }
+
+    /// Lines read so far.
+    pub fn line(&self) -> u64 {
+        self.line
     }
 
     pub fn path(&self) -> &Path {
@@ -100,41 +138,49 @@ impl LineReader {
     }
 }
 
-/// Parsed records of a log, in file order, for display (`list`, `show`,
-/// `export`). Lines are parsed strictly but chain and signatures are not
-/// checked: that is `verify`'s job.
+/// Parsed records of a log, in seq order across its rotated segments and
+/// the live file, for display (`list`, `show`, `export`). Lines are parsed
+/// strictly but chain and signatures are not checked: that is `verify`'s job.
 pub struct Records {
-    reader: LineReader,
+    files: std::vec::IntoIter<LineReader>,
+    reader: Option<LineReader>,
     done: bool,
 }
 
-/// Iterates over the records of the log at `path`.
+/// Iterates over the records of the log at `path` (all its segments present, oldest first).
 pub fn records(path: &Path) -> Result<Records, VerifyError> {
-    Ok(Records { reader: LineReader::open_shared(path)?, done: false })
+    let mut files = open_all(path)?.into_iter();
+    let reader = files.next();
+    Ok(Records { files, reader, done: false })
 }
 
 impl Iterator for Records {
     type Item = Result<Record, VerifyError>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        if self.done {
-            return None;
-        }
-        let line_no = self.reader.line + 1;
-        match self.reader.next_line() {
-            Ok(Some(RawLine::Complete(l))) => Some(Record::parse_line(&l).map_err(|e| VerifyError::Record {
-                seq: line_no - 1,
-                line: line_no,
-                problem: e.to_string(),
-            })),
-            Ok(Some(RawLine::Torn { offset, bytes })) => {
-                self.done = true;
-                Some(Err(VerifyError::TornTail { records: line_no - 1, offset, bytes }))
+        loop {
+            if self.done {
+                return None;
             }
-            Ok(None) => None,
-            Err(e) => {
-                self.done = true;
-                Some(Err(e))
+            let reader = self.reader.as_mut()?;
+            let line_no = reader.line + 1;
+            match reader.next_line() {
+                Ok(Some(RawLine::Complete(l))) => {
+                    return Some(Record::parse_line(&l).map_err(|e| VerifyError::Record {
+                        seq: line_no - 1,
+                        line: line_no,
+                        problem: format!("{}: {e}", reader.path().display()),
+                    }))
+                }
+                Ok(Some(RawLine::Torn { offset, bytes })) => {
+                    self.done = true;
+                    return Some(Err(VerifyError::TornTail { records: line_no - 1, offset, bytes }));
+                }
+                Ok(None) => self.reader = self.files.next(),
+                Err(e) => {
+                    self.done = true;
+                    return Some(Err(e));
+                }
             }
         }
     }

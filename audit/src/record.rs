@@ -41,10 +41,14 @@ pub enum Kind {
     Exit,
     KeyRotation,
     Recovery,
+    /// The first record of a log file started by rotation by size: continues
+    /// the chain of the file moved aside and carries what a reader of this
+    /// file alone needs (docs/AUDIT.md §12).
+    Segment,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 11] = [
+    pub const ALL: [Kind; 12] = [
         Kind::Header,
         Kind::Launch,
         Kind::Degradation,
@@ -56,6 +60,7 @@ impl Kind {
         Kind::Exit,
         Kind::KeyRotation,
         Kind::Recovery,
+        Kind::Segment,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -71,6 +76,7 @@ impl Kind {
             Kind::Exit => "exit",
             Kind::KeyRotation => "key_rotation",
             Kind::Recovery => "recovery",
+            Kind::Segment => "segment",
         }
     }
 
@@ -80,7 +86,7 @@ impl Kind {
 
     /// Kinds only the log machinery itself writes; `AuditLog::append` refuses them.
     pub fn is_structural(self) -> bool {
-        matches!(self, Kind::Header | Kind::KeyRotation | Kind::Recovery)
+        matches!(self, Kind::Header | Kind::KeyRotation | Kind::Recovery | Kind::Segment)
     }
 }
 

@@ -37,6 +37,7 @@ pub fn encode(bytes: u64, chain: &Chain) -> String {
         "keys": chain.keys.iter().map(|k| json!([k.from_seq, to_hex(k.key.as_bytes())])).collect::<Vec<_>>(),
         "frontier_size": size,
         "frontier": stack.iter().map(|(h, hash)| json!([h, to_hex(hash)])).collect::<Vec<_>>(),
+        "segment_start": chain.segment_start,
     })
     .to_string()
 }
@@ -78,6 +79,8 @@ pub fn load(path: &Path) -> Option<State> {
         origin: v.get("origin")?.as_str()?.to_string(),
         keys,
         frontier,
+        // A state written before rotation existed has none: read the file.
+        segment_start: v.get("segment_start")?.as_u64()?,
     };
     Some(State { bytes: v.get("bytes")?.as_u64()?, chain })
 }

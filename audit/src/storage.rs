@@ -103,6 +103,36 @@ pub fn open_append(path: &Path) -> Result<File, StorageError> {
     Ok(file)
 }
 
+/// Opens an existing log file for reading and appending (never creates it):
+/// a writer following a rotation must not create an empty live file.
+pub fn open_append_existing(path: &Path) -> Result<File, StorageError> {
+    let file = OpenOptions::new()
+        .read(true)
+        .append(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .map_err(|e| open_error("open for appending", path, e))?;
+    check_regular(&file, path)?;
+    Ok(file)
+}
+
+/// Creates a new, empty, hidden file beside `path` (0600, O_EXCL, read and
+/// append) for content that will be renamed over `path`.
+pub fn create_temp(path: &Path) -> Result<(PathBuf, File), StorageError> {
+    let dir = parent_dir(path);
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.tmp-{}-{:08x}", std::process::id(), random_u32()));
+    let file = OpenOptions::new()
+        .read(true)
+        .append(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&tmp)
+        .map_err(|e| open_error("create", &tmp, e))?;
+    Ok((tmp, file))
+}
+
 /// Opens (creating, 0600) a lock file: read-write, O_NOFOLLOW|O_CLOEXEC.
 pub fn open_lock(path: &Path) -> Result<File, StorageError> {
     let file = OpenOptions::new()

@@ -5,7 +5,7 @@ use crate::chain::{Chain, KeyEpoch};
 use crate::checkpoint::{Checkpoint, CheckpointError};
 use crate::key;
 use crate::merkle::{self, Hash};
-use crate::reader::{LineReader, RawLine};
+use crate::reader::{open_all, RawLine};
 use crate::record::{Kind, Record};
 use crate::storage::{self, StorageError};
 use ed25519_dalek::{Signature, VerifyingKey};
@@ -29,6 +29,22 @@ pub struct VerifyOptions {
     pub strict: bool,
 }
 
+/// How much of a rotated log's history `verify_history` requires.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum History {
+    /// Every segment from seq 0 (the header) to the live file must be
+    /// present and continue each other (the default).
+    #[default]
+    Complete,
+    /// Older segments were archived on purpose: start at the oldest file
+    /// present; if it begins with a `segment` record, the history before it
+    /// is what that record states (its frontier, key and origin), checked
+    /// only through later records and checkpoints. A gap between the files
+    /// that are present is still a failure.
+    Retained,
+}
+
 /// What a successful verification established.
 #[derive(Clone, Debug)]
 pub struct Report {
@@ -46,6 +62,11 @@ pub struct Report {
     /// Fingerprint of the trusted key, if one was given and matched.
     pub trusted_key: Option<String>,
     pub strict: bool,
+    /// Files read: the rotated segments present, then the live file.
+    pub files: Vec<PathBuf>,
+    /// The first seq verified record by record: 0, or with
+    /// `History::Retained` the seq of the oldest segment present.
+    pub first_seq: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -71,13 +92,17 @@ pub enum VerifyError {
     RootMismatch { path: PathBuf, size: u64 },
     #[error("the log is not signed under the trusted key {trusted}; its keys are {found}")]
     Untrusted { trusted: String, found: String },
+    #[error("{}: seq {seq} (line {line}): {problem}", file.display())]
+    Segment { file: PathBuf, seq: u64, line: u64, problem: String },
+    #[error("checkpoint {} is at size {size}, before the oldest segment present (seq {first}): verify the complete history or use a newer checkpoint", path.display())]
+    CheckpointBeforeRetained { path: PathBuf, size: u64, first: u64 },
 }
 
 impl VerifyError {
     /// The first sequence number known to be bad, where there is one.
     pub fn first_bad_seq(&self) -> Option<u64> {
         match self {
-            VerifyError::Record { seq, .. } => Some(*seq),
+            VerifyError::Record { seq, .. } | VerifyError::Segment { seq, .. } => Some(*seq),
             VerifyError::TornTail { records, .. } | VerifyError::Truncated { records, .. } => Some(*records),
             VerifyError::Empty { .. } => Some(0),
             _ => None,
@@ -102,6 +127,9 @@ pub fn verify(
 /// A signature waiting to be checked.
 struct PendingSig {
     seq: u64,
+    /// Where the record is: file index and line in that file.
+    file: usize,
+    line: u64,
     msg: Vec<u8>,
     sig: Signature,
     key: VerifyingKey,
@@ -110,8 +138,14 @@ struct PendingSig {
 /// Checks, in order, for every line: JSON, canonical form, fields, hash,
 /// seq contiguous from 0, prev chain, header first, key in force, signature;
 /// then the torn tail, the checkpoint (signature, size, root) and the
-/// trusted key. Reports the first failure by seq.
+/// trusted key. Reports the first failure by seq. A rotated log is read
+/// across all its segments (`History::Complete`).
 pub fn verify_with(log_path: &Path, opts: &VerifyOptions) -> Result<Report, VerifyError> {
+    verify_history(log_path, opts, History::Complete)
+}
+
+/// [`verify_with`], choosing how much of a rotated log's history must be present.
+pub fn verify_history(log_path: &Path, opts: &VerifyOptions, history: History) -> Result<Report, VerifyError> {
     // Read the checkpoint before the log: a writer appending meanwhile can
     // only make the log longer than it, never shorter.
     let checkpoint = match &opts.checkpoint {
@@ -128,8 +162,13 @@ pub fn verify_with(log_path: &Path, opts: &VerifyOptions) -> Result<Report, Veri
         }
         None => None,
     };
-    let mut reader = LineReader::open_shared(log_path)?;
+    let mut readers = open_all(log_path)?;
+    let files: Vec<PathBuf> = readers.iter().map(|r| r.path().to_path_buf()).collect();
+    // A log that never rotated keeps the single-file error messages.
+    let rotated = files.len() > 1;
+    let last_file = files.len() - 1;
     let mut chain = Chain::default();
+    let mut first_seq = 0;
     let mut kinds: BTreeMap<String, u64> = BTreeMap::new();
     let mut sessions: BTreeSet<String> = BTreeSet::new();
     let mut recoveries = Vec::new();
@@ -137,58 +176,119 @@ pub fn verify_with(log_path: &Path, opts: &VerifyOptions) -> Result<Report, Veri
     let mut at_checkpoint: Option<(Hash, Option<VerifyingKey>)> = None;
     let want = checkpoint.as_ref().map(|(_, cp, _)| cp.size);
     let mut torn = None;
-    loop {
-        if Some(chain.next_seq) == want {
-            at_checkpoint = Some((chain.frontier.root(), chain.current_key().copied()));
-        }
-        let raw = match reader.next_line() {
-            Ok(Some(RawLine::Complete(l))) => l,
-            Ok(Some(RawLine::Torn { offset, bytes })) => {
-                torn = Some((offset, bytes));
-                break;
+    let mut started = false;
+    'files: for (fi, reader) in readers.iter_mut().enumerate() {
+        let file = &files[fi];
+        let mut first_in_file = true;
+        loop {
+            if Some(chain.next_seq) == want && started {
+                at_checkpoint = Some((chain.frontier.root(), chain.current_key().copied()));
             }
-            Ok(None) => break,
-            Err(e) => {
-                check_signatures(&mut pending, opts.strict)?;
-                return Err(e);
+            let seq = chain.next_seq;
+            let line_no = reader.line() + 1;
+            let is_rotated = rotated || chain.segment_start > 0;
+            let fail = |problem: String| {
+                if is_rotated {
+                    VerifyError::Segment { file: file.clone(), seq, line: line_no, problem }
+                } else {
+                    VerifyError::Record { seq, line: line_no, problem }
+                }
+            };
+            let raw = match reader.next_line() {
+                Ok(Some(RawLine::Complete(l))) => l,
+                Ok(Some(RawLine::Torn { offset, bytes })) => {
+                    if fi != last_file {
+                        check_signatures(&mut pending, opts.strict, &files, rotated)?;
+                        return Err(fail(format!(
+                            "{bytes} bytes at offset {offset} without a newline in a rotated segment"
+                        )));
+                    }
+                    torn = Some((offset, bytes));
+                    break 'files;
+                }
+                Ok(None) if first_in_file && (fi != last_file || rotated) => {
+                    check_signatures(&mut pending, opts.strict, &files, rotated)?;
+                    return Err(fail("the file is empty: a segment starts with its `segment` record".into()));
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    check_signatures(&mut pending, opts.strict, &files, rotated)?;
+                    return Err(e);
+                }
+            };
+            let rec = match Record::parse_line(&raw) {
+                Ok(r) => r,
+                Err(e) => {
+                    check_signatures(&mut pending, opts.strict, &files, rotated)?;
+                    return Err(fail(e.to_string()));
+                }
+            };
+            if let Err(problem) =
+                segment_layout(&rec, fi, first_in_file, file, &files, &chain, started, history, log_path)
+            {
+                check_signatures(&mut pending, opts.strict, &files, rotated)?;
+                return Err(VerifyError::Segment { file: file.clone(), seq, line: line_no, problem });
             }
-        };
-        let seq = chain.next_seq;
-        let line_no = seq + 1;
-        let fail = |problem: String| VerifyError::Record { seq, line: line_no, problem };
-        let rec = match Record::parse_line(&raw) {
-            Ok(r) => r,
-            Err(e) => {
-                check_signatures(&mut pending, opts.strict)?;
+            if !started && rec.kind == Kind::Segment {
+                // History::Retained: the history before the oldest segment present.
+                match Chain::before_segment(&rec) {
+                    Ok(c) => chain = c,
+                    Err(e) => return Err(fail(e.to_string())),
+                }
+                first_seq = rec.seq;
+                if Some(chain.next_seq) == want {
+                    at_checkpoint = Some((chain.frontier.root(), chain.current_key().copied()));
+                }
+            }
+            started = true;
+            first_in_file = false;
+            if let Err(e) = chain.apply(&rec, &raw) {
+                check_signatures(&mut pending, opts.strict, &files, rotated)?;
                 return Err(fail(e.to_string()));
             }
-        };
-        if let Err(e) = chain.apply(&rec, &raw) {
-            check_signatures(&mut pending, opts.strict)?;
-            return Err(fail(e.to_string()));
-        }
-        let Some(key) = chain.key_for(rec.seq).copied() else {
-            check_signatures(&mut pending, opts.strict)?;
-            return Err(fail("no key in force".into()));
-        };
-        pending.push(PendingSig { seq: rec.seq, msg: rec.signed_message(), sig: rec.signature(), key });
-        if pending.len() >= BATCH {
-            check_signatures(&mut pending, opts.strict)?;
-        }
-        *kinds.entry(rec.kind.as_str().to_string()).or_default() += 1;
-        sessions.insert(rec.session.clone());
-        if rec.kind == Kind::Recovery {
-            recoveries.push((rec.seq, rec.body.get("lost_bytes").and_then(|v| v.as_u64()).unwrap_or(0)));
+            let Some(key) = chain.key_for(rec.seq).copied() else {
+                check_signatures(&mut pending, opts.strict, &files, rotated)?;
+                return Err(fail("no key in force".into()));
+            };
+            pending.push(PendingSig {
+                seq: rec.seq,
+                file: fi,
+                line: line_no,
+                msg: rec.signed_message(),
+                sig: rec.signature(),
+                key,
+            });
+            if pending.len() >= BATCH {
+                check_signatures(&mut pending, opts.strict, &files, rotated)?;
+            }
+            *kinds.entry(rec.kind.as_str().to_string()).or_default() += 1;
+            sessions.insert(rec.session.clone());
+            if rec.kind == Kind::Recovery {
+                recoveries.push((rec.seq, rec.body.get("lost_bytes").and_then(|v| v.as_u64()).unwrap_or(0)));
+            }
         }
     }
-    check_signatures(&mut pending, opts.strict)?;
+    if Some(chain.next_seq) == want && started {
+        at_checkpoint = Some((chain.frontier.root(), chain.current_key().copied()));
+    }
+    check_signatures(&mut pending, opts.strict, &files, rotated)?;
     if chain.next_seq == 0 && torn.is_none() && want.is_none_or(|s| s == 0) {
         return Err(VerifyError::Empty { path: log_path.to_path_buf() });
+    }
+    if want == Some(0) && at_checkpoint.is_none() && first_seq == 0 {
+        at_checkpoint = Some((crate::merkle::empty_root(), None));
     }
     // Checkpoint before the torn tail: a truncation is the graver finding.
     let mut checked = None;
     if let Some((path, cp, text)) = &checkpoint {
         let Some((root, key)) = at_checkpoint else {
+            if cp.size < first_seq {
+                return Err(VerifyError::CheckpointBeforeRetained {
+                    path: path.clone(),
+                    size: cp.size,
+                    first: first_seq,
+                });
+            }
             return Err(VerifyError::Truncated { path: path.clone(), size: cp.size, records: chain.next_seq });
         };
         if let Some(vk) = key {
@@ -231,12 +331,75 @@ pub fn verify_with(log_path: &Path, opts: &VerifyOptions) -> Result<Report, Veri
         checkpoint: checked,
         trusted_key: trusted,
         strict: opts.strict,
+        files,
+        first_seq,
     })
+}
+
+/// The rules of docs/AUDIT.md §12 that tie records to files: a `segment`
+/// record begins every file after the first (and no record elsewhere is
+/// one), names the file before it, starts at the seq the previous file
+/// ended at (else a segment is missing), and a rotated file's name carries
+/// its first seq. The chain rules proper are `Chain::apply`'s.
+#[allow(clippy::too_many_arguments)]
+fn segment_layout(
+    rec: &Record,
+    fi: usize,
+    first_in_file: bool,
+    file: &Path,
+    files: &[PathBuf],
+    chain: &Chain,
+    started: bool,
+    history: History,
+    log_path: &Path,
+) -> Result<(), String> {
+    let is_segment = rec.kind == Kind::Segment;
+    if !first_in_file {
+        return if is_segment { Err("a `segment` record that does not start a file".into()) } else { Ok(()) };
+    }
+    if file != log_path {
+        let named = crate::segment::parse_name(&crate::segment::file_name(log_path), &crate::segment::file_name(file));
+        if named != Some(rec.seq) {
+            return Err(format!("the file starts at seq {} but its name says {:?}", rec.seq, named));
+        }
+    }
+    if !started {
+        if rec.seq != 0 && history == History::Complete {
+            return Err(format!(
+                "records 0..={} are missing: the segments before {} were removed (to verify only what is retained, use History::Retained / `verify --retained`)",
+                rec.seq.saturating_sub(1),
+                file.display()
+            ));
+        }
+        return Ok(());
+    }
+    if !is_segment {
+        return Err(format!("the file does not start with a `segment` record continuing {}", files[fi - 1].display()));
+    }
+    if rec.seq != chain.next_seq {
+        return Err(format!(
+            "records {}..={} are missing: the segment holding them between {} and {} was removed",
+            chain.next_seq,
+            rec.seq.saturating_sub(1),
+            files[fi - 1].display(),
+            file.display()
+        ));
+    }
+    let prev_name = crate::segment::file_name(&files[fi - 1]);
+    match rec.body.get("previous_segment").and_then(serde_json::Value::as_str) {
+        Some(n) if n == prev_name => Ok(()),
+        other => Err(format!("`previous_segment` is {other:?}, but the file before it is {prev_name:?}")),
+    }
 }
 
 /// Verifies and clears `pending`. Batch verification first; if the batch
 /// fails, one by one to name the first bad record.
-fn check_signatures(pending: &mut Vec<PendingSig>, strict: bool) -> Result<(), VerifyError> {
+fn check_signatures(
+    pending: &mut Vec<PendingSig>,
+    strict: bool,
+    files: &[PathBuf],
+    rotated: bool,
+) -> Result<(), VerifyError> {
     if pending.is_empty() {
         return Ok(());
     }
@@ -249,10 +412,12 @@ fn check_signatures(pending: &mut Vec<PendingSig>, strict: bool) -> Result<(), V
     if !batch_ok {
         for p in pending.iter() {
             if p.key.verify_strict(&p.msg, &p.sig).is_err() {
-                return Err(VerifyError::Record {
-                    seq: p.seq,
-                    line: p.seq + 1,
-                    problem: format!("signature does not verify under the key in force ({})", key::fingerprint(&p.key)),
+                let problem =
+                    format!("signature does not verify under the key in force ({})", key::fingerprint(&p.key));
+                return Err(if rotated || p.seq + 1 != p.line {
+                    VerifyError::Segment { file: files[p.file].clone(), seq: p.seq, line: p.line, problem }
+                } else {
+                    VerifyError::Record { seq: p.seq, line: p.line, problem }
                 });
             }
         }
@@ -261,12 +426,33 @@ fn check_signatures(pending: &mut Vec<PendingSig>, strict: bool) -> Result<(), V
     Ok(())
 }
 
-/// Leaf hashes of every complete record line, in order (no other checks).
+/// Leaf hashes of every complete record line, in order across the log's
+/// segments (no other checks, except that each file starts at the seq the
+/// previous one ended at, from 0: index `i` must be the leaf of seq `i`).
 pub fn leaf_hashes(log_path: &Path) -> Result<Vec<Hash>, VerifyError> {
-    let mut reader = LineReader::open_shared(log_path)?;
     let mut out = Vec::new();
-    while let Some(RawLine::Complete(l)) = reader.next_line()? {
-        out.push(merkle::leaf_hash(&l));
+    for mut reader in open_all(log_path)? {
+        let mut first = true;
+        while let Some(RawLine::Complete(l)) = reader.next_line()? {
+            if first {
+                first = false;
+                let seq = Record::parse_line(&l).map(|r| r.seq).map_err(|e| VerifyError::Segment {
+                    file: reader.path().to_path_buf(),
+                    seq: out.len() as u64,
+                    line: 1,
+                    problem: e.to_string(),
+                })?;
+                if seq != out.len() as u64 {
+                    return Err(VerifyError::Segment {
+                        file: reader.path().to_path_buf(),
+                        seq: out.len() as u64,
+                        line: 1,
+                        problem: format!("the file starts at seq {seq}: the segment before it is missing"),
+                    });
+                }
+            }
+            out.push(merkle::leaf_hash(&l));
+        }
     }
     Ok(out)
 }

@@ -16,6 +16,7 @@ use crate::mask;
 use crate::merkle;
 use crate::record::{self, Kind, Record, FORMAT_VERSION, MAX_LINE};
 use crate::resume;
+use crate::segment;
 use crate::signer::{SignerError, SignerThread};
 use crate::storage::{self, StorageError};
 use base64::engine::general_purpose::STANDARD as B64;
@@ -64,6 +65,17 @@ pub enum AuditError {
     Shrunk { path: PathBuf, from: u64, to: u64 },
     #[error("{}: the log file was removed, renamed or replaced while open; records stop here (fail closed)", path.display())]
     Replaced { path: PathBuf },
+    #[error("{}: its checkpoint is at {size} records, before this file's first record (seq {first}): the checkpoint was rolled back or the live file replaced; run `portcullis audit verify`", path.display())]
+    CheckpointBeforeSegment { path: PathBuf, size: u64, first: u64 },
+    #[error("{}: the live file is empty but rotated segments of it exist (newest {}): it was removed or emptied; a new history is not started here (move the segments aside on purpose to start one)", path.display(), newest.display())]
+    LiveFileMissing { path: PathBuf, newest: PathBuf },
+    #[error("{}: rotating the log to {}: {source}", path.display(), segment.display())]
+    Rotate {
+        path: PathBuf,
+        segment: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("the audit log is unusable after an earlier failure ({0}); no record is accepted")]
     Failed(String),
     #[error("`{0}` records are written by the log itself, not by callers")]
@@ -94,6 +106,11 @@ pub struct LogOptions {
     pub max_batch: usize,
     /// Origin written into the header of a new log (default `portcullis-audit/<16 random hex>`).
     pub origin: Option<String>,
+    /// Rotation by size: once a commit leaves the live file at least this
+    /// many bytes long, the writer moves it aside as `<log>.<first seq, 20
+    /// digits>` and continues the chain in a new live file (docs/AUDIT.md
+    /// §12). `None` (the default): one file grows forever.
+    pub rotate_bytes: Option<u64>,
 }
 
 impl Default for LogOptions {
@@ -104,6 +121,7 @@ impl Default for LogOptions {
             checkpoint_interval: Duration::from_secs(10),
             max_batch: 512,
             origin: None,
+            rotate_bytes: None,
         }
     }
 }
@@ -280,6 +298,13 @@ impl AuditLog {
         })?;
         if let Some((cp, text)) = existing {
             let Some((root, key)) = at_size else {
+                if cp.size < self.chain.segment_start {
+                    return Err(AuditError::CheckpointBeforeSegment {
+                        path: self.path.clone(),
+                        size: cp.size,
+                        first: self.chain.segment_start,
+                    });
+                }
                 return Err(AuditError::CheckpointAhead {
                     path: self.path.clone(),
                     size: cp.size,
@@ -301,10 +326,15 @@ impl AuditLog {
             // must not be built upon.
             self.check_last_signature()?;
         }
+        self.finish_interrupted_rotation()?;
         if let Some(t) = &torn {
             self.cut(t)?;
         }
         if self.chain.next_seq == 0 {
+            // A new header beside rotated segments would start a second history.
+            if let Some((_, newest)) = segment::list(&self.path)?.pop() {
+                return Err(AuditError::LiveFileMissing { path: self.path.clone(), newest });
+            }
             let origin = match &self.opts.origin {
                 Some(o) if checkpoint::valid_name(o) => o.clone(),
                 Some(o) => {
@@ -499,6 +529,9 @@ impl AuditLog {
             return Err(SignerError::Missing(self.signer.in_flight()).into());
         }
         self.write_encoded(encoded)?;
+        if self.opts.rotate_bytes.is_some_and(|limit| self.known_len >= limit) {
+            self.rotate()?;
+        }
         if self.checkpoint_due() {
             self.write_checkpoint()?;
         }
@@ -685,7 +718,7 @@ impl AuditLog {
     /// Folds records other writers appended since we last looked, and
     /// repairs a torn tail they left. Lock must be held, buffer empty.
     fn catch_up(&mut self) -> Result<(), AuditError> {
-        self.check_same_file()?;
+        self.follow_rotation()?;
         let torn = self.fold_new_bytes(|_| {})?;
         if let Some(epoch) = self.chain.keys.last() {
             if epoch.key != self.vk {
@@ -711,14 +744,123 @@ impl AuditLog {
 
     /// The path must still name the file we hold open: if it was renamed,
     /// removed or replaced, further records would go to a file nobody reads.
-    fn check_same_file(&self) -> Result<(), AuditError> {
-        use std::os::unix::fs::MetadataExt;
-        let ours = self.file.metadata().map_err(|e| StorageError::io("stat", &self.path, e))?;
-        let now = std::fs::symlink_metadata(&self.path);
-        match now {
-            Ok(m) if m.dev() == ours.dev() && m.ino() == ours.ino() => Ok(()),
-            _ => Err(AuditError::Replaced { path: self.path.clone() }),
+    fn is_live(&self) -> Result<bool, AuditError> {
+        same_inode(&self.file, &self.path, &self.path)
+    }
+
+    /// Follows rotations by other writers: while the path no longer names our
+    /// file, reads the rest of it, checks it now lives at its segment name,
+    /// and moves on to the file that continues it (the next segment, else the
+    /// live file), which must start with a `segment` record continuing
+    /// exactly the chain we hold. Anything else is a replacement: fail closed.
+    fn follow_rotation(&mut self) -> Result<(), AuditError> {
+        while !self.is_live()? {
+            let path = self.path.clone();
+            let replaced = || AuditError::Replaced { path: path.clone() };
+            if self.fold_new_bytes(|_| {})?.is_some() {
+                // A writer rotates only after a complete write.
+                return Err(replaced());
+            }
+            let ours = segment::segment_path(&self.path, self.chain.segment_start);
+            if !same_inode(&self.file, &ours, &self.path)? {
+                return Err(replaced());
+            }
+            let next = segment::segment_path(&self.path, self.chain.next_seq);
+            let file = match storage::open_read(&next) {
+                Ok(f) => f,
+                Err(StorageError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+                    storage::open_append_existing(&self.path).map_err(|_| replaced())?
+                }
+                Err(e) => return Err(e.into()),
+            };
+            let first = first_line(&file).ok().and_then(|l| Record::parse_line(&l).ok()).ok_or_else(replaced)?;
+            let continues = first.kind == Kind::Segment
+                && first.seq == self.chain.next_seq
+                && first.prev == self.chain.last_hash
+                && first.body.get("previous_segment").and_then(Value::as_str)
+                    == Some(segment::file_name(&ours).as_str());
+            if !continues {
+                return Err(replaced());
+            }
+            self.file = file;
+            self.known_len = 0;
         }
+        Ok(())
+    }
+
+    /// A rotation that stopped between linking the live file to its segment
+    /// name and renaming the new file over it left two names for one file:
+    /// the rotation did not happen, so the extra name goes (lock held).
+    fn finish_interrupted_rotation(&mut self) -> Result<(), AuditError> {
+        let seg = segment::segment_path(&self.path, self.chain.segment_start);
+        if self.chain.next_seq > 0 && same_inode(&self.file, &seg, &self.path)? {
+            std::fs::remove_file(&seg).map_err(|e| StorageError::io("remove stale segment link", &seg, e))?;
+            storage::sync_dir(&storage::parent_dir(&self.path))?;
+        }
+        Ok(())
+    }
+
+    /// Moves the live file aside as `<log>.<first seq>` and starts a new one
+    /// whose first record, a `segment` record, continues the chain. Lock
+    /// held, buffer empty, everything written durable.
+    fn rotate(&mut self) -> Result<(), AuditError> {
+        // A checkpoint at the rotation point: a writer that opens the new
+        // file alone can hold it to the segment record's frontier even if we
+        // stop before the next checkpoint.
+        if self.chain.frontier.size() > self.last_checkpoint_size {
+            self.write_checkpoint()?;
+        }
+        let seg_path = segment::segment_path(&self.path, self.chain.segment_start);
+        let fail =
+            |source: std::io::Error| AuditError::Rotate { path: self.path.clone(), segment: seg_path.clone(), source };
+        let seq = self.chain.next_seq;
+        let body = chain::segment_body(&self.chain, &self.vk, &segment::file_name(&seg_path));
+        let rec = record::seal(
+            &self.key,
+            seq,
+            clock::now_rfc3339(),
+            self.session.clone(),
+            Kind::Segment,
+            body,
+            self.chain.last_hash,
+        )?;
+        let body_enc = record::encode_body(&rec.body)?;
+        let mut encoded = Encoded::new(&self.chain.frontier, 1);
+        encoded.push(&rec, &body_enc);
+        let dir = storage::parent_dir(&self.path);
+        let (tmp, mut file) = storage::create_temp(&self.path)?;
+        let written = file.write_all(&encoded.buf).and_then(|()| file.sync_data());
+        if let Err(e) = written {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(fail(e));
+        }
+        // link, then rename: the live name always names a complete file. A
+        // crash between the two leaves two names for the old file, which the
+        // next writer removes (finish_interrupted_rotation).
+        if let Err(e) = std::fs::hard_link(&self.path, &seg_path) {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(fail(e));
+        }
+        let moved = match same_inode(&self.file, &seg_path, &self.path) {
+            Ok(true) => storage::sync_dir(&dir)
+                .map_err(AuditError::from)
+                .and_then(|()| std::fs::rename(&tmp, &self.path).map_err(fail)),
+            Ok(false) => Err(AuditError::Replaced { path: self.path.clone() }),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = moved {
+            let _ = std::fs::remove_file(&seg_path);
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
+        }
+        storage::sync_dir(&dir)?;
+        self.file = file;
+        self.known_len = encoded.buf.len() as u64;
+        self.chain.frontier = encoded.frontier;
+        self.chain.next_seq = seq + 1;
+        self.chain.last_hash = rec.hash;
+        self.chain.segment_start = seq;
+        self.write_checkpoint()
     }
 
     /// Reads the file from `known_len` to its end, applies every complete
@@ -730,7 +872,7 @@ impl AuditLog {
             return Err(AuditError::Shrunk { path: self.path.clone(), from: self.known_len, to: len });
         }
         let mut off = self.known_len;
-        let mut line_no = self.chain.next_seq;
+        let fresh = self.known_len == 0 && self.chain.next_seq == 0;
         // Read in chunks so a large log does not need to fit in memory twice.
         let mut carry: Vec<u8> = Vec::new();
         while off < len {
@@ -742,15 +884,18 @@ impl AuditLog {
             let mut start = 0;
             while let Some(i) = carry[start..].iter().position(|&b| b == b'\n') {
                 let line = &carry[start..start + i];
-                line_no += 1;
                 observe(&self.chain);
-                let corrupt = |problem: String| AuditError::Corrupt {
-                    path: self.path.clone(),
-                    line: line_no,
-                    seq: line_no - 1,
-                    problem,
-                };
+                let seq = self.chain.next_seq;
+                let line_no = seq.saturating_sub(self.chain.segment_start) + 1;
+                let corrupt =
+                    |problem: String| AuditError::Corrupt { path: self.path.clone(), line: line_no, seq, problem };
                 let rec = Record::parse_line(line).map_err(|e| corrupt(e.to_string()))?;
+                if fresh && self.known_len == 0 && rec.kind == Kind::Segment {
+                    // A rotated live file: the history before it is what its
+                    // first record states (older segments are not read).
+                    self.chain = Chain::before_segment(&rec).map_err(|e| corrupt(e.to_string()))?;
+                    observe(&self.chain);
+                }
                 self.chain.apply(&rec, line).map_err(|e| corrupt(e.to_string()))?;
                 self.known_len += i as u64 + 1;
                 start += i + 1;
@@ -759,8 +904,8 @@ impl AuditLog {
             if carry.len() > MAX_LINE + 1 {
                 return Err(AuditError::Corrupt {
                     path: self.path.clone(),
-                    line: line_no + 1,
-                    seq: line_no,
+                    line: self.chain.next_seq.saturating_sub(self.chain.segment_start) + 1,
+                    seq: self.chain.next_seq,
                     problem: format!("line longer than {MAX_LINE} bytes"),
                 });
             }
@@ -832,4 +977,33 @@ impl Drop for AuditLog {
         }
         self.unlock();
     }
+}
+
+/// Whether `path` (not followed if a symlink) names the file `file` is open on.
+fn same_inode(file: &File, path: &Path, log: &Path) -> Result<bool, AuditError> {
+    use std::os::unix::fs::MetadataExt;
+    let ours = file.metadata().map_err(|e| StorageError::io("stat", log, e))?;
+    Ok(std::fs::symlink_metadata(path).is_ok_and(|m| m.dev() == ours.dev() && m.ino() == ours.ino()))
+}
+
+/// The first line of a file (without its newline), read with a bound.
+fn first_line(file: &File) -> std::io::Result<Vec<u8>> {
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut n = 0;
+    loop {
+        let got = file.read_at(&mut buf[n..], n as u64)?;
+        if got == 0 {
+            break;
+        }
+        n += got;
+        if buf[..n].contains(&b'\n') || n > MAX_LINE {
+            break;
+        }
+        if n == buf.len() {
+            buf.resize((buf.len() * 2).min(MAX_LINE + 1), 0);
+        }
+    }
+    let end = buf[..n].iter().position(|&b| b == b'\n').ok_or(std::io::ErrorKind::UnexpectedEof)?;
+    buf.truncate(end);
+    Ok(buf)
 }
