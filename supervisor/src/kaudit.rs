@@ -126,11 +126,7 @@ pub fn audit_enabled() -> Option<bool> {
         match kind {
             // struct audit_status: mask, enabled, ...
             AUDIT_GET if payload.len() >= 8 => return Some(u32::from_ne_bytes(payload[4..8].try_into().ok()?) != 0),
-            NLMSG_ERROR if payload.len() >= 4 => {
-                if i32::from_ne_bytes(payload[..4].try_into().ok()?) != 0 {
-                    return None;
-                }
-            }
+            NLMSG_ERROR if payload.len() >= 4 && payload[..4] != [0, 0, 0, 0] => return None,
             _ => {}
         }
     }
@@ -257,7 +253,7 @@ pub fn parse(kind: u16, text: &str) -> Option<Report> {
 }
 
 fn unhex(s: &str) -> Option<String> {
-    if s.is_empty() || s.len() % 2 != 0 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+    if s.is_empty() || !s.len().is_multiple_of(2) || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
     }
     let bytes: Option<Vec<u8>> = (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).ok()).collect();
@@ -497,7 +493,7 @@ impl Sink {
 }
 
 fn read_loop(fd: OwnedFd, mut at: Attributor, mut sink: Sink, stop: Arc<AtomicU8>, marker: String) {
-    crate::sys::background_thread(crate::mcp::journal::WRITER_NICE);
+    crate::sys::background_thread();
     use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
     let mut buf = vec![0u8; 16 << 10];
     let mut event: Vec<Report> = Vec::new();

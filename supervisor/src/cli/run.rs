@@ -330,8 +330,9 @@ fn start_gate(
         grants_path,
         asker: crate::gate::default_asker(),
         unix_sockets: session.plan.seccomp.floor.sockets.unix,
+        records_per_target: crate::gate::VERDICT_RECORDS_PER_TARGET,
     };
-    crate::gate::start(setup, ctx, evidence)
+    crate::gate::start(setup, ctx, Some(evidence))
 }
 
 /// Why spawn failed: a setup step the stage reported, or exec's own error.

@@ -36,14 +36,36 @@ fn stats(mut v: Vec<u64>) -> Stats {
     Stats { p50: at(0.5), p99: at(0.99), mean }
 }
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct GateBench {
     pub bare_getppid: Stats,
     pub floor: Stats,
     pub gate: Stats,
     pub open_bare: Stats,
     pub open_gate: Stats,
+    /// getppid denied by a rule (policy-decided), back to back: audit off,
+    /// and audit on as shipped (the first 3 per target recorded, the rest counted).
+    pub deny_audit_off: Stats,
+    pub deny_audit_on: Stats,
+    /// The same denial with every one recorded (signed, group-committed),
+    /// at steady rates: one row per [`PACES`].
+    pub paced: Vec<Paced>,
 }
+
+/// One steady rate of recorded denials, audit off and on.
+#[derive(Clone, Copy, Debug)]
+pub struct Paced {
+    /// One call every this many nanoseconds.
+    pub every_ns: u64,
+    pub audit_off: Stats,
+    pub audit_on: Stats,
+    /// Records the audit-on run wrote.
+    pub records: u64,
+}
+
+/// (interval, calls): 1,000 recorded denials a second (a busy sandbox), and
+/// 20,000 (a stress rate, half of what one signing core sustains here).
+pub const PACES: [(u64, usize); 2] = [(1_000_000, 3_000), (50_000, 20_000)];
 
 struct Never;
 
@@ -91,6 +113,10 @@ pub fn measure(iters: usize, dir: &Path) -> Result<GateBench, Failure> {
         default_timeout_ms: 1000,
     };
     let prog = notify_program(&notify_set(&plan));
+    let deny_plan = GatePlan {
+        rules: vec![rule(Access::Syscall, Target::Syscall { name: "getppid".into(), nr: nr_getppid }, true)],
+        default_timeout_ms: 1000,
+    };
 
     let (floor_ours, floor_theirs) = pair()?;
     let (gate_ours, gate_theirs) = pair()?;
@@ -101,6 +127,17 @@ pub fn measure(iters: usize, dir: &Path) -> Result<GateBench, Failure> {
     let open_bare_w = fork_worker(None, Work::OpenAppend(file_c.clone()), iters).map_err(|e| fail(&e))?;
     let open_gate_w =
         fork_worker(Some((&prog, &open_theirs)), Work::OpenAppend(file_c), iters).map_err(|e| fail(&e))?;
+    let mut deny_ours = Vec::new();
+    let mut deny_workers = Vec::new();
+    let mut works = vec![(Work::Getppid, iters), (Work::Getppid, iters)];
+    for (every, n) in PACES {
+        works.extend([(Work::GetppidEvery(every), n), (Work::GetppidEvery(every), n)]);
+    }
+    for (work, n) in works {
+        let (ours, theirs) = pair()?;
+        deny_workers.push(fork_worker(Some((&prog, &theirs)), work, n).map_err(|e| fail(&e))?);
+        deny_ours.push(ours);
+    }
     drop((floor_theirs, gate_theirs, open_theirs));
 
     let bare_getppid = stats(bare_ppid.run().map_err(|e| fail(&e))?);
@@ -127,7 +164,12 @@ pub fn measure(iters: usize, dir: &Path) -> Result<GateBench, Failure> {
     let _ = responder.join();
 
     let audit = AuditPaths { log: dir.join("audit/audit.log"), key: dir.join("audit/audit.key"), syslog: None };
-    let start = |sock: OwnedFd, session: &str| -> Result<super::Running, Failure> {
+    let start_with = |sock: OwnedFd,
+                      session: &str,
+                      plan: &GatePlan,
+                      audit_on: bool,
+                      records_per_target: u32|
+     -> Result<super::Running, Failure> {
         let mut grants = Grants::default();
         grants.insert(&Grant {
             id: "bench".into(),
@@ -141,6 +183,7 @@ pub fn measure(iters: usize, dir: &Path) -> Result<GateBench, Failure> {
         });
         let ctx = Context {
             plan: plan.clone(),
+            records_per_target,
             profile: "bench".into(),
             session: session.into(),
             argv: vec!["bench".into()],
@@ -149,8 +192,11 @@ pub fn measure(iters: usize, dir: &Path) -> Result<GateBench, Failure> {
             asker: Box::new(Never),
             unix_sockets: false,
         };
-        super::start(Setup { sock, ruleset: None }, ctx, Evidence::open(&audit, session)?)
+        let evidence = if audit_on { Some(Evidence::open(&audit, session)?) } else { None };
+        super::start(Setup { sock, ruleset: None }, ctx, evidence)
     };
+    let start =
+        |sock: OwnedFd, session: &str| start_with(sock, session, &plan, true, super::VERDICT_RECORDS_PER_TARGET);
     let g = start(gate_ours, "bench-getppid")?;
     let gate = stats(gate_w.run().map_err(|e| fail(&e))?);
     g.finish();
@@ -158,5 +204,43 @@ pub fn measure(iters: usize, dir: &Path) -> Result<GateBench, Failure> {
     let g = start(open_ours, "bench-open")?;
     let open_gate = stats(open_gate_w.run().map_err(|e| fail(&e))?);
     g.finish();
-    Ok(GateBench { bare_getppid, floor, gate, open_bare, open_gate })
+
+    // Audit off against audit on, for a verdict the policy decides and records.
+    let mut settings = vec![(false, super::VERDICT_RECORDS_PER_TARGET), (true, super::VERDICT_RECORDS_PER_TARGET)];
+    for _ in PACES {
+        settings.extend([(false, u32::MAX), (true, u32::MAX)]);
+    }
+    let count = || audit::records(&audit.log).map(|r| r.count() as u64).unwrap_or(0);
+    let mut rows = Vec::new();
+    let mut written = Vec::new();
+    for (i, ((sock, worker), (audit_on, per_target))) in
+        deny_ours.into_iter().zip(deny_workers).zip(settings).enumerate()
+    {
+        let before = count();
+        let plan = &deny_plan;
+        let g = start_with(sock, &format!("bench-deny-{i}"), plan, audit_on, per_target)?;
+        rows.push(stats(worker.run().map_err(|e| fail(&e))?));
+        g.finish();
+        written.push(count() - before);
+    }
+    let paced = PACES
+        .iter()
+        .enumerate()
+        .map(|(k, (every_ns, _))| Paced {
+            every_ns: *every_ns,
+            audit_off: rows[2 + 2 * k],
+            audit_on: rows[3 + 2 * k],
+            records: written[3 + 2 * k],
+        })
+        .collect();
+    Ok(GateBench {
+        bare_getppid,
+        floor,
+        gate,
+        open_bare,
+        open_gate,
+        deny_audit_off: rows[0],
+        deny_audit_on: rows[1],
+        paced,
+    })
 }

@@ -39,7 +39,7 @@ use crate::sys::notify::{self, Notif};
 /// Distinct asks one sandbox may have waiting; beyond, new ones are denied.
 pub const MAX_PENDING: usize = 64;
 /// Denials of one target recorded in the audit log before the rest are counted.
-const VERDICT_RECORDS_PER_TARGET: u32 = 3;
+pub const VERDICT_RECORDS_PER_TARGET: u32 = 3;
 
 /// Who answers an ask: the broker client (or a stand-in in tests).
 pub trait Asker: Send + Sync {
@@ -76,6 +76,9 @@ pub struct Context {
     pub asker: Box<dyn Asker>,
     /// The profile allows AF_UNIX sockets (`[ipc] unix`).
     pub unix_sockets: bool,
+    /// Denials recorded per target before the rest are only counted
+    /// ([`VERDICT_RECORDS_PER_TARGET`]; the benchmark records every one).
+    pub records_per_target: u32,
 }
 
 /// How a parked syscall is answered.
@@ -186,11 +189,18 @@ pub struct Shared {
     /// The sandbox's ruleset, for threads confined apart from the hands.
     ruleset: Option<OwnedFd>,
     grants: Mutex<Grants>,
-    evidence: Journal,
+    evidence: Arc<Journal>,
     /// Pending asks by key: the notifications waiting on one answer.
     pending: Mutex<HashMap<String, Vec<(Notif, Op)>>>,
     /// Denials per target (audit rate limit).
     denials: Mutex<HashMap<String, u32>>,
+}
+
+impl Drop for Shared {
+    /// A gate dropped without `finish` (an error path) still commits its records.
+    fn drop(&mut self) {
+        self.evidence.close();
+    }
 }
 
 impl Shared {
@@ -300,7 +310,7 @@ impl Shared {
             *c += 1;
             *c
         };
-        if count > VERDICT_RECORDS_PER_TARGET {
+        if count > self.ctx.records_per_target {
             return;
         }
         self.evidence.record(
@@ -318,8 +328,9 @@ impl Shared {
                 self.send(&n, reply);
             }
             Outcome::Deny => {
-                self.record_denial(&n, &op, &d.reason);
+                // A denial acts on nothing: answer first, then keep the record.
                 self.send(&n, Reply::Errno(deny_errno(&op)));
+                self.record_denial(&n, &op, &d.reason);
             }
             Outcome::Ask => self.park(n, op, d),
         }
@@ -339,14 +350,14 @@ impl Shared {
                     return;
                 }
                 drop(pending);
-                self.record_denial(&n, &op, "too many identical requests waiting");
                 self.send(&n, Reply::Errno(libc::EAGAIN));
+                self.record_denial(&n, &op, "too many identical requests waiting");
                 return;
             }
             if pending.len() >= MAX_PENDING {
                 drop(pending);
-                self.record_denial(&n, &op, "too many requests waiting for an answer");
                 self.send(&n, Reply::Errno(deny_errno(&op)));
+                self.record_denial(&n, &op, "too many requests waiting for an answer");
                 return;
             }
             let req = AskRequest {
@@ -503,7 +514,9 @@ pub struct Running {
 
 /// Starts the hands (confined before anything runs) and the server, which
 /// waits for the listener from the exec stage. Call before spawning.
-pub fn start(setup: Setup, ctx: Context, evidence: Evidence) -> Result<Running, Failure> {
+/// Starts serving. `evidence` None records nothing (the benchmark's "audit
+/// off" row) and so refuses every ask: nothing is acted on unrecorded.
+pub fn start(setup: Setup, ctx: Context, evidence: Option<Evidence>) -> Result<Running, Failure> {
     let ruleset = match &setup.ruleset {
         Some(r) => Some(r.try_clone().map_err(|e| Failure::setup(format!("gate: cannot duplicate the ruleset: {e}")))?),
         None => None,
@@ -556,89 +569,165 @@ impl Running {
         }
         let Some(shared) = self.shared.lock().unwrap_or_else(|p| p.into_inner()).take() else { return };
         let denials = shared.denials.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        let suppressed: u32 = denials.values().map(|c| c.saturating_sub(VERDICT_RECORDS_PER_TARGET)).sum();
+        let per_target = shared.ctx.records_per_target;
+        let suppressed: u32 = denials.values().map(|c| c.saturating_sub(per_target)).sum();
         let dropped = shared.evidence.dropped.load(std::sync::atomic::Ordering::Relaxed);
         if suppressed > 0 || dropped > 0 {
             let mut top: Vec<(&String, &u32)> = denials.iter().collect();
             top.sort_by(|a, b| b.1.cmp(a.1));
             top.truncate(20);
-            shared.evidence.record(
-                Kind::Verdict,
-                json!({
-                    "verdict": "deny", "summary": true, "unrecorded_denials": suppressed,
-                    "records_dropped_in_flood": dropped, "most_denied": top,
-                }),
-            );
+            // Durable, so never turned away by a queue a flood filled.
+            let summary = json!({
+                "verdict": "deny", "summary": true, "unrecorded_denials": suppressed,
+                "records_dropped_in_flood": dropped, "most_denied": top,
+            });
+            if let Err(f) = shared.evidence.record_durable(Kind::Verdict, summary) {
+                eprintln!("portcullis: gate: {}", f.message);
+            }
         }
         shared.evidence.close();
     }
 }
 
-/// The gate's audit writer: records go through a channel to one thread, so
-/// no notification waits on the log's lock unless it must ("log before act").
+/// The gate's audit writer: records go to one thread, so no notification
+/// waits on the log's lock unless it must ("log before act").
+///
+/// A record costs the deciding thread a push onto a buffer under a mutex.
+/// The writer is woken only when the buffer turns non-empty, then lingers
+/// [`LINGER`] to let more arrive, and writes and fsyncs them in one group
+/// commit: a burst of denials wakes it once, not once per record. A durable
+/// record (an answer a person gave) is written at once, without lingering.
 struct Journal {
-    tx: Mutex<Option<mpsc::SyncSender<JournalMsg>>>,
+    queue: Mutex<Queue>,
+    wake: std::sync::Condvar,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
     /// Records the full queue turned away (a flood); reported at exit.
     dropped: std::sync::atomic::AtomicU64,
 }
 
+#[derive(Default)]
+struct Queue {
+    items: Vec<JournalMsg>,
+    /// Some records ask to be durable before their sender goes on.
+    durable: bool,
+    closed: bool,
+    /// No writer (the benchmark's audit-off row): records vanish, asks fail.
+    absent: bool,
+}
+
 type JournalMsg = (Kind, serde_json::Value, Option<mpsc::SyncSender<Result<(), String>>>);
 
+/// Records waiting for the writer; beyond, denials are counted, not queued.
+const JOURNAL_QUEUE: usize = 4096;
+/// How long the writer collects before a group commit.
+const LINGER: Duration = Duration::from_millis(2);
+
 impl Journal {
-    fn start(mut ev: Evidence) -> Result<Journal, Failure> {
-        let (tx, rx) = mpsc::sync_channel::<JournalMsg>(4096);
+    fn start(ev: Option<Evidence>) -> Result<Arc<Journal>, Failure> {
+        let journal = Arc::new(Journal {
+            queue: Mutex::new(Queue { absent: ev.is_none(), ..Queue::default() }),
+            wake: std::sync::Condvar::new(),
+            writer: Mutex::new(None),
+            dropped: Default::default(),
+        });
+        let Some(ev) = ev else { return Ok(journal) };
+        let j = Arc::clone(&journal);
         let writer = std::thread::Builder::new()
             .name("gate-audit".into())
-            .spawn(move || {
-                crate::sys::background_thread(crate::mcp::journal::WRITER_NICE);
-                for (kind, body, ack) in rx {
-                    let r = ev.record(kind, body);
-                    let r = match ack {
-                        Some(ack) => {
-                            let r = r.and_then(|()| ev.commit()).map_err(|f| f.message);
-                            let _ = ack.send(r);
-                            continue;
-                        }
-                        None => r,
-                    };
-                    if let Err(f) = r {
-                        eprintln!("portcullis: gate: {}", f.message);
-                    }
-                }
-                // The run's exit record and checkpoint come after this.
-                if let Err(f) = ev.release() {
-                    eprintln!("portcullis: gate: {}", f.message);
-                }
-            })
+            .spawn(move || j.write_loop(ev))
             .map_err(|e| Failure::setup(format!("gate: cannot start a thread: {e}")))?;
-        Ok(Journal { tx: Mutex::new(Some(tx)), writer: Mutex::new(Some(writer)), dropped: Default::default() })
+        *journal.writer.lock().unwrap_or_else(|p| p.into_inner()) = Some(writer);
+        Ok(journal)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write_loop(&self, mut ev: Evidence) {
+        crate::sys::background_thread();
+        loop {
+            let mut q = self.lock();
+            while q.items.is_empty() && !q.closed {
+                q = self.wake.wait(q).unwrap_or_else(|p| p.into_inner());
+            }
+            if q.items.is_empty() && q.closed {
+                break;
+            }
+            if !q.durable && !q.closed {
+                drop(q);
+                std::thread::sleep(LINGER);
+                q = self.lock();
+            }
+            let batch = std::mem::take(&mut q.items);
+            q.durable = false;
+            drop(q);
+            let mut acks = Vec::new();
+            let mut result = Ok(());
+            for (kind, body, ack) in batch {
+                if result.is_ok() {
+                    result = ev.record(kind, body);
+                }
+                acks.extend(ack);
+            }
+            let result = result.and_then(|()| ev.commit()).map_err(|f| f.message);
+            if let Err(m) = &result {
+                eprintln!("portcullis: gate: {m}");
+            }
+            for ack in acks {
+                let _ = ack.send(result.clone());
+            }
+        }
+        // The run's exit record and checkpoint come after this.
+        if let Err(f) = ev.release() {
+            eprintln!("portcullis: gate: {}", f.message);
+        }
     }
 
     /// Queues a record (group-committed). A full queue drops it: a flood of
     /// denials must not stall the sandbox; the summary at exit counts them.
     fn record(&self, kind: Kind, body: serde_json::Value) {
-        if let Some(tx) = self.tx.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
-            if tx.try_send((kind, body, None)).is_err() {
-                self.dropped.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            }
+        let mut q = self.lock();
+        if q.absent || q.closed {
+            return;
+        }
+        if q.items.len() >= JOURNAL_QUEUE {
+            drop(q);
+            self.dropped.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return;
+        }
+        let first = q.items.is_empty();
+        q.items.push((kind, body, None));
+        drop(q);
+        if first {
+            self.wake.notify_one();
         }
     }
 
     /// Appends and fsyncs; returns once the record is durable.
     fn record_durable(&self, kind: Kind, body: serde_json::Value) -> Result<(), Failure> {
         let (ack, done) = mpsc::sync_channel(1);
-        let tx = self.tx.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        let sent = tx.is_some_and(|tx| tx.send((kind, body, Some(ack))).is_ok());
-        match (sent, done.recv()) {
-            (true, Ok(Ok(()))) => Ok(()),
-            (true, Ok(Err(m))) => Err(Failure::setup(m)),
-            _ => Err(Failure::setup("gate: the audit writer is gone")),
+        {
+            let mut q = self.lock();
+            if q.absent || q.closed {
+                return Err(Failure::setup("gate: no audit log to record the answer in"));
+            }
+            // Never dropped: the asker waits, so the queue stays bounded by
+            // the number of asks in flight (MAX_PENDING).
+            q.items.push((kind, body, Some(ack)));
+            q.durable = true;
+        }
+        self.wake.notify_one();
+        match done.recv() {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(m)) => Err(Failure::setup(m)),
+            Err(_) => Err(Failure::setup("gate: the audit writer is gone")),
         }
     }
 
     fn close(&self) {
-        self.tx.lock().unwrap_or_else(|p| p.into_inner()).take();
+        self.lock().closed = true;
+        self.wake.notify_one();
         if let Some(w) = self.writer.lock().unwrap_or_else(|p| p.into_inner()).take() {
             let _ = w.join();
         }

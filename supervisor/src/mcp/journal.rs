@@ -77,12 +77,8 @@ impl Drop for Journal {
     }
 }
 
-/// The writer's nice value: signing and fsync yield the CPU to the proxy
-/// threads a client waits on (see crate::sys::background_thread).
-pub const WRITER_NICE: i32 = 10;
-
 fn write_loop(mut log: AuditLog, rx: Receiver<Value>, healthy: Arc<AtomicBool>) {
-    crate::sys::background_thread(WRITER_NICE);
+    crate::sys::background_thread();
     let fail = |e: &dyn std::fmt::Display| {
         if healthy.swap(false, Ordering::AcqRel) {
             eprintln!("portcullis: mcp: audit log write failed: {e}; refusing further tool calls");

@@ -11,6 +11,9 @@ use super::stage::Insn;
 /// What the worker times.
 pub enum Work {
     Getppid,
+    /// getppid, one call every this many nanoseconds (a steady rate the
+    /// audit writer can keep up with, instead of back to back).
+    GetppidEvery(u64),
     /// open(path, O_WRONLY|O_APPEND) + close.
     OpenAppend(CString),
 }
@@ -70,8 +73,13 @@ pub fn fork_worker(filter: Option<(&[Insn], &OwnedFd)>, work: Work, iters: usize
         if libc::read(go_r.as_raw_fd(), b.as_mut_ptr().cast(), 1) != 1 {
             libc::_exit(1);
         }
+        let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+        let now = |ts: &mut libc::timespec| {
+            libc::clock_gettime(libc::CLOCK_MONOTONIC, ts);
+            ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+        };
         let op = || match &work {
-            Work::Getppid => {
+            Work::Getppid | Work::GetppidEvery(_) => {
                 libc::getppid();
             }
             Work::OpenAppend(p) => {
@@ -84,12 +92,23 @@ pub fn fork_worker(filter: Option<(&[Insn], &OwnedFd)>, work: Work, iters: usize
         for _ in 0..iters / 10 {
             op();
         }
-        let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-        let now = |ts: &mut libc::timespec| {
-            libc::clock_gettime(libc::CLOCK_MONOTONIC, ts);
-            ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+        let gap = match &work {
+            Work::GetppidEvery(gap) => *gap,
+            _ => 0,
         };
+        let mut next = 0u64;
         for _ in 0..iters {
+            if gap > 0 {
+                // Sleep to the next deadline (an open-loop load: the caller
+                // does not hog a core between calls).
+                let now_ns = now(&mut ts);
+                next = if next == 0 { now_ns } else { next + gap };
+                let deadline = libc::timespec {
+                    tv_sec: (next / 1_000_000_000) as libc::time_t,
+                    tv_nsec: (next % 1_000_000_000) as libc::c_long,
+                };
+                libc::clock_nanosleep(libc::CLOCK_MONOTONIC, libc::TIMER_ABSTIME, &deadline, std::ptr::null_mut());
+            }
             let t0 = now(&mut ts);
             op();
             times.push(now(&mut ts) - t0);

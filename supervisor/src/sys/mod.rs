@@ -44,14 +44,17 @@ pub(crate) fn clear_capabilities() -> Result<(), i32> {
     Ok(())
 }
 
-/// Lowers the calling thread's CPU priority to nice `nice` (Linux keeps a
-/// nice value per thread). For the audit writers: signing and fsync are
-/// background work that must not take the CPU from the path a sandboxed
-/// call waits on; a full queue still makes that path wait (bounded memory).
-pub fn background_thread(nice: i32) {
-    // SAFETY: gettid and setpriority take and return plain integers.
+/// Moves the calling thread to SCHED_IDLE (a per-thread attribute on
+/// Linux). For the audit writers and signers: signing and fsync are
+/// background work, and a thread a sandboxed call waits on must preempt them
+/// at once when it wakes, which the kernel guarantees only against
+/// SCHED_IDLE (a nice-10 thread may finish its slice first). They still get
+/// the CPU whenever it is idle, and a small share when it is not; if they
+/// fall behind, their bounded queues make the callers wait or count drops.
+pub fn background_thread() {
+    // SAFETY: sched_setscheduler reads a live sched_param; tid 0 is the caller.
     unsafe {
-        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
-        libc::setpriority(libc::PRIO_PROCESS, tid, nice);
+        let param = libc::sched_param { sched_priority: 0 };
+        libc::sched_setscheduler(0, libc::SCHED_IDLE, &param);
     }
 }
