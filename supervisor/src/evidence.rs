@@ -21,7 +21,13 @@ pub struct AuditPaths {
     pub key: PathBuf,
     /// Forward each record to this syslog datagram socket as well.
     pub syslog: Option<PathBuf>,
+    /// Rotate the live file at this size (None: never).
+    pub rotate_bytes: Option<u64>,
 }
+
+/// The live log file's size at which a run starts a new one, unless
+/// `--audit-rotate-size` or `$PORTCULLIS_AUDIT_ROTATE_SIZE` says otherwise.
+pub const DEFAULT_ROTATE_BYTES: u64 = 64 << 20;
 
 impl AuditPaths {
     /// `--audit-log`/`--audit-key`, else `$PORTCULLIS_AUDIT_LOG` /
@@ -40,7 +46,26 @@ impl AuditPaths {
             Some(p) => absolute(p)?,
             None => audit::location::default_key_path().map_err(|e| fail(&e))?,
         };
-        Ok(AuditPaths { log, key, syslog: syslog.map(Path::to_path_buf) })
+        Ok(AuditPaths { log, key, syslog: syslog.map(Path::to_path_buf), rotate_bytes: Some(DEFAULT_ROTATE_BYTES) })
+    }
+
+    /// `--audit-rotate-size`, else `$PORTCULLIS_AUDIT_ROTATE_SIZE`, else the
+    /// default; `0` turns rotation off.
+    pub fn set_rotate_size(&mut self, flag: Option<&str>) -> Result<(), Failure> {
+        let env = std::env::var("PORTCULLIS_AUDIT_ROTATE_SIZE").ok();
+        let (text, from) = match (flag, env.as_deref()) {
+            (Some(f), _) => (f, "--audit-rotate-size"),
+            (None, Some(e)) => (e, "PORTCULLIS_AUDIT_ROTATE_SIZE"),
+            (None, None) => return Ok(()),
+        };
+        let bytes = policy::size::parse(text).map_err(|m| Failure::setup(format!("{from} {text:?}: {m}")))?;
+        self.rotate_bytes = (bytes > 0).then_some(bytes);
+        Ok(())
+    }
+
+    /// How a run's handles open the log.
+    pub fn log_options(&self, session: &str) -> LogOptions {
+        LogOptions { session: Some(session.to_string()), rotate_bytes: self.rotate_bytes, ..LogOptions::default() }
     }
 
     /// Refuses when a Landlock rule of the plan would let the sandbox reach
@@ -129,8 +154,7 @@ impl Evidence {
             create_private_dir(dir).map_err(|e| fail("log directory", &e))?;
         }
         let (key, _created) = audit::key::load_or_create(&paths.key).map_err(|e| fail("key", &e))?;
-        let opts = LogOptions { session: Some(session.to_string()), ..LogOptions::default() };
-        let log = AuditLog::open_with(&paths.log, key, opts).map_err(|e| fail("log", &e))?;
+        let log = AuditLog::open_with(&paths.log, key, paths.log_options(session)).map_err(|e| fail("log", &e))?;
         let syslog = match &paths.syslog {
             Some(p) => Some(Syslog {
                 socket: std::os::unix::net::UnixDatagram::unbound().map_err(|e| fail("syslog socket", &e))?,

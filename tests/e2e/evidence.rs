@@ -184,3 +184,75 @@ fn unprivileged_runs_say_kernel_denials_are_invisible() {
     let doctor = sb.run(&["doctor"]);
     assert!(doctor.stdout.contains("invisible: "), "{}", doctor.stdout);
 }
+
+/// A log rotated by size keeps one chain: every file verifies together, the
+/// readers see all records, `tail -f` follows into the new file, and a
+/// missing middle file is reported.
+#[test]
+fn rotation_by_size_keeps_one_chain_across_files() {
+    let sb = Sandbox::new("rotate", As::Caller);
+    let (log, key) = audit_flags(&sb);
+    let flags = ["--audit-log", log.as_str(), "--audit-key", key.as_str(), "--audit-rotate-size", "2K"];
+    // A first run creates the log; then follow it while more runs rotate it.
+    let r = sb.probe(&flags, &["pid"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let mut tail = sb
+        .portcullis(&["audit", "tail", "-f", "-n", "0", "--log", &log, "--key", &key])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let mut sessions = Vec::new();
+    for _ in 0..6 {
+        let r = sb.probe(&flags, &["pid"]);
+        assert_eq!(r.code, 0, "{}", r.stderr);
+    }
+    let list = sb.run(&["audit", "list", "--log", &log, "--key", &key, "--json"]);
+    assert_eq!(list.code, 0, "{}", list.stderr);
+    let records: Vec<serde_json::Value> = list.stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    for (i, r) in records.iter().enumerate() {
+        assert_eq!(r["seq"].as_u64(), Some(i as u64), "one gapless chain across files: {}", list.stdout);
+        if r["kind"] == "exit" {
+            sessions.push(r["session"].as_str().unwrap().to_string());
+        }
+    }
+    assert_eq!(sessions.len(), 7, "every run's exit record is listed");
+    assert!(records.iter().any(|r| r["kind"] == "segment"), "a continuation record starts each new file");
+    let dir = sb.root.join("audit");
+    let mut segments: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.strip_prefix("audit.log.").is_some_and(|rest| rest.bytes().all(|b| b.is_ascii_digit())))
+        .collect();
+    segments.sort();
+    assert!(segments.len() >= 2, "rotated at 2 KiB: {segments:?}");
+    let v = sb.run(&["audit", "verify", "--log", &log, "--key", &key]);
+    assert_eq!(v.code, 0, "{} {}", v.stdout, v.stderr);
+    assert!(v.stdout.contains("files"), "{}", v.stdout);
+    // tail -f followed the live file through the rotations.
+    std::thread::sleep(std::time::Duration::from_millis(800));
+    let _ = tail.kill();
+    let out = tail.wait_with_output().unwrap();
+    let followed = String::from_utf8_lossy(&out.stdout);
+    let last = sessions.last().unwrap();
+    assert!(followed.contains(last.as_str()), "tail -f saw the last run ({last}) after rotating:\n{followed}");
+    // Archiving the oldest file on purpose: only `--retained` accepts it.
+    let oldest = dir.join(&segments[0]);
+    let archived = sb.root.join("archived");
+    std::fs::rename(&oldest, &archived).unwrap();
+    let v = sb.run(&["audit", "verify", "--log", &log, "--key", &key]);
+    assert_ne!(v.code, 0, "a missing file must not verify: {}", v.stdout);
+    let v = sb.run(&["audit", "verify", "--retained", "--log", &log, "--key", &key]);
+    assert_eq!(v.code, 0, "{} {}", v.stdout, v.stderr);
+    // A missing file in the middle is reported whatever the mode.
+    std::fs::rename(&archived, &oldest).unwrap();
+    std::fs::remove_file(dir.join(&segments[1])).unwrap();
+    for extra in [&[][..], &["--retained"][..]] {
+        let mut args = vec!["audit", "verify", "--log", &log, "--key", &key];
+        args.extend_from_slice(extra);
+        let v = sb.run(&args);
+        assert_ne!(v.code, 0, "{extra:?}: {}", v.stdout);
+        assert!(v.stderr.contains("does not verify"), "{}", v.stderr);
+    }
+}

@@ -45,6 +45,10 @@ pub enum AuditCmd {
         /// Check signatures one by one with strict verification instead of in batches.
         #[arg(long)]
         strict: bool,
+        /// Older rotated files were archived on purpose: verify from the
+        /// oldest file present (its first record states the history before it).
+        #[arg(long)]
+        retained: bool,
         #[command(flatten)]
         paths: PathArgs,
     },
@@ -164,8 +168,8 @@ fn setup(e: impl std::fmt::Display) -> Failure {
 
 pub fn audit(cmd: AuditCmd) -> Result<i32, Failure> {
     match cmd {
-        AuditCmd::Verify { log_arg, checkpoint, pubkey, strict, paths } => {
-            verify(log_arg, checkpoint, pubkey, strict, &paths)
+        AuditCmd::Verify { log_arg, checkpoint, pubkey, strict, retained, paths } => {
+            verify(log_arg, checkpoint, pubkey, strict, retained, &paths)
         }
         AuditCmd::List { kind, session, since, denied, json, paths } => {
             let kind = match kind {
@@ -228,6 +232,7 @@ fn verify(
     checkpoint: Option<PathBuf>,
     pubkey: Option<String>,
     strict: bool,
+    retained: bool,
     paths: &PathArgs,
 ) -> Result<i32, Failure> {
     let log = match log_arg {
@@ -237,9 +242,14 @@ fn verify(
     let checkpoint = checkpoint.or_else(|| Some(location::checkpoint_path(&log)).filter(|p| p.exists()));
     let trusted = trusted_key(pubkey, paths, &log)?;
     let opts = VerifyOptions { checkpoint: checkpoint.clone(), trusted_key: trusted.as_ref().map(|t| t.0), strict };
-    match audit::verify_with(&log, &opts) {
+    let history = if retained { audit::History::Retained } else { audit::History::Complete };
+    match audit::verify_history(&log, &opts, history) {
         Ok(r) => {
-            say!("ok: {} records, seq 0..={} verified ({})", r.records, r.records - 1, log.display());
+            let last = (r.first_seq + r.records).saturating_sub(1);
+            say!("ok: {} records, seq {}..={last} verified ({})", r.records, r.first_seq, log.display());
+            if r.files.len() > 1 {
+                say!("  files       {} (rotated by size; oldest first)", r.files.len());
+            }
             say!("  origin      {}", display_safe(&r.origin));
             say!("  root        {}", audit::merkle::to_hex(&r.root));
             for e in &r.keys {
@@ -391,6 +401,20 @@ fn tail(log: &Path, follow: bool, n: usize) -> Result<i32, Failure> {
             return Err(failed(format!("{} shrank from {offset} to {len} bytes: truncated", log.display())));
         }
         if len == offset {
+            // Rotated: the path now names a new live file, and the one we
+            // hold (read to its end) lives on as a segment. Go on there.
+            use std::os::unix::fs::MetadataExt;
+            let ours = file.metadata().map_err(|e| setup(format!("{}: {e}", log.display())))?;
+            if let Ok(now) = std::fs::metadata(log) {
+                if (now.dev(), now.ino()) != (ours.dev(), ours.ino()) {
+                    if !partial.is_empty() {
+                        eprintln!("portcullis: warning: the rotated file ended in a torn line");
+                        partial.clear();
+                    }
+                    file = audit::storage::open_read(log).map_err(setup)?;
+                    offset = 0;
+                }
+            }
             continue;
         }
         let mut buf = Vec::new();

@@ -189,6 +189,11 @@ pub struct SandboxArgs {
     /// too), or to the datagram socket at PATH.
     #[arg(long, value_name = "PATH", num_args = 0..=1, default_missing_value = "/dev/log")]
     pub syslog: Option<PathBuf>,
+    /// Start a new log file once the live one reaches SIZE (e.g. 64M; `0`
+    /// never). The old file keeps its records as `<log>.<first seq>` and the
+    /// chain continues across files (default: $PORTCULLIS_AUDIT_ROTATE_SIZE, else 64M).
+    #[arg(long, value_name = "SIZE")]
+    pub audit_rotate_size: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -236,6 +241,7 @@ impl SandboxArgs {
             audit_log: None,
             audit_key: None,
             syslog: None,
+            audit_rotate_size: None,
         }
     }
 

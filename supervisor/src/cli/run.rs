@@ -58,7 +58,9 @@ impl Session {
             }
         };
         let path_var = std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
-        let audit = AuditPaths::resolve(args.audit_log.as_deref(), args.audit_key.as_deref(), args.syslog.as_deref())?;
+        let mut audit =
+            AuditPaths::resolve(args.audit_log.as_deref(), args.audit_key.as_deref(), args.syslog.as_deref())?;
+        audit.set_rotate_size(args.audit_rotate_size.as_deref())?;
         Ok(Session { id, features, plan, tmp, path_var, workspace, audit })
     }
 

@@ -163,7 +163,12 @@ pub fn measure(iters: usize, dir: &Path) -> Result<GateBench, Failure> {
     let floor = stats(floor_w.run().map_err(|e| fail(&e))?);
     let _ = responder.join();
 
-    let audit = AuditPaths { log: dir.join("audit/audit.log"), key: dir.join("audit/audit.key"), syslog: None };
+    let audit = AuditPaths {
+        log: dir.join("audit/audit.log"),
+        key: dir.join("audit/audit.key"),
+        syslog: None,
+        rotate_bytes: None,
+    };
     let start_with = |sock: OwnedFd,
                       session: &str,
                       plan: &GatePlan,

@@ -73,8 +73,7 @@ pub fn open(plan: &policy::Plan, audit: &AuditPaths, session: &str, argv: &[Stri
         create_private_dir(dir).map_err(|e| fail("directory", &e))?;
     }
     let (key, _) = audit::key::load_or_create(&audit.key).map_err(|e| fail("key", &e))?;
-    let opts = audit::LogOptions { session: Some(session.to_string()), ..audit::LogOptions::default() };
-    let log = audit::AuditLog::open_with(&audit.log, key, opts).map_err(|e| fail("log", &e))?;
+    let log = audit::AuditLog::open_with(&audit.log, key, audit.log_options(session)).map_err(|e| fail("log", &e))?;
     Ok(Prepared {
         plan: plan.mcp.clone(),
         profile: plan.profile.clone(),
