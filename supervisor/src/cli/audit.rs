@@ -604,7 +604,14 @@ mod tests {
     }
 
     fn verify_cmd(t: &Tmp) -> AuditCmd {
-        AuditCmd::Verify { log_arg: None, checkpoint: None, pubkey: None, strict: false, paths: paths(t) }
+        AuditCmd::Verify {
+            log_arg: None,
+            checkpoint: None,
+            pubkey: None,
+            strict: false,
+            retained: false,
+            paths: paths(t),
+        }
     }
 
     #[test]
