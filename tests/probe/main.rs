@@ -435,6 +435,31 @@ fn main() {
                 }
                 println!("ns {}", t.elapsed().as_nanos() / n as u128);
             }
+            "loop-open-landlock" => {
+                // The kernel's own floor: one Landlock layer with a single
+                // rule (every right beneath DIR), nothing else; then loop-open.
+                use landlock::{path_beneath_rules, Access, AccessFs, Ruleset, RulesetAttr, RulesetCreatedAttr, ABI};
+                let abi = ABI::V5;
+                let status = Ruleset::default()
+                    .handle_access(AccessFs::from_all(abi))
+                    .and_then(|r| r.create())
+                    .and_then(|r| r.add_rules(path_beneath_rules([a(1)], AccessFs::from_all(abi))))
+                    .and_then(|r| r.restrict_self());
+                if let Err(e) = status {
+                    eprintln!("probe: landlock: {e}");
+                    std::process::exit(2);
+                }
+                let path = c(a(2));
+                let n = num(a(3));
+                let mut buf = [0u8; 4096];
+                let t = std::time::Instant::now();
+                for _ in 0..n {
+                    let fd = libc::open(path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC);
+                    libc::read(fd, buf.as_mut_ptr().cast(), buf.len());
+                    libc::close(fd);
+                }
+                println!("ns {}", t.elapsed().as_nanos() / n as u128);
+            }
             "loop-getppid" => {
                 let n = num(a(1));
                 let t = std::time::Instant::now();
