@@ -296,8 +296,13 @@ impl Attributor {
         for r in reports.iter().filter(|r| r.kind == AUDIT_LANDLOCK_ACCESS) {
             let Some(domain) = r.get("domain") else { continue };
             if r.get("path") == Some(self.canary.as_str()) {
-                self.tally.domains.insert(domain.to_string());
-                self.tally.canary_seen = true;
+                // Only the first: the sandbox opens the canary before its
+                // command runs; a later report naming it (another sandbox
+                // that guessed the path) must not make its domain ours.
+                if !self.tally.canary_seen {
+                    self.tally.domains.insert(domain.to_string());
+                    self.tally.canary_seen = true;
+                }
                 continue;
             }
             if !self.tally.domains.contains(domain) {
@@ -624,6 +629,9 @@ mod tests {
         assert_eq!(out[0]["syscall"], "openat");
         assert_eq!(out[0]["verdict"], "deny");
         assert!(a.event(&[access(4, "aa", "/etc/passwd")]).is_empty(), "another sandbox's domain");
+        // Another sandbox opening our canary later does not become ours.
+        assert!(a.event(&[access(6, "dd", "/state/.landlock-canary-s")]).is_empty());
+        assert!(a.event(&[access(7, "dd", "/etc/passwd")]).is_empty(), "a late canary report names no domain of ours");
         // A domain this process created (the gate's confined thread).
         let dom =
             report(AUDIT_LANDLOCK_DOMAIN, "audit(1.0:5): domain=cc status=allocated mode=enforcing pid=100 uid=0");
