@@ -74,10 +74,10 @@ fn write_log(path: &Path, n: usize, batch: usize) -> Result<(f64, f64), AuditErr
 
 /// Appends `n` records (group commit of 512) durably, and separately signs
 /// `n` messages with the raw key, on this thread. The two are measured in
-/// three interleaved rounds and the best round of each is reported, so that
+/// six interleaved rounds and the best round of each is reported, so that
 /// other load on the machine skews both alike.
 pub fn bench_signing(n: usize) -> Result<SigningBench, AuditError> {
-    const ROUNDS: usize = 3;
+    const ROUNDS: usize = 6;
     let per_round = (n / ROUNDS).max(1);
     let dir = TempDir::new()?;
     let batch = 512;
