@@ -117,6 +117,18 @@ fn control_socket() -> Option<OwnedFd> {
 /// The kernel's audit `enabled` flag; None when this process may not ask
 /// (AUDIT_GET needs CAP_AUDIT_CONTROL in the initial namespaces).
 pub fn audit_enabled() -> Option<bool> {
+    audit_status().map(|(enabled, _)| enabled)
+}
+
+/// (enabled, lost): the `lost` counter grows whenever the kernel drops a
+/// record (backlog full), anywhere on the machine.
+fn audit_status() -> Option<(bool, u32)> {
+    audit_status_words().map(|w| (w[1] != 0, w[6]))
+}
+
+/// The first seven words of struct audit_status: mask, enabled, failure,
+/// pid, rate_limit, backlog_limit, lost.
+fn audit_status_words() -> Option<[u32; 7]> {
     let fd = control_socket()?;
     socket::sendto(fd.as_raw_fd(), &request(AUDIT_GET, 0, &[]), &NetlinkAddr::new(0, 0), MsgFlags::empty()).ok()?;
     let mut buf = [0u8; 512];
@@ -124,8 +136,13 @@ pub fn audit_enabled() -> Option<bool> {
         let n = socket::recv(fd.as_raw_fd(), &mut buf, MsgFlags::empty()).ok()?;
         let (kind, payload) = header(&buf[..n])?;
         match kind {
-            // struct audit_status: mask, enabled, ...
-            AUDIT_GET if payload.len() >= 8 => return Some(u32::from_ne_bytes(payload[4..8].try_into().ok()?) != 0),
+            // struct audit_status: mask, enabled, failure, pid, rate_limit, backlog_limit, lost, ...
+            AUDIT_GET if payload.len() >= 28 => {
+                let word = |i: usize| {
+                    u32::from_ne_bytes([payload[4 * i], payload[4 * i + 1], payload[4 * i + 2], payload[4 * i + 3]])
+                };
+                return Some(std::array::from_fn(word));
+            }
             NLMSG_ERROR if payload.len() >= 4 && payload[..4] != [0, 0, 0, 0] => return None,
             _ => {}
         }
@@ -137,13 +154,27 @@ pub fn audit_enabled() -> Option<bool> {
 /// Portcullis never does this by itself: the tests do, and so may an admin
 /// (`auditctl -e 1` is the same request).
 pub fn set_enabled(on: bool) -> Result<(), String> {
+    // struct audit_status: mask, enabled, failure, pid, rate_limit, backlog_limit, ...
+    audit_set(AUDIT_STATUS_ENABLED, 1, u32::from(on))
+}
+
+/// Sets how many records the kernel queues before it drops them
+/// (`auditctl -b N`; auditd's usual configuration says 8192, the kernel's
+/// default is 64, which a burst of denials overflows).
+pub fn set_backlog_limit(n: u32) -> Result<(), String> {
+    audit_set(AUDIT_STATUS_BACKLOG_LIMIT, 5, n)
+}
+
+const AUDIT_STATUS_ENABLED: u32 = 0x1;
+const AUDIT_STATUS_BACKLOG_LIMIT: u32 = 0x10;
+
+/// One AUDIT_SET: `mask` names the field, `word` its index in audit_status.
+fn audit_set(mask: u32, word: usize, value: u32) -> Result<(), String> {
     const AUDIT_SET: u16 = 1001;
-    const AUDIT_STATUS_ENABLED: u32 = 1;
     let fd = control_socket().ok_or("cannot open a kernel audit socket")?;
-    // struct audit_status: mask, enabled, then six more u32 left zero.
-    let mut status = [0u8; 32];
-    status[0..4].copy_from_slice(&AUDIT_STATUS_ENABLED.to_ne_bytes());
-    status[4..8].copy_from_slice(&u32::from(on).to_ne_bytes());
+    let mut status = [0u8; 40];
+    status[0..4].copy_from_slice(&mask.to_ne_bytes());
+    status[word * 4..word * 4 + 4].copy_from_slice(&value.to_ne_bytes());
     socket::sendto(fd.as_raw_fd(), &request(AUDIT_SET, NLM_F_ACK, &status), &NetlinkAddr::new(0, 0), MsgFlags::empty())
         .map_err(|e| format!("AUDIT_SET: {e}"))?;
     let mut buf = [0u8; 256];
@@ -155,6 +186,11 @@ pub fn set_enabled(on: bool) -> Result<(), String> {
         },
         _ => Err("AUDIT_SET: no acknowledgement".into()),
     }
+}
+
+/// The kernel's audit backlog limit, when this process may ask.
+pub fn backlog_limit() -> Option<u32> {
+    audit_status_words().map(|w| w[5])
 }
 
 /// Sends an AUDIT_USER message (needs CAP_AUDIT_WRITE); true when accepted.
@@ -270,7 +306,11 @@ struct Tally {
     overflow: u64,
     recorded: u64,
     canary_seen: bool,
+    /// A second domain reported the canary: attribution cannot be trusted.
+    canary_contested: bool,
     overruns: u64,
+    /// Records the kernel dropped machine-wide while we watched (None: unknown).
+    kernel_lost: Option<u32>,
 }
 
 /// Decides, per event (all reports sharing a serial), what is ours and what to record.
@@ -302,6 +342,8 @@ impl Attributor {
                 if !self.tally.canary_seen {
                     self.tally.domains.insert(domain.to_string());
                     self.tally.canary_seen = true;
+                } else if !self.tally.domains.contains(domain) {
+                    self.tally.canary_contested = true;
                 }
                 continue;
             }
@@ -354,8 +396,9 @@ impl Attributor {
     /// identified and everything the kernel queued was read.
     fn summary(&self, synced: bool) -> Option<Value> {
         let seen: u64 = self.tally.targets.values().map(|&n| u64::from(n)).sum::<u64>() + self.tally.overflow;
-        let complete = synced && self.tally.overruns == 0;
-        if seen == 0 && complete && self.tally.canary_seen {
+        let identified = self.tally.canary_seen && !self.tally.canary_contested;
+        let complete = synced && self.tally.overruns == 0 && self.tally.kernel_lost == Some(0) && identified;
+        if seen == 0 && complete {
             return None;
         }
         Some(json!({
@@ -366,7 +409,9 @@ impl Attributor {
             "denials_recorded": self.tally.recorded,
             "unrecorded_denials": seen - self.tally.recorded,
             "receive_overruns": self.tally.overruns,
-            "sandbox_identified": self.tally.canary_seen,
+            "sandbox_identified": identified,
+            "canary_contested": self.tally.canary_contested,
+            "kernel_lost": self.tally.kernel_lost,
             "complete": complete,
         }))
     }
@@ -388,7 +433,11 @@ impl Watcher {
     pub fn start(reader: OwnedFd, paths: &AuditPaths, session: &str) -> Result<Watcher, String> {
         use std::os::unix::fs::OpenOptionsExt;
         let log_dir = paths.log.parent().unwrap_or(Path::new("/"));
-        let canary = log_dir.join(format!(".landlock-canary-{session}"));
+        // The kernel reports the path it resolved: compare against that.
+        let log_dir = std::fs::canonicalize(log_dir).map_err(|e| format!("{}: {e}", log_dir.display()))?;
+        // Unguessable, so no other sandbox can get its domain taken for ours.
+        let token = random_hex().map_err(|e| format!("cannot read random bytes: {e}"))?;
+        let canary = log_dir.join(format!(".landlock-canary-{token}"));
         std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -398,9 +447,9 @@ impl Watcher {
             .map_err(|e| format!("cannot create the canary {}: {e}", canary.display()))?;
         let canary_str = canary.to_str().ok_or("the audit log's directory is not UTF-8")?.to_string();
         let stop = Arc::new(AtomicU8::new(RUNNING));
-        let marker = format!("{MARKER} session={session}");
-        let attributor =
-            Attributor { canary: canary_str, own_pid: std::process::id().to_string(), tally: Tally::default() };
+        let marker = format!("{MARKER} session={session} token={token}");
+        let tally = Tally { kernel_lost: audit_status().map(|(_, lost)| lost), ..Tally::default() };
+        let attributor = Attributor { canary: canary_str, own_pid: std::process::id().to_string(), tally };
         let (s, m) = (stop.clone(), marker.clone());
         let sink = Sink { paths: paths.clone(), session: session.to_string(), ev: None, failed: false };
         let thread = std::thread::Builder::new()
@@ -424,12 +473,12 @@ impl Watcher {
     /// After the sandbox is gone: waits until every report the kernel queued
     /// has been read (or SYNC_WAIT), writes the summary, releases the log.
     pub fn finish(mut self) {
-        self.stop_thread();
-    }
-
-    fn stop_thread(&mut self) {
         // Without CAP_AUDIT_WRITE there is no marker: a quiet spell instead.
         let how = if send_user_message(&self.marker) { STOP_AT_MARKER } else { STOP_WHEN_QUIET };
+        self.stop_thread(how);
+    }
+
+    fn stop_thread(&mut self, how: u8) {
         self.stop.store(how, Ordering::Release);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
@@ -439,16 +488,64 @@ impl Watcher {
 }
 
 impl Drop for Watcher {
+    /// A run that ends without `finish` (refused before or at spawn): the
+    /// thread stops without writing, so nothing lands after the refusal
+    /// record, and it never waits for a log lock the run still holds.
     fn drop(&mut self) {
         if self.thread.is_some() {
-            self.stop_thread();
+            self.stop_thread(DISCARD);
         }
+    }
+}
+
+fn random_hex() -> std::io::Result<String> {
+    use std::io::Read;
+    let mut b = [0u8; 16];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut b)?;
+    Ok(b.iter().map(|x| format!("{x:02x}")).collect())
+}
+
+/// Events waiting for the rest of their reports.
+#[derive(Default)]
+struct Events {
+    open: std::collections::BTreeMap<u64, (Instant, Vec<Report>)>,
+}
+
+/// An event without its end-of-event report after this long is complete.
+const EVENT_AGE: Duration = Duration::from_millis(250);
+/// Events held at once; beyond, the oldest is taken as complete.
+const MAX_OPEN_EVENTS: usize = 1024;
+
+impl Events {
+    /// Adds a report; returns its event when this report completes it.
+    fn add(&mut self, r: Report) -> Option<Vec<Report>> {
+        if r.kind == AUDIT_EOE {
+            return self.open.remove(&r.serial).map(|(_, v)| v);
+        }
+        self.open.entry(r.serial).or_insert_with(|| (Instant::now(), Vec::new())).1.push(r);
+        None
+    }
+
+    /// Events older than `age` (and the oldest beyond MAX_OPEN_EVENTS), oldest first.
+    fn take_older_than(&mut self, age: Duration) -> Vec<Vec<Report>> {
+        let mut done = Vec::new();
+        let old: Vec<u64> = self.open.iter().filter(|(_, (t, _))| t.elapsed() >= age).map(|(k, _)| *k).collect();
+        for k in old {
+            done.extend(self.open.remove(&k).map(|(_, v)| v));
+        }
+        while self.open.len() > MAX_OPEN_EVENTS {
+            done.extend(self.open.pop_first().map(|(_, (_, v))| v));
+        }
+        done
     }
 }
 
 const RUNNING: u8 = 0;
 const STOP_AT_MARKER: u8 = 1;
 const STOP_WHEN_QUIET: u8 = 2;
+const DISCARD: u8 = 3;
+/// Reports read per wake-up before the stop flag is looked at again.
+const DRAIN_MAX: usize = 256;
 /// Without a marker, this long without a report ends the watch.
 const QUIET: Duration = Duration::from_millis(100);
 
@@ -501,13 +598,17 @@ fn read_loop(fd: OwnedFd, mut at: Attributor, mut sink: Sink, stop: Arc<AtomicU8
     crate::sys::background_thread();
     use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
     let mut buf = vec![0u8; 16 << 10];
-    let mut event: Vec<Report> = Vec::new();
+    // Reports by event serial: one event's reports arrive apart and
+    // interleaved with other events' (its SYSCALL report comes at syscall
+    // exit). An event is complete at its EOE, or once it is EVENT_AGE old.
+    let mut events: Events = Events::default();
     let mut stop_since: Option<Instant> = None;
     let mut last_read = Instant::now();
     let mut synced = false;
     loop {
         match stop.load(Ordering::Acquire) {
             RUNNING => {}
+            DISCARD => return,
             how => {
                 let since = *stop_since.get_or_insert_with(Instant::now);
                 let quiet = how == STOP_WHEN_QUIET && since.elapsed() > QUIET && last_read.elapsed() > QUIET;
@@ -518,19 +619,13 @@ fn read_loop(fd: OwnedFd, mut at: Attributor, mut sink: Sink, stop: Arc<AtomicU8
         }
         let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
         match poll(&mut fds, PollTimeout::from(50u16)) {
-            Ok(0) => {
-                // Idle: close the event in progress and make records durable.
-                at.event(&std::mem::take(&mut event)).into_iter().for_each(|b| sink.record(b));
-                sink.commit();
-                continue;
-            }
             Ok(_) => {}
             Err(Errno::EINTR) => continue,
             Err(_) => break,
         }
-        loop {
-            let n = match socket::recv(fd.as_raw_fd(), &mut buf, MsgFlags::empty()) {
-                Ok(n) => n,
+        for _ in 0..DRAIN_MAX {
+            let (n, from) = match socket::recvfrom::<NetlinkAddr>(fd.as_raw_fd(), &mut buf) {
+                Ok(r) => r,
                 Err(Errno::EAGAIN) => break,
                 Err(Errno::ENOBUFS) => {
                     at.tally.overruns += 1;
@@ -539,31 +634,43 @@ fn read_loop(fd: OwnedFd, mut at: Attributor, mut sink: Sink, stop: Arc<AtomicU8
                 Err(Errno::EINTR) => continue,
                 Err(_) => break,
             };
+            // Only the kernel speaks on this group.
+            if from.is_none_or(|a| a.pid() != 0) {
+                continue;
+            }
             last_read = Instant::now();
             let Some((kind, payload)) = header(&buf[..n]) else { continue };
-            let text = String::from_utf8_lossy(payload);
-            if kind == AUDIT_USER && text.contains(&marker) {
-                synced = true;
-                break;
+            if kind == AUDIT_USER {
+                if String::from_utf8_lossy(payload).contains(&marker) {
+                    synced = true;
+                    break;
+                }
+                continue;
             }
             if !matches!(kind, AUDIT_LANDLOCK_ACCESS | AUDIT_LANDLOCK_DOMAIN | AUDIT_SYSCALL | AUDIT_EOE) {
                 continue;
             }
-            let Some(r) = parse(kind, &text) else { continue };
-            if event.first().is_some_and(|e| e.serial != r.serial) {
-                at.event(&std::mem::take(&mut event)).into_iter().for_each(|b| sink.record(b));
-            }
-            if r.kind == AUDIT_EOE {
-                at.event(&std::mem::take(&mut event)).into_iter().for_each(|b| sink.record(b));
-            } else {
-                event.push(r);
+            let Some(r) = parse(kind, &String::from_utf8_lossy(payload)) else { continue };
+            if let Some(done) = events.add(r) {
+                at.event(&done).into_iter().for_each(|b| sink.record(b));
             }
         }
+        for done in events.take_older_than(EVENT_AGE) {
+            at.event(&done).into_iter().for_each(|b| sink.record(b));
+        }
+        // Group commit per wake-up: the log's lock is never held across a wait.
+        sink.commit();
         if synced {
             break;
         }
     }
-    at.event(&std::mem::take(&mut event)).into_iter().for_each(|b| sink.record(b));
+    for done in events.take_older_than(Duration::ZERO) {
+        at.event(&done).into_iter().for_each(|b| sink.record(b));
+    }
+    at.tally.kernel_lost = match (at.tally.kernel_lost, audit_status()) {
+        (Some(before), Some((_, after))) => Some(after.wrapping_sub(before)),
+        _ => None,
+    };
     // A run with nothing refused, seen to the end, needs no summary.
     if let Some(summary) = at.summary(synced) {
         sink.record(summary);
@@ -601,7 +708,8 @@ mod tests {
     }
 
     fn at() -> Attributor {
-        Attributor { canary: "/state/.landlock-canary-s".into(), own_pid: "100".into(), tally: Tally::default() }
+        let tally = Tally { kernel_lost: Some(0), ..Tally::default() };
+        Attributor { canary: "/state/.landlock-canary-s".into(), own_pid: "100".into(), tally }
     }
 
     fn access(serial: u64, domain: &str, path: &str) -> Report {
@@ -629,9 +737,6 @@ mod tests {
         assert_eq!(out[0]["syscall"], "openat");
         assert_eq!(out[0]["verdict"], "deny");
         assert!(a.event(&[access(4, "aa", "/etc/passwd")]).is_empty(), "another sandbox's domain");
-        // Another sandbox opening our canary later does not become ours.
-        assert!(a.event(&[access(6, "dd", "/state/.landlock-canary-s")]).is_empty());
-        assert!(a.event(&[access(7, "dd", "/etc/passwd")]).is_empty(), "a late canary report names no domain of ours");
         // A domain this process created (the gate's confined thread).
         let dom =
             report(AUDIT_LANDLOCK_DOMAIN, "audit(1.0:5): domain=cc status=allocated mode=enforcing pid=100 uid=0");
@@ -640,6 +745,25 @@ mod tests {
         assert_eq!(s["denials_seen"], 2);
         assert_eq!(s["sandbox_identified"], true);
         assert_eq!(s["complete"], true);
+        // Another domain reporting our canary later does not become ours,
+        // and the run no longer claims to know whose denials it saw.
+        assert!(a.event(&[access(6, "dd", "/state/.landlock-canary-s")]).is_empty());
+        assert!(a.event(&[access(7, "dd", "/etc/passwd")]).is_empty(), "a late canary report names no domain of ours");
+        let s = a.summary(true).expect("contested: a summary");
+        assert_eq!(s["sandbox_identified"], false);
+        assert_eq!(s["canary_contested"], true);
+        assert_eq!(s["complete"], false);
+    }
+
+    #[test]
+    fn records_the_kernel_dropped_make_the_run_incomplete() {
+        let mut a = at();
+        a.event(&[access(1, "bb", "/state/.landlock-canary-s")]);
+        assert!(a.summary(true).is_none());
+        a.tally.kernel_lost = Some(2);
+        assert_eq!(a.summary(true).expect("a summary")["complete"], false);
+        a.tally.kernel_lost = None;
+        assert_eq!(a.summary(true).expect("unknown: a summary")["complete"], false);
     }
 
     #[test]
@@ -665,5 +789,25 @@ mod tests {
         assert_eq!(s["denials_seen"], 1000);
         assert_eq!(s["unrecorded_denials"], 1000 - u64::from(RECORDS_PER_TARGET));
         assert_eq!(s["complete"], false, "not synced with the kernel");
+    }
+}
+
+#[cfg(test)]
+mod event_tests {
+    use super::*;
+
+    #[test]
+    fn interleaved_events_keep_their_own_reports() {
+        let mut e = Events::default();
+        let r = |kind, serial: u64, rest: &str| parse(kind, &format!("audit(1.0:{serial}): {rest}")).unwrap();
+        assert!(e.add(r(AUDIT_LANDLOCK_ACCESS, 5, "domain=a path=\"/x\"")).is_none());
+        assert!(e.add(r(AUDIT_LANDLOCK_ACCESS, 6, "domain=b path=\"/y\"")).is_none());
+        assert!(e.add(r(AUDIT_SYSCALL, 5, "syscall=257 pid=1")).is_none());
+        let five = e.add(r(AUDIT_EOE, 5, "")).expect("event 5 ends");
+        assert_eq!(five.len(), 2);
+        assert!(five.iter().all(|x| x.serial == 5));
+        // Event 6 never gets its EOE: taken once old enough.
+        assert!(e.take_older_than(Duration::from_secs(60)).is_empty());
+        assert_eq!(e.take_older_than(Duration::ZERO).len(), 1);
     }
 }

@@ -113,11 +113,33 @@ fn kernel_reported_landlock_denials_are_recorded() {
     // auditd). This turns it on for the machine, like `auditctl -e 1`, and
     // leaves it on: other tests may be running sandboxes meanwhile.
     portcullis::kaudit::set_enabled(true).expect("turn the kernel's audit on");
+    // And give it auditd's usual backlog: the default 64 overflows while the
+    // other tests' sandboxes are refused things in parallel.
+    if portcullis::kaudit::backlog_limit().is_some_and(|n| n < 8192) {
+        portcullis::kaudit::set_backlog_limit(8192).expect("raise the kernel's audit backlog");
+    }
     let sb = Sandbox::new("kaudit", As::Caller);
     let (log, key) = audit_flags(&sb);
     let flags = ["--audit-log", log.as_str(), "--audit-key", key.as_str()];
     let secret = sb.path(&sb.outside.join("secret.txt"));
+    // Meanwhile another sandbox, with a log of its own, is refused something
+    // else again and again: none of it may be taken for ours.
+    let other = Sandbox::new("kaudit-other", As::Caller);
+    let other_secret = other.path(&other.outside.join("secret.txt"));
+    let mut noisy = other
+        .portcullis(&[
+            "run",
+            "--exec",
+            "/usr/bin/dash",
+            "--",
+            "/bin/sh",
+            "-c",
+            &format!("i=0; while [ $i -lt 300 ]; do read x < {other_secret}; i=$((i+1)); done 2>/dev/null; true"),
+        ])
+        .spawn()
+        .unwrap();
     sb.probe(&flags, &["read", &secret]).expect("errno 13 EACCES");
+    assert!(noisy.wait().unwrap().success());
     // Twin: an allowed read is not reported.
     let allowed = sb.path(&sb.ws.join("file.txt"));
     sb.probe(&flags, &["read", &allowed]).expect("ok");
@@ -141,6 +163,11 @@ fn kernel_reported_landlock_denials_are_recorded() {
         "the canary is not recorded: {}",
         list.stdout
     );
+    assert!(
+        from_kernel.iter().all(|r| r["body"]["path"] != other_secret.as_str()),
+        "another sandbox's denials are not ours: {}",
+        list.stdout
+    );
     // Each run closes with a summary: identified, complete, and counted.
     let summaries: Vec<_> = records
         .iter()
@@ -157,6 +184,16 @@ fn kernel_reported_landlock_denials_are_recorded() {
         .collect();
     assert!(summaries.iter().any(|s| s["denials_seen"] == 1 && s["complete"] == true), "{summaries:?}");
     assert!(summaries.iter().all(|s| s["sandbox_identified"] == true), "{summaries:?}");
+    // The kernel's reports land before the run's exit record.
+    let all = sb.run(&["audit", "list", "--log", &log, "--key", &key, "--json"]).stdout;
+    let kinds: Vec<serde_json::Value> = all.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let hit_seq = hit[0]["seq"].as_u64().unwrap();
+    let exit_seq = kinds
+        .iter()
+        .find(|r| r["kind"] == "exit" && r["session"] == hit[0]["session"])
+        .and_then(|r| r["seq"].as_u64())
+        .expect("the run's exit record");
+    assert!(hit_seq < exit_seq, "denial {hit_seq} before exit {exit_seq}");
     // The canary is removed with the run.
     let state = sb.root.join("audit");
     let left: Vec<_> = std::fs::read_dir(&state)
@@ -181,6 +218,9 @@ fn unprivileged_runs_say_kernel_denials_are_invisible() {
     let launch: serde_json::Value = serde_json::from_str(list.stdout.lines().last().unwrap()).unwrap();
     let said = launch["body"]["kernel_denials"].as_str().unwrap_or_default().to_string();
     assert!(said.starts_with("invisible: "), "{}", list.stdout);
+    if portcullis::kernel::Features::probe().landlock_abi >= 7 {
+        assert!(said.contains("CAP_AUDIT_READ"), "the reason is the missing capability: {said}");
+    }
     let doctor = sb.run(&["doctor"]);
     assert!(doctor.stdout.contains("invisible: "), "{}", doctor.stdout);
 }
@@ -201,12 +241,28 @@ fn rotation_by_size_keeps_one_chain_across_files() {
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(300));
+    let (lines_tx, lines) = std::sync::mpsc::channel::<String>();
+    let out = tail.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for l in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+            if lines_tx.send(l).is_err() {
+                return;
+            }
+        }
+    });
+    // Each run also has the syscall gate refuse a write (strict's [deny]
+    // .git/config): its own log handle, opened before the run's, appends
+    // into files the other handles rotate.
+    std::fs::create_dir_all(sb.ws.join(".git")).unwrap();
+    let git_config = sb.path(&sb.ws.join(".git/config"));
     let mut sessions = Vec::new();
     for _ in 0..6 {
-        let r = sb.probe(&flags, &["pid"]);
+        let r = sb.probe(&flags, &["write", &git_config]);
         assert_eq!(r.code, 0, "{}", r.stderr);
+        assert!(r.verdict().starts_with("errno"), "the gate refused: {}", r.stdout);
     }
+    assert!(!sb.ws.join(".git/config").exists());
     let list = sb.run(&["audit", "list", "--log", &log, "--key", &key, "--json"]);
     assert_eq!(list.code, 0, "{}", list.stderr);
     let records: Vec<serde_json::Value> = list.stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
@@ -217,6 +273,8 @@ fn rotation_by_size_keeps_one_chain_across_files() {
         }
     }
     assert_eq!(sessions.len(), 7, "every run's exit record is listed");
+    let gate_denials = records.iter().filter(|r| r["kind"] == "verdict" && r["body"]["op"] == "open-write").count();
+    assert_eq!(gate_denials, 6, "every gate refusal is in the chain: {}", list.stdout);
     assert!(records.iter().any(|r| r["kind"] == "segment"), "a continuation record starts each new file");
     let dir = sb.root.join("audit");
     let mut segments: Vec<_> = std::fs::read_dir(&dir)
@@ -230,12 +288,20 @@ fn rotation_by_size_keeps_one_chain_across_files() {
     let v = sb.run(&["audit", "verify", "--log", &log, "--key", &key]);
     assert_eq!(v.code, 0, "{} {}", v.stdout, v.stderr);
     assert!(v.stdout.contains("files"), "{}", v.stdout);
-    // tail -f followed the live file through the rotations.
-    std::thread::sleep(std::time::Duration::from_millis(800));
-    let _ = tail.kill();
-    let out = tail.wait_with_output().unwrap();
-    let followed = String::from_utf8_lossy(&out.stdout);
+    // tail -f followed the live file through the rotations (it polls every
+    // 250 ms; allow a loaded machine 20 s).
     let last = sessions.last().unwrap();
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let mut followed = String::new();
+    while !followed.contains(last.as_str()) {
+        let left = until.saturating_duration_since(std::time::Instant::now());
+        match lines.recv_timeout(left) {
+            Ok(l) => followed.push_str(&(l + "\n")),
+            Err(_) => break,
+        }
+    }
+    let _ = tail.kill();
+    let _ = tail.wait();
     assert!(followed.contains(last.as_str()), "tail -f saw the last run ({last}) after rotating:\n{followed}");
     // Archiving the oldest file on purpose: only `--retained` accepts it.
     let oldest = dir.join(&segments[0]);

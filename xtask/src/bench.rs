@@ -163,8 +163,8 @@ fn gate_audit_table(g: &portcullis::gate::bench::GateBench) -> String {
     t += ". Target: at most 1.05x. A denial is answered first and recorded after; \
 the gate hands the record to the audit thread through a buffer that wakes it \
 once per burst; canonical encoding and SHA-256 happen there, signing on the \
-log's signer thread, fsync once per group commit; both threads are \
-SCHED_IDLE, so a woken gate thread preempts them. A human-answered ask is \
+log's signer thread, fsync once per group commit; both threads run at \
+nice 10. A human-answered ask is \
 the exception: it waits for its record to be durable.\n";
     t
 }

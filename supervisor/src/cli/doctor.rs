@@ -55,7 +55,13 @@ pub fn doctor(json: bool, profile: Option<&str>) -> Result<i32, Failure> {
         None => "RLIMIT_DATA per process (no writable memory cgroup)".into(),
     };
     let denials_visible = match crate::kaudit::probe(abi) {
-        Ok(_) => "visible: Landlock reports its denials to the kernel audit log, readable here (CAP_AUDIT_READ); `portcullis run` records them, `portcullis audit list --denied` shows them".to_string(),
+        Ok(_) => {
+            let mut v = "visible: Landlock reports its denials to the kernel audit log, readable here (CAP_AUDIT_READ); `portcullis run` records them, `portcullis audit list --denied` shows them".to_string();
+            if let Some(n) = crate::kaudit::backlog_limit().filter(|&n| n < 1024) {
+                v += &format!("; the kernel queues only {n} audit records, so a burst of denials loses some (`auditctl -b 8192` raises it)");
+            }
+            v
+        }
         Err(why) => format!("invisible: {why}; portcullis cannot record what Landlock refused"),
     };
     let session;

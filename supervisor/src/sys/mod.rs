@@ -44,17 +44,15 @@ pub(crate) fn clear_capabilities() -> Result<(), i32> {
     Ok(())
 }
 
-/// Moves the calling thread to SCHED_IDLE (a per-thread attribute on
-/// Linux). For the audit writers and signers: signing and fsync are
-/// background work, and a thread a sandboxed call waits on must preempt them
-/// at once when it wakes, which the kernel guarantees only against
-/// SCHED_IDLE (a nice-10 thread may finish its slice first). They still get
-/// the CPU whenever it is idle, and a small share when it is not; if they
-/// fall behind, their bounded queues make the callers wait or count drops.
+/// Lowers the calling thread to nice 10 (a per-thread attribute on Linux).
+/// For the audit writers and signers: signing and fsync are background work
+/// that should yield the CPU to the threads a sandboxed call waits on. Not
+/// SCHED_IDLE: these threads hold the log's file lock, which other
+/// supervisors wait for, and must keep a bounded share of a busy CPU.
 pub fn background_thread() {
-    // SAFETY: sched_setscheduler reads a live sched_param; tid 0 is the caller.
+    // SAFETY: gettid and setpriority take and return plain integers.
     unsafe {
-        let param = libc::sched_param { sched_priority: 0 };
-        libc::sched_setscheduler(0, libc::SCHED_IDLE, &param);
+        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        libc::setpriority(libc::PRIO_PROCESS, tid, 10);
     }
 }
