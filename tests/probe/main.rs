@@ -424,16 +424,7 @@ fn main() {
             }
             "loop-open" => {
                 // open/read/close of one file N times; prints ns per iteration.
-                let path = c(a(1));
-                let n = num(a(2));
-                let mut buf = [0u8; 4096];
-                let t = std::time::Instant::now();
-                for _ in 0..n {
-                    let fd = libc::open(path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC);
-                    libc::read(fd, buf.as_mut_ptr().cast(), buf.len());
-                    libc::close(fd);
-                }
-                println!("ns {}", t.elapsed().as_nanos() / n as u128);
+                open_loop(a(1), num(a(2)));
             }
             "loop-open-landlock" => {
                 // The kernel's own floor: one Landlock layer with a single
@@ -449,16 +440,7 @@ fn main() {
                     eprintln!("probe: landlock: {e}");
                     std::process::exit(2);
                 }
-                let path = c(a(2));
-                let n = num(a(3));
-                let mut buf = [0u8; 4096];
-                let t = std::time::Instant::now();
-                for _ in 0..n {
-                    let fd = libc::open(path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC);
-                    libc::read(fd, buf.as_mut_ptr().cast(), buf.len());
-                    libc::close(fd);
-                }
-                println!("ns {}", t.elapsed().as_nanos() / n as u128);
+                open_loop(a(2), num(a(3)));
             }
             "loop-getppid" => {
                 let n = num(a(1));
@@ -479,6 +461,22 @@ fn main() {
 /// One thread keeps swapping a shared path buffer between `allowed` and
 /// `denied` while this one opens whatever it holds for appending, `n`
 /// times. Prints how many opens succeeded; the test checks `denied` is untouched.
+/// open/read/close of one file `n` times; prints ns per iteration.
+fn open_loop(path: &str, n: u64) {
+    let path = c(path);
+    let mut buf = [0u8; 4096];
+    let t = std::time::Instant::now();
+    for _ in 0..n {
+        // SAFETY: a NUL-terminated path and a live buffer; the fd is ours.
+        unsafe {
+            let fd = libc::open(path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC);
+            libc::read(fd, buf.as_mut_ptr().cast(), buf.len());
+            libc::close(fd);
+        }
+    }
+    println!("ns {}", t.elapsed().as_nanos() / n.max(1) as u128);
+}
+
 fn race_open(allowed: &str, denied: &str, n: usize) {
     use std::sync::atomic::{AtomicBool, Ordering};
     static STOP: AtomicBool = AtomicBool::new(false);
