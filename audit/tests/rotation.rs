@@ -5,39 +5,11 @@
 use audit::record::{self, Kind, Record};
 use audit::segment;
 use audit::{verify, verify_history, AuditError, AuditLog, History, LogOptions, VerifyError, VerifyOptions};
-use ed25519_dalek::SigningKey;
 use serde_json::json;
 use std::path::{Path, PathBuf};
 
-struct Tmp(PathBuf);
-
-impl Tmp {
-    fn new(tag: &str) -> Tmp {
-        let mut b = [0u8; 6];
-        getrandom::fill(&mut b).unwrap();
-        let name: String = b.iter().map(|x| format!("{x:02x}")).collect();
-        let dir = std::env::temp_dir().join(format!("audit-rot-{tag}-{name}"));
-        std::fs::create_dir(&dir).unwrap();
-        std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
-        Tmp(dir)
-    }
-    fn log(&self) -> PathBuf {
-        self.0.join("audit.log")
-    }
-    fn cp(&self) -> PathBuf {
-        self.0.join("audit.log.checkpoint")
-    }
-}
-
-impl Drop for Tmp {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn test_key(b: u8) -> SigningKey {
-    SigningKey::from_bytes(&[b; 32])
-}
+mod common;
+use common::{test_key, Tmp};
 
 /// Small files: a rotation every few commits.
 fn rotating(session: &str) -> LogOptions {

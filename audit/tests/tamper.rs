@@ -5,41 +5,12 @@ use audit::checkpoint::Checkpoint;
 use audit::record::{self, Kind, Record};
 use audit::{key, verify, verify_with, AuditError, AuditLog, LogOptions, VerifyError, VerifyOptions};
 use base64::Engine as _;
-use ed25519_dalek::SigningKey;
 use serde_json::json;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// A private temp directory removed on drop (no dev-dependency needed).
-struct Tmp(PathBuf);
-
-impl Tmp {
-    fn new(tag: &str) -> Tmp {
-        let mut b = [0u8; 6];
-        getrandom::fill(&mut b).unwrap();
-        let name: String = b.iter().map(|x| format!("{x:02x}")).collect();
-        let dir = std::env::temp_dir().join(format!("audit-test-{tag}-{name}"));
-        std::fs::create_dir(&dir).unwrap();
-        std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
-        Tmp(dir)
-    }
-    fn log(&self) -> PathBuf {
-        self.0.join("audit.log")
-    }
-    fn cp(&self) -> PathBuf {
-        self.0.join("audit.log.checkpoint")
-    }
-}
-
-impl Drop for Tmp {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn test_key(b: u8) -> SigningKey {
-    SigningKey::from_bytes(&[b; 32])
-}
+mod common;
+use common::{test_key, Tmp};
 
 /// A log with a header and `n` verdict records, closed (checkpoint at its size).
 fn make_log(t: &Tmp, n: usize) {

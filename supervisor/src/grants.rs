@@ -103,11 +103,12 @@ pub fn persist(path: &Path, grant: Grant) -> Result<(), Failure> {
 
 /// A fresh grant id: 8 hex digits.
 pub fn new_id() -> String {
-    let mut b = [0u8; 4];
-    let _ = getrandom_fill(&mut b);
-    b.iter().map(|x| format!("{x:02x}")).collect()
+    random_hex(4).unwrap_or_else(|_| "00000000".into())
 }
 
-fn getrandom_fill(buf: &mut [u8]) -> std::io::Result<()> {
-    std::fs::File::open("/dev/urandom")?.read_exact(buf)
+/// `bytes` random bytes from /dev/urandom, as lowercase hex.
+pub(crate) fn random_hex(bytes: usize) -> std::io::Result<String> {
+    let mut b = vec![0u8; bytes];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut b)?;
+    Ok(b.iter().map(|x| format!("{x:02x}")).collect())
 }

@@ -436,7 +436,7 @@ impl Watcher {
         // The kernel reports the path it resolved: compare against that.
         let log_dir = std::fs::canonicalize(log_dir).map_err(|e| format!("{}: {e}", log_dir.display()))?;
         // Unguessable, so no other sandbox can get its domain taken for ours.
-        let token = random_hex().map_err(|e| format!("cannot read random bytes: {e}"))?;
+        let token = crate::grants::random_hex(16).map_err(|e| format!("cannot read random bytes: {e}"))?;
         let canary = log_dir.join(format!(".landlock-canary-{token}"));
         std::fs::OpenOptions::new()
             .write(true)
@@ -496,13 +496,6 @@ impl Drop for Watcher {
             self.stop_thread(DISCARD);
         }
     }
-}
-
-fn random_hex() -> std::io::Result<String> {
-    use std::io::Read;
-    let mut b = [0u8; 16];
-    std::fs::File::open("/dev/urandom")?.read_exact(&mut b)?;
-    Ok(b.iter().map(|x| format!("{x:02x}")).collect())
 }
 
 /// Events waiting for the rest of their reports.
