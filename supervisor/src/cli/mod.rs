@@ -283,6 +283,7 @@ pub fn main() -> i32 {
             return code;
         }
     };
+    crate::timing::mark("arguments parsed");
     let result = match cli.cmd {
         Cmd::Run(args) => run::run(args),
         Cmd::Doctor { json, profile } => doctor::doctor(json, profile.as_deref()),

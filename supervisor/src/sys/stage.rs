@@ -103,7 +103,7 @@ pub struct Stage {
     /// `"OUTER OUTER 1\n"` lines for uid_map and gid_map.
     pub uid_map: Vec<u8>,
     pub gid_map: Vec<u8>,
-    /// `cgroup.procs` files of the sandbox's cgroups; writing "0" moves the writer.
+    /// The join files of the sandbox's cgroups (`tasks` on v1, `cgroup.procs` on v2); writing "0" moves the writer.
     pub cgroup_procs: Vec<OwnedFd>,
     /// (resource, limit) pairs set as both soft and hard limit.
     pub rlimits: Vec<(libc::__rlimit_resource_t, libc::rlim_t)>,
