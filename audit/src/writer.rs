@@ -86,6 +86,8 @@ pub enum AuditError {
     TooLarge(usize),
     #[error("record body: {0}")]
     Canon(#[from] crate::canon::CanonError),
+    #[error("a second handle on the log can only be made between commits")]
+    NotBetweenCommits,
     #[error("session id {0:?} is invalid: use 1-128 of A-Z a-z 0-9 . _ : @ / -")]
     InvalidSession(String),
     #[error(transparent)]
@@ -256,6 +258,49 @@ impl AuditLog {
             log.closed = true;
         }
         result.map(|()| log)
+    }
+
+    /// A second writer on the same log, with the same key, for another thread
+    /// or session of this process. Nothing is read or verified again: the
+    /// sibling starts from this handle's view of the log (checked when this
+    /// handle opened it), and like every handle folds in what other writers
+    /// appended when it next takes the lock. Only between commits: nothing
+    /// pending, the lock not held.
+    pub fn sibling(&self, session: Option<String>) -> Result<AuditLog, AuditError> {
+        if let Some(why) = &self.failed {
+            return Err(AuditError::Failed(why.clone()));
+        }
+        if self.locked || self.closed || !self.pending.is_empty() {
+            return Err(AuditError::NotBetweenCommits);
+        }
+        let session = match session {
+            Some(s) if valid_session(&s) => s,
+            Some(s) => return Err(AuditError::InvalidSession(s)),
+            None => random_hex(16)?,
+        };
+        let lock = storage::open_lock(&self.lock_path)?;
+        let file = self.file.try_clone().map_err(|e| StorageError::io("duplicate", &self.path, e))?;
+        Ok(AuditLog {
+            path: self.path.clone(),
+            lock_path: self.lock_path.clone(),
+            checkpoint_path: self.checkpoint_path.clone(),
+            file,
+            lock,
+            key: self.key.clone(),
+            vk: self.vk,
+            signer: SignerThread::new(),
+            session: session.clone(),
+            opts: LogOptions { session: Some(session), ..self.opts.clone() },
+            chain: self.chain.clone(),
+            known_len: self.known_len,
+            pending: Vec::new(),
+            locked: false,
+            last_checkpoint_size: self.last_checkpoint_size,
+            last_checkpoint_at: self.last_checkpoint_at,
+            failed: None,
+            closed: false,
+            appended: false,
+        })
     }
 
     /// Starts from `<log>.state` when it matches the log (see `resume`).

@@ -70,34 +70,80 @@ impl AuditPaths {
 
     /// Refuses when a Landlock rule of the plan would let the sandbox reach
     /// the key (forge records) or the log (rewrite or read history).
-    pub fn check_out_of_reach(&self, plan: &policy::Plan) -> Result<(), Failure> {
+    pub fn check_out_of_reach(&self, rules: &RuleInodes) -> Result<(), Failure> {
         let advice = "move the workspace, or pass --audit-log/--audit-key outside every rule";
-        check_out_of_reach(plan, "audit signing key", &self.key, advice)?;
-        check_out_of_reach(plan, "audit log", &self.log, advice)
+        check_out_of_reach(rules, "audit signing key", &self.key, advice)?;
+        check_out_of_reach(rules, "audit log", &self.log, advice)
+    }
+}
+
+/// The inodes of a plan's Landlock rules. A rule covers everything beneath
+/// its inode, so a path is within its reach when the rule's inode is the
+/// path's own or one of its ancestors'. Comparing inodes rather than
+/// canonical path prefixes costs one stat per rule for the whole launch (no
+/// symlink walk per rule and target), and also catches a rule naming the
+/// same directory through a bind mount.
+pub struct RuleInodes<'a> {
+    paths: &'a [policy::plan::PathRule],
+    /// (device, inode) to indexes into `paths`.
+    inodes: std::collections::HashMap<(u64, u64), Vec<usize>>,
+}
+
+impl<'a> RuleInodes<'a> {
+    /// Rules whose path does not exist reach nothing and are left out.
+    pub fn of(plan: &'a policy::Plan) -> RuleInodes<'a> {
+        use std::os::unix::fs::MetadataExt;
+        let mut inodes: std::collections::HashMap<_, Vec<_>> = std::collections::HashMap::new();
+        for (i, rule) in plan.landlock.paths.iter().enumerate() {
+            if let Ok(m) = std::fs::metadata(&rule.path) {
+                inodes.entry((m.dev(), m.ino())).or_default().push(i);
+            }
+        }
+        RuleInodes { paths: &plan.landlock.paths, inodes }
+    }
+
+    /// The first rule (in plan order, among those `keep` accepts) that
+    /// reaches `path`, which need not exist yet (its nearest existing
+    /// ancestor is what the sandbox could reach).
+    pub fn reaching(
+        &self,
+        path: &Path,
+        keep: impl Fn(&policy::plan::PathRule) -> bool,
+    ) -> Option<&'a policy::plan::PathRule> {
+        use std::os::unix::fs::MetadataExt;
+        let mut probe = path.to_path_buf();
+        while !probe.exists() && probe.pop() {}
+        let mut at = std::fs::canonicalize(&probe).unwrap_or(probe);
+        // Plan order decides which rule the message names.
+        let mut first: Option<usize> = None;
+        loop {
+            if let Ok(m) = std::fs::metadata(&at) {
+                for &i in self.inodes.get(&(m.dev(), m.ino())).into_iter().flatten() {
+                    if keep(&self.paths[i]) && first.is_none_or(|f| i < f) {
+                        first = Some(i);
+                    }
+                }
+            }
+            if !at.pop() {
+                return first.map(|i| &self.paths[i]);
+            }
+        }
     }
 }
 
 /// Refuses when a Landlock rule of the plan reaches the directory of
 /// `target` (a file the sandbox must neither read nor write).
-pub fn check_out_of_reach(plan: &policy::Plan, what: &str, target: &Path, advice: &str) -> Result<(), Failure> {
+pub fn check_out_of_reach(rules: &RuleInodes, what: &str, target: &Path, advice: &str) -> Result<(), Failure> {
     let dir = target.parent().unwrap_or(target);
-    // The directory may not exist yet: compare its nearest existing ancestor.
-    let mut probe = dir.to_path_buf();
-    while !probe.exists() && probe.pop() {}
-    let canon = std::fs::canonicalize(&probe).unwrap_or(probe.clone());
-    let canon = canon.join(dir.strip_prefix(&probe).unwrap_or(Path::new("")));
-    for rule in &plan.landlock.paths {
-        let Ok(rule_path) = std::fs::canonicalize(&rule.path) else { continue };
-        if canon.starts_with(&rule_path) {
-            return Err(Failure::setup(format!(
-                "{}: the rule for {} would let the sandbox reach the {what} {}; {advice}",
-                rule.at,
-                rule.path,
-                target.display()
-            )));
-        }
+    match rules.reaching(dir, |_| true) {
+        Some(rule) => Err(Failure::setup(format!(
+            "{}: the rule for {} would let the sandbox reach the {what} {}; {advice}",
+            rule.at,
+            rule.path,
+            target.display()
+        ))),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 fn absolute(p: &Path) -> Result<PathBuf, Failure> {
@@ -164,6 +210,26 @@ impl Evidence {
             None => None,
         };
         Ok(Evidence { log, started: Instant::now(), session: session.to_string(), syslog })
+    }
+
+    /// A second handle on the same log for another thread of this run (the
+    /// gate's journal), without opening and checking the log again.
+    pub fn sibling(&self) -> Result<Evidence, Failure> {
+        let log = self
+            .log
+            .sibling(Some(self.session.clone()))
+            .map_err(|e| Failure::setup(format!("audit log: {e}; refusing to run without a working audit log")))?;
+        let syslog = match &self.syslog {
+            Some(s) => Some(Syslog {
+                socket: std::os::unix::net::UnixDatagram::unbound().map_err(|e| {
+                    Failure::setup(format!("audit syslog socket: {e}; refusing to run without a working audit log"))
+                })?,
+                path: s.path.clone(),
+                failed: false,
+            }),
+            None => None,
+        };
+        Ok(Evidence { log, started: self.started, session: self.session.clone(), syslog })
     }
 
     fn append(&mut self, kind: Kind, body: Value) -> Result<(), Failure> {

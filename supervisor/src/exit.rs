@@ -10,7 +10,7 @@ pub const NOT_EXECUTABLE: i32 = 126;
 pub const NOT_FOUND: i32 = 127;
 
 /// A failure that ends `portcullis` with `code` after printing `message`.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Failure {
     pub code: i32,
     pub message: String,

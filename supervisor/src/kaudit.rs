@@ -59,15 +59,26 @@ const MAX_TARGETS: usize = 4096;
 const SYNC_WAIT: Duration = Duration::from_secs(2);
 const MARKER: &str = "portcullis-sync";
 
+/// A socket joined to the kernel's audit stream, from [`probe`].
+pub struct Reader {
+    fd: OwnedFd,
+    /// The kernel's `lost` counter just before joining (None: unreadable).
+    lost: Option<u32>,
+}
+
 /// Whether this process can see Landlock denials, and if not why.
-pub fn probe(landlock_abi: i32) -> Result<OwnedFd, String> {
+pub fn probe(landlock_abi: i32) -> Result<Reader, String> {
     if landlock_abi < 7 {
         return Err(format!("Landlock ABI {landlock_abi} does not report denials (ABI 7, Linux 6.15, does)"));
     }
-    if audit_enabled() == Some(false) {
+    // One status request answers both: is audit on, and how many records
+    // has the kernel lost so far (taken before joining, so a loss in between
+    // counts against this run: the cautious side).
+    let status = audit_status();
+    if status.map(|(enabled, _)| enabled) == Some(false) {
         return Err("the kernel's audit is off, so Landlock reports nothing (`auditctl -e 1` turns it on)".into());
     }
-    open_reader()
+    Ok(Reader { fd: open_reader()?, lost: status.map(|(_, lost)| lost) })
 }
 
 /// A socket joined to the audit read-log multicast group.
@@ -417,6 +428,36 @@ impl Attributor {
     }
 }
 
+/// The canary's name: beside the audit log, where no rule may reach.
+/// Chosen before the stage forks (it opens the canary when watched); created
+/// by [`Watcher::start`].
+pub struct Canary {
+    path: PathBuf,
+    token: String,
+}
+
+impl Canary {
+    pub fn new(paths: &AuditPaths) -> Result<Canary, String> {
+        let log_dir = paths.log.parent().unwrap_or(Path::new("/"));
+        // The kernel reports the path it resolved: compare against that. The
+        // directory may not exist yet (the audit log makes it, later):
+        // resolve its nearest existing ancestor. Should the final path differ
+        // after all, the canary is never reported and the run says it could
+        // not tell its denials apart (incomplete), never the reverse.
+        let mut existing = log_dir.to_path_buf();
+        while !existing.exists() && existing.pop() {}
+        let rest = log_dir.strip_prefix(&existing).unwrap_or(Path::new("")).to_path_buf();
+        let log_dir = std::fs::canonicalize(&existing).map_err(|e| format!("{}: {e}", existing.display()))?.join(rest);
+        // Unguessable, so no other sandbox can get its domain taken for ours.
+        let token = crate::grants::random_hex(16).map_err(|e| format!("cannot read random bytes: {e}"))?;
+        Ok(Canary { path: log_dir.join(format!(".landlock-canary-{token}")), token })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
 /// The running watcher: one thread reading the audit stream.
 pub struct Watcher {
     canary: PathBuf,
@@ -426,18 +467,13 @@ pub struct Watcher {
 }
 
 impl Watcher {
-    /// Creates the canary beside the audit log and starts reading. `reader`
-    /// comes from [`probe`]. Records go to the log through a handle of the
-    /// watcher's own, opened at its first record: a run the kernel reports
-    /// nothing about costs no extra write.
-    pub fn start(reader: OwnedFd, paths: &AuditPaths, session: &str) -> Result<Watcher, String> {
+    /// Creates the canary and starts reading. `reader` comes from [`probe`].
+    /// Records go to the log through a handle of the watcher's own, opened at
+    /// its first record: a run the kernel reports nothing about costs no
+    /// extra write.
+    pub fn start(reader: Reader, canary: Canary, paths: &AuditPaths, session: &str) -> Result<Watcher, String> {
         use std::os::unix::fs::OpenOptionsExt;
-        let log_dir = paths.log.parent().unwrap_or(Path::new("/"));
-        // The kernel reports the path it resolved: compare against that.
-        let log_dir = std::fs::canonicalize(log_dir).map_err(|e| format!("{}: {e}", log_dir.display()))?;
-        // Unguessable, so no other sandbox can get its domain taken for ours.
-        let token = crate::grants::random_hex(16).map_err(|e| format!("cannot read random bytes: {e}"))?;
-        let canary = log_dir.join(format!(".landlock-canary-{token}"));
+        let Canary { path: canary, token } = canary;
         std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -448,7 +484,8 @@ impl Watcher {
         let canary_str = canary.to_str().ok_or("the audit log's directory is not UTF-8")?.to_string();
         let stop = Arc::new(AtomicU8::new(RUNNING));
         let marker = format!("{MARKER} session={session} token={token}");
-        let tally = Tally { kernel_lost: audit_status().map(|(_, lost)| lost), ..Tally::default() };
+        let Reader { fd: reader, lost } = reader;
+        let tally = Tally { kernel_lost: lost, ..Tally::default() };
         let attributor = Attributor { canary: canary_str, own_pid: std::process::id().to_string(), tally };
         let (s, m) = (stop.clone(), marker.clone());
         let sink = Sink { paths: paths.clone(), session: session.to_string(), ev: None, failed: false };

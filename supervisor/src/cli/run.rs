@@ -94,141 +94,78 @@ pub(super) fn launch(session: &Session, prepared: Prepared, command: &[OsString]
 }
 
 /// `mcp`: the command's stdin/stdout go through the MCP gate (crate::mcp).
+///
+/// The stage forks as soon as the sandbox is prepared: while its cgroup,
+/// namespaces and init come up, a second thread ([`decide`]) opens the audit
+/// log, checks what must be refused, writes the launch record and starts the
+/// gate and the kernel-audit watcher. The command waits for that thread's
+/// go-ahead before it confines itself and execs; a refusal closes the pipe
+/// unwritten and the command never runs.
 fn launch_with(session: &Session, prepared: Prepared, command: &[OsString], mcp: bool) -> Result<i32, Failure> {
     let Prepared { enforcement, exec: allowed, stage, report_rx, cgroups, gate: gate_setup, .. } = prepared;
     // Before any thread exists (audit writers and signers, the kernel-audit
-    // reader, the MCP journal): every thread inherits the mask, so SIGCHLD
-    // can only be taken by the wait loop (see wait::block_signals).
+    // reader, the MCP journal, the launch thread): every thread inherits the
+    // mask, so SIGCHLD can only be taken by the wait loop (see wait::block_signals).
     let set = wait::block_signals().map_err(|e| Failure::setup(format!("cannot block signals: {e}")))?;
     let _cleanup = CgroupCleanup(cgroups);
-    let gate = match mcp {
-        true => {
-            let argv: Vec<String> = command.iter().map(|a| a.to_string_lossy().into_owned()).collect();
-            Some(crate::mcp::open(&session.plan, &session.audit, &session.id, &argv)?)
-        }
-        false => None,
-    };
-    // The gate's own log handle, opened before this one holds the log's lock.
-    let gate_evidence = match &gate_setup {
-        Some(_) => Some(Evidence::open(&session.audit, &session.id)?),
-        None => None,
-    };
-    crate::timing::mark("gate's audit handle opened");
-    // Landlock's own reports of what it refused (ABI 7+, kernel audit on,
-    // CAP_AUDIT_READ); the watcher starts once the launch is decided.
-    let kernel_denials = kaudit::probe(session.features.landlock_abi_used);
-    crate::timing::mark("kernel audit probed");
-    let mut evidence = Evidence::open(&session.audit, &session.id)?;
-    crate::timing::mark("audit log opened");
     let argv: Vec<String> = command.iter().map(|a| a.to_string_lossy().into_owned()).collect();
-    let f = &session.features;
-    let mut launch = json!({
-        "profile": session.plan.profile,
-        "chain": session.plan.chain,
-        "argv": argv,
-        "workspace": session.workspace,
-        "kernel": f.release,
-        "landlock_abi": f.landlock_abi_used,
-        "uid": f.euid,
-        "best_effort": session.plan.best_effort,
-        "degraded": enforcement.degradations.iter().map(|d| d.line()).collect::<Vec<_>>(),
-        "notices": enforcement.notices,
-        "limits": enforcement.limits,
-        "exec_allow": allowed.iter().map(|r| &r.path).collect::<Vec<_>>(),
-    });
-    let reach = session.audit.check_out_of_reach(&session.plan).and_then(|()| match &gate_setup {
-        Some(_) => gate_files_out_of_reach(session),
-        None => Ok(()),
-    });
-    if let Err(f) = reach {
-        evidence.refused(Kind::Launch, f.code, &f.message, launch)?;
-        return Err(f);
-    }
-    if !enforcement.degradations.is_empty() {
-        if !session.plan.best_effort {
-            let f = Failure::setup(enforcement.refusal());
-            evidence.refused(Kind::Launch, f.code, &f.message, launch)?;
-            return Err(f);
-        }
-        for d in &enforcement.degradations {
-            eprintln!("portcullis: degraded: {}", d.line());
-            evidence.degradation(json!({ "rule": d.rule, "at": d.at.as_ref().map(|o| o.to_string()), "needs": d.needs, "fallback": d.fallback }))?;
-        }
-    }
-    for n in &enforcement.notices {
-        eprintln!("portcullis: note: {n}");
-    }
+    let decision = Decision { session, enforcement: &enforcement, allowed: &allowed, argv: &argv, mcp };
     let program = match exec::resolve_command(&command[0], &session.path_var, &allowed, &session.plan.profile) {
         Ok(p) => p,
-        Err(f) => {
-            evidence.refused(Kind::Exec, f.code, &f.message, json!({ "argv": argv, "rule": "exec allowlist" }))?;
-            return Err(f);
-        }
+        // Nothing to fork: record the refusal (or an earlier one) and stop.
+        Err(f) => return Err(decide(&decision, Err(&f), gate_setup, None, None).err().unwrap_or(f)),
     };
-    launch["program"] = json!(program);
+    // The canary's name is fixed now; the go-ahead says whether it is used.
+    let canary = match session.features.landlock_abi_used >= 7 {
+        true => kaudit::Canary::new(&session.audit).ok(),
+        false => None,
+    };
     let mut stage = stage;
-    let watcher = match kernel_denials {
-        Ok(reader) => match kaudit::Watcher::start(reader, &session.audit, &session.id) {
-            Ok(w) => Some(w),
-            Err(why) => {
-                launch["kernel_denials"] = json!(format!("invisible: {why}"));
-                None
-            }
-        },
-        Err(why) => {
-            launch["kernel_denials"] = json!(format!("invisible: {why}"));
-            None
-        }
-    };
-    if let Some(w) = &watcher {
-        match std::ffi::CString::new(w.canary().as_os_str().as_encoded_bytes()) {
-            Ok(c) => {
-                stage.canary = Some(c);
-                stage.landlock_flags |= kaudit::LOG_NEW_EXEC_ON;
-                launch["kernel_denials"] = json!("recorded");
-            }
-            Err(_) => launch["kernel_denials"] = json!("invisible: the canary path holds a NUL byte"),
-        }
+    if let Some(c) = &canary {
+        stage.canary = std::ffi::CString::new(c.path().as_os_str().as_encoded_bytes()).ok();
+        stage.watched_flags = kaudit::LOG_NEW_EXEC_ON;
     }
-    crate::timing::mark("kernel audit watcher started");
-    evidence.launch(launch)?;
+    let (go_rx, go_tx) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+        .map_err(|e| Failure::setup(format!("cannot make the go-ahead pipe: {e}")))?;
+    stage.go_writer = std::os::fd::AsRawFd::as_raw_fd(&go_tx);
+    stage.go = Some(go_rx);
     let env = env::build(&session.plan.env, std::env::vars_os());
     let mut cmd = Command::new(&program);
     cmd.arg0(&command[0]).args(&command[1..]).env_clear().envs(env);
-    if gate.is_some() {
+    if mcp {
         cmd.stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped());
     }
-
-    // The gate serves notifications before the command starts: its first
-    // execve may already be parked, and spawn() waits for that exec.
-    let syscall_gate = match (gate_setup, gate_evidence) {
-        (Some(setup), Some(ev)) => {
-            // The gate's records wait for the log's lock, which the launch
-            // record holds until committed. With exec rules the very first
-            // execve may be an ask whose answer must be durable before the
-            // command runs: commit the launch record first, or that answer
-            // waits for spawn, which waits for it. (A gate handle that never
-            // appended needs no lock to be dropped.)
-            if session.plan.gate.covers(policy::ask::Access::Exec) {
-                evidence.commit()?;
-            }
-            let g = match start_gate(session, setup, &argv, ev) {
-                Ok(g) => g,
-                Err(f) => {
-                    evidence.refused(Kind::Exit, f.code, &f.message, json!({ "stage": "syscall gate" }))?;
-                    return Err(f);
-                }
-            };
-            crate::timing::mark("gate started");
-            Some(g)
-        }
-        _ => None,
-    };
-    crate::timing::mark("forking");
-    let spawned = stage::spawn(&mut cmd, stage);
-    crate::timing::mark("command exec'd");
+    let program_ref = program.as_path();
+    let (ready, spawned) = std::thread::scope(|scope| {
+        let decider = std::thread::Builder::new()
+            .name("launch".into())
+            .spawn_scoped(scope, || decide(&decision, Ok(program_ref), gate_setup, canary, Some(go_tx)));
+        let Ok(decider) = decider else {
+            return (Err(Failure::setup("cannot start the launch thread")), None);
+        };
+        crate::timing::mark("forking");
+        // This thread forks, and stays for the whole run: PR_SET_PDEATHSIG
+        // in the stage fires when the thread that forked it ends.
+        let spawned = stage::spawn(&mut cmd, stage);
+        crate::timing::mark("command exec'd");
+        let ready = decider.join().unwrap_or_else(|_| Err(Failure::setup("the launch thread panicked")));
+        (ready, Some(spawned))
+    });
     // Drop our copies of the stage's fds (ruleset, report pipe, cgroup files).
     drop(cmd);
+    let (ready, spawned) = match (ready, spawned) {
+        (Ok(r), Some(s)) => (r, s),
+        (ready, spawned) => {
+            // Refused (and recorded): the stage read EOF instead of the
+            // go-ahead and stopped before it confined itself or exec'd.
+            if let Some(Ok(child)) = spawned {
+                kill(&child);
+                wait::supervise(child.id(), &set);
+            }
+            return Err(ready.err().unwrap_or_else(|| Failure::setup("the launch thread gave no decision")));
+        }
+    };
+    let Ready { mut evidence, watcher, syscall_gate, mcp_gate } = ready;
     let mut child = match spawned {
         Ok(c) => c,
         Err(e) => {
@@ -240,19 +177,15 @@ fn launch_with(session: &Session, prepared: Prepared, command: &[OsString], mcp:
     // Log before the command gets far: the launch record is durable while
     // the command starts; if it cannot be, the sandbox does not go on.
     if let Err(f) = evidence.commit() {
-        let _ =
-            nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGKILL);
+        kill(&child);
         wait::supervise(child.id(), &set);
         return Err(f);
     }
     crate::timing::mark("launch record durable");
-    let proxy = match gate.map(|g| crate::mcp::attach(g, &mut child)).transpose() {
+    let proxy = match mcp_gate.map(|g| crate::mcp::attach(g, &mut child)).transpose() {
         Ok(p) => p,
         Err(f) => {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(child.id() as i32),
-                nix::sys::signal::Signal::SIGKILL,
-            );
+            kill(&child);
             wait::supervise(child.id(), &set);
             evidence.refused(Kind::Exit, f.code, &f.message, json!({}))?;
             return Err(f);
@@ -294,18 +227,169 @@ fn launch_with(session: &Session, prepared: Prepared, command: &[OsString], mcp:
     Ok(code)
 }
 
+fn kill(child: &std::process::Child) {
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGKILL);
+}
+
+/// What [`decide`] looks at.
+struct Decision<'a> {
+    session: &'a Session,
+    enforcement: &'a sandbox::report::Enforcement,
+    allowed: &'a [exec::Resolved],
+    argv: &'a [String],
+    mcp: bool,
+}
+
+/// What the launch runs with, once decided.
+struct Ready {
+    evidence: Evidence,
+    watcher: Option<kaudit::Watcher>,
+    syscall_gate: Option<crate::gate::Running>,
+    mcp_gate: Option<crate::mcp::Prepared>,
+}
+
+/// Opens the audit log, refuses (and records why) a launch that must not
+/// happen, writes the launch record, starts the kernel-audit watcher and the
+/// gate, and then gives the stage its go-ahead through `go`. A refusal drops
+/// `go` unwritten, which stops the stage. `program`: the resolved command,
+/// or why it may not run (then nothing was forked and `go` is None).
+fn decide(
+    d: &Decision,
+    program: Result<&Path, &Failure>,
+    gate_setup: Option<crate::gate::Setup>,
+    canary: Option<kaudit::Canary>,
+    go: Option<std::os::fd::OwnedFd>,
+) -> Result<Ready, Failure> {
+    let session = d.session;
+    let mcp_gate = match d.mcp {
+        true => Some(crate::mcp::open(&session.plan, &session.audit, &session.id, d.argv)?),
+        false => None,
+    };
+    let mut evidence = Evidence::open(&session.audit, &session.id)?;
+    crate::timing::mark("audit log opened");
+    // The gate's own handle, made before this one holds the log's lock.
+    let gate_evidence = match &gate_setup {
+        Some(_) => Some(evidence.sibling()?),
+        None => None,
+    };
+    // Landlock's own reports of what it refused (ABI 7+, kernel audit on,
+    // CAP_AUDIT_READ); the watcher starts once the launch is decided.
+    let kernel_denials = kaudit::probe(session.features.landlock_abi_used);
+    crate::timing::mark("kernel audit probed");
+    let f = &session.features;
+    let enforcement = d.enforcement;
+    let mut launch = json!({
+        "profile": session.plan.profile,
+        "chain": session.plan.chain,
+        "argv": d.argv,
+        "workspace": session.workspace,
+        "kernel": f.release,
+        "landlock_abi": f.landlock_abi_used,
+        "uid": f.euid,
+        "best_effort": session.plan.best_effort,
+        "degraded": enforcement.degradations.iter().map(|d| d.line()).collect::<Vec<_>>(),
+        "notices": enforcement.notices,
+        "limits": enforcement.limits,
+        "exec_allow": d.allowed.iter().map(|r| &r.path).collect::<Vec<_>>(),
+    });
+    let rules = crate::evidence::RuleInodes::of(&session.plan);
+    let reach = session.audit.check_out_of_reach(&rules).and_then(|()| match &gate_setup {
+        Some(_) => gate_files_out_of_reach(&rules),
+        None => Ok(()),
+    });
+    if let Err(f) = reach {
+        evidence.refused(Kind::Launch, f.code, &f.message, launch)?;
+        return Err(f);
+    }
+    if !enforcement.degradations.is_empty() {
+        if !session.plan.best_effort {
+            let f = Failure::setup(enforcement.refusal());
+            evidence.refused(Kind::Launch, f.code, &f.message, launch)?;
+            return Err(f);
+        }
+        for d in &enforcement.degradations {
+            eprintln!("portcullis: degraded: {}", d.line());
+            evidence.degradation(json!({ "rule": d.rule, "at": d.at.as_ref().map(|o| o.to_string()), "needs": d.needs, "fallback": d.fallback }))?;
+        }
+    }
+    for n in &enforcement.notices {
+        eprintln!("portcullis: note: {n}");
+    }
+    let program = match program {
+        Ok(p) => p,
+        Err(f) => {
+            evidence.refused(Kind::Exec, f.code, &f.message, json!({ "argv": d.argv, "rule": "exec allowlist" }))?;
+            return Err(f.clone());
+        }
+    };
+    launch["program"] = json!(program);
+    let watcher = match (kernel_denials, canary) {
+        (Ok(reader), Some(canary)) => match kaudit::Watcher::start(reader, canary, &session.audit, &session.id) {
+            Ok(w) => Some(w),
+            Err(why) => {
+                launch["kernel_denials"] = json!(format!("invisible: {why}"));
+                None
+            }
+        },
+        (Ok(_), None) => {
+            launch["kernel_denials"] = json!("invisible: no canary could be placed beside the audit log");
+            None
+        }
+        (Err(why), _) => {
+            launch["kernel_denials"] = json!(format!("invisible: {why}"));
+            None
+        }
+    };
+    if watcher.is_some() {
+        launch["kernel_denials"] = json!("recorded");
+    }
+    crate::timing::mark("kernel audit watcher started");
+    evidence.launch(launch)?;
+    // The gate serves notifications before the command starts: its first
+    // execve may already be parked, and spawn() waits for that exec.
+    let syscall_gate = match (gate_setup, gate_evidence) {
+        (Some(setup), Some(ev)) => {
+            // The gate's records wait for the log's lock, which the launch
+            // record holds until committed. With exec rules the very first
+            // execve may be an ask whose answer must be durable before the
+            // command runs: commit the launch record first, or that answer
+            // waits for spawn, which waits for it. (A gate handle that never
+            // appended needs no lock to be dropped.)
+            if session.plan.gate.covers(policy::ask::Access::Exec) {
+                evidence.commit()?;
+            }
+            let g = match start_gate(session, setup, d.argv, ev) {
+                Ok(g) => g,
+                Err(f) => {
+                    evidence.refused(Kind::Exit, f.code, &f.message, json!({ "stage": "syscall gate" }))?;
+                    return Err(f);
+                }
+            };
+            crate::timing::mark("gate started");
+            Some(g)
+        }
+        _ => None,
+    };
+    if let Some(go) = go {
+        let byte = if watcher.is_some() { stage::GO_WATCHED } else { stage::GO };
+        // A stage that already failed has closed its end: spawn reports why.
+        let _ = nix::unistd::write(&go, &[byte]);
+    }
+    Ok(Ready { evidence, watcher, syscall_gate, mcp_gate })
+}
+
 /// The grants file and the broker's socket must be out of the sandbox's
 /// reach: it could grant itself, or answer its own requests.
-fn gate_files_out_of_reach(session: &Session) -> Result<(), Failure> {
+fn gate_files_out_of_reach(rules: &crate::evidence::RuleInodes) -> Result<(), Failure> {
     crate::evidence::check_out_of_reach(
-        &session.plan,
+        rules,
         "grants file",
         &crate::grants::path()?,
         "set PORTCULLIS_GRANTS or XDG_STATE_HOME outside every rule",
     )?;
     if let Ok(dir) = crate::broker::socket::dir() {
         crate::evidence::check_out_of_reach(
-            &session.plan,
+            rules,
             "approval broker socket",
             &dir.join("broker.sock"),
             "set XDG_RUNTIME_DIR outside every rule",

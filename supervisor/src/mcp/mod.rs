@@ -90,27 +90,15 @@ pub fn open(plan: &policy::Plan, audit: &AuditPaths, session: &str, argv: &[Stri
 /// A write rule of the plan that covers the pin directory would let the
 /// server rewrite its own pins.
 fn check_out_of_reach(plan: &policy::Plan, dir: &Path) -> Result<(), Failure> {
-    let mut probe = dir.to_path_buf();
-    // The directory may not exist yet: compare its nearest existing ancestor.
-    while !probe.exists() {
-        if !probe.pop() {
-            break;
-        }
+    match crate::evidence::RuleInodes::of(plan).reaching(dir, |r| r.write) {
+        Some(rule) => Err(Failure::setup(format!(
+            "{}: the rule for {} would let the sandbox rewrite the MCP tool pins in {}; move the workspace, or set XDG_STATE_HOME outside every writable rule",
+            rule.at,
+            rule.path,
+            dir.display()
+        ))),
+        None => Ok(()),
     }
-    let canon = std::fs::canonicalize(&probe).unwrap_or(probe);
-    let canon = canon.join(dir.strip_prefix(&canon).unwrap_or(Path::new("")));
-    for rule in plan.landlock.paths.iter().filter(|r| r.write) {
-        let Ok(rule_path) = std::fs::canonicalize(&rule.path) else { continue };
-        if canon.starts_with(&rule_path) {
-            return Err(Failure::setup(format!(
-                "{}: the rule for {} would let the sandbox rewrite the MCP tool pins in {}; move the workspace, or set XDG_STATE_HOME outside every writable rule",
-                rule.at,
-                rule.path,
-                dir.display()
-            )));
-        }
-    }
-    Ok(())
 }
 
 fn create_private_dir(dir: &Path) -> std::io::Result<()> {

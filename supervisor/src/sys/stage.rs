@@ -45,13 +45,15 @@ pub enum Step {
     Seccomp,
     Fds,
     Notify,
+    /// The supervisor refused the launch (or died) before its go-ahead.
+    Go,
     /// Not fatal: the private /proc could not be mounted; the host's stays.
     ProcMount,
 }
 
 impl Step {
     /// Every step, in discriminant order (1..); `ProcMount` stays last.
-    const ALL: [Step; 15] = [
+    const ALL: [Step; 16] = [
         Step::Signals,
         Step::Session,
         Step::ParentGone,
@@ -66,6 +68,7 @@ impl Step {
         Step::Seccomp,
         Step::Fds,
         Step::Notify,
+        Step::Go,
         Step::ProcMount,
     ];
 
@@ -89,6 +92,7 @@ impl Step {
             Step::Seccomp => "installing a seccomp filter",
             Step::Fds => "closing inherited file descriptors",
             Step::Notify => "installing the approval filter (seccomp user notification)",
+            Step::Go => "waiting for the supervisor's go-ahead",
             Step::ProcMount => "mounting the sandbox's own /proc",
         }
     }
@@ -115,11 +119,24 @@ pub struct Stage {
     /// Landlock rights for the private /proc (the profile's /proc rule), added
     /// by init once it has mounted it.
     pub proc_access: Option<u64>,
-    /// `landlock_restrict_self` flags (LOG_NEW_EXEC_ON when denials are read).
+    /// `landlock_restrict_self` flags.
     pub landlock_flags: u32,
-    /// Opened (and refused by Landlock) right after `landlock_restrict_self`,
-    /// so the kernel's audit report names this sandbox's domain (crate::kaudit).
+    /// Added to `landlock_flags` when the go-ahead says the kernel's reports
+    /// are read (LOG_NEW_EXEC_ON).
+    pub watched_flags: u32,
+    /// When the kernel's reports are read: opened (and refused by Landlock)
+    /// right after `landlock_restrict_self`, so the report names this
+    /// sandbox's domain (crate::kaudit).
     pub canary: Option<std::ffi::CString>,
+    /// Read end of the go-ahead pipe. The supervisor forks the stage as soon
+    /// as the sandbox is prepared and decides the launch (audit log, launch
+    /// record, gate, kernel-audit watcher) while the namespaces come up; the
+    /// command waits here before confining itself. One byte: [`GO`] or
+    /// [`GO_WATCHED`]; anything else, or EOF, stops it. None: go at once.
+    pub go: Option<OwnedFd>,
+    /// This process's number for the pipe's write end, closed first thing
+    /// in the child so that only the supervisor can ever write (or close) it.
+    pub go_writer: RawFd,
     /// Seccomp programs, installed in order.
     pub filters: Vec<Vec<Insn>>,
     /// The approval filter (RET_USER_NOTIF for what the gate decides),
@@ -131,6 +148,12 @@ pub struct Stage {
     /// `/dev/null`, for the relay's and init's own stdio.
     pub devnull: OwnedFd,
 }
+
+/// The go-ahead: run the command.
+pub const GO: u8 = b'g';
+/// The go-ahead, and the kernel's Landlock reports are read: open the canary
+/// and log denials after exec.
+pub const GO_WATCHED: u8 = b'w';
 
 /// Pid the relay or init forwards signals to.
 static FORWARD_TO: AtomicI32 = AtomicI32::new(0);
@@ -267,6 +290,9 @@ impl Stage {
             if libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut()) != 0 {
                 return Err(self.fail(Step::Signals, errno()));
             }
+            if self.go_writer >= 0 {
+                libc::close(self.go_writer);
+            }
             // A session of our own: no controlling terminal to inject into
             // (TIOCSTI), and terminal signals reach the sandbox only through
             // the supervisor's forwarding.
@@ -289,7 +315,33 @@ impl Stage {
             if self.namespaces {
                 self.enter_namespaces()?;
             }
-            self.confine()
+            let watched = self.await_go()?;
+            self.confine_with(true, watched)
+        }
+    }
+
+    /// Waits for the supervisor's go-ahead; true when the kernel's reports
+    /// are read.
+    ///
+    /// # Safety
+    ///
+    /// As for [`Stage::run`].
+    unsafe fn await_go(&self) -> io::Result<bool> {
+        let Some(go) = &self.go else { return Ok(false) };
+        let mut byte = 0u8;
+        loop {
+            // SAFETY: reads one byte into a live stack variable from an fd we own.
+            let n = unsafe { libc::read(go.as_raw_fd(), (&mut byte as *mut u8).cast(), 1) };
+            match n {
+                1 => break,
+                _ if n < 0 && errno() == libc::EINTR => continue,
+                _ => return Err(self.fail(Step::Go, libc::ECANCELED)),
+            }
+        }
+        match byte {
+            GO => Ok(false),
+            GO_WATCHED => Ok(true),
+            _ => Err(self.fail(Step::Go, libc::ECANCELED)),
         }
     }
 
@@ -416,17 +468,18 @@ impl Stage {
     /// As for [`Stage::run`]: only in a forked child, which it confines for good.
     pub unsafe fn confine(&self) -> io::Result<()> {
         // SAFETY: as documented above; the caller upholds it.
-        unsafe { self.confine_with(true) }
+        unsafe { self.confine_with(true, false) }
     }
 
     /// [`Stage::confine`]; with `send_listener` false the approval filter is
     /// installed but its listener closed instead of sent (for the benchmark,
-    /// whose forked children have no supervisor to send it to).
+    /// whose forked children have no supervisor to send it to). `watched`:
+    /// the kernel's reports are read (see [`GO_WATCHED`]).
     ///
     /// # Safety
     ///
     /// As for [`Stage::confine`].
-    unsafe fn confine_with(&self, send_listener: bool) -> io::Result<()> {
+    unsafe fn confine_with(&self, send_listener: bool, watched: bool) -> io::Result<()> {
         // SAFETY: syscalls on local structs and prepared buffers; the BPF
         // programs are live Vecs owned by `self` for the whole call.
         unsafe {
@@ -466,10 +519,11 @@ impl Stage {
                 return Err(self.fail(Step::NoNewPrivs, errno()));
             }
             if let Some(ruleset) = &self.ruleset {
-                if libc::syscall(libc::SYS_landlock_restrict_self, ruleset.as_raw_fd(), self.landlock_flags) != 0 {
+                let flags = self.landlock_flags | if watched { self.watched_flags } else { 0 };
+                if libc::syscall(libc::SYS_landlock_restrict_self, ruleset.as_raw_fd(), flags) != 0 {
                     return Err(self.fail(Step::Landlock, errno()));
                 }
-                if let Some(canary) = &self.canary {
+                if let Some(canary) = self.canary.as_ref().filter(|_| watched) {
                     let fd = libc::open(canary.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC);
                     if fd >= 0 {
                         libc::close(fd);
@@ -602,7 +656,7 @@ pub fn time_confine(stage: &Stage, runs: u32) -> (u128, u128) {
         unsafe {
             let pid = libc::fork();
             if pid == 0 {
-                if confine && stage.confine_with(false).is_err() {
+                if confine && stage.confine_with(false, false).is_err() {
                     libc::_exit(1);
                 }
                 libc::_exit(0);
