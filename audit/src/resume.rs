@@ -12,6 +12,10 @@
 //! (and the writer still checks that record's signature); anything else, and
 //! the writer reads the whole log as before. `verify` never reads it: a
 //! forged frontier would only make later checkpoints fail verification.
+//!
+//! The file is overwritten in place, not renamed into place (see
+//! `storage::write_in_place`), so it ends with the SHA-256 of the JSON line
+//! before it: a write torn by a crash is recognised and ignored.
 
 use std::path::Path;
 
@@ -28,8 +32,8 @@ pub struct State {
 
 pub fn encode(bytes: u64, chain: &Chain) -> String {
     let (size, stack) = chain.frontier.parts();
-    json!({
-        "v": 1,
+    let body = json!({
+        "v": 2,
         "bytes": bytes,
         "next_seq": chain.next_seq,
         "last_hash": to_hex(&chain.last_hash),
@@ -39,7 +43,9 @@ pub fn encode(bytes: u64, chain: &Chain) -> String {
         "frontier": stack.iter().map(|(h, hash)| json!([h, to_hex(hash)])).collect::<Vec<_>>(),
         "segment_start": chain.segment_start,
     })
-    .to_string()
+    .to_string();
+    let sum = to_hex(&crate::record::sha256(body.as_bytes()));
+    format!("{body}\n{sum}\n")
 }
 
 /// Reads `<log>.state`; None when missing or malformed (then the log is read whole).
@@ -47,8 +53,12 @@ pub fn load(path: &Path) -> Option<State> {
     let file = crate::storage::open_read(path).ok()?;
     let mut text = String::new();
     std::io::Read::read_to_string(&mut std::io::Read::take(file, 64 * 1024), &mut text).ok()?;
-    let v: Value = serde_json::from_str(&text).ok()?;
-    if v.get("v")?.as_u64()? != 1 {
+    let (body, sum) = text.split_once('\n')?;
+    if sum.trim_end_matches('\n') != to_hex(&crate::record::sha256(body.as_bytes())) {
+        return None;
+    }
+    let v: Value = serde_json::from_str(body).ok()?;
+    if v.get("v")?.as_u64()? != 2 {
         return None;
     }
     let keys = v

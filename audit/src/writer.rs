@@ -1002,7 +1002,7 @@ impl AuditLog {
         };
         storage::write_atomic(&self.checkpoint_path, cp.sign(&self.key).as_bytes(), 0o644)?;
         // A cache for the next writer, not fsynced: a crash only costs a full read.
-        let _ = storage::write_replace(
+        let _ = storage::write_in_place(
             &storage::sibling(&self.path, ".state"),
             resume::encode(self.known_len, &self.chain).as_bytes(),
             0o600,

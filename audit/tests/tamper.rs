@@ -510,6 +510,44 @@ fn two_handles_in_one_process_keep_one_linear_chain() {
 }
 
 #[test]
+fn sibling_handles_share_one_linear_chain_and_only_between_commits() {
+    let t = Tmp::new("sibling");
+    make_log(&t, 3);
+    let mut a =
+        AuditLog::open_with(&t.log(), test_key(1), LogOptions { session: Some("a".into()), ..Default::default() })
+            .unwrap();
+    let mut b = a.sibling(Some("b".into())).unwrap();
+    assert_eq!(b.session(), "b");
+    let h = std::thread::spawn(move || {
+        for i in 0..100 {
+            b.append(Kind::Verdict, json!({"t": "b", "i": i})).unwrap();
+            if i % 7 == 0 {
+                b.commit().unwrap();
+            }
+        }
+        b.close().unwrap();
+    });
+    for i in 0..100 {
+        a.append(Kind::Verdict, json!({"t": "a", "i": i})).unwrap();
+        if i % 5 == 0 {
+            a.commit().unwrap();
+        }
+    }
+    // An uncommitted batch holds the lock: commit before waiting for b.
+    a.commit().unwrap();
+    h.join().unwrap();
+    // With a record pending (and the lock held) there is no consistent view to share.
+    a.append(Kind::Verdict, json!({"t": "a", "last": true})).unwrap();
+    assert!(matches!(a.sibling(None), Err(AuditError::NotBetweenCommits)));
+    a.close().unwrap();
+    let r = verify(&t.log(), Some(&t.cp()), None).unwrap();
+    assert_eq!(r.records, 4 + 201, "{r:?}");
+    let sessions: Vec<String> =
+        lines(&t.log()).iter().skip(4).map(|l| Record::parse_line(l.as_bytes()).unwrap().session).collect();
+    assert!(sessions.iter().any(|s| s == "a") && sessions.iter().any(|s| s == "b"));
+}
+
+#[test]
 fn full_disk_fails_closed() {
     let t = Tmp::new("diskfull");
     // RLIMIT_FSIZE stands in for a full disk; SIGXFSZ is ignored so write() returns EFBIG.
@@ -617,24 +655,48 @@ fn writers_resume_from_the_state_cache_and_the_log_still_verifies() {
     assert_eq!(seq, 5);
 }
 
+/// The state cache's JSON line (its first line).
+fn read_state(t: &Tmp) -> serde_json::Value {
+    let text = std::fs::read_to_string(state(t)).unwrap();
+    serde_json::from_str(text.lines().next().unwrap()).unwrap()
+}
+
+/// Writes a state cache as a writer does: the JSON line, then its SHA-256,
+/// so that only the content is forged, not the framing.
+fn write_state(t: &Tmp, v: &serde_json::Value) {
+    let body = v.to_string();
+    let sum: String = record::sha256(body.as_bytes()).iter().map(|b| format!("{b:02x}")).collect();
+    std::fs::write(state(t), format!("{body}\n{sum}\n")).unwrap();
+}
+
 #[test]
 fn a_forged_or_stale_state_cache_is_ignored() {
     let t = Tmp::new("resume-forged");
     make_log(&t, 20);
     // A state whose last hash matches no record: ignored, the log is read whole.
-    let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(state(&t)).unwrap()).unwrap();
+    let mut v = read_state(&t);
     v["last_hash"] = json!("11".repeat(32));
-    let forged = v.to_string();
-    std::fs::write(state(&t), forged).unwrap();
+    write_state(&t, &v);
     append_more(&t, 2);
     verify(&t.log(), Some(&t.cp()), None).unwrap();
     // A state pointing past the end of the log (a log restored from backup): ignored too.
-    let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(state(&t)).unwrap()).unwrap();
+    let mut v = read_state(&t);
     v["bytes"] = json!(u64::MAX / 2);
-    std::fs::write(state(&t), v.to_string()).unwrap();
+    write_state(&t, &v);
     append_more(&t, 2);
     let report = verify(&t.log(), Some(&t.cp()), None).unwrap();
     assert_eq!(report.records, 1 + 20 + 4);
+    // A write torn by a crash: new bytes over an older, longer copy. The
+    // frontier is forged so that using it would break the next checkpoint.
+    let mut v = read_state(&t);
+    v["frontier"][0][1] = json!("22".repeat(32));
+    let body = v.to_string();
+    let mut torn = std::fs::read(state(&t)).unwrap();
+    torn.extend_from_slice(b"padding from an older copy");
+    torn[..body.len()].copy_from_slice(body.as_bytes());
+    std::fs::write(state(&t), torn).unwrap();
+    append_more(&t, 2);
+    verify(&t.log(), Some(&t.cp()), None).unwrap();
     // Garbage: ignored.
     std::fs::write(state(&t), "not json").unwrap();
     append_more(&t, 1);
