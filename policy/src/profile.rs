@@ -121,18 +121,24 @@ fn expect(lines: &Lines, v: &Spanned<crate::schema::ExpectEntry>) -> Result<Loca
 /// Maps byte offsets in one source text to 1-based lines.
 pub(crate) struct Lines<'a> {
     source: &'a str,
-    text: &'a str,
+    /// Byte offset where each line starts (the first is 0).
+    starts: Vec<usize>,
+    /// Where the last line with text ends: an error at the end of the file
+    /// belongs to it, not to the empty line after it.
+    end: usize,
 }
 
 impl<'a> Lines<'a> {
-    pub(crate) fn new(source: &'a str, text: &'a str) -> Self {
-        Lines { source, text }
+    pub(crate) fn new(source: &'a str, text: &str) -> Self {
+        let starts = std::iter::once(0).chain(text.match_indices('\n').map(|(i, _)| i + 1)).collect();
+        Lines { source, starts, end: text.trim_end_matches('\n').len() }
     }
 
+    /// The 1-based line holding byte `offset` (one binary search, so that
+    /// locating every value of a profile stays linear in its size).
     pub(crate) fn at(&self, offset: usize) -> Origin {
-        // An error at end of file belongs to the last line, not the empty one after it.
-        let end = offset.min(self.text.trim_end_matches('\n').len());
-        Origin::new(self.source, self.text[..end].matches('\n').count() + 1)
+        let offset = offset.min(self.end);
+        Origin::new(self.source, self.starts.partition_point(|&s| s <= offset))
     }
 
     fn locate<T: Clone>(&self, v: &Spanned<T>) -> Located<T> {

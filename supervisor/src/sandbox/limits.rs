@@ -147,8 +147,8 @@ pub fn apply(
     if let Some(n) = &plan.max_procs {
         // For a non-root user, RLIMIT_NPROC in the sandbox's own user
         // namespace counts only the sandbox's tasks; it is preferred over a
-        // pids cgroup, since moving a task into a v1 cgroup costs an RCU grace
-        // period on every launch. The kernel never applies RLIMIT_NPROC to
+        // pids cgroup (none to make, join and remove, and an unprivileged
+        // user can rarely make one). The kernel never applies RLIMIT_NPROC to
         // uid 0 (user namespace or not), so root needs the cgroup.
         let rlimit_binds = in_user_ns && !nix::unistd::geteuid().is_root();
         let files = [("pids.max", n.value.to_string())];
