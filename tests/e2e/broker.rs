@@ -28,7 +28,7 @@ struct Broker {
 impl Broker {
     fn dir_only(tag: &str) -> Broker {
         let n = N.fetch_add(1, Ordering::Relaxed);
-        let root = std::env::temp_dir().join(format!("pc-e2e-broker-{tag}-{}-{n}", std::process::id()));
+        let root = std::env::temp_dir().join(format!("pc-e2e-brokerdir-{tag}-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&root);
         std::fs::create_dir_all(&root).unwrap();
         std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -666,6 +666,23 @@ fn an_mcp_ask_starts_the_broker_on_demand_and_approve_lets_the_call_through() {
     let out = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("waiting for approval"), "the supervisor said how to answer: {stderr}");
+    // Log before act: the person's yes is in the log, ahead of the call's own record.
+    let list = sb.run(&[
+        "audit",
+        "list",
+        "--log",
+        &sb.path(&audit.join("audit.log")),
+        "--key",
+        &sb.path(&audit.join("audit.key")),
+        "--json",
+    ]);
+    let records: Vec<Value> = list.stdout.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    let approval = records.iter().position(|r| {
+        r["kind"] == "approval" && r["body"]["request"]["target"] == "big" && r["body"]["decision"] == "allow"
+    });
+    let call = records.iter().position(|r| r["kind"] == "tool_call" && r["body"]["tool"] == "big");
+    assert!(approval.is_some() && approval < call, "approval then call: {}", list.stdout);
+    assert!(!list.stdout.contains("hunter2"), "masked in the log too");
 
     // The broker outlives the supervisor, and (regression) does not inherit
     // the signals `run` blocks: SIGTERM stops it.

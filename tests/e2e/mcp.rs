@@ -114,6 +114,11 @@ fn run_args(sb: &Sandbox, profile: &str, extra: &[&str]) -> Vec<String> {
 
 /// Runs the SDK driver against `portcullis ARGS -- SERVER...`; returns its report.
 fn drive(sb: &Sandbox, servers: &Servers, args: Vec<String>, server: &[&str], calls: Value) -> Value {
+    drive_home(sb, servers, args, server, calls, &sb.path(&sb.home))
+}
+
+/// [`drive`] with HOME set to `home`.
+fn drive_home(sb: &Sandbox, servers: &Servers, args: Vec<String>, server: &[&str], calls: Value, home: &str) -> Value {
     let mut all = args;
     all.push("--".into());
     all.extend(server.iter().map(|s| s.to_string()));
@@ -133,7 +138,7 @@ fn drive(sb: &Sandbox, servers: &Servers, args: Vec<String>, server: &[&str], ca
         "args": all,
         "cwd": sb.path(&sb.ws),
         "env": {
-            "HOME": sb.path(&sb.home), "PATH": "/usr/local/bin:/usr/bin:/bin",
+            "HOME": home, "PATH": "/usr/local/bin:/usr/bin:/bin",
             "XDG_STATE_HOME": sb.path(&sb.root.join("state")),
             "SEEN": sb.path(&sb.ws.join("seen.jsonl")),
             // No broker: an ask must fail closed at once (tests/e2e/broker.rs drives one).
@@ -280,6 +285,75 @@ fn filesystem_case(sb: Sandbox) {
     assert!(!sb.outside.join("planted.txt").exists(), "the kernel kept the write out");
     assert_eq!(calls[3]["isError"], false, "{r}");
     assert_eq!(std::fs::read_to_string(sb.ws.join("new.txt")).unwrap(), "ok", "the positive twin");
+}
+
+/// A HOME whose npm cache holds server-filesystem, as after a user's first
+/// `npx -y @modelcontextprotocol/server-filesystem` (run once here, outside
+/// any sandbox, with the registry; kept across test runs).
+fn npx_home(s: &Servers) -> Option<PathBuf> {
+    static H: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    let r = H.get_or_init(|| {
+        let home = s.root.join("npx-home");
+        let pkg = "@modelcontextprotocol/server-filesystem";
+        let cached = |home: &Path| {
+            std::fs::read_dir(home.join(".npm/_npx"))
+                .into_iter()
+                .flatten()
+                .flatten()
+                .any(|d| d.path().join("node_modules").join(pkg).join("package.json").exists())
+        };
+        if !cached(&home) {
+            std::fs::create_dir_all(&home).map_err(|e| e.to_string())?;
+            // The server exits when its stdin closes.
+            let out = Command::new("npx")
+                .args(["-y", pkg, home.to_str().unwrap()])
+                .env("HOME", &home)
+                .stdin(Stdio::null())
+                .output()
+                .map_err(|e| format!("npx: {e}"))?;
+            if !cached(&home) {
+                return Err(format!(
+                    "npx could not fill its cache (registry unreachable?): {}",
+                    String::from_utf8_lossy(&out.stderr)
+                ));
+            }
+        }
+        Ok(home)
+    });
+    match r {
+        Ok(h) => Some(h.clone()),
+        Err(e) => {
+            skip(e);
+            None
+        }
+    }
+}
+
+/// `npx -y PKG`, as users (and `portcullis wrap`) launch servers: with the
+/// package in npm's cache the server starts and serves with no network at
+/// all, under the shipped profile as it is.
+#[test]
+fn npx_y_starts_a_cached_server_without_the_network() {
+    let Some(s) = servers() else { return };
+    let Some(home) = npx_home(s) else { return };
+    let sb = Sandbox::new("mcp-npx", As::Caller);
+    let args = run_args(&sb, "mcp-filesystem", &["--write", &sb.path(&sb.ws)]);
+    let inside = sb.path(&sb.ws.join("file.txt"));
+    let outside = sb.path(&sb.outside.join("secret.txt"));
+    let r = drive_home(
+        &sb,
+        s,
+        args,
+        &["npx", "-y", "@modelcontextprotocol/server-filesystem", &sb.path(&sb.ws), &sb.path(&sb.outside)],
+        json!([{"tool": "read_text_file", "arguments": {"path": inside}},
+               {"tool": "read_text_file", "arguments": {"path": outside}}]),
+        home.to_str().unwrap(),
+    );
+    let calls = r["calls"].as_array().unwrap();
+    assert_eq!(calls[0]["text"], "inside\n", "{r}");
+    // Twin: the kernel still keeps it out of what the profile does not grant.
+    assert_eq!(calls[1]["isError"], true, "{r}");
+    assert!(!calls[1]["text"].as_str().unwrap().contains("outside\n"), "{r}");
 }
 
 #[test]

@@ -28,8 +28,17 @@ pub struct ApprovalRequest<'a> {
 /// The answer, and who gave it (`user via terminal`, `broker`, `no-broker`...).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Approval {
-    Allow { by: String },
-    Deny { by: String, reason: String },
+    /// `answer`: the body of the `approval` record when a person answered
+    /// just now (not a grant or a remembered answer); the gate makes it
+    /// durable before the call goes out (log before act).
+    Allow {
+        by: String,
+        answer: Option<Value>,
+    },
+    Deny {
+        by: String,
+        reason: String,
+    },
 }
 
 /// Decides `ask` calls. It may block (a human answers); the gate calls it
@@ -100,7 +109,7 @@ impl Approver for Broker {
     fn decide(&self, request: &ApprovalRequest<'_>) -> Approval {
         let remembered = self.remembered.lock().unwrap_or_else(|p| p.into_inner()).get(request.tool).cloned();
         match remembered {
-            Some((true, by)) => return Approval::Allow { by: format!("{by} (for this session)") },
+            Some((true, by)) => return Approval::Allow { by: format!("{by} (for this session)"), answer: None },
             Some((false, by)) => {
                 return Approval::Deny {
                     by: format!("{by} (for this session)"),
@@ -114,7 +123,7 @@ impl Approver for Broker {
         {
             let by = format!("grant {id}");
             if allow {
-                return Approval::Allow { by };
+                return Approval::Allow { by, answer: None };
             }
             return Approval::Deny {
                 reason: format!("tool `{}` is always denied for this profile ({by})", request.tool),
@@ -159,7 +168,17 @@ impl Approver for Broker {
             }
         }
         if answer.allow {
-            return Approval::Allow { by: answer.by };
+            let body = serde_json::json!({
+                "request": {
+                    "kind": ask.kind, "category": ask.category, "target": ask.target, "detail": ask.detail,
+                    "rule": ask.rule, "pid": ask.pid, "timeout_ms": ask.timeout.as_millis() as u64,
+                },
+                "decision": "allow",
+                "scope": match answer.scope { Scope::Once => "once", Scope::Session => "session", Scope::Always => "always" },
+                "by": answer.by,
+                "latency_ms": answer.latency.as_millis() as u64,
+            });
+            return Approval::Allow { by: answer.by, answer: Some(body) };
         }
         let why = answer.reason.unwrap_or_else(|| format!("denied by {}", answer.by));
         let reason = if answer.by == "no-broker" {

@@ -15,6 +15,7 @@ use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use audit::Kind;
 use policy::mcp::{Category, Hints, McpPlan, ToolVerdict};
 use serde_json::{json, Map, Value};
 
@@ -348,7 +349,30 @@ impl Gate {
                     rule: &rule,
                 };
                 match self.approver.decide(&req) {
-                    Approval::Allow { by } => decided_by = by,
+                    Approval::Allow { by, answer } => {
+                        // Log before act: a person's yes goes out only once
+                        // its record is durable; if it cannot be, the call
+                        // is refused.
+                        if let Some(body) = answer {
+                            // (The journal's guard must be gone before `refusal` records.)
+                            let logged = self.journal().record_durable(Kind::Approval, body);
+                            if let Err(why) = logged {
+                                return refusal(
+                                    Refusal {
+                                        code: code::NEEDS_APPROVAL,
+                                        message: format!(
+                                            "portcullis: the approval could not be recorded ({why}); refused"
+                                        ),
+                                        decided_by: "audit".into(),
+                                        rule,
+                                        retry_after: None,
+                                    },
+                                    category,
+                                );
+                            }
+                        }
+                        decided_by = by
+                    }
                     Approval::Deny { by, reason } => {
                         return refusal(
                             Refusal {
@@ -690,6 +714,35 @@ mod tests {
         let init = br#"{"jsonrpc":"2.0","id":0,"method":"initialize","params":{}}"#;
         assert_eq!(g.from_client(init).forward, Forward::Same);
         assert_eq!(g.from_server(br#"{"jsonrpc":"2.0","method":"notifications/message","params":{}}"#), Forward::Same);
+    }
+
+    /// A person who says yes to everything, just now.
+    struct Yes;
+
+    impl Approver for Yes {
+        fn decide(&self, request: &ApprovalRequest<'_>) -> Approval {
+            Approval::Allow { by: "cli".into(), answer: Some(json!({"decision": "allow", "target": request.tool})) }
+        }
+    }
+
+    #[test]
+    fn a_persons_yes_is_recorded_before_the_call_goes_out_and_refused_if_it_cannot_be() {
+        let text = "[mcp.tools]\nask = [\"write_file\"]\n";
+        let (j, rx) = Journal::to_channel(1000);
+        let g = Gate::new(plan(text), "test", vec!["srv".into()], Box::new(Yes), j, PinStore::in_memory());
+        let r = g.from_client(&call(1, "write_file", json!({"content": "x"})));
+        assert_eq!(r.forward, Forward::Same, "approved: forwarded");
+        // The approval was recorded while from_client ran, before it returned.
+        let approval = rx.try_recv().expect("the approval record came first");
+        assert_eq!((approval["decision"].as_str(), approval["target"].as_str()), (Some("allow"), Some("write_file")));
+        assert_eq!(g.from_server(&result(1, "done", false)), Forward::Same);
+        let rec = rx.try_recv().unwrap();
+        assert_eq!((rec["verdict"].as_str(), rec["decided_by"].as_str()), (Some("allow"), Some("cli")));
+        // Twin: with the log gone, the same yes is refused and nothing goes out.
+        drop(rx);
+        let e = error_of(&g.from_client(&call(2, "write_file", json!({"content": "x"}))));
+        assert_eq!(e["error"]["code"], code::NEEDS_APPROVAL);
+        assert!(e["error"]["message"].as_str().unwrap().contains("could not be recorded"), "{e}");
     }
 
     #[test]

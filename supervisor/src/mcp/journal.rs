@@ -1,52 +1,97 @@
 //! Tool-call records into the signed audit log. `AuditLog` is not `Sync`,
 //! so one writer thread owns a handle (same log, same session id as the
 //! run's launch and exit records; the log's file lock keeps the chain
-//! linear) and the proxy threads send it bodies over a bounded channel.
-//! It group-commits: it writes what arrived, fsyncs once, and takes the
-//! next batch. If a write fails, [`Journal::healthy`] turns false and the
-//! gate refuses further calls: nothing goes through unrecorded.
+//! linear) and the proxy threads hand it bodies through a bounded queue.
+//!
+//! A record costs the proxy thread a push under a mutex. The writer is woken
+//! only when the queue turns non-empty, lingers [`LINGER`] for more to
+//! arrive, then appends them all and fsyncs once: a stream of calls wakes it
+//! once per burst, not once per call, so the writer (and the log's signer)
+//! take little CPU away from the proxy's own threads on a small machine. A
+//! full queue makes senders wait (bounded memory). If a write fails,
+//! [`Journal::healthy`] turns false and the gate refuses further calls:
+//! nothing goes through unrecorded.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use audit::{AuditLog, Kind};
 use serde_json::Value;
 
-/// Records waiting for the writer; a full channel makes senders wait (bounded memory).
+/// Records waiting for the writer; a full queue makes senders wait (bounded memory).
 const QUEUE: usize = 4096;
+/// How long the writer collects before a group commit.
+const LINGER: Duration = Duration::from_millis(2);
 
 pub struct Journal {
-    tx: Option<SyncSender<Value>>,
+    sink: Sink,
     healthy: Arc<AtomicBool>,
     writer: Option<JoinHandle<()>>,
     /// Where the records go, for messages.
     pub target: String,
 }
 
+enum Sink {
+    Nowhere,
+    Channel(Option<SyncSender<Value>>),
+    Log(Arc<Shared>),
+}
+
+struct Shared {
+    queue: Mutex<Queue>,
+    /// The writer waits here for a first record.
+    wake: Condvar,
+    /// Senders wait here while the queue is full.
+    space: Condvar,
+}
+
+#[derive(Default)]
+struct Queue {
+    items: Vec<Item>,
+    /// A record waits to be durable: commit at once, without lingering.
+    durable: bool,
+    closed: bool,
+}
+
+/// A record, and for a durable one where to say it is on disk (or why not).
+type Item = (Kind, Value, Option<SyncSender<Result<(), String>>>);
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
 impl Journal {
     /// Records nowhere (benchmarks, unit tests): always healthy.
     pub fn discard() -> Self {
-        Journal { tx: None, healthy: Arc::new(AtomicBool::new(true)), writer: None, target: "nowhere".into() }
+        Journal {
+            sink: Sink::Nowhere,
+            healthy: Arc::new(AtomicBool::new(true)),
+            writer: None,
+            target: "nowhere".into(),
+        }
     }
 
     /// Records into a channel (tests, or a consumer other than the log).
     pub fn to_channel(capacity: usize) -> (Self, Receiver<Value>) {
         let (tx, rx) = sync_channel(capacity);
-        let j =
-            Journal { tx: Some(tx), healthy: Arc::new(AtomicBool::new(true)), writer: None, target: "channel".into() };
+        let healthy = Arc::new(AtomicBool::new(true));
+        let j = Journal { sink: Sink::Channel(Some(tx)), healthy, writer: None, target: "channel".into() };
         (j, rx)
     }
 
     /// Starts the writer thread on an open log.
     pub fn start(log: AuditLog) -> std::io::Result<Self> {
-        let (tx, rx) = sync_channel(QUEUE);
+        let shared = Arc::new(Shared { queue: Mutex::default(), wake: Condvar::new(), space: Condvar::new() });
         let healthy = Arc::new(AtomicBool::new(true));
-        let h = healthy.clone();
+        let (h, q) = (healthy.clone(), shared.clone());
         let target = log.path().display().to_string();
-        let writer = std::thread::Builder::new().name("mcp-audit".into()).spawn(move || write_loop(log, rx, h))?;
-        Ok(Journal { tx: Some(tx), healthy, writer: Some(writer), target })
+        let writer = std::thread::Builder::new().name("mcp-audit".into()).spawn(move || write_loop(log, &q, &h))?;
+        Ok(Journal { sink: Sink::Log(shared), healthy, writer: Some(writer), target })
     }
 
     pub fn healthy(&self) -> bool {
@@ -55,16 +100,74 @@ impl Journal {
 
     /// Queues one `tool_call` record.
     pub fn record(&self, body: Value) {
-        if let Some(tx) = &self.tx {
-            if tx.send(body).is_err() {
-                self.healthy.store(false, Ordering::Release);
+        match &self.sink {
+            Sink::Nowhere => {}
+            Sink::Channel(tx) => {
+                if tx.as_ref().is_none_or(|tx| tx.send(body).is_err()) {
+                    self.healthy.store(false, Ordering::Release);
+                }
+            }
+            Sink::Log(shared) => {
+                let mut q = shared.lock();
+                while q.items.len() >= QUEUE && !q.closed {
+                    q = shared.space.wait(q).unwrap_or_else(|p| p.into_inner());
+                }
+                if q.closed {
+                    drop(q);
+                    self.healthy.store(false, Ordering::Release);
+                    return;
+                }
+                let first = q.items.is_empty();
+                q.items.push((Kind::ToolCall, body, None));
+                drop(q);
+                if first {
+                    shared.wake.notify_one();
+                }
+            }
+        }
+    }
+
+    /// Appends and fsyncs a record; returns once it is durable, or why it
+    /// could not be (then the caller must not act on it).
+    pub fn record_durable(&self, kind: Kind, body: Value) -> Result<(), String> {
+        match &self.sink {
+            Sink::Nowhere => Ok(()),
+            Sink::Channel(tx) => match tx.as_ref().map(|tx| tx.send(body)) {
+                Some(Ok(())) => Ok(()),
+                _ => Err("the audit channel is closed".into()),
+            },
+            Sink::Log(shared) => {
+                if !self.healthy() {
+                    return Err("the audit log failed earlier".into());
+                }
+                let (ack, done) = sync_channel(1);
+                {
+                    let mut q = shared.lock();
+                    if q.closed {
+                        return Err("the audit writer has stopped".into());
+                    }
+                    // Not bounded by QUEUE: the caller waits, so durable
+                    // records in the queue are at most the callers waiting.
+                    q.items.push((kind, body, Some(ack)));
+                    q.durable = true;
+                }
+                shared.wake.notify_one();
+                done.recv().unwrap_or_else(|_| Err("the audit writer is gone".into()))
             }
         }
     }
 
     /// Commits what is queued, writes a checkpoint and stops the writer.
     pub fn close(&mut self) {
-        self.tx = None;
+        match &mut self.sink {
+            Sink::Nowhere => {}
+            Sink::Channel(tx) => *tx = None,
+            Sink::Log(shared) => {
+                shared.lock().closed = true;
+                shared.wake.notify_one();
+                shared.space.notify_all();
+            }
+        }
         if let Some(w) = self.writer.take() {
             let _ = w.join();
         }
@@ -77,27 +180,54 @@ impl Drop for Journal {
     }
 }
 
-fn write_loop(mut log: AuditLog, rx: Receiver<Value>, healthy: Arc<AtomicBool>) {
+fn write_loop(mut log: AuditLog, shared: &Shared, healthy: &AtomicBool) {
     crate::sys::background_thread();
     let fail = |e: &dyn std::fmt::Display| {
         if healthy.swap(false, Ordering::AcqRel) {
             eprintln!("portcullis: mcp: audit log write failed: {e}; refusing further tool calls");
         }
     };
-    while let Ok(first) = rx.recv() {
-        let mut next = Some(first);
-        while let Some(body) = next {
-            if healthy.load(Ordering::Acquire) {
-                if let Err(e) = log.append(Kind::ToolCall, body) {
+    loop {
+        let mut q = shared.lock();
+        while q.items.is_empty() && !q.closed {
+            q = shared.wake.wait(q).unwrap_or_else(|p| p.into_inner());
+        }
+        if q.items.is_empty() && q.closed {
+            break;
+        }
+        if !q.closed && !q.durable {
+            drop(q);
+            std::thread::sleep(LINGER);
+            q = shared.lock();
+        }
+        let batch = std::mem::take(&mut q.items);
+        q.durable = false;
+        drop(q);
+        shared.space.notify_all();
+        let mut acks = Vec::new();
+        let mut error: Option<String> = None;
+        for (kind, body, ack) in batch {
+            if error.is_none() && healthy.load(Ordering::Acquire) {
+                if let Err(e) = log.append(kind, body) {
                     fail(&e);
+                    error = Some(e.to_string());
                 }
             }
-            next = rx.try_recv().ok();
+            acks.extend(ack);
         }
-        if healthy.load(Ordering::Acquire) {
+        if error.is_none() && healthy.load(Ordering::Acquire) {
             if let Err(e) = log.commit() {
                 fail(&e);
+                error = Some(e.to_string());
             }
+        }
+        let result = match (error, healthy.load(Ordering::Acquire)) {
+            (Some(e), _) => Err(e),
+            (None, false) => Err("the audit log failed earlier".into()),
+            (None, true) => Ok(()),
+        };
+        for ack in acks {
+            let _ = ack.send(result.clone());
         }
     }
     if healthy.load(Ordering::Acquire) {
