@@ -21,7 +21,7 @@ const NPM_PACKAGES: [&str; 3] = [
     "@modelcontextprotocol/server-everything",
     "@modelcontextprotocol/server-memory",
 ];
-const PYPI_PACKAGES: [&str; 4] = ["mcp", "mcp-server-git", "mcp-server-time", "mcp-server-fetch"];
+const PYPI_PACKAGES: [&str; 5] = ["mcp", "mcp-server-git", "mcp-server-time", "mcp-server-fetch", "uv"];
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
@@ -37,6 +37,10 @@ impl Servers {
     }
     fn node_server(&self, name: &str) -> String {
         self.npm().join(format!("node_modules/@modelcontextprotocol/{name}/dist/index.js")).to_str().unwrap().into()
+    }
+    /// uv's `uvx`, installed into the venv from PyPI.
+    fn uvx(&self) -> PathBuf {
+        self.root.join("venv/bin/uvx")
     }
     fn python(&self) -> String {
         self.root.join("venv/bin/python").to_str().unwrap().into()
@@ -75,8 +79,9 @@ fn servers() -> Option<&'static Servers> {
         }
         let py_ok = Command::new(s.python())
             .args(["-c", "import mcp, mcp_server_git, mcp_server_time, mcp_server_fetch"])
-            .output();
-        if !py_ok.is_ok_and(|o| o.status.success()) {
+            .output()
+            .map(|o| o.status.success() && s.uvx().exists());
+        if !py_ok.unwrap_or(false) {
             let venv = root.join("venv");
             let _ = Command::new("python3").arg("-m").arg("venv").arg(&venv).status();
             let out = Command::new(s.python())
@@ -354,6 +359,67 @@ fn npx_y_starts_a_cached_server_without_the_network() {
     // Twin: the kernel still keeps it out of what the profile does not grant.
     assert_eq!(calls[1]["isError"], true, "{r}");
     assert!(!calls[1]["text"].as_str().unwrap().contains("outside\n"), "{r}");
+}
+
+/// A HOME whose uv cache holds mcp-server-time, as after a user's first
+/// `uvx mcp-server-time` (run once here, outside any sandbox, with PyPI).
+fn uvx_home(s: &Servers) -> Option<PathBuf> {
+    static H: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    let r = H.get_or_init(|| {
+        let home = s.root.join("uvx-home");
+        let stamp = home.join(".cached");
+        if !stamp.exists() {
+            std::fs::create_dir_all(&home).map_err(|e| e.to_string())?;
+            // The server exits when its stdin closes.
+            let out = Command::new(s.uvx())
+                .arg("mcp-server-time")
+                .env("HOME", &home)
+                .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+                .stdin(Stdio::null())
+                .output()
+                .map_err(|e| format!("uvx: {e}"))?;
+            if !out.status.success() {
+                return Err(format!(
+                    "uvx could not fill its cache (PyPI unreachable?): {}",
+                    String::from_utf8_lossy(&out.stderr)
+                ));
+            }
+            std::fs::write(&stamp, "").map_err(|e| e.to_string())?;
+        }
+        Ok(home)
+    });
+    match r {
+        Ok(h) => Some(h.clone()),
+        Err(e) => {
+            skip(e);
+            None
+        }
+    }
+}
+
+/// `uvx PKG`, the Python twin of the npx case: a cached package starts and
+/// serves with no network under its shipped profile.
+#[test]
+fn uvx_starts_a_cached_server_without_the_network() {
+    let Some(s) = servers() else { return };
+    let Some(home) = uvx_home(s) else { return };
+    let sb = Sandbox::new("mcp-uvx", As::Caller);
+    let uvx = s.uvx();
+    let uv = uvx.with_file_name("uv");
+    let venv = s.root.join("venv");
+    let flags = ["--exec", uvx.to_str().unwrap(), "--exec", uv.to_str().unwrap(), "--read", venv.to_str().unwrap()];
+    let args = run_args(&sb, "mcp-time", &flags);
+    let r = drive_home(
+        &sb,
+        s,
+        args,
+        &[uvx.to_str().unwrap(), "mcp-server-time"],
+        json!([{"tool": "get_current_time", "arguments": {"timezone": "UTC"}}]),
+        home.to_str().unwrap(),
+    );
+    let calls = r["calls"].as_array().unwrap();
+    assert_eq!(calls[0]["isError"], false, "{r}");
+    assert!(calls[0]["text"].as_str().unwrap().contains("UTC"), "{r}");
 }
 
 #[test]
