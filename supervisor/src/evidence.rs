@@ -215,10 +215,7 @@ impl Evidence {
     /// A second handle on the same log for another thread of this run (the
     /// gate's journal), without opening and checking the log again.
     pub fn sibling(&self) -> Result<Evidence, Failure> {
-        let log = self
-            .log
-            .sibling(Some(self.session.clone()))
-            .map_err(|e| Failure::setup(format!("audit log: {e}; refusing to run without a working audit log")))?;
+        let log = self.sibling_log()?;
         let syslog = match &self.syslog {
             Some(s) => Some(Syslog {
                 socket: std::os::unix::net::UnixDatagram::unbound().map_err(|e| {
@@ -230,6 +227,13 @@ impl Evidence {
             None => None,
         };
         Ok(Evidence { log, started: self.started, session: self.session.clone(), syslog })
+    }
+
+    /// The bare log handle of [`Evidence::sibling`] (the MCP journal's).
+    pub fn sibling_log(&self) -> Result<AuditLog, Failure> {
+        self.log
+            .sibling(Some(self.session.clone()))
+            .map_err(|e| Failure::setup(format!("audit log: {e}; refusing to run without a working audit log")))
     }
 
     fn append(&mut self, kind: Kind, body: Value) -> Result<(), Failure> {

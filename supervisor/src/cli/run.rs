@@ -261,13 +261,13 @@ fn decide(
     go: Option<std::os::fd::OwnedFd>,
 ) -> Result<Ready, Failure> {
     let session = d.session;
-    let mcp_gate = match d.mcp {
-        true => Some(crate::mcp::open(&session.plan, &session.audit, &session.id, d.argv)?),
-        false => None,
-    };
     let mut evidence = Evidence::open(&session.audit, &session.id)?;
     crate::timing::mark("audit log opened");
-    // The gate's own handle, made before this one holds the log's lock.
+    // The other handles are siblings, made before this one holds the lock.
+    let mcp_gate = match d.mcp {
+        true => Some(crate::mcp::open(&session.plan, &evidence, &session.id, d.argv)?),
+        false => None,
+    };
     let gate_evidence = match &gate_setup {
         Some(_) => Some(evidence.sibling()?),
         None => None,

@@ -35,7 +35,7 @@ pub use gate::Gate;
 pub use journal::Journal;
 pub use proxy::Proxy;
 
-use crate::evidence::AuditPaths;
+use crate::evidence::Evidence;
 use crate::exit::Failure;
 
 /// The gate's parts, opened before anything is spawned. No thread runs
@@ -53,9 +53,10 @@ pub struct Prepared {
     pins: pins::PinStore,
 }
 
-/// Opens the audit log handle and the pin store for `run --mcp`. Fails
-/// closed: no log, no run; a pin directory the sandbox could write is refused.
-pub fn open(plan: &policy::Plan, audit: &AuditPaths, session: &str, argv: &[String]) -> Result<Prepared, Failure> {
+/// Makes the tool-call log handle (a sibling of the run's `evidence`) and
+/// loads the pin store for `run --mcp`. Fails closed: no log, no run; a pin
+/// directory the sandbox could write is refused.
+pub fn open(plan: &policy::Plan, evidence: &Evidence, session: &str, argv: &[String]) -> Result<Prepared, Failure> {
     let pins = if plan.mcp.pin {
         let dir = pins::default_dir().ok_or_else(|| {
             Failure::setup("mcp: cannot place the pin directory: neither $XDG_STATE_HOME nor $HOME is absolute")
@@ -66,14 +67,7 @@ pub fn open(plan: &policy::Plan, audit: &AuditPaths, session: &str, argv: &[Stri
     } else {
         pins::PinStore::in_memory()
     };
-    let fail = |what: &str, e: &dyn std::fmt::Display| {
-        Failure::setup(format!("audit {what}: {e}; refusing to run without a working audit log"))
-    };
-    for dir in [audit.key.parent(), audit.log.parent()].into_iter().flatten() {
-        create_private_dir(dir).map_err(|e| fail("directory", &e))?;
-    }
-    let (key, _) = audit::key::load_or_create(&audit.key).map_err(|e| fail("key", &e))?;
-    let log = audit::AuditLog::open_with(&audit.log, key, audit.log_options(session)).map_err(|e| fail("log", &e))?;
+    let log = evidence.sibling_log()?;
     Ok(Prepared {
         plan: plan.mcp.clone(),
         profile: plan.profile.clone(),
@@ -99,14 +93,6 @@ fn check_out_of_reach(plan: &policy::Plan, dir: &Path) -> Result<(), Failure> {
         ))),
         None => Ok(()),
     }
-}
-
-fn create_private_dir(dir: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::DirBuilderExt;
-    if dir.is_dir() {
-        return Ok(());
-    }
-    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)
 }
 
 /// The proxy of a running session.
