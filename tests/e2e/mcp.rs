@@ -292,33 +292,28 @@ fn filesystem_case(sb: Sandbox) {
     assert_eq!(std::fs::read_to_string(sb.ws.join("new.txt")).unwrap(), "ok", "the positive twin");
 }
 
-/// A HOME whose npm cache holds server-filesystem, as after a user's first
-/// `npx -y @modelcontextprotocol/server-filesystem` (run once here, outside
-/// any sandbox, with the registry; kept across test runs).
-fn npx_home(s: &Servers) -> Option<PathBuf> {
-    static H: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    let r = H.get_or_init(|| {
-        let home = s.root.join("npx-home");
-        let pkg = "@modelcontextprotocol/server-filesystem";
-        let cached = |home: &Path| {
-            std::fs::read_dir(home.join(".npm/_npx"))
-                .into_iter()
-                .flatten()
-                .flatten()
-                .any(|d| d.path().join("node_modules").join(pkg).join("package.json").exists())
-        };
-        if !cached(&home) {
+/// A HOME under the servers' root, filled once (outside any sandbox, with
+/// the registry) by running `fill` with HOME set to it, until `filled` holds;
+/// kept across test runs. None (with a skip) when it cannot be filled.
+fn filled_home(
+    cell: &'static OnceLock<Result<PathBuf, String>>,
+    home: PathBuf,
+    filled: impl Fn(&Path) -> bool,
+    mut fill: Command,
+) -> Option<PathBuf> {
+    let r = cell.get_or_init(|| {
+        if !filled(&home) {
             std::fs::create_dir_all(&home).map_err(|e| e.to_string())?;
-            // The server exits when its stdin closes.
-            let out = Command::new("npx")
-                .args(["-y", pkg, home.to_str().unwrap()])
+            // The servers exit when their stdin closes.
+            let out = fill
                 .env("HOME", &home)
+                .env("PATH", "/usr/local/bin:/usr/bin:/bin")
                 .stdin(Stdio::null())
                 .output()
-                .map_err(|e| format!("npx: {e}"))?;
-            if !cached(&home) {
+                .map_err(|e| format!("{fill:?}: {e}"))?;
+            if !filled(&home) {
                 return Err(format!(
-                    "npx could not fill its cache (registry unreachable?): {}",
+                    "{fill:?} could not fill its cache (registry unreachable?): {}",
                     String::from_utf8_lossy(&out.stderr)
                 ));
             }
@@ -332,6 +327,24 @@ fn npx_home(s: &Servers) -> Option<PathBuf> {
             None
         }
     }
+}
+
+/// A HOME whose npm cache holds server-filesystem, as after a user's first
+/// `npx -y @modelcontextprotocol/server-filesystem`.
+fn npx_home(s: &Servers) -> Option<PathBuf> {
+    static H: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    let pkg = "@modelcontextprotocol/server-filesystem";
+    let home = s.root.join("npx-home");
+    let mut fill = Command::new("npx");
+    fill.args(["-y", pkg, home.to_str().unwrap()]);
+    let filled = |home: &Path| {
+        std::fs::read_dir(home.join(".npm/_npx"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|d| d.path().join("node_modules").join(pkg).join("package.json").exists())
+    };
+    filled_home(&H, home, filled, fill)
 }
 
 /// `npx -y PKG`, as users (and `portcullis wrap`) launch servers: with the
@@ -362,39 +375,19 @@ fn npx_y_starts_a_cached_server_without_the_network() {
 }
 
 /// A HOME whose uv cache holds mcp-server-time, as after a user's first
-/// `uvx mcp-server-time` (run once here, outside any sandbox, with PyPI).
+/// `uvx mcp-server-time`.
 fn uvx_home(s: &Servers) -> Option<PathBuf> {
     static H: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    let r = H.get_or_init(|| {
-        let home = s.root.join("uvx-home");
-        let stamp = home.join(".cached");
-        if !stamp.exists() {
-            std::fs::create_dir_all(&home).map_err(|e| e.to_string())?;
-            // The server exits when its stdin closes.
-            let out = Command::new(s.uvx())
-                .arg("mcp-server-time")
-                .env("HOME", &home)
-                .env("PATH", "/usr/local/bin:/usr/bin:/bin")
-                .stdin(Stdio::null())
-                .output()
-                .map_err(|e| format!("uvx: {e}"))?;
-            if !out.status.success() {
-                return Err(format!(
-                    "uvx could not fill its cache (PyPI unreachable?): {}",
-                    String::from_utf8_lossy(&out.stderr)
-                ));
-            }
-            std::fs::write(&stamp, "").map_err(|e| e.to_string())?;
-        }
-        Ok(home)
-    });
-    match r {
-        Ok(h) => Some(h.clone()),
-        Err(e) => {
-            skip(e);
-            None
-        }
-    }
+    let mut fill = Command::new(s.uvx());
+    fill.arg("mcp-server-time");
+    let filled = |home: &Path| {
+        std::fs::read_dir(home.join(".cache/uv/archive-v0"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|d| d.path().join("bin/mcp-server-time").exists())
+    };
+    filled_home(&H, s.root.join("uvx-home"), filled, fill)
 }
 
 /// `uvx PKG`, the Python twin of the npx case: a cached package starts and
