@@ -193,7 +193,7 @@ pub struct Shared {
     /// Pending asks by key: the notifications waiting on one answer.
     pending: Mutex<HashMap<String, Vec<(Notif, Op)>>>,
     /// Denials per target (audit rate limit).
-    denials: Mutex<HashMap<String, u32>>,
+    denials: Mutex<Denials>,
 }
 
 impl Drop for Shared {
@@ -304,13 +304,8 @@ impl Shared {
 
     fn record_denial(&self, n: &Notif, op: &Op, reason: &str) {
         let key = op.key();
-        let count = {
-            let mut d = self.denials.lock().unwrap_or_else(|p| p.into_inner());
-            let c = d.entry(key.clone()).or_insert(0);
-            *c += 1;
-            *c
-        };
-        if count > self.ctx.records_per_target {
+        let record = self.denials.lock().unwrap_or_else(|p| p.into_inner()).note(&key, self.ctx.records_per_target);
+        if !record {
             return;
         }
         self.evidence.record(
@@ -544,7 +539,7 @@ pub fn start(setup: Setup, ctx: Context, evidence: Option<Evidence>) -> Result<R
                 grants: Mutex::new(grants),
                 evidence,
                 pending: Mutex::new(HashMap::new()),
-                denials: Mutex::new(HashMap::new()),
+                denials: Mutex::new(Denials::default()),
             });
             *slot2.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::clone(&shared));
             serve(&shared);
@@ -568,14 +563,12 @@ impl Running {
             let _ = self.server.join();
         }
         let Some(shared) = self.shared.lock().unwrap_or_else(|p| p.into_inner()).take() else { return };
-        let denials = shared.denials.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        let per_target = shared.ctx.records_per_target;
-        let suppressed: u32 = denials.values().map(|c| c.saturating_sub(per_target)).sum();
+        let (suppressed, top) = {
+            let d = shared.denials.lock().unwrap_or_else(|p| p.into_inner());
+            (d.unrecorded(shared.ctx.records_per_target), d.top(20))
+        };
         let dropped = shared.evidence.dropped.load(std::sync::atomic::Ordering::Relaxed);
         if suppressed > 0 || dropped > 0 {
-            let mut top: Vec<(&String, &u32)> = denials.iter().collect();
-            top.sort_by(|a, b| b.1.cmp(a.1));
-            top.truncate(20);
             // Durable, so never turned away by a queue a flood filled.
             let summary = json!({
                 "verdict": "deny", "summary": true, "unrecorded_denials": suppressed,
@@ -586,6 +579,51 @@ impl Running {
             }
         }
         shared.evidence.close();
+    }
+}
+
+/// Distinct denied targets remembered for counting; beyond, one shared
+/// counter, so a sandbox denied on endless new names cannot grow the
+/// supervisor's memory (or the log) without bound.
+const MAX_DENIAL_TARGETS: usize = 4096;
+
+/// Denials per target, for recording the first few of each and counting
+/// the rest (summarised at exit).
+#[derive(Default)]
+struct Denials {
+    per_target: HashMap<String, u64>,
+    /// Denials of targets past [`MAX_DENIAL_TARGETS`]: counted, not recorded.
+    overflow: u64,
+}
+
+impl Denials {
+    /// Counts one denial of `key`; true when it is to be recorded (one of
+    /// the first `per_target` of a remembered target).
+    fn note(&mut self, key: &str, per_target: u32) -> bool {
+        if let Some(c) = self.per_target.get_mut(key) {
+            *c += 1;
+            return *c <= u64::from(per_target);
+        }
+        if self.per_target.len() >= MAX_DENIAL_TARGETS {
+            self.overflow += 1;
+            return false;
+        }
+        self.per_target.insert(key.to_string(), 1);
+        per_target >= 1
+    }
+
+    /// Denials counted but not recorded.
+    fn unrecorded(&self, per_target: u32) -> u64 {
+        let over: u64 = self.per_target.values().map(|c| c.saturating_sub(u64::from(per_target))).sum();
+        over + self.overflow
+    }
+
+    /// The `n` most denied targets with their counts.
+    fn top(&self, n: usize) -> Vec<(String, u64)> {
+        let mut top: Vec<(String, u64)> = self.per_target.iter().map(|(k, c)| (k.clone(), *c)).collect();
+        top.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        top.truncate(n);
+        top
     }
 }
 
@@ -783,5 +821,31 @@ fn dispatch(shared: &Arc<Shared>, n: Notif) {
     match ops::classify(shared, &n) {
         Ok(op) => shared.handle(n, op),
         Err(errno) => shared.send(&n, Reply::Errno(errno)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn denials_record_the_first_few_per_target_and_stay_bounded() {
+        let mut d = Denials::default();
+        let recorded: Vec<bool> = (0..5).map(|_| d.note("/w/.git/hooks/x", 3)).collect();
+        assert_eq!(recorded, [true, true, true, false, false]);
+        assert_eq!(d.unrecorded(3), 2);
+        // A flood of new names: remembered up to the cap, then only counted.
+        let mut newly_recorded = 0;
+        for i in 0..(MAX_DENIAL_TARGETS + 1000) {
+            if d.note(&format!("/w/.git/hooks/{i}"), 3) {
+                newly_recorded += 1;
+            }
+        }
+        assert_eq!(d.per_target.len(), MAX_DENIAL_TARGETS, "memory stays bounded");
+        assert_eq!(newly_recorded, MAX_DENIAL_TARGETS - 1, "past the cap nothing more is recorded");
+        assert_eq!(d.unrecorded(3), 2 + 1001, "but everything is counted");
+        // Known targets still count and record as before.
+        assert!(!d.note("/w/.git/hooks/x", 3));
+        assert_eq!(d.top(1), [("/w/.git/hooks/x".to_string(), 6)]);
     }
 }
