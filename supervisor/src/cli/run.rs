@@ -123,7 +123,6 @@ fn launch_with(session: &Session, prepared: Prepared, command: &[OsString], mcp:
     let mut stage = stage;
     if let Some(c) = &canary {
         stage.canary = std::ffi::CString::new(c.path().as_os_str().as_encoded_bytes()).ok();
-        stage.watched_flags = kaudit::LOG_NEW_EXEC_ON;
     }
     let (go_rx, go_tx) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
         .map_err(|e| Failure::setup(format!("cannot make the go-ahead pipe: {e}")))?;

@@ -160,8 +160,6 @@ pub fn prepare(
         rlimits: limits.rlimits,
         require_bounding_drop: namespaces || features.euid == 0,
         proc_access: ll.proc_access,
-        landlock_flags: 0,
-        watched_flags: 0,
         canary: None,
         go: None,
         go_writer: -1,

@@ -119,11 +119,6 @@ pub struct Stage {
     /// Landlock rights for the private /proc (the profile's /proc rule), added
     /// by init once it has mounted it.
     pub proc_access: Option<u64>,
-    /// `landlock_restrict_self` flags.
-    pub landlock_flags: u32,
-    /// Added to `landlock_flags` when the go-ahead says the kernel's reports
-    /// are read (LOG_NEW_EXEC_ON).
-    pub watched_flags: u32,
     /// When the kernel's reports are read: opened (and refused by Landlock)
     /// right after `landlock_restrict_self`, so the report names this
     /// sandbox's domain (crate::kaudit).
@@ -316,7 +311,7 @@ impl Stage {
                 self.enter_namespaces()?;
             }
             let watched = self.await_go()?;
-            self.confine_with(true, watched)
+            self.confine(true, watched)
         }
     }
 
@@ -460,26 +455,16 @@ impl Stage {
 
     /// Confines the calling process. Order matters: limits and capability
     /// drops need privilege that no_new_privs, Landlock and seccomp then lock.
-    ///
-    /// Public so `cargo xtask bench` can time the install cost alone.
+    /// With `send_listener` false the approval filter is installed but its
+    /// listener closed instead of sent (for the benchmark, whose forked
+    /// children have no supervisor to send it to). `watched`: the kernel's
+    /// reports are read (see [`GO_WATCHED`]): the Landlock domain logs
+    /// denials after exec, and the canary is opened.
     ///
     /// # Safety
     ///
     /// As for [`Stage::run`]: only in a forked child, which it confines for good.
-    pub unsafe fn confine(&self) -> io::Result<()> {
-        // SAFETY: as documented above; the caller upholds it.
-        unsafe { self.confine_with(true, false) }
-    }
-
-    /// [`Stage::confine`]; with `send_listener` false the approval filter is
-    /// installed but its listener closed instead of sent (for the benchmark,
-    /// whose forked children have no supervisor to send it to). `watched`:
-    /// the kernel's reports are read (see [`GO_WATCHED`]).
-    ///
-    /// # Safety
-    ///
-    /// As for [`Stage::confine`].
-    unsafe fn confine_with(&self, send_listener: bool, watched: bool) -> io::Result<()> {
+    unsafe fn confine(&self, send_listener: bool, watched: bool) -> io::Result<()> {
         // SAFETY: syscalls on local structs and prepared buffers; the BPF
         // programs are live Vecs owned by `self` for the whole call.
         unsafe {
@@ -519,7 +504,7 @@ impl Stage {
                 return Err(self.fail(Step::NoNewPrivs, errno()));
             }
             if let Some(ruleset) = &self.ruleset {
-                let flags = self.landlock_flags | if watched { self.watched_flags } else { 0 };
+                let flags = if watched { crate::kaudit::LOG_NEW_EXEC_ON } else { 0 };
                 if libc::syscall(libc::SYS_landlock_restrict_self, ruleset.as_raw_fd(), flags) != 0 {
                     return Err(self.fail(Step::Landlock, errno()));
                 }
@@ -656,7 +641,7 @@ pub fn time_confine(stage: &Stage, runs: u32) -> (u128, u128) {
         unsafe {
             let pid = libc::fork();
             if pid == 0 {
-                if confine && stage.confine_with(false, false).is_err() {
+                if confine && stage.confine(false, false).is_err() {
                     libc::_exit(1);
                 }
                 libc::_exit(0);
