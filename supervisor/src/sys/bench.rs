@@ -9,6 +9,7 @@ use super::errno;
 use super::stage::Insn;
 
 /// What the worker times.
+#[derive(Clone)]
 pub enum Work {
     Getppid,
     /// getppid, one call every this many nanoseconds (a steady rate the
