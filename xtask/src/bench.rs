@@ -179,8 +179,8 @@ fn only(section: &str) -> Result<()> {
         }
         "mcp" => {
             let dir = std::env::temp_dir().join(format!("portcullis-bench-mcp-{}", std::process::id()));
-            let off = portcullis::mcp::bench::measure(200, 20_000, None)?;
-            let on = portcullis::mcp::bench::measure(200, 20_000, Some(&dir));
+            let off = portcullis::mcp::bench::measure(2000, 20_000, None)?;
+            let on = portcullis::mcp::bench::measure(2000, 20_000, Some(&dir));
             let _ = std::fs::remove_dir_all(&dir);
             println!("audit off:\n{}\naudit on:\n{}", off.table(), on?.table());
         }
@@ -381,9 +381,9 @@ pub fn bench(args: &[String]) -> Result<()> {
 
     // 5. The MCP gate: tools/call round trips through the proxy, audit off and on.
     eprintln!("xtask bench: MCP gate");
-    let mcp_off = portcullis::mcp::bench::measure(200, 20_000, None)?;
+    let mcp_off = portcullis::mcp::bench::measure(2000, 20_000, None)?;
     let audit_dir = std::env::temp_dir().join(format!("portcullis-bench-mcp-{}", std::process::id()));
-    let mcp_on = portcullis::mcp::bench::measure(200, 20_000, Some(&audit_dir))?;
+    let mcp_on = portcullis::mcp::bench::measure(2000, 20_000, Some(&audit_dir))?;
     let _ = std::fs::remove_dir_all(&audit_dir);
 
     // 4. The report.
@@ -437,9 +437,10 @@ path, and with `[ask]`/`[deny]` rules the gate filter, which must look at \
         verify.batch_per_sec / verify.one_by_one_per_sec
     ));
     md.push_str(&format!(
-        "\n## MCP gate (`run --mcp`): a tools/call and its result through the proxy, against an in-process echo server\n\nAudit off:\n\n{}\nAudit on (each call a signed record, group-committed):\n\n{}",
+        "\n## MCP gate (`run --mcp`): a tools/call and its result through the proxy, against an in-process echo server\n\n2,000 round trips of 1 KiB (200 of 1 MiB) each way, direct, through a raw line relay and through the proxy, alternating in 20 chunks.\n\nAudit off:\n\n{}\nAudit on (each call a signed record, group-committed):\n\n{}\n{}",
         mcp_off.table(),
-        mcp_on.table()
+        mcp_on.table(),
+        mcp_on.verdict()
     ));
     let us = |ns: f64| ns / 1000.0;
     md.push_str(&format!(
