@@ -229,8 +229,7 @@ impl Evidence {
         Ok(Evidence { log, started: self.started, session: self.session.clone(), syslog })
     }
 
-    /// The bare log handle of [`Evidence::sibling`] (the MCP journal's).
-    pub fn sibling_log(&self) -> Result<AuditLog, Failure> {
+    fn sibling_log(&self) -> Result<AuditLog, Failure> {
         self.log
             .sibling(Some(self.session.clone()))
             .map_err(|e| Failure::setup(format!("audit log: {e}; refusing to run without a working audit log")))
@@ -302,6 +301,16 @@ impl Evidence {
             json!({ "status": status, "signal": signal, "duration_ms": ms, "supervisor_max_rss_kb": max_rss_kb }),
         )?;
         self.close()
+    }
+
+    /// Commits and writes a checkpoint (a journal's last act).
+    pub fn checkpoint(&mut self) -> Result<(), Failure> {
+        self.close()
+    }
+
+    /// The log's path, for messages.
+    pub fn path(&self) -> &Path {
+        self.log.path()
     }
 
     /// Commits and closes without a checkpoint (see `audit::AuditLog::release`).

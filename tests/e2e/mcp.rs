@@ -474,8 +474,11 @@ fn a_denied_call_never_reaches_the_server_and_ask_fails_closed() {
 fn arguments_are_masked_and_results_redacted() {
     let Some(s) = servers() else { return };
     let sb = Sandbox::new("mcp-mask", As::Caller);
+    // Tool calls are forwarded to --syslog like every other record (masked alike).
+    let sock = sb.root.join("syslog.sock");
+    let listener = std::os::unix::net::UnixDatagram::bind(&sock).unwrap();
     let mut flags = python_flags(s);
-    flags.extend(["--read".into(), s.site_packages()]);
+    flags.extend(["--read".into(), s.site_packages(), "--syslog".into(), sb.path(&sock)]);
     let args = run_args(&sb, "python", &strs(&flags));
     let r = drive(
         &sb,
@@ -498,6 +501,16 @@ fn arguments_are_masked_and_results_redacted() {
     for k in ["verdict", "decided_by", "status", "duration_us"] {
         assert!(!echo["body"][k].is_null(), "{k} is recorded: {echo}");
     }
+    listener.set_nonblocking(true).unwrap();
+    let mut forwarded = Vec::new();
+    let mut buf = vec![0u8; 65536];
+    while let Ok(n) = listener.recv(&mut buf) {
+        forwarded.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+    }
+    let calls: Vec<&String> = forwarded.iter().filter(|m| m.contains("\"kind\":\"tool_call\"")).collect();
+    assert_eq!(calls.len(), 2, "both tool calls reach syslog: {forwarded:?}");
+    assert!(calls.iter().any(|m| m.contains("\"tool\":\"echo\"") && m.contains("********")), "{calls:?}");
+    assert!(!forwarded.iter().any(|m| m.contains("hunter2") || m.contains("ghp_0123456789")), "{forwarded:?}");
     audit_verifies(&sb);
 }
 

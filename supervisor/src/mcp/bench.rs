@@ -170,8 +170,13 @@ fn proxied(audit: Option<&std::path::Path>) -> std::io::Result<(std::fs::File, B
     let (cli_out_r, cli_out_w) = pipe()?;
     let journal = match audit {
         Some(dir) => {
-            let key = audit::key::load_or_create(&dir.join("bench.key")).map_err(std::io::Error::other)?.0;
-            let log = audit::AuditLog::open(&dir.join("bench.log"), key).map_err(std::io::Error::other)?;
+            let paths = crate::evidence::AuditPaths {
+                log: dir.join("bench.log"),
+                key: dir.join("bench.key"),
+                syslog: None,
+                rotate_bytes: None,
+            };
+            let log = crate::evidence::Evidence::open(&paths, "bench").map_err(|f| std::io::Error::other(f.message))?;
             Journal::start(log)?
         }
         None => Journal::discard(),

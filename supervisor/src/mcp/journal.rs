@@ -1,7 +1,8 @@
-//! Tool-call records into the signed audit log. `AuditLog` is not `Sync`,
-//! so one writer thread owns a handle (same log, same session id as the
-//! run's launch and exit records; the log's file lock keeps the chain
-//! linear) and the proxy threads hand it bodies through a bounded queue.
+//! Tool-call records into the signed audit log. A log handle is not `Sync`,
+//! so one writer thread owns one (an [`Evidence`] sibling of the run's: same
+//! log, same session id as the launch and exit records, forwarded to
+//! `--syslog` like them; the log's file lock keeps the chain linear) and
+//! the proxy threads hand it bodies through a bounded queue.
 //!
 //! A record costs the proxy thread a push under a mutex. The writer is woken
 //! only when the queue turns non-empty; it appends everything queued and
@@ -18,7 +19,9 @@ use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 
-use audit::{AuditLog, Kind};
+use audit::Kind;
+
+use crate::evidence::Evidence;
 use serde_json::Value;
 
 /// Records waiting for the writer; a full queue makes senders wait (bounded memory).
@@ -81,7 +84,7 @@ impl Journal {
     }
 
     /// Starts the writer thread on an open log.
-    pub fn start(log: AuditLog) -> std::io::Result<Self> {
+    pub fn start(log: Evidence) -> std::io::Result<Self> {
         let shared = Arc::new(Shared { queue: Mutex::default(), wake: Condvar::new(), space: Condvar::new() });
         let healthy = Arc::new(AtomicBool::new(true));
         let (h, q) = (healthy.clone(), shared.clone());
@@ -175,7 +178,7 @@ impl Drop for Journal {
     }
 }
 
-fn write_loop(mut log: AuditLog, shared: &Shared, healthy: &AtomicBool) {
+fn write_loop(mut log: Evidence, shared: &Shared, healthy: &AtomicBool) {
     crate::sys::background_thread();
     let fail = |e: &dyn std::fmt::Display| {
         if healthy.swap(false, Ordering::AcqRel) {
@@ -197,17 +200,17 @@ fn write_loop(mut log: AuditLog, shared: &Shared, healthy: &AtomicBool) {
         let mut error: Option<String> = None;
         for (kind, body, ack) in batch {
             if error.is_none() && healthy.load(Ordering::Acquire) {
-                if let Err(e) = log.append(kind, body) {
-                    fail(&e);
-                    error = Some(e.to_string());
+                if let Err(e) = log.record(kind, body) {
+                    fail(&e.message);
+                    error = Some(e.message);
                 }
             }
             acks.extend(ack);
         }
         if error.is_none() && healthy.load(Ordering::Acquire) {
             if let Err(e) = log.commit() {
-                fail(&e);
-                error = Some(e.to_string());
+                fail(&e.message);
+                error = Some(e.message);
             }
         }
         let result = match (error, healthy.load(Ordering::Acquire)) {
@@ -221,7 +224,7 @@ fn write_loop(mut log: AuditLog, shared: &Shared, healthy: &AtomicBool) {
     }
     if healthy.load(Ordering::Acquire) {
         if let Err(e) = log.checkpoint() {
-            fail(&e);
+            fail(&e.message);
         }
     }
 }

@@ -49,7 +49,7 @@ pub struct Prepared {
     session: String,
     /// The grants file and this profile's saved answers, when one is usable.
     grants: Option<(std::path::PathBuf, policy::ask::Grants)>,
-    log: audit::AuditLog,
+    log: crate::evidence::Evidence,
     pins: pins::PinStore,
 }
 
@@ -67,7 +67,7 @@ pub fn open(plan: &policy::Plan, evidence: &Evidence, session: &str, argv: &[Str
     } else {
         pins::PinStore::in_memory()
     };
-    let log = evidence.sibling_log()?;
+    let log = evidence.sibling()?;
     Ok(Prepared {
         plan: plan.mcp.clone(),
         profile: plan.profile.clone(),
