@@ -193,6 +193,66 @@ pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<(), StorageEr
     sync_dir(&dir)
 }
 
+/// Replaces `path` with `data` as atomically and durably as
+/// [`write_atomic`], cheaper from the second call on: the content goes into
+/// a spare file beside `path` (`.<name>.spare`, rewritten in place and
+/// fsynced), which then trades places with `path` in one
+/// `renameat2(RENAME_EXCHANGE)`; the spare keeps the previous content until
+/// the next call overwrites it. A rename over an existing file frees the
+/// old inode, which on this VM's ext4 (mounted with `discard`) costs about
+/// 0.18 ms against 0.02 ms for the exchange. Where the exchange cannot be
+/// done (no `path` yet, a filesystem without it, an odd spare), this is
+/// [`write_atomic`], or a plain rename of the new spare.
+pub fn write_atomic_swap(path: &Path, data: &[u8], mode: u32) -> Result<(), StorageError> {
+    use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
+    let dir = parent_dir(path);
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let spare = dir.join(format!(".{name}.spare"));
+    let opened = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(mode)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&spare);
+    let file = match opened {
+        // Only a regular file of ours with no other name: writing in place
+        // must never reach another file through a hard link.
+        Ok(f) if f.metadata().is_ok_and(|m| m.is_file() && m.nlink() == 1) => f,
+        _ => {
+            let _ = fs::remove_file(&spare);
+            return write_atomic(path, data, mode);
+        }
+    };
+    // It becomes `path`: the mode is `path`'s, whatever the umask was.
+    if file.metadata().is_ok_and(|m| m.mode() & 0o7777 != mode) {
+        if let Err(e) = file.set_permissions(fs::Permissions::from_mode(mode)) {
+            let _ = fs::remove_file(&spare);
+            return Err(StorageError::io("chmod", &spare, e));
+        }
+    }
+    let written =
+        file.write_all_at(data, 0).and_then(|()| file.set_len(data.len() as u64)).and_then(|()| file.sync_data());
+    if let Err(e) = written {
+        let _ = fs::remove_file(&spare);
+        return Err(StorageError::io("write", &spare, e));
+    }
+    drop(file);
+    let flags = nix::fcntl::RenameFlags::RENAME_EXCHANGE;
+    match nix::fcntl::renameat2(None, &spare, None, path, flags) {
+        Ok(()) => {}
+        // No file to trade with yet: the spare becomes it.
+        Err(nix::errno::Errno::ENOENT) if !path.exists() => {
+            fs::rename(&spare, path).map_err(|e| StorageError::io("rename into place", path, e))?;
+        }
+        Err(_) => {
+            let _ = fs::remove_file(&spare);
+            return write_atomic(path, data, mode);
+        }
+    }
+    sync_dir(&dir)
+}
+
 /// Replaces `path` with `data` atomically but without fsync: for caches,
 /// where a crash may lose the new content but must never leave a mix.
 pub fn write_replace(path: &Path, data: &[u8], mode: u32) -> Result<(), StorageError> {
@@ -261,4 +321,59 @@ pub fn sibling(path: &Path, suffix: &str) -> PathBuf {
     let mut s = path.as_os_str().to_os_string();
     s.push(suffix);
     PathBuf::from(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
+    fn dir(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("pc-storage-{tag}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&d);
+        fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn swap_writes_replace_the_file_and_keep_the_previous_content_in_the_spare() {
+        let d = dir("swap");
+        let cp = d.join("log.checkpoint");
+        let spare = d.join(".log.checkpoint.spare");
+        write_atomic_swap(&cp, b"first, and longer than the rest\n", 0o644).unwrap();
+        assert_eq!(fs::read(&cp).unwrap(), b"first, and longer than the rest\n");
+        assert!(!spare.exists(), "no file to trade with: the spare became it");
+        write_atomic_swap(&cp, b"second\n", 0o644).unwrap();
+        assert_eq!(fs::read(&cp).unwrap(), b"second\n");
+        assert_eq!(fs::read(&spare).unwrap(), b"first, and longer than the rest\n");
+        let ino = fs::metadata(&spare).unwrap().ino();
+        write_atomic_swap(&cp, b"third\n", 0o644).unwrap();
+        assert_eq!(fs::read(&cp).unwrap(), b"third\n", "shorter content is cut to its length");
+        assert_eq!(fs::read(&spare).unwrap(), b"second\n");
+        assert_eq!(fs::metadata(&cp).unwrap().ino(), ino, "the spare was written in place and traded");
+        assert_eq!(fs::metadata(&cp).unwrap().permissions().mode() & 0o777, 0o644);
+        let _ = fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn a_spare_with_another_name_or_no_regular_file_is_never_written_through() {
+        let d = dir("swap-link");
+        let cp = d.join("log.checkpoint");
+        let spare = d.join(".log.checkpoint.spare");
+        let key = d.join("key");
+        fs::write(&key, b"secret key").unwrap();
+        write_atomic_swap(&cp, b"one\n", 0o644).unwrap();
+        // A hard link: writing in place would change the key.
+        fs::hard_link(&key, &spare).unwrap();
+        write_atomic_swap(&cp, b"two\n", 0o644).unwrap();
+        assert_eq!(fs::read(&key).unwrap(), b"secret key");
+        assert_eq!(fs::read(&cp).unwrap(), b"two\n");
+        // A symlink: O_NOFOLLOW refuses it, the fallback replaces the checkpoint.
+        let _ = fs::remove_file(&spare);
+        std::os::unix::fs::symlink(&key, &spare).unwrap();
+        write_atomic_swap(&cp, b"three\n", 0o644).unwrap();
+        assert_eq!(fs::read(&key).unwrap(), b"secret key");
+        assert_eq!(fs::read(&cp).unwrap(), b"three\n");
+        let _ = fs::remove_dir_all(&d);
+    }
 }

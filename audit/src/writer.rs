@@ -1000,7 +1000,7 @@ impl AuditLog {
             size: self.chain.frontier.size(),
             root: self.chain.frontier.root(),
         };
-        storage::write_atomic(&self.checkpoint_path, cp.sign(&self.key).as_bytes(), 0o644)?;
+        storage::write_atomic_swap(&self.checkpoint_path, cp.sign(&self.key).as_bytes(), 0o644)?;
         // A cache for the next writer, not fsynced: a crash only costs a full read.
         let _ = storage::write_in_place(
             &storage::sibling(&self.path, ".state"),
