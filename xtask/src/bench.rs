@@ -131,7 +131,7 @@ fn gate_audit_table(g: &portcullis::gate::bench::GateBench) -> String {
         format!("| {what} | {:.2} µs | {:.2} µs | {:.2} µs |\n", us(s.p50), us(s.p99), us(s.mean))
     };
     let mut t = String::from(
-        "\n### Notification latency, audit log on against off\n\ngetppid parked and denied by a `[deny]` rule (policy-decided, no human), answered EPERM. Each row pools 10 rounds; the rounds of audit off and on alternate, so both see the same host.\n\n| what | p50 | p99 | mean |\n|---|---:|---:|---:|\n",
+        "\n### Notification latency, audit log on against off\n\ngetppid parked and denied by a `[deny]` rule (policy-decided, no human), answered EPERM. Each row pools 20 rounds; the rounds of audit off and on alternate, so both see the same host.\n\n| what | p50 | p99 | mean |\n|---|---:|---:|---:|\n",
     );
     t += &row("back to back, audit off", &g.deny_audit_off);
     t += &row("back to back, audit on as shipped (3 records per target, the rest counted)", &g.deny_audit_on);

@@ -68,7 +68,7 @@ pub struct Paced {
 pub const PACES: [(u64, usize); 2] = [(1_000_000, 3_000), (50_000, 20_000)];
 
 /// Interleaved rounds of the audit off/on comparison.
-const ROUNDS: usize = 10;
+const ROUNDS: usize = 20;
 
 struct Never;
 
@@ -139,16 +139,21 @@ pub fn measure(iters: usize, dir: &Path) -> Result<GateBench, Failure> {
     for (every, n) in PACES {
         works.extend([(Work::GetppidEvery(every), n / ROUNDS), (Work::GetppidEvery(every), n / ROUNDS)]);
     }
+    // Within a round, the pair's order alternates (off first, then on
+    // first), and the workers are forked in the order they run: where the
+    // scheduler first puts a process can follow the order of the forks.
     let mut deny_runs = Vec::new();
     for round in 0..ROUNDS {
-        for (row, (work, n)) in works.iter().enumerate() {
-            let (ours, theirs) = pair()?;
-            let w = fork_worker(Some((&prog, &theirs)), work.clone(), *n).map_err(|e| fail(&e))?;
-            deny_runs.push((round, row, ours, w));
+        for pair_of in 0..works.len() / 2 {
+            for k in [round % 2, 1 - round % 2] {
+                let row = 2 * pair_of + k;
+                let (work, n) = &works[row];
+                let (ours, theirs) = pair()?;
+                let w = fork_worker(Some((&prog, &theirs)), work.clone(), *n).map_err(|e| fail(&e))?;
+                deny_runs.push((round, row, ours, w));
+            }
         }
     }
-    // Within a round, the pair's order alternates (off first, then on first).
-    deny_runs.sort_by_key(|(round, row, _, _)| (*round, row / 2, if round % 2 == 0 { row % 2 } else { 1 - row % 2 }));
     drop((floor_theirs, gate_theirs, open_theirs));
 
     let bare_getppid = stats(bare_ppid.run().map_err(|e| fail(&e))?);
