@@ -148,6 +148,30 @@ pub fn open_lock(path: &Path) -> Result<File, StorageError> {
     Ok(file)
 }
 
+/// Reads a small file that [`write_atomic_swap`] replaces (at most `max`
+/// bytes, no symlinks), without the writers' lock. Its inode is reused: the
+/// file a reader opened becomes the spare and is rewritten in place by the
+/// write after next, so a reader stalled across two writes could read a
+/// mix. Each read opens the path afresh; two in a row that agree are the
+/// content.
+pub fn read_settled(path: &Path, max: u64) -> Result<String, StorageError> {
+    let read = || -> Result<String, StorageError> {
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut std::io::Read::take(open_read(path)?, max), &mut text)
+            .map_err(|e| StorageError::io("read", path, e))?;
+        Ok(text)
+    };
+    let mut last = read()?;
+    for _ in 0..8 {
+        let next = read()?;
+        if next == last {
+            break;
+        }
+        last = next;
+    }
+    Ok(last)
+}
+
 /// Opens an existing file read-only, refusing symlinks.
 pub fn open_read(path: &Path) -> Result<File, StorageError> {
     let file = OpenOptions::new()
@@ -208,12 +232,14 @@ pub fn write_atomic_swap(path: &Path, data: &[u8], mode: u32) -> Result<(), Stor
     let dir = parent_dir(path);
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let spare = dir.join(format!(".{name}.spare"));
+    // O_NONBLOCK: a FIFO planted as the spare fails to open instead of
+    // blocking the writer, and the log's lock with it.
     let opened = OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(false)
         .mode(mode)
-        .custom_flags(libc::O_NOFOLLOW)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
         .open(&spare);
     let file = match opened {
         // Only a regular file of ours with no other name: writing in place
@@ -289,11 +315,16 @@ pub fn write_in_place(path: &Path, data: &[u8], mode: u32) -> Result<(), Storage
         .create(true)
         .truncate(false)
         .mode(mode)
-        .custom_flags(libc::O_NOFOLLOW)
+        // O_NONBLOCK: a FIFO in its place fails instead of blocking.
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
         .open(path)
         .map_err(|e| open_error("open", path, e))?;
     check_regular(&file, path)?;
     let meta = file.metadata().map_err(|e| StorageError::io("stat", path, e))?;
+    // Never written through a second name (a hard link to another file).
+    if std::os::unix::fs::MetadataExt::nlink(&meta) != 1 {
+        return Err(StorageError::NotRegular { path: path.to_path_buf() });
+    }
     file.write_all_at(data, 0).map_err(|e| StorageError::io("write", path, e))?;
     if meta.len() > data.len() as u64 {
         file.set_len(data.len() as u64).map_err(|e| StorageError::io("truncate", path, e))?;
@@ -374,6 +405,11 @@ mod tests {
         write_atomic_swap(&cp, b"three\n", 0o644).unwrap();
         assert_eq!(fs::read(&key).unwrap(), b"secret key");
         assert_eq!(fs::read(&cp).unwrap(), b"three\n");
+        // A FIFO: opening it must not block (no reader would ever come).
+        let _ = fs::remove_file(&spare);
+        nix::unistd::mkfifo(&spare, nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
+        write_atomic_swap(&cp, b"four\n", 0o644).unwrap();
+        assert_eq!(read_settled(&cp, 100).unwrap(), "four\n");
         let _ = fs::remove_dir_all(&d);
     }
 }

@@ -150,12 +150,7 @@ pub fn verify_history(log_path: &Path, opts: &VerifyOptions, history: History) -
     // only make the log longer than it, never shorter.
     let checkpoint = match &opts.checkpoint {
         Some(p) => {
-            let mut text = String::new();
-            std::io::Read::read_to_string(
-                &mut std::io::Read::take(storage::open_read(p)?, crate::checkpoint::MAX_NOTE as u64 + 1),
-                &mut text,
-            )
-            .map_err(|e| StorageError::io("read checkpoint", p, e))?;
+            let text = storage::read_settled(p, crate::checkpoint::MAX_NOTE as u64 + 1)?;
             let (cp, _) =
                 Checkpoint::parse(&text).map_err(|source| VerifyError::Checkpoint { path: p.clone(), source })?;
             Some((p.clone(), cp, text))

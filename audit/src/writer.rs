@@ -444,14 +444,11 @@ impl AuditLog {
 
     fn read_checkpoint_file(&self) -> Result<Option<(Checkpoint, String)>, AuditError> {
         // Same rules as the log: no symlinks, bounded size.
-        let file = match storage::open_read(&self.checkpoint_path) {
-            Ok(f) => f,
+        let text = match storage::read_settled(&self.checkpoint_path, checkpoint::MAX_NOTE as u64 + 1) {
+            Ok(t) => t,
             Err(StorageError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(e.into()),
         };
-        let mut text = String::new();
-        std::io::Read::read_to_string(&mut std::io::Read::take(file, checkpoint::MAX_NOTE as u64 + 1), &mut text)
-            .map_err(|e| StorageError::io("read checkpoint", &self.checkpoint_path, e))?;
         let (cp, _) = Checkpoint::parse(&text)
             .map_err(|source| AuditError::Checkpoint { path: self.checkpoint_path.clone(), source })?;
         Ok(Some((cp, text)))

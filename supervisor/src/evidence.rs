@@ -172,6 +172,14 @@ struct Syslog {
 }
 
 impl Syslog {
+    /// Non-blocking: a collector that stops reading costs forwarded copies
+    /// (reported once), never a stalled writer.
+    fn socket() -> std::io::Result<std::os::unix::net::UnixDatagram> {
+        let s = std::os::unix::net::UnixDatagram::unbound()?;
+        s.set_nonblocking(true)?;
+        Ok(s)
+    }
+
     fn send(&mut self, seq: u64, session: &str, kind: Kind, body: &Value) {
         // authpriv (10); warning (4) for refusals, info (6) otherwise.
         let denied = body.get("verdict").and_then(Value::as_str) == Some("deny");
@@ -203,7 +211,7 @@ impl Evidence {
         let log = AuditLog::open_with(&paths.log, key, paths.log_options(session)).map_err(|e| fail("log", &e))?;
         let syslog = match &paths.syslog {
             Some(p) => Some(Syslog {
-                socket: std::os::unix::net::UnixDatagram::unbound().map_err(|e| fail("syslog socket", &e))?,
+                socket: Syslog::socket().map_err(|e| fail("syslog socket", &e))?,
                 path: p.clone(),
                 failed: false,
             }),
@@ -218,7 +226,7 @@ impl Evidence {
         let log = self.sibling_log()?;
         let syslog = match &self.syslog {
             Some(s) => Some(Syslog {
-                socket: std::os::unix::net::UnixDatagram::unbound().map_err(|e| {
+                socket: Syslog::socket().map_err(|e| {
                     Failure::setup(format!("audit syslog socket: {e}; refusing to run without a working audit log"))
                 })?,
                 path: s.path.clone(),

@@ -72,26 +72,6 @@ struct Call {
     id: Value,
 }
 
-/// A call the server answered, whose record is still to be written.
-#[derive(Debug)]
-pub struct Done {
-    call: Box<Call>,
-    status: &'static str,
-    redacted: usize,
-    duration_us: u64,
-}
-
-impl Done {
-    fn body(self) -> Value {
-        let c = self.call;
-        json!({
-            "id": c.id, "tool": c.tool, "category": c.category.map(Category::as_str),
-            "arguments": c.arguments, "verdict": "allow", "decided_by": c.decided_by, "rule": c.rule,
-            "status": self.status, "redacted": self.redacted, "duration_us": self.duration_us,
-        })
-    }
-}
-
 #[derive(Debug)]
 enum Pending {
     Call(Box<Call>),
@@ -471,26 +451,13 @@ impl Gate {
 
     // ------------------------------------------------------------ server -> client
 
-    /// Routes one line from the server, and records what it finished.
+    /// Routes one line from the server.
     pub fn from_server(&self, line: &[u8]) -> Forward {
-        let mut records = Vec::new();
-        let forward = self.route_server(line, &mut records);
-        self.keep(&mut records);
-        forward
-    }
-
-    /// Routes one line from the server; the records of the calls it
-    /// answers go to `records`, for [`Gate::keep`] once the line is passed
-    /// on. The proxy forwards first: queueing a record wakes the audit
-    /// writer, and that wake-up need not sit on the result's path (the
-    /// records are group-committed either way; only a person's answer
-    /// waits for its record, and that happens before the call goes out).
-    pub fn route_server(&self, line: &[u8], records: &mut Vec<Done>) -> Forward {
         match shape(line) {
             Shape::Object(peek) => {
                 let Some(pending) = self.take_pending(&peek) else { return Forward::Same };
                 let Ok(mut msg) = serde_json::from_slice::<Value>(line) else { return Forward::Same };
-                if self.answered(pending, &mut msg, records) {
+                if self.answered(pending, &mut msg) {
                     Forward::Changed(serde_json::to_vec(&msg).unwrap_or_default())
                 } else {
                     Forward::Same
@@ -502,7 +469,7 @@ impl Gate {
                     let peek = Peek { id: item.get("id").cloned(), method: None };
                     if item.get("method").is_none() {
                         if let Some(p) = self.take_pending(&peek) {
-                            changed |= self.answered(p, item, records);
+                            changed |= self.answered(p, item);
                         }
                     }
                 }
@@ -516,13 +483,6 @@ impl Gate {
                 eprintln!("portcullis: mcp: dropped a malformed message from the server ({} bytes): {e}", line.len());
                 Forward::Nothing
             }
-        }
-    }
-
-    /// Queues the records [`Gate::route_server`] left (and empties `records`).
-    pub fn keep(&self, records: &mut Vec<Done>) {
-        for done in records.drain(..) {
-            self.record(done.body());
         }
     }
 
@@ -542,8 +502,7 @@ impl Gate {
         let id = scan_id(prefix)?;
         let pending = self.state().pending.remove(&id_key(&id))?;
         if let Pending::Call(call) = pending {
-            let done = self.finish_call(call, "too_large", false, 0);
-            self.record(done.body());
+            self.finish_call(&call, "too_large", false, 0);
         }
         Some(error_response(
             Some(&id),
@@ -554,7 +513,7 @@ impl Gate {
     }
 
     /// Handles the answer to a tracked request; true when `msg` was changed.
-    fn answered(&self, pending: Pending, msg: &mut Value, records: &mut Vec<Done>) -> bool {
+    fn answered(&self, pending: Pending, msg: &mut Value) -> bool {
         match pending {
             Pending::Call(call) => {
                 let status = if msg.get("error").is_some() {
@@ -565,7 +524,7 @@ impl Gate {
                     "ok"
                 };
                 let redacted = self.redact_result(msg);
-                records.push(self.finish_call(call, status, status == "ok", redacted));
+                self.finish_call(&call, status, status == "ok", redacted);
                 redacted > 0
             }
             Pending::List => {
@@ -585,14 +544,16 @@ impl Gate {
         }
     }
 
-    /// Feeds the breaker; returns what the call's record needs.
-    fn finish_call(&self, call: Box<Call>, status: &'static str, success: bool, redacted: usize) -> Done {
+    fn finish_call(&self, call: &Call, status: &str, success: bool, redacted: usize) {
         {
             let mut st = self.state();
             self.tool_state(&mut st, &call.tool).breaker.record(success, Instant::now());
         }
-        let duration_us = call.started.elapsed().as_micros() as u64;
-        Done { call, status, redacted, duration_us }
+        self.record(json!({
+            "id": call.id, "tool": call.tool, "category": call.category.map(Category::as_str),
+            "arguments": call.arguments, "verdict": "allow", "decided_by": call.decided_by, "rule": call.rule,
+            "status": status, "redacted": redacted, "duration_us": call.started.elapsed().as_micros() as u64,
+        }));
     }
 
     /// A `tools/list` page: annotations become hints; descriptions are checked against their pins.
@@ -637,8 +598,7 @@ impl Gate {
         let pending: Vec<Pending> = self.state().pending.drain().map(|(_, p)| p).collect();
         for p in pending {
             if let Pending::Call(call) = p {
-                let done = self.finish_call(call, "no_response", false, 0);
-                self.record(done.body());
+                self.finish_call(&call, "no_response", false, 0);
             }
         }
         self.journal().close();

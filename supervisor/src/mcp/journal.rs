@@ -182,7 +182,7 @@ fn write_loop(mut log: Evidence, shared: &Shared, healthy: &AtomicBool) {
     crate::sys::background_thread();
     let fail = |e: &dyn std::fmt::Display| {
         if healthy.swap(false, Ordering::AcqRel) {
-            eprintln!("portcullis: mcp: audit log write failed: {e}; refusing further tool calls");
+            eprintln!("portcullis: mcp: {e}; refusing further tool calls");
         }
     };
     loop {

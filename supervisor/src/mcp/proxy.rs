@@ -148,7 +148,6 @@ fn up<R: BufRead, W: Write>(gate: &Gate, mut input: LineReader<R>, client: &Clie
 }
 
 fn down<R: BufRead>(gate: &Gate, mut input: LineReader<R>, client: &ClientOut) {
-    let mut records = Vec::new();
     loop {
         let frame = match input.next_frame() {
             Ok(f) => f,
@@ -163,15 +162,11 @@ fn down<R: BufRead>(gate: &Gate, mut input: LineReader<R>, client: &ClientOut) {
                 Some(reply) => client.send(&reply),
                 None => true,
             },
-            Frame::Line => {
-                let sent = match gate.route_server(&input.line, &mut records) {
-                    Forward::Same => client.send(&input.line),
-                    Forward::Changed(v) => client.send(&v),
-                    Forward::Nothing => true,
-                };
-                gate.keep(&mut records);
-                sent
-            }
+            Frame::Line => match gate.from_server(&input.line) {
+                Forward::Same => client.send(&input.line),
+                Forward::Changed(v) => client.send(&v),
+                Forward::Nothing => true,
+            },
         };
         if !delivered {
             // The client is gone: stop reading, so the server's writes fail and it ends.
