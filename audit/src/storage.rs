@@ -172,11 +172,14 @@ pub fn read_settled(path: &Path, max: u64) -> Result<String, StorageError> {
     Ok(last)
 }
 
-/// Opens an existing file read-only, refusing symlinks.
+/// Opens an existing file read-only, refusing symlinks and anything but a
+/// regular file. O_NONBLOCK: a FIFO in the file's place is refused at once
+/// instead of blocking the reader (a verifier, or a writer holding the lock)
+/// until someone opens its other end; on a regular file it changes nothing.
 pub fn open_read(path: &Path) -> Result<File, StorageError> {
     let file = OpenOptions::new()
         .read(true)
-        .custom_flags(libc::O_NOFOLLOW)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
         .open(path)
         .map_err(|e| open_error("open", path, e))?;
     check_regular(&file, path)?;
@@ -410,6 +413,10 @@ mod tests {
         nix::unistd::mkfifo(&spare, nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
         write_atomic_swap(&cp, b"four\n", 0o644).unwrap();
         assert_eq!(read_settled(&cp, 100).unwrap(), "four\n");
+        // And a FIFO where a reader expects the checkpoint: refused, not waited on.
+        let fifo = d.join("fifo.checkpoint");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
+        assert!(matches!(read_settled(&fifo, 100), Err(StorageError::NotRegular { .. })));
         let _ = fs::remove_dir_all(&d);
     }
 }
