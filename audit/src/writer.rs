@@ -113,6 +113,11 @@ pub struct LogOptions {
     /// digits>` and continues the chain in a new live file (docs/AUDIT.md
     /// §12). `None` (the default): one file grows forever.
     pub rotate_bytes: Option<u64>,
+    /// How long to wait for the log's lock before failing (default 30 s).
+    /// Writers hold it for one group commit, milliseconds; a holder stuck
+    /// longer (stopped, or on a dead disk) must not hang every other writer
+    /// silently and for ever: the wait fails closed, naming the lock.
+    pub lock_wait: Duration,
 }
 
 impl Default for LogOptions {
@@ -124,6 +129,34 @@ impl Default for LogOptions {
             max_batch: 512,
             origin: None,
             rotate_bytes: None,
+            lock_wait: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Takes the exclusive lock, waiting at most `wait`: at once when it is
+/// free (the usual case), else polling with a backoff capped at 2 ms (a
+/// release is noticed within that), then a TimedOut error.
+fn lock_within(lock: &File, wait: Duration) -> std::io::Result<()> {
+    let deadline = Instant::now() + wait;
+    let mut pause = Duration::from_micros(50);
+    loop {
+        match lock.try_lock() {
+            Ok(()) => return Ok(()),
+            Err(std::fs::TryLockError::Error(e)) => return Err(e),
+            Err(std::fs::TryLockError::WouldBlock) if Instant::now() < deadline => {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_millis(2));
+            }
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!(
+                        "another writer has held it for {} s (a stopped or stuck portcullis?); refusing to wait longer",
+                        wait.as_secs_f64()
+                    ),
+                ))
+            }
         }
     }
 }
@@ -227,7 +260,7 @@ impl AuditLog {
         storage::ensure_private_dir(&storage::parent_dir(path))?;
         let lock_path = storage::sibling(path, ".lock");
         let lock = storage::open_lock(&lock_path)?;
-        lock.lock().map_err(|source| AuditError::Lock { path: lock_path.clone(), source })?;
+        lock_within(&lock, opts.lock_wait).map_err(|source| AuditError::Lock { path: lock_path.clone(), source })?;
         // The log itself is created under the lock, so two first writers
         // cannot both write a header. Dropping `lock` on error releases it.
         let file = storage::open_append(path)?;
@@ -654,7 +687,8 @@ impl AuditLog {
 
     fn lock_now(&mut self) -> Result<(), AuditError> {
         if !self.locked {
-            self.lock.lock().map_err(|source| AuditError::Lock { path: self.lock_path.clone(), source })?;
+            lock_within(&self.lock, self.opts.lock_wait)
+                .map_err(|source| AuditError::Lock { path: self.lock_path.clone(), source })?;
             self.locked = true;
         }
         Ok(())

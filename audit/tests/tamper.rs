@@ -702,3 +702,39 @@ fn a_forged_or_stale_state_cache_is_ignored() {
     append_more(&t, 1);
     verify(&t.log(), Some(&t.cp()), None).unwrap();
 }
+
+#[test]
+fn a_lock_held_too_long_fails_closed_and_a_released_one_is_taken() {
+    let t = Tmp::new("lockwait");
+    let mut log = AuditLog::open(&t.log(), test_key(1)).unwrap();
+    log.append(Kind::Verdict, json!({"n": 1})).unwrap();
+    log.commit().unwrap();
+    // A stuck writer: another open file description holding the lock.
+    let holder = std::fs::OpenOptions::new().read(true).write(true).open(t.0.join("audit.log.lock")).unwrap();
+    holder.lock().unwrap();
+    let opts = || LogOptions { lock_wait: std::time::Duration::from_millis(300), ..LogOptions::default() };
+    let started = std::time::Instant::now();
+    let err = AuditLog::open_with(&t.log(), test_key(1), opts()).map(drop).unwrap_err();
+    assert!(started.elapsed() >= std::time::Duration::from_millis(300));
+    match &err {
+        AuditError::Lock { source, .. } => assert_eq!(source.kind(), std::io::ErrorKind::TimedOut, "{err}"),
+        other => panic!("expected a lock timeout, got {other}"),
+    }
+    assert!(err.to_string().contains("audit.log.lock"), "the error names the lock: {err}");
+    // A handle opened while the lock was free times out the same way when it appends.
+    holder.unlock().unwrap();
+    let mut waiting = AuditLog::open_with(&t.log(), test_key(1), opts()).unwrap();
+    holder.lock().unwrap();
+    assert!(matches!(waiting.append(Kind::Verdict, json!({"n": 2})), Err(AuditError::Lock { .. })));
+    drop(waiting);
+    // Released while a writer waits: the writer goes on.
+    let t2 = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        holder.unlock().unwrap();
+    });
+    let mut log = AuditLog::open_with(&t.log(), test_key(1), opts()).unwrap();
+    t2.join().unwrap();
+    log.append(Kind::Verdict, json!({"n": 3})).unwrap();
+    log.close().unwrap();
+    verify(&t.log(), Some(&t.cp()), None).unwrap();
+}
