@@ -298,16 +298,20 @@ impl Evidence {
     }
 
     /// The exit record, then commit and the final checkpoint.
-    pub fn exit(&mut self, status: i32) -> Result<(), Failure> {
+    /// `incomplete`: what of the run's evidence could not be written
+    /// (another handle's failures), named in the exit record.
+    pub fn exit(&mut self, status: i32, incomplete: &[String]) -> Result<(), Failure> {
         let signal = (status > 128).then(|| status - 128);
         let ms = self.started.elapsed().as_millis() as u64;
         // The supervisor's own peak memory: bounded, floods or not.
         let max_rss_kb =
             nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_SELF).map(|u| u.max_rss()).unwrap_or(0);
-        self.append(
-            Kind::Exit,
-            json!({ "status": status, "signal": signal, "duration_ms": ms, "supervisor_max_rss_kb": max_rss_kb }),
-        )?;
+        let mut body =
+            json!({ "status": status, "signal": signal, "duration_ms": ms, "supervisor_max_rss_kb": max_rss_kb });
+        if !incomplete.is_empty() {
+            body["incomplete"] = json!(incomplete);
+        }
+        self.append(Kind::Exit, body)?;
         self.close()
     }
 

@@ -463,7 +463,8 @@ pub struct Watcher {
     canary: PathBuf,
     marker: String,
     stop: Arc<AtomicU8>,
-    thread: Option<JoinHandle<()>>,
+    /// Returns why denials went unrecorded, if they did.
+    thread: Option<JoinHandle<Option<String>>>,
 }
 
 impl Watcher {
@@ -488,7 +489,7 @@ impl Watcher {
         let tally = Tally { kernel_lost: lost, ..Tally::default() };
         let attributor = Attributor { canary: canary_str, own_pid: std::process::id().to_string(), tally };
         let (s, m) = (stop.clone(), marker.clone());
-        let sink = Sink { paths: paths.clone(), session: session.to_string(), ev: None, failed: false };
+        let sink = Sink { paths: paths.clone(), session: session.to_string(), ev: None, failed: None };
         let thread = std::thread::Builder::new()
             .name("kernel-audit".into())
             .spawn(move || read_loop(reader, attributor, sink, s, m))
@@ -509,18 +510,22 @@ impl Watcher {
 
     /// After the sandbox is gone: waits until every report the kernel queued
     /// has been read (or SYNC_WAIT), writes the summary, releases the log.
-    pub fn finish(mut self) {
+    /// Returns why some denials could not be recorded, if that happened (for
+    /// the run's exit record).
+    pub fn finish(mut self) -> Option<String> {
         // Without CAP_AUDIT_WRITE there is no marker: a quiet spell instead.
         let how = if send_user_message(&self.marker) { STOP_AT_MARKER } else { STOP_WHEN_QUIET };
-        self.stop_thread(how);
+        self.stop_thread(how)
     }
 
-    fn stop_thread(&mut self, how: u8) {
+    fn stop_thread(&mut self, how: u8) -> Option<String> {
         self.stop.store(how, Ordering::Release);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+        let lost = self
+            .thread
+            .take()
+            .and_then(|t| t.join().unwrap_or_else(|_| Some("the kernel-audit reader panicked".into())));
         let _ = std::fs::remove_file(&self.canary);
+        lost
     }
 }
 
@@ -530,7 +535,7 @@ impl Drop for Watcher {
     /// record, and it never waits for a log lock the run still holds.
     fn drop(&mut self) {
         if self.thread.is_some() {
-            self.stop_thread(DISCARD);
+            let _ = self.stop_thread(DISCARD);
         }
     }
 }
@@ -584,18 +589,22 @@ struct Sink {
     paths: AuditPaths,
     session: String,
     ev: Option<Evidence>,
-    failed: bool,
+    /// Why records stopped being written (the first failure).
+    failed: Option<String>,
 }
 
 impl Sink {
     fn record(&mut self, body: Value) {
-        if self.failed {
+        if self.failed.is_some() {
             return;
         }
         if self.ev.is_none() {
             match Evidence::open(&self.paths, &self.session) {
                 Ok(ev) => self.ev = Some(ev),
-                Err(f) => return self.fail(&f.message),
+                // The run itself goes on: its log handle works.
+                Err(f) => {
+                    return self.fail(f.message.trim_end_matches("; refusing to run without a working audit log"))
+                }
             }
         }
         if let Some(Err(f)) = self.ev.as_mut().map(|ev| ev.record(Kind::Verdict, body)) {
@@ -604,27 +613,32 @@ impl Sink {
     }
 
     fn commit(&mut self) {
-        if let Some(Err(f)) = self.ev.as_mut().filter(|_| !self.failed).map(Evidence::commit) {
+        if let Some(Err(f)) = self.ev.as_mut().filter(|_| self.failed.is_none()).map(Evidence::commit) {
             self.fail(&f.message);
         }
     }
 
     fn fail(&mut self, why: &str) {
         eprintln!("portcullis: kernel audit: {why}; denials the kernel reports are no longer recorded");
-        self.failed = true;
+        self.failed = Some(why.to_string());
     }
 
     /// Commits; the run's exit record and checkpoint come after this.
-    fn release(self) {
-        if let Some(ev) = self.ev.filter(|_| !self.failed) {
-            if let Err(f) = ev.release() {
+    /// Returns why records were lost, if any were.
+    fn release(self) -> Option<String> {
+        match (self.ev, self.failed) {
+            (_, Some(why)) => Some(why),
+            (Some(ev), None) => ev.release().err().map(|f| {
                 eprintln!("portcullis: kernel audit: {}", f.message);
-            }
+                f.message
+            }),
+            (None, None) => None,
         }
     }
 }
 
-fn read_loop(fd: OwnedFd, mut at: Attributor, mut sink: Sink, stop: Arc<AtomicU8>, marker: String) {
+/// Returns why denials went unrecorded, if they did.
+fn read_loop(fd: OwnedFd, mut at: Attributor, mut sink: Sink, stop: Arc<AtomicU8>, marker: String) -> Option<String> {
     crate::sys::background_thread();
     use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
     let mut buf = vec![0u8; 16 << 10];
@@ -638,7 +652,7 @@ fn read_loop(fd: OwnedFd, mut at: Attributor, mut sink: Sink, stop: Arc<AtomicU8
     loop {
         match stop.load(Ordering::Acquire) {
             RUNNING => {}
-            DISCARD => return,
+            DISCARD => return None,
             how => {
                 let since = *stop_since.get_or_insert_with(Instant::now);
                 let quiet = how == STOP_WHEN_QUIET && since.elapsed() > QUIET && last_read.elapsed() > QUIET;
@@ -705,12 +719,43 @@ fn read_loop(fd: OwnedFd, mut at: Attributor, mut sink: Sink, stop: Arc<AtomicU8
     if let Some(summary) = at.summary(synced) {
         sink.record(summary);
     }
-    sink.release();
+    sink.release()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_sink_that_cannot_write_says_why_for_the_exit_record() {
+        let dir = std::env::temp_dir().join(format!("pc-kaudit-sink-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        // The log's directory is a regular file: the sink cannot open the log.
+        let blocker = dir.join("not-a-dir");
+        std::fs::write(&blocker, b"").unwrap();
+        let paths =
+            AuditPaths { log: blocker.join("audit.log"), key: dir.join("audit.key"), syslog: None, rotate_bytes: None };
+        let mut sink = Sink { paths, session: "s".into(), ev: None, failed: None };
+        sink.record(json!({"verdict": "deny"}));
+        sink.commit();
+        sink.record(json!({"verdict": "deny"}));
+        let why = sink.release().expect("the failure is returned");
+        assert!(why.contains("log directory"), "{why}");
+        // A sink that never had anything to write has nothing to report.
+        let quiet = Sink {
+            paths: AuditPaths {
+                log: dir.join("audit.log"),
+                key: dir.join("audit.key"),
+                syslog: None,
+                rotate_bytes: None,
+            },
+            session: "s".into(),
+            ev: None,
+            failed: None,
+        };
+        assert_eq!(quiet.release(), None);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     fn report(kind: u16, text: &str) -> Report {
         parse(kind, text).expect("parses")

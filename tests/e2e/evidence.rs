@@ -194,6 +194,8 @@ fn kernel_reported_landlock_denials_are_recorded() {
         .and_then(|r| r["seq"].as_u64())
         .expect("the run's exit record");
     assert!(hit_seq < exit_seq, "denial {hit_seq} before exit {exit_seq}");
+    let exit = kinds.iter().find(|r| r["seq"].as_u64() == Some(exit_seq)).unwrap();
+    assert!(exit["body"].get("incomplete").is_none(), "nothing was lost: {exit}");
     // The canary is removed with the run.
     let state = sb.root.join("audit");
     let left: Vec<_> = std::fs::read_dir(&state)
@@ -202,6 +204,82 @@ fn kernel_reported_landlock_denials_are_recorded() {
         .filter(|e| e.file_name().to_string_lossy().contains("canary"))
         .collect();
     assert!(left.is_empty(), "canary left behind: {left:?}");
+    let v = sb.run(&["audit", "verify", "--log", &log, "--key", &key]);
+    assert_eq!(v.code, 0, "{} {}", v.stdout, v.stderr);
+}
+
+/// When the kernel-audit reader cannot write what the kernel reported, the
+/// run's exit record names what is missing and why (not only stderr). Here
+/// the key file is swapped while the command waits: the run's own handle
+/// holds its key already, the reader opens its handle at the first denial.
+#[test]
+fn denials_that_could_not_be_recorded_are_named_in_the_exit_record() {
+    if !is_root() {
+        return skip("reading the kernel audit stream needs CAP_AUDIT_READ (run as root)");
+    }
+    if portcullis::kernel::Features::probe().landlock_abi < 7 {
+        return skip("Landlock ABI 7 (Linux 6.15) is needed for denial reports");
+    }
+    portcullis::kaudit::set_enabled(true).expect("turn the kernel's audit on");
+    let sb = Sandbox::new("kaudit-lost", As::Caller);
+    let (log, key) = audit_flags(&sb);
+    // Another key, made by a run with a log of its own.
+    let (other_log, other_key) = (sb.path(&sb.root.join("other/audit.log")), sb.path(&sb.root.join("other/audit.key")));
+    let r = sb.run(&["run", "--audit-log", &other_log, "--audit-key", &other_key, "--exec", PROBE, "--", PROBE, "pid"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let secret = sb.path(&sb.outside.join("secret.txt"));
+    // Shell builtins only (the allowlist holds dash alone): the command
+    // says it started, then blocks on a FIFO until the key is swapped.
+    let (started, go) = (sb.ws.join("started"), sb.ws.join("go"));
+    nix::unistd::mkfifo(&go, nix::sys::stat::Mode::from_bits_truncate(0o666)).unwrap();
+    let script = format!(
+        ": > {s}; read x < {g}; read x < {secret} 2>/dev/null; exit 7",
+        s = sb.path(&started),
+        g = sb.path(&go)
+    );
+    let mut run = sb
+        .portcullis(&[
+            "run",
+            "--audit-log",
+            &log,
+            "--audit-key",
+            &key,
+            "--exec",
+            "/usr/bin/dash",
+            "--",
+            "/bin/sh",
+            "-c",
+            &script,
+        ])
+        .spawn()
+        .unwrap();
+    let t = std::time::Instant::now();
+    while !started.exists() {
+        if t.elapsed() > std::time::Duration::from_secs(20) {
+            let _ = run.kill();
+            panic!("the command never started");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let ours = std::fs::read(&key).unwrap();
+    std::fs::write(&key, std::fs::read(&other_key).unwrap()).unwrap();
+    std::fs::write(&go, b"go\n").unwrap();
+    let status = run.wait().unwrap();
+    std::fs::write(&key, &ours).unwrap();
+    assert_eq!(status.code(), Some(7), "the command's status passes through");
+    let all = sb.run(&["audit", "list", "--log", &log, "--key", &key, "--json"]);
+    assert_eq!(all.code, 0, "{}", all.stderr);
+    let records: Vec<serde_json::Value> = all.stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert!(
+        records.iter().all(|r| r["body"]["source"] != "landlock-kernel-audit"),
+        "the reader could not write: {}",
+        all.stdout
+    );
+    let exit = records.iter().rev().find(|r| r["kind"] == "exit").expect("the run's exit record");
+    let incomplete = exit["body"]["incomplete"].as_array().unwrap_or_else(|| panic!("named as incomplete: {exit}"));
+    assert_eq!(incomplete.len(), 1, "{exit}");
+    let why = incomplete[0].as_str().unwrap();
+    assert!(why.starts_with("kernel-reported denials: ") && why.contains("key"), "{why}");
     let v = sb.run(&["audit", "verify", "--log", &log, "--key", &key]);
     assert_eq!(v.code, 0, "{} {}", v.stdout, v.stderr);
 }

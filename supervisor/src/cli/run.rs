@@ -200,15 +200,18 @@ fn launch_with(session: &Session, prepared: Prepared, command: &[OsString], mcp:
     }
     let code = wait::supervise(child.id(), &set);
     crate::timing::mark("command exited");
+    // Parts of the run's evidence that could not be written: the exit
+    // record says so, not only stderr.
+    let mut incomplete = Vec::new();
     if let Some(g) = syscall_gate {
-        g.finish();
+        incomplete.extend(g.finish().map(|why| format!("syscall gate records: {why}")));
         crate::timing::mark("gate finished");
     }
     if let Some(p) = proxy {
         p.finish();
     }
     if let Some(w) = watcher {
-        w.finish();
+        incomplete.extend(w.finish().map(|why| format!("kernel-reported denials: {why}")));
         crate::timing::mark("kernel audit read to the end");
     }
     reports.extend(stage::read_reports(&report_rx));
@@ -217,7 +220,7 @@ fn launch_with(session: &Session, prepared: Prepared, command: &[OsString], mcp:
         evidence.refused(Kind::Exit, f.code, &f.message, json!({}))?;
         return Err(f);
     }
-    let exit_record = evidence.exit(code);
+    let exit_record = evidence.exit(code, &incomplete);
     crate::timing::mark("exit record durable");
     if let Err(f) = exit_record {
         // The command has run; its status still passes through.

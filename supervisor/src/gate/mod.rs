@@ -199,7 +199,7 @@ pub struct Shared {
 impl Drop for Shared {
     /// A gate dropped without `finish` (an error path) still commits its records.
     fn drop(&mut self) {
-        self.evidence.close();
+        let _ = self.evidence.close();
     }
 }
 
@@ -551,8 +551,10 @@ pub fn start(setup: Setup, ctx: Context, evidence: Option<Evidence>) -> Result<R
 
 impl Running {
     /// After the sandbox is gone: the server has seen the listener hang up.
-    /// Writes the denial counts and commits the gate's records.
-    pub fn finish(self) {
+    /// Writes the denial counts and commits the gate's records. Returns why
+    /// some of its records could not be written, if that happened (for the
+    /// run's exit record).
+    pub fn finish(self) -> Option<String> {
         // With a PID namespace the sandbox is gone when the command is, and
         // the listener hangs up at once. Without one, a process that
         // outlived the command keeps the filter alive: do not wait for it
@@ -562,7 +564,7 @@ impl Running {
         } else {
             let _ = self.server.join();
         }
-        let Some(shared) = self.shared.lock().unwrap_or_else(|p| p.into_inner()).take() else { return };
+        let shared = self.shared.lock().unwrap_or_else(|p| p.into_inner()).take()?;
         let (suppressed, top) = {
             let d = shared.denials.lock().unwrap_or_else(|p| p.into_inner());
             (d.unrecorded(shared.ctx.records_per_target), d.top(20))
@@ -578,7 +580,7 @@ impl Running {
                 eprintln!("portcullis: gate: {}", f.message);
             }
         }
-        shared.evidence.close();
+        shared.evidence.close()
     }
 }
 
@@ -638,7 +640,8 @@ impl Denials {
 struct Journal {
     queue: Mutex<Queue>,
     wake: std::sync::Condvar,
-    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Returns the first write failure, if any.
+    writer: Mutex<Option<std::thread::JoinHandle<Option<String>>>>,
     /// Records the full queue turned away (a flood); reported at exit.
     dropped: std::sync::atomic::AtomicU64,
 }
@@ -682,8 +685,10 @@ impl Journal {
         self.queue.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn write_loop(&self, mut ev: Evidence) {
+    /// Writes until closed; returns why records were lost, if any were.
+    fn write_loop(&self, mut ev: Evidence) -> Option<String> {
         crate::sys::background_thread();
+        let mut lost: Option<String> = None;
         loop {
             let mut q = self.lock();
             while q.items.is_empty() && !q.closed {
@@ -711,6 +716,7 @@ impl Journal {
             let result = result.and_then(|()| ev.commit()).map_err(|f| f.message);
             if let Err(m) = &result {
                 eprintln!("portcullis: gate: {m}");
+                lost.get_or_insert_with(|| m.clone());
             }
             for ack in acks {
                 let _ = ack.send(result.clone());
@@ -719,7 +725,9 @@ impl Journal {
         // The run's exit record and checkpoint come after this.
         if let Err(f) = ev.release() {
             eprintln!("portcullis: gate: {}", f.message);
+            lost.get_or_insert(f.message);
         }
+        lost
     }
 
     /// Queues a record (group-committed). A full queue drops it: a flood of
@@ -763,12 +771,12 @@ impl Journal {
         }
     }
 
-    fn close(&self) {
+    /// Stops the writer; returns why records were lost, if any were.
+    fn close(&self) -> Option<String> {
         self.lock().closed = true;
         self.wake.notify_one();
-        if let Some(w) = self.writer.lock().unwrap_or_else(|p| p.into_inner()).take() {
-            let _ = w.join();
-        }
+        let writer = self.writer.lock().unwrap_or_else(|p| p.into_inner()).take();
+        writer.and_then(|w| w.join().unwrap_or_else(|_| Some("the gate's audit writer panicked".into())))
     }
 }
 
