@@ -26,7 +26,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 
 /// Signatures a waiting caller sleeps for at most (fewer when fewer are
-/// outstanding): 16 wake-ups per group of 512, and at most this many
+/// outstanding): at most 32 wake-ups per group of 512, and at most this many
 /// lines left to encode after the last signature.
 const CHUNK: usize = 16;
 

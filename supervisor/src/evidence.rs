@@ -14,6 +14,15 @@ use serde_json::{json, Value};
 
 use crate::exit::Failure;
 
+/// A failure's message without the "refusing to ..." tail that a caller
+/// who stops adds: for a writer whose failure the run outlives (its exit
+/// record names it in `incomplete`).
+pub fn reason(message: &str) -> &str {
+    ["; refusing to run without a working audit log", "; refusing to go on without a record"]
+        .iter()
+        .fold(message, |m, tail| m.strip_suffix(tail).unwrap_or(m))
+}
+
 /// Where the log and its signing key live.
 #[derive(Clone, Debug)]
 pub struct AuditPaths {

@@ -601,10 +601,7 @@ impl Sink {
         if self.ev.is_none() {
             match Evidence::open(&self.paths, &self.session) {
                 Ok(ev) => self.ev = Some(ev),
-                // The run itself goes on: its log handle works.
-                Err(f) => {
-                    return self.fail(f.message.trim_end_matches("; refusing to run without a working audit log"))
-                }
+                Err(f) => return self.fail(&f.message),
             }
         }
         if let Some(Err(f)) = self.ev.as_mut().map(|ev| ev.record(Kind::Verdict, body)) {
@@ -619,6 +616,8 @@ impl Sink {
     }
 
     fn fail(&mut self, why: &str) {
+        // The run itself goes on: its own log handle works.
+        let why = crate::evidence::reason(why);
         eprintln!("portcullis: kernel audit: {why}; denials the kernel reports are no longer recorded");
         self.failed = Some(why.to_string());
     }
@@ -630,7 +629,7 @@ impl Sink {
             (_, Some(why)) => Some(why),
             (Some(ev), None) => ev.release().err().map(|f| {
                 eprintln!("portcullis: kernel audit: {}", f.message);
-                f.message
+                crate::evidence::reason(&f.message).to_string()
             }),
             (None, None) => None,
         }
@@ -741,6 +740,8 @@ mod tests {
         sink.record(json!({"verdict": "deny"}));
         let why = sink.release().expect("the failure is returned");
         assert!(why.contains("log directory"), "{why}");
+        // The run outlives this writer: its record does not say it refused to run.
+        assert!(!why.contains("refusing"), "{why}");
         // A sink that never had anything to write has nothing to report.
         let quiet = Sink {
             paths: AuditPaths {

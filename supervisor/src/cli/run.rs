@@ -208,7 +208,7 @@ fn launch_with(session: &Session, prepared: Prepared, command: &[OsString], mcp:
         crate::timing::mark("gate finished");
     }
     if let Some(p) = proxy {
-        p.finish();
+        incomplete.extend(p.finish().map(|why| format!("MCP tool-call records: {why}")));
     }
     if let Some(w) = watcher {
         incomplete.extend(w.finish().map(|why| format!("kernel-reported denials: {why}")));
@@ -217,7 +217,8 @@ fn launch_with(session: &Session, prepared: Prepared, command: &[OsString], mcp:
     reports.extend(stage::read_reports(&report_rx));
     if let Some((step, errno)) = reports.into_iter().find(|(s, _)| *s != stage::Step::ProcMount) {
         let f = setup_failed(step, errno);
-        evidence.refused(Kind::Exit, f.code, &f.message, json!({}))?;
+        let extra = if incomplete.is_empty() { json!({}) } else { json!({ "incomplete": incomplete }) };
+        evidence.refused(Kind::Exit, f.code, &f.message, extra)?;
         return Err(f);
     }
     let exit_record = evidence.exit(code, &incomplete);

@@ -716,7 +716,7 @@ impl Journal {
             let result = result.and_then(|()| ev.commit()).map_err(|f| f.message);
             if let Err(m) = &result {
                 eprintln!("portcullis: gate: {m}");
-                lost.get_or_insert_with(|| m.clone());
+                lost.get_or_insert_with(|| crate::evidence::reason(m).to_string());
             }
             for ack in acks {
                 let _ = ack.send(result.clone());
@@ -725,7 +725,7 @@ impl Journal {
         // The run's exit record and checkpoint come after this.
         if let Err(f) = ev.release() {
             eprintln!("portcullis: gate: {}", f.message);
-            lost.get_or_insert(f.message);
+            lost.get_or_insert_with(|| crate::evidence::reason(&f.message).to_string());
         }
         lost
     }

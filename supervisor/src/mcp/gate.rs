@@ -593,15 +593,16 @@ impl Gate {
         self.journal().record(body);
     }
 
-    /// At the end of the session: calls never answered are recorded, the log is committed.
-    pub fn finish(&self) {
+    /// At the end of the session: calls never answered are recorded, the
+    /// log is committed. Returns why records were lost, if any were.
+    pub fn finish(&self) -> Option<String> {
         let pending: Vec<Pending> = self.state().pending.drain().map(|(_, p)| p).collect();
         for p in pending {
             if let Pending::Call(call) = p {
                 self.finish_call(&call, "no_response", false, 0);
             }
         }
-        self.journal().close();
+        self.journal().close()
     }
 }
 

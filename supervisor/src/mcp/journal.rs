@@ -30,7 +30,8 @@ const QUEUE: usize = 4096;
 pub struct Journal {
     sink: Sink,
     healthy: Arc<AtomicBool>,
-    writer: Option<JoinHandle<()>>,
+    /// Returns the first write failure, if any.
+    writer: Option<JoinHandle<Option<String>>>,
     /// Where the records go, for messages.
     pub target: String,
 }
@@ -156,7 +157,8 @@ impl Journal {
     }
 
     /// Commits what is queued, writes a checkpoint and stops the writer.
-    pub fn close(&mut self) {
+    /// Returns why records were lost, if any were (once).
+    pub fn close(&mut self) -> Option<String> {
         match &mut self.sink {
             Sink::Nowhere => {}
             Sink::Channel(tx) => *tx = None,
@@ -166,24 +168,26 @@ impl Journal {
                 shared.space.notify_all();
             }
         }
-        if let Some(w) = self.writer.take() {
-            let _ = w.join();
-        }
+        let writer = self.writer.take();
+        writer.and_then(|w| w.join().unwrap_or_else(|_| Some("the MCP audit writer panicked".into())))
     }
 }
 
 impl Drop for Journal {
     fn drop(&mut self) {
-        self.close();
+        let _ = self.close();
     }
 }
 
-fn write_loop(mut log: Evidence, shared: &Shared, healthy: &AtomicBool) {
+/// Writes until closed; returns the first failure, if any.
+fn write_loop(mut log: Evidence, shared: &Shared, healthy: &AtomicBool) -> Option<String> {
     crate::sys::background_thread();
-    let fail = |e: &dyn std::fmt::Display| {
+    let first = std::cell::RefCell::new(None::<String>);
+    let fail = |e: &str| {
         if healthy.swap(false, Ordering::AcqRel) {
             eprintln!("portcullis: mcp: {e}; refusing further tool calls");
         }
+        first.borrow_mut().get_or_insert_with(|| crate::evidence::reason(e).to_string());
     };
     loop {
         let mut q = shared.lock();
@@ -227,4 +231,5 @@ fn write_loop(mut log: Evidence, shared: &Shared, healthy: &AtomicBool) {
             fail(&e.message);
         }
     }
+    first.into_inner()
 }

@@ -143,9 +143,10 @@ pub fn attach(prepared: Prepared, child: &mut Child) -> Result<Attached, Failure
 
 impl Attached {
     /// After the server exited: pass on what it still wrote, record calls
-    /// it never answered, commit the audit log.
-    pub fn finish(self) {
+    /// it never answered, commit the audit log. Returns why tool-call
+    /// records were lost, if any were.
+    pub fn finish(self) -> Option<String> {
         self.proxy.join();
-        self.gate.finish();
+        self.gate.finish()
     }
 }
