@@ -389,13 +389,15 @@ fn tail(log: &Path, follow: bool, n: usize) -> Result<i32, Failure> {
     if !follow {
         return Ok(0);
     }
-    // Follow: poll the file for complete new lines; a shrinking file is tampering.
+    // Follow: wait for a change in the log's directory (or a second), then
+    // read complete new lines; a shrinking file is tampering.
+    let mut changed = DirWatch::new(log);
     let mut file = audit::storage::open_read(log).map_err(setup)?;
     let mut offset = file.seek(SeekFrom::End(0)).map_err(|e| setup(format!("{}: {e}", log.display())))?;
     // Start after the last complete line so a torn tail is not half-printed.
     let mut partial: Vec<u8> = Vec::new();
     loop {
-        std::thread::sleep(Duration::from_millis(250));
+        changed.wait();
         let len = file.metadata().map_err(|e| setup(format!("{}: {e}", log.display())))?.len();
         if len < offset {
             return Err(failed(format!("{} shrank from {offset} to {len} bytes: truncated", log.display())));
@@ -431,6 +433,37 @@ fn tail(log: &Path, follow: bool, n: usize) -> Result<i32, Failure> {
             }
         }
         let _ = std::io::stdout().flush();
+    }
+}
+
+/// Wakes `tail -f` when something in the log's directory is written,
+/// created or renamed in (a record, a rotation), and at least once a second.
+/// Where inotify is unavailable it polls every 250 ms.
+struct DirWatch(Option<nix::sys::inotify::Inotify>);
+
+impl DirWatch {
+    fn new(log: &Path) -> DirWatch {
+        use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+        let dir = match log.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        let watch = Inotify::init(InitFlags::IN_CLOEXEC | InitFlags::IN_NONBLOCK).ok().filter(|i| {
+            i.add_watch(dir, AddWatchFlags::IN_MODIFY | AddWatchFlags::IN_CREATE | AddWatchFlags::IN_MOVED_TO).is_ok()
+        });
+        DirWatch(watch)
+    }
+
+    fn wait(&mut self) {
+        use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+        use std::os::fd::AsFd;
+        let Some(i) = &self.0 else { return std::thread::sleep(Duration::from_millis(250)) };
+        let mut fds = [PollFd::new(i.as_fd(), PollFlags::POLLIN)];
+        if poll(&mut fds, PollTimeout::from(1000u16)).is_err() {
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        // Drain: one look at the file answers every event so far.
+        while i.read_events().is_ok_and(|e| !e.is_empty()) {}
     }
 }
 
