@@ -559,12 +559,17 @@ impl Running {
         // the listener hangs up at once. Without one, a process that
         // outlived the command keeps the filter alive: do not wait for it
         // (our exit closes the listener; its parked syscalls then fail).
-        if self.done.recv_timeout(Duration::from_secs(2)) == Err(mpsc::RecvTimeoutError::Timeout) {
+        let outlived = self.done.recv_timeout(Duration::from_secs(2)) == Err(mpsc::RecvTimeoutError::Timeout);
+        if outlived {
             eprintln!("portcullis: note: processes of the sandbox outlived the command; the gate stops serving them");
         } else {
             let _ = self.server.join();
         }
-        let shared = self.shared.lock().unwrap_or_else(|p| p.into_inner()).take()?;
+        let outlived = outlived.then(|| {
+            "processes of the sandbox outlived the command; what the gate decided for them from now on is not recorded"
+                .to_string()
+        });
+        let Some(shared) = self.shared.lock().unwrap_or_else(|p| p.into_inner()).take() else { return outlived };
         let (suppressed, top) = {
             let d = shared.denials.lock().unwrap_or_else(|p| p.into_inner());
             (d.unrecorded(shared.ctx.records_per_target), d.top(20))
@@ -580,7 +585,10 @@ impl Running {
                 eprintln!("portcullis: gate: {}", f.message);
             }
         }
-        shared.evidence.close()
+        match (shared.evidence.close(), outlived) {
+            (Some(lost), Some(note)) => Some(format!("{lost}; {note}")),
+            (lost, note) => lost.or(note),
+        }
     }
 }
 
