@@ -101,9 +101,14 @@ pub struct RuleInodes<'a> {
 impl<'a> RuleInodes<'a> {
     /// Rules whose path does not exist reach nothing and are left out.
     pub fn of(plan: &'a policy::Plan) -> RuleInodes<'a> {
+        Self::of_where(plan, |_| true)
+    }
+
+    /// Only the rules `keep` accepts (e.g. write rules).
+    pub fn of_where(plan: &'a policy::Plan, keep: impl Fn(&policy::plan::PathRule) -> bool) -> RuleInodes<'a> {
         use std::os::unix::fs::MetadataExt;
         let mut inodes: std::collections::HashMap<_, Vec<_>> = std::collections::HashMap::new();
-        for (i, rule) in plan.landlock.paths.iter().enumerate() {
+        for (i, rule) in plan.landlock.paths.iter().enumerate().filter(|(_, r)| keep(r)) {
             if let Ok(m) = std::fs::metadata(&rule.path) {
                 inodes.entry((m.dev(), m.ino())).or_default().push(i);
             }

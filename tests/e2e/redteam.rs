@@ -90,6 +90,36 @@ both!(symlinks_planted_in_the_workspace_do_not_widen_rules, |sb| {
     sb.probe(&["--read", &sb.path(&sb.outside)], &["read", &secret]).expect("ok");
 });
 
+// THREATS #40: a program planted early on PATH, in a directory the sandbox
+// may write (by an earlier run, or a package), never becomes the command an
+// allowlisted bare name means.
+both!(a_name_on_path_never_resolves_into_a_writable_directory, |sb| {
+    let bin = sb.ws.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let marker = sb.ws.join("planted-ran");
+    for name in ["cat", "only-here"] {
+        let p = bin.join(name);
+        std::fs::write(&p, format!("#!/bin/sh\necho planted > {}\n", sb.path(&marker))).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let note = sb.ws.join("note.txt");
+    std::fs::write(&note, "hello\n").unwrap();
+    let path = format!("{}:/usr/bin:/bin", sb.path(&bin));
+    let run = |args: &[&str]| Run::from(sb.portcullis(args).env("PATH", &path).output().unwrap());
+    // The real cat runs (the twin: a bare name still works), and stderr
+    // says which match was passed over.
+    let r = run(&["run", "--exec", "cat", "--", "cat", &sb.path(&note)]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(r.stdout, "hello\n");
+    assert!(r.stderr.contains("passed over"), "{}", r.stderr);
+    assert!(!marker.exists(), "the planted program ran");
+    // A name found only there is not found: nothing runs.
+    let r = run(&["run", "--exec", "only-here", "--", "only-here"]);
+    assert_eq!(r.code, 125, "{} {}", r.stdout, r.stderr);
+    assert!(r.stderr.contains("not found") && r.stderr.contains("passed over"), "{}", r.stderr);
+    assert!(!marker.exists(), "the planted program ran");
+});
+
 // The host /proc showed every process's command line and status.
 both!(sandbox_sees_only_its_own_processes, |sb| {
     let r = sb.probe(&[], &["proc-pids"]);

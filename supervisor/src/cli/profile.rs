@@ -44,7 +44,12 @@ pub fn profile(cmd: ProfileCmd) -> Result<i32, Failure> {
                 }
             }
             let path_var = std::env::var_os("PATH").unwrap_or_default();
-            crate::sandbox::exec::resolve_all(&plan.exec.allow, &path_var, &mut Vec::new())?;
+            let writable = crate::sandbox::exec::Writable::of(&plan);
+            let mut notes = Vec::new();
+            crate::sandbox::exec::resolve_all(&plan.exec.allow, &path_var, &writable, &mut Vec::new(), &mut notes)?;
+            for n in notes {
+                println!("{}: note: {n}", file.display());
+            }
             println!(
                 "{}: ok ({} path rules, {} commands, {} seccomp rules)",
                 file.display(),

@@ -110,11 +110,12 @@ fn launch_with(session: &Session, prepared: Prepared, command: &[OsString], mcp:
     let _cleanup = CgroupCleanup(cgroups);
     let argv: Vec<String> = command.iter().map(|a| a.to_string_lossy().into_owned()).collect();
     let decision = Decision { session, enforcement: &enforcement, allowed: &allowed, argv: &argv, mcp };
-    let program = match exec::resolve_command(&command[0], &session.path_var, &allowed, &session.plan.profile) {
-        Ok(p) => p,
-        // Nothing to fork: record the refusal (or an earlier one) and stop.
-        Err(f) => return Err(decide(&decision, Err(&f), gate_setup, None, None).err().unwrap_or(f)),
-    };
+    let program =
+        match exec::resolve_command(&command[0], &session.path_var, &allowed, &session.plan, &enforcement.notices) {
+            Ok(p) => p,
+            // Nothing to fork: record the refusal (or an earlier one) and stop.
+            Err(f) => return Err(decide(&decision, Err(&f), gate_setup, None, None).err().unwrap_or(f)),
+        };
     // The canary's name is fixed now; the go-ahead says whether it is used.
     let canary = match session.features.landlock_abi_used >= 7 {
         true => kaudit::Canary::new(&session.audit).ok(),

@@ -34,9 +34,45 @@ pub struct Resolved {
     pub id: (u64, u64),
 }
 
-/// Finds `name` on `path_var` (a colon-separated PATH), like execvp does.
-pub fn which(name: &str, path_var: &OsStr) -> Option<PathBuf> {
-    std::env::split_paths(path_var).filter(|d| d.is_absolute()).map(|d| d.join(name)).find(|p| is_executable(p))
+/// Finds `name` on `path_var` (a colon-separated PATH), like execvp does,
+/// but passes over matches in directories the sandbox may write: a binary
+/// planted there (by an earlier run, or a package) would otherwise become
+/// the allowlisted command (THREATS #40). Each match passed over adds a
+/// note to `notes`. Name a command by its path to allow it from there.
+pub fn which(name: &str, path_var: &OsStr, writable: &Writable, notes: &mut Vec<String>) -> Option<PathBuf> {
+    for p in std::env::split_paths(path_var).filter(|d| d.is_absolute()).map(|d| d.join(name)) {
+        if !is_executable(&p) {
+            continue;
+        }
+        match writable.reaching(&p) {
+            Some(rule) => notes.push(format!(
+                "`{name}` at {} on PATH passed over: the sandbox may write there ({rule}); name it by its path to allow it",
+                p.display()
+            )),
+            None => return Some(p),
+        }
+    }
+    None
+}
+
+/// The directories the plan lets the sandbox write, looked up (one stat
+/// per write rule) only when a name is first found on PATH.
+pub struct Writable<'a> {
+    plan: &'a policy::Plan,
+    rules: std::cell::OnceCell<crate::evidence::RuleInodes<'a>>,
+}
+
+impl<'a> Writable<'a> {
+    pub fn of(plan: &'a policy::Plan) -> Writable<'a> {
+        Writable { plan, rules: std::cell::OnceCell::new() }
+    }
+
+    /// The write rule (path and where it was set) that reaches `file`.
+    fn reaching(&self, file: &Path) -> Option<String> {
+        let rules = self.rules.get_or_init(|| crate::evidence::RuleInodes::of_where(self.plan, |r| r.write));
+        let dir = file.parent().unwrap_or(file);
+        rules.reaching(dir, |_| true).map(|r| format!("rule for {} at {}", r.path, r.at))
+    }
 }
 
 fn is_executable(p: &Path) -> bool {
@@ -105,13 +141,17 @@ fn elf_interp(head: &[u8], f: &mut std::fs::File) -> Option<PathBuf> {
 }
 
 /// Resolves every allowed command and adds the interpreters they need.
+/// `notes`: PATH matches passed over (see [`which`]).
 pub fn resolve_all(
     specs: &[CommandSpec],
     path_var: &OsStr,
+    writable: &Writable,
     skipped: &mut Vec<String>,
+    notes: &mut Vec<String>,
 ) -> Result<Vec<Resolved>, Failure> {
     let mut out: Vec<Resolved> = Vec::new();
     for spec in specs {
+        let noted = notes.len();
         let found = if spec.spec.contains('/') {
             let p = PathBuf::from(&spec.spec);
             if is_executable(&p) {
@@ -123,15 +163,16 @@ pub fn resolve_all(
                 None
             }
         } else {
-            which(&spec.spec, path_var)
+            which(&spec.spec, path_var, writable, notes)
         };
         let Some(found) = found else {
             if spec.optional {
                 skipped.push(format!("command `{}` ({}): not found", spec.spec, spec.at));
                 continue;
             }
+            let passed_over: String = notes[noted..].iter().map(|n| format!("; {n}")).collect();
             return Err(Failure::setup(format!(
-                "{}: command `{}` not found (PATH searched for names)",
+                "{}: command `{}` not found (PATH searched for names){passed_over}",
                 spec.at, spec.spec
             )));
         };
@@ -176,13 +217,17 @@ fn push(out: &mut Vec<Resolved>, r: Resolved) {
     }
 }
 
-/// Resolves the command to run, and checks it is allowed.
+/// Resolves the command to run, and checks it is allowed. A PATH match
+/// passed over (see [`which`]) is printed as a note, unless `noted` (the
+/// launch's notices, printed anyway) has it already.
 pub fn resolve_command(
     argv0: &OsStr,
     path_var: &OsStr,
     allowed: &[Resolved],
-    profile: &str,
+    plan: &policy::Plan,
+    noted: &[String],
 ) -> Result<PathBuf, Failure> {
+    let profile = &plan.profile;
     let name = argv0.to_string_lossy();
     let found = if name.contains('/') {
         let p = PathBuf::from(argv0);
@@ -192,7 +237,12 @@ pub fn resolve_command(
             None
         }
     } else {
-        which(&name, path_var)
+        let mut notes = Vec::new();
+        let found = which(&name, path_var, &Writable::of(plan), &mut notes);
+        for n in notes.iter().filter(|n| !noted.contains(n)) {
+            eprintln!("portcullis: note: {n}");
+        }
+        found
     };
     let Some(found) = found else {
         return Err(Failure { code: exit::NOT_FOUND, message: format!("{name}: command not found") });

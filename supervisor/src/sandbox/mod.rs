@@ -46,7 +46,9 @@ pub fn prepare(
     dry: bool,
 ) -> Result<Prepared, Failure> {
     let mut enforcement = Enforcement::default();
-    let exec = exec::resolve_all(&plan.exec.allow, path_var, &mut enforcement.skipped)?;
+    let writable = exec::Writable::of(plan);
+    let exec =
+        exec::resolve_all(&plan.exec.allow, path_var, &writable, &mut enforcement.skipped, &mut enforcement.notices)?;
 
     if features.landlock_abi_used < features.landlock_abi.min(crate::kernel::MAX_TESTED_ABI) {
         enforcement.notices.push(format!(
