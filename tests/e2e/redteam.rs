@@ -120,6 +120,33 @@ both!(a_name_on_path_never_resolves_into_a_writable_directory, |sb| {
     assert!(!marker.exists(), "the planted program ran");
 });
 
+// THREATS #9: sandboxed code installs a filter of its own with a listener,
+// to answer its own parked syscalls. The kernel allows one listener per
+// filter chain, and the gate's comes first.
+both!(the_sandbox_cannot_add_a_listener_of_its_own, |sb| {
+    sb.probe(&[], &["listener"]).expect("errno 16 EBUSY");
+    // Twin: without the gate (no listener in the chain) the same install
+    // works, so the EBUSY above is the gate's listener, not a seccomp deny.
+    let p = sb.profile("nogate.toml", "extends = \"strict\"\n[deny]\ninherit = false\n[ask]\ninherit = false\n");
+    sb.probe(&["--profile", &p], &["listener"]).expect("ok");
+});
+
+// THREATS #44: the sandbox's init is a fork of portcullis, so its
+// /proc/1/exe is the portcullis binary, and its memory and environment the
+// supervisor's: none of them may be opened, and the binary stays intact.
+both!(the_sandbox_init_and_the_portcullis_binary_are_out_of_reach, |sb| {
+    let before = std::fs::read(PORTCULLIS).unwrap();
+    for f in ["/proc/1/exe", "/proc/1/mem", "/proc/1/environ"] {
+        let r = sb.probe(&[], &["write", f]);
+        assert!(r.verdict().starts_with("errno"), "write {f}: {}", r.stdout);
+        let r = sb.probe(&[], &["read", f]);
+        assert!(r.verdict().starts_with("errno"), "read {f}: {}", r.stdout);
+    }
+    assert!(std::fs::read(PORTCULLIS).unwrap() == before, "the portcullis binary changed");
+    // Twin: the command's own /proc entries are readable.
+    sb.probe(&[], &["read", "/proc/self/environ"]).expect("ok");
+});
+
 // The host /proc showed every process's command line and status.
 both!(sandbox_sees_only_its_own_processes, |sb| {
     let r = sb.probe(&[], &["proc-pids"]);

@@ -33,6 +33,7 @@ fn name(e: i32) -> &'static str {
         libc::EAFNOSUPPORT => "EAFNOSUPPORT",
         libc::ELOOP => "ELOOP",
         libc::EISCONN => "EISCONN",
+        libc::EBUSY => "EBUSY",
         _ => "OTHER",
     }
 }
@@ -240,6 +241,25 @@ fn main() {
                 let req = num(a(1));
                 let ch = 0u8;
                 report(libc::syscall(libc::SYS_ioctl, -1i64, req, &ch as *const u8));
+            }
+            "listener" => {
+                // Installs a filter of its own that parks getppid with a
+                // listener (THREATS #9: answering its own notifications).
+                // Reports the listener (ok) or why not; never calls getppid.
+                let prog = [
+                    libc::sock_filter { code: 0x20, jt: 0, jf: 0, k: 0 },
+                    libc::sock_filter { code: 0x15, jt: 0, jf: 1, k: libc::SYS_getppid as u32 },
+                    libc::sock_filter { code: 0x06, jt: 0, jf: 0, k: 0x7fc0_0000 },
+                    libc::sock_filter { code: 0x06, jt: 0, jf: 0, k: 0x7fff_0000 },
+                ];
+                let fprog =
+                    libc::sock_fprog { len: prog.len() as u16, filter: prog.as_ptr() as *mut libc::sock_filter };
+                report(libc::syscall(
+                    libc::SYS_seccomp,
+                    libc::SECCOMP_SET_MODE_FILTER,
+                    libc::SECCOMP_FILTER_FLAG_NEW_LISTENER,
+                    &fprog,
+                ));
             }
             "syscall" => {
                 let nr = policy::syscalls::number(a(1)).unwrap_or_else(|| num(a(1)) as i64);
