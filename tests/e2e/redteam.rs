@@ -147,6 +147,23 @@ both!(the_sandbox_init_and_the_portcullis_binary_are_out_of_reach, |sb| {
     sb.probe(&[], &["read", "/proc/self/environ"]).expect("ok");
 });
 
+// THREATS #47: the command starts in the caller's directory, which may lie
+// outside every rule; relative paths from there reach nothing more.
+both!(a_working_directory_outside_the_rules_reaches_nothing, |sb| {
+    let run = |flags: &[&str]| {
+        let mut args = vec!["run", "--workspace"];
+        let ws = sb.path(&sb.ws);
+        args.push(&ws);
+        args.extend_from_slice(flags);
+        args.extend_from_slice(&["--exec", PROBE, "--", PROBE, "read", "secret.txt"]);
+        Run::from(sb.portcullis(&args).current_dir(&sb.outside).output().unwrap())
+    };
+    run(&[]).expect("errno 13 EACCES");
+    // Twin: with a rule for that directory the same relative read works.
+    let outside = sb.path(&sb.outside);
+    run(&["--read", &outside]).expect("ok");
+});
+
 // The host /proc showed every process's command line and status.
 both!(sandbox_sees_only_its_own_processes, |sb| {
     let r = sb.probe(&[], &["proc-pids"]);
