@@ -447,6 +447,11 @@ impl Shared {
         }
         for (n, op) in waiting {
             if allow {
+                // A caller that died while a person decided gets nothing
+                // done on its behalf (its answer could not be delivered).
+                if !crate::sys::notify::id_valid(self.listener.as_fd(), n.id) {
+                    continue;
+                }
                 let reply = (op.perform)(self);
                 self.send(&n, reply);
             } else {

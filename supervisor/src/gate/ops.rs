@@ -89,7 +89,14 @@ fn int(v: u64) -> i32 {
 
 fn path_arg(shared: &Shared, n: &Notif, caller: &Caller, dirfd: u64, addr: u64, follow: bool) -> Result<Resolved, i32> {
     let p = read_cstr(shared, n, addr, PATH_MAX)?;
-    resolve(caller, int(dirfd), &p, follow)
+    let resolved = resolve(caller, int(dirfd), &p, follow)?;
+    // `resolve` opened the caller's /proc/TID/{root,cwd,fd/N}: had the
+    // caller died and its TID been reused since the read above, those would
+    // be another process's (THREATS #14). Still valid now: they were its.
+    if !notify::id_valid(shared.listener.as_fd(), n.id) {
+        return Err(libc::ESRCH);
+    }
+    Ok(resolved)
 }
 
 fn hands_result(r: Option<Reply>) -> Reply {
