@@ -164,6 +164,30 @@ both!(a_working_directory_outside_the_rules_reaches_nothing, |sb| {
     run(&["--read", &outside]).expect("ok");
 });
 
+// THREATS #19: the gate performs a create on the caller's behalf; a signal
+// must not turn a create that happened into an EINTR the caller believes.
+// Every create interrupted here left no file, and every file was reported.
+both!(signals_never_turn_a_performed_create_into_eintr, |sb| {
+    let dir = sb.ws.join("storm");
+    std::fs::create_dir_all(&dir).unwrap();
+    if sb.who == As::Nobody {
+        std::os::unix::fs::chown(&dir, Some(NOBODY), Some(NOBODY)).unwrap();
+    }
+    let r = sb.probe(&[], &["create-storm", &sb.path(&dir), "2000"]);
+    assert_eq!(r.code, 0, "{} {}", r.stdout, r.stderr);
+    let mut made = None;
+    for line in r.stdout.lines() {
+        if let Some(i) = line.strip_prefix("eintr ") {
+            assert!(!dir.join(format!("f{i}")).exists(), "f{i} was created, but its create returned EINTR");
+        } else if let Some(rest) = line.strip_prefix("made ") {
+            made = rest.split_whitespace().next().map(|m| m.parse::<usize>().unwrap());
+        }
+    }
+    let on_disk = std::fs::read_dir(&dir).unwrap().count();
+    assert_eq!(Some(on_disk), made, "{}", r.stdout);
+    assert!(on_disk > 0, "the twin: creates under the storm still work");
+});
+
 // The host /proc showed every process's command line and status.
 both!(sandbox_sees_only_its_own_processes, |sb| {
     let r = sb.probe(&[], &["proc-pids"]);

@@ -242,6 +242,35 @@ fn main() {
                 let ch = 0u8;
                 report(libc::syscall(libc::SYS_ioctl, -1i64, req, &ch as *const u8));
             }
+            "create-storm" => {
+                // Creates DIR/f0..fN-1 under a SIGALRM every 50 us whose
+                // handler does not restart syscalls; prints each index whose
+                // create failed with EINTR (THREATS #19), then a total.
+                extern "C" fn tick(_: libc::c_int) {}
+                let mut sa: libc::sigaction = std::mem::zeroed();
+                sa.sa_sigaction = tick as *const () as usize;
+                libc::sigaction(libc::SIGALRM, &sa, std::ptr::null_mut());
+                let every = libc::timeval { tv_sec: 0, tv_usec: 50 };
+                let timer = libc::itimerval { it_interval: every, it_value: every };
+                libc::setitimer(libc::ITIMER_REAL, &timer, std::ptr::null_mut());
+                let (dir, n) = (a(1), num(a(2)));
+                let (mut made, mut interrupted) = (0, 0);
+                for i in 0..n {
+                    let p = c(&format!("{dir}/f{i}"));
+                    let fd =
+                        libc::open(p.as_ptr(), libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_CLOEXEC, 0o644);
+                    if fd >= 0 {
+                        libc::close(fd);
+                        made += 1;
+                    } else if errno() == libc::EINTR {
+                        interrupted += 1;
+                        println!("eintr {i}");
+                    }
+                }
+                let off: libc::itimerval = std::mem::zeroed();
+                libc::setitimer(libc::ITIMER_REAL, &off, std::ptr::null_mut());
+                println!("made {made} eintr {interrupted}");
+            }
             "listener" => {
                 // Installs a filter of its own that parks getppid with a
                 // listener (THREATS #9: answering its own notifications).

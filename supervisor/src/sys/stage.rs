@@ -150,6 +150,9 @@ pub const GO: u8 = b'g';
 /// and log denials after exec.
 pub const GO_WATCHED: u8 = b'w';
 
+/// `SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV` (Linux 5.19; not in every libc crate).
+const SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV: libc::c_ulong = 1 << 5;
+
 /// Pid the relay or init forwards signals to.
 static FORWARD_TO: AtomicI32 = AtomicI32::new(0);
 
@@ -533,12 +536,24 @@ impl Stage {
                     len: prog.len() as libc::c_ushort,
                     filter: prog.as_ptr() as *mut libc::sock_filter,
                 };
-                let listener = libc::syscall(
+                // Once the gate has received a notification, a signal must not
+                // interrupt the wait (5.19+): the gate may already have done
+                // the operation (created the file), and an EINTR would tell
+                // the caller it did not (THREATS #19). Older kernels: without.
+                let mut listener = libc::syscall(
                     libc::SYS_seccomp,
                     libc::SECCOMP_SET_MODE_FILTER,
-                    libc::SECCOMP_FILTER_FLAG_NEW_LISTENER,
+                    libc::SECCOMP_FILTER_FLAG_NEW_LISTENER | SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV,
                     &fprog,
                 );
+                if listener < 0 && errno() == libc::EINVAL {
+                    listener = libc::syscall(
+                        libc::SYS_seccomp,
+                        libc::SECCOMP_SET_MODE_FILTER,
+                        libc::SECCOMP_FILTER_FLAG_NEW_LISTENER,
+                        &fprog,
+                    );
+                }
                 if listener < 0 {
                     return Err(self.fail(Step::Notify, errno()));
                 }
