@@ -113,6 +113,16 @@ both!(a_name_on_path_never_resolves_into_a_writable_directory, |sb| {
     assert_eq!(r.stdout, "hello\n");
     assert!(r.stderr.contains("passed over"), "{}", r.stderr);
     assert!(!marker.exists(), "the planted program ran");
+    // Nor through a symlink from a directory the sandbox cannot write.
+    let elsewhere = sb.outside.join("bin");
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    std::os::unix::fs::symlink(bin.join("cat"), elsewhere.join("cat")).unwrap();
+    let linked = format!("{}:/usr/bin:/bin", sb.path(&elsewhere));
+    let r = Run::from(
+        sb.portcullis(&["run", "--exec", "cat", "--", "cat", &sb.path(&note)]).env("PATH", &linked).output().unwrap(),
+    );
+    assert_eq!((r.code, r.stdout.as_str()), (0, "hello\n"), "{}", r.stderr);
+    assert!(!marker.exists(), "the planted program ran through a link");
     // A name found only there is not found: nothing runs.
     let r = run(&["run", "--exec", "only-here", "--", "only-here"]);
     assert_eq!(r.code, 125, "{} {}", r.stdout, r.stderr);

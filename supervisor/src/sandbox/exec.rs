@@ -67,11 +67,13 @@ impl<'a> Writable<'a> {
         Writable { plan, rules: std::cell::OnceCell::new() }
     }
 
-    /// The write rule (path and where it was set) that reaches `file`.
+    /// The write rule (path and where it was set) that reaches `file`: the
+    /// file itself or a directory above it, after following symlinks (a
+    /// link in /usr/local/bin may point into the workspace).
     fn reaching(&self, file: &Path) -> Option<String> {
         let rules = self.rules.get_or_init(|| crate::evidence::RuleInodes::of_where(self.plan, |r| r.write));
-        let dir = file.parent().unwrap_or(file);
-        rules.reaching(dir, |_| true).map(|r| format!("rule for {} at {}", r.path, r.at))
+        let real = std::fs::canonicalize(file).unwrap_or_else(|_| file.to_path_buf());
+        rules.reaching(&real, |_| true).map(|r| format!("rule for {} at {}", r.path, r.at))
     }
 }
 
