@@ -297,10 +297,9 @@ fn decide(
         "exec_allow": d.allowed.iter().map(|r| &r.path).collect::<Vec<_>>(),
     });
     let rules = crate::evidence::RuleInodes::of(&session.plan);
-    let reach = session.audit.check_out_of_reach(&rules).and_then(|()| match &gate_setup {
-        Some(_) => gate_files_out_of_reach(&rules),
-        None => Ok(()),
-    });
+    // Every launch, gated or not: a sandbox without an ask rule of its own
+    // could still forge the answers, or the pins, that a later one trusts.
+    let reach = session.audit.check_out_of_reach(&rules).and_then(|()| approval_state_out_of_reach(&rules));
     if let Err(f) = reach {
         evidence.refused(Kind::Launch, f.code, &f.message, launch)?;
         return Err(f);
@@ -382,22 +381,30 @@ fn decide(
     Ok(Ready { evidence, watcher, syscall_gate, mcp_gate })
 }
 
-/// The grants file and the broker's socket must be out of the sandbox's
-/// reach: it could grant itself, or answer its own requests.
-fn gate_files_out_of_reach(rules: &crate::evidence::RuleInodes) -> Result<(), Failure> {
-    crate::evidence::check_out_of_reach(
-        rules,
-        "grants file",
-        &crate::grants::path()?,
-        "set PORTCULLIS_GRANTS or XDG_STATE_HOME outside every rule",
-    )?;
+/// What later runs trust must be out of every sandbox's reach, whether or
+/// not this run has a gate: the grants file (a sandbox could grant itself,
+/// or the next one, "always"), the broker's socket (answer its own
+/// requests, or plant a broker that approves everything) and the MCP tool
+/// pins (accept a changed tool). A path that cannot be placed (no
+/// $XDG_STATE_HOME or $HOME) is used by no run, and is not checked.
+fn approval_state_out_of_reach(rules: &crate::evidence::RuleInodes) -> Result<(), Failure> {
+    if let Ok(grants) = crate::grants::path() {
+        let advice = "set PORTCULLIS_GRANTS or XDG_STATE_HOME outside every rule";
+        crate::evidence::check_out_of_reach(rules, "grants file", &grants, advice)?;
+    }
     if let Ok(dir) = crate::broker::socket::dir() {
-        crate::evidence::check_out_of_reach(
-            rules,
-            "approval broker socket",
-            &dir.join("broker.sock"),
-            "set XDG_RUNTIME_DIR outside every rule",
-        )?;
+        let advice = "set XDG_RUNTIME_DIR outside every rule";
+        crate::evidence::check_out_of_reach(rules, "approval broker socket", &dir.join("broker.sock"), advice)?;
+    }
+    if let Some(dir) = crate::mcp::pins::default_dir() {
+        if let Some(rule) = rules.reaching(&dir, |r| r.write) {
+            return Err(Failure::setup(format!(
+                "{}: the rule for {} would let the sandbox rewrite the MCP tool pins in {}; move the workspace, or set XDG_STATE_HOME outside every writable rule",
+                rule.at,
+                rule.path,
+                dir.display()
+            )));
+        }
     }
     Ok(())
 }

@@ -26,7 +26,6 @@ pub mod redact;
 
 use std::io::{BufReader, BufWriter};
 use std::os::fd::AsFd;
-use std::path::Path;
 use std::process::Child;
 use std::sync::Arc;
 
@@ -54,14 +53,14 @@ pub struct Prepared {
 }
 
 /// Makes the tool-call log handle (a sibling of the run's `evidence`) and
-/// loads the pin store for `run --mcp`. Fails closed: no log, no run; a pin
-/// directory the sandbox could write is refused.
+/// loads the pin store for `run --mcp`. Fails closed: no log, no run. (A pin
+/// directory the sandbox could write is refused for every run: see
+/// `cli::run`.)
 pub fn open(plan: &policy::Plan, evidence: &Evidence, session: &str, argv: &[String]) -> Result<Prepared, Failure> {
     let pins = if plan.mcp.pin {
         let dir = pins::default_dir().ok_or_else(|| {
             Failure::setup("mcp: cannot place the pin directory: neither $XDG_STATE_HOME nor $HOME is absolute")
         })?;
-        check_out_of_reach(plan, &dir)?;
         pins::PinStore::load(pins::file_for(&dir, &plan.profile, argv))
             .map_err(|e| Failure::setup(format!("mcp: {e}")))?
     } else {
@@ -79,20 +78,6 @@ pub fn open(plan: &policy::Plan, evidence: &Evidence, session: &str, argv: &[Str
         log,
         pins,
     })
-}
-
-/// A write rule of the plan that covers the pin directory would let the
-/// server rewrite its own pins.
-fn check_out_of_reach(plan: &policy::Plan, dir: &Path) -> Result<(), Failure> {
-    match crate::evidence::RuleInodes::of(plan).reaching(dir, |r| r.write) {
-        Some(rule) => Err(Failure::setup(format!(
-            "{}: the rule for {} would let the sandbox rewrite the MCP tool pins in {}; move the workspace, or set XDG_STATE_HOME outside every writable rule",
-            rule.at,
-            rule.path,
-            dir.display()
-        ))),
-        None => Ok(()),
-    }
 }
 
 /// The proxy of a running session.
