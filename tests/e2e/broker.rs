@@ -485,8 +485,10 @@ fn the_total_queue_is_capped_too() {
     assert_eq!((queued, full), (1024, 64));
 }
 
-/// `unshare` runs the real front end in new namespaces, as a sandboxed
-/// process would be: same uid (mapped root), but the broker refuses it.
+/// `unshare` runs a client in new namespaces, as a sandboxed process would
+/// be: same uid (mapped root), but the broker refuses it. The client is the
+/// probe speaking the protocol by hand: portcullis's own front ends refuse
+/// a broker outside their namespaces before they say anything (checked last).
 #[test]
 fn peers_in_another_user_or_pid_namespace_are_refused() {
     if Command::new("unshare").arg("--version").output().is_err() {
@@ -495,34 +497,41 @@ fn peers_in_another_user_or_pid_namespace_are_refused() {
     let b = Broker::start("userns");
     let mut sup = b.connect();
     let id = sup.submit(1, "s", "/x", "d", 60_000)["id"].as_str().unwrap().to_string();
-    let in_ns = |unshare: &[&str], args: &[&str]| {
-        let mut all: Vec<&str> = unshare.to_vec();
-        all.push(PORTCULLIS);
-        all.extend_from_slice(args);
+    let sock = b.sock();
+    let in_ns = |unshare: &[&str], line: &str| {
         let mut c = Command::new("unshare");
-        c.args(&all).env("PORTCULLIS_BROKER_DIR", &b.dir).stdin(Stdio::null());
+        c.args(unshare).arg(PROBE).arg("unix-talk").arg(&sock).arg(line).stdin(Stdio::null());
         Run::from(c.output().unwrap())
     };
+    let list = r#"{"v":1,"type":"list"}"#;
+    let answer = format!(r#"{{"v":1,"type":"answer","id":"{id}","allow":true,"scope":"once","by":"cli"}}"#);
     let userns = ["--user", "--map-root-user"];
-    let probe = in_ns(&userns, &["approvals", "--json"]);
+    let probe = in_ns(&userns, list);
     if probe.stderr.contains("unshare failed") {
         return skip("user namespaces are not available here");
     }
-    assert_eq!(probe.code, 125, "{} {}", probe.stdout, probe.stderr);
-    assert!(probe.stderr.contains("refused") && probe.stderr.contains("another user namespace"), "{}", probe.stderr);
-    assert!(!probe.stdout.contains(&id), "{}", probe.stdout);
-
-    let approve = in_ns(&userns, &["approve", &id]);
-    assert_eq!(approve.code, 125, "{}", approve.stderr);
-    let both = in_ns(&["--user", "--map-root-user", "--pid", "--fork"], &["approve", &id]);
-    assert_eq!(both.code, 125, "{}", both.stderr);
+    let refused = |r: &Run, why: &str| {
+        assert!(r.verdict().starts_with("reply ") && r.verdict().contains("\"refused\""), "{} {}", r.stdout, r.stderr);
+        assert!(r.verdict().contains(why), "{}", r.stdout);
+        assert!(!r.stdout.contains(&id), "{}", r.stdout);
+    };
+    refused(&probe, "another user namespace");
+    refused(&in_ns(&userns, &answer), "another user namespace");
+    refused(&in_ns(&["--user", "--map-root-user", "--pid", "--fork"], &answer), "another");
     if is_root() {
-        let pidns = in_ns(&["--pid", "--fork"], &["approve", &id]);
-        assert_eq!(pidns.code, 125, "{}", pidns.stderr);
-        assert!(pidns.stderr.contains("another PID namespace"), "{}", pidns.stderr);
+        refused(&in_ns(&["--pid", "--fork"], &answer), "another PID namespace");
     }
-    // Nothing was answered: the request still waits, and an outside approve works.
+    // Nothing was answered: the request still waits.
     assert_eq!(b.pending().len(), 1);
+    // Our own front end, in a user namespace, does not take the broker for
+    // its own either (the broker is outside its namespaces).
+    let mut c = Command::new("unshare");
+    c.args(userns).arg(PORTCULLIS).args(["approve", &id]).env("PORTCULLIS_BROKER_DIR", &b.dir).stdin(Stdio::null());
+    let cli = Run::from(c.output().unwrap());
+    assert_eq!(cli.code, 125, "{}", cli.stderr);
+    assert!(cli.stderr.contains("is not ours") && cli.stderr.contains("another user namespace"), "{}", cli.stderr);
+    assert_eq!(b.pending().len(), 1);
+    // Twin: an approve from our own namespaces works.
     assert_eq!(b.cli(&["approve", &id]).code, 0);
     assert_eq!(sup.recv()["allow"], true);
 }

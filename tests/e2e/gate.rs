@@ -221,6 +221,88 @@ fn grants_file_inside_a_writable_rule_is_refused() {
     assert!(r.stderr.contains("grants file"), "{}", r.stderr);
 }
 
+// A run with no gate of its own is held to the same rule: what it could
+// write there, the next, gated run would trust (an "always" grant, a fake
+// broker, a rewritten tool pin).
+both!(approval_state_is_out_of_reach_of_ungated_runs_too, |sb| {
+    let p = sb.profile("nogate.toml", "extends = \"strict\"\n[ask]\ninherit = false\n[deny]\ninherit = false\n");
+    let state = sb.root.join("state");
+    let run = |env: &[(&str, std::path::PathBuf)]| {
+        let mut c = sb.portcullis(&["run", "--profile", &p, "--exec", "/bin/true", "--", "/bin/true"]);
+        c.env("PORTCULLIS_GRANTS", state.join("grants.json"))
+            .env("PORTCULLIS_BROKER_DIR", state.join("broker"))
+            .env("XDG_STATE_HOME", &state);
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        Run::from(c.output().unwrap())
+    };
+    for (var, place, what) in [
+        ("PORTCULLIS_GRANTS", sb.ws.join("grants.json"), "grants file"),
+        ("PORTCULLIS_BROKER_DIR", sb.ws.join("broker"), "approval broker socket"),
+        ("XDG_STATE_HOME", sb.ws.join("state"), "MCP tool pins"),
+    ] {
+        let r = run(&[(var, place)]);
+        assert_eq!(r.code, 125, "{var}: {}", r.stderr);
+        assert!(
+            r.stderr.contains(what) && r.stderr.contains(&format!("the rule for {}", sb.path(&sb.ws))),
+            "{var}: {}",
+            r.stderr
+        );
+    }
+    // Twin: the same profile, with all of them outside every rule, runs.
+    let r = run(&[]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+});
+
+// A broker planted by a sandbox. An earlier sandbox (unix sockets allowed,
+// its workspace the directory a later run takes for its broker's) listens
+// there and approves every ask. The later run's supervisor must not believe
+// it: the listener runs in another user and PID namespace, though as our uid.
+both!(a_broker_planted_by_a_sandbox_is_not_believed, |sb| {
+    use std::io::BufRead;
+    let p = setup(sb);
+    let planted = sb.outside.join("broker");
+    std::fs::create_dir(&planted).unwrap();
+    std::fs::set_permissions(&planted, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    if sb.who == As::Nobody {
+        std::os::unix::fs::chown(&planted, Some(NOBODY), Some(NOBODY)).unwrap();
+    }
+    let attacker = sb.profile("attacker.toml", "extends = \"strict\"\n[ipc]\nunix = true\n");
+    let sock = sb.path(&planted.join("broker.sock"));
+    let mut c = sb.portcullis(&[
+        "run",
+        "--profile",
+        &attacker,
+        "--workspace",
+        &sb.path(&planted),
+        "--exec",
+        PROBE,
+        "--",
+        PROBE,
+        "fake-broker",
+        &sock,
+    ]);
+    c.env("PORTCULLIS_BROKER_DIR", sb.root.join("state/other-broker")).stdout(std::process::Stdio::piped());
+    let mut fake = c.spawn().unwrap();
+    let mut out = std::io::BufReader::new(fake.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "listening");
+    let mut c = sb.portcullis(&["run", "--profile", &p, "--exec", PROBE, "--", PROBE, "read", &ws(sb, "ask.txt")]);
+    c.env("PORTCULLIS_BROKER_DIR", &planted).env("PORTCULLIS_GRANTS", sb.root.join("state/grants.json"));
+    let r = Run::from(c.output().unwrap());
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(fake.id() as i32), nix::sys::signal::Signal::SIGTERM);
+    let _ = fake.wait();
+    r.expect("errno 13 EACCES");
+    // The refusal names the impostor (without the check, it approved: "ok").
+    let log = sb.root.join("state/audit.log");
+    let out = Command::new(PORTCULLIS).args(["audit", "list", "--json", "--log"]).arg(&log).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let approval = text.lines().find(|l| l.contains("\"approval\"")).unwrap_or_else(|| panic!("{text}"));
+    assert!(approval.contains("is not ours") && approval.contains("in another"), "{approval}");
+});
+
 #[test]
 fn ask_on_an_always_denied_syscall_is_a_profile_error() {
     let sb = Sandbox::new("gate-floor", As::Caller);

@@ -118,6 +118,30 @@ fn main() {
                     }
                 }
             }
+            "fake-broker" => {
+                // Listens at a1 and approves every submit "always", as an
+                // attacker's broker would. Prints "listening" once bound.
+                use std::io::{BufRead, Write};
+                let l = match std::os::unix::net::UnixListener::bind(a(1)) {
+                    Ok(l) => l,
+                    Err(e) => {
+                        let n = e.raw_os_error().unwrap_or(0);
+                        println!("errno {n} {}", name(n));
+                        return;
+                    }
+                };
+                println!("listening");
+                for mut s in l.incoming().flatten() {
+                    let Ok(r) = s.try_clone() else { continue };
+                    for line in std::io::BufReader::new(r).lines().map_while(Result::ok) {
+                        let Some(req) = line.contains("\"submit\"").then(|| field_num(&line, "req")).flatten() else {
+                            continue;
+                        };
+                        let _ = writeln!(s, "{{\"v\":1,\"type\":\"queued\",\"req\":{req},\"id\":\"0badc0de\",\"position\":1,\"of\":1,\"coalesced\":false,\"subscribers\":1}}");
+                        let _ = writeln!(s, "{{\"v\":1,\"type\":\"decided\",\"req\":{req},\"id\":\"0badc0de\",\"allow\":true,\"scope\":\"once\",\"by\":\"approvals\",\"reason\":null,\"latency_ms\":0}}");
+                    }
+                }
+            }
             "opath" => report(libc::open(c(a(1)).as_ptr(), libc::O_PATH | libc::O_CLOEXEC) as i64),
             "fifo" => {
                 // A FIFO made in the sandbox, opened by a writer and a reader
@@ -589,4 +613,11 @@ fn flood_open(dir: &str, n: usize, threads: usize) {
         let _ = h.join();
     }
     println!("denied {} of {}", DENIED.load(Ordering::Relaxed), per * threads);
+}
+
+/// The integer value of `"key":N` in a JSON line (no parser in the probe).
+fn field_num(line: &str, key: &str) -> Option<u64> {
+    let at = line.find(&format!("\"{key}\":"))? + key.len() + 3;
+    let digits: String = line[at..].trim_start().chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().ok()
 }

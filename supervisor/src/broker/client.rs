@@ -19,8 +19,6 @@ use std::sync::mpsc::{channel, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
-
 use super::protocol::{read_line, Cancel, Decided, FromBroker, Line, ProtoError, Queued, Submit, ToBroker, MAX_LINE};
 use super::socket::{self, DirError};
 use super::{mask, tty, AskAnswer, AskRequest};
@@ -84,13 +82,11 @@ impl Link {
             std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => LinkError::NotRunning(path.clone()),
             _ => LinkError::Connect { path: path.clone(), err },
         })?;
-        // The directory is ours and 0700, so this holds; checked anyway.
-        let cred = getsockopt(&stream, PeerCredentials)
-            .map_err(|e| LinkError::NotOurs { path: path.clone(), why: format!("SO_PEERCRED: {e}") })?;
-        let uid = nix::unistd::geteuid().as_raw();
-        if cred.uid() != uid {
-            return Err(LinkError::NotOurs { path, why: format!("uid {} is not {uid}", cred.uid()) });
-        }
+        // The directory is ours and 0700, which a sandbox that could once
+        // write it defeats: the listener must also be in our user and PID
+        // namespaces, as the broker requires of us (a sandbox's process is
+        // "us" by uid).
+        super::peer::check(&stream).map_err(|why| LinkError::NotOurs { path: path.clone(), why })?;
         let reader = BufReader::with_capacity(64 << 10, stream.try_clone()?);
         Ok(Link { stream, reader, buf: Vec::with_capacity(1024) })
     }

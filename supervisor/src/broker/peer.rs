@@ -1,5 +1,6 @@
-//! Who may talk to the broker: a process of our uid, in our user namespace
-//! and our PID namespace.
+//! Who may talk to the broker, and whom a supervisor or front end believes
+//! to be the broker: a process of our uid, in our user namespace and our PID
+//! namespace. Both ends check the other.
 //!
 //! The uid alone is not enough: a sandbox runs in its own user namespace
 //! where it may be "root" mapped onto our uid, and `SO_PEERCRED` reports
