@@ -303,6 +303,35 @@ both!(a_broker_planted_by_a_sandbox_is_not_believed, |sb| {
     assert!(approval.contains("is not ours") && approval.contains("in another"), "{approval}");
 });
 
+// With a `read` ask rule every open is parked, /proc ones too. The gate
+// acts in a Landlock domain of its own, which the kernel does not let
+// reach the caller's ptrace-guarded files (maps, environ): those reads
+// failed (EACCES) where the same program without the gate read them. And
+// the acting thread could confine itself before init added the private
+// /proc to the ruleset: then even /proc/self/status failed (1 run in 40).
+both!(the_callers_own_proc_files_read_as_without_the_gate, |sb| {
+    let p = setup(sb);
+    for f in ["/proc/self/maps", "/proc/self/environ", "/proc/thread-self/maps", "/proc/self/auxv"] {
+        probe_gate(sb, &p, &["read", f]).expect("ok");
+        // Twin: the same read without a gate.
+        sb.probe(&[], &["read", f]).expect("ok");
+    }
+    for _ in 0..20 {
+        probe_gate(sb, &p, &["read", "/proc/self/status"]).expect("ok");
+    }
+    // Only the caller's own: the sandbox's init (a fork of portcullis)
+    // stays out of reach, gate or not.
+    probe_gate(sb, &p, &["read", "/proc/1/environ"]).expect("errno 13 EACCES");
+    sb.probe(&[], &["read", "/proc/1/environ"]).expect("errno 13 EACCES");
+    // A profile that does not let the sandbox read /proc: not through the gate either.
+    let noproc = sb.profile(
+        "noproc.toml",
+        "[filesystem]\nread = [\"/usr\", \"?/lib\", \"?/lib64\", \"?/etc/ld.so.cache\"]\nwrite = [\"{workspace}\"]\n[ask]\nread = [\"{workspace}/ask.txt\"]\ntimeout = \"5s\"\n",
+    );
+    probe_gate(sb, &noproc, &["read", "/proc/self/maps"]).expect("errno 13 EACCES");
+    probe_gate(sb, &noproc, &["read", &ws(sb, "file.txt")]).expect("ok");
+});
+
 #[test]
 fn ask_on_an_always_denied_syscall_is_a_profile_error() {
     let sb = Sandbox::new("gate-floor", As::Caller);

@@ -107,14 +107,29 @@ impl Hands {
         std::thread::Builder::new()
             .name("gate-hands".into())
             .spawn(move || {
-                let confined = notify::confine_thread(ruleset.as_ref());
-                drop(ruleset);
+                let confined = notify::confine_thread_but_landlock();
                 let ok = confined.is_ok();
                 let _ = ready_tx.send(confined);
-                if ok {
-                    for job in rx {
-                        job();
-                    }
+                if !ok {
+                    return;
+                }
+                // Landlock comes with the first job, not now: the sandbox's
+                // init adds its private /proc to the ruleset after mounting
+                // it, which may be after this thread starts, and a domain
+                // never sees rules added later. The first job comes from a
+                // notification, so from the command, which init forks after
+                // that. If it fails, no job runs (each is answered EIO).
+                let mut rx = rx.into_iter();
+                let Some(first) = rx.next() else { return };
+                let restricted = notify::restrict_thread(ruleset.as_ref());
+                drop(ruleset);
+                if let Err(e) = restricted {
+                    eprintln!("portcullis: gate: cannot confine the thread that acts for the sandbox: {e}; refusing every operation it would perform");
+                    return;
+                }
+                first();
+                for job in rx {
+                    job();
                 }
             })
             .map_err(|e| Failure::setup(format!("gate: cannot start a thread: {e}")))?;

@@ -9,7 +9,7 @@ use nix::fcntl::OFlag;
 use nix::sys::stat::Mode;
 use policy::ask::Access;
 
-use super::path::{resolve, Caller, Resolved};
+use super::path::{resolve, Caller, OwnProc, Resolved};
 use super::{Op, Reply, Shared, Subject};
 use crate::sandbox::seccomp::nr;
 use crate::sys::notify::{self, Notif};
@@ -416,6 +416,11 @@ fn open_op(
     let umask = if creates { caller.umask() } else { 0 };
     let cloexec = flags & libc::O_CLOEXEC != 0;
     let kind = if writes { "open-write" } else { "open-read" };
+    // A read of the caller's own /proc file: see own_proc_open.
+    let own_proc = match (&r.own_proc, writes) {
+        (Some(own), false) => r.dir.try_clone().ok().map(|dir| (own.clone(), dir, n.pid, flags)),
+        _ => None,
+    };
     let mut own_flags = flags | libc::O_CLOEXEC;
     if r.name.is_some() && follow {
         // Resolved already: a symlink swapped in now must not redirect the open.
@@ -463,11 +468,60 @@ fn open_op(
             } else {
                 // Never block the shared thread: a FIFO swapped in after the
                 // check fails (ENXIO) instead of stalling every other call.
-                hands_result(s.hands(move || open(true)))
+                match (hands_result(s.hands(move || open(true))), own_proc) {
+                    (Reply::Errno(libc::EACCES), Some((own, dir, tid, flags))) => {
+                        own_proc_open(s, id, &own, dir, tid, flags)
+                    }
+                    (reply, _) => reply,
+                }
             }
         }),
     })
 }
+
+/// The caller reads a file of its own /proc directory (`/proc/self/maps`,
+/// `environ`, `mem`, `auxv`, ...). Those files ask for ptrace access to the
+/// process, and Landlock grants that only from the caller's own domain or
+/// an enclosing one; the hands are confined in a domain of their own, so
+/// they get EACCES where the caller itself would not. When the hands may
+/// read an ordinary file of that same directory (`status`, which needs no
+/// ptrace access: the profile grants reading it), the file is opened here,
+/// unconfined, through the supervisor's /proc entry for the caller: what
+/// the caller may read of itself, and nothing else (one plain name, no
+/// symlinks, a regular file, the caller still the same process after).
+fn own_proc_open(s: &Shared, id: u64, own: &OwnProc, dir: std::os::fd::OwnedFd, tid: u32, asked: i32) -> Reply {
+    let readable = s.hands(move || {
+        nix::fcntl::openat(Some(dir.as_raw_fd()), c"status", OFlag::O_RDONLY | OFlag::O_CLOEXEC, Mode::empty()).is_ok()
+    });
+    if readable != Some(true) {
+        return Reply::Errno(libc::EACCES);
+    }
+    let Some(tgid) = tgid_of(tid) else { return Reply::Errno(libc::ESRCH) };
+    let base = if own.thread { format!("/proc/{tgid}/task/{tid}") } else { format!("/proc/{tgid}") };
+    let Ok(base) =
+        nix::fcntl::open(base.as_str(), OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())
+    else {
+        return Reply::Errno(libc::ESRCH);
+    };
+    let base = notify::own(base);
+    let flags = libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NOFOLLOW | libc::O_NOCTTY | (asked & libc::O_NONBLOCK);
+    let fd = match notify::openat2(base.as_fd(), &own.rest, flags as u64, 0, RESOLVE_BENEATH_NO_LINKS) {
+        Ok(fd) => fd,
+        Err(e) => return Reply::Errno(e.raw_os_error().unwrap_or(libc::EIO)),
+    };
+    let regular = nix::sys::stat::fstat(fd.as_raw_fd()).is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFREG);
+    if !regular {
+        return Reply::Errno(libc::EACCES);
+    }
+    // The TID was the caller's when the notification arrived; still now.
+    if !notify::id_valid(s.listener.as_fd(), id) {
+        return Reply::Errno(libc::ESRCH);
+    }
+    Reply::Fd { fd, cloexec: asked & libc::O_CLOEXEC != 0 }
+}
+
+/// openat2: RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS | RESOLVE_NO_XDEV.
+const RESOLVE_BENEATH_NO_LINKS: u64 = 0x08 | 0x04 | 0x02 | 0x01;
 
 fn open_flags(flags: i32) -> String {
     let mut parts = vec![match flags & libc::O_ACCMODE {

@@ -38,6 +38,20 @@ pub struct Resolved {
     pub trailing_slash: bool,
     /// File type (`st_mode & S_IFMT`) of the last component when resolved, if it exists.
     pub kind: Option<u32>,
+    /// The caller named a file of its own process or thread directory
+    /// (`/proc/self/NAME`, `/proc/self/task/N/NAME`, `/proc/thread-self/NAME`):
+    /// that path, relative to the directory, as [`OwnProc`].
+    pub own_proc: Option<OwnProc>,
+}
+
+/// A file in the caller's own /proc directory, named through `/proc/self`
+/// or `/proc/thread-self` (see [`Resolved::own_proc`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OwnProc {
+    /// Through `/proc/thread-self`: relative to the thread's directory.
+    pub thread: bool,
+    /// `NAME` or `task/N/NAME`.
+    pub rest: CString,
 }
 
 impl Resolved {
@@ -109,18 +123,34 @@ fn join(dir: &str, name: &[u8]) -> String {
 /// Rewrites a leading `/proc/self` or `/proc/thread-self`: those links
 /// resolve by the *opener's* pid, and the supervisor is not in the
 /// sandbox's PID namespace.
-fn rewrite_self(caller: &Caller, path: &[u8]) -> Vec<u8> {
+fn rewrite_self(caller: &Caller, path: &[u8]) -> (Vec<u8>, Option<OwnProc>) {
     for (prefix, thread) in [(&b"/proc/self"[..], false), (&b"/proc/thread-self"[..], true)] {
         if path.starts_with(prefix) && matches!(path.get(prefix.len()), None | Some(b'/')) {
             if let Some((tgid, tid)) = caller.ns_ids() {
                 let head = if thread { format!("/proc/{tgid}/task/{tid}") } else { format!("/proc/{tgid}") };
                 let mut out = head.into_bytes();
                 out.extend_from_slice(&path[prefix.len()..]);
-                return out;
+                let own = own_rest(&path[prefix.len()..], thread).map(|rest| OwnProc { thread, rest });
+                return (out, own);
             }
         }
     }
-    path.to_vec()
+    (path.to_vec(), None)
+}
+
+/// `/NAME`, or `/task/N/NAME` through `/proc/self`: one plain name at the
+/// end (no `.`, `..` or empty components), else None.
+fn own_rest(rest: &[u8], thread: bool) -> Option<CString> {
+    let parts: Vec<&[u8]> = rest.strip_prefix(b"/")?.split(|&b| b == b'/').collect();
+    let plain = |p: &[u8]| !p.is_empty() && p != b"." && p != b"..";
+    let ok = match parts.as_slice() {
+        [name] => plain(name),
+        [task, n, name] if !thread => {
+            *task == b"task" && !n.is_empty() && n.iter().all(u8::is_ascii_digit) && plain(name)
+        }
+        _ => false,
+    };
+    ok.then(|| CString::new(rest[1..].to_vec()).ok()).flatten()
 }
 
 /// Resolves `path` (relative to `dirfd`, the caller's number or AT_FDCWD).
@@ -137,7 +167,7 @@ pub fn resolve(caller: &Caller, dirfd: i32, path: &[u8], follow: bool) -> Result
     } else {
         caller.open_proc(&format!("fd/{dirfd}")).map_err(|e| if e == libc::ESRCH { libc::EBADF } else { e })?
     };
-    let mut path = rewrite_self(caller, path);
+    let (mut path, mut own_proc) = rewrite_self(caller, path);
     for _ in 0..MAX_HOPS {
         let trailing_slash = path.ends_with(b"/") && path.len() > 1;
         let trimmed: &[u8] = {
@@ -174,6 +204,7 @@ pub fn resolve(caller: &Caller, dirfd: i32, path: &[u8], follow: bool) -> Result
                 canonical: dir_path,
                 trailing_slash: true,
                 kind: Some(libc::S_IFDIR),
+                own_proc: None,
             });
         }
         let name = CString::new(last).map_err(|_| libc::EINVAL)?;
@@ -195,10 +226,30 @@ pub fn resolve(caller: &Caller, dirfd: i32, path: &[u8], follow: bool) -> Result
             }
             base = dir;
             path = next;
+            own_proc = None;
             continue;
         }
         let canonical = join(&dir_path, last);
-        return Ok(Resolved { dir, name: Some(name), canonical, trailing_slash, kind });
+        let own_proc = own_proc.filter(|_| !trailing_slash && kind == Some(libc::S_IFREG));
+        return Ok(Resolved { dir, name: Some(name), canonical, trailing_slash, kind, own_proc });
     }
     Err(libc::ELOOP)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::own_rest;
+
+    #[test]
+    fn only_a_plain_name_of_the_callers_own_directory_counts_as_its_own() {
+        let own = |p: &str, thread: bool| own_rest(p.as_bytes(), thread).map(|c| c.into_string().unwrap());
+        assert_eq!(own("/maps", false).as_deref(), Some("maps"));
+        assert_eq!(own("/task/12/environ", false).as_deref(), Some("task/12/environ"));
+        assert_eq!(own("/maps", true).as_deref(), Some("maps"));
+        for bad in ["", "/", "/.", "/..", "//maps", "/fd/1", "/root/etc/passwd", "/task/x/maps", "/task/1/..", "/maps/"]
+        {
+            assert_eq!(own(bad, false), None, "{bad:?}");
+        }
+        assert_eq!(own("/task/1/maps", true), None, "thread-self has no task/");
+    }
 }

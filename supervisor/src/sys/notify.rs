@@ -118,6 +118,12 @@ pub fn pidfd_getfd(pidfd: BorrowedFd, target: i32) -> io::Result<OwnedFd> {
 /// then does on the sandbox's behalf, the kernel checks as it would for
 /// the sandbox. Only this thread is affected.
 pub fn confine_thread(ruleset: Option<&OwnedFd>) -> io::Result<()> {
+    confine_thread_but_landlock()?;
+    restrict_thread(ruleset)
+}
+
+/// [`confine_thread`] without its last step, [`restrict_thread`].
+pub fn confine_thread_but_landlock() -> io::Result<()> {
     // SAFETY: thread-local attributes set through syscalls with stack data.
     unsafe {
         if libc::unshare(libc::CLONE_FS) != 0 {
@@ -127,10 +133,17 @@ pub fn confine_thread(ruleset: Option<&OwnedFd>) -> io::Result<()> {
         if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
             return Err(io::Error::last_os_error());
         }
-        if let Some(r) = ruleset {
-            if libc::syscall(libc::SYS_landlock_restrict_self, r.as_raw_fd(), 0u32) != 0 {
-                return Err(io::Error::last_os_error());
-            }
+    }
+    Ok(())
+}
+
+/// Puts the calling thread (which has no_new_privs) under `ruleset` as it
+/// stands now: rules added to it later do not reach this thread.
+pub fn restrict_thread(ruleset: Option<&OwnedFd>) -> io::Result<()> {
+    if let Some(r) = ruleset {
+        // SAFETY: a plain fd and a zero flags word.
+        if unsafe { libc::syscall(libc::SYS_landlock_restrict_self, r.as_raw_fd(), 0u32) } != 0 {
+            return Err(io::Error::last_os_error());
         }
     }
     Ok(())
