@@ -42,6 +42,101 @@ both!(fs_reparenting_out_of_the_workspace_is_denied, |sb| {
     sb.probe(&[], &["rename", &inside, &sb.path(&sb.ws.join("renamed.txt"))]).expect("ok");
 });
 
+// THREATS #27: a right the ruleset does not handle is allowed everywhere.
+// Each filesystem right of the ABI, tried in a directory the profile only
+// reads (ro/) and in the workspace (the twin), Landlock alone (no gate) and
+// under strict (the gate performs the writes, confined the same way).
+both!(every_filesystem_right_is_handled, |sb| {
+    let ro = sb.outside.join("ro");
+    std::fs::create_dir_all(ro.join("sub")).unwrap();
+    std::fs::create_dir_all(sb.ws.join("sub")).unwrap();
+    std::fs::write(ro.join("f.txt"), "kept\n").unwrap();
+    std::fs::write(sb.ws.join("f.txt"), "w\n").unwrap();
+    for p in [sb.outside.clone(), ro.clone(), ro.join("sub"), ro.join("f.txt"), sb.ws.join("sub"), sb.ws.join("f.txt")]
+    {
+        if sb.who == As::Nobody {
+            std::os::unix::fs::chown(&p, Some(NOBODY), Some(NOBODY)).unwrap();
+        }
+    }
+    let nogate = sb.profile(
+        "nogate-unix.toml",
+        "extends = \"strict\"\n[deny]\ninherit = false\n[ask]\ninherit = false\n[ipc]\nunix = true\n",
+    );
+    let unix = sb.profile("unix.toml", "extends = \"strict\"\n[ipc]\nunix = true\n");
+    let (r, w) = (|n: &str| sb.path(&ro.join(n)), |n: &str| sb.path(&sb.ws.join(n)));
+    let read_ro = sb.path(&ro);
+    for profile in [&nogate, &unix] {
+        let probe = |args: &[&str]| sb.probe(&["--profile", profile, "--read", &read_ro], args);
+        // READ_DIR: granted by the read rule; nowhere without one.
+        probe(&["list", &read_ro]).expect("ok");
+        probe(&["list", &sb.path(&sb.outside)]).expect("errno 13 EACCES");
+        let cases: [(&str, &str, Option<&str>); 9] = [
+            ("write", "f.txt", None),        // WRITE_FILE
+            ("truncate", "f.txt", None),     // TRUNCATE
+            ("create", "new", None),         // MAKE_REG
+            ("mkdir", "d", None),            // MAKE_DIR
+            ("rmdir", "sub", None),          // REMOVE_DIR
+            ("symlink", "l", Some("f.txt")), // MAKE_SYM
+            ("mkfifo", "p", None),           // MAKE_FIFO
+            ("unix-bind", "s", None),        // MAKE_SOCK
+            ("unlink", "f.txt", None),       // REMOVE_FILE
+        ];
+        for (op, name, target) in cases {
+            let args = |path: String| match target {
+                Some(t) => vec![op.to_string(), t.to_string(), path],
+                None => vec![op.to_string(), path],
+            };
+            let denied = args(r(name));
+            let denied: Vec<&str> = denied.iter().map(String::as_str).collect();
+            probe(&denied).expect("errno 13 EACCES");
+            let allowed = args(w(name));
+            let allowed: Vec<&str> = allowed.iter().map(String::as_str).collect();
+            probe(&allowed).expect("ok");
+        }
+        // MAKE_CHAR and MAKE_BLOCK are granted by no rule, the workspace's
+        // neither. A whiteout (char 0:0) needs no capability, so only
+        // Landlock refuses it; a block device is refused by Landlock before
+        // the capability check (EACCES, not EPERM).
+        for place in [r("c"), w("c")] {
+            probe(&["mknod", &place, "chr"]).expect("errno 13 EACCES");
+        }
+        for place in [r("b"), w("b")] {
+            probe(&["mknod", &place, "blk"]).expect("errno 13 EACCES");
+        }
+        // IOCTL_DEV: granted with write (/dev/null), not with read (/dev/zero).
+        probe(&["ioctl-on", "/dev/zero", "0x5401"]).expect("errno 13 EACCES");
+        probe(&["ioctl-on", "/dev/null", "0x5401"]).expect("errno 25 ENOTTY");
+        // The read-only directory is as it was; reset the workspace for the next profile.
+        assert_eq!(std::fs::read_to_string(ro.join("f.txt")).unwrap(), "kept\n");
+        let mut names: Vec<_> = std::fs::read_dir(&ro).unwrap().map(|e| e.unwrap().file_name()).collect();
+        names.sort();
+        assert_eq!(names, ["f.txt", "sub"]);
+        for n in ["new", "l", "p", "s"] {
+            std::fs::remove_file(sb.ws.join(n)).unwrap();
+        }
+        std::fs::remove_dir(sb.ws.join("d")).unwrap();
+        std::fs::create_dir(sb.ws.join("sub")).unwrap();
+        std::fs::write(sb.ws.join("f.txt"), "w\n").unwrap();
+        if sb.who == As::Nobody {
+            for p in [sb.ws.join("sub"), sb.ws.join("f.txt")] {
+                std::os::unix::fs::chown(&p, Some(NOBODY), Some(NOBODY)).unwrap();
+            }
+        }
+    }
+    // Twin of the whiteout: outside portcullis the same mknod works (as
+    // nobody too, without any capability).
+    let mut bare = match sb.who {
+        As::Caller => std::process::Command::new(PROBE),
+        As::Nobody => {
+            let mut c = std::process::Command::new("setpriv");
+            c.args([&format!("--reuid={NOBODY}"), &format!("--regid={NOBODY}"), "--clear-groups", PROBE]);
+            c
+        }
+    };
+    let bare = bare.args(["mknod", &sb.path(&sb.root.join("c")), "chr"]).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&bare.stdout).trim(), "ok");
+});
+
 both!(fs_reopen_through_proc_fd_cannot_widen, |sb| {
     // Landlock alone (a profile without the gate's protected paths): the
     // reopen is re-checked. outside/ is readable only; the file itself is DAC-writable.

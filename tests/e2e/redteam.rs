@@ -199,6 +199,21 @@ both!(signals_never_turn_a_performed_create_into_eintr, |sb| {
 });
 
 // The host /proc showed every process's command line and status.
+// THREATS #46: links planted where the supervisor later writes or deletes.
+// The supervisor removes the private {tmp} at exit (as root, when it runs as
+// root); links the sandbox left there, to directories and files it may or
+// may not touch, must be removed as links, never followed.
+both!(removing_the_private_tmp_never_follows_what_the_sandbox_planted, |sb| {
+    let keep = sb.ws.join("file.txt");
+    let r = sb.probe(&["--read", &sb.path(&sb.outside)], &["plant-tmp", &sb.path(&sb.outside), &sb.path(&keep)]);
+    let tmp = r.verdict().strip_prefix("planted ").unwrap_or_else(|| panic!("{}\n{}", r.stdout, r.stderr));
+    assert!(!tmp.is_empty() && !std::path::Path::new(tmp).exists(), "{tmp} is removed at exit");
+    // Everything the links pointed at is still there, unchanged.
+    assert_eq!(std::fs::read_to_string(sb.outside.join("secret.txt")).unwrap(), "outside\n");
+    assert_eq!(std::fs::read_to_string(&keep).unwrap(), "inside\n");
+    assert!(sb.ws.is_dir() && sb.outside.is_dir());
+});
+
 both!(sandbox_sees_only_its_own_processes, |sb| {
     let r = sb.probe(&[], &["proc-pids"]);
     r.expect("pids [1, 2]");

@@ -170,6 +170,67 @@ fn main() {
             "rename" => report(libc::rename(c(a(1)).as_ptr(), c(a(2)).as_ptr()) as i64),
             "link" => report(libc::link(c(a(1)).as_ptr(), c(a(2)).as_ptr()) as i64),
             "mkdir" => report(libc::mkdir(c(a(1)).as_ptr(), 0o755) as i64),
+            "plant-tmp" => {
+                // Links in $TMPDIR (the private {tmp}) to a1 (a directory)
+                // and a2 (a file): symbolic, hard (a2 must be reachable), and
+                // one in a nested directory; a FIFO beside them.
+                let tmp = std::env::var("TMPDIR").unwrap_or_default();
+                let t = |n: &str| c(&format!("{tmp}/{n}"));
+                let mut bad = 0;
+                bad += libc::symlink(c(a(1)).as_ptr(), t("dirlink").as_ptr());
+                bad += libc::symlink(c(a(2)).as_ptr(), t("filelink").as_ptr());
+                bad += libc::link(c(a(2)).as_ptr(), t("hard").as_ptr());
+                bad += libc::mkdir(t("sub").as_ptr(), 0o755);
+                bad += libc::mkdir(t("sub/deeper").as_ptr(), 0o755);
+                bad += libc::symlink(c(a(1)).as_ptr(), t("sub/deeper/up").as_ptr());
+                bad += libc::mkfifo(t("sub/fifo").as_ptr(), 0o644);
+                if bad != 0 {
+                    report(-1);
+                } else {
+                    println!("planted {tmp}");
+                }
+            }
+            "rmdir" => report(libc::rmdir(c(a(1)).as_ptr()) as i64),
+            "mkfifo" => report(libc::mkfifo(c(a(1)).as_ptr(), 0o644) as i64),
+            "mknod" => {
+                // chr: a whiteout (0:0), which needs no CAP_MKNOD; blk: needs it.
+                let kind = if a(2) == "blk" { libc::S_IFBLK } else { libc::S_IFCHR };
+                report(libc::mknod(c(a(1)).as_ptr(), kind | 0o644, 0) as i64)
+            }
+            "list" => {
+                // Open a directory and read its entries.
+                let fd = libc::open(c(a(1)).as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC);
+                if fd < 0 {
+                    report(-1);
+                } else {
+                    let mut buf = [0u8; 4096];
+                    report(libc::syscall(libc::SYS_getdents64, fd, buf.as_mut_ptr(), buf.len()));
+                }
+            }
+            "unix-bind" => {
+                let fd = libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+                if fd < 0 {
+                    report(-1);
+                } else {
+                    let mut sa: libc::sockaddr_un = std::mem::zeroed();
+                    sa.sun_family = libc::AF_UNIX as u16;
+                    for (d, b) in sa.sun_path.iter_mut().zip(a(1).bytes()) {
+                        *d = b as libc::c_char;
+                    }
+                    let len = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
+                    report(libc::bind(fd, (&sa as *const libc::sockaddr_un).cast(), len) as i64);
+                }
+            }
+            "ioctl-on" => {
+                // Open a1 read-only and issue request a2 with a buffer.
+                let fd = libc::open(c(a(1)).as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC);
+                if fd < 0 {
+                    report(-1);
+                } else {
+                    let mut buf = [0u8; 256];
+                    report(libc::syscall(libc::SYS_ioctl, fd, num(a(2)), buf.as_mut_ptr()));
+                }
+            }
             "reopen-rw" => {
                 // Upgrade a read-only fd through /proc/self/fd (re-checked by Landlock).
                 let fd = libc::open(c(a(1)).as_ptr(), libc::O_RDONLY);
