@@ -332,6 +332,54 @@ both!(the_callers_own_proc_files_read_as_without_the_gate, |sb| {
     probe_gate(sb, &noproc, &["read", &ws(sb, "file.txt")]).expect("ok");
 });
 
+// THREATS #62: a name made of control characters (a screen clear, a
+// carriage return and a newline that forge a line, C1 NEL, a bell) reaches
+// the person through the ask hint on stderr and through `audit list`. Both
+// show it escaped, on the one line it belongs to.
+#[test]
+fn control_characters_in_names_never_reach_a_terminal_raw() {
+    let sb = Sandbox::new("ctl-chars", As::Caller);
+    let p = sb.profile(
+        "ctl.toml",
+        "extends = \"strict\"\n[deny]\nwrite = [\"{workspace}/deny\"]\n[ask]\nwrite = [\"{workspace}/ask\"]\ntimeout = \"1s\"\n",
+    );
+    std::fs::create_dir(sb.ws.join("deny")).unwrap();
+    std::fs::create_dir(sb.ws.join("ask")).unwrap();
+    let evil = "x\u{1b}[2J\r\nportcullis: approved everything\u{85}\u{7}";
+    let raw = |s: &str| s.chars().any(|c| c.is_control() && c != '\n');
+    probe_gate(&sb, &p, &["create", &ws(&sb, &format!("deny/{evil}"))]).expect("errno 13 EACCES");
+    let b = TestBroker::start(&sb);
+    let mut c = sb.portcullis(&[
+        "run",
+        "--profile",
+        &p,
+        "--exec",
+        PROBE,
+        "--",
+        PROBE,
+        "create",
+        &ws(&sb, &format!("ask/{evil}")),
+    ]);
+    c.env("PORTCULLIS_BROKER_DIR", &b.dir).env("PORTCULLIS_GRANTS", sb.root.join("state/grants.json"));
+    let r = Run::from(c.output().unwrap());
+    r.expect("errno 13 EACCES");
+    assert!(!sb.ws.join(format!("ask/{evil}")).exists() && !sb.ws.join(format!("deny/{evil}")).exists());
+    let hint = r.stderr.lines().find(|l| l.contains("waiting for approval")).unwrap_or_else(|| panic!("{}", r.stderr));
+    assert!(hint.contains("approved everything"), "the forged line stays in the hint's: {:?}", r.stderr);
+    assert!(!raw(&r.stderr), "{:?}", r.stderr);
+    let log = sb.root.join("state/audit.log");
+    let out = Command::new(PORTCULLIS).args(["audit", "list", "--log"]).arg(&log).output().unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && !raw(&table), "{table:?}");
+    assert!(table.lines().any(|l| l.contains(" verdict ") && l.contains("approved everything")), "{table}");
+    assert!(table.lines().any(|l| l.contains(" approval ")), "{table}");
+    // No line the name could have forged: each one is a record (seq first).
+    for l in table.lines() {
+        let seq = l.split_whitespace().next().and_then(|n| n.parse::<u64>().ok());
+        assert!(seq.is_some(), "on a record's own line (seq first): {l:?}");
+    }
+}
+
 #[test]
 fn ask_on_an_always_denied_syscall_is_a_profile_error() {
     let sb = Sandbox::new("gate-floor", As::Caller);
