@@ -192,6 +192,60 @@ both!(ask_connect_denied_listener_gets_nothing, |sb| {
     assert!(allowed.accept().is_ok());
 });
 
+// THREATS #11: the sockaddr is rewritten by another thread while the gate
+// decides. The gate connects the caller's socket itself, to the address it
+// read and checked, so the asked (here: denied) port never gets a
+// connection, while the allowed one, from the same buffer, does.
+both!(race_never_connects_to_the_denied_port, |sb| {
+    let denied = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let allowed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let (dp, ap) = (denied.local_addr().unwrap().port().to_string(), allowed.local_addr().unwrap().port().to_string());
+    // Keep the allowed backlog drained so connects do not stall.
+    allowed.set_nonblocking(true).unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let drain = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut n = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                match allowed.accept() {
+                    Ok(_) => n += 1,
+                    Err(_) => std::thread::sleep(std::time::Duration::from_millis(1)),
+                }
+            }
+            n
+        })
+    };
+    let mut c = sb.portcullis(&[
+        "run",
+        "--ask-connect",
+        &dp,
+        "--connect",
+        &ap,
+        "--ask-timeout",
+        "5s",
+        "--exec",
+        PROBE,
+        "--",
+        PROBE,
+        "race-connect",
+        &ap,
+        &dp,
+        "1000",
+    ]);
+    c.env("PORTCULLIS_BROKER", "off").env("PORTCULLIS_GRANTS", sb.root.join("state/grants.json"));
+    let r = Run::from(c.output().unwrap());
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let accepted = drain.join().unwrap();
+    let v: Vec<&str> = r.verdict().split_whitespace().collect();
+    assert_eq!(v.first(), Some(&"connected"), "{}\n{}", r.stdout, r.stderr);
+    let (to_allowed, to_denied): (usize, usize) = (v[1].parse().unwrap(), v[3].parse().unwrap());
+    assert_eq!(to_denied, 0, "{}", r.stdout);
+    denied.set_nonblocking(true).unwrap();
+    assert!(denied.accept().is_err(), "the denied port's listener received nothing");
+    assert!(to_allowed > 0 && accepted > 0, "the race exercised the allowed side: {}", r.stdout);
+});
+
 both!(ask_exec_denied_without_answer, |sb| {
     let mut c = sb.portcullis(&[
         "run",

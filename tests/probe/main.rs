@@ -102,6 +102,7 @@ fn main() {
             "truncate" => report(libc::truncate(c(a(1)).as_ptr(), 0) as i64),
             "symlink" => report(libc::symlink(c(a(1)).as_ptr(), c(a(2)).as_ptr()) as i64),
             "race-open" => race_open(a(1), a(2), num(a(3)) as usize),
+            "race-connect" => race_connect(num(a(1)) as u16, num(a(2)) as u16, num(a(3)) as usize),
             "unix-talk" => {
                 // Connect to a pathname unix socket, send one line, print the reply line.
                 use std::io::{BufRead, Write};
@@ -681,4 +682,53 @@ fn field_num(line: &str, key: &str) -> Option<u64> {
     let at = line.find(&format!("\"{key}\":"))? + key.len() + 3;
     let digits: String = line[at..].trim_start().chars().take_while(char::is_ascii_digit).collect();
     digits.parse().ok()
+}
+
+/// THREATS #11: connect `n` fresh TCP sockets to 127.0.0.1 through one
+/// sockaddr whose port another thread flips between `allowed` and `denied`.
+/// Prints how many connected, and to which port (getpeername).
+fn race_connect(allowed: u16, denied: u16, n: usize) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    static STOP: AtomicBool = AtomicBool::new(false);
+    let addr: &'static mut libc::sockaddr_in = Box::leak(Box::new(sockaddr_in(allowed)));
+    let ptr = addr as *mut libc::sockaddr_in as usize;
+    let flipper = std::thread::spawn(move || {
+        while !STOP.load(Ordering::Relaxed) {
+            for port in [allowed, denied] {
+                // SAFETY: test code; the sockaddr is leaked and the race on its port is the point.
+                unsafe {
+                    std::ptr::write_volatile(
+                        std::ptr::addr_of_mut!((*(ptr as *mut libc::sockaddr_in)).sin_port),
+                        port.to_be(),
+                    )
+                };
+            }
+        }
+    });
+    let (mut to_allowed, mut to_denied, mut refused) = (0, 0, 0);
+    for _ in 0..n {
+        // SAFETY: plain socket calls on an fd we own; the sockaddr lives forever.
+        unsafe {
+            let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+            if fd < 0 {
+                continue;
+            }
+            let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+            if libc::connect(fd, ptr as *const libc::sockaddr, len) == 0 {
+                let mut peer = sockaddr_in(0);
+                let mut plen = len;
+                libc::getpeername(fd, (&mut peer as *mut libc::sockaddr_in).cast(), &mut plen);
+                match u16::from_be(peer.sin_port) {
+                    p if p == denied => to_denied += 1,
+                    _ => to_allowed += 1,
+                }
+            } else {
+                refused += 1;
+            }
+            libc::close(fd);
+        }
+    }
+    STOP.store(true, Ordering::Relaxed);
+    let _ = flipper.join();
+    println!("connected {to_allowed} allowed {to_denied} denied {refused} refused");
 }
