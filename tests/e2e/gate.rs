@@ -373,6 +373,16 @@ both!(the_callers_own_proc_files_read_as_without_the_gate, |sb| {
     for _ in 0..20 {
         probe_gate(sb, &p, &["read", "/proc/self/status"]).expect("ok");
     }
+    // Opened for the caller, but not with the supervisor's privileges:
+    // pagemap shows frame numbers only to an opener with CAP_SYS_ADMIN.
+    probe_gate(sb, &p, &["pagemap"]).expect("pfn 0");
+    sb.probe(&[], &["pagemap"]).expect("pfn 0");
+    if sb.who == As::Caller && is_root() {
+        // Twin: root outside the sandbox sees them.
+        let bare = Command::new(PROBE).arg("pagemap").output().unwrap();
+        let out = String::from_utf8_lossy(&bare.stdout);
+        assert!(out.starts_with("pfn ") && out.trim() != "pfn 0", "{out}");
+    }
     // Only the caller's own: the sandbox's init (a fork of portcullis)
     // stays out of reach, gate or not.
     probe_gate(sb, &p, &["read", "/proc/1/environ"]).expect("errno 13 EACCES");

@@ -480,15 +480,16 @@ fn open_op(
 }
 
 /// The caller reads a file of its own /proc directory (`/proc/self/maps`,
-/// `environ`, `mem`, `auxv`, ...). Those files ask for ptrace access to the
+/// `environ`, `auxv`, ...). Those files ask for ptrace access to the
 /// process, and Landlock grants that only from the caller's own domain or
 /// an enclosing one; the hands are confined in a domain of their own, so
 /// they get EACCES where the caller itself would not. When the hands may
 /// read an ordinary file of that same directory (`status`, which needs no
 /// ptrace access: the profile grants reading it), the file is opened here,
-/// unconfined, through the supervisor's /proc entry for the caller: what
-/// the caller may read of itself, and nothing else (one plain name, no
-/// symlinks, a regular file, the caller still the same process after).
+/// outside Landlock (but without capabilities) through the supervisor's
+/// /proc entry for the caller: what the caller may read of itself, and
+/// nothing else (one plain name, no symlinks, a regular file, the caller
+/// still the same process after).
 fn own_proc_open(s: &Shared, id: u64, own: &OwnProc, dir: std::os::fd::OwnedFd, tid: u32, asked: i32) -> Reply {
     let readable = s.hands(move || {
         nix::fcntl::openat(Some(dir.as_raw_fd()), c"status", OFlag::O_RDONLY | OFlag::O_CLOEXEC, Mode::empty()).is_ok()
@@ -498,21 +499,29 @@ fn own_proc_open(s: &Shared, id: u64, own: &OwnProc, dir: std::os::fd::OwnedFd, 
     }
     let Some(tgid) = tgid_of(tid) else { return Reply::Errno(libc::ESRCH) };
     let base = if own.thread { format!("/proc/{tgid}/task/{tid}") } else { format!("/proc/{tgid}") };
-    let Ok(base) =
-        nix::fcntl::open(base.as_str(), OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())
-    else {
-        return Reply::Errno(libc::ESRCH);
-    };
-    let base = notify::own(base);
     let flags = libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NOFOLLOW | libc::O_NOCTTY | (asked & libc::O_NONBLOCK);
-    let fd = match notify::openat2(base.as_fd(), &own.rest, flags as u64, 0, RESOLVE_BENEATH_NO_LINKS) {
+    // Opened by a thread without capabilities: some of these files decide
+    // what a read shows by the opener's (pagemap's frame numbers need
+    // CAP_SYS_ADMIN), and a root supervisor's own threads have them all.
+    let rest = own.rest.clone();
+    let opened = std::thread::scope(|scope| {
+        let opener = scope.spawn(move || -> Result<std::os::fd::OwnedFd, i32> {
+            notify::confine_thread_but_landlock().map_err(|e| e.raw_os_error().unwrap_or(libc::EPERM))?;
+            let dir = OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
+            let base = notify::own(nix::fcntl::open(base.as_str(), dir, Mode::empty()).map_err(|_| libc::ESRCH)?);
+            let fd = notify::openat2(base.as_fd(), &rest, flags as u64, 0, RESOLVE_BENEATH_NO_LINKS)
+                .map_err(|e| e.raw_os_error().unwrap_or(libc::EIO))?;
+            match nix::sys::stat::fstat(fd.as_raw_fd()) {
+                Ok(st) if st.st_mode & libc::S_IFMT == libc::S_IFREG => Ok(fd),
+                _ => Err(libc::EACCES),
+            }
+        });
+        opener.join().unwrap_or(Err(libc::EIO))
+    });
+    let fd = match opened {
         Ok(fd) => fd,
-        Err(e) => return Reply::Errno(e.raw_os_error().unwrap_or(libc::EIO)),
+        Err(e) => return Reply::Errno(e),
     };
-    let regular = nix::sys::stat::fstat(fd.as_raw_fd()).is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFREG);
-    if !regular {
-        return Reply::Errno(libc::EACCES);
-    }
     // The TID was the caller's when the notification arrived; still now.
     if !notify::id_valid(s.listener.as_fd(), id) {
         return Reply::Errno(libc::ESRCH);

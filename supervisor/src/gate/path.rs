@@ -39,8 +39,7 @@ pub struct Resolved {
     /// File type (`st_mode & S_IFMT`) of the last component when resolved, if it exists.
     pub kind: Option<u32>,
     /// The caller named a file of its own process or thread directory
-    /// (`/proc/self/NAME`, `/proc/self/task/N/NAME`, `/proc/thread-self/NAME`):
-    /// that path, relative to the directory, as [`OwnProc`].
+    /// (`/proc/self/NAME`, `/proc/thread-self/NAME`), as [`OwnProc`].
     pub own_proc: Option<OwnProc>,
 }
 
@@ -50,7 +49,7 @@ pub struct Resolved {
 pub struct OwnProc {
     /// Through `/proc/thread-self`: relative to the thread's directory.
     pub thread: bool,
-    /// `NAME` or `task/N/NAME`.
+    /// `NAME`.
     pub rest: CString,
 }
 
@@ -138,19 +137,13 @@ fn rewrite_self(caller: &Caller, path: &[u8]) -> (Vec<u8>, Option<OwnProc>) {
     (path.to_vec(), None)
 }
 
-/// `/NAME`, or `/task/N/NAME` through `/proc/self`: one plain name at the
-/// end (no `.`, `..` or empty components), else None.
-fn own_rest(rest: &[u8], thread: bool) -> Option<CString> {
-    let parts: Vec<&[u8]> = rest.strip_prefix(b"/")?.split(|&b| b == b'/').collect();
-    let plain = |p: &[u8]| !p.is_empty() && p != b"." && p != b"..";
-    let ok = match parts.as_slice() {
-        [name] => plain(name),
-        [task, n, name] if !thread => {
-            *task == b"task" && !n.is_empty() && n.iter().all(u8::is_ascii_digit) && plain(name)
-        }
-        _ => false,
-    };
-    ok.then(|| CString::new(rest[1..].to_vec()).ok()).flatten()
+/// `/NAME`: one plain name (not `.`, `..` or empty), else None. Not
+/// `/task/N/NAME`: N is a TID in the sandbox's PID namespace, which names
+/// nothing (or another thread) under the supervisor's /proc.
+fn own_rest(rest: &[u8], _thread: bool) -> Option<CString> {
+    let name = rest.strip_prefix(b"/")?;
+    let plain = !name.is_empty() && name != b"." && name != b".." && !name.contains(&b'/');
+    plain.then(|| CString::new(name.to_vec()).ok()).flatten()
 }
 
 /// Resolves `path` (relative to `dirfd`, the caller's number or AT_FDCWD).
@@ -244,12 +237,10 @@ mod tests {
     fn only_a_plain_name_of_the_callers_own_directory_counts_as_its_own() {
         let own = |p: &str, thread: bool| own_rest(p.as_bytes(), thread).map(|c| c.into_string().unwrap());
         assert_eq!(own("/maps", false).as_deref(), Some("maps"));
-        assert_eq!(own("/task/12/environ", false).as_deref(), Some("task/12/environ"));
         assert_eq!(own("/maps", true).as_deref(), Some("maps"));
         for bad in ["", "/", "/.", "/..", "//maps", "/fd/1", "/root/etc/passwd", "/task/x/maps", "/task/1/..", "/maps/"]
         {
             assert_eq!(own(bad, false), None, "{bad:?}");
         }
-        assert_eq!(own("/task/1/maps", true), None, "thread-self has no task/");
     }
 }
