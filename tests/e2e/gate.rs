@@ -444,6 +444,57 @@ fn control_characters_in_names_never_reach_a_terminal_raw() {
     }
 }
 
+// The listener's pid is the one recorded when it called listen(). A planted
+// broker can fork, keep the socket in the child, exit, and wait for its pid
+// to be reused by a process in our namespaces: the /proc checks would then
+// be about that process. Here the pid is handed to a `sleep` of ours
+// (ns_last_pid, as root); the client must still refuse (SO_PEERPIDFD).
+#[test]
+fn a_broker_whose_listener_pid_was_reused_is_not_believed() {
+    if !is_root() {
+        return skip("steering pid reuse (/proc/sys/kernel/ns_last_pid) needs root");
+    }
+    let sb = Sandbox::new("stale-broker", As::Caller);
+    let p = setup(&sb);
+    let dir = sb.root.join("stale");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    let out = Command::new(PROBE)
+        .args(["fake-broker", &sb.path(&dir.join("broker.sock")), "stale"])
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let ids: Vec<i32> = text.split_whitespace().skip(1).filter_map(|n| n.parse().ok()).collect();
+    assert_eq!(ids.len(), 2, "{text}");
+    let (dead, server) = (ids[0], ids[1]);
+    let mut holder = None;
+    for _ in 0..100 {
+        std::fs::write("/proc/sys/kernel/ns_last_pid", (dead - 1).to_string()).unwrap();
+        let mut c = Command::new("/bin/sleep").arg("30").spawn().unwrap();
+        if c.id() as i32 == dead {
+            holder = Some(c);
+            break;
+        }
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    let mut holder = holder.expect("the dead listener's pid could not be handed to a process of ours");
+    let mut c = sb.portcullis(&["run", "--profile", &p, "--exec", PROBE, "--", PROBE, "read", &ws(&sb, "ask.txt")]);
+    c.env("PORTCULLIS_BROKER_DIR", &dir).env("PORTCULLIS_GRANTS", sb.root.join("state/grants.json"));
+    let r = Run::from(c.output().unwrap());
+    let _ = holder.kill();
+    let _ = holder.wait();
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(server), nix::sys::signal::Signal::SIGKILL);
+    r.expect("errno 13 EACCES");
+    let log = sb.root.join("state/audit.log");
+    let out = Command::new(PORTCULLIS).args(["audit", "list", "--json", "--log"]).arg(&log).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let approval = text.lines().find(|l| l.contains("\"approval\"")).unwrap_or_else(|| panic!("{text}"));
+    assert!(approval.contains("has exited"), "{approval}");
+}
+
 #[test]
 fn ask_on_an_always_denied_syscall_is_a_profile_error() {
     let sb = Sandbox::new("gate-floor", As::Caller);

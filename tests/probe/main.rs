@@ -131,7 +131,19 @@ fn main() {
                         return;
                     }
                 };
-                println!("listening");
+                if a(2) == "stale" {
+                    // The listener's creator exits; a child keeps serving:
+                    // the socket's recorded pid is free for reuse.
+                    let me = libc::getpid();
+                    let child = libc::fork();
+                    if child != 0 {
+                        println!("listening {me} {child}");
+                        return;
+                    }
+                    libc::close(1);
+                } else {
+                    println!("listening");
+                }
                 for mut s in l.incoming().flatten() {
                     let Ok(r) = s.try_clone() else { continue };
                     for line in std::io::BufReader::new(r).lines().map_while(Result::ok) {

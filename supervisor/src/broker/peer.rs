@@ -31,7 +31,20 @@ pub fn check(sock: &impl AsFd) -> Result<Peer, String> {
     if peer.pid <= 0 {
         return Err("the peer's pid is not visible in our PID namespace".into());
     }
+    // The pid is the one recorded at connect (listen) time, and may since
+    // have been reused: a planted listener can fork, keep the socket in the
+    // child, exit, and let its pid go to any process of ours. With a pidfd
+    // for that very process (6.5+), the /proc checks below are about it only
+    // if it still runs after them. Older kernels: the residual risk in
+    // docs/BROKER.md.
+    let pidfd = crate::sys::notify::peer_pidfd(sock.as_fd())
+        .map_err(|e| format!("the peer (pid {}) cannot be identified: {e}", peer.pid))?;
     same_namespaces(peer.pid)?;
+    if let Some(fd) = pidfd {
+        if !crate::sys::notify::pidfd_alive(fd.as_fd()) {
+            return Err(format!("the peer (pid {}) has exited; its pid may now be another process's", peer.pid));
+        }
+    }
     Ok(peer)
 }
 

@@ -102,6 +102,41 @@ pub fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(r as RawFd) })
 }
 
+/// A pidfd for the peer of a connected unix socket, as the kernel recorded
+/// it at connect (or listen) time: `SO_PEERPIDFD`, Linux 6.5+. `Ok(None)`
+/// where the kernel does not have it; an error (ESRCH) when the peer has
+/// exited.
+pub fn peer_pidfd(sock: BorrowedFd) -> io::Result<Option<OwnedFd>> {
+    const SO_PEERPIDFD: libc::c_int = 77;
+    let mut fd: libc::c_int = -1;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: `fd` and `len` are live locals of the sizes passed.
+    let r = unsafe {
+        libc::getsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            SO_PEERPIDFD,
+            (&mut fd as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    if r != 0 {
+        let e = io::Error::last_os_error();
+        return match e.raw_os_error() {
+            Some(libc::ENOPROTOOPT) => Ok(None),
+            _ => Err(e),
+        };
+    }
+    // SAFETY: on success the kernel returned a new fd we own.
+    Ok(Some(unsafe { OwnedFd::from_raw_fd(fd) }))
+}
+
+/// Whether the process behind `pidfd` is still running (signal 0).
+pub fn pidfd_alive(pidfd: BorrowedFd) -> bool {
+    // SAFETY: plain integer arguments and a null siginfo.
+    unsafe { libc::syscall(libc::SYS_pidfd_send_signal, pidfd.as_raw_fd(), 0, std::ptr::null::<u8>(), 0) == 0 }
+}
+
 /// Our own handle on the process's fd `target`: the same open file description.
 pub fn pidfd_getfd(pidfd: BorrowedFd, target: i32) -> io::Result<OwnedFd> {
     // SAFETY: plain integer arguments; on success the kernel returns a new fd we own.
