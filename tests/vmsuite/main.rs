@@ -322,6 +322,13 @@ fn main() {
         let ok = want.parse::<i64>() == Ok(abi);
         suite.record(ok, &format!("kernel reports Landlock ABI {want}"), &format!("it reports {abi}"));
     }
+    if abi == 0 {
+        // THREATS #34: a kernel without Landlock. Nothing below applies.
+        no_landlock(&mut suite);
+        println!("SUITE DONE kernel={release} abi={abi} pass={} fail={}", suite.pass, suite.fail);
+        let _ = std::fs::remove_dir_all(&dir);
+        std::process::exit(if suite.fail == 0 { 0 } else { 1 });
+    }
     let profiles: Vec<String> = match &only_profile {
         Some(p) => vec![p.clone()],
         None => {
@@ -350,4 +357,51 @@ fn main() {
     println!("SUITE DONE kernel={release} abi={abi} pass={} fail={}", suite.pass, suite.fail);
     let _ = std::fs::remove_dir_all(&dir);
     std::process::exit(if suite.fail == 0 { 0 } else { 1 });
+}
+
+/// A kernel without Landlock (booted with an `lsm=` that leaves it out): a
+/// sandbox that silently ran unconfined here is the failure this catches.
+/// `run` must refuse and run nothing; with --best-effort it runs, says it is
+/// degraded, and the seccomp floor, capabilities and no_new_privs still hold.
+fn no_landlock(suite: &mut Suite) {
+    let v = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    // SAFETY: geteuid cannot fail.
+    let users: &[&str] = if unsafe { libc::geteuid() } == 0 { &["root", "nobody"] } else { &["root"] };
+    for who in users {
+        suite.reset_files();
+        let ws_file = PathBuf::from(&suite.vars["ws"]).join("file.txt");
+        let o = suite.run(who, &[], &v(&["write", "{ws}/file.txt"]), false);
+        let untouched = std::fs::read_to_string(&ws_file).is_ok_and(|t| t == "inside\n");
+        suite.record(
+            o.code == 125 && o.stderr.contains("needs Landlock") && o.stdout.is_empty() && untouched,
+            &format!("no Landlock: run refuses and runs nothing [{who}]"),
+            &format!(
+                "want exit 125 naming Landlock and nothing run, got {} (file untouched: {untouched})",
+                o.describe()
+            ),
+        );
+        let o = suite.run(who, &[], &v(&["read", "{outside}/secret.txt"]), true);
+        suite.record(
+            o.code == 0 && o.stderr.contains("degraded:") && o.stderr.contains("no filesystem confinement"),
+            &format!("no Landlock: --best-effort runs and says what is lost [{who}]"),
+            &format!("want exit 0 and a `degraded:` line, got {}", o.describe()),
+        );
+        for (what, args, want) in [
+            ("netlink socket", v(&["socket", "16", "3", "0"]), "errno 1 EPERM"),
+            ("io_uring", v(&["syscall", "io_uring_setup", "1", "0"]), "errno 1 EPERM"),
+        ] {
+            let o = suite.run(who, &[], &args, true);
+            suite.record(
+                o.stdout.lines().last().map(str::trim) == Some(want),
+                &format!("no Landlock, --best-effort: seccomp still denies {what} [{who}]"),
+                &format!("want `{want}`, got {}", o.describe()),
+            );
+        }
+        let o = suite.run(who, &[], &v(&["status"]), true);
+        suite.record(
+            o.stdout.contains("NoNewPrivs:\t1") && o.stdout.contains("CapEff:\t0000000000000000"),
+            &format!("no Landlock, --best-effort: no_new_privs and no capabilities [{who}]"),
+            &format!("got {}", o.describe()),
+        );
+    }
 }

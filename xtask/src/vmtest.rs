@@ -1,4 +1,4 @@
-//! `cargo xtask vm-test [--kernel 6.1|6.12|host|all] [--timeout SECS] [--profile NAME] [--sabotage]`
+//! `cargo xtask vm-test [--kernel 6.1|6.12|6.12-nolandlock|host|all] [--timeout SECS] [--profile NAME] [--sabotage]`
 //!
 //! Builds static `portcullis`, `portcullis-probe` and `portcullis-vmsuite`,
 //! fetches the Debian kernels of vm-tests/kernels.toml, packs a busybox
@@ -30,6 +30,9 @@ struct KernelSpec {
     name: String,
     package: String,
     abi: i64,
+    /// More kernel command line (e.g. an `lsm=` without Landlock).
+    #[serde(default)]
+    append: Option<String>,
 }
 
 /// One line of the result table: a fresh one per kernel and per boot attempt.
@@ -87,7 +90,12 @@ fn build_static(sabotage: bool) -> Result<PathBuf> {
 /// Downloads (once) the newest Debian package matching `spec.package` and
 /// returns the path of its vmlinuz.
 fn fetch_kernel(spec: &KernelSpec, cache: &Path) -> Result<PathBuf> {
-    let dir = cache.join(&spec.name);
+    // One download per package, whatever the command lines booted with it.
+    let first = |k: &KernelSpec| k.package == spec.package;
+    let kernels: Option<Kernels> =
+        std::fs::read_to_string(root().join("vm-tests/kernels.toml")).ok().and_then(|t| toml::from_str(&t).ok());
+    let name = kernels.and_then(|k| k.kernel.into_iter().find(first)).map_or(spec.name.clone(), |k| k.name);
+    let dir = cache.join(name);
     if let Some(k) = find_vmlinuz(&dir) {
         return Ok(k);
     }
@@ -359,6 +367,10 @@ pub fn vm_test(args: &[String]) -> Result<()> {
             }
         };
         let mut append = format!("console=ttyS0 panic=-1 quiet rdinit=/init portcullis.abi={}", spec.abi);
+        if let Some(more) = &spec.append {
+            append.push(' ');
+            append.push_str(more);
+        }
         if let Some(p) = profile {
             append.push_str(&format!(" portcullis.profile={p}"));
         }
