@@ -495,6 +495,52 @@ fn a_broker_whose_listener_pid_was_reused_is_not_believed() {
     assert!(approval.contains("has exited"), "{approval}");
 }
 
+// Where the sandbox's own /proc cannot be mounted (here: a tmpfs over
+// /proc/sys, which a new user namespace may not uncover), it sees the
+// host's. The gate's /proc/self must then name the caller by its host pid:
+// its namespace pid names another process there.
+#[test]
+fn proc_self_names_the_caller_when_the_sandbox_sees_the_host_proc() {
+    let sb = Sandbox::new("host-proc", As::Caller);
+    if !is_root() {
+        return skip("mounting over /proc/sys in a private mount namespace needs root");
+    }
+    let p = setup(&sb);
+    let run = |profile: &str| {
+        let mut c = Command::new("unshare");
+        c.args([
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            "mount -t tmpfs none /proc/sys && exec \"$0\" \"$@\"",
+        ]);
+        c.args([
+            PORTCULLIS,
+            "run",
+            "--profile",
+            profile,
+            "--exec",
+            PROBE,
+            "--",
+            PROBE,
+            "proc-name",
+            "/proc/self/status",
+        ]);
+        c.current_dir(&sb.ws).env("HOME", &sb.home).env_remove("XDG_RUNTIME_DIR").stdin(std::process::Stdio::null());
+        let state = sb.root.join("state");
+        c.env("PORTCULLIS_AUDIT_LOG", state.join("audit.log")).env("PORTCULLIS_AUDIT_KEY", state.join("audit.key"));
+        c.env("PORTCULLIS_BROKER", "off").env("PORTCULLIS_GRANTS", state.join("grants.json"));
+        Run::from(c.output().unwrap())
+    };
+    let gated = run(&p);
+    assert!(gated.stderr.contains("could not be mounted"), "the setup must defeat the private /proc: {}", gated.stderr);
+    gated.expect("Name:\tportcullis-prob");
+    // Twin: strict does not park reads; the kernel resolves /proc/self itself.
+    run("strict").expect("Name:\tportcullis-prob");
+}
+
 #[test]
 fn ask_on_an_always_denied_syscall_is_a_profile_error() {
     let sb = Sandbox::new("gate-floor", As::Caller);

@@ -440,6 +440,16 @@ fn main() {
                     println!("{l}");
                 }
             }
+            "proc-name" => {
+                // The Name: line of a /proc status file (whose process it is).
+                match std::fs::read_to_string(a(1)) {
+                    Ok(s) => println!("{}", s.lines().find(|l| l.starts_with("Name:")).unwrap_or("no Name:")),
+                    Err(e) => {
+                        let n = e.raw_os_error().unwrap_or(0);
+                        println!("errno {n} {}", name(n));
+                    }
+                }
+            }
             "fds" => {
                 let mut fds: Vec<i32> = std::fs::read_dir("/proc/self/fd")
                     .unwrap()

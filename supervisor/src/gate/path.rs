@@ -77,17 +77,15 @@ impl Caller {
             .map_err(|e| if e == nix::errno::Errno::ENOENT { libc::ESRCH } else { e as i32 })
     }
 
-    /// `NStgid` and `NSpid` (innermost namespace) of the caller, for `/proc/self`.
-    fn ns_ids(&self) -> Option<(String, String)> {
+    /// `NStgid` and `NSpid` of the caller, for `/proc/self`: in its own
+    /// (innermost) PID namespace, or with `host`, in ours.
+    fn ns_ids(&self, host: bool) -> Option<(String, String)> {
         let status = std::fs::read_to_string(self.proc("status")).ok()?;
-        let last = |key: &str| {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix(key))
-                .and_then(|v| v.split_whitespace().last())
-                .map(str::to_string)
+        let pick = |key: &str| {
+            let mut ids = status.lines().find_map(|l| l.strip_prefix(key))?.split_whitespace();
+            if host { ids.next() } else { ids.last() }.map(str::to_string)
         };
-        Some((last("NStgid:")?, last("NSpid:")?))
+        Some((pick("NStgid:")?, pick("NSpid:")?))
     }
 
     /// The caller's umask, for files the supervisor creates on its behalf.
@@ -122,10 +120,18 @@ fn join(dir: &str, name: &[u8]) -> String {
 /// Rewrites a leading `/proc/self` or `/proc/thread-self`: those links
 /// resolve by the *opener's* pid, and the supervisor is not in the
 /// sandbox's PID namespace.
-fn rewrite_self(caller: &Caller, path: &[u8]) -> (Vec<u8>, Option<OwnProc>) {
+///
+/// The pid is the caller's as its /proc shows it: its own namespace's in
+/// the sandbox's private procfs, ours when that could not be mounted and
+/// the sandbox sees the host's (same device as our /proc). Naming the
+/// namespace pid there would name another process.
+fn rewrite_self(caller: &Caller, root: &OwnedFd, path: &[u8]) -> (Vec<u8>, Option<OwnProc>) {
     for (prefix, thread) in [(&b"/proc/self"[..], false), (&b"/proc/thread-self"[..], true)] {
         if path.starts_with(prefix) && matches!(path.get(prefix.len()), None | Some(b'/')) {
-            if let Some((tgid, tid)) = caller.ns_ids() {
+            let dev = |st: nix::Result<nix::sys::stat::FileStat>| st.ok().map(|st| st.st_dev);
+            let theirs = dev(nix::sys::stat::fstatat(Some(root.as_raw_fd()), c"proc", nix::fcntl::AtFlags::empty()));
+            let host = theirs.is_some() && theirs == dev(nix::sys::stat::stat("/proc"));
+            if let Some((tgid, tid)) = caller.ns_ids(host) {
                 let head = if thread { format!("/proc/{tgid}/task/{tid}") } else { format!("/proc/{tgid}") };
                 let mut out = head.into_bytes();
                 out.extend_from_slice(&path[prefix.len()..]);
@@ -160,7 +166,7 @@ pub fn resolve(caller: &Caller, dirfd: i32, path: &[u8], follow: bool) -> Result
     } else {
         caller.open_proc(&format!("fd/{dirfd}")).map_err(|e| if e == libc::ESRCH { libc::EBADF } else { e })?
     };
-    let (mut path, mut own_proc) = rewrite_self(caller, path);
+    let (mut path, mut own_proc) = rewrite_self(caller, &root, path);
     for _ in 0..MAX_HOPS {
         let trailing_slash = path.ends_with(b"/") && path.len() > 1;
         let trimmed: &[u8] = {
