@@ -549,6 +549,12 @@ fn ask_on_an_always_denied_syscall_is_a_profile_error() {
     assert_eq!(r.code, 125);
     assert!(r.stderr.contains("bad.toml:3:") && r.stderr.contains("ptrace"), "{}", r.stderr);
     let _ = Path::new(&p);
+    // The sandbox hands its approval filter over with sendmsg: parked, that
+    // hand-off waited for a gate that starts with it, and the launch hung.
+    let p = sb.profile("handoff.toml", "extends = \"strict\"\n[ask]\nsyscalls = [\"sendmsg\"]\n");
+    let r = sb.run(&["run", "--profile", &p, "--", "/bin/true"]);
+    assert_eq!(r.code, 125, "{}", r.stderr);
+    assert!(r.stderr.contains("handoff.toml:3:") && r.stderr.contains("`sendmsg` cannot be asked"), "{}", r.stderr);
 }
 
 /// A broker of our own, in the foreground, for one test.
