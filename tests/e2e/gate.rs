@@ -741,6 +741,38 @@ fn the_sandbox_cannot_use_the_broker_even_with_unix_sockets() {
     assert_eq!((outside.code, outside.stdout.trim()), (0, "[]"), "{}", outside.stderr);
 }
 
+// The command's own exec asked at launch: portcullis waits for a person
+// before the command runs. A SIGTERM (a Ctrl-C, an MCP client giving up)
+// then ended nothing until the ask timed out: signals are blocked until the
+// command has exec'd. Now it goes to the stage at once; the command never ran.
+#[test]
+fn a_signal_while_the_launch_waits_for_an_ask_ends_the_run() {
+    let sb = Sandbox::new("gate-launch-signal", As::Caller);
+    let b = TestBroker::start(&sb);
+    let p =
+        sb.profile("askself.toml", &format!("extends = \"strict\"\n[ask]\nexec = [\"{PROBE}\"]\ntimeout = \"60s\"\n"));
+    let mut child = spawn_with_broker(&sb, &b, &p, &["pid"]);
+    let req = b.next();
+    assert_eq!(req["kind"], "exec", "{req}");
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM);
+    // Long before the ask's 60 s.
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while child.try_wait().unwrap().is_none() {
+        assert!(std::time::Instant::now() < until, "portcullis ignored SIGTERM while the launch waited");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let r = Run::from(child.wait_with_output().unwrap());
+    assert_eq!(r.code, 143, "{}\n{}", r.stdout, r.stderr);
+    assert!(!r.stdout.contains("pid "), "the command never ran: {}", r.stdout);
+    // Twin: approved, the same launch runs the command.
+    let child = spawn_with_broker(&sb, &b, &p, &["pid"]);
+    let req = b.next();
+    assert_eq!(b.cli(&["approve", req["id"].as_str().unwrap()]).code, 0);
+    let r = Run::from(child.wait_with_output().unwrap());
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stdout.contains("pid "), "{}", r.stdout);
+}
+
 #[test]
 fn an_approved_exec_runs_and_always_deny_sticks() {
     let sb = Sandbox::new("gate-exec-ok", As::Caller);

@@ -107,6 +107,8 @@ fn launch_with(session: &Session, prepared: Prepared, command: &[OsString], mcp:
     // reader, the MCP journal, the launch thread): every thread inherits the
     // mask, so SIGCHLD can only be taken by the wait loop (see wait::block_signals).
     let set = wait::block_signals().map_err(|e| Failure::setup(format!("cannot block signals: {e}")))?;
+    // Until the command has exec'd, signals go to the stage from here.
+    let launch_signals = wait::LaunchWatch::start();
     let _cleanup = CgroupCleanup(cgroups);
     let argv: Vec<String> = command.iter().map(|a| a.to_string_lossy().into_owned()).collect();
     let decision = Decision { session, enforcement: &enforcement, allowed: &allowed, argv: &argv, mcp };
@@ -151,6 +153,7 @@ fn launch_with(session: &Session, prepared: Prepared, command: &[OsString], mcp:
         let ready = decider.join().unwrap_or_else(|_| Err(Failure::setup("the launch thread panicked")));
         (ready, Some(spawned))
     });
+    drop(launch_signals);
     // Drop our copies of the stage's fds (ruleset, report pipe, cgroup files).
     drop(cmd);
     let (ready, spawned) = match (ready, spawned) {

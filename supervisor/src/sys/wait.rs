@@ -37,7 +37,7 @@ pub fn supervise(child: u32, set: &SigSet) -> i32 {
         // A timed wait: should a thread that does not block SIGCHLD ever
         // take it (a library's thread, a regression), the loop still sees
         // the child's end within a second instead of hanging.
-        match wait_timeout(set, 1) {
+        match wait_timeout_ms(set, 1000) {
             Some(Signal::SIGCHLD) | None => {}
             Some(sig) => {
                 let _ = kill(pid, sig);
@@ -46,9 +46,82 @@ pub fn supervise(child: u32, set: &SigSet) -> i32 {
     }
 }
 
+/// Forwards the signals that arrive while the command is still being
+/// launched. They are blocked from the start (see [`block_signals`]) and
+/// [`supervise`] only runs once the command has exec'd; a launch that waits
+/// (an `ask exec` of the command itself, answered by a person) would
+/// otherwise hold Ctrl-C for as long as it waits. The stage is the child of
+/// the thread that forks it: a signal goes to that thread's children, as
+/// supervise would send it, and the relay passes it down.
+pub struct LaunchWatch {
+    done: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl LaunchWatch {
+    /// Call in the thread that will fork the stage, after [`block_signals`].
+    pub fn start() -> LaunchWatch {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let done = std::sync::Arc::new(AtomicBool::new(false));
+        let forker = nix::unistd::gettid();
+        let mut set = SigSet::empty();
+        for s in FORWARDED {
+            set.add(s);
+        }
+        let watching = done.clone();
+        let spawned = std::thread::Builder::new().name("launch-signals".into()).spawn(move || {
+            let mut held: Option<Signal> = None;
+            loop {
+                let finished = watching.load(Ordering::Acquire);
+                if held.is_none() {
+                    if finished {
+                        return;
+                    }
+                    held = wait_timeout_ms(&set, 100);
+                } else {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                let Some(sig) = held else { continue };
+                let children = children_of(forker);
+                if !children.is_empty() {
+                    for c in children {
+                        let _ = kill(c, sig);
+                    }
+                    held = None;
+                } else if finished {
+                    // Nothing was forked (the launch failed): leave the
+                    // signal pending for whoever waits next.
+                    let _ = kill(nix::unistd::getpid(), sig);
+                    return;
+                }
+            }
+        });
+        if spawned.is_err() {
+            // Without it a signal waits for the launch to end, as before.
+            done.store(true, Ordering::Release);
+        }
+        LaunchWatch { done }
+    }
+}
+
+/// Dropped once the command has exec'd (or the launch failed): supervise
+/// takes over. The thread ends at its next wake-up, after passing on a
+/// signal it already took.
+impl Drop for LaunchWatch {
+    fn drop(&mut self) {
+        self.done.store(true, std::sync::atomic::Ordering::Release);
+    }
+}
+
+/// The children of thread `tid` of this process.
+fn children_of(tid: Pid) -> Vec<Pid> {
+    std::fs::read_to_string(format!("/proc/self/task/{tid}/children"))
+        .map(|s| s.split_whitespace().filter_map(|p| p.parse().ok()).map(Pid::from_raw).collect())
+        .unwrap_or_default()
+}
+
 /// sigtimedwait for the signals of `set`; None on timeout, EINTR or error.
-fn wait_timeout(set: &SigSet, secs: libc::time_t) -> Option<Signal> {
-    let ts = libc::timespec { tv_sec: secs, tv_nsec: 0 };
+fn wait_timeout_ms(set: &SigSet, ms: i64) -> Option<Signal> {
+    let ts = libc::timespec { tv_sec: ms / 1000, tv_nsec: (ms % 1000) * 1_000_000 };
     // SAFETY: `set` is a live sigset_t; siginfo may be null; `ts` is live.
     let sig = unsafe { libc::sigtimedwait(set.as_ref(), std::ptr::null_mut(), &ts) };
     if sig <= 0 {
