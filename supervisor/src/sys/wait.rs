@@ -14,10 +14,7 @@ pub const FORWARDED: [Signal; 6] =
 /// (MCP proxy, audit writer) after this: a thread created before it keeps the
 /// signals unblocked, may take SIGCHLD, and the wait loop would never wake.
 pub fn block_signals() -> nix::Result<SigSet> {
-    let mut set = SigSet::empty();
-    for s in FORWARDED {
-        set.add(s);
-    }
+    let mut set = forwarded();
     set.add(Signal::SIGCHLD);
     set.thread_block()?;
     Ok(set)
@@ -63,10 +60,7 @@ impl LaunchWatch {
         use std::sync::atomic::{AtomicBool, Ordering};
         let done = std::sync::Arc::new(AtomicBool::new(false));
         let forker = nix::unistd::gettid();
-        let mut set = SigSet::empty();
-        for s in FORWARDED {
-            set.add(s);
-        }
+        let set = forwarded();
         let watching = done.clone();
         let spawned = std::thread::Builder::new().name("launch-signals".into()).spawn(move || {
             let mut held: Option<Signal> = None;
@@ -110,6 +104,14 @@ impl Drop for LaunchWatch {
     fn drop(&mut self) {
         self.done.store(true, std::sync::atomic::Ordering::Release);
     }
+}
+
+fn forwarded() -> SigSet {
+    let mut set = SigSet::empty();
+    for s in FORWARDED {
+        set.add(s);
+    }
+    set
 }
 
 /// The children of thread `tid` of this process.
