@@ -396,6 +396,22 @@ both!(the_callers_own_proc_files_read_as_without_the_gate, |sb| {
     probe_gate(sb, &noproc, &["read", &ws(sb, "file.txt")]).expect("ok");
 });
 
+// THREATS #15: a name the gate cannot read must not fall through to the
+// kernel, which may well read it. The vDSO's data page is such memory: the
+// kernel reads it in the caller's own context (the twin without the gate
+// gets ENOENT, here, for the bytes it finds there: anything but EFAULT),
+// process_vm_readv from the supervisor cannot. A gate that let the call go
+// on would show the kernel's answer too.
+both!(a_name_the_gate_cannot_read_is_refused_not_passed_on, |sb| {
+    let p = setup(sb);
+    let bare = sb.probe(&[], &["open-unreadable-name"]);
+    let bare = bare.verdict();
+    assert!(bare.starts_with("errno ") && bare != "errno 14 EFAULT", "{bare}");
+    probe_gate(sb, &p, &["open-unreadable-name"]).expect("errno 14 EFAULT");
+    // Twin: the same gate opens a name it can read.
+    probe_gate(sb, &p, &["read", &ws(sb, "file.txt")]).expect("ok");
+});
+
 // THREATS #62: a name made of control characters (a screen clear, a
 // carriage return and a newline that forge a line, C1 NEL, a bell) reaches
 // the person through the ask hint on stderr and through `audit list`. Both
@@ -610,6 +626,11 @@ impl Drop for TestBroker {
 
 /// `portcullis run` of the probe with a broker, in the background.
 fn spawn_with_broker(sb: &Sandbox, b: &TestBroker, profile: &str, args: &[&str]) -> std::process::Child {
+    run_with_broker(sb, b, profile, args).spawn().unwrap()
+}
+
+/// The command [`spawn_with_broker`] starts, stdout and stderr piped.
+fn run_with_broker(sb: &Sandbox, b: &TestBroker, profile: &str, args: &[&str]) -> Command {
     let mut all: Vec<&str> = vec!["run", "--profile", profile, "--exec", PROBE, "--", PROBE];
     all.extend_from_slice(args);
     let mut c = sb.portcullis(&all);
@@ -617,7 +638,44 @@ fn spawn_with_broker(sb: &Sandbox, b: &TestBroker, profile: &str, args: &[&str])
         .env("PORTCULLIS_GRANTS", sb.root.join("state/grants.json"))
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped());
-    c.spawn().unwrap()
+    c
+}
+
+// THREATS #22, teardown: the command exits while a process it left behind
+// is parked on a question to a person. The run ends with the command (not
+// at the ask's timeout), the question is withdrawn, an answer given later
+// does nothing, and the log keeps the question: nobody answered it.
+#[test]
+fn a_run_ends_with_its_command_while_a_question_is_out() {
+    let sb = Sandbox::new("gate-teardown", As::Caller);
+    let p = sb.profile("askw.toml", "extends = \"strict\"\n[ask]\nwrite = [\"{workspace}/ask\"]\ntimeout = \"120s\"\n");
+    std::fs::create_dir(sb.ws.join("ask")).unwrap();
+    let target = ws(&sb, "ask/new");
+    let b = TestBroker::start(&sb);
+    let mut c = run_with_broker(&sb, &b, &p, &["leave-behind", "create", &target]);
+    let mut child = c.stdin(std::process::Stdio::piped()).spawn().unwrap();
+    let req = b.next();
+    assert_eq!(req["target"], target.as_str(), "{req}");
+    // The command exits; its child stays parked in open().
+    drop(child.stdin.take());
+    // Not a speed check: a run that waited for the question would take 120 s.
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while child.try_wait().unwrap().is_none() {
+        assert!(std::time::Instant::now() < until, "the run waited for the question");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    Run::from(child.wait_with_output().unwrap()).expect("ok");
+    assert_eq!(b.cli(&["approvals", "--json"]).stdout.trim(), "[]");
+    assert_ne!(b.cli(&["approve", req["id"].as_str().unwrap()]).code, 0);
+    assert!(!sb.ws.join("ask/new").exists());
+    let log = sb.root.join("state/audit.log");
+    let out = Command::new(PORTCULLIS).args(["audit", "list", "--json", "--log"]).arg(&log).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let rec = text.lines().find(|l| l.contains("\"approval\"")).unwrap_or_else(|| panic!("no approval record: {text}"));
+    let rec: serde_json::Value = serde_json::from_str(rec).unwrap();
+    assert_eq!(rec["body"]["decision"], "deny", "{rec}");
+    assert_eq!(rec["body"]["by"], "portcullis", "{rec}");
+    assert_eq!(rec["body"]["request"]["target"], target.as_str(), "{rec}");
 }
 
 #[test]

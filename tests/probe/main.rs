@@ -218,6 +218,22 @@ fn main() {
                     println!("pfn {}", entry & ((1u64 << 55) - 1));
                 }
             }
+            "open-unreadable-name" => {
+                // open() with a name in memory the kernel reads in our own
+                // context but another process cannot read: the vDSO's data
+                // pages ([vvar], VM_PFNMAP, refused by process_vm_readv).
+                let maps = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
+                let Some(start) = maps
+                    .lines()
+                    .find(|l| l.ends_with("[vvar]") || l.ends_with("[vvar_vclock]"))
+                    .and_then(|l| l.split('-').next())
+                    .and_then(|s| u64::from_str_radix(s, 16).ok())
+                else {
+                    println!("no vvar mapping");
+                    return;
+                };
+                report(libc::open(start as *const libc::c_char, libc::O_RDONLY | libc::O_CLOEXEC) as i64);
+            }
             "rmdir" => report(libc::rmdir(c(a(1)).as_ptr()) as i64),
             "mkfifo" => report(libc::mkfifo(c(a(1)).as_ptr(), 0o644) as i64),
             "mknod" => {
@@ -519,6 +535,22 @@ fn main() {
                 println!("ok");
                 std::io::stdout().flush().unwrap();
                 libc::sleep(60);
+            }
+            "leave-behind" => {
+                // A child runs the rest of the arguments as its own probe;
+                // we exit at EOF on stdin without waiting for it.
+                if libc::fork() == 0 {
+                    let me = c(&std::env::current_exe().unwrap().to_string_lossy());
+                    let rest: Vec<CString> = args[1..].iter().map(|s| c(s)).collect();
+                    let mut ptrs: Vec<*const libc::c_char> = vec![me.as_ptr()];
+                    ptrs.extend(rest.iter().map(|s| s.as_ptr()));
+                    ptrs.push(std::ptr::null());
+                    libc::execv(me.as_ptr(), ptrs.as_ptr());
+                    libc::_exit(1);
+                }
+                let mut sink = Vec::new();
+                let _ = std::io::Read::read_to_end(&mut std::io::stdin(), &mut sink);
+                println!("ok");
             }
             "sleeper" => {
                 libc::sleep(60);

@@ -194,6 +194,13 @@ impl Op {
     }
 }
 
+/// One question out to a person, and the calls parked on its answer.
+struct Pending {
+    req: AskRequest,
+    asked: std::time::Instant,
+    waiting: Vec<(Notif, Op)>,
+}
+
 /// State shared by the server and the ask threads.
 pub struct Shared {
     ctx: Context,
@@ -205,8 +212,9 @@ pub struct Shared {
     ruleset: Option<OwnedFd>,
     grants: Mutex<Grants>,
     evidence: Arc<Journal>,
-    /// Pending asks by key: the notifications waiting on one answer.
-    pending: Mutex<HashMap<String, Vec<(Notif, Op)>>>,
+    /// Pending asks by key: the question and the notifications waiting on
+    /// its one answer.
+    pending: Mutex<HashMap<String, Pending>>,
     /// Denials per target (audit rate limit).
     denials: Mutex<Denials>,
 }
@@ -353,10 +361,10 @@ impl Shared {
             format!("{}:{}:{}", op.kind, op.access.iter().map(|a| a.as_str()).collect::<Vec<_>>().join("+"), op.key());
         {
             let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(waiting) = pending.get_mut(&key) {
+            if let Some(asked) = pending.get_mut(&key) {
                 // The same question is already being asked: share its answer.
-                if waiting.len() < MAX_PENDING * 16 {
-                    waiting.push((n, op));
+                if asked.waiting.len() < MAX_PENDING * 16 {
+                    asked.waiting.push((n, op));
                     return;
                 }
                 drop(pending);
@@ -383,15 +391,16 @@ impl Shared {
                 timeout: Duration::from_millis(d.timeout_ms),
             };
             let access = op.access.clone();
-            pending.insert(key.clone(), vec![(n, op)]);
+            let asked = std::time::Instant::now();
+            pending.insert(key.clone(), Pending { req: req.clone(), asked, waiting: vec![(n, op)] });
             let shared = Arc::clone(self);
             let ask_key = key.clone();
             let spawned = std::thread::Builder::new().name("gate-ask".into()).spawn(move || {
                 let answer = shared.ctx.asker.ask(&req);
-                shared.answered(&ask_key, &req, &access, answer);
+                shared.answered(&ask_key, &access, answer);
             });
             if spawned.is_err() {
-                let waiting = pending.remove(&key).unwrap_or_default();
+                let waiting = pending.remove(&key).map(|p| p.waiting).unwrap_or_default();
                 drop(pending);
                 for (n, _) in waiting {
                     self.send(&n, Reply::Errno(libc::EAGAIN));
@@ -401,8 +410,13 @@ impl Shared {
     }
 
     /// An answer arrived: log it durably, remember grants, then act.
-    fn answered(self: &Arc<Self>, key: &str, req: &AskRequest, access: &[Access], answer: AskAnswer) {
-        let waiting = self.pending.lock().unwrap_or_else(|p| p.into_inner()).remove(key).unwrap_or_default();
+    fn answered(self: &Arc<Self>, key: &str, access: &[Access], answer: AskAnswer) {
+        // Gone: the run ended first, and `finish` recorded the question.
+        let Some(Pending { req, waiting, .. }) = self.pending.lock().unwrap_or_else(|p| p.into_inner()).remove(key)
+        else {
+            return;
+        };
+        let req = &req;
         let mut allow = answer.allow;
         let grant_id = match answer.scope {
             Scope::Once => None,
@@ -415,19 +429,7 @@ impl Shared {
         };
         // Log before act: an allowed operation happens only once its answer
         // is durable. A denial acts on nothing; it is group-committed.
-        let body = json!({
-                "request": {
-                    "kind": req.kind, "category": req.category, "target": req.target, "detail": req.detail,
-                    "rule": req.rule, "pid": req.pid, "timeout_ms": req.timeout.as_millis() as u64,
-                },
-                "decision": if answer.allow { "allow" } else { "deny" },
-                "scope": scope_name,
-                "by": answer.by,
-                "reason": answer.reason,
-                "latency_ms": answer.latency.as_millis() as u64,
-                "grant": grant_id,
-                "coalesced": waiting.len(),
-        });
+        let body = approval_record(req, &answer, scope_name, grant_id.as_deref(), waiting.len());
         let logged = if answer.allow {
             self.evidence.record_durable(Kind::Approval, body)
         } else {
@@ -474,6 +476,29 @@ impl Shared {
             }
         }
     }
+}
+
+/// The body of an `approval` record: the question and its answer.
+fn approval_record(
+    req: &AskRequest,
+    answer: &AskAnswer,
+    scope: &str,
+    grant: Option<&str>,
+    coalesced: usize,
+) -> serde_json::Value {
+    json!({
+        "request": {
+            "kind": req.kind, "category": req.category, "target": req.target, "detail": req.detail,
+            "rule": req.rule, "pid": req.pid, "timeout_ms": req.timeout.as_millis() as u64,
+        },
+        "decision": if answer.allow { "allow" } else { "deny" },
+        "scope": scope,
+        "by": answer.by,
+        "reason": answer.reason,
+        "latency_ms": answer.latency.as_millis() as u64,
+        "grant": grant,
+        "coalesced": coalesced,
+    })
 }
 
 fn deny_errno(op: &Op) -> i32 {
@@ -590,6 +615,17 @@ impl Running {
                 .to_string()
         });
         let Some(shared) = self.shared.lock().unwrap_or_else(|p| p.into_inner()).take() else { return outlived };
+        // Questions still out when the run ended: their callers are gone (or
+        // are about to lose the gate), nothing was done for them, and an
+        // answer that comes now finds nothing to act on. The log says so;
+        // otherwise a question nobody answered would leave no trace.
+        let unanswered: Vec<Pending> =
+            shared.pending.lock().unwrap_or_else(|p| p.into_inner()).drain().map(|(_, p)| p).collect();
+        for p in unanswered {
+            let why = "the run ended before anyone answered; nothing was done";
+            let answer = AskAnswer::deny("portcullis", why, p.asked.elapsed());
+            shared.evidence.record(Kind::Approval, approval_record(&p.req, &answer, "once", None, p.waiting.len()));
+        }
         let (suppressed, top) = {
             let d = shared.denials.lock().unwrap_or_else(|p| p.into_inner());
             (d.unrecorded(shared.ctx.records_per_target), d.top(20))
