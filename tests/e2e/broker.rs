@@ -612,56 +612,15 @@ fn an_mcp_ask_starts_the_broker_on_demand_and_approve_lets_the_call_through() {
     }
     let sb = Sandbox::new("broker-mcp", As::Caller);
     let b = Broker::dir_only("mcp");
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf();
-    let server = repo.join("tests/mcp/fake_server.py");
     let profile = sb.profile("ask.toml", "extends = \"python\"\n[mcp.tools]\nask = [\"big\"]\n");
     let audit = sb.root.join("audit");
-    let mut child = sb
-        .portcullis(&[
-            "run",
-            "--mcp",
-            "--profile",
-            &profile,
-            "--workspace",
-            &sb.path(&sb.ws),
-            "--audit-log",
-            &sb.path(&audit.join("audit.log")),
-            "--audit-key",
-            &sb.path(&audit.join("audit.key")),
-            "--read",
-            &sb.path(&repo.join("tests/mcp")),
-            "--exec",
-            PYTHON,
-            "--",
-            PYTHON,
-            &sb.path(&server),
-        ])
-        .env("PORTCULLIS_BROKER_DIR", &b.dir)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = fake_mcp_server(&sb, &b, &profile);
     let mut input = child.stdin.take().unwrap();
     let mut output = BufReader::new(child.stdout.take().unwrap());
-    let call = |id: u64, tool: &str, args: Value| {
-        json!({"jsonrpc":"2.0","id":id,"method":"tools/call","params":{"name":tool,"arguments":args}}).to_string()
-            + "\n"
-    };
-    input.write_all(call(1, "big", json!({"n": 3, "password": "hunter2"})).as_bytes()).unwrap();
+    input.write_all(tool_call(1, "big", json!({"n": 3, "password": "hunter2"})).as_bytes()).unwrap();
     input.flush().unwrap();
 
-    let until = Instant::now() + Duration::from_secs(20);
-    let pending = loop {
-        if b.sock().exists() {
-            let p = b.pending();
-            if !p.is_empty() {
-                break p;
-            }
-        }
-        assert!(Instant::now() < until, "no request reached a broker started on demand");
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let pending = wait_pending(&b);
     let v = &pending[0];
     assert_eq!((v["kind"].as_str(), v["target"].as_str()), (Some("tool"), Some("big")), "{v}");
     assert!(!v.to_string().contains("hunter2"), "{v}");
@@ -711,4 +670,107 @@ fn an_mcp_ask_starts_the_broker_on_demand_and_approve_lets_the_call_through() {
         assert!(Instant::now() < until, "SIGTERM did not stop the broker");
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// A tool call still waiting for a person when the run ends (the client
+/// stops it with SIGTERM, as MCP clients do after closing stdin): the run
+/// ends at once, the question is withdrawn, and the log keeps the call as
+/// unanswered and never forwarded. The profile's `[ask] timeout` is the
+/// tool ask's too.
+#[test]
+fn an_mcp_call_still_asking_when_the_run_ends_is_recorded_unanswered() {
+    if !Path::new(PYTHON).exists() {
+        return skip("/usr/bin/python3 is needed for the fake MCP server");
+    }
+    let sb = Sandbox::new("broker-mcp-end", As::Caller);
+    let b = Broker::dir_only("mcp-end");
+    let profile =
+        sb.profile("ask.toml", "extends = \"python\"\n[mcp.tools]\nask = [\"big\"]\n[ask]\ntimeout = \"90s\"\n");
+    let mut child = fake_mcp_server(&sb, &b, &profile);
+    let mut input = child.stdin.take().unwrap();
+    input.write_all(tool_call(7, "big", json!({"n": 3, "password": "hunter2"})).as_bytes()).unwrap();
+    input.flush().unwrap();
+    let pending = wait_pending(&b);
+    assert_eq!(pending[0]["timeout_ms"].as_u64().map(|t| t.div_ceil(1000)), Some(90), "{}", pending[0]);
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
+    // Not a speed check: a run that waited for the question would take 90 s.
+    let until = Instant::now() + Duration::from_secs(45);
+    while child.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < until, "the run waited for the question");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(child.wait().unwrap().code(), Some(143));
+    assert_ne!(b.cli(&["approve", pending[0]["id"].as_str().unwrap()]).code, 0, "the question was withdrawn");
+    let audit = sb.root.join("audit");
+    let list = sb.run(&[
+        "audit",
+        "list",
+        "--log",
+        &sb.path(&audit.join("audit.log")),
+        "--key",
+        &sb.path(&audit.join("audit.key")),
+        "--json",
+    ]);
+    let records: Vec<Value> = list.stdout.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    let call = records
+        .iter()
+        .find(|r| r["kind"] == "tool_call" && r["body"]["tool"] == "big")
+        .unwrap_or_else(|| panic!("no record of the call: {}", list.stdout));
+    let body = &call["body"];
+    assert_eq!((body["verdict"].as_str(), body["status"].as_str()), (Some("deny"), Some("unanswered")), "{call}");
+    assert_eq!((body["decided_by"].as_str(), body["id"].as_u64()), (Some("portcullis"), Some(7)), "{call}");
+    assert!(!list.stdout.contains("hunter2"), "masked in the log");
+    let seen = std::fs::read_to_string(sb.ws.join("seen.jsonl")).unwrap_or_default();
+    assert!(!seen.contains("tools/call"), "the server never saw the call: {seen}");
+}
+
+fn tool_call(id: u64, tool: &str, args: Value) -> String {
+    json!({"jsonrpc":"2.0","id":id,"method":"tools/call","params":{"name":tool,"arguments":args}}).to_string() + "\n"
+}
+
+/// The broker's pending requests, once there are some (it may be started on demand).
+fn wait_pending(b: &Broker) -> Vec<Value> {
+    let until = Instant::now() + Duration::from_secs(20);
+    loop {
+        if b.sock().exists() {
+            let p = b.pending();
+            if !p.is_empty() {
+                return p;
+            }
+        }
+        assert!(Instant::now() < until, "no request reached a broker started on demand");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `portcullis run --mcp` of the fake server, stdio piped, with `b`'s directory.
+fn fake_mcp_server(sb: &Sandbox, b: &Broker, profile: &str) -> Child {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf();
+    let server = repo.join("tests/mcp/fake_server.py");
+    let audit = sb.root.join("audit");
+    sb.portcullis(&[
+        "run",
+        "--mcp",
+        "--profile",
+        profile,
+        "--workspace",
+        &sb.path(&sb.ws),
+        "--audit-log",
+        &sb.path(&audit.join("audit.log")),
+        "--audit-key",
+        &sb.path(&audit.join("audit.key")),
+        "--read",
+        &sb.path(&repo.join("tests/mcp")),
+        "--exec",
+        PYTHON,
+        "--",
+        PYTHON,
+        &sb.path(&server),
+    ])
+    .env("PORTCULLIS_BROKER_DIR", &b.dir)
+    .stdin(Stdio::piped())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap()
 }

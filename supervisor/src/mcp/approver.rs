@@ -103,6 +103,12 @@ impl Broker {
         self.saved = Some((path, grants));
         self
     }
+
+    /// How long an ask waits for a person (the profile's `[ask] timeout`).
+    pub fn with_timeout(mut self, timeout: Duration) -> Broker {
+        self.timeout = timeout;
+        self
+    }
 }
 
 impl Approver for Broker {

@@ -84,6 +84,8 @@ enum Pending {
 struct State {
     tools: HashMap<String, ToolState>,
     pending: HashMap<String, Pending>,
+    /// Calls waiting for a person's answer (not yet forwarded), by id.
+    asking: HashMap<String, Call>,
     pins: PinStore,
 }
 
@@ -123,7 +125,7 @@ impl Gate {
             approver,
             redactor,
             journal: Mutex::new(journal),
-            state: Mutex::new(State { tools: HashMap::new(), pending: HashMap::new(), pins }),
+            state: Mutex::new(State { tools: HashMap::new(), pending: HashMap::new(), asking: HashMap::new(), pins }),
         }
     }
 
@@ -291,7 +293,7 @@ impl Gate {
         // 1. The profile's rules; a changed tool description turns allow into ask.
         let (decision, pin_changed) = {
             let mut st = self.state();
-            if st.pending.contains_key(&key) {
+            if st.pending.contains_key(&key) || st.asking.contains_key(&key) {
                 drop(st);
                 return Err(Some(error_response(
                     Some(id),
@@ -348,7 +350,28 @@ impl Gate {
                     arguments: &masked,
                     rule: &rule,
                 };
-                match self.approver.decide(&req) {
+                // Until answered: a run that ends first still records the call.
+                let waiting = Call {
+                    tool: tool.to_string(),
+                    category,
+                    arguments: bounded(&arguments, 0),
+                    rule: rule.clone(),
+                    decided_by: "portcullis".into(),
+                    started,
+                    id: id.clone(),
+                };
+                self.state().asking.insert(key.clone(), waiting);
+                let approval = self.approver.decide(&req);
+                if self.state().asking.remove(&key).is_none() {
+                    // `finish` took it: the run is over, and its record says so.
+                    return Err(Some(error_response(
+                        Some(id),
+                        code::NEEDS_APPROVAL,
+                        "portcullis: the run ended before the call was answered",
+                        None,
+                    )));
+                }
+                match approval {
                     Approval::Allow { by, answer } => {
                         // Log before act: a person's yes goes out only once
                         // its record is durable; if it cannot be, the call
@@ -596,6 +619,15 @@ impl Gate {
     /// At the end of the session: calls never answered are recorded, the
     /// log is committed. Returns why records were lost, if any were.
     pub fn finish(&self) -> Option<String> {
+        let asking: Vec<Call> = self.state().asking.drain().map(|(_, c)| c).collect();
+        for c in asking {
+            self.record(json!({
+                "id": c.id, "tool": c.tool, "category": c.category.map(Category::as_str), "arguments": c.arguments,
+                "verdict": "deny", "decided_by": c.decided_by, "rule": c.rule,
+                "reason": "the run ended before anyone answered; the call never reached the server",
+                "status": "unanswered", "duration_us": c.started.elapsed().as_micros() as u64,
+            }));
+        }
         let pending: Vec<Pending> = self.state().pending.drain().map(|(_, p)| p).collect();
         for p in pending {
             if let Pending::Call(call) = p {

@@ -50,6 +50,8 @@ pub struct Prepared {
     grants: Option<(std::path::PathBuf, policy::ask::Grants)>,
     log: crate::evidence::Evidence,
     pins: pins::PinStore,
+    /// How long a tool's ask waits for a person: the profile's `[ask] timeout`.
+    ask_timeout: std::time::Duration,
 }
 
 /// Makes the tool-call log handle (a sibling of the run's `evidence`) and
@@ -77,6 +79,7 @@ pub fn open(plan: &policy::Plan, evidence: &Evidence, session: &str, argv: &[Str
             .ok(),
         log,
         pins,
+        ask_timeout: std::time::Duration::from_millis(plan.gate.default_timeout_ms),
     })
 }
 
@@ -96,12 +99,13 @@ pub fn attach(prepared: Prepared, child: &mut Child) -> Result<Attached, Failure
         prepared.plan,
         &prepared.profile,
         prepared.argv,
-        Box::new(match &prepared.grants {
-            Some((path, grants)) => {
-                approver::Broker::with_client(crate::broker::Client::new(), prepared.session.clone(), child.id())
-                    .with_grants(path.clone(), grants.clone())
+        Box::new({
+            let b = approver::Broker::with_client(crate::broker::Client::new(), prepared.session.clone(), child.id())
+                .with_timeout(prepared.ask_timeout);
+            match &prepared.grants {
+                Some((path, grants)) => b.with_grants(path.clone(), grants.clone()),
+                None => b,
             }
-            None => approver::Broker::with_client(crate::broker::Client::new(), prepared.session.clone(), child.id()),
         }),
         journal,
         prepared.pins,
