@@ -530,7 +530,7 @@ fn canonical_path(p: &std::path::Path) -> String {
     let mut head = p.to_path_buf();
     let mut tail = Vec::new();
     loop {
-        if let Ok(c) = std::fs::canonicalize(&head) {
+        if let Some(c) = resolved(&head) {
             let mut full = c;
             for part in tail.iter().rev() {
                 full.push(part);
@@ -541,6 +541,20 @@ fn canonical_path(p: &std::path::Path) -> String {
             (Some(name), true) => tail.push(name),
             _ => return p.to_string_lossy().into_owned(),
         }
+    }
+}
+
+/// Where the kernel resolves `p`, if it exists: one O_PATH open and the
+/// name /proc gives the descriptor (three syscalls, where realpath reads
+/// every component as a link: a launch resolves dozens of rules).
+fn resolved(p: &std::path::Path) -> Option<std::path::PathBuf> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_PATH).open(p).ok()?;
+    match std::fs::read_link(format!("/proc/self/fd/{}", f.as_raw_fd())) {
+        Ok(r) if r.is_absolute() => Some(r),
+        // No /proc here: the slow way.
+        _ => std::fs::canonicalize(p).ok(),
     }
 }
 
@@ -899,6 +913,29 @@ fn dispatch(shared: &Arc<Shared>, n: Notif) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Rule paths resolve as the kernel resolves them: through symlinks
+    /// and `..`, and a missing tail keeps its nearest existing ancestor's
+    /// resolved form.
+    #[test]
+    fn rule_paths_resolve_through_links_and_missing_tails() {
+        let root = std::env::temp_dir().join(format!("pc-canon-{}", std::process::id()));
+        let real = root.join("real");
+        std::fs::create_dir_all(real.join("sub")).unwrap();
+        std::fs::write(real.join("file"), "x").unwrap();
+        std::os::unix::fs::symlink(&real, root.join("link")).unwrap();
+        std::os::unix::fs::symlink("real/file", root.join("flink")).unwrap();
+        let real_s = std::fs::canonicalize(&real).unwrap().to_string_lossy().into_owned();
+        let at = |rel: &str| canonical_path(&root.join(rel));
+        assert_eq!(at("link"), real_s);
+        assert_eq!(at("link/sub/../file"), format!("{real_s}/file"));
+        assert_eq!(at("flink"), format!("{real_s}/file"));
+        assert_eq!(at("link/not/yet"), format!("{real_s}/not/yet"));
+        assert_eq!(at("link/sub"), std::fs::canonicalize(root.join("link/sub")).unwrap().to_string_lossy());
+        // Nothing of it exists: kept as written.
+        assert_eq!(canonical_path(std::path::Path::new("/nonexistent-pc/x")), "/nonexistent-pc/x");
+        std::fs::remove_dir_all(&root).unwrap();
+    }
 
     #[test]
     fn denials_record_the_first_few_per_target_and_stay_bounded() {
