@@ -160,8 +160,10 @@ pub fn compile(profile: &Profile, vars: &Vars) -> Result<Plan, Error> {
         allow.push(CommandSpec { spec, optional: opt, at: item.at.clone() });
     }
 
+    // A port asked about needs a TCP socket to ask with.
+    let asks_connect = gate.rules.iter().any(|r| r.access == crate::ask::Access::Connect && !r.deny);
     let sockets = SocketPolicy {
-        tcp: !profile.connect.is_empty() || !profile.bind.is_empty(),
+        tcp: !profile.connect.is_empty() || !profile.bind.is_empty() || asks_connect,
         tcp_bind: !profile.bind.is_empty(),
         udp: profile.udp,
         unix: profile.unix,
@@ -189,13 +191,23 @@ pub fn compile(profile: &Profile, vars: &Vars) -> Result<Plan, Error> {
     }
 
     let mut connect_tcp = profile.connect.clone();
-    for r in &gate.rules {
-        if let crate::ask::Target::Port(p) | crate::ask::Target::Addr(_, p) = r.target {
-            connect_tcp.push(Located::new(p, r.at.clone()));
-        }
-    }
     connect_tcp.sort_by_key(|p| p.value);
     connect_tcp.dedup_by_key(|p| p.value);
+    // Ports only asked about stay out of the sandbox's own Landlock rules:
+    // the gate connects for it once a person said yes, from a thread whose
+    // domain has them. So a connect the kernel carries out without the gate
+    // (a raced CONTINUE) cannot reach them.
+    let mut gate_connect_tcp: Vec<Located<u16>> = gate
+        .rules
+        .iter()
+        .filter(|r| r.access == crate::ask::Access::Connect && !r.deny)
+        .filter_map(|r| match r.target {
+            crate::ask::Target::Port(p) | crate::ask::Target::Addr(_, p) => Some(Located::new(p, r.at.clone())),
+            _ => None,
+        })
+        .collect();
+    gate_connect_tcp.sort_by_key(|p| p.value);
+    gate_connect_tcp.dedup_by_key(|p| p.value);
     let mut bind_tcp = profile.bind.clone();
     bind_tcp.dedup_by_key(|p| p.value);
 
@@ -206,6 +218,7 @@ pub fn compile(profile: &Profile, vars: &Vars) -> Result<Plan, Error> {
         landlock: LandlockPlan {
             paths,
             connect_tcp,
+            gate_connect_tcp,
             bind_tcp,
             scope_abstract_unix: !profile.abstract_unix,
             scope_signal: !profile.signals,
@@ -270,6 +283,27 @@ mod tests {
         assert!(plan.landlock.scope_signal && plan.landlock.scope_abstract_unix);
         assert_eq!(plan.env.set["TMPDIR"], "/t");
         assert!(plan.exec.allow.is_empty());
+    }
+
+    /// A port only asked about: the sandbox may make TCP sockets (to ask
+    /// with), but the port is not among its own Landlock rules; it is the
+    /// gate's. A port also allowed outright stays the sandbox's.
+    #[test]
+    fn asked_ports_need_tcp_sockets_but_stay_out_of_the_sandbox_rules() {
+        let mut p = Loader::builtin_only().load("strict").unwrap();
+        let ask =
+            crate::ask::AskOverrides { connect: vec!["443".into(), "10.0.0.1:5432".into()], ..Default::default() };
+        p.apply(&crate::profile::Overrides { connect: vec!["80".into()], ask, ..Default::default() }).unwrap();
+        let plan = compile(&p, &vars()).unwrap();
+        assert!(plan.seccomp.floor.sockets.tcp);
+        let ports = |v: &[Located<u16>]| v.iter().map(|p| p.value).collect::<Vec<_>>();
+        assert_eq!(ports(&plan.landlock.connect_tcp), [80]);
+        assert_eq!(ports(&plan.landlock.gate_connect_tcp), [443, 5432]);
+        let mut only_ask = Loader::builtin_only().load("strict").unwrap();
+        let ask = crate::ask::AskOverrides { connect: vec!["443".into()], ..Default::default() };
+        only_ask.apply(&crate::profile::Overrides { ask, ..Default::default() }).unwrap();
+        let plan = compile(&only_ask, &vars()).unwrap();
+        assert!(plan.seccomp.floor.sockets.tcp && plan.landlock.connect_tcp.is_empty());
     }
 
     #[test]

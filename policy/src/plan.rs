@@ -32,6 +32,10 @@ pub struct LandlockPlan {
     pub paths: Vec<PathRule>,
     /// TCP ports the sandbox may connect to; none means no TCP connect at all.
     pub connect_tcp: Vec<Located<u16>>,
+    /// TCP ports only `[ask] connect` names: never the sandbox's own; the
+    /// gate's connect threads have them (with `connect_tcp`), and connect
+    /// there once a person allowed it.
+    pub gate_connect_tcp: Vec<Located<u16>>,
     /// TCP ports the sandbox may bind; none means no TCP bind at all.
     pub bind_tcp: Vec<Located<u16>>,
     /// Block connecting to abstract unix sockets created outside the sandbox.

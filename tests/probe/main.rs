@@ -103,6 +103,7 @@ fn main() {
             "symlink" => report(libc::symlink(c(a(1)).as_ptr(), c(a(2)).as_ptr()) as i64),
             "race-open" => race_open(a(1), a(2), num(a(3)) as usize),
             "race-connect" => race_connect(num(a(1)) as u16, num(a(2)) as u16, num(a(3)) as usize),
+            "race-unix-swap" => race_unix_swap(num(a(1)) as u16, num(a(2)) as usize),
             "unix-talk" => {
                 // Connect to a pathname unix socket, send one line, print the reply line.
                 use std::io::{BufRead, Write};
@@ -800,4 +801,59 @@ fn race_connect(allowed: u16, denied: u16, n: usize) {
     STOP.store(true, Ordering::Relaxed);
     let _ = flipper.join();
     println!("connected {to_allowed} allowed {to_denied} denied {refused} refused");
+}
+
+/// THREATS #12: connect(FD, 127.0.0.1:`port`) `n` times while another
+/// thread keeps swapping FD between a unix socket and a fresh TCP socket
+/// (dup2). A gate that checks the fd, finds a unix socket and lets the
+/// call go on (CONTINUE) lets the kernel connect whatever FD is by then.
+fn race_unix_swap(port: u16, n: usize) {
+    use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+    static STOP: AtomicBool = AtomicBool::new(false);
+    static TCP: AtomicI32 = AtomicI32::new(-1);
+    const FD: i32 = 100;
+    // SAFETY: plain socket calls on fds this probe owns.
+    let unix = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if unix < 0 {
+        return report(-1);
+    }
+    static RUNNING: AtomicBool = AtomicBool::new(false);
+    let swapper = std::thread::spawn(move || {
+        while !STOP.load(Ordering::Relaxed) {
+            // SAFETY: dup2 onto a number this probe reserved.
+            unsafe {
+                libc::dup2(unix, FD);
+                libc::dup2(TCP.load(Ordering::Relaxed), FD);
+            }
+            RUNNING.store(true, Ordering::Relaxed);
+        }
+    });
+    // SAFETY: as above.
+    TCP.store(unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) }, Ordering::Relaxed);
+    while !RUNNING.load(Ordering::Relaxed) {
+        std::thread::yield_now();
+    }
+    let (mut connected, mut refused) = (0, 0);
+    let mut errs = std::collections::BTreeMap::new();
+    let addr = sockaddr_in(port);
+    let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    for _ in 0..n {
+        // SAFETY: as above; the sockaddr lives on this stack frame.
+        unsafe {
+            let tcp = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+            let old = TCP.swap(tcp, Ordering::Relaxed);
+            if libc::connect(FD, (&addr as *const libc::sockaddr_in).cast(), len) == 0 {
+                connected += 1;
+            } else {
+                refused += 1;
+                *errs.entry(name(errno())).or_insert(0) += 1;
+            }
+            if old >= 0 {
+                libc::close(old);
+            }
+        }
+    }
+    STOP.store(true, Ordering::Relaxed);
+    let _ = swapper.join();
+    println!("connected {connected} refused {refused} {errs:?}");
 }

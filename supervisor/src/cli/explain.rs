@@ -88,6 +88,13 @@ fn render(e: &Explained) -> String {
         ports(&p.landlock.connect_tcp),
         ports(&p.landlock.bind_tcp)
     );
+    if !p.landlock.gate_connect_tcp.is_empty() {
+        let _ = writeln!(
+            s,
+            "  asked only, not the sandbox's: connect TCP {} (the gate connects once approved)",
+            ports(&p.landlock.gate_connect_tcp)
+        );
+    }
     let blocked = |b: bool| if b { "blocked" } else { "allowed" };
     let _ = writeln!(
         s,

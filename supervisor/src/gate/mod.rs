@@ -63,6 +63,9 @@ pub struct Setup {
     pub sock: OwnedFd,
     /// The sandbox's Landlock ruleset, for the hands.
     pub ruleset: Option<OwnedFd>,
+    /// The Landlock ruleset of the threads that connect for the sandbox
+    /// (sandbox::landlock::gate_net).
+    pub net: Option<OwnedFd>,
 }
 
 /// The context of one sandbox.
@@ -210,6 +213,8 @@ pub struct Shared {
     hands: Hands,
     /// The sandbox's ruleset, for threads confined apart from the hands.
     ruleset: Option<OwnedFd>,
+    /// The connect threads' ruleset (Setup::net).
+    net: Option<OwnedFd>,
     grants: Mutex<Grants>,
     evidence: Arc<Journal>,
     /// Pending asks by key: the question and the notifications waiting on
@@ -236,8 +241,20 @@ impl Shared {
     /// notification `id` itself: for an operation that may block (opening
     /// a FIFO waits for its other end) and must not stall every other one.
     pub fn hands_apart(&self, id: u64, f: impl FnOnce() -> Reply + Send + 'static) -> Reply {
-        let (Ok(listener), Ok(ruleset)) =
-            (self.listener.try_clone(), self.ruleset.as_ref().map(|r| r.try_clone()).transpose())
+        self.apart(id, self.ruleset.as_ref(), f)
+    }
+
+    /// Runs `f` (a connect) in a new thread confined like the hands but
+    /// under the connect threads' Landlock domain (TCP ports only: the
+    /// sandbox's own and the ones it may be asked about), which answers
+    /// notification `id` itself. A connect can wait minutes for a host
+    /// that drops packets; the hands keep serving everything else.
+    pub fn connect_apart(&self, id: u64, f: impl FnOnce() -> Reply + Send + 'static) -> Reply {
+        self.apart(id, self.net.as_ref(), f)
+    }
+
+    fn apart(&self, id: u64, ruleset: Option<&OwnedFd>, f: impl FnOnce() -> Reply + Send + 'static) -> Reply {
+        let (Ok(listener), Ok(ruleset)) = (self.listener.try_clone(), ruleset.map(|r| r.try_clone()).transpose())
         else {
             return Reply::Errno(libc::EMFILE);
         };
@@ -576,6 +593,7 @@ pub fn start(setup: Setup, ctx: Context, evidence: Option<Evidence>) -> Result<R
         None => None,
     };
     let hands = Hands::start(setup.ruleset)?;
+    let net = setup.net;
     let evidence = Journal::start(evidence)?;
     let grants = ctx.grants.clone();
     let slot: Arc<Mutex<Option<Arc<Shared>>>> = Arc::new(Mutex::new(None));
@@ -595,6 +613,7 @@ pub fn start(setup: Setup, ctx: Context, evidence: Option<Evidence>) -> Result<R
                 listener,
                 hands,
                 ruleset,
+                net,
                 grants: Mutex::new(grants),
                 evidence,
                 pending: Mutex::new(HashMap::new()),

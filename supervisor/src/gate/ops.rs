@@ -606,11 +606,12 @@ fn connect_op(shared: &Shared, n: &Notif, _caller: &Caller) -> Result<Op, i32> {
     };
     let stream = nix::sys::socket::getsockopt(&sock, nix::sys::socket::sockopt::SockType)
         .is_ok_and(|t| t == nix::sys::socket::SockType::Stream);
+    let id = n.id;
     let perform: Box<dyn FnOnce(&Shared) -> Reply + Send> = Box::new(move |s: &Shared| {
-        hands_result(s.hands(move || match notify::connect_raw(sock.as_fd(), &addr) {
+        s.connect_apart(id, move || match notify::connect_raw(sock.as_fd(), &addr) {
             Ok(()) => Reply::Value(0),
             Err(e) => Reply::Errno(e),
-        }))
+        })
     });
     if !stream {
         // UDP: the rules are about TCP; the floor decided UDP already.

@@ -53,6 +53,26 @@ pub struct Outcome {
     pub floor: Vec<SyscallRule>,
 }
 
+/// The Landlock domain of the gate's connect threads: TCP only, with the
+/// sandbox's own ports and the ones it may only be asked about. None
+/// without Landlock's network rights (ABI < 4), where the sandbox has no
+/// port rules either.
+pub fn gate_net(plan: &LandlockPlan, abi: i32) -> Result<Option<OwnedFd>, Failure> {
+    if abi < 4 || cfg!(feature = "sabotage-landlock-net") {
+        return Ok(None);
+    }
+    let v = abi_of(abi);
+    let mut created = Ruleset::default()
+        .set_compatibility(CompatLevel::HardRequirement)
+        .handle_access(AccessNet::from_all(v))
+        .and_then(|r| r.create())
+        .map_err(ll_err)?;
+    for p in plan.connect_tcp.iter().chain(&plan.gate_connect_tcp) {
+        created = created.add_rule(NetPort::new(p.value, AccessNet::ConnectTcp)).map_err(ll_err)?;
+    }
+    Ok(created.into())
+}
+
 /// Builds the ruleset for `plan` on a kernel with Landlock ABI `abi`.
 /// `namespaces`: the sandbox gets its own PID namespace (signals by pid stay inside).
 /// `unix_sockets`: the profile allows socket(AF_UNIX).

@@ -148,7 +148,8 @@ pub fn prepare(
                 }
                 None => None,
             };
-            (Some((prog, theirs)), Some(crate::gate::Setup { sock: ours, ruleset }))
+            let net = landlock::gate_net(&plan.landlock, features.landlock_abi_used)?;
+            (Some((prog, theirs)), Some(crate::gate::Setup { sock: ours, ruleset, net }))
         }
     };
     let uid_map = format!("{0} {0} 1\n", features.euid).into_bytes();
