@@ -481,6 +481,18 @@ both!(a_name_the_gate_cannot_read_is_refused_not_passed_on, |sb| {
     probe_gate(sb, &p, &["read", &ws(sb, "file.txt")]).expect("ok");
 });
 
+// Calls that may block (a FIFO's open, a connect) are performed in threads
+// of their own; a sandbox could make the supervisor start one per thread it
+// has. At most 256 run at once: the rest are answered EAGAIN.
+#[test]
+fn threads_acting_apart_for_the_sandbox_are_capped() {
+    let sb = Sandbox::new("gate-apart-cap", As::Caller);
+    let p = setup(&sb);
+    probe_gate(&sb, &p, &["fifo-flood", &ws(&sb, "fifo"), "300"]).expect("eagain 44");
+    // Twin: below the cap, none is refused.
+    probe_gate(&sb, &p, &["fifo-flood", &ws(&sb, "fifo2"), "100"]).expect("eagain 0");
+}
+
 // THREATS #62: a name made of control characters (a screen clear, a
 // carriage return and a newline that forge a line, C1 NEL, a bell) reaches
 // the person through the ask hint on stderr and through `audit list`. Both

@@ -179,6 +179,28 @@ fn main() {
                     report(-1);
                 }
             }
+            "fifo-flood" => {
+                // N threads open a new FIFO for reading (each waits for a
+                // writer that never comes); after 2 s, how many were refused.
+                let p = c(a(1));
+                if libc::mkfifo(p.as_ptr(), 0o600) != 0 {
+                    return report(-1);
+                }
+                static EAGAIN: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+                for _ in 0..num(a(2)) {
+                    let p = p.clone();
+                    std::thread::spawn(move || {
+                        // SAFETY: a plain open of a NUL-terminated path.
+                        if libc::open(p.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) < 0 && errno() == libc::EAGAIN {
+                            EAGAIN.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        }
+                    });
+                }
+                std::thread::sleep(std::time::Duration::from_secs(2));
+                println!("eagain {}", EAGAIN.load(std::sync::atomic::Ordering::SeqCst));
+                std::io::stdout().flush().unwrap();
+                libc::_exit(0);
+            }
             "flood-open" => flood_open(a(1), num(a(2)) as usize, num(a(3)) as usize),
             "unlink" => report(libc::unlink(c(a(1)).as_ptr()) as i64),
             "rename" => report(libc::rename(c(a(1)).as_ptr(), c(a(2)).as_ptr()) as i64),

@@ -38,6 +38,10 @@ use crate::sys::notify::{self, Notif};
 
 /// Distinct asks one sandbox may have waiting; beyond, new ones are denied.
 pub const MAX_PENDING: usize = 64;
+/// Threads acting apart (blocking FIFO opens, connects) at once; past it,
+/// EAGAIN. Each parked call is a sandbox thread, so max_procs bounds them
+/// too, but the supervisor's threads count against its user's limits.
+const MAX_APART: usize = 256;
 /// Denials of one target recorded in the audit log before the rest are counted.
 pub const VERDICT_RECORDS_PER_TARGET: u32 = 3;
 
@@ -215,6 +219,8 @@ pub struct Shared {
     ruleset: Option<OwnedFd>,
     /// The connect threads' ruleset (Setup::net).
     net: Option<OwnedFd>,
+    /// Threads acting apart now (at most MAX_APART).
+    apart: Arc<std::sync::atomic::AtomicUsize>,
     grants: Mutex<Grants>,
     evidence: Arc<Journal>,
     /// Pending asks by key: the question and the notifications waiting on
@@ -254,11 +260,25 @@ impl Shared {
     }
 
     fn apart(&self, id: u64, ruleset: Option<&OwnedFd>, f: impl FnOnce() -> Reply + Send + 'static) -> Reply {
+        use std::sync::atomic::Ordering;
         let (Ok(listener), Ok(ruleset)) = (self.listener.try_clone(), ruleset.map(|r| r.try_clone()).transpose())
         else {
             return Reply::Errno(libc::EMFILE);
         };
+        if self.apart.fetch_add(1, Ordering::SeqCst) >= MAX_APART {
+            self.apart.fetch_sub(1, Ordering::SeqCst);
+            return Reply::Errno(libc::EAGAIN);
+        }
+        let count = Arc::clone(&self.apart);
         let spawned = std::thread::Builder::new().name("gate-hands-apart".into()).spawn(move || {
+            /// Counts the thread out however it ends.
+            struct Out(Arc<std::sync::atomic::AtomicUsize>);
+            impl Drop for Out {
+                fn drop(&mut self) {
+                    self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+                }
+            }
+            let _out = Out(count);
             let reply = match notify::confine_thread(ruleset.as_ref()) {
                 Ok(()) => f(),
                 Err(_) => Reply::Errno(libc::EPERM),
@@ -277,7 +297,10 @@ impl Shared {
         });
         match spawned {
             Ok(_) => Reply::Deferred,
-            Err(_) => Reply::Errno(libc::EAGAIN),
+            Err(_) => {
+                self.apart.fetch_sub(1, Ordering::SeqCst);
+                Reply::Errno(libc::EAGAIN)
+            }
         }
     }
 
@@ -614,6 +637,7 @@ pub fn start(setup: Setup, ctx: Context, evidence: Option<Evidence>) -> Result<R
                 hands,
                 ruleset,
                 net,
+                apart: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
                 grants: Mutex::new(grants),
                 evidence,
                 pending: Mutex::new(HashMap::new()),
