@@ -290,6 +290,39 @@ both!(a_socket_swapped_behind_a_unix_connect_never_reaches_an_asked_port, |sb| {
     assert!(r.stdout.contains("EACCES") && r.stdout.contains("EINVAL"), "{}", r.stdout);
 });
 
+// An ask names one address; its port is reachable by the gate's connect
+// threads, but no other address on that port gets through: the gate
+// refuses what the sandbox could not reach itself, without asking.
+both!(an_ask_for_one_address_opens_its_port_nowhere_else, |sb| {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let port = listener.local_addr().unwrap().port().to_string();
+    let elsewhere = format!("127.0.0.2:{port}");
+    let mut c = sb.portcullis(&["run", "--ask-connect", &elsewhere, "--exec", PROBE, "--", PROBE, "connect", &port]);
+    c.env("PORTCULLIS_BROKER", "off").env("PORTCULLIS_GRANTS", sb.root.join("state/grants.json"));
+    let r = Run::from(c.output().unwrap());
+    r.expect("errno 13 EACCES");
+    assert!(!r.stderr.contains("waiting for approval"), "nobody was asked: {}", r.stderr);
+    assert!(listener.accept().is_err(), "127.0.0.1 got nothing");
+    // Twin: the port allowed outright connects on any address.
+    let mut c = sb.portcullis(&[
+        "run",
+        "--ask-connect",
+        &elsewhere,
+        "--connect",
+        &port,
+        "--exec",
+        PROBE,
+        "--",
+        PROBE,
+        "connect",
+        &port,
+    ]);
+    c.env("PORTCULLIS_BROKER", "off").env("PORTCULLIS_GRANTS", sb.root.join("state/grants.json"));
+    Run::from(c.output().unwrap()).expect("ok");
+    assert!(listener.accept().is_ok());
+});
+
 // The twin of the test above: a port only asked about still connects once
 // a person approves (the gate's own connect, in its own domain), and a
 // profile whose only TCP rule is an ask can make the socket to ask with.

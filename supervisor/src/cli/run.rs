@@ -431,6 +431,7 @@ fn start_gate(
         asker: crate::gate::default_asker(),
         unix_sockets: session.plan.seccomp.floor.sockets.unix,
         records_per_target: crate::gate::VERDICT_RECORDS_PER_TARGET,
+        connect_ports: session.plan.landlock.connect_tcp.iter().map(|p| p.value).collect(),
     };
     crate::gate::start(setup, ctx, Some(evidence))
 }

@@ -205,6 +205,7 @@ pub fn measure(iters: usize, dir: &Path) -> Result<GateBench, Failure> {
         let ctx = Context {
             plan: plan.clone(),
             records_per_target,
+            connect_ports: Vec::new(),
             profile: "bench".into(),
             session: session.into(),
             argv: vec!["bench".into()],

@@ -86,6 +86,10 @@ pub struct Context {
     /// Denials recorded per target before the rest are only counted
     /// ([`VERDICT_RECORDS_PER_TARGET`]; the benchmark records every one).
     pub records_per_target: u32,
+    /// TCP ports the sandbox may connect to itself (its Landlock rules).
+    /// The gate's connect threads can reach more (ports named by `ask`),
+    /// so a connect no rule or grant decided goes out only to these.
+    pub connect_ports: Vec<u16>,
 }
 
 /// How a parked syscall is answered.
@@ -335,12 +339,24 @@ impl Shared {
         };
         for &access in &op.access {
             match &op.subject {
-                Some(Subject::Addr(ip, port)) => consider(policy::ask::decide(
-                    &self.ctx.plan,
-                    &grants,
-                    access,
-                    &policy::ask::Subject::Addr { ip: *ip, port: *port },
-                )),
+                Some(Subject::Addr(ip, port)) => {
+                    let subject = policy::ask::Subject::Addr { ip: *ip, port: *port };
+                    let d = policy::ask::decide(&self.ctx.plan, &grants, access, &subject);
+                    // Not decided by a rule or a grant: only what the
+                    // sandbox could reach itself (`10.0.0.1:5432` asked
+                    // must not open 5432 on every other host).
+                    let own = self.ctx.connect_ports.contains(port);
+                    match d.outcome {
+                        Outcome::Allow if d.grant.is_none() && !own => consider(policy::ask::Decision {
+                            outcome: Outcome::Deny,
+                            reason: format!(
+                                "TCP port {port} is not the sandbox's: only an ask for another address names it"
+                            ),
+                            ..d
+                        }),
+                        _ => consider(d),
+                    }
+                }
                 Some(Subject::Syscall(s, _)) => {
                     consider(policy::ask::decide(&self.ctx.plan, &grants, access, &policy::ask::Subject::Syscall(s)))
                 }

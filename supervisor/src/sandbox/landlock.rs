@@ -118,14 +118,15 @@ pub fn build(
 
     let mut ruleset =
         Ruleset::default().set_compatibility(CompatLevel::HardRequirement).handle_access(fs_all).map_err(ll_err)?;
-    let has_ports = !plan.connect_tcp.is_empty() || !plan.bind_tcp.is_empty();
+    let has_ports = !plan.connect_tcp.is_empty() || !plan.gate_connect_tcp.is_empty() || !plan.bind_tcp.is_empty();
     if abi >= 4 {
         // The sabotage build silently drops the network rules (vm-test --sabotage).
         if !cfg!(feature = "sabotage-landlock-net") {
             ruleset = ruleset.handle_access(AccessNet::from_all(v)).map_err(ll_err)?;
         }
     } else if has_ports {
-        for p in plan.connect_tcp.iter().map(|p| ("connect", p)).chain(plan.bind_tcp.iter().map(|p| ("bind", p))) {
+        let connects = plan.connect_tcp.iter().chain(&plan.gate_connect_tcp).map(|p| ("connect", p));
+        for p in connects.chain(plan.bind_tcp.iter().map(|p| ("bind", p))) {
             report.degrade(
                 format!("network.{} {}", p.0, p.1.value),
                 Some(&p.1.at),
