@@ -613,7 +613,6 @@ fn an_mcp_ask_starts_the_broker_on_demand_and_approve_lets_the_call_through() {
     let sb = Sandbox::new("broker-mcp", As::Caller);
     let b = Broker::dir_only("mcp");
     let profile = sb.profile("ask.toml", "extends = \"python\"\n[mcp.tools]\nask = [\"big\"]\n");
-    let audit = sb.root.join("audit");
     let mut child = fake_mcp_server(&sb, &b, &profile);
     let mut input = child.stdin.take().unwrap();
     let mut output = BufReader::new(child.stdout.take().unwrap());
@@ -635,16 +634,7 @@ fn an_mcp_ask_starts_the_broker_on_demand_and_approve_lets_the_call_through() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("waiting for approval"), "the supervisor said how to answer: {stderr}");
     // Log before act: the person's yes is in the log, ahead of the call's own record.
-    let list = sb.run(&[
-        "audit",
-        "list",
-        "--log",
-        &sb.path(&audit.join("audit.log")),
-        "--key",
-        &sb.path(&audit.join("audit.key")),
-        "--json",
-    ]);
-    let records: Vec<Value> = list.stdout.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    let (list, records) = audit_records(&sb);
     let approval = records.iter().position(|r| {
         r["kind"] == "approval" && r["body"]["request"]["target"] == "big" && r["body"]["decision"] == "allow"
     });
@@ -701,17 +691,7 @@ fn an_mcp_call_still_asking_when_the_run_ends_is_recorded_unanswered() {
     }
     assert_eq!(child.wait().unwrap().code(), Some(143));
     assert_ne!(b.cli(&["approve", pending[0]["id"].as_str().unwrap()]).code, 0, "the question was withdrawn");
-    let audit = sb.root.join("audit");
-    let list = sb.run(&[
-        "audit",
-        "list",
-        "--log",
-        &sb.path(&audit.join("audit.log")),
-        "--key",
-        &sb.path(&audit.join("audit.key")),
-        "--json",
-    ]);
-    let records: Vec<Value> = list.stdout.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    let (list, records) = audit_records(&sb);
     let call = records
         .iter()
         .find(|r| r["kind"] == "tool_call" && r["body"]["tool"] == "big")
@@ -722,6 +702,22 @@ fn an_mcp_call_still_asking_when_the_run_ends_is_recorded_unanswered() {
     assert!(!list.stdout.contains("hunter2"), "masked in the log");
     let seen = std::fs::read_to_string(sb.ws.join("seen.jsonl")).unwrap_or_default();
     assert!(!seen.contains("tools/call"), "the server never saw the call: {seen}");
+}
+
+/// `audit list --json` of the run's log (under `root/audit`): the text and its records.
+fn audit_records(sb: &Sandbox) -> (Run, Vec<Value>) {
+    let audit = sb.root.join("audit");
+    let list = sb.run(&[
+        "audit",
+        "list",
+        "--log",
+        &sb.path(&audit.join("audit.log")),
+        "--key",
+        &sb.path(&audit.join("audit.key")),
+        "--json",
+    ]);
+    let records = list.stdout.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    (list, records)
 }
 
 fn tool_call(id: u64, tool: &str, args: Value) -> String {

@@ -32,7 +32,14 @@ fn setup(sb: &Sandbox) -> String {
 }
 
 fn probe_gate(sb: &Sandbox, profile: &str, args: &[&str]) -> Run {
-    let mut all: Vec<&str> = vec!["run", "--profile", profile, "--exec", PROBE, "--", PROBE];
+    probe_with(sb, &["--profile", profile], args)
+}
+
+/// `portcullis run FLAGS --exec PROBE -- PROBE ARGS`, no broker (asks are no).
+fn probe_with(sb: &Sandbox, flags: &[&str], args: &[&str]) -> Run {
+    let mut all: Vec<&str> = vec!["run"];
+    all.extend_from_slice(flags);
+    all.extend_from_slice(&["--exec", PROBE, "--", PROBE]);
     all.extend_from_slice(args);
     let mut c = sb.portcullis(&all);
     c.env("PORTCULLIS_BROKER", "off").env("PORTCULLIS_GRANTS", sb.root.join("state/grants.json"));
@@ -201,21 +208,7 @@ both!(race_never_connects_to_the_denied_port, |sb| {
     let allowed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let (dp, ap) = (denied.local_addr().unwrap().port().to_string(), allowed.local_addr().unwrap().port().to_string());
     // Keep the allowed backlog drained so connects do not stall.
-    allowed.set_nonblocking(true).unwrap();
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let drain = {
-        let stop = stop.clone();
-        std::thread::spawn(move || {
-            let mut n = 0;
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                match allowed.accept() {
-                    Ok(_) => n += 1,
-                    Err(_) => std::thread::sleep(std::time::Duration::from_millis(1)),
-                }
-            }
-            n
-        })
-    };
+    let drain = Drain::start(allowed);
     let mut c = sb.portcullis(&[
         "run",
         "--ask-connect",
@@ -235,8 +228,7 @@ both!(race_never_connects_to_the_denied_port, |sb| {
     ]);
     c.env("PORTCULLIS_BROKER", "off").env("PORTCULLIS_GRANTS", sb.root.join("state/grants.json"));
     let r = Run::from(c.output().unwrap());
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let accepted = drain.join().unwrap();
+    let accepted = drain.stop();
     let v: Vec<&str> = r.verdict().split_whitespace().collect();
     assert_eq!(v.first(), Some(&"connected"), "{}\n{}", r.stdout, r.stderr);
     let (to_allowed, to_denied): (usize, usize) = (v[1].parse().unwrap(), v[3].parse().unwrap());
@@ -258,21 +250,7 @@ both!(a_socket_swapped_behind_a_unix_connect_never_reaches_an_asked_port, |sb| {
     let port = asked.local_addr().unwrap().port().to_string();
     // Accepted at once, so a connect that got through never waits on a
     // full backlog (it would block the probe for minutes).
-    asked.set_nonblocking(true).unwrap();
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let drain = {
-        let stop = stop.clone();
-        std::thread::spawn(move || {
-            let mut n = 0;
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                match asked.accept() {
-                    Ok(_) => n += 1,
-                    Err(_) => std::thread::sleep(std::time::Duration::from_millis(1)),
-                }
-            }
-            n
-        })
-    };
+    let drain = Drain::start(asked);
     let p = sb.profile("unix.toml", "extends = \"strict\"\n[ipc]\nunix = true\n");
     let args = ["run", "--profile", &p, "--ask-connect", &port, "--ask-timeout", "5s", "--exec", PROBE, "--", PROBE];
     let mut all = args.to_vec();
@@ -280,8 +258,7 @@ both!(a_socket_swapped_behind_a_unix_connect_never_reaches_an_asked_port, |sb| {
     let mut c = sb.portcullis(&all);
     c.env("PORTCULLIS_BROKER", "off").env("PORTCULLIS_GRANTS", sb.root.join("state/grants.json"));
     let r = Run::from(c.output().unwrap());
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let accepted = drain.join().unwrap();
+    let accepted = drain.stop();
     let v: Vec<&str> = r.verdict().split_whitespace().collect();
     assert_eq!(v.get(..2), Some(&["connected", "0"][..]), "{}\n{}", r.stdout, r.stderr);
     assert_eq!(accepted, 0, "the asked port's listener received nothing");
@@ -298,28 +275,12 @@ both!(an_ask_for_one_address_opens_its_port_nowhere_else, |sb| {
     listener.set_nonblocking(true).unwrap();
     let port = listener.local_addr().unwrap().port().to_string();
     let elsewhere = format!("127.0.0.2:{port}");
-    let mut c = sb.portcullis(&["run", "--ask-connect", &elsewhere, "--exec", PROBE, "--", PROBE, "connect", &port]);
-    c.env("PORTCULLIS_BROKER", "off").env("PORTCULLIS_GRANTS", sb.root.join("state/grants.json"));
-    let r = Run::from(c.output().unwrap());
+    let r = probe_with(sb, &["--ask-connect", &elsewhere], &["connect", &port]);
     r.expect("errno 13 EACCES");
     assert!(!r.stderr.contains("waiting for approval"), "nobody was asked: {}", r.stderr);
     assert!(listener.accept().is_err(), "127.0.0.1 got nothing");
     // Twin: the port allowed outright connects on any address.
-    let mut c = sb.portcullis(&[
-        "run",
-        "--ask-connect",
-        &elsewhere,
-        "--connect",
-        &port,
-        "--exec",
-        PROBE,
-        "--",
-        PROBE,
-        "connect",
-        &port,
-    ]);
-    c.env("PORTCULLIS_BROKER", "off").env("PORTCULLIS_GRANTS", sb.root.join("state/grants.json"));
-    Run::from(c.output().unwrap()).expect("ok");
+    probe_with(sb, &["--ask-connect", &elsewhere, "--connect", &port], &["connect", &port]).expect("ok");
     assert!(listener.accept().is_ok());
 });
 
@@ -685,6 +646,37 @@ fn ask_on_an_always_denied_syscall_is_a_profile_error() {
     let r = sb.run(&["run", "--profile", &p, "--", "/bin/true"]);
     assert_eq!(r.code, 125, "{}", r.stderr);
     assert!(r.stderr.contains("handoff.toml:3:") && r.stderr.contains("`sendmsg` cannot be asked"), "{}", r.stderr);
+}
+
+/// Accepts (and counts) every connection a listener gets, until stopped.
+struct Drain {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<usize>,
+}
+
+impl Drain {
+    fn start(listener: std::net::TcpListener) -> Drain {
+        listener.set_nonblocking(true).unwrap();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopped = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut n = 0;
+            while !stopped.load(std::sync::atomic::Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok(_) => n += 1,
+                    Err(_) => std::thread::sleep(std::time::Duration::from_millis(1)),
+                }
+            }
+            n
+        });
+        Drain { stop, thread }
+    }
+
+    /// How many connections arrived.
+    fn stop(self) -> usize {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.join().unwrap()
+    }
 }
 
 /// A broker of our own, in the foreground, for one test.
