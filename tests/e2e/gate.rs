@@ -161,40 +161,11 @@ both!(ask_connect_denied_listener_gets_nothing, |sb| {
     let port = listener.local_addr().unwrap().port().to_string();
     let allowed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let allowed_port = allowed.local_addr().unwrap().port().to_string();
-    let mut c = sb.portcullis(&[
-        "run",
-        "--ask-connect",
-        &port,
-        "--connect",
-        &allowed_port,
-        "--ask-timeout",
-        "5s",
-        "--exec",
-        PROBE,
-        "--",
-        PROBE,
-        "connect",
-        &port,
-    ]);
-    c.env("PORTCULLIS_BROKER", "off").env("PORTCULLIS_GRANTS", sb.root.join("state/grants.json"));
-    Run::from(c.output().unwrap()).expect("errno 13 EACCES");
+    let flags = ["--ask-connect", &port, "--connect", &allowed_port, "--ask-timeout", "5s"];
+    probe_with(sb, &flags, &["connect", &port]).expect("errno 13 EACCES");
     assert!(listener.accept().is_err(), "the listener must have received nothing");
     // Twin: a port the profile allows connects, through the gate's own connect.
-    let mut c = sb.portcullis(&[
-        "run",
-        "--ask-connect",
-        &port,
-        "--connect",
-        &allowed_port,
-        "--exec",
-        PROBE,
-        "--",
-        PROBE,
-        "connect",
-        &allowed_port,
-    ]);
-    c.env("PORTCULLIS_BROKER", "off");
-    Run::from(c.output().unwrap()).expect("ok");
+    probe_with(sb, &flags, &["connect", &allowed_port]).expect("ok");
     allowed.set_nonblocking(true).unwrap();
     assert!(allowed.accept().is_ok());
 });
@@ -209,25 +180,8 @@ both!(race_never_connects_to_the_denied_port, |sb| {
     let (dp, ap) = (denied.local_addr().unwrap().port().to_string(), allowed.local_addr().unwrap().port().to_string());
     // Keep the allowed backlog drained so connects do not stall.
     let drain = Drain::start(allowed);
-    let mut c = sb.portcullis(&[
-        "run",
-        "--ask-connect",
-        &dp,
-        "--connect",
-        &ap,
-        "--ask-timeout",
-        "5s",
-        "--exec",
-        PROBE,
-        "--",
-        PROBE,
-        "race-connect",
-        &ap,
-        &dp,
-        "1000",
-    ]);
-    c.env("PORTCULLIS_BROKER", "off").env("PORTCULLIS_GRANTS", sb.root.join("state/grants.json"));
-    let r = Run::from(c.output().unwrap());
+    let flags = ["--ask-connect", &dp, "--connect", &ap, "--ask-timeout", "5s"];
+    let r = probe_with(sb, &flags, &["race-connect", &ap, &dp, "1000"]);
     let accepted = drain.stop();
     let v: Vec<&str> = r.verdict().split_whitespace().collect();
     assert_eq!(v.first(), Some(&"connected"), "{}\n{}", r.stdout, r.stderr);
@@ -252,12 +206,8 @@ both!(a_socket_swapped_behind_a_unix_connect_never_reaches_an_asked_port, |sb| {
     // full backlog (it would block the probe for minutes).
     let drain = Drain::start(asked);
     let p = sb.profile("unix.toml", "extends = \"strict\"\n[ipc]\nunix = true\n");
-    let args = ["run", "--profile", &p, "--ask-connect", &port, "--ask-timeout", "5s", "--exec", PROBE, "--", PROBE];
-    let mut all = args.to_vec();
-    all.extend(["race-unix-swap", &port, "2000"]);
-    let mut c = sb.portcullis(&all);
-    c.env("PORTCULLIS_BROKER", "off").env("PORTCULLIS_GRANTS", sb.root.join("state/grants.json"));
-    let r = Run::from(c.output().unwrap());
+    let flags = ["--profile", &p, "--ask-connect", &port, "--ask-timeout", "5s"];
+    let r = probe_with(sb, &flags, &["race-unix-swap", &port, "2000"]);
     let accepted = drain.stop();
     let v: Vec<&str> = r.verdict().split_whitespace().collect();
     assert_eq!(v.get(..2), Some(&["connected", "0"][..]), "{}\n{}", r.stdout, r.stderr);
