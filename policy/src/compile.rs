@@ -160,10 +160,24 @@ pub fn compile(profile: &Profile, vars: &Vars) -> Result<Plan, Error> {
         allow.push(CommandSpec { spec, optional: opt, at: item.at.clone() });
     }
 
-    // A port asked about needs a TCP socket to ask with.
-    let asks_connect = gate.rules.iter().any(|r| r.access == crate::ask::Access::Connect && !r.deny);
+    // Ports only asked about stay out of the sandbox's own Landlock rules:
+    // the gate connects for it once a person said yes, from a thread whose
+    // domain has them. So a connect the kernel carries out without the gate
+    // (a raced CONTINUE) cannot reach them.
+    let mut gate_connect_tcp: Vec<Located<u16>> = gate
+        .rules
+        .iter()
+        .filter(|r| r.access == crate::ask::Access::Connect && !r.deny)
+        .filter_map(|r| match r.target {
+            crate::ask::Target::Port(p) | crate::ask::Target::Addr(_, p) => Some(Located::new(p, r.at.clone())),
+            _ => None,
+        })
+        .collect();
+    gate_connect_tcp.sort_by_key(|p| p.value);
+    gate_connect_tcp.dedup_by_key(|p| p.value);
     let sockets = SocketPolicy {
-        tcp: !profile.connect.is_empty() || !profile.bind.is_empty() || asks_connect,
+        // A port asked about needs a TCP socket to ask with.
+        tcp: !profile.connect.is_empty() || !profile.bind.is_empty() || !gate_connect_tcp.is_empty(),
         tcp_bind: !profile.bind.is_empty(),
         udp: profile.udp,
         unix: profile.unix,
@@ -193,21 +207,6 @@ pub fn compile(profile: &Profile, vars: &Vars) -> Result<Plan, Error> {
     let mut connect_tcp = profile.connect.clone();
     connect_tcp.sort_by_key(|p| p.value);
     connect_tcp.dedup_by_key(|p| p.value);
-    // Ports only asked about stay out of the sandbox's own Landlock rules:
-    // the gate connects for it once a person said yes, from a thread whose
-    // domain has them. So a connect the kernel carries out without the gate
-    // (a raced CONTINUE) cannot reach them.
-    let mut gate_connect_tcp: Vec<Located<u16>> = gate
-        .rules
-        .iter()
-        .filter(|r| r.access == crate::ask::Access::Connect && !r.deny)
-        .filter_map(|r| match r.target {
-            crate::ask::Target::Port(p) | crate::ask::Target::Addr(_, p) => Some(Located::new(p, r.at.clone())),
-            _ => None,
-        })
-        .collect();
-    gate_connect_tcp.sort_by_key(|p| p.value);
-    gate_connect_tcp.dedup_by_key(|p| p.value);
     let mut bind_tcp = profile.bind.clone();
     bind_tcp.dedup_by_key(|p| p.value);
 
