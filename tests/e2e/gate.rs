@@ -734,6 +734,40 @@ fn a_run_ends_with_its_command_while_a_question_is_out() {
     assert_eq!(rec["body"]["request"]["target"], target.as_str(), "{rec}");
 }
 
+// THREATS #14: a caller dies while its question is out (its TID is then
+// free for reuse). An approval must do nothing for the dead caller: the gate
+// checks that each parked notification is still valid before acting on it.
+// Two callers share one question to create the same file with O_EXCL; the
+// first is killed and reaped, then a person approves. The survivor gets the
+// file: had the gate created it for the dead caller first, the survivor
+// would get EEXIST (and the test says so).
+#[test]
+fn an_approval_does_nothing_for_a_caller_that_died_while_parked() {
+    use std::io::{BufRead, Write};
+    let sb = Sandbox::new("gate-dead-caller", As::Caller);
+    let p = sb.profile("askw.toml", "extends = \"strict\"\n[ask]\nwrite = [\"{workspace}/ask\"]\ntimeout = \"120s\"\n");
+    std::fs::create_dir(sb.ws.join("ask")).unwrap();
+    let target = ws(&sb, "ask/new");
+    let b = TestBroker::start(&sb);
+    let mut c = run_with_broker(&sb, &b, &p, &["kill-first-parked", &target]);
+    let mut child = c.stdin(std::process::Stdio::piped()).spawn().unwrap();
+    let req = b.next();
+    assert_eq!(req["target"], target.as_str(), "{req}");
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(b"go\n").unwrap();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "killed");
+    assert_eq!(b.cli(&["approve", req["id"].as_str().unwrap()]).code, 0);
+    line.clear();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "ok", "the survivor of the two callers: EEXIST means the file was made for the dead one");
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status}");
+    assert!(sb.ws.join("ask/new").exists());
+}
+
 #[test]
 fn a_person_approves_denies_and_always_allows_through_the_broker() {
     let sb = Sandbox::new("gate-broker", As::Caller);

@@ -575,6 +575,43 @@ fn main() {
                 let _ = std::io::Read::read_to_end(&mut std::io::stdin(), &mut sink);
                 println!("ok");
             }
+            "kill-first-parked" => {
+                // Two children create the same new file (O_EXCL) and park on
+                // one question: the first is killed and reaped before anyone
+                // answers. The second reports what the answer did for it:
+                // "ok", or EEXIST if the file was made for the dead one.
+                let create = |path: &str| -> ! {
+                    let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_CLOEXEC;
+                    report(libc::open(c(path).as_ptr(), flags, 0o644) as i64);
+                    std::io::stdout().flush().unwrap();
+                    libc::_exit(0)
+                };
+                std::io::stdout().flush().unwrap();
+                let first = libc::fork();
+                if first == 0 {
+                    create(a(1));
+                }
+                // The test says when the first one's question is out.
+                let mut line = String::new();
+                let _ = std::io::stdin().read_line(&mut line);
+                let second = libc::fork();
+                if second == 0 {
+                    create(a(1));
+                }
+                // In openat (257) means parked on the gate; the pause lets
+                // the gate add it to the question already out.
+                let syscall = format!("/proc/{second}/syscall");
+                while !std::fs::read_to_string(&syscall).unwrap_or_default().starts_with("257 ") {
+                    libc::usleep(1000);
+                }
+                libc::usleep(300_000);
+                libc::kill(first, libc::SIGKILL);
+                let mut status = 0;
+                libc::waitpid(first, &mut status, 0);
+                println!("killed");
+                std::io::stdout().flush().unwrap();
+                libc::waitpid(second, &mut status, 0);
+            }
             "sleeper" => {
                 libc::sleep(60);
             }
