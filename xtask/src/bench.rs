@@ -21,15 +21,80 @@ struct Stats {
     median_us: f64,
     mean_us: f64,
     p90_us: f64,
+    /// CPU time (user + system) of the launcher and everything it waited
+    /// for, median over the rounds.
+    cpu_median_us: f64,
 }
 
-fn stats(mut v: Vec<f64>) -> Stats {
+fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
-    let n = v.len();
-    Stats { median_us: v[n / 2], mean_us: v.iter().sum::<f64>() / n as f64, p90_us: v[(n * 9) / 10] }
+    v[v.len() / 2]
 }
 
-fn once(argv: &[String], dir: &Path) -> Result<f64> {
+/// `v` µs rounded, or a dash where it was not measured (NaN).
+fn micros(v: f64) -> String {
+    if v.is_nan() {
+        "—".into()
+    } else {
+        format!("{v:.0} µs")
+    }
+}
+
+/// Wall and CPU times of one command's rounds.
+fn stats(v: Vec<(f64, f64)>) -> Stats {
+    let (mut wall, cpu): (Vec<f64>, Vec<f64>) = v.into_iter().unzip();
+    wall.sort_by(|a, b| a.total_cmp(b));
+    let n = wall.len();
+    Stats {
+        median_us: wall[n / 2],
+        mean_us: wall.iter().sum::<f64>() / n as f64,
+        p90_us: wall[(n * 9) / 10],
+        cpu_median_us: median(cpu),
+    }
+}
+
+/// CPU accounting for the launch tables: a cgroup v1 `cpuacct` group that
+/// this process joins while it launches, so every process a launcher starts
+/// is counted, whoever reaps it. (`getrusage(RUSAGE_CHILDREN)` counts only
+/// processes their parent waited for: it saw a third of bwrap's CPU time.)
+/// The bench's own fork and wait are in every row alike, bare included.
+struct CpuAcct {
+    dir: std::path::PathBuf,
+    home: std::path::PathBuf,
+}
+
+impl CpuAcct {
+    fn enter() -> std::result::Result<CpuAcct, String> {
+        let c = portcullis::sandbox::limits::find_controller("cpuacct")
+            .ok_or("no writable cgroup v1 `cpuacct` hierarchy (CPU time needs one)")?;
+        if c.v2 {
+            return Err("only cgroup v2 here; CPU time is measured with cgroup v1 `cpuacct`".into());
+        }
+        let dir = c.dir.join(format!("xtask-bench-{}", std::process::id()));
+        std::fs::create_dir(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        let acct = CpuAcct { dir, home: c.dir };
+        std::fs::write(acct.dir.join("cgroup.procs"), std::process::id().to_string())
+            .map_err(|e| format!("cannot join {}: {e}", acct.dir.display()))?;
+        Ok(acct)
+    }
+
+    /// CPU time of the group so far, in µs.
+    fn usage_us(&self) -> f64 {
+        let text = std::fs::read_to_string(self.dir.join("cpuacct.usage")).unwrap_or_default();
+        text.trim().parse::<f64>().map_or(f64::NAN, |ns| ns / 1000.0)
+    }
+}
+
+impl Drop for CpuAcct {
+    fn drop(&mut self) {
+        let _ = std::fs::write(self.home.join("cgroup.procs"), std::process::id().to_string());
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}
+
+/// Wall time and CPU time (NaN without `acct`) of one launch, in µs.
+fn once(argv: &[String], dir: &Path, acct: Option<&CpuAcct>) -> Result<(f64, f64)> {
+    let cpu = acct.map_or(f64::NAN, CpuAcct::usage_us);
     let t = Instant::now();
     let status = Command::new(&argv[0])
         .args(&argv[1..])
@@ -43,15 +108,15 @@ fn once(argv: &[String], dir: &Path) -> Result<f64> {
     if !status.success() {
         bail!("{argv:?} failed: {status}");
     }
-    Ok(dt)
+    Ok((dt, acct.map_or(f64::NAN, CpuAcct::usage_us) - cpu))
 }
 
 /// Wall time of `runs` launches of each command, interleaved, after 10 warm-up rounds.
-fn launch_all(cmds: &[Vec<String>], dir: &Path, runs: usize) -> Result<Vec<Stats>> {
+fn launch_all(cmds: &[Vec<String>], dir: &Path, runs: usize, acct: Option<&CpuAcct>) -> Result<Vec<Stats>> {
     let mut times = vec![Vec::with_capacity(runs); cmds.len()];
     for round in 0..runs + 10 {
         for (i, c) in cmds.iter().enumerate() {
-            let dt = once(c, dir)?;
+            let dt = once(c, dir, acct)?;
             if round >= 10 {
                 times[i].push(dt);
             }
@@ -60,8 +125,6 @@ fn launch_all(cmds: &[Vec<String>], dir: &Path, runs: usize) -> Result<Vec<Stats
     Ok(times.into_iter().map(stats).collect())
 }
 
-/// Median ns/op the probe reports, bare and sandboxed runs interleaved.
-/// Median ns per iteration of each command, run `reps` times interleaved.
 /// Median and best (lowest) ns/op of each variant over `reps` interleaved runs.
 fn per_op(variants: &[Vec<String>], dir: &Path, reps: usize) -> Result<Vec<(f64, f64)>> {
     let get = |argv: &[String]| -> Result<f64> {
@@ -141,6 +204,51 @@ fn cpu_model() -> String {
                 .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
         })
         .unwrap_or_else(|| "unknown".into())
+}
+
+/// The launch phases `PORTCULLIS_TIMING=1` marks, as a table: the median time
+/// of each mark since portcullis's `main` over `rounds` launches (as root,
+/// or as the calling user). Marks come from two threads; they are listed in
+/// the order of their medians.
+fn timeline(argv: &[String], dir: &Path, rounds: usize) -> Result<String> {
+    let mut marks: Vec<(String, Vec<f64>)> = Vec::new();
+    for _ in 0..rounds {
+        let out = Command::new(&argv[0])
+            .args(&argv[1..])
+            .current_dir(dir)
+            .env("PORTCULLIS_TIMING", "1")
+            .stdin(Stdio::null())
+            .output()
+            .with_context(|| format!("cannot run {argv:?}"))?;
+        if !out.status.success() {
+            bail!("{argv:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        for line in String::from_utf8_lossy(&out.stderr).lines() {
+            let Some(rest) = line.strip_prefix("portcullis: timing:") else { continue };
+            let Some((us, phase)) = rest.trim_start().split_once(" us  ") else { continue };
+            let us: f64 = us.trim().parse().with_context(|| format!("bad timing line {line:?}"))?;
+            match marks.iter_mut().find(|(p, _)| p == phase) {
+                Some((_, v)) => v.push(us),
+                None => marks.push((phase.to_string(), vec![us])),
+            }
+        }
+    }
+    let mut rows: Vec<(String, f64, usize)> = marks
+        .into_iter()
+        .map(|(phase, v)| {
+            let n = v.len();
+            (phase, median(v), n)
+        })
+        .collect();
+    rows.sort_by(|a, b| a.1.total_cmp(&b.1));
+    let mut t = format!(
+        "\n### Where the time of one launch goes (`PORTCULLIS_TIMING=1`, {rounds} launches as in the first table)\n\nThe median time of each mark since portcullis's `main`. Marks come from two threads (the one that forks the stage, and the one that opens the log and starts the gate), so the steps overlap; printing the marks adds a little to each.\n\n| mark | median since start |\n|---|---:|\n"
+    );
+    for (phase, us, n) in rows {
+        let seen = if n == rounds { String::new() } else { format!(" (in {n} of {rounds} launches)") };
+        t += &format!("| {phase}{seen} | {us:.0} µs |\n");
+    }
+    Ok(t)
 }
 
 /// `argv` as nobody, with an audit log of nobody's beside the workspace.
@@ -307,49 +415,66 @@ pub fn bench(args: &[String]) -> Result<()> {
         bw.extend([s("--chdir"), workp.clone(), true_s.clone()]);
         bw
     });
+    // For reference, not a peer: the namespaces portcullis creates, and the
+    // private /proc, made by util-linux `unshare` and nothing else.
+    let unshare = have("unshare").then(|| {
+        let mut v = vec![s("unshare"), s("--user"), s("--map-root-user"), s("--pid"), s("--fork")];
+        v.extend([s("--mount"), s("--ipc"), s("--mount-proc"), true_s.clone()]);
+        v
+    });
     let is_root = portcullis::sys::probe::ids().1 == 0;
+    let pc_label = s("`portcullis run --profile strict`");
+    let bw_label = s("`bwrap --unshare-all` (same paths)");
+    let un_label = s("namespaces alone: `unshare --user --pid --mount --ipc --mount-proc`");
     let mut groups: Vec<(&str, Vec<Row>)> = Vec::new();
-    let mut root_rows =
-        vec![(s("bare `/bin/true`"), bare.clone()), (s("`portcullis run --profile strict`"), pc.clone())];
-    if let Some(bw) = &bwrap {
-        root_rows.push((s("`bwrap --unshare-all` (same paths)"), bw.clone()));
-    }
+    let mut root_rows = vec![(s("bare `/bin/true`"), bare.clone()), (pc_label.clone(), pc.clone())];
+    root_rows.extend(bwrap.clone().map(|bw| (bw_label.clone(), bw)));
+    root_rows.extend(unshare.clone().map(|un| (un_label.clone(), un)));
     groups.push((if is_root { "as root" } else { "as the calling user" }, root_rows));
     if is_root && have("setpriv") {
-        let mut rows = vec![
-            (s("bare `/bin/true`"), as_nobody(&bare, &base)),
-            (s("`portcullis run --profile strict`"), as_nobody(&pc, &base)),
-        ];
-        if let Some(bw) = &bwrap {
-            rows.push((s("`bwrap --unshare-all` (same paths)"), as_nobody(bw, &base)));
-        }
+        let mut rows =
+            vec![(s("bare `/bin/true`"), as_nobody(&bare, &base)), (pc_label.clone(), as_nobody(&pc, &base))];
+        rows.extend(bwrap.as_ref().map(|bw| (bw_label.clone(), as_nobody(bw, &base))));
+        rows.extend(unshare.as_ref().map(|un| (un_label.clone(), as_nobody(un, &base))));
         groups.push(("as nobody (through setpriv, in every row)", rows));
     }
     let mut launch_md = String::new();
+    let acct = CpuAcct::enter();
+    if let Err(why) = &acct {
+        launch_md.push_str(&format!("\nCPU time per launch is not measured: {why}.\n"));
+    }
     for (label, rows) in &groups {
         eprintln!("xtask bench: launch overhead {label}, {runs} rounds");
         let cmds: Vec<Vec<String>> = rows.iter().map(|(_, c)| c.clone()).collect();
-        let st = launch_all(&cmds, &work, runs)?;
-        let bare_med = st[0].median_us;
+        let st = launch_all(&cmds, &work, runs, acct.as_ref().ok())?;
+        let (bare_med, bare_cpu) = (st[0].median_us, st[0].cpu_median_us);
         launch_md.push_str(&format!(
-            "\n### {label}\n\n| launcher | median | mean | p90 | added over bare (median) |\n|---|---:|---:|---:|---:|\n"
+            "\n### {label}\n\n| launcher | median | mean | p90 | added over bare (median) | CPU per launch (median) | added CPU |\n|---|---:|---:|---:|---:|---:|---:|\n"
         ));
         for ((name, _), st) in rows.iter().zip(&st) {
             launch_md.push_str(&format!(
-                "| {name} | {:.0} µs | {:.0} µs | {:.0} µs | {:.0} µs |\n",
+                "| {name} | {:.0} µs | {:.0} µs | {:.0} µs | {:.0} µs | {} | {} |\n",
                 st.median_us,
                 st.mean_us,
                 st.p90_us,
-                st.median_us - bare_med
+                st.median_us - bare_med,
+                micros(st.cpu_median_us),
+                micros(st.cpu_median_us - bare_cpu)
             ));
         }
-        if st.len() == 3 {
-            let ratio = (st[1].median_us - bare_med) / (st[2].median_us - bare_med);
+        let find = |l: &String| rows.iter().position(|(n, _)| n == l).map(|i| &st[i]);
+        if let (Some(p), Some(b)) = (find(&pc_label), find(&bw_label)) {
+            let ratio = (p.median_us - bare_med) / (b.median_us - bare_med);
+            let cpu = (p.cpu_median_us - bare_cpu) / (b.cpu_median_us - bare_cpu);
+            let cpu = if cpu.is_nan() { String::new() } else { format!(", and {cpu:.2}x of its added CPU time") };
             launch_md.push_str(&format!(
-                "\nportcullis adds {ratio:.2}x of bwrap's added launch time (target: at most 0.6x).\n"
+                "\nportcullis adds {ratio:.2}x of bwrap's added launch time (target: at most 0.6x){cpu}.\n"
             ));
         }
     }
+    drop(acct);
+    eprintln!("xtask bench: launch timeline");
+    launch_md.push_str(&timeline(&pc, &work, 50)?);
     let missing: Vec<&str> = ["nono", "firejail", "syd", "bwrap"].into_iter().filter(|p| !have(p)).collect();
     if !missing.is_empty() {
         launch_md.push_str(&format!(
@@ -516,7 +641,16 @@ to uid 0; it is joined through cgroup v1's `tasks` file, which (unlike
 `cgroup.procs`) does not wait for an RCU grace period (0.1 to 14 ms here).
 Unprivileged, RLIMIT_NPROC in the sandbox's own user namespace does the
 same job. `PORTCULLIS_TIMING=1 portcullis run ...` prints where the time of
-one launch goes.
+one launch goes (the timeline table above).
+
+The CPU columns are the CPU time of the launcher and of every process it
+started, read from a cgroup v1 `cpuacct` group the bench joins for the
+launches (`getrusage` would miss processes their parent never waits for).
+This host gives a launch effectively one core, so the wall time is
+mostly this CPU time: running steps on two threads at once hides little of
+it. The `unshare` row is a reference, not a peer: util-linux creating the
+same four namespaces and a private /proc, and nothing else (no Landlock,
+seccomp, capabilities, cgroup, audit log or gate).
 ";
 
 const FILTER_NOTES: &str = "
