@@ -697,17 +697,25 @@ fn run_with_broker(sb: &Sandbox, b: &TestBroker, profile: &str, args: &[&str]) -
     c
 }
 
+/// A sandbox whose `{workspace}/ask` is asked about before any write (a
+/// 120 s timeout), the profile saying so, the path of a new file there, and
+/// a broker to answer.
+fn ask_dir(name: &str) -> (Sandbox, String, String, TestBroker) {
+    let sb = Sandbox::new(name, As::Caller);
+    let p = sb.profile("askw.toml", "extends = \"strict\"\n[ask]\nwrite = [\"{workspace}/ask\"]\ntimeout = \"120s\"\n");
+    std::fs::create_dir(sb.ws.join("ask")).unwrap();
+    let target = ws(&sb, "ask/new");
+    let b = TestBroker::start(&sb);
+    (sb, p, target, b)
+}
+
 // THREATS #22, teardown: the command exits while a process it left behind
 // is parked on a question to a person. The run ends with the command (not
 // at the ask's timeout), the question is withdrawn, an answer given later
 // does nothing, and the log keeps the question: nobody answered it.
 #[test]
 fn a_run_ends_with_its_command_while_a_question_is_out() {
-    let sb = Sandbox::new("gate-teardown", As::Caller);
-    let p = sb.profile("askw.toml", "extends = \"strict\"\n[ask]\nwrite = [\"{workspace}/ask\"]\ntimeout = \"120s\"\n");
-    std::fs::create_dir(sb.ws.join("ask")).unwrap();
-    let target = ws(&sb, "ask/new");
-    let b = TestBroker::start(&sb);
+    let (sb, p, target, b) = ask_dir("gate-teardown");
     let mut c = run_with_broker(&sb, &b, &p, &["leave-behind", "create", &target]);
     let mut child = c.stdin(std::process::Stdio::piped()).spawn().unwrap();
     let req = b.next();
@@ -744,11 +752,7 @@ fn a_run_ends_with_its_command_while_a_question_is_out() {
 #[test]
 fn an_approval_does_nothing_for_a_caller_that_died_while_parked() {
     use std::io::{BufRead, Write};
-    let sb = Sandbox::new("gate-dead-caller", As::Caller);
-    let p = sb.profile("askw.toml", "extends = \"strict\"\n[ask]\nwrite = [\"{workspace}/ask\"]\ntimeout = \"120s\"\n");
-    std::fs::create_dir(sb.ws.join("ask")).unwrap();
-    let target = ws(&sb, "ask/new");
-    let b = TestBroker::start(&sb);
+    let (sb, p, target, b) = ask_dir("gate-dead-caller");
     let mut c = run_with_broker(&sb, &b, &p, &["kill-first-parked", &target]);
     let mut child = c.stdin(std::process::Stdio::piped()).spawn().unwrap();
     let req = b.next();
