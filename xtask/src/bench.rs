@@ -21,8 +21,8 @@ struct Stats {
     median_us: f64,
     mean_us: f64,
     p90_us: f64,
-    /// CPU time (user + system) of the launcher and everything it waited
-    /// for, median over the rounds.
+    /// CPU time of the launcher and every process it started (see
+    /// [`CpuAcct`]), median over the rounds; NaN where not measured.
     cpu_median_us: f64,
 }
 
