@@ -246,8 +246,10 @@ pub fn resolve_command(
         }
         found
     };
+    // The command line is quoted back escaped: one line, no terminal controls.
+    let shown = audit::display_safe(&name);
     let Some(found) = found else {
-        return Err(Failure { code: exit::NOT_FOUND, message: format!("{name}: command not found") });
+        return Err(Failure { code: exit::NOT_FOUND, message: format!("{shown}: command not found") });
     };
     let canon = std::fs::canonicalize(&found).unwrap_or_else(|_| found.clone());
     let id = file_id(&canon).ok();
@@ -255,12 +257,11 @@ pub fn resolve_command(
         .iter()
         .any(|a| a.implied_by.is_none() && (Some(a.id) == id || canon.starts_with(&a.path) && a.path.is_dir()));
     if !ok {
+        let canon = audit::display_safe(&canon.to_string_lossy()).into_owned();
         return Err(Failure {
             code: exit::NOT_EXECUTABLE,
             message: format!(
-                "{name} ({}) is not in the exec allowlist of profile `{profile}`; allow it with --exec {} or in the profile's [commands] allow",
-                canon.display(),
-                canon.display()
+                "{shown} ({canon}) is not in the exec allowlist of profile `{profile}`; allow it with --exec {canon} or in the profile's [commands] allow"
             ),
         });
     }
