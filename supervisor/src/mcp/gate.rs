@@ -893,6 +893,138 @@ mod tests {
         assert_eq!(reply[0]["error"]["code"], code::DENIED);
     }
 
+    /// Every tools/call in `line` as a server that parses it with a common
+    /// JSON parser (duplicate keys: the last wins) would run it.
+    fn calls_in(line: &[u8]) -> Vec<String> {
+        let Ok(v) = serde_json::from_slice::<Value>(line) else { return Vec::new() };
+        let items = match v {
+            Value::Array(a) => a,
+            one => vec![one],
+        };
+        items
+            .iter()
+            .filter(|m| m.get("method").and_then(Value::as_str) == Some("tools/call"))
+            .map(|m| m["params"]["name"].as_str().unwrap_or("").to_string())
+            .collect()
+    }
+
+    // Bad input from either side: cut, mutated and duplicated-key messages
+    // never panic the gate, every line it writes is JSON, and a denied tool
+    // never reaches the server however the call is spelled.
+    #[test]
+    fn mutated_messages_never_panic_and_never_smuggle_a_denied_call() {
+        let (g, rx) = gate("[mcp.tools]\ndeny = [\"bad*\"]\n");
+        let client: Vec<Vec<u8>> = vec![
+            call(1, "bad_tool", json!({"path": "/etc/passwd"})),
+            call(2, "good", json!({"q": "x", "n": [1, 2, {"k": null}]})),
+            br#"{"jsonrpc":"2.0","id":3,"method":"tools/list"}"#.to_vec(),
+            br#"[{"jsonrpc":"2.0","id":4,"method":"tools/call","params":{"name":"good"}},{"jsonrpc":"2.0","id":5,"method":"tools/call","params":{"name":"bad_x"}}]"#.to_vec(),
+            br#"{"jsonrpc":"2.0","id":6,"method":"tools/call","params":{"name":"good","name":"bad_tool"}}"#.to_vec(),
+            br#"{"jsonrpc":"2.0","id":7,"method":"tools/list","method":"tools/call","params":{"name":"bad_tool"}}"#.to_vec(),
+            br#"{"jsonrpc":"2.0","id":8,"method":"tools\/call","params":{"name":"bad\u005ftool"}}"#.to_vec(),
+            br#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#.to_vec(),
+        ];
+        let server: Vec<Vec<u8>> = vec![
+            result(2, "AWS_SECRET_ACCESS_KEY=abcdabcdabcdabcdabcdabcdabcdabcdabcdabcd", false),
+            br#"{"jsonrpc":"2.0","id":3,"result":{"tools":[{"name":"good","description":"d","inputSchema":{}}]}}"#
+                .to_vec(),
+            br#"{"jsonrpc":"2.0","id":4,"error":{"code":-1,"message":"boom"}}"#.to_vec(),
+        ];
+        let junk: &[&[u8]] = &[
+            b"{",
+            b"}",
+            b"[",
+            b"]",
+            b"\"",
+            b",",
+            b":",
+            b"null",
+            b"1e999",
+            b"-0",
+            b"\"\\ud800\"",
+            b"\\",
+            b"\n",
+            b"\0",
+            b"\"tools/call\"",
+            b"\"method\":\"tools/call\",",
+            b"\"name\":\"bad_tool\",",
+            b"\"id\":{},",
+            b"\xff",
+        ];
+        let mut rng = 0x2545_f491_4f6c_dd1d_u64;
+        let mut next = |n: usize| {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            (rng % n as u64) as usize
+        };
+        let mut mutants: Vec<(bool, Vec<u8>)> = Vec::new();
+        for (from_client, seeds) in [(true, &client), (false, &server)] {
+            for seed in seeds.iter() {
+                mutants.push((from_client, seed.clone()));
+                for at in (0..seed.len()).step_by(3) {
+                    mutants.push((from_client, seed[..at].to_vec()));
+                }
+                for _ in 0..300 {
+                    let at = next(seed.len() + 1);
+                    let over = (at + next(4)).min(seed.len());
+                    let mut m = seed[..at].to_vec();
+                    m.extend_from_slice(junk[next(junk.len())]);
+                    m.extend_from_slice(&seed[if next(2) == 0 { at } else { over }..]);
+                    mutants.push((from_client, m));
+                }
+            }
+        }
+        // Deep nesting, past serde_json's recursion limit.
+        mutants.push((true, [b"[".repeat(5000), b"]".repeat(5000)].concat()));
+        mutants.push((
+            false,
+            [b"{\"id\":2,\"result\":".to_vec(), b"[".repeat(5000), b"]".repeat(5000), b"}".to_vec()].concat(),
+        ));
+        let mut bad = Vec::new();
+        for (from_client, m) in &mutants {
+            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                let mut out: Vec<Vec<u8>> = Vec::new();
+                let mut forwarded: Vec<Vec<u8>> = Vec::new();
+                if *from_client {
+                    let r = g.from_client(m);
+                    out.extend(r.reply);
+                    match r.forward {
+                        Forward::Same => forwarded.push(m.clone()),
+                        Forward::Changed(x) => forwarded.push(x),
+                        Forward::Nothing => {}
+                    }
+                } else if let Forward::Changed(x) = g.from_server(m) {
+                    out.push(x);
+                }
+                (out, forwarded)
+            }));
+            let shown = String::from_utf8_lossy(m);
+            match outcome {
+                Err(_) => bad.push(format!("panicked on {shown}")),
+                Ok((out, forwarded)) => {
+                    for o in out.iter().chain(if *from_client { &[][..] } else { &forwarded[..] }) {
+                        if serde_json::from_slice::<Value>(o).is_err() {
+                            bad.push(format!(
+                                "wrote a line that is not JSON for {shown}: {}",
+                                String::from_utf8_lossy(o)
+                            ));
+                        }
+                    }
+                    for f in &forwarded {
+                        if let Some(t) = calls_in(f).into_iter().find(|t| t.starts_with("bad")) {
+                            bad.push(format!("forwarded a call to denied `{t}` for {shown}"));
+                        }
+                    }
+                }
+            }
+            // Keep the journal's channel from filling up.
+            while rx.try_recv().is_ok() {}
+        }
+        assert!(bad.is_empty(), "{} of {} mutants:\n{}", bad.len(), mutants.len(), bad[..bad.len().min(5)].join("\n"));
+        assert!(mutants.len() > 3000, "{}", mutants.len());
+    }
+
     #[test]
     fn malformed_duplicate_and_oversized_messages_get_errors() {
         let (g, rx) = gate("");
