@@ -436,6 +436,143 @@ pub fn unwrap(file: &Path) -> Result<i32, Failure> {
 mod tests {
     use super::*;
 
+    // Bad configs: cut and mutated client configs never panic `wrap` or
+    // `unwrap`; whatever they accept and change is still JSON wherever the
+    // input was, every server with a command ends up wrapped, and unwrap
+    // gives each one its own command and arguments back.
+    #[test]
+    fn mutated_configs_never_panic_and_valid_ones_stay_valid() {
+        let dir = std::env::temp_dir().join(format!("pc-wrap-garbage-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join(".mcp.json");
+        std::fs::write(&f, "{}").unwrap();
+        let seeds = [
+            "{\n  \"mcpServers\": {\n    \"fs\": { \"command\": \"npx\", \"args\": [\"-y\", \"@modelcontextprotocol/server-filesystem\", \"/data\"] },\n    \"web\": {\"url\": \"https://x\"},\n    \"t\": {\"command\": \"uvx\", \"args\": [\"mcp-server-time\"], \"env\": {\"A\": \"1\"}}\n  }\n}\n",
+            "{\"servers\": {\"s\": {\"type\": \"stdio\", \"command\": \"node\", \"args\": [\"srv.js\", \"\\u00e9\\\"\"]}}, \"inputs\": []}",
+            "{\"projects\": {\"/p\": {\"mcpServers\": {\"g\": {\"command\": \"uvx\", \"args\": [\"mcp-server-git\", \"-r\", \"/p\"]}}}}, \"mcpServers\": {\"b\": {\"command\": \"/opt/srv\"}}}",
+        ];
+        let junk = [
+            "{",
+            "}",
+            "[",
+            "]",
+            "\"",
+            ",",
+            ":",
+            "\\",
+            "\\u",
+            "null",
+            "1e999",
+            "é",
+            "\u{202e}",
+            "\n",
+            "\"command\":",
+            "\"args\":7,",
+            "\"command\":\"x\",",
+            "\"mcpServers\":{},",
+            "[[[[",
+            "\"a\":{\"command\":[]},",
+        ];
+        let mut rng = 0x853c_49e6_748f_ea9b_u64;
+        let mut next = |n: usize| {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            (rng % n as u64) as usize
+        };
+        let mut mutants: Vec<String> = Vec::new();
+        for seed in seeds {
+            mutants.push(seed.to_string());
+            for at in (0..=seed.len()).filter(|&i| seed.is_char_boundary(i)).step_by(2) {
+                mutants.push(seed[..at].to_string());
+            }
+            for _ in 0..400 {
+                let mut at = next(seed.len() + 1);
+                while !seed.is_char_boundary(at) {
+                    at -= 1;
+                }
+                let mut over = (at + next(4)).min(seed.len());
+                while !seed.is_char_boundary(over) {
+                    over -= 1;
+                }
+                let rest = if next(2) == 0 { at } else { over.max(at) };
+                mutants.push(format!("{}{}{}", &seed[..at], junk[next(junk.len())], &seed[rest..]));
+            }
+        }
+        mutants.push(format!("{{\"mcpServers\": {}{}}}", "[".repeat(10_000), "]".repeat(10_000)));
+        let mut bad = Vec::new();
+        let (mut wrapped_ok, mut refused) = (0, 0);
+        for m in &mutants {
+            let outcome = std::panic::catch_unwind(|| (wrap_text(m, &f, None), unwrap_text(m, &f)));
+            let Ok((wrapped, unwrapped)) = outcome else {
+                bad.push(format!("panicked on {m:?}"));
+                continue;
+            };
+            let valid = serde_json::from_str::<Value>(m).is_ok();
+            for (what, out) in
+                [("wrap", wrapped.as_ref().ok().map(|(t, _)| t)), ("unwrap", unwrapped.as_ref().ok().map(|(t, _)| t))]
+            {
+                if let Some(out) = out {
+                    if valid && serde_json::from_str::<Value>(out).is_err() {
+                        bad.push(format!("{what} made valid JSON invalid: {m:?} -> {out:?}"));
+                    }
+                }
+            }
+            match wrapped {
+                Err(_) => refused += 1,
+                Ok((w, _)) if valid => {
+                    wrapped_ok += 1;
+                    let root = Reader { b: w.as_bytes(), i: 0 }.value(0).unwrap();
+                    for (name, entry) in server_entries(&root) {
+                        let v: Value = serde_json::from_str(&w[entry.start..entry.end]).unwrap();
+                        let args: Vec<String> = match v.get("args") {
+                            Some(Value::Array(a)) => a.iter().filter_map(|x| x.as_str().map(str::to_string)).collect(),
+                            _ => Vec::new(),
+                        };
+                        let stdio = v.get("command").and_then(Value::as_str).is_some();
+                        let args_list = !matches!(v.get("args"), Some(a) if !a.is_array());
+                        if stdio && args_list && !is_wrapped("", &args) {
+                            bad.push(format!("server {name} left unwrapped: {m:?} -> {w:?}"));
+                        }
+                    }
+                    // unwrap(wrap(x)) gives every server its command and args
+                    // back (a server that had no `args` keeps an empty list).
+                    let (u, _) = unwrap_text(&w, &f).unwrap();
+                    let mut before: Value = serde_json::from_str(m).unwrap();
+                    let after: Value = serde_json::from_str(&u).unwrap();
+                    let mut lists: Vec<&mut Value> = Vec::new();
+                    if let Some(root) = before.as_object_mut() {
+                        for (key, v) in root.iter_mut() {
+                            match key.as_str() {
+                                "mcpServers" | "servers" => lists.push(v),
+                                "projects" => lists.extend(
+                                    v.as_object_mut()
+                                        .into_iter()
+                                        .flat_map(|p| p.values_mut())
+                                        .filter_map(|p| p.get_mut("mcpServers")),
+                                ),
+                                _ => {}
+                            }
+                        }
+                    }
+                    for server in lists.into_iter().filter_map(Value::as_object_mut).flat_map(|o| o.values_mut()) {
+                        let stdio = server.get("command").is_some_and(Value::is_string);
+                        if let Some(o) = server.as_object_mut().filter(|_| stdio) {
+                            o.entry("args").or_insert(Value::Array(Vec::new()));
+                        }
+                    }
+                    if before != after {
+                        bad.push(format!("unwrap(wrap(x)) != x: {m:?} -> {u:?}"));
+                    }
+                }
+                Ok(_) => {}
+            }
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(bad.is_empty(), "{} of {} mutants:\n{}", bad.len(), mutants.len(), bad[..bad.len().min(5)].join("\n"));
+        assert!(wrapped_ok > 100 && refused > 100, "wrapped {wrapped_ok}, refused {refused} of {}", mutants.len());
+    }
+
     #[test]
     fn wrap_rewrites_only_command_and_args_and_unwrap_reverses_it() {
         let dir = std::env::temp_dir().join(format!("pc-wrap-{}", std::process::id()));
