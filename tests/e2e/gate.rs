@@ -952,6 +952,40 @@ fn an_approved_exec_runs_and_always_deny_sticks() {
     assert_eq!(r.stdout.trim(), "[]");
 }
 
+// THREATS #39: an approved exec is CONTINUEd, so the kernel reads the name
+// again, and a thread can change it after the approval. What holds is
+// Landlock's exec allowlist: another program runs only if the profile lets
+// it execute. 300 execs of a name flipping between true (asked, approved
+// for the session) and false (not executable): false never runs, and the
+// kernel refuses it. Twin: with false allowlisted, the same race runs it.
+#[test]
+fn an_approved_exec_raced_to_another_program_runs_only_what_landlock_allows() {
+    let sb = Sandbox::new("gate-exec-race", As::Caller);
+    let b = TestBroker::start(&sb);
+    let race = |profile: &str| -> [u32; 4] {
+        let child = spawn_with_broker(&sb, &b, profile, &["race-exec", "/usr/bin/true", "/usr/bin/false", "300"]);
+        let req = b.next();
+        assert_eq!((req["kind"].as_str(), req["target"].as_str()), (Some("exec"), Some("/usr/bin/true")), "{req}");
+        assert_eq!(b.cli(&["approve", "--session", req["id"].as_str().unwrap()]).code, 0);
+        let r = Run::from(child.wait_with_output().unwrap());
+        assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+        let words: Vec<&str> = r.stdout.split_whitespace().collect();
+        let count = |w: &str| words.iter().position(|x| *x == w).and_then(|i| words[i + 1].parse().ok()).unwrap();
+        eprintln!("race-exec under {profile}: {}", r.stdout.trim());
+        [count("first"), count("second"), count("refused"), count("other")]
+    };
+    let p = sb.profile("askexec.toml", "extends = \"strict\"\n[ask]\nexec = [\"/usr/bin/true\"]\n");
+    let [first, second, refused, other] = race(&p);
+    assert_eq!(second, 0, "false ran: true {first}, false {second}, refused {refused}, other {other}");
+    assert!(first > 0 && refused > 0, "the race never happened: true {first}, refused {refused}, other {other}");
+    let twin = sb.profile(
+        "askexec-false.toml",
+        "extends = \"strict\"\n[ask]\nexec = [\"/usr/bin/true\"]\n[commands]\nallow = [\"/usr/bin/false\"]\n",
+    );
+    let [first, second, refused, other] = race(&twin);
+    assert!(first > 0 && second > 0, "twin: true {first}, false {second}, refused {refused}, other {other}");
+}
+
 #[test]
 fn the_interactive_queue_answers_with_one_key() {
     // `portcullis approvals` on a real terminal (a pty through script(1)):

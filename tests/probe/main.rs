@@ -102,6 +102,7 @@ fn main() {
             "truncate" => report(libc::truncate(c(a(1)).as_ptr(), 0) as i64),
             "symlink" => report(libc::symlink(c(a(1)).as_ptr(), c(a(2)).as_ptr()) as i64),
             "race-open" => race_open(a(1), a(2), num(a(3)) as usize),
+            "race-exec" => race_exec(a(1), a(2), num(a(3)) as usize),
             "race-connect" => race_connect(num(a(1)) as u16, num(a(2)) as u16, num(a(3)) as usize),
             "race-unix-swap" => race_unix_swap(num(a(1)) as u16, num(a(2)) as usize),
             "unix-talk" => {
@@ -774,6 +775,50 @@ fn race_open(allowed: &str, denied: &str, n: usize) {
     STOP.store(true, Ordering::Relaxed);
     let _ = swapper.join();
     println!("opened {opened} of {n}");
+}
+
+/// `n` times, a child execs a name another thread keeps switching between
+/// `first` and `second` (each a program that exits 0 and 1, e.g. true and
+/// false). Prints how many ran each, how many execs were refused with
+/// EACCES, and how many ended otherwise (a torn name: ENOENT).
+fn race_exec(first: &str, second: &str, n: usize) {
+    let (a, b) = (c(first).as_bytes_with_nul().to_vec(), c(second).as_bytes_with_nul().to_vec());
+    let (mut ran_first, mut ran_second, mut refused, mut other) = (0, 0, 0, 0);
+    for _ in 0..n {
+        std::io::stdout().flush().unwrap();
+        // SAFETY: fork in a single-threaded process; the child only starts a
+        // thread and execs or exits.
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            let buf: &'static mut [u8; 512] = Box::leak(Box::new([0u8; 512]));
+            let ptr = buf.as_mut_ptr() as usize;
+            // SAFETY: test code; the buffer is leaked and the race on it is the point.
+            unsafe { std::ptr::copy_nonoverlapping(a.as_ptr(), ptr as *mut u8, a.len()) };
+            let (a, b) = (a.clone(), b.clone());
+            std::thread::spawn(move || loop {
+                for name in [&a, &b] {
+                    // SAFETY: as above.
+                    unsafe { std::ptr::copy_nonoverlapping(name.as_ptr(), ptr as *mut u8, name.len()) };
+                }
+            });
+            let argv = [ptr as *const libc::c_char, std::ptr::null()];
+            // SAFETY: the buffer always ends in a NUL within its 512 bytes; argv is NULL-terminated.
+            unsafe { libc::execv(ptr as *const libc::c_char, argv.as_ptr()) };
+            let code = if errno() == libc::EACCES { 3 } else { 4 };
+            // SAFETY: leaving the forked child without running the parent's exit handlers.
+            unsafe { libc::_exit(code) };
+        }
+        let mut status = 0;
+        // SAFETY: waits for the child forked above.
+        unsafe { libc::waitpid(pid, &mut status, 0) };
+        match libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status)) {
+            Some(0) => ran_first += 1,
+            Some(1) => ran_second += 1,
+            Some(3) => refused += 1,
+            _ => other += 1,
+        }
+    }
+    println!("first {ran_first} second {ran_second} refused {refused} other {other}");
 }
 
 /// `threads` threads open `n` distinct files under `dir` in all; prints how
