@@ -23,10 +23,7 @@ impl Failure {
 }
 
 impl From<policy::Error> for Failure {
-    /// Profile and flag errors quote what they were given, which may hold
-    /// newlines, escapes or bidi overrides: printed escaped, the error stays
-    /// one line and shows what is really there.
     fn from(e: policy::Error) -> Self {
-        Failure::setup(audit::display_safe(&e.to_string()).into_owned())
+        Failure::setup(e.to_string())
     }
 }

@@ -37,12 +37,12 @@ fn bad_profiles_name_file_and_line_and_run_nothing() {
             "extends = \"strict\"\n[commands]\nallow = [\"no-such-command-xyz\"]\n",
             "cmd.toml:3: command `no-such-command-xyz` not found",
         ),
-        // A quoted value with a newline and a bidi override (TOML escapes)
-        // is shown escaped: the error stays one line and reads as written.
+        // A quoted value with terminal controls and a bidi override (TOML
+        // escapes) is shown escaped: the error reads as written.
         (
             "controls.toml",
-            "[filesystem]\nread = [\"rel\\n\\u202Eative\"]\n",
-            "controls.toml:2: path `rel\\n\\u{202e}ative` must be absolute",
+            "[filesystem]\nread = [\"rel\\u001b[2J\\u202Eative\"]\n",
+            "controls.toml:2: path `rel\\x1b[2J\\u{202e}ative` must be absolute",
         ),
     ];
     for (name, text, needle) in cases {
@@ -73,7 +73,7 @@ fn bad_flags_are_setup_errors() {
     setup_error(&with(&["--bind", "http"]), "bad port `http`");
     setup_error(&with(&["--max-memory", "12Q"]), "bad size `12Q`");
     setup_error(&with(&["--read", "relative/path"]), "must be absolute");
-    setup_error(&with(&["--read", "rel\u{1b}[2J\n"]), "path `rel\\x1b[2J\\n` must be absolute");
+    setup_error(&with(&["--read", "rel\u{1b}[2J\u{7}"]), "path `rel\\x1b[2J\\x07` must be absolute");
     setup_error(&with(&["--read", "/no/such/dir"]), "does not exist");
     setup_error(&with(&["--profile", "no-such-profile"]), "profile `no-such-profile` not found");
     setup_error(&with(&["--workspace", "/no/such/ws"]), "--workspace /no/such/ws");
@@ -87,10 +87,11 @@ fn exit_codes_for_missing_and_forbidden_commands() {
     let sb = Sandbox::new("codes", As::Caller);
     let r = sb.run(&["run", "--", "no-such-command-xyz"]);
     assert_eq!(r.code, 127, "{}", r.stderr);
-    // A name with terminal controls is quoted back escaped, on one line.
-    let r = sb.run(&["run", "--", "no-such\u{1b}[31m\ncmd"]);
+    // A name with terminal controls is quoted back escaped.
+    let r = sb.run(&["run", "--", "no-such\u{1b}[31mcmd\u{202e}"]);
     assert_eq!(r.code, 127, "{}", r.stderr);
-    assert_eq!(r.stderr.trim(), "portcullis: no-such\\x1b[31m\\ncmd: command not found");
+    assert!(r.stderr.contains("portcullis: no-such\\x1b[31mcmd\\u{202e}: command not found"), "{}", r.stderr);
+    assert!(!r.stderr.contains('\u{1b}') && !r.stderr.contains('\u{202e}'), "{:?}", r.stderr);
     let r = sb.run(&["run", "--", "/bin/true"]);
     assert_eq!(r.code, 126, "{}", r.stderr);
     assert!(r.stderr.contains("not in the exec allowlist"), "{}", r.stderr);

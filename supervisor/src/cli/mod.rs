@@ -331,10 +331,18 @@ pub fn main() -> i32 {
     match result {
         Ok(code) => code,
         Err(Failure { code, message }) => {
-            eprintln!("portcullis: {message}");
+            eprintln!("portcullis: {}", defused(&message));
             code
         }
     }
+}
+
+/// A message for stderr with what it quotes (profile values, flags, the
+/// command line, paths) made safe for a terminal: controls and bidi
+/// characters escaped line by line, the message's own line breaks kept.
+/// The audit log keeps the raw text (JSON-escaped); this is display only.
+pub fn defused(message: &str) -> String {
+    message.split('\n').map(::audit::display_safe).collect::<Vec<_>>().join("\n")
 }
 
 #[cfg(test)]

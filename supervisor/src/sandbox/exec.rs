@@ -242,14 +242,12 @@ pub fn resolve_command(
         let mut notes = Vec::new();
         let found = which(&name, path_var, &Writable::of(plan), &mut notes);
         for n in notes.iter().filter(|n| !noted.contains(n)) {
-            eprintln!("portcullis: note: {n}");
+            eprintln!("portcullis: note: {}", crate::cli::defused(n));
         }
         found
     };
-    // The command line is quoted back escaped: one line, no terminal controls.
-    let shown = audit::display_safe(&name);
     let Some(found) = found else {
-        return Err(Failure { code: exit::NOT_FOUND, message: format!("{shown}: command not found") });
+        return Err(Failure { code: exit::NOT_FOUND, message: format!("{name}: command not found") });
     };
     let canon = std::fs::canonicalize(&found).unwrap_or_else(|_| found.clone());
     let id = file_id(&canon).ok();
@@ -257,11 +255,12 @@ pub fn resolve_command(
         .iter()
         .any(|a| a.implied_by.is_none() && (Some(a.id) == id || canon.starts_with(&a.path) && a.path.is_dir()));
     if !ok {
-        let canon = audit::display_safe(&canon.to_string_lossy()).into_owned();
         return Err(Failure {
             code: exit::NOT_EXECUTABLE,
             message: format!(
-                "{shown} ({canon}) is not in the exec allowlist of profile `{profile}`; allow it with --exec {canon} or in the profile's [commands] allow"
+                "{name} ({}) is not in the exec allowlist of profile `{profile}`; allow it with --exec {} or in the profile's [commands] allow",
+                canon.display(),
+                canon.display()
             ),
         });
     }
