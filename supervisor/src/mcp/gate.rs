@@ -685,7 +685,10 @@ mod tests {
     use std::sync::mpsc::Receiver;
 
     fn plan(text: &str) -> McpPlan {
-        let dir = std::env::temp_dir().join(format!("pc-gate-{}-{}", std::process::id(), text.len()));
+        // One directory per call: tests run in parallel threads of one process.
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("pc-gate-{}-{n}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let f = dir.join("p.toml");
         std::fs::write(&f, text).unwrap();
@@ -913,7 +916,6 @@ mod tests {
     // never reaches the server however the call is spelled.
     #[test]
     fn mutated_messages_never_panic_and_never_smuggle_a_denied_call() {
-        let (g, rx) = gate("[mcp.tools]\ndeny = [\"bad*\"]\n");
         let client: Vec<Vec<u8>> = vec![
             call(1, "bad_tool", json!({"path": "/etc/passwd"})),
             call(2, "good", json!({"q": "x", "n": [1, 2, {"k": null}]})),
@@ -981,45 +983,60 @@ mod tests {
             false,
             [b"{\"id\":2,\"result\":".to_vec(), b"[".repeat(5000), b"]".repeat(5000), b"}".to_vec()].concat(),
         ));
+        let plan = plan("[mcp.tools]\ndeny = [\"bad*\"]\n");
         let mut bad = Vec::new();
         for (from_client, m) in &mutants {
+            // A fresh gate for each, so that no call is refused only because
+            // an earlier mutant left its id pending. Server lines meet a gate
+            // that has passed the client's requests on.
+            let (j, _rx) = Journal::to_channel(10_000);
+            let g = Gate::new(
+                plan.clone(),
+                "test",
+                vec!["srv".into()],
+                Box::new(super::super::NoBroker),
+                j,
+                PinStore::in_memory(),
+            );
+            if !from_client {
+                for c in &client[1..4] {
+                    g.from_client(c);
+                }
+            }
+            // (every line the gate writes, and what reaches the server)
             let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                let mut out: Vec<Vec<u8>> = Vec::new();
-                let mut forwarded: Vec<Vec<u8>> = Vec::new();
+                let (mut written, mut to_server) = (Vec::new(), Vec::new());
                 if *from_client {
                     let r = g.from_client(m);
-                    out.extend(r.reply);
+                    written.extend(r.reply);
                     match r.forward {
-                        Forward::Same => forwarded.push(m.clone()),
-                        Forward::Changed(x) => forwarded.push(x),
+                        Forward::Same => to_server.push(m.clone()),
+                        Forward::Changed(x) => {
+                            written.push(x.clone());
+                            to_server.push(x);
+                        }
                         Forward::Nothing => {}
                     }
                 } else if let Forward::Changed(x) = g.from_server(m) {
-                    out.push(x);
+                    written.push(x);
                 }
-                (out, forwarded)
+                (written, to_server)
             }));
             let shown = String::from_utf8_lossy(m);
-            match outcome {
-                Err(_) => bad.push(format!("panicked on {shown}")),
-                Ok((out, forwarded)) => {
-                    for o in out.iter().chain(if *from_client { &[][..] } else { &forwarded[..] }) {
-                        if serde_json::from_slice::<Value>(o).is_err() {
-                            bad.push(format!(
-                                "wrote a line that is not JSON for {shown}: {}",
-                                String::from_utf8_lossy(o)
-                            ));
-                        }
-                    }
-                    for f in &forwarded {
-                        if let Some(t) = calls_in(f).into_iter().find(|t| t.starts_with("bad")) {
-                            bad.push(format!("forwarded a call to denied `{t}` for {shown}"));
-                        }
-                    }
+            let Ok((written, to_server)) = outcome else {
+                bad.push(format!("panicked on {shown}"));
+                continue;
+            };
+            for o in &written {
+                if serde_json::from_slice::<Value>(o).is_err() {
+                    bad.push(format!("wrote a line that is not JSON for {shown}: {}", String::from_utf8_lossy(o)));
                 }
             }
-            // Keep the journal's channel from filling up.
-            while rx.try_recv().is_ok() {}
+            for f in &to_server {
+                if let Some(t) = calls_in(f).into_iter().find(|t| t.starts_with("bad")) {
+                    bad.push(format!("forwarded a call to denied `{t}` for {shown}"));
+                }
+            }
         }
         assert!(bad.is_empty(), "{} of {} mutants:\n{}", bad.len(), mutants.len(), bad[..bad.len().min(5)].join("\n"));
         assert!(mutants.len() > 3000, "{}", mutants.len());
