@@ -709,6 +709,15 @@ fn ask_dir(name: &str) -> (Sandbox, String, String, TestBroker) {
     (sb, p, target, b)
 }
 
+/// The first `approval` record in the sandbox's audit log.
+fn approval_in_log(sb: &Sandbox) -> serde_json::Value {
+    let log = sb.root.join("state/audit.log");
+    let out = Command::new(PORTCULLIS).args(["audit", "list", "--json", "--log"]).arg(&log).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let rec = text.lines().find(|l| l.contains("\"approval\"")).unwrap_or_else(|| panic!("no approval record: {text}"));
+    serde_json::from_str(rec).unwrap()
+}
+
 // THREATS #22, teardown: the command exits while a process it left behind
 // is parked on a question to a person. The run ends with the command (not
 // at the ask's timeout), the question is withdrawn, an answer given later
@@ -732,11 +741,7 @@ fn a_run_ends_with_its_command_while_a_question_is_out() {
     assert_eq!(b.cli(&["approvals", "--json"]).stdout.trim(), "[]");
     assert_ne!(b.cli(&["approve", req["id"].as_str().unwrap()]).code, 0);
     assert!(!sb.ws.join("ask/new").exists());
-    let log = sb.root.join("state/audit.log");
-    let out = Command::new(PORTCULLIS).args(["audit", "list", "--json", "--log"]).arg(&log).output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    let rec = text.lines().find(|l| l.contains("\"approval\"")).unwrap_or_else(|| panic!("no approval record: {text}"));
-    let rec: serde_json::Value = serde_json::from_str(rec).unwrap();
+    let rec = approval_in_log(&sb);
     assert_eq!(rec["body"]["decision"], "deny", "{rec}");
     assert_eq!(rec["body"]["by"], "portcullis", "{rec}");
     assert_eq!(rec["body"]["request"]["target"], target.as_str(), "{rec}");
@@ -770,6 +775,14 @@ fn an_approval_does_nothing_for_a_caller_that_died_while_parked() {
     let status = child.wait().unwrap();
     assert!(status.success(), "{status}");
     assert!(sb.ws.join("ask/new").exists());
+    // Both callers were parked on the one answer (the dead one was passed
+    // over, not missing).
+    let rec = approval_in_log(&sb);
+    assert_eq!(
+        (rec["body"]["decision"].as_str(), rec["body"]["coalesced"].as_u64()),
+        (Some("allow"), Some(2)),
+        "{rec}"
+    );
 }
 
 #[test]

@@ -602,7 +602,12 @@ fn main() {
                 // In openat (257) means parked on the gate; the pause lets
                 // the gate add it to the question already out.
                 let syscall = format!("/proc/{second}/syscall");
+                let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
                 while !std::fs::read_to_string(&syscall).unwrap_or_default().starts_with("257 ") {
+                    if std::time::Instant::now() > until {
+                        println!("the second caller never parked in openat ({syscall})");
+                        std::process::exit(1);
+                    }
                     libc::usleep(1000);
                 }
                 libc::usleep(300_000);
