@@ -969,17 +969,29 @@ fn an_approved_exec_runs_and_always_deny_sticks() {
 // again, and a thread can change it after the approval. What holds is
 // Landlock's exec allowlist: another program runs only if the profile lets
 // it execute. 300 execs of a name flipping between true (asked, approved
-// for the session) and false (not executable): false never runs, and the
-// kernel refuses it. Twin: with false allowlisted, the same race runs it.
+// for the session) and false (not executable): false never runs; the kernel
+// refuses it. Twin: false is executable but asked too, and every question
+// about it is denied, so false can run only by a swap after an approval of
+// true: it does.
 #[test]
 fn an_approved_exec_raced_to_another_program_runs_only_what_landlock_allows() {
     let sb = Sandbox::new("gate-exec-race", As::Caller);
     let b = TestBroker::start(&sb);
     let race = |profile: &str| -> [u32; 4] {
-        let child = spawn_with_broker(&sb, &b, profile, &["race-exec", "/usr/bin/true", "/usr/bin/false", "300"]);
-        let req = b.next();
-        assert_eq!((req["kind"].as_str(), req["target"].as_str()), (Some("exec"), Some("/usr/bin/true")), "{req}");
-        assert_eq!(b.cli(&["approve", "--session", req["id"].as_str().unwrap()]).code, 0);
+        let mut child = spawn_with_broker(&sb, &b, profile, &["race-exec", "/usr/bin/true", "/usr/bin/false", "300"]);
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while child.try_wait().unwrap().is_none() {
+            assert!(std::time::Instant::now() < until, "the race did not finish");
+            let list = b.cli(&["approvals", "--json"]).stdout;
+            for req in serde_json::from_str::<Vec<serde_json::Value>>(&list).unwrap_or_default() {
+                let id = req["id"].as_str().unwrap();
+                match req["target"].as_str() {
+                    Some("/usr/bin/true") => b.cli(&["approve", "--session", id]),
+                    _ => b.cli(&["deny", "--always", id]),
+                };
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
         let r = Run::from(child.wait_with_output().unwrap());
         assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
         let words: Vec<&str> = r.stdout.split_whitespace().collect();
@@ -991,10 +1003,8 @@ fn an_approved_exec_raced_to_another_program_runs_only_what_landlock_allows() {
     let [first, second, refused, other] = race(&p);
     assert_eq!(second, 0, "false ran: true {first}, false {second}, refused {refused}, other {other}");
     assert!(first > 0 && refused > 0, "the race never happened: true {first}, refused {refused}, other {other}");
-    let twin = sb.profile(
-        "askexec-false.toml",
-        "extends = \"strict\"\n[ask]\nexec = [\"/usr/bin/true\"]\n[commands]\nallow = [\"/usr/bin/false\"]\n",
-    );
+    let twin = sb
+        .profile("askexec-both.toml", "extends = \"strict\"\n[ask]\nexec = [\"/usr/bin/true\", \"/usr/bin/false\"]\n");
     let [first, second, refused, other] = race(&twin);
     assert!(first > 0 && second > 0, "twin: true {first}, false {second}, refused {refused}, other {other}");
 }
