@@ -12,6 +12,8 @@ pub mod grants;
 pub mod kaudit;
 pub mod kernel;
 pub mod mcp;
+#[cfg(test)]
+mod mutate;
 pub mod sandbox;
 pub mod sys;
 pub mod timing;

@@ -473,32 +473,14 @@ mod tests {
             "[[[[",
             "\"a\":{\"command\":[]},",
         ];
-        let mut rng = 0x853c_49e6_748f_ea9b_u64;
-        let mut next = |n: usize| {
-            rng ^= rng << 13;
-            rng ^= rng >> 7;
-            rng ^= rng << 17;
-            (rng % n as u64) as usize
-        };
-        let mut mutants: Vec<String> = Vec::new();
-        for seed in seeds {
-            mutants.push(seed.to_string());
-            for at in (0..=seed.len()).filter(|&i| seed.is_char_boundary(i)).step_by(2) {
-                mutants.push(seed[..at].to_string());
-            }
-            for _ in 0..400 {
-                let mut at = next(seed.len() + 1);
-                while !seed.is_char_boundary(at) {
-                    at -= 1;
-                }
-                let mut over = (at + next(4)).min(seed.len());
-                while !seed.is_char_boundary(over) {
-                    over -= 1;
-                }
-                let rest = if next(2) == 0 { at } else { over.max(at) };
-                mutants.push(format!("{}{}{}", &seed[..at], junk[next(junk.len())], &seed[rest..]));
-            }
-        }
+        let junk: Vec<&[u8]> = junk.iter().map(|j| j.as_bytes()).collect();
+        let mut rng = crate::mutate::Rng(0x853c_49e6_748f_ea9b);
+        // Configs are text: cuts inside a character are dropped.
+        let mut mutants: Vec<String> = seeds
+            .iter()
+            .flat_map(|seed| crate::mutate::mutants(seed.as_bytes(), &junk, 2, 400, &mut rng))
+            .filter_map(|m| String::from_utf8(m).ok())
+            .collect();
         mutants.push(format!("{{\"mcpServers\": {}{}}}", "[".repeat(10_000), "]".repeat(10_000)));
         let mut bad = Vec::new();
         let (mut wrapped_ok, mut refused) = (0, 0);

@@ -953,28 +953,12 @@ mod tests {
             b"\"id\":{},",
             b"\xff",
         ];
-        let mut rng = 0x2545_f491_4f6c_dd1d_u64;
-        let mut next = |n: usize| {
-            rng ^= rng << 13;
-            rng ^= rng >> 7;
-            rng ^= rng << 17;
-            (rng % n as u64) as usize
-        };
+        let mut rng = crate::mutate::Rng(0x2545_f491_4f6c_dd1d);
         let mut mutants: Vec<(bool, Vec<u8>)> = Vec::new();
         for (from_client, seeds) in [(true, &client), (false, &server)] {
             for seed in seeds.iter() {
-                mutants.push((from_client, seed.clone()));
-                for at in (0..seed.len()).step_by(3) {
-                    mutants.push((from_client, seed[..at].to_vec()));
-                }
-                for _ in 0..300 {
-                    let at = next(seed.len() + 1);
-                    let over = (at + next(4)).min(seed.len());
-                    let mut m = seed[..at].to_vec();
-                    m.extend_from_slice(junk[next(junk.len())]);
-                    m.extend_from_slice(&seed[if next(2) == 0 { at } else { over }..]);
-                    mutants.push((from_client, m));
-                }
+                let ms = crate::mutate::mutants(seed, junk, 3, 300, &mut rng);
+                mutants.extend(ms.into_iter().map(|m| (from_client, m)));
             }
         }
         // Deep nesting, past serde_json's recursion limit.
