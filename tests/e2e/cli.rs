@@ -208,6 +208,12 @@ fn explain_shows_every_layer() {
     assert!(v["plan"]["landlock"]["paths"].as_array().unwrap().len() > 5);
     assert!(v["seccomp"].as_array().unwrap().iter().any(|r| r["syscall"] == "ptrace"));
     assert!(v["exec"].as_array().unwrap().iter().any(|r| r["spec"] == "node"));
+    // A path with a bidi override is shown escaped, not reordered on screen.
+    let odd = sb.ws.join("\u{202e}txt.exe");
+    std::fs::create_dir(&odd).unwrap();
+    let r = sb.run(&["explain", "--write", &sb.path(&odd)]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stdout.contains("\\u{202e}txt.exe") && !r.stdout.contains('\u{202e}'), "{}", r.stdout);
 }
 
 #[test]

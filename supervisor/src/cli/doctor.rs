@@ -135,6 +135,6 @@ pub fn doctor(json: bool, profile: Option<&str>) -> Result<i32, Failure> {
             let _ = writeln!(s, "  `portcullis run` refuses this profile here unless --best-effort");
         }
     }
-    print!("{s}");
+    print!("{}", super::defused(&s));
     Ok(0)
 }

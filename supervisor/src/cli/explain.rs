@@ -36,7 +36,8 @@ pub fn explain(args: ExplainArgs) -> Result<i32, Failure> {
     if args.json {
         println!("{}", serde_json::to_string_pretty(&e).map_err(|e| Failure::setup(e.to_string()))?);
     } else {
-        print!("{}", render(&e));
+        // Paths and names come from profiles and flags: shown escaped.
+        print!("{}", super::defused(&render(&e)));
     }
     Ok(0)
 }

@@ -48,7 +48,7 @@ pub fn profile(cmd: ProfileCmd) -> Result<i32, Failure> {
             let mut notes = Vec::new();
             crate::sandbox::exec::resolve_all(&plan.exec.allow, &path_var, &writable, &mut Vec::new(), &mut notes)?;
             for n in notes {
-                println!("{}: note: {n}", file.display());
+                println!("{}", super::defused(&format!("{}: note: {n}", file.display())));
             }
             println!(
                 "{}: ok ({} path rules, {} commands, {} seccomp rules)",
