@@ -1125,6 +1125,26 @@ fn a_corrupt_grants_file_refuses_the_run_and_says_where() {
     assert!(r.stdout.is_empty(), "nothing ran: {}", r.stdout);
 }
 
+// A grant's target is a name the sandbox chose (a file it asked to write):
+// `grants list` shows it escaped, so it cannot repaint the list or reorder
+// itself on screen.
+#[test]
+fn grants_list_shows_a_planted_name_escaped() {
+    let sb = Sandbox::new("gate-grants-names", As::Caller);
+    let grants = sb.root.join("state/grants.json");
+    std::fs::create_dir_all(grants.parent().unwrap()).unwrap();
+    let grant = serde_json::json!({"version": 1, "grants": [{
+        "id": "g1", "profile": "strict", "access": "write", "target": "/w/\u{1b}[2J\u{202e}txt.exe",
+        "allow": true, "scope": "always", "created": 0, "by": "cli"}]});
+    std::fs::write(&grants, grant.to_string()).unwrap();
+    let r = Run::from(
+        Command::new(PORTCULLIS).args(["grants", "list"]).env("PORTCULLIS_GRANTS", &grants).output().unwrap(),
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stdout.contains("/w/\\x1b[2J\\u{202e}txt.exe"), "{}", r.stdout);
+    assert!(!r.stdout.contains('\u{1b}') && !r.stdout.contains('\u{202e}'), "{:?}", r.stdout);
+}
+
 both!(git_redirects_are_protected_too, |sb| {
     // Git takes config and hooks from $GIT_DIR/commondir's target, from
     // worktrees/ and modules/, and from a `.git` *file* naming another git

@@ -38,7 +38,10 @@ pub fn grants(cmd: GrantsCmd) -> Result<i32, Failure> {
                 println!("{:<8}  {:<16}  {:<5}  {:<7}  TARGET", "ID", "PROFILE", "", "ACCESS");
                 for g in list {
                     let verdict = if g.allow { "allow" } else { "deny" };
-                    println!("{:<8}  {:<16}  {verdict:<5}  {:<7}  {}", g.id, g.profile, g.access.as_str(), g.target);
+                    // A target is a name the sandbox chose: shown escaped.
+                    let line =
+                        format!("{:<8}  {:<16}  {verdict:<5}  {:<7}  {}", g.id, g.profile, g.access.as_str(), g.target);
+                    println!("{}", super::defused(&line));
                 }
             }
             Ok(0)
