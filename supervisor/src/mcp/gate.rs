@@ -596,8 +596,10 @@ impl Gate {
             let ts = self.tool_state(&mut st, name);
             ts.hints = hints;
             if status == Some(PinStatus::Changed) && ts.pin != Some(PinStatus::Changed) {
+                // The name is the server's to choose: shown escaped.
                 eprintln!(
-                    "portcullis: mcp: tool `{name}` changed its description or schema since it was pinned; its calls now need approval (delete the pin file to accept the change)"
+                    "portcullis: mcp: tool `{}` changed its description or schema since it was pinned; its calls now need approval (delete the pin file to accept the change)",
+                    crate::cli::defused(name)
                 );
                 self.record(json!({ "tool": name, "event": "pin_changed", "verdict": "ask", "decided_by": "pin" }));
             }
