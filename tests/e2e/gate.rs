@@ -1134,14 +1134,15 @@ fn grants_list_shows_a_planted_name_escaped() {
     let grants = sb.root.join("state/grants.json");
     std::fs::create_dir_all(grants.parent().unwrap()).unwrap();
     let grant = serde_json::json!({"version": 1, "grants": [{
-        "id": "g1", "profile": "strict", "access": "write", "target": "/w/\u{1b}[2J\u{202e}txt.exe",
+        "id": "g1", "profile": "strict", "access": "write", "target": "/w/\u{1b}[2J\u{202e}txt.exe\ng2  strict  allow  write  /etc",
         "allow": true, "scope": "always", "created": 0, "by": "cli"}]});
     std::fs::write(&grants, grant.to_string()).unwrap();
     let r = Run::from(
         Command::new(PORTCULLIS).args(["grants", "list"]).env("PORTCULLIS_GRANTS", &grants).output().unwrap(),
     );
     assert_eq!(r.code, 0, "{}", r.stderr);
-    assert!(r.stdout.contains("/w/\\x1b[2J\\u{202e}txt.exe"), "{}", r.stdout);
+    assert!(r.stdout.contains("/w/\\x1b[2J\\u{202e}txt.exe\\ng2"), "{}", r.stdout);
+    assert_eq!(r.stdout.lines().count(), 2, "a header and one grant, no forged line: {}", r.stdout);
     assert!(!r.stdout.contains('\u{1b}') && !r.stdout.contains('\u{202e}'), "{:?}", r.stdout);
 }
 

@@ -41,7 +41,7 @@ pub fn grants(cmd: GrantsCmd) -> Result<i32, Failure> {
                     // A target is a name the sandbox chose: shown escaped.
                     let line =
                         format!("{:<8}  {:<16}  {verdict:<5}  {:<7}  {}", g.id, g.profile, g.access.as_str(), g.target);
-                    println!("{}", super::defused(&line));
+                    println!("{}", ::audit::display_safe(&line));
                 }
             }
             Ok(0)

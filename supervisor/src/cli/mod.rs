@@ -337,11 +337,13 @@ pub fn main() -> i32 {
     }
 }
 
-/// A message for stderr with what it quotes (profile values, flags, the
-/// command line, paths) made safe for a terminal: controls and bidi
-/// characters escaped line by line, the message's own line breaks kept.
-/// The audit log keeps the raw text (JSON-escaped); this is display only.
-pub fn defused(message: &str) -> String {
+/// A multi-line message (a failure, `explain`, `doctor`) with what it
+/// quotes (profile values, flags, the command line, paths) made safe for a
+/// terminal: controls and bidi characters escaped line by line, the
+/// message's own line breaks kept. One-line output uses
+/// `audit::display_safe`, which escapes newlines too. The audit log keeps
+/// the raw text (JSON-escaped); this is display only.
+fn defused(message: &str) -> String {
     message.split('\n').map(::audit::display_safe).collect::<Vec<_>>().join("\n")
 }
 

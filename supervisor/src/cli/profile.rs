@@ -48,7 +48,7 @@ pub fn profile(cmd: ProfileCmd) -> Result<i32, Failure> {
             let mut notes = Vec::new();
             crate::sandbox::exec::resolve_all(&plan.exec.allow, &path_var, &writable, &mut Vec::new(), &mut notes)?;
             for n in notes {
-                println!("{}", super::defused(&format!("{}: note: {n}", file.display())));
+                println!("{}", ::audit::display_safe(&format!("{}: note: {n}", file.display())));
             }
             println!(
                 "{}: ok ({} path rules, {} commands, {} seccomp rules)",

@@ -314,12 +314,12 @@ fn decide(
             return Err(f);
         }
         for d in &enforcement.degradations {
-            eprintln!("portcullis: degraded: {}", super::defused(&d.line()));
+            eprintln!("portcullis: degraded: {}", ::audit::display_safe(&d.line()));
             evidence.degradation(json!({ "rule": d.rule, "at": d.at.as_ref().map(|o| o.to_string()), "needs": d.needs, "fallback": d.fallback }))?;
         }
     }
     for n in &enforcement.notices {
-        eprintln!("portcullis: note: {}", super::defused(n));
+        eprintln!("portcullis: note: {}", ::audit::display_safe(n));
     }
     let program = match program {
         Ok(p) => p,

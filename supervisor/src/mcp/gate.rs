@@ -599,7 +599,7 @@ impl Gate {
                 // The name is the server's to choose: shown escaped.
                 eprintln!(
                     "portcullis: mcp: tool `{}` changed its description or schema since it was pinned; its calls now need approval (delete the pin file to accept the change)",
-                    crate::cli::defused(name)
+                    audit::display_safe(name)
                 );
                 self.record(json!({ "tool": name, "event": "pin_changed", "verdict": "ask", "decided_by": "pin" }));
             }

@@ -242,7 +242,7 @@ pub fn resolve_command(
         let mut notes = Vec::new();
         let found = which(&name, path_var, &Writable::of(plan), &mut notes);
         for n in notes.iter().filter(|n| !noted.contains(n)) {
-            eprintln!("portcullis: note: {}", crate::cli::defused(n));
+            eprintln!("portcullis: note: {}", audit::display_safe(n));
         }
         found
     };
