@@ -234,6 +234,31 @@ both!(an_ask_for_one_address_opens_its_port_nowhere_else, |sb| {
     assert!(listener.accept().is_ok());
 });
 
+// THREATS #26: Landlock's TCP rules name ports, not hosts, so `--connect P`
+// lets the sandbox reach P on every address; a second loopback address
+// stands in for a LAN host or 169.254.169.254. This is a limit, and the
+// test shows it so that a change in it is noticed. What narrows a port to
+// one host is an ask on a literal IP:PORT instead of the port. Another
+// address on that port is then refused without asking anyone, and its
+// listener gets nothing.
+both!(a_port_rule_reaches_every_address_and_an_address_ask_only_its_own, |sb| {
+    let here = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = here.local_addr().unwrap().port();
+    let there = std::net::TcpListener::bind(("127.0.0.2", port)).expect("127.0.0.2 on the same port");
+    there.set_nonblocking(true).unwrap();
+    let p = port.to_string();
+    // The limit: the port rule alone reaches the other address.
+    probe_with(sb, &["--connect", &p], &["connect", &p, "127.0.0.2"]).expect("ok");
+    assert!(there.accept().is_ok(), "the port rule let the connect to 127.0.0.2 through");
+    // Narrowed to 127.0.0.1:P: the same connect is refused, and no one is asked.
+    let only_here = format!("127.0.0.1:{port}");
+    let r = probe_with(sb, &["--ask-connect", &only_here], &["connect", &p, "127.0.0.2"]);
+    r.expect("errno 13 EACCES");
+    assert!(!r.stderr.contains("waiting for approval"), "nobody was asked: {}", r.stderr);
+    assert!(there.accept().is_err(), "127.0.0.2 got nothing");
+    drop(here);
+});
+
 // The twin of the test above: a port only asked about still connects once
 // a person approves (the gate's own connect, in its own domain), and a
 // profile whose only TCP rule is an ask can make the socket to ask with.

@@ -340,7 +340,11 @@ fn main() {
                 if s < 0 {
                     return report(-1);
                 }
-                let sa = sockaddr_in(num(a(1)) as u16);
+                // `connect PORT [IPV4]`: 127.0.0.1 unless an address is given.
+                let mut sa = sockaddr_in(num(a(1)) as u16);
+                if let Ok(ip) = a(2).parse::<std::net::Ipv4Addr>() {
+                    sa.sin_addr.s_addr = u32::from_ne_bytes(ip.octets());
+                }
                 let r = libc::connect(s, (&sa as *const libc::sockaddr_in).cast(), std::mem::size_of_val(&sa) as u32);
                 report(r as i64);
             }
