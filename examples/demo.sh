@@ -5,7 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --quiet -p portcullis
-P="$PWD/target/release/portcullis"
+# .cargo/config.toml names the target (a static build), hence the triple.
+P="$PWD/target/x86_64-unknown-linux-gnu/release/portcullis"
 
 ws=$(mktemp -d /tmp/portcullis-demo.XXXXXX)
 trap 'rm -rf "$ws"' EXIT

@@ -378,8 +378,9 @@ pub fn bench(args: &[String]) -> Result<()> {
         }
     }
     let root = root();
-    let bin = root.join("target/release/portcullis");
-    let probe = root.join("target/release/portcullis-probe");
+    // .cargo/config.toml names the target, so release builds land here.
+    let bin = root.join("target/x86_64-unknown-linux-gnu/release/portcullis");
+    let probe = root.join("target/x86_64-unknown-linux-gnu/release/portcullis-probe");
     // base/ws is the workspace; the audit logs sit beside it, out of the
     // sandbox's reach (run refuses a rule that would reach them).
     let base = std::env::temp_dir().join(format!("portcullis-bench-{}", std::process::id()));
