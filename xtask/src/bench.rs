@@ -514,7 +514,7 @@ pub fn bench(args: &[String]) -> Result<()> {
     let prepare_us = t.elapsed().as_secs_f64() * 1e6 / n_prep as f64;
     let prepared = prepared.context("prepared")?;
     let mut filter_sizes: Vec<usize> = prepared.stage.filters.iter().map(Vec::len).collect();
-    // The approval filter (strict's protected paths), installed last with NEW_LISTENER.
+    // With a gate, the one program is the approval filter (attached with NEW_LISTENER).
     filter_sizes.extend(prepared.stage.notify.as_ref().map(|(p, _)| p.len()));
     let (fork_ns, confine_ns) = portcullis::sys::stage::time_confine(&prepared.stage, 500);
     let install_us = (confine_ns as f64 - fork_ns as f64) / 1000.0;
@@ -570,10 +570,13 @@ pub fn bench(args: &[String]) -> Result<()> {
     md.push_str(&launch_md);
     md.push_str(LAUNCH_NOTES);
     md.push_str(&format!(
-        "\n## Setup cost per launch (inside portcullis)\n\n| step | cost |\n|---|---:|\n| prepare: resolve the allowlist, build the Landlock ruleset ({} path rules), compile seccomp | {:.0} µs |\n| install in a forked child: capabilities, no_new_privs, Landlock restrict, {} seccomp programs ({} instructions) | {:.0} µs |\n",
+        "\n## Setup cost per launch (inside portcullis)\n\n| step | cost |\n|---|---:|\n| prepare: resolve the allowlist, build the Landlock ruleset ({} path rules), compile seccomp | {:.0} µs |\n| install in a forked child: capabilities, no_new_privs, Landlock restrict, {} ({} instructions) | {:.0} µs |\n",
         plan.landlock.paths.len(),
         prepare_us,
-        filter_sizes.len(),
+        match filter_sizes.len() {
+            1 => "1 seccomp program".to_string(),
+            n => format!("{n} seccomp programs"),
+        },
         filter_sizes.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(" + "),
         install_us
     ));
@@ -659,23 +662,32 @@ seccomp, capabilities, cgroup, audit log or gate).
 const FILTER_NOTES: &str = "
 ## How the filters are laid out, and why
 
-- Two stacked seccomp programs, by purpose. The first checks the
+- One seccomp program, built in parts by purpose and joined so that a
+  part that allows falls through to the next. The first part checks the
   architecture (i386 and x32 syscalls kill the process) and then finds the
   unconditional denies by binary search over the syscall number, each leaf
   returning its own errno (EPERM, or ENOSYS for `clone3`). The second is
   seccompiler's, for the syscalls whose arguments are checked (`socket`,
   `clone`, `ioctl`, `personality`, `memfd_create`, `execveat`,
   `socketpair`, and with TCP allowed `sendto`/`sendmsg`/`sendmmsg`/`listen`).
+  The last is the approval filter, for what a profile's ask and deny rules
+  park (strict: opens for writing, and every call that creates, renames or
+  removes a name); the program is attached with its listener. The parts
+  come in order of strictness, so the first that does not allow gives the
+  answer the kernel gave when they were three stacked programs (a unit test
+  compares the two for every syscall of every shipped profile).
 - Why not seccompiler for everything: it emits one linear chain sorted by
   syscall number, and attaching a filter makes the kernel emulate it once per
   syscall number to build its action cache, so install time grows with
   (chain length) x (number of syscalls). One seccompiler program for the
   whole list measured ~650 µs to install; the search tree walks about ten
   instructions per number. Each attached program also costs a fixed ~70 µs
-  here, hence two programs rather than one per purpose.
-- Both programs are default-allow: every syscall without argument rules
-  (`openat`, `read`, `close`, `getppid`, ...) gets the same answer whatever
-  its arguments, so the kernel's seccomp action cache answers it from a
-  bitmap without running BPF. What remains is the fixed cost of the seccomp
-  entry path, visible on a syscall as cheap as `getppid`.
+  here, and a syscall the action cache cannot answer runs every attached
+  program: hence one program rather than one per purpose.
+- Every part is default-allow: every syscall without argument rules
+  (`read`, `close`, `getppid`, ...) gets the same answer whatever its
+  arguments, so the kernel's seccomp action cache answers it from a bitmap
+  without running BPF. What remains is the fixed cost of the seccomp entry
+  path, visible on a syscall as cheap as `getppid`. `openat` is the
+  exception under strict: the approval filter looks at its flags.
 ";

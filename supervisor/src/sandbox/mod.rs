@@ -134,7 +134,9 @@ pub fn prepare(
                 )));
             }
             let set = seccomp::notify_set(&plan.gate);
-            let prog = seccomp::notify_program(&set);
+            let mut parts = filters.clone();
+            parts.push(seccomp::notify_program(&set));
+            let prog = seccomp::chain(&parts);
             let (ours, theirs) = nix::sys::socket::socketpair(
                 nix::sys::socket::AddressFamily::Unix,
                 nix::sys::socket::SockType::SeqPacket,
@@ -167,7 +169,8 @@ pub fn prepare(
         go: None,
         go_writer: -1,
         ruleset: ll.ruleset,
-        filters,
+        // One program: with a gate, the approval filter is it (see seccomp::chain).
+        filters: if notify.is_some() { Vec::new() } else { vec![seccomp::chain(&filters)] },
         notify,
         report: report_tx,
         devnull,
