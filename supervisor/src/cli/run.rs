@@ -268,8 +268,26 @@ fn decide(
     go: Option<std::os::fd::OwnedFd>,
 ) -> Result<Ready, Failure> {
     let session = d.session;
-    let mut evidence = Evidence::open(&session.audit, &session.id)?;
-    crate::timing::mark("audit log opened");
+    // Landlock's own reports of what it refused (ABI 7+, kernel audit on,
+    // CAP_AUDIT_READ); the watcher starts once the launch is decided. The
+    // kernel is asked while the log opens: its answer took about half a
+    // millisecond here, much of it spent waiting.
+    let abi = session.features.landlock_abi_used;
+    let (opened, kernel_denials) = std::thread::scope(|scope| {
+        let probe = std::thread::Builder::new().name("kaudit-probe".into()).spawn_scoped(scope, move || {
+            let r = kaudit::probe(abi);
+            crate::timing::mark("kernel audit probed");
+            r
+        });
+        let opened = Evidence::open(&session.audit, &session.id);
+        crate::timing::mark("audit log opened");
+        let denials = match probe {
+            Ok(h) => h.join().unwrap_or_else(|_| Err("the kernel audit probe panicked".into())),
+            Err(_) => kaudit::probe(abi),
+        };
+        (opened, denials)
+    });
+    let mut evidence = opened?;
     // The other handles are siblings, made before this one holds the lock.
     let mcp_gate = match d.mcp {
         true => Some(crate::mcp::open(&session.plan, &evidence, &session.id, d.argv)?),
@@ -279,10 +297,6 @@ fn decide(
         Some(_) => Some(evidence.sibling()?),
         None => None,
     };
-    // Landlock's own reports of what it refused (ABI 7+, kernel audit on,
-    // CAP_AUDIT_READ); the watcher starts once the launch is decided.
-    let kernel_denials = kaudit::probe(session.features.landlock_abi_used);
-    crate::timing::mark("kernel audit probed");
     let f = &session.features;
     let enforcement = d.enforcement;
     let mut launch = json!({
