@@ -738,3 +738,40 @@ fn a_lock_held_too_long_fails_closed_and_a_released_one_is_taken() {
     log.close().unwrap();
     verify(&t.log(), Some(&t.cp()), None).unwrap();
 }
+
+/// A writer checks the record it chains onto, and the checkpoint, before it
+/// appends. For its own key it checks by signing again and comparing (the
+/// same bytes always get the same Ed25519 signature); a signature by that
+/// key over other bytes, well formed and valid for those, must still be
+/// refused, as verifying would refuse it.
+#[test]
+fn a_writer_refuses_a_tail_or_checkpoint_signed_over_other_bytes() {
+    use ed25519_dalek::Signer;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let other = test_key(1).sign(b"other bytes").to_bytes();
+    let t = Tmp::new("forgedsig");
+    make_log(&t, 3);
+    let clean = lines(&t.log());
+    AuditLog::open(&t.log(), test_key(1)).unwrap().close().unwrap();
+    write_lines(&t.log(), &clean);
+
+    let mut forged = clean.clone();
+    let mut last: serde_json::Value = serde_json::from_str(forged.last().unwrap()).unwrap();
+    last["sig"] = json!(b64.encode(other));
+    *forged.last_mut().unwrap() = serde_json::to_string(&last).unwrap();
+    write_lines(&t.log(), &forged);
+    let err = AuditLog::open(&t.log(), test_key(1)).unwrap_err();
+    assert!(err.to_string().contains("signature does not verify"), "{err}");
+    write_lines(&t.log(), &clean);
+
+    let note = std::fs::read_to_string(t.cp()).unwrap();
+    let (head, sig_line) = note.trim_end().rsplit_once('\n').unwrap();
+    let (name, blob) = sig_line.rsplit_once(' ').unwrap();
+    let mut blob = b64.decode(blob).unwrap();
+    blob[4..].copy_from_slice(&other);
+    std::fs::write(t.cp(), format!("{head}\n{name} {}\n", b64.encode(&blob))).unwrap();
+    let err = AuditLog::open(&t.log(), test_key(1)).unwrap_err();
+    assert!(matches!(err, AuditError::Checkpoint { .. }), "{err}");
+    std::fs::write(t.cp(), &note).unwrap();
+    AuditLog::open(&t.log(), test_key(1)).unwrap().close().unwrap();
+}
