@@ -569,9 +569,12 @@ fn deny_errno(op: &Op) -> i32 {
 /// not exist yet keeps its longest existing ancestor's canonical form.
 pub fn canonical_rules(plan: &policy::ask::GatePlan) -> policy::ask::GatePlan {
     let mut out = plan.clone();
+    // Rules share ancestors (strict's name the workspace a dozen times):
+    // each is resolved once per launch.
+    let mut seen = std::collections::HashMap::new();
     for r in &plan.rules {
         if let policy::ask::Target::Path(p) = &r.target {
-            let c = canonical_path(std::path::Path::new(p));
+            let c = canonical_path(std::path::Path::new(p), &mut seen);
             if c != *p {
                 let mut extra = r.clone();
                 extra.target = policy::ask::Target::Path(c);
@@ -582,11 +585,22 @@ pub fn canonical_rules(plan: &policy::ask::GatePlan) -> policy::ask::GatePlan {
     out
 }
 
-fn canonical_path(p: &std::path::Path) -> String {
+fn canonical_path(
+    p: &std::path::Path,
+    seen: &mut std::collections::HashMap<std::path::PathBuf, Option<std::path::PathBuf>>,
+) -> String {
     let mut head = p.to_path_buf();
     let mut tail = Vec::new();
     loop {
-        if let Some(c) = resolved(&head) {
+        let found = match seen.get(&head) {
+            Some(r) => r.clone(),
+            None => {
+                let r = resolved(&head);
+                seen.insert(head.clone(), r.clone());
+                r
+            }
+        };
+        if let Some(c) = found {
             let mut full = c;
             for part in tail.iter().rev() {
                 full.push(part);
@@ -985,14 +999,17 @@ mod tests {
         std::os::unix::fs::symlink(&real, root.join("link")).unwrap();
         std::os::unix::fs::symlink("real/file", root.join("flink")).unwrap();
         let real_s = std::fs::canonicalize(&real).unwrap().to_string_lossy().into_owned();
-        let at = |rel: &str| canonical_path(&root.join(rel));
+        let at = |rel: &str| canonical_path(&root.join(rel), &mut Default::default());
         assert_eq!(at("link"), real_s);
         assert_eq!(at("link/sub/../file"), format!("{real_s}/file"));
         assert_eq!(at("flink"), format!("{real_s}/file"));
         assert_eq!(at("link/not/yet"), format!("{real_s}/not/yet"));
         assert_eq!(at("link/sub"), std::fs::canonicalize(root.join("link/sub")).unwrap().to_string_lossy());
         // Nothing of it exists: kept as written.
-        assert_eq!(canonical_path(std::path::Path::new("/nonexistent-pc/x")), "/nonexistent-pc/x");
+        assert_eq!(
+            canonical_path(std::path::Path::new("/nonexistent-pc/x"), &mut Default::default()),
+            "/nonexistent-pc/x"
+        );
         std::fs::remove_dir_all(&root).unwrap();
     }
 
