@@ -234,7 +234,8 @@ pub fn build(
         if rule.exec {
             access |= AccessFs::Execute;
         }
-        let is_dir = std::fs::metadata(&rule.path).map(|m| m.is_dir()).unwrap_or(false);
+        // What was opened, not what the path names a moment later.
+        let is_dir = is_dir(&fd);
         access &= if is_dir { fs_all } else { fs_file };
         if rule.path == "/proc" {
             proc_access = Some(access.bits());
@@ -246,9 +247,8 @@ pub fn build(
     for cmd in exec {
         let fd =
             PathFd::new(&cmd.path).map_err(|e| Failure::setup(format!("{}: {}: {e}", cmd.at, cmd.path.display())))?;
-        let is_dir = cmd.path.is_dir();
         let access =
-            (AccessFs::Execute | AccessFs::ReadFile | AccessFs::ReadDir) & if is_dir { fs_all } else { fs_file };
+            (AccessFs::Execute | AccessFs::ReadFile | AccessFs::ReadDir) & if is_dir(&fd) { fs_all } else { fs_file };
         created = created.add_rule(PathBeneath::new(fd, access)).map_err(ll_err)?;
     }
     if abi >= 4 && !cfg!(feature = "sabotage-landlock-net") {
@@ -261,4 +261,11 @@ pub fn build(
     }
     let fd: Option<OwnedFd> = created.into();
     Ok(Outcome { ruleset: fd, proc_access, floor })
+}
+
+/// Whether the opened file is a directory (fstat on the descriptor: one
+/// syscall, and about the object the rule is made from).
+fn is_dir(fd: &impl std::os::fd::AsFd) -> bool {
+    use std::os::fd::AsRawFd;
+    nix::sys::stat::fstat(fd.as_fd().as_raw_fd()).is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFDIR)
 }
