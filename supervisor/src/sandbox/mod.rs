@@ -136,7 +136,7 @@ pub fn prepare(
             let set = seccomp::notify_set(&plan.gate);
             let mut parts = filters.clone();
             parts.push(seccomp::notify_program(&set));
-            let prog = seccomp::chain(&parts);
+            let prog = seccomp::chain(&parts)?;
             let (ours, theirs) = nix::sys::socket::socketpair(
                 nix::sys::socket::AddressFamily::Unix,
                 nix::sys::socket::SockType::SeqPacket,
@@ -170,7 +170,7 @@ pub fn prepare(
         go_writer: -1,
         ruleset: ll.ruleset,
         // One program: with a gate, the approval filter is it (see seccomp::chain).
-        filters: if notify.is_some() { Vec::new() } else { vec![seccomp::chain(&filters)] },
+        filters: if notify.is_some() { Vec::new() } else { vec![seccomp::chain(&filters)?] },
         notify,
         report: report_tx,
         devnull,

@@ -141,7 +141,7 @@ fn condition(c: &policy::plan::ArgCmp) -> Result<SeccompCondition, seccompiler::
 /// Why one program: every attached program costs a fixed ~70 µs to install,
 /// and a syscall the action cache cannot answer (an `openat` the approval
 /// filter looks at) runs every attached program.
-pub fn chain(programs: &[Vec<Insn>]) -> Vec<Insn> {
+pub fn chain(programs: &[Vec<Insn>]) -> Result<Vec<Insn>, Failure> {
     let mut out = Vec::with_capacity(programs.iter().map(Vec::len).sum());
     for (i, prog) in programs.iter().enumerate() {
         let last = i + 1 == programs.len();
@@ -154,7 +154,14 @@ pub fn chain(programs: &[Vec<Insn>]) -> Vec<Insn> {
             }
         }
     }
-    out
+    // The kernel's limit (BPF_MAXINSNS): said here, not as EINVAL at exec.
+    if out.len() > 4096 {
+        return Err(Failure::setup(format!(
+            "seccomp: the filter has {} instructions, over the kernel's limit of 4096; the profile asks about or denies too many syscalls",
+            out.len()
+        )));
+    }
+    Ok(out)
 }
 
 /// Compiles the rules into programs, architecture filter first, then the
@@ -336,7 +343,7 @@ mod tests {
                 old.push(g.clone());
                 joined.push(g.clone());
             }
-            let one = chain(&joined);
+            let one = chain(&joined).unwrap();
             // Each argument value the rules compare with, and its neighbours.
             let mut values: Vec<u64> = vec![0, 1, 2, 3, 0x40, 0x41, 0x200, 0x241, 0x1000, 1 << 32, u64::MAX];
             for r in rules {
@@ -372,6 +379,14 @@ mod tests {
             }
         }
         checked
+    }
+
+    #[test]
+    fn a_program_over_the_kernel_limit_is_refused_before_launch() {
+        let allow = || stmt(RET_K, libc::SECCOMP_RET_ALLOW);
+        assert_eq!(chain(&[vec![allow(); 2048], vec![allow(); 2048]]).unwrap().len(), 4096);
+        let err = chain(&[vec![allow(); 2048], vec![allow(); 2049]]).unwrap_err();
+        assert!(err.message.contains("4097 instructions"), "{}", err.message);
     }
 
     #[test]

@@ -132,11 +132,12 @@ pub struct Stage {
     /// This process's number for the pipe's write end, closed first thing
     /// in the child so that only the supervisor can ever write (or close) it.
     pub go_writer: RawFd,
-    /// Seccomp programs, installed in order.
+    /// Seccomp programs, installed in order (portcullis makes one, or none
+    /// when `notify` carries it).
     pub filters: Vec<Vec<Insn>>,
-    /// The approval filter (RET_USER_NOTIF for what the gate decides),
-    /// installed last with NEW_LISTENER; the listener goes to the
-    /// supervisor over the socket and is closed here.
+    /// A program whose last part is the approval filter (RET_USER_NOTIF for
+    /// what the gate decides), installed last with NEW_LISTENER; the
+    /// listener goes to the supervisor over the socket and is closed here.
     pub notify: Option<(Vec<Insn>, OwnedFd)>,
     /// Write end of the report pipe: (step, errno) records on failure.
     pub report: OwnedFd,
