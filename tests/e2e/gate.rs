@@ -234,6 +234,20 @@ both!(an_ask_for_one_address_opens_its_port_nowhere_else, |sb| {
     assert!(listener.accept().is_ok());
 });
 
+// openat2 keeps its flags behind a pointer no seccomp filter can read, so
+// under path rules it fails with ENOSYS, and libc falls back to openat,
+// which the gate sees (GATE.md). A profile that also denies openat2 outright
+// must not turn that into EPERM, which callers do not fall back from: the
+// answer the stacked filters gave, kept when they became one program.
+both!(openat2_fails_enosys_even_where_the_profile_denies_it, |sb| {
+    let file = sb.path(&sb.ws.join("file.txt"));
+    probe_with(sb, &[], &["openat2", &file]).expect("errno 38 ENOSYS");
+    let p = sb.profile("deny-openat2.toml", "extends = \"strict\"\n[syscalls]\ndeny = [\"openat2\"]\n");
+    probe_with(sb, &["--profile", &p], &["openat2", &file]).expect("errno 38 ENOSYS");
+    // Twin: the call callers fall back to opens the same file.
+    probe_with(sb, &["--profile", &p], &["read", &file]).expect("ok");
+});
+
 // THREATS #26: Landlock's TCP rules name ports, not hosts, so `--connect P`
 // lets the sandbox reach P on every address; a second loopback address
 // stands in for a LAN host or 169.254.169.254. This is a limit, and the

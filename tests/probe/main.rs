@@ -79,6 +79,19 @@ fn main() {
                 let fd = libc::open(c(a(1)).as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC);
                 report(fd as i64);
             }
+            "openat2" => {
+                // Read-only openat2: flags behind a pointer no filter can read.
+                #[repr(C)]
+                struct OpenHow {
+                    flags: u64,
+                    mode: u64,
+                    resolve: u64,
+                }
+                let how = OpenHow { flags: (libc::O_RDONLY | libc::O_CLOEXEC) as u64, mode: 0, resolve: 0 };
+                let size = std::mem::size_of::<OpenHow>();
+                let fd = libc::syscall(libc::SYS_openat2, libc::AT_FDCWD, c(a(1)).as_ptr(), &how, size);
+                report(fd);
+            }
             "write" => {
                 // Open an existing file for writing and append a marker.
                 let fd = libc::open(c(a(1)).as_ptr(), libc::O_WRONLY | libc::O_APPEND | libc::O_CLOEXEC);

@@ -103,7 +103,9 @@ pub fn prepare(
     if !features.seccomp_filter {
         return Err(Failure::setup("seccomp filtering is not available in this kernel; refusing to run without it"));
     }
-    let filters = seccomp::compile(&rules)?;
+    // With ask or deny rules, the approval filter is the program's last part.
+    let parked = (!plan.gate.is_empty()).then(|| seccomp::notify_set(&plan.gate));
+    let program = seccomp::program(&rules, parked.as_deref())?;
     crate::timing::mark("seccomp compiled");
 
     let limits = limits::apply(
@@ -133,10 +135,6 @@ pub fn prepare(
                     plan.gate.rules[0].describe()
                 )));
             }
-            let set = seccomp::notify_set(&plan.gate);
-            let mut parts = filters.clone();
-            parts.push(seccomp::notify_program(&set));
-            let prog = seccomp::chain(&parts)?;
             let (ours, theirs) = nix::sys::socket::socketpair(
                 nix::sys::socket::AddressFamily::Unix,
                 nix::sys::socket::SockType::SeqPacket,
@@ -151,8 +149,13 @@ pub fn prepare(
                 None => None,
             };
             let net = landlock::gate_net(&plan.landlock, features.landlock_abi_used)?;
-            (Some((prog, theirs)), Some(crate::gate::Setup { sock: ours, ruleset, net }))
+            (Some(theirs), Some(crate::gate::Setup { sock: ours, ruleset, net }))
         }
+    };
+    // One program: with a gate, attached with the approval filter's listener.
+    let (filters, notify) = match notify {
+        Some(sock) => (Vec::new(), Some((program, sock))),
+        None => (vec![program], None),
     };
     let uid_map = format!("{0} {0} 1\n", features.euid).into_bytes();
     let gid_map = format!("{0} {0} 1\n", nix::unistd::getegid()).into_bytes();
@@ -169,8 +172,7 @@ pub fn prepare(
         go: None,
         go_writer: -1,
         ruleset: ll.ruleset,
-        // One program: with a gate, the approval filter is it (see seccomp::chain).
-        filters: if notify.is_some() { Vec::new() } else { vec![seccomp::chain(&filters)?] },
+        filters,
         notify,
         report: report_tx,
         devnull,

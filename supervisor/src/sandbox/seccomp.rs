@@ -164,6 +164,22 @@ pub fn chain(programs: &[Vec<Insn>]) -> Result<Vec<Insn>, Failure> {
     Ok(out)
 }
 
+/// The one program to attach: `rules` and, with ask or deny rules, the
+/// approval filter for `gate` (see [`chain`]). A syscall the approval
+/// filter answers ENOSYS (`openat2`, so that libc falls back to a call it
+/// can park) keeps that answer even where the profile also denies it
+/// outright: attached one by one, the newer approval filter won that tie
+/// between two ERRNOs, and a chain keeps the first answer, so the floor's
+/// rules for it are left out.
+pub fn program(rules: &[SyscallRule], gate: Option<&[(u32, Notify)]>) -> Result<Vec<Insn>, Failure> {
+    let enosys: Vec<i64> =
+        gate.unwrap_or_default().iter().filter(|(_, how)| *how == Notify::Enosys).map(|(n, _)| i64::from(*n)).collect();
+    let kept: Vec<SyscallRule> = rules.iter().filter(|r| !enosys.contains(&r.nr)).cloned().collect();
+    let mut parts = compile(&kept)?;
+    parts.extend(gate.map(notify_program));
+    chain(&parts)
+}
+
 /// Compiles the rules into programs, architecture filter first, then the
 /// argument checks newest first (see [`chain`], which joins them).
 pub fn compile(rules: &[SyscallRule]) -> Result<Vec<Vec<Insn>>, Failure> {
@@ -297,10 +313,11 @@ mod tests {
         ret
     }
 
-    /// The one program [`chain`] makes answers every syscall as the
+    /// The one program [`program`] makes answers every syscall as the
     /// programs it joins answered when they were attached one by one (the
     /// argument checks in the order compile used to give them, the approval
-    /// filter last), for every shipped profile, with and without its gate.
+    /// filter last), for every shipped profile as it is and with outright
+    /// denies added, with its own gate, none, and one that overlaps.
     #[test]
     fn the_chained_program_answers_as_the_stacked_ones_did() {
         let vars = policy::Vars { workspace: "/ws".into(), home: "/home/u".into(), tmp: "/tmp/t".into() };
@@ -309,74 +326,101 @@ mod tests {
         for (name, _) in policy::source::BUILTIN {
             let profile = loader.load(name).unwrap();
             let plan = policy::compile(&profile, &vars).unwrap();
-            let parts = compile(&plan.seccomp.rules).unwrap();
+            // A profile may also deny outright what a gate parks or answers
+            // ENOSYS (`[syscalls] deny`), or what argument checks cover.
+            let mut denying = plan.seccomp.rules.clone();
+            for n in ["openat2", "connect", "socket", "execveat"] {
+                denying.extend(policy::seccomp::extra(n, "test"));
+            }
             // The profile's own approval filter, none, and one that parks
             // syscalls the argument checks also answer (socket, ioctl,
             // clone, execveat): there the stricter ERRNO must still win.
-            let own = (!plan.gate.is_empty()).then(|| notify_program(&notify_set(&plan.gate)));
-            let overlapping = notify_program(&[
+            let own = (!plan.gate.is_empty()).then(|| notify_set(&plan.gate));
+            let overlapping = vec![
                 (41, Notify::Always),
                 (16, Notify::Always),
                 (56, Notify::Always),
                 (nr::EXECVEAT, Notify::Always),
+                (nr::CONNECT, Notify::Always),
                 (nr::OPENAT, Notify::WriteFlags { arg: 2 }),
                 (nr::OPENAT2, Notify::Enosys),
-            ]);
-            for gate in [own, None, Some(overlapping)] {
-                checked += same_answers(name, &parts, gate.as_ref(), &plan.seccomp.rules);
+            ];
+            for rules in [&plan.seccomp.rules, &denying] {
+                for gate in [own.as_deref(), None, Some(&overlapping[..])] {
+                    checked += same_answers(name, rules, gate);
+                }
             }
         }
         assert!(checked > 100_000, "{checked}");
     }
 
-    /// Compares, for one profile, the joined program with the programs
-    /// attached one by one; returns how many answers were compared.
-    fn same_answers(name: &str, parts: &[Vec<Insn>], gate: Option<&Vec<Insn>>, rules: &[SyscallRule]) -> usize {
+    /// Arguments that meet every condition of `r` at once (each condition
+    /// alone is not enough for a rule on several arguments).
+    fn meeting(r: &SyscallRule) -> [u64; 6] {
+        let mut args = [0u64; 6];
+        for c in &r.when {
+            args[usize::from(c.arg)] = match c.op {
+                Op::Eq | Op::Ge | Op::Le | Op::MaskedEq(_) => c.value,
+                Op::Gt => c.value.wrapping_add(1),
+                Op::Ne => c.value ^ 1,
+            };
+        }
+        args
+    }
+
+    /// Compares, for one rule set and gate, the joined program with the
+    /// programs attached one by one; returns how many answers were compared.
+    fn same_answers(name: &str, rules: &[SyscallRule], gate: Option<&[(u32, Notify)]>) -> usize {
         let mut checked = 0;
-        {
-            // Attached one by one: floor, then the argument checks oldest
-            // first (compile now gives them newest first), then the gate.
-            let mut old: Vec<Vec<Insn>> = vec![parts[0].clone()];
-            old.extend(parts[1..].iter().rev().cloned());
-            let mut joined = parts.to_vec();
-            if let Some(g) = gate {
-                old.push(g.clone());
-                joined.push(g.clone());
+        // Attached one by one: floor, then the argument checks oldest first
+        // (compile now gives them newest first), then the gate.
+        let parts = compile(rules).unwrap();
+        let mut old: Vec<Vec<Insn>> = vec![parts[0].clone()];
+        old.extend(parts[1..].iter().rev().cloned());
+        old.extend(gate.map(notify_program));
+        let one = program(rules, gate).unwrap();
+        // Each argument value the rules compare with, and its neighbours.
+        let mut values: Vec<u64> = vec![0, 1, 2, 3, 0x40, 0x41, 0x200, 0x241, 0x1000, 1 << 32, u64::MAX];
+        for r in rules {
+            for c in &r.when {
+                let mask = match c.op {
+                    Op::MaskedEq(m) => m,
+                    _ => 0,
+                };
+                values.extend([c.value, c.value.wrapping_add(1), c.value.wrapping_sub(1), c.value | 1 << 32]);
+                values.extend([mask, c.value | mask, c.value & !mask]);
             }
-            let one = chain(&joined).unwrap();
-            // Each argument value the rules compare with, and its neighbours.
-            let mut values: Vec<u64> = vec![0, 1, 2, 3, 0x40, 0x41, 0x200, 0x241, 0x1000, 1 << 32, u64::MAX];
-            for r in rules {
-                for c in &r.when {
-                    let mask = match c.op {
-                        Op::MaskedEq(m) => m,
-                        _ => 0,
-                    };
-                    values.extend([c.value, c.value.wrapping_add(1), c.value.wrapping_sub(1), c.value | 1 << 32]);
-                    values.extend([mask, c.value | mask, c.value & !mask]);
-                }
+        }
+        values.sort_unstable();
+        values.dedup();
+        let mut cases: Vec<[u64; 6]> = Vec::new();
+        for arg in 0..6 {
+            for &v in &values {
+                let mut args = [0u64; 6];
+                args[arg] = v;
+                cases.push(args);
             }
-            values.sort_unstable();
-            values.dedup();
-            for nr in 0..460u32 {
-                for arg in 0..6 {
-                    for &v in &values {
-                        let mut args = [0u64; 6];
-                        args[arg] = v;
-                        let (want, got) = (stacked(&old, nr, args), eval(&one, nr, AUDIT_ARCH_X86_64, args));
-                        assert_eq!(got, want, "{name}: syscall {nr}, arg {arg} = {v:#x}");
-                        checked += 1;
-                    }
-                }
+        }
+        cases.extend(rules.iter().filter(|r| !r.when.is_empty()).map(meeting));
+        for nr in 0..460u32 {
+            for &args in &cases {
+                let (want, got) = (stacked(&old, nr, args), eval(&one, nr, AUDIT_ARCH_X86_64, args));
+                assert_eq!(got, want, "{name}: syscall {nr}, args {args:x?}");
+                checked += 1;
             }
-            // Foreign syscalls die before any part can park or allow them.
-            for nr in 0..460u32 {
-                const AUDIT_ARCH_I386: u32 = 0x4000_0003;
-                let i386 = eval(&one, nr, AUDIT_ARCH_I386, [0; 6]);
-                assert_eq!(i386, libc::SECCOMP_RET_KILL_PROCESS, "{name}: i386 {nr}");
-                let x32 = eval(&one, nr | X32_SYSCALL_BIT, AUDIT_ARCH_X86_64, [0; 6]);
-                assert_eq!(x32, libc::SECCOMP_RET_KILL_PROCESS, "{name}: x32 {nr}");
-            }
+        }
+        // Every rule on several arguments was met at least once.
+        for r in rules.iter().filter(|r| !r.when.is_empty()) {
+            let got = eval(&one, r.nr as u32, AUDIT_ARCH_X86_64, meeting(r));
+            assert_ne!(got, libc::SECCOMP_RET_ALLOW, "{name}: rule on {} never met", r.nr);
+        }
+        // Foreign syscalls die before any part can park or allow them.
+        for nr in 0..460u32 {
+            const AUDIT_ARCH_I386: u32 = 0x4000_0003;
+            let i386 = eval(&one, nr, AUDIT_ARCH_I386, [0; 6]);
+            assert_eq!(i386, libc::SECCOMP_RET_KILL_PROCESS, "{name}: i386 {nr}");
+            let x32 = eval(&one, nr | X32_SYSCALL_BIT, AUDIT_ARCH_X86_64, [0; 6]);
+            assert_eq!(x32, libc::SECCOMP_RET_KILL_PROCESS, "{name}: x32 {nr}");
         }
         checked
     }
