@@ -336,7 +336,7 @@ mod tests {
             // syscalls the argument checks also answer (socket, ioctl,
             // clone, execveat): there the stricter ERRNO must still win.
             let own = (!plan.gate.is_empty()).then(|| notify_set(&plan.gate));
-            let overlapping = vec![
+            let overlapping = [
                 (41, Notify::Always),
                 (16, Notify::Always),
                 (56, Notify::Always),
