@@ -135,8 +135,9 @@ fn condition(c: &policy::plan::ArgCmp) -> Result<SeccompCondition, seccompiler::
 /// architecture check and the unconditional denies (KILL, ERRNO), then the
 /// argument checks newest first (ERRNO, on syscalls the first part allows),
 /// then the approval filter (USER_NOTIF, and ENOSYS for `openat2`, which no
-/// argument check names). The unit tests compare the two answers for every
-/// syscall of every shipped profile.
+/// argument check names and [`program`] keeps out of the first part). The
+/// unit tests compare the two answers for every syscall of every shipped
+/// profile, also with outright denies added.
 ///
 /// Why one program: every attached program costs a fixed ~70 µs to install,
 /// and a syscall the action cache cannot answer (an `openat` the approval
