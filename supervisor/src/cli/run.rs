@@ -98,9 +98,10 @@ pub(super) fn launch(session: &Session, prepared: Prepared, command: &[OsString]
 /// The stage forks as soon as the sandbox is prepared: while its cgroup,
 /// namespaces and init come up, a second thread ([`decide`]) opens the audit
 /// log, checks what must be refused, writes the launch record and starts the
-/// gate and the kernel-audit watcher. The command waits for that thread's
-/// go-ahead before it confines itself and execs; a refusal closes the pipe
-/// unwritten and the command never runs.
+/// gate and the kernel-audit watcher. The command confines itself once that
+/// thread knows whether the kernel's reports are read (the first byte of the
+/// go-ahead pipe), and execs only on its go-ahead (the second); a refusal
+/// closes the pipe and the command never runs.
 fn launch_with(session: &Session, prepared: Prepared, command: &[OsString], mcp: bool) -> Result<i32, Failure> {
     let Prepared { enforcement, exec: allowed, stage, report_rx, cgroups, gate: gate_setup, .. } = prepared;
     // Before any thread exists (audit writers and signers, the kernel-audit
@@ -160,7 +161,7 @@ fn launch_with(session: &Session, prepared: Prepared, command: &[OsString], mcp:
         (Ok(r), Some(s)) => (r, s),
         (ready, spawned) => {
             // Refused (and recorded): the stage read EOF instead of the
-            // go-ahead and stopped before it confined itself or exec'd.
+            // go-ahead and stopped before it exec'd.
             if let Some(Ok(child)) = spawned {
                 kill(&child);
                 wait::supervise(child.id(), &set);
@@ -256,9 +257,10 @@ struct Ready {
 }
 
 /// Opens the audit log, refuses (and records why) a launch that must not
-/// happen, writes the launch record, starts the kernel-audit watcher and the
-/// gate, and then gives the stage its go-ahead through `go`. A refusal drops
-/// `go` unwritten, which stops the stage. `program`: the resolved command,
+/// happen, starts the kernel-audit watcher and tells the stage to confine
+/// itself, writes the launch record, starts the gate, and then gives the
+/// stage its go-ahead through `go`. A refusal drops `go` before the
+/// go-ahead, which stops the stage before exec. `program`: the resolved command,
 /// or why it may not run (then nothing was forked and `go` is None).
 fn decide(
     d: &Decision,
@@ -267,33 +269,41 @@ fn decide(
     canary: Option<kaudit::Canary>,
     go: Option<std::os::fd::OwnedFd>,
 ) -> Result<Ready, Failure> {
+    std::thread::scope(|scope| decide_in(scope, d, program, gate_setup, canary, go))
+}
+
+fn decide_in<'scope>(
+    scope: &'scope std::thread::Scope<'scope, '_>,
+    d: &'scope Decision,
+    program: Result<&Path, &Failure>,
+    gate_setup: Option<crate::gate::Setup>,
+    canary: Option<kaudit::Canary>,
+    go: Option<std::os::fd::OwnedFd>,
+) -> Result<Ready, Failure> {
     let session = d.session;
-    // Landlock's own reports of what it refused (ABI 7+, kernel audit on,
-    // CAP_AUDIT_READ); the watcher starts once the launch is decided. The
-    // kernel is asked while the log opens: its answer took about half a
-    // millisecond here, much of it spent waiting.
+    // What needs no log is done while the log opens and the reach checks
+    // run: the gate's acting thread confines itself, and a second thread
+    // asks the kernel whether Landlock's own reports of what it refused can
+    // be read (ABI 7+, kernel audit on, CAP_AUDIT_READ; the answer took
+    // about a millisecond here, much of it spent waiting), then resolves
+    // the gate's rule paths.
+    let gate = gate_setup.map(crate::gate::begin);
     let abi = session.features.landlock_abi_used;
-    let (opened, kernel_denials) = std::thread::scope(|scope| {
-        let probe = std::thread::Builder::new().name("kaudit-probe".into()).spawn_scoped(scope, move || {
-            let r = kaudit::probe(abi);
-            crate::timing::mark("kernel audit probed");
-            r
-        });
-        let opened = Evidence::open(&session.audit, &session.id);
-        crate::timing::mark("audit log opened");
-        let denials = match probe {
-            Ok(h) => h.join().unwrap_or_else(|_| Err("the kernel audit probe panicked".into())),
-            Err(_) => kaudit::probe(abi),
-        };
-        (opened, denials)
-    });
-    let mut evidence = opened?;
+    let gated = gate.is_some();
+    let prepare = move || {
+        let denials = kaudit::probe(abi);
+        crate::timing::mark("kernel audit probed");
+        (denials, gated.then(|| crate::gate::canonical_rules(&session.plan.gate)))
+    };
+    let prep = std::thread::Builder::new().name("launch-prep".into()).spawn_scoped(scope, prepare);
+    let mut evidence = Evidence::open(&session.audit, &session.id)?;
+    crate::timing::mark("audit log opened");
     // The other handles are siblings, made before this one holds the lock.
     let mcp_gate = match d.mcp {
         true => Some(crate::mcp::open(&session.plan, &evidence, &session.id, d.argv)?),
         false => None,
     };
-    let gate_evidence = match &gate_setup {
+    let gate_evidence = match &gate {
         Some(_) => Some(evidence.sibling()?),
         None => None,
     };
@@ -343,6 +353,10 @@ fn decide(
         }
     };
     launch["program"] = json!(program);
+    let (kernel_denials, gate_rules) = match prep {
+        Ok(h) => h.join().unwrap_or_else(|_| (Err("the launch-prep thread panicked".into()), None)),
+        Err(_) => prepare(),
+    };
     let watcher = match (kernel_denials, canary) {
         (Ok(reader), Some(canary)) => match kaudit::Watcher::start(reader, canary, &session.audit, &session.id) {
             Ok(w) => Some(w),
@@ -364,11 +378,18 @@ fn decide(
         launch["kernel_denials"] = json!("recorded");
     }
     crate::timing::mark("kernel audit watcher started");
+    // The command may confine itself now (the canary exists if it is to be
+    // opened) while the launch record is written and the gate starts.
+    if let Some(go) = &go {
+        let byte = if watcher.is_some() { stage::CONFINE_WATCHED } else { stage::CONFINE };
+        // A stage that already failed has closed its end: spawn reports why.
+        let _ = nix::unistd::write(go, &[byte]);
+    }
     evidence.launch(launch)?;
     // The gate serves notifications before the command starts: its first
     // execve may already be parked, and spawn() waits for that exec.
-    let syscall_gate = match (gate_setup, gate_evidence) {
-        (Some(setup), Some(ev)) => {
+    let syscall_gate = match (gate, gate_evidence) {
+        (Some(starting), Some(ev)) => {
             // The gate's records wait for the log's lock, which the launch
             // record holds until committed. With exec rules the very first
             // execve may be an ask whose answer must be durable before the
@@ -378,7 +399,8 @@ fn decide(
             if session.plan.gate.covers(policy::ask::Access::Exec) {
                 evidence.commit()?;
             }
-            let g = match start_gate(session, setup, d.argv, ev) {
+            let rules = gate_rules.unwrap_or_else(|| crate::gate::canonical_rules(&session.plan.gate));
+            let g = match starting.and_then(|starting| start_gate(session, starting, rules, d.argv, ev)) {
                 Ok(g) => g,
                 Err(f) => {
                     evidence.refused(Kind::Exit, f.code, &f.message, json!({ "stage": "syscall gate" }))?;
@@ -391,9 +413,7 @@ fn decide(
         _ => None,
     };
     if let Some(go) = go {
-        let byte = if watcher.is_some() { stage::GO_WATCHED } else { stage::GO };
-        // A stage that already failed has closed its end: spawn reports why.
-        let _ = nix::unistd::write(&go, &[byte]);
+        let _ = nix::unistd::write(&go, &[stage::GO]);
     }
     Ok(Ready { evidence, watcher, syscall_gate, mcp_gate })
 }
@@ -429,14 +449,15 @@ fn approval_state_out_of_reach(rules: &crate::evidence::RuleInodes) -> Result<()
 /// Starts the syscall gate for the plan's `ask`/`deny` rules.
 fn start_gate(
     session: &Session,
-    setup: crate::gate::Setup,
+    starting: crate::gate::Starting,
+    rules: policy::ask::GatePlan,
     argv: &[String],
     evidence: Evidence,
 ) -> Result<crate::gate::Running, Failure> {
     let grants_path = crate::grants::path()?;
     let file = crate::grants::load(&grants_path)?;
     let ctx = crate::gate::Context {
-        plan: crate::gate::canonical_rules(&session.plan.gate),
+        plan: rules,
         profile: session.plan.profile.clone(),
         session: session.id.clone(),
         argv: argv.to_vec(),
@@ -447,7 +468,7 @@ fn start_gate(
         records_per_target: crate::gate::VERDICT_RECORDS_PER_TARGET,
         connect_ports: session.plan.landlock.connect_tcp.iter().map(|p| p.value).collect(),
     };
-    crate::gate::start(setup, ctx, Some(evidence))
+    starting.start(ctx, Some(evidence))
 }
 
 /// Why spawn failed: a setup step the stage reported, or exec's own error.

@@ -215,7 +215,7 @@ pub fn measure(iters: usize, dir: &Path) -> Result<GateBench, Failure> {
             unix_sockets: false,
         };
         let evidence = if audit_on { Some(Evidence::open(&audit, session)?) } else { None };
-        super::start(Setup { sock, ruleset: None, net: None }, ctx, evidence)
+        super::begin(Setup { sock, ruleset: None, net: None })?.start(ctx, evidence)
     };
     let start =
         |sock: OwnedFd, session: &str| start_with(sock, session, &plan, true, super::VERDICT_RECORDS_PER_TARGET);

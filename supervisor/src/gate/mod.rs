@@ -111,8 +111,27 @@ struct Hands {
     tx: Mutex<mpsc::Sender<Box<dyn FnOnce() + Send>>>,
 }
 
+/// Hands whose thread is confining itself; [`PendingHands::ready`] waits for it.
+struct PendingHands {
+    tx: mpsc::Sender<Box<dyn FnOnce() + Send>>,
+    ready: mpsc::Receiver<std::io::Result<()>>,
+}
+
+impl PendingHands {
+    fn ready(self) -> Result<Hands, Failure> {
+        match self.ready.recv() {
+            Ok(Ok(())) => Ok(Hands { tx: Mutex::new(self.tx) }),
+            Ok(Err(e)) => Err(Failure::setup(format!(
+                "gate: cannot confine the thread that acts for the sandbox: {e}; refusing to run"
+            ))),
+            Err(_) => Err(Failure::setup("gate: the acting thread died")),
+        }
+    }
+}
+
 impl Hands {
-    fn start(ruleset: Option<OwnedFd>) -> Result<Hands, Failure> {
+    /// Starts the thread; it confines itself while the caller goes on.
+    fn spawn(ruleset: Option<OwnedFd>) -> Result<PendingHands, Failure> {
         let (tx, rx) = mpsc::channel::<Box<dyn FnOnce() + Send>>();
         let (ready_tx, ready_rx) = mpsc::sync_channel(1);
         std::thread::Builder::new()
@@ -144,13 +163,7 @@ impl Hands {
                 }
             })
             .map_err(|e| Failure::setup(format!("gate: cannot start a thread: {e}")))?;
-        match ready_rx.recv() {
-            Ok(Ok(())) => Ok(Hands { tx: Mutex::new(tx) }),
-            Ok(Err(e)) => Err(Failure::setup(format!(
-                "gate: cannot confine the thread that acts for the sandbox: {e}; refusing to run"
-            ))),
-            Err(_) => Err(Failure::setup("gate: the acting thread died")),
-        }
+        Ok(PendingHands { tx, ready: ready_rx })
     }
 
     /// Runs `f` confined and waits for its result.
@@ -636,22 +649,49 @@ pub struct Running {
     done: mpsc::Receiver<()>,
 }
 
-/// Starts the hands (confined before anything runs) and the server, which
-/// waits for the listener from the exec stage. Call before spawning.
-/// Starts serving. `evidence` None records nothing (the benchmark's "audit
-/// off" row) and so refuses every ask: nothing is acted on unrecorded.
-pub fn start(setup: Setup, ctx: Context, evidence: Option<Evidence>) -> Result<Running, Failure> {
+/// A gate whose acting thread is starting: [`begin`] it early (the thread
+/// confines itself meanwhile), [`Starting::start`] it when the launch is decided.
+pub struct Starting {
+    sock: OwnedFd,
+    ruleset: Option<OwnedFd>,
+    net: Option<OwnedFd>,
+    hands: PendingHands,
+}
+
+/// Starts the gate's acting thread, without waiting for it.
+pub fn begin(setup: Setup) -> Result<Starting, Failure> {
     let ruleset = match &setup.ruleset {
         Some(r) => Some(r.try_clone().map_err(|e| Failure::setup(format!("gate: cannot duplicate the ruleset: {e}")))?),
         None => None,
     };
-    let hands = Hands::start(setup.ruleset)?;
-    let net = setup.net;
+    let hands = Hands::spawn(setup.ruleset)?;
+    Ok(Starting { sock: setup.sock, ruleset, net: setup.net, hands })
+}
+
+impl Starting {
+    /// Waits until the hands are confined, then starts the server, which
+    /// serves the sandbox's notifications once the exec stage sends its
+    /// listener. `evidence` None records nothing (the benchmark's "audit
+    /// off" row) and so refuses every ask: nothing is acted on unrecorded.
+    pub fn start(self, ctx: Context, evidence: Option<Evidence>) -> Result<Running, Failure> {
+        let Starting { sock, ruleset, net, hands } = self;
+        let hands = hands.ready()?;
+        serve_from(sock, ruleset, net, hands, ctx, evidence)
+    }
+}
+
+fn serve_from(
+    sock: OwnedFd,
+    ruleset: Option<OwnedFd>,
+    net: Option<OwnedFd>,
+    hands: Hands,
+    ctx: Context,
+    evidence: Option<Evidence>,
+) -> Result<Running, Failure> {
     let evidence = Journal::start(evidence)?;
     let grants = ctx.grants.clone();
     let slot: Arc<Mutex<Option<Arc<Shared>>>> = Arc::new(Mutex::new(None));
     let slot2 = Arc::clone(&slot);
-    let sock = setup.sock;
     let (done_tx, done) = mpsc::channel::<()>();
     let server = std::thread::Builder::new()
         .name("gate".into())

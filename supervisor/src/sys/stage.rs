@@ -125,9 +125,11 @@ pub struct Stage {
     pub canary: Option<std::ffi::CString>,
     /// Read end of the go-ahead pipe. The supervisor forks the stage as soon
     /// as the sandbox is prepared and decides the launch (audit log, launch
-    /// record, gate, kernel-audit watcher) while the namespaces come up; the
-    /// command waits here before confining itself. One byte: [`GO`] or
-    /// [`GO_WATCHED`]; anything else, or EOF, stops it. None: go at once.
+    /// record, gate, kernel-audit watcher) while the namespaces come up and
+    /// the command confines itself. Two bytes: [`CONFINE`] or
+    /// [`CONFINE_WATCHED`], before which the command does not confine
+    /// itself, then [`GO`], before which it does not exec. Anything else, or
+    /// EOF, stops it. None: confine (unwatched) and go at once.
     pub go: Option<OwnedFd>,
     /// This process's number for the pipe's write end, closed first thing
     /// in the child so that only the supervisor can ever write (or close) it.
@@ -145,11 +147,13 @@ pub struct Stage {
     pub devnull: OwnedFd,
 }
 
-/// The go-ahead: run the command.
+/// First byte: confine yourself; the kernel's Landlock reports are not read.
+pub const CONFINE: u8 = b'c';
+/// First byte: confine yourself, and the kernel's Landlock reports are read:
+/// log denials after exec, and open the canary.
+pub const CONFINE_WATCHED: u8 = b'w';
+/// Second byte: the launch is decided and recorded; exec the command.
 pub const GO: u8 = b'g';
-/// The go-ahead, and the kernel's Landlock reports are read: open the canary
-/// and log denials after exec.
-pub const GO_WATCHED: u8 = b'w';
 
 /// `SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV` (Linux 5.19; not in every libc crate).
 const SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV: libc::c_ulong = 1 << 5;
@@ -314,19 +318,29 @@ impl Stage {
             if self.namespaces {
                 self.enter_namespaces()?;
             }
-            let watched = self.await_go()?;
-            self.confine(true, watched)
+            // Confined before the launch is decided, so that only exec is
+            // left once it is; a refusal still stops it before exec.
+            let watched = match self.await_byte()? {
+                None | Some(CONFINE) => false,
+                Some(CONFINE_WATCHED) => true,
+                Some(_) => return Err(self.fail(Step::Go, libc::ECANCELED)),
+            };
+            self.confine(true, watched)?;
+            match self.await_byte()? {
+                None | Some(GO) => Ok(()),
+                Some(_) => Err(self.fail(Step::Go, libc::ECANCELED)),
+            }
         }
     }
 
-    /// Waits for the supervisor's go-ahead; true when the kernel's reports
-    /// are read.
+    /// Reads the next byte of the go-ahead pipe; None without a pipe. EOF
+    /// (the supervisor refused the launch, or died) fails.
     ///
     /// # Safety
     ///
     /// As for [`Stage::run`].
-    unsafe fn await_go(&self) -> io::Result<bool> {
-        let Some(go) = &self.go else { return Ok(false) };
+    unsafe fn await_byte(&self) -> io::Result<Option<u8>> {
+        let Some(go) = &self.go else { return Ok(None) };
         let mut byte = 0u8;
         loop {
             // SAFETY: reads one byte into a live stack variable from an fd we own.
@@ -337,11 +351,7 @@ impl Stage {
                 _ => return Err(self.fail(Step::Go, libc::ECANCELED)),
             }
         }
-        match byte {
-            GO => Ok(false),
-            GO_WATCHED => Ok(true),
-            _ => Err(self.fail(Step::Go, libc::ECANCELED)),
-        }
+        Ok(Some(byte))
     }
 
     /// Creates the user + PID namespace, forks init (which forks the command)
@@ -462,7 +472,7 @@ impl Stage {
     /// With `send_listener` false the approval filter is installed but its
     /// listener closed instead of sent (for the benchmark, whose forked
     /// children have no supervisor to send it to). `watched`: the kernel's
-    /// reports are read (see [`GO_WATCHED`]): the Landlock domain logs
+    /// reports are read (see [`CONFINE_WATCHED`]): the Landlock domain logs
     /// denials after exec, and the canary is opened.
     ///
     /// # Safety
