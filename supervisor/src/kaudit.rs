@@ -430,10 +430,12 @@ impl Attributor {
 
 /// The canary's name: beside the audit log, where no rule may reach.
 /// Chosen before the stage forks (it opens the canary when watched); created
-/// by [`Watcher::start`].
+/// by [`Canary::place`] or at the latest by [`Watcher::start`], and removed
+/// by whichever of the two holds it last.
 pub struct Canary {
     path: PathBuf,
     token: String,
+    placed: bool,
 }
 
 impl Canary {
@@ -450,11 +452,39 @@ impl Canary {
         let log_dir = std::fs::canonicalize(&existing).map_err(|e| format!("{}: {e}", existing.display()))?.join(rest);
         // Unguessable, so no other sandbox can get its domain taken for ours.
         let token = crate::grants::random_hex(16).map_err(|e| format!("cannot read random bytes: {e}"))?;
-        Ok(Canary { path: log_dir.join(format!(".landlock-canary-{token}")), token })
+        Ok(Canary { path: log_dir.join(format!(".landlock-canary-{token}")), token, placed: false })
     }
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Creates the file (once; a second call does nothing). Before the audit
+    /// log has opened, its directory may not exist yet: then this fails and
+    /// [`Watcher::start`] tries again.
+    pub fn place(&mut self) -> Result<(), String> {
+        use std::os::unix::fs::OpenOptionsExt;
+        if self.placed {
+            return Ok(());
+        }
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&self.path)
+            .map_err(|e| format!("cannot create the canary {}: {e}", self.path.display()))?;
+        self.placed = true;
+        Ok(())
+    }
+}
+
+impl Drop for Canary {
+    /// A canary placed for a launch that was refused, or whose watcher did not start.
+    fn drop(&mut self) {
+        if self.placed {
+            let _ = std::fs::remove_file(&self.path);
+        }
     }
 }
 
@@ -472,17 +502,10 @@ impl Watcher {
     /// Records go to the log through a handle of the watcher's own, opened at
     /// its first record: a run the kernel reports nothing about costs no
     /// extra write.
-    pub fn start(reader: Reader, canary: Canary, paths: &AuditPaths, session: &str) -> Result<Watcher, String> {
-        use std::os::unix::fs::OpenOptionsExt;
-        let Canary { path: canary, token } = canary;
-        std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(&canary)
-            .map_err(|e| format!("cannot create the canary {}: {e}", canary.display()))?;
-        let canary_str = canary.to_str().ok_or("the audit log's directory is not UTF-8")?.to_string();
+    pub fn start(reader: Reader, mut canary: Canary, paths: &AuditPaths, session: &str) -> Result<Watcher, String> {
+        canary.place()?;
+        let canary_str = canary.path.to_str().ok_or("the audit log's directory is not UTF-8")?.to_string();
+        let token = canary.token.clone();
         let stop = Arc::new(AtomicU8::new(RUNNING));
         let marker = format!("{MARKER} session={session} token={token}");
         let Reader { fd: reader, lost } = reader;
@@ -494,32 +517,41 @@ impl Watcher {
             .name("kernel-audit".into())
             .spawn(move || read_loop(reader, attributor, sink, s, m))
             .map_err(|e| format!("cannot start a thread: {e}"));
-        let thread = match thread {
-            Ok(t) => t,
-            Err(e) => {
-                let _ = std::fs::remove_file(&canary);
-                return Err(e);
-            }
-        };
-        Ok(Watcher { canary, marker, stop, thread: Some(thread) })
+        // On an error the canary removes its file; from here on the watcher does.
+        let thread = thread?;
+        canary.placed = false;
+        Ok(Watcher { canary: std::mem::take(&mut canary.path), marker, stop, thread: Some(thread) })
     }
 
     pub fn canary(&self) -> &Path {
         &self.canary
     }
 
-    /// After the sandbox is gone: waits until every report the kernel queued
-    /// has been read (or SYNC_WAIT), writes the summary, releases the log.
-    /// Returns why some denials could not be recorded, if that happened (for
-    /// the run's exit record).
+    /// After the sandbox is gone: tells the reader to stop once every report
+    /// the kernel queued has been read (or SYNC_WAIT), and returns at once;
+    /// [`finish`](Self::finish) waits for it. A second call does nothing.
+    pub fn stop(&mut self) {
+        if self.stop.load(Ordering::Acquire) == RUNNING {
+            // Without CAP_AUDIT_WRITE there is no marker: a quiet spell instead.
+            let how = if send_user_message(&self.marker) { STOP_AT_MARKER } else { STOP_WHEN_QUIET };
+            self.stop.store(how, Ordering::Release);
+        }
+    }
+
+    /// Stops the reader (see [`stop`](Self::stop)) and waits until it has
+    /// written the summary and released the log. Returns why some denials
+    /// could not be recorded, if that happened (for the run's exit record).
     pub fn finish(mut self) -> Option<String> {
-        // Without CAP_AUDIT_WRITE there is no marker: a quiet spell instead.
-        let how = if send_user_message(&self.marker) { STOP_AT_MARKER } else { STOP_WHEN_QUIET };
-        self.stop_thread(how)
+        self.stop();
+        self.join()
     }
 
     fn stop_thread(&mut self, how: u8) -> Option<String> {
         self.stop.store(how, Ordering::Release);
+        self.join()
+    }
+
+    fn join(&mut self) -> Option<String> {
         let lost = self
             .thread
             .take()

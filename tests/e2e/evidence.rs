@@ -196,8 +196,13 @@ fn kernel_reported_landlock_denials_are_recorded() {
     assert!(hit_seq < exit_seq, "denial {hit_seq} before exit {exit_seq}");
     let exit = kinds.iter().find(|r| r["seq"].as_u64() == Some(exit_seq)).unwrap();
     assert!(exit["body"].get("incomplete").is_none(), "nothing was lost: {exit}");
-    // The canary is removed with the run.
+    // The canary is removed with the run, and with a launch refused after
+    // it was placed (beside the probe, before the reach checks): here a rule
+    // reaches the log's directory.
     let state = sb.root.join("audit");
+    let refused = sb.probe(&[&flags[..], &["--read", state.to_str().unwrap()]].concat(), &["read", &allowed]);
+    assert_eq!(refused.code, 125, "{} {}", refused.stdout, refused.stderr);
+    assert!(refused.stderr.contains("would let the sandbox reach the audit"), "{}", refused.stderr);
     let left: Vec<_> = std::fs::read_dir(&state)
         .unwrap()
         .filter_map(|e| e.ok())

@@ -206,8 +206,14 @@ fn launch_with(session: &Session, prepared: Prepared, command: &[OsString], mcp:
     let code = wait::supervise(child.id(), &set);
     crate::timing::mark("command exited");
     // Parts of the run's evidence that could not be written: the exit
-    // record says so, not only stderr.
+    // record says so, not only stderr. The kernel-audit reader is told to
+    // stop first: it waits for the kernel to hand back its end marker while
+    // the gate and the MCP proxy make their last commits.
     let mut incomplete = Vec::new();
+    let mut watcher = watcher;
+    if let Some(w) = watcher.as_mut() {
+        w.stop();
+    }
     if let Some(g) = syscall_gate {
         incomplete.extend(g.finish().map(|why| format!("syscall gate records: {why}")));
         crate::timing::mark("gate finished");
@@ -285,15 +291,22 @@ fn decide_in<'scope>(
     // run: the gate's acting thread confines itself, and a second thread
     // asks the kernel whether Landlock's own reports of what it refused can
     // be read (ABI 7+, kernel audit on, CAP_AUDIT_READ; the answer took
-    // about a millisecond here, much of it spent waiting), then resolves
-    // the gate's rule paths.
+    // about a millisecond here, much of it spent waiting), places the
+    // canary if they can, and resolves the gate's rule paths.
     let gate = gate_setup.map(crate::gate::begin);
     let abi = session.features.landlock_abi_used;
     let gated = gate.is_some();
+    let gate_rules = move || gated.then(|| crate::gate::canonical_rules(&session.plan.gate));
     let prepare = move || {
         let denials = kaudit::probe(abi);
         crate::timing::mark("kernel audit probed");
-        (denials, gated.then(|| crate::gate::canonical_rules(&session.plan.gate)))
+        let mut canary = canary;
+        if let (Ok(_), Some(c)) = (&denials, canary.as_mut()) {
+            // Fails on a first run, before the log has made its directory:
+            // Watcher::start places it then.
+            let _ = c.place();
+        }
+        (denials, canary, gate_rules())
     };
     let prep = std::thread::Builder::new().name("launch-prep".into()).spawn_scoped(scope, prepare);
     let mut evidence = Evidence::open(&session.audit, &session.id)?;
@@ -353,9 +366,11 @@ fn decide_in<'scope>(
         }
     };
     launch["program"] = json!(program);
-    let (kernel_denials, gate_rules) = match prep {
-        Ok(h) => h.join().unwrap_or_else(|_| (Err("the launch-prep thread panicked".into()), None)),
-        Err(_) => prepare(),
+    // Without the thread the canary went with it: the launch record says
+    // the kernel's reports are invisible, and why.
+    let (kernel_denials, canary, gate_rules) = match prep {
+        Ok(h) => h.join().unwrap_or_else(|_| (Err("the launch-prep thread panicked".into()), None, None)),
+        Err(e) => (Err(format!("cannot start a thread: {e}")), None, gate_rules()),
     };
     let watcher = match (kernel_denials, canary) {
         (Ok(reader), Some(canary)) => match kaudit::Watcher::start(reader, canary, &session.audit, &session.id) {
