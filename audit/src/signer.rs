@@ -15,8 +15,12 @@
 //! machine is the signer's core.
 //!
 //! One thread per `AuditLog` (never shared between handles or keys): it
-//! holds a clone of the handle's signing key, is spawned at the first
-//! record, rebuilt after a key rotation, and joined when the handle closes.
+//! holds a clone of the handle's signing key, is spawned once a batch grows
+//! to [`START_AT`] records, rebuilt after a key rotation, and joined when the
+//! handle closes. The first records of a batch, and every record of a small
+//! one, are signed on the caller's thread when `commit` takes them: a lone
+//! launch or exit record costs one signature instead of a thread's start
+//! and two wake-ups, which took longer than the signature itself.
 
 use crate::merkle::Hash;
 use crate::record;
@@ -29,6 +33,8 @@ use std::thread::JoinHandle;
 /// outstanding): at most 32 wake-ups per group of 512, and at most this many
 /// lines left to encode after the last signature.
 const CHUNK: usize = 16;
+/// Records held for signing in line before a batch is given a thread.
+const START_AT: usize = 4;
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -88,16 +94,25 @@ struct Running {
 /// A lazily started signer thread for one key.
 pub struct SignerThread {
     running: Option<Running>,
+    /// Submitted before there was a thread, oldest first: signed in line by
+    /// `take`, with the key each was submitted with.
+    held: VecDeque<(Hash, SigningKey)>,
 }
 
 impl SignerThread {
     pub fn new() -> Self {
-        SignerThread { running: None }
+        SignerThread { running: None, held: VecDeque::new() }
     }
 
-    /// Hands `hash` to the thread (starting it with `key` if needed); its
-    /// signature comes back from [`take`](Self::take) in the order sent.
+    /// Queues `hash` for signing with `key`: held for [`take`](Self::take)
+    /// to sign in line while the batch is small, else handed to the thread
+    /// (started with `key` if needed). Signatures come back in the order
+    /// submitted.
     pub fn submit(&mut self, key: &SigningKey, hash: Hash) -> Result<(), SignerError> {
+        if self.running.is_none() && self.held.len() + 1 < START_AT {
+            self.held.push_back((hash, key.clone()));
+            return Ok(());
+        }
         if self.running.is_none() {
             self.running = Some(spawn(key.clone())?);
         }
@@ -117,6 +132,13 @@ impl SignerThread {
 
     /// The signature over the next hash submitted (which must be `hash`).
     pub fn take(&mut self, hash: &Hash) -> Result<[u8; 64], SignerError> {
+        // Held records were submitted before any the thread has.
+        if let Some((held, key)) = self.held.pop_front() {
+            if held != *hash {
+                return Err(out_of_order(hash, &held));
+            }
+            return Ok(key.sign(&record::signed_message(&held)).to_bytes());
+        }
         let r = self.running.as_mut().ok_or(SignerError::Missing(1))?;
         if r.in_flight == 0 {
             return Err(SignerError::Missing(1));
@@ -134,17 +156,14 @@ impl SignerThread {
         r.in_flight -= 1;
         // Cheap insurance: a signature is never attached to another record.
         if got != *hash {
-            return Err(SignerError::OutOfOrder {
-                want: crate::merkle::to_hex(hash),
-                got: crate::merkle::to_hex(&got),
-            });
+            return Err(out_of_order(hash, &got));
         }
         Ok(sig)
     }
 
     /// Signatures requested and not taken back.
     pub fn in_flight(&self) -> usize {
-        self.running.as_ref().map_or(0, |r| r.in_flight)
+        self.held.len() + self.running.as_ref().map_or(0, |r| r.in_flight)
     }
 
     /// Stops and joins the thread (the next `submit` starts a new one): after
@@ -169,6 +188,10 @@ impl Drop for SignerThread {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+fn out_of_order(want: &Hash, got: &Hash) -> SignerError {
+    SignerError::OutOfOrder { want: crate::merkle::to_hex(want), got: crate::merkle::to_hex(got) }
 }
 
 /// Marks the thread gone and wakes a waiting handle, on any way out of it.
@@ -235,20 +258,72 @@ mod tests {
             key.verifying_key().verify(&record::signed_message(h), &sig).unwrap();
         }
         assert_eq!(s.in_flight(), 0);
-        // A hash never submitted, and one out of order, are refused.
+        // A hash never submitted, and one out of order, are refused, held or
+        // on the thread.
         assert!(matches!(s.take(&[0u8; 32]), Err(SignerError::Missing(1))));
         s.submit(&key, [1u8; 32]).unwrap();
         assert!(matches!(s.take(&[2u8; 32]), Err(SignerError::OutOfOrder { .. })));
+        for i in 0..START_AT as u8 {
+            s.submit(&key, [i; 32]).unwrap();
+        }
+        for i in 0..START_AT as u8 - 1 {
+            s.take(&[i; 32]).unwrap();
+        }
+        assert!(matches!(s.take(&[9u8; 32]), Err(SignerError::OutOfOrder { .. })));
         s.stop();
+        s.submit(&key, [7u8; 32]).unwrap();
+        assert!(s.running.is_none());
+        assert!(matches!(s.take(&[8u8; 32]), Err(SignerError::OutOfOrder { .. })));
         assert_eq!(s.in_flight(), 0);
+    }
+
+    #[test]
+    fn a_small_batch_is_signed_in_line_and_a_large_one_starts_the_thread() {
+        let key = SigningKey::from_bytes(&[5u8; 32]);
+        let mut s = SignerThread::new();
+        let check = |h: &Hash, sig: [u8; 64]| {
+            let sig = ed25519_dalek::Signature::from_bytes(&sig);
+            key.verifying_key().verify(&record::signed_message(h), &sig).unwrap();
+        };
+        for h in [[1u8; 32], [2u8; 32]] {
+            s.submit(&key, h).unwrap();
+        }
+        assert!(s.running.is_none(), "two records start no thread");
+        assert_eq!(s.in_flight(), 2);
+        for h in [[1u8; 32], [2u8; 32]] {
+            check(&h, s.take(&h).unwrap());
+        }
+        // A batch of ten: the first held, the rest on a thread, all in order.
+        let hashes: Vec<Hash> = (10u8..20).map(|i| [i; 32]).collect();
+        for h in &hashes {
+            s.submit(&key, *h).unwrap();
+        }
+        assert!(s.running.is_some(), "a batch of {} starts the thread", hashes.len());
+        assert_eq!(s.in_flight(), hashes.len());
+        for h in &hashes {
+            check(h, s.take(h).unwrap());
+        }
+        assert_eq!(s.in_flight(), 0);
+        // With the thread stopped (a key rotation), records are held again,
+        // each signed with the key it was submitted with.
+        s.stop();
+        let other = SigningKey::from_bytes(&[6u8; 32]);
+        s.submit(&other, [30u8; 32]).unwrap();
+        assert!(s.running.is_none());
+        let sig = ed25519_dalek::Signature::from_bytes(&s.take(&[30u8; 32]).unwrap());
+        other.verifying_key().verify(&record::signed_message(&[30u8; 32]), &sig).unwrap();
     }
 
     #[test]
     fn a_thread_that_ended_fails_the_wait_instead_of_hanging_it() {
         let key = SigningKey::from_bytes(&[3u8; 32]);
         let mut s = SignerThread::new();
-        s.submit(&key, [1u8; 32]).unwrap();
-        s.take(&[1u8; 32]).unwrap();
+        for i in 0..START_AT as u8 {
+            s.submit(&key, [i; 32]).unwrap();
+        }
+        for i in 0..START_AT as u8 {
+            s.take(&[i; 32]).unwrap();
+        }
         // The thread ends with a job queued and a caller about to wait for it.
         let r = s.running.as_mut().unwrap();
         {
