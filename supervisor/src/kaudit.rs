@@ -527,23 +527,14 @@ impl Watcher {
         &self.canary
     }
 
-    /// After the sandbox is gone: tells the reader to stop once every report
-    /// the kernel queued has been read (or SYNC_WAIT), and returns at once;
-    /// [`finish`](Self::finish) waits for it. A second call does nothing.
-    pub fn stop(&mut self) {
-        if self.stop.load(Ordering::Acquire) == RUNNING {
-            // Without CAP_AUDIT_WRITE there is no marker: a quiet spell instead.
-            let how = if send_user_message(&self.marker) { STOP_AT_MARKER } else { STOP_WHEN_QUIET };
-            self.stop.store(how, Ordering::Release);
-        }
-    }
-
-    /// Stops the reader (see [`stop`](Self::stop)) and waits until it has
-    /// written the summary and released the log. Returns why some denials
-    /// could not be recorded, if that happened (for the run's exit record).
+    /// After the sandbox is gone: waits until every report the kernel queued
+    /// has been read (or SYNC_WAIT), writes the summary, releases the log.
+    /// Returns why some denials could not be recorded, if that happened (for
+    /// the run's exit record).
     pub fn finish(mut self) -> Option<String> {
-        self.stop();
-        self.join()
+        // Without CAP_AUDIT_WRITE there is no marker: a quiet spell instead.
+        let how = if send_user_message(&self.marker) { STOP_AT_MARKER } else { STOP_WHEN_QUIET };
+        self.stop_thread(how)
     }
 
     fn stop_thread(&mut self, how: u8) -> Option<String> {

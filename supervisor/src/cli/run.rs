@@ -206,14 +206,10 @@ fn launch_with(session: &Session, prepared: Prepared, command: &[OsString], mcp:
     let code = wait::supervise(child.id(), &set);
     crate::timing::mark("command exited");
     // Parts of the run's evidence that could not be written: the exit
-    // record says so, not only stderr. The kernel-audit reader is told to
-    // stop first: it waits for the kernel to hand back its end marker while
-    // the gate and the MCP proxy make their last commits.
+    // record says so, not only stderr. The kernel-audit reader stops last:
+    // the gate waits for processes that outlived the command, and for its
+    // acting thread's last job, whose denials the reader must still see.
     let mut incomplete = Vec::new();
-    let mut watcher = watcher;
-    if let Some(w) = watcher.as_mut() {
-        w.stop();
-    }
     if let Some(g) = syscall_gate {
         incomplete.extend(g.finish().map(|why| format!("syscall gate records: {why}")));
         crate::timing::mark("gate finished");
