@@ -253,6 +253,14 @@ fn compile_gate(profile: &Profile, vars: &Vars) -> Result<crate::ask::GatePlan, 
             // starts serving once it arrives: the launch would hang.
             return Err("ask.syscalls: `sendmsg` cannot be asked: the sandbox hands its approval filter to portcullis with it, before anyone could answer".into());
         }
+        if matches!(name, "read" | "close" | "close_range") {
+            // The stage makes these under its own filters before exec
+            // (closing the listener and its fds, reading the go-ahead); an
+            // answer is recorded under the log's lock, which the launch
+            // record holds until the command has exec'd: it would wait 30 s
+            // and fail.
+            return Err(format!("ask.syscalls: `{name}` cannot be asked: the sandbox makes it itself while it starts, under its filters, before an answer could be recorded"));
+        }
         match floor.iter().find(|r| r.nr == nr && r.when.is_empty()) {
             Some(r) => Err(format!("ask.syscalls: `{name}` is always denied ({}); ask cannot loosen that", r.why)),
             None => Ok(nr),

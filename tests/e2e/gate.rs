@@ -635,6 +635,35 @@ fn ask_on_an_always_denied_syscall_is_a_profile_error() {
     let r = sb.run(&["run", "--profile", &p, "--", "/bin/true"]);
     assert_eq!(r.code, 125, "{}", r.stderr);
     assert!(r.stderr.contains("handoff.toml:3:") && r.stderr.contains("`sendmsg` cannot be asked"), "{}", r.stderr);
+    // The sandbox reads its go-ahead, and closes its fds, under its own
+    // filters: parked, those waited for an answer that could only be
+    // recorded once the command had started.
+    for name in ["read", "close", "close_range"] {
+        let p = sb.profile("startup.toml", &format!("extends = \"strict\"\n[ask]\nsyscalls = [\"{name}\"]\n"));
+        let r = sb.run(&["run", "--profile", &p, "--", "/bin/true"]);
+        assert_eq!(r.code, 125, "{}", r.stderr);
+        assert!(
+            r.stderr.contains("startup.toml:3:") && r.stderr.contains(&format!("`{name}` cannot be asked")),
+            "{}",
+            r.stderr
+        );
+    }
+}
+
+#[test]
+fn a_profile_denying_read_fails_before_exec_and_says_why() {
+    // The sandbox reads portcullis's go-ahead under its own filters: a
+    // profile that denies read(2) outright stops there, with the errno.
+    let sb = Sandbox::new("deny-read", As::Caller);
+    let p = sb.profile("noread.toml", "extends = \"strict\"\n[syscalls]\ndeny = [\"read\"]\n");
+    let r = sb.probe(&["--profile", &p], &["read", &ws(&sb, "file.txt")]);
+    assert_eq!(r.code, 125, "{} {}", r.stdout, r.stderr);
+    assert!(
+        r.stderr.contains("go-ahead: Operation not permitted") && r.stderr.contains("nothing was run"),
+        "{}",
+        r.stderr
+    );
+    assert!(r.stdout.is_empty(), "{}", r.stdout);
 }
 
 /// Accepts (and counts) every connection a listener gets, until stopped.

@@ -347,8 +347,14 @@ impl Stage {
             let n = unsafe { libc::read(go.as_raw_fd(), (&mut byte as *mut u8).cast(), 1) };
             match n {
                 1 => break,
-                _ if n < 0 && errno() == libc::EINTR => continue,
-                _ => return Err(self.fail(Step::Go, libc::ECANCELED)),
+                // EOF: refused, or the supervisor is gone.
+                0 => return Err(self.fail(Step::Go, libc::ECANCELED)),
+                // The second read runs under the sandbox's own filters: a
+                // profile that denies read(2) outright fails here, and says so.
+                _ => match errno() {
+                    libc::EINTR => continue,
+                    e => return Err(self.fail(Step::Go, e)),
+                },
             }
         }
         Ok(Some(byte))
