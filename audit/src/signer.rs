@@ -17,10 +17,10 @@
 //! One thread per `AuditLog` (never shared between handles or keys): it
 //! holds a clone of the handle's signing key, is spawned once a batch grows
 //! to [`START_AT`] records, rebuilt after a key rotation, and joined when the
-//! handle closes. The first records of a batch, and every record of a small
-//! one, are signed on the caller's thread when `commit` takes them: a lone
-//! launch or exit record costs one signature instead of a thread's start
-//! and two wake-ups, which took longer than the signature itself.
+//! handle closes. Until then records are signed on the caller's thread when
+//! `commit` takes them: a lone launch or exit record costs one signature
+//! instead of a thread's start and two wake-ups, which took longer than the
+//! signature itself. Once started, the thread signs every later record.
 
 use crate::merkle::Hash;
 use crate::record;
