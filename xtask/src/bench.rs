@@ -305,7 +305,8 @@ fn gate_audit_table(g: &portcullis::gate::bench::GateBench) -> String {
     t += ". Target: at most 1.05x. A denial is answered first and recorded after; \
 the gate hands the record to the audit thread through a buffer that wakes it \
 once per burst; canonical encoding and SHA-256 happen there, signing on the \
-log's signer thread, fsync once per group commit; both threads run at \
+log's signer thread (in line for batches under four records), fsync once \
+per group commit; both threads run at \
 nice 10. A human-answered ask is \
 the exception: it waits for its record to be durable.\n";
     t
@@ -636,13 +637,14 @@ the profile, build the Landlock ruleset (one O_PATH open per rule), compile
 the seccomp program, create a private temp dir; then, at the same time on
 two threads: (1) fork a relay that joins the sandbox's cgroup, creates user,
 PID, IPC and mount namespaces, forks an init that mounts a private /proc and
-forks the command, which waits for a go-ahead; (2) open and check the signed
-audit log (while a third thread asks the kernel's audit subsystem whether
-Landlock's denials can be read), check that no rule reaches it, write the
-launch record, start the kernel-audit reader and the syscall gate, then
-give the go-ahead. The
-command confines itself and execs, the launch record is fsynced while it
-starts; at exit the exit record and a signed checkpoint are fsynced, the
+forks the command, which waits; (2) open and check the signed audit log
+(meanwhile a third thread asks the kernel's audit subsystem whether
+Landlock's denials can be read, places the canary and resolves the gate's
+rule paths, and the gate's acting thread confines itself), check that no
+rule reaches the log, start the kernel-audit reader, tell the command to
+confine itself (Landlock, seccomp), write the launch record and start the
+syscall gate while it does, then give the go-ahead to exec. The launch
+record is fsynced while the command starts; at exit the exit record and a signed checkpoint are fsynced, the
 namespaces torn down and the temp dir removed. As root, `max_procs` (512 in
 strict) needs a pids cgroup, because the kernel never applies RLIMIT_NPROC
 to uid 0; it is joined through cgroup v1's `tasks` file, which (unlike
@@ -672,8 +674,9 @@ const FILTER_NOTES: &str = "
 - One seccomp program, built in parts by purpose and joined so that a
   part that allows falls through to the next. The first part checks the
   architecture (i386 and x32 syscalls kill the process) and then finds the
-  unconditional denies by binary search over the syscall number, each leaf
-  returning its own errno (EPERM, or ENOSYS for `clone3`). The second is
+  unconditional denies by binary search over the syscall number, one
+  instruction per syscall, which jumps to a return shared by its block of up
+  to 128 (EPERM, or ENOSYS for `clone3`). The second is
   seccompiler's, for the syscalls whose arguments are checked (`socket`,
   `clone`, `ioctl`, `personality`, `memfd_create`, `execveat`,
   `socketpair`, and with TCP allowed `sendto`/`sendmsg`/`sendmmsg`/`listen`).
