@@ -65,8 +65,7 @@ impl Features {
     /// Everything, including what only `doctor` and `explain` report.
     pub fn probe_all() -> Features {
         let mut f = Features::probe();
-        f.pids_cgroup = limits::find_controller("pids");
-        f.memory_cgroup = limits::find_controller("memory");
+        [f.pids_cgroup, f.memory_cgroup] = limits::find_controllers(["pids", "memory"]);
         f.audit_read = caps::has_cap(None, caps::CapSet::Effective, caps::Capability::CAP_AUDIT_READ).unwrap_or(false);
         f
     }

@@ -24,8 +24,22 @@ pub struct CgroupController {
 
 /// Finds our cgroup for `controller`, if we may create a child there.
 pub fn find_controller(controller: &str) -> Option<CgroupController> {
-    let own = fs::read_to_string("/proc/self/cgroup").ok()?;
-    let mounts = fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let [found] = find_controllers([controller]);
+    found
+}
+
+/// [`find_controller`] for each of `controllers`, reading our cgroups and
+/// the mount table once (the kernel formats every mount for each read).
+pub fn find_controllers<const N: usize>(controllers: [&str; N]) -> [Option<CgroupController>; N] {
+    let own = fs::read_to_string("/proc/self/cgroup").ok();
+    let mounts = fs::read_to_string("/proc/self/mountinfo").ok();
+    controllers.map(|c| match (&own, &mounts) {
+        (Some(own), Some(mounts)) => controller_in(c, own, mounts),
+        _ => None,
+    })
+}
+
+fn controller_in(controller: &str, own: &str, mounts: &str) -> Option<CgroupController> {
     for line in own.lines() {
         let mut parts = line.splitn(3, ':');
         let (id, ctrls, path) = (parts.next()?, parts.next()?, parts.next()?);
