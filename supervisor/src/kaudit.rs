@@ -539,10 +539,6 @@ impl Watcher {
 
     fn stop_thread(&mut self, how: u8) -> Option<String> {
         self.stop.store(how, Ordering::Release);
-        self.join()
-    }
-
-    fn join(&mut self) -> Option<String> {
         let lost = self
             .thread
             .take()

@@ -676,49 +676,38 @@ impl Starting {
     pub fn start(self, ctx: Context, evidence: Option<Evidence>) -> Result<Running, Failure> {
         let Starting { sock, ruleset, net, hands } = self;
         let hands = hands.ready()?;
-        serve_from(sock, ruleset, net, hands, ctx, evidence)
+        let evidence = Journal::start(evidence)?;
+        let grants = ctx.grants.clone();
+        let slot: Arc<Mutex<Option<Arc<Shared>>>> = Arc::new(Mutex::new(None));
+        let slot2 = Arc::clone(&slot);
+        let (done_tx, done) = mpsc::channel::<()>();
+        let server = std::thread::Builder::new()
+            .name("gate".into())
+            .spawn(move || {
+                let Some(listener) = recv_listener(&sock) else { return };
+                drop(sock);
+                let _ = notify::set_sync_wakeup(listener.as_fd());
+                let syscall_names = ctx.plan.ask_syscalls().into_iter().collect();
+                let shared = Arc::new(Shared {
+                    ctx,
+                    syscall_names,
+                    listener,
+                    hands,
+                    ruleset,
+                    net,
+                    apart: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
+                    grants: Mutex::new(grants),
+                    evidence,
+                    pending: Mutex::new(HashMap::new()),
+                    denials: Mutex::new(Denials::default()),
+                });
+                *slot2.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::clone(&shared));
+                serve(&shared);
+                drop(done_tx);
+            })
+            .map_err(|e| Failure::setup(format!("gate: cannot start a thread: {e}")))?;
+        Ok(Running { server, shared: slot, done })
     }
-}
-
-fn serve_from(
-    sock: OwnedFd,
-    ruleset: Option<OwnedFd>,
-    net: Option<OwnedFd>,
-    hands: Hands,
-    ctx: Context,
-    evidence: Option<Evidence>,
-) -> Result<Running, Failure> {
-    let evidence = Journal::start(evidence)?;
-    let grants = ctx.grants.clone();
-    let slot: Arc<Mutex<Option<Arc<Shared>>>> = Arc::new(Mutex::new(None));
-    let slot2 = Arc::clone(&slot);
-    let (done_tx, done) = mpsc::channel::<()>();
-    let server = std::thread::Builder::new()
-        .name("gate".into())
-        .spawn(move || {
-            let Some(listener) = recv_listener(&sock) else { return };
-            drop(sock);
-            let _ = notify::set_sync_wakeup(listener.as_fd());
-            let syscall_names = ctx.plan.ask_syscalls().into_iter().collect();
-            let shared = Arc::new(Shared {
-                ctx,
-                syscall_names,
-                listener,
-                hands,
-                ruleset,
-                net,
-                apart: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
-                grants: Mutex::new(grants),
-                evidence,
-                pending: Mutex::new(HashMap::new()),
-                denials: Mutex::new(Denials::default()),
-            });
-            *slot2.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::clone(&shared));
-            serve(&shared);
-            drop(done_tx);
-        })
-        .map_err(|e| Failure::setup(format!("gate: cannot start a thread: {e}")))?;
-    Ok(Running { server, shared: slot, done })
 }
 
 impl Running {
