@@ -62,6 +62,12 @@ impl Features {
         }
     }
 
+    /// clone3's CLONE_INTO_CGROUP (Linux 5.7): a process forked straight
+    /// into a v2 cgroup, without the migration's wait (see limits::apply).
+    pub fn clone_into_cgroup(&self) -> bool {
+        release_at_least(&self.release, (5, 7))
+    }
+
     /// Everything, including what only `doctor` and `explain` report.
     pub fn probe_all() -> Features {
         let mut f = Features::probe();
@@ -76,5 +82,33 @@ impl Features {
             Some(p) if p.is_absolute() && p.is_dir() => p.join("portcullis"),
             _ => PathBuf::from(format!("/tmp/portcullis-{}", self.euid)),
         }
+    }
+}
+
+/// Whether a `uname -r` release (`6.1.0-28-cloud-amd64`) is at least
+/// `(major, minor)`; false when it cannot be read.
+fn release_at_least(release: &str, want: (u32, u32)) -> bool {
+    let mut parts = release.split(|c: char| !c.is_ascii_digit());
+    let major = parts.next().and_then(|p| p.parse::<u32>().ok());
+    let minor = parts.next().and_then(|p| p.parse::<u32>().ok());
+    match (major, minor) {
+        (Some(major), Some(minor)) => (major, minor) >= want,
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::release_at_least;
+
+    #[test]
+    fn releases_compare_by_major_then_minor() {
+        assert!(release_at_least("6.18.44-fc-v669", (5, 7)));
+        assert!(release_at_least("5.7.0", (5, 7)));
+        assert!(release_at_least("6.1.0-28-cloud-amd64", (5, 7)));
+        assert!(!release_at_least("5.6.19", (5, 7)));
+        assert!(!release_at_least("4.19.0-27-amd64", (5, 7)));
+        assert!(!release_at_least("5", (5, 7)));
+        assert!(!release_at_least("", (5, 7)));
     }
 }

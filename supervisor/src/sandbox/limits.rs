@@ -4,6 +4,7 @@
 
 use std::fs;
 use std::os::fd::OwnedFd;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
@@ -77,57 +78,58 @@ fn controller_in(controller: &str, own: &str, mounts: &str) -> Option<CgroupCont
 /// Limits ready for the exec stage, and the cgroups to remove afterwards.
 #[derive(Default)]
 pub struct Applied {
+    /// Files the stage joins by writing "0": v1 `tasks`, and v2's
+    /// `cgroup.procs` where the sandbox cannot be born in its cgroup.
     pub cgroup_procs: Vec<OwnedFd>,
+    /// The sandbox's v2 cgroup directory, when its init is forked straight
+    /// into it (clone3 with CLONE_INTO_CGROUP) instead of joining by a write.
+    pub cgroup_v2_dir: Option<OwnedFd>,
     pub rlimits: Vec<(libc::__rlimit_resource_t, libc::rlim_t)>,
     pub cgroups: Vec<PathBuf>,
 }
 
-impl Applied {
-    /// Joins the sandbox to a cgroup made for it (`fd`: the file to join by; None in a dry run).
-    fn use_cgroup(
-        &mut self,
-        report: &mut Enforcement,
-        what: String,
-        c: &CgroupController,
-        dir: PathBuf,
-        fd: Option<OwnedFd>,
-    ) {
-        let v = if c.v2 { "v2" } else { "v1" };
-        report.limits.push(format!("{what}: {} cgroup {} ({v})", c.controller, dir.display()));
-        if let Some(fd) = fd {
-            self.cgroups.push(dir);
-            self.cgroup_procs.push(fd);
-        }
-    }
+/// How the sandbox's cgroup is entered.
+enum Join {
+    /// By the file that moves its writer (v1 `tasks`, v2 `cgroup.procs`).
+    Write(OwnedFd),
+    /// Born in it: the directory, for CLONE_INTO_CGROUP.
+    Born(OwnedFd),
 }
 
+/// Makes the sandbox's cgroup under `ctrl` and writes its limit `files`.
+/// `born`: the v2 sandbox is forked into it rather than moved there.
 fn make_cgroup(
     ctrl: &CgroupController,
     session: &str,
     files: &[(&str, String)],
-) -> std::io::Result<(PathBuf, OwnedFd)> {
+    born: bool,
+) -> std::io::Result<(PathBuf, Join)> {
     let dir = ctrl.dir.join(format!("portcullis-{session}"));
     fs::create_dir(&dir)?;
-    let setup = || -> std::io::Result<OwnedFd> {
+    let setup = || -> std::io::Result<Join> {
         for (name, value) in files {
             let p = dir.join(name);
             if p.exists() {
                 fs::write(&p, value)?;
             }
         }
-        // The stage writes "0" to join while it is still single-threaded.
-        // On v1 the `tasks` file moves just the calling thread, which the
-        // kernel does without its global threadgroup lock; `cgroup.procs`
-        // takes that lock for writing, which waits for an RCU grace period
-        // (0.1 to 14 ms measured here) on every launch. v2 allows moving a
-        // lone thread only inside one threaded subtree, so it keeps
-        // `cgroup.procs`.
+        // Moving a process: on v1 the `tasks` file moves just the calling
+        // thread, which the kernel does without its global threadgroup
+        // lock. v2's `cgroup.procs` takes that lock for writing, which waits
+        // for an RCU grace period (0.1 to 16 ms measured here) on every
+        // launch; a process forked into the cgroup (Linux 5.7) takes it only
+        // for reading. v2 allows moving a lone thread only inside one
+        // threaded subtree, so a move there goes through `cgroup.procs`.
+        if ctrl.v2 && born {
+            let d = fs::OpenOptions::new().read(true).custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW).open(&dir)?;
+            return Ok(Join::Born(d.into()));
+        }
         let join = if ctrl.v2 { "cgroup.procs" } else { "tasks" };
         let procs = fs::OpenOptions::new().write(true).open(dir.join(join))?;
-        Ok(procs.into())
+        Ok(Join::Write(procs.into()))
     };
     match setup() {
-        Ok(fd) => Ok((dir, fd)),
+        Ok(join) => Ok((dir, join)),
         Err(e) => {
             let _ = fs::remove_dir(&dir);
             Err(e)
@@ -135,22 +137,34 @@ fn make_cgroup(
     }
 }
 
-/// Prepares the limits of `plan`, preferring cgroups.
+/// A limit to hold by a cgroup, and what stands in when none can be made.
+struct Wanted {
+    ctrl: CgroupController,
+    files: Vec<(&'static str, String)>,
+    /// `what: controller cgroup DIR (vN)` for the report, per limit.
+    whats: Vec<String>,
+    fallbacks: Vec<Fallback>,
+}
+
+enum Fallback {
+    Nproc(u64, policy::error::Origin),
+    Data(u64),
+}
+
+/// Prepares the limits of `plan`, preferring cgroups. `born`: the sandbox
+/// gets an init forked by its relay (user + PID namespace) on a kernel with
+/// CLONE_INTO_CGROUP (5.7+), so a v2 cgroup is entered at birth.
+#[allow(clippy::too_many_arguments)]
 pub fn apply(
     plan: &LimitsPlan,
     pids: Option<&CgroupController>,
     memory: Option<&CgroupController>,
     in_user_ns: bool,
+    born: bool,
     session: &str,
     dry: bool,
     report: &mut Enforcement,
 ) -> Result<Applied, Failure> {
-    let make = |c: &CgroupController, files: &[(&str, String)]| -> Option<(PathBuf, Option<OwnedFd>)> {
-        if dry {
-            return Some((c.dir.join(format!("portcullis-{session}")), None));
-        }
-        make_cgroup(c, session, files).ok().map(|(d, fd)| (d, Some(fd)))
-    };
     let mut out = Applied::default();
     // No core dumps: they would write the sandbox's memory outside it.
     out.rlimits.push((libc::RLIMIT_CORE, 0));
@@ -158,6 +172,19 @@ pub fn apply(
         out.rlimits.push((libc::RLIMIT_NOFILE, n.value));
         report.limits.push(format!("max_open_files {}: RLIMIT_NOFILE", n.value));
     }
+    // One cgroup per hierarchy: on v2 the pids and memory limits share it.
+    let mut wanted: Vec<Wanted> = Vec::new();
+    let mut want = |ctrl: CgroupController, files: Vec<(&'static str, String)>, what: String, fb: Fallback| {
+        let what = format!("{what}: {} cgroup", ctrl.controller);
+        match wanted.iter_mut().find(|w| w.ctrl.dir == ctrl.dir) {
+            Some(w) => {
+                w.files.extend(files);
+                w.whats.push(what);
+                w.fallbacks.push(fb);
+            }
+            None => wanted.push(Wanted { ctrl, files, whats: vec![what], fallbacks: vec![fb] }),
+        }
+    };
     if let Some(n) = &plan.max_procs {
         // For a non-root user, RLIMIT_NPROC in the sandbox's own user
         // namespace counts only the sandbox's tasks; it is preferred over a
@@ -165,10 +192,9 @@ pub fn apply(
         // user can rarely make one). The kernel never applies RLIMIT_NPROC to
         // uid 0 (user namespace or not), so root needs the cgroup.
         let rlimit_binds = in_user_ns && !nix::unistd::geteuid().is_root();
-        let files = [("pids.max", n.value.to_string())];
         let found = if rlimit_binds { None } else { pids.cloned().or_else(|| find_controller("pids")) };
-        let via_cgroup = found.as_ref().and_then(|c| make(c, &files).map(|(d, fd)| (c, d, fd)));
-        match via_cgroup {
+        let fb = Fallback::Nproc(n.value, n.at.clone());
+        match found {
             _ if rlimit_binds => {
                 out.rlimits.push((libc::RLIMIT_NPROC, n.value));
                 report.limits.push(format!(
@@ -176,42 +202,68 @@ pub fn apply(
                     n.value
                 ));
             }
-            Some((c, dir, fd)) => out.use_cgroup(report, format!("max_procs {}", n.value), c, dir, fd),
-            None => {
-                out.rlimits.push((libc::RLIMIT_NPROC, n.value));
-                report.limits.push(format!(
-                    "max_procs {}: RLIMIT_NPROC counts every process of this uid and does not bind root (no pids cgroup, no user namespace)",
-                    n.value
-                ));
-                if nix::unistd::geteuid().is_root() {
-                    report.degrade(
-                        format!("limits.max_procs {}", n.value),
-                        Some(&n.at),
-                        "a pids cgroup or a user namespace when running as root",
-                        "RLIMIT_NPROC does not bind root",
-                    );
-                }
-            }
+            Some(c) => want(c, vec![("pids.max", n.value.to_string())], format!("max_procs {}", n.value), fb),
+            None => fallback(&mut out, report, fb),
         }
     }
     if let Some(m) = &plan.max_memory {
-        let files = [
+        let files = vec![
             ("memory.max", m.value.to_string()),
             ("memory.swap.max", "0".to_string()),
             ("memory.limit_in_bytes", m.value.to_string()),
         ];
-        let found = memory.cloned().or_else(|| find_controller("memory"));
-        match found.as_ref().and_then(|c| make(c, &files).map(|(d, fd)| (c, d, fd))) {
-            Some((c, dir, fd)) => out.use_cgroup(report, format!("max_memory {}", m.value), c, dir, fd),
-            None => {
-                out.rlimits.push((libc::RLIMIT_DATA, m.value));
-                report
-                    .limits
-                    .push(format!("max_memory {}: RLIMIT_DATA per process (no writable memory cgroup)", m.value));
-            }
+        match memory.cloned().or_else(|| find_controller("memory")) {
+            Some(c) => want(c, files, format!("max_memory {}", m.value), Fallback::Data(m.value)),
+            None => fallback(&mut out, report, Fallback::Data(m.value)),
         }
     }
+    for w in wanted {
+        let made = match dry {
+            true => Some((w.ctrl.dir.join(format!("portcullis-{session}")), None)),
+            false => make_cgroup(&w.ctrl, session, &w.files, born).ok().map(|(d, j)| (d, Some(j))),
+        };
+        let Some((dir, join)) = made else {
+            for fb in w.fallbacks {
+                fallback(&mut out, report, fb);
+            }
+            continue;
+        };
+        let v = if w.ctrl.v2 { "v2" } else { "v1" };
+        for what in &w.whats {
+            report.limits.push(format!("{what} {} ({v})", dir.display()));
+        }
+        match join {
+            Some(Join::Write(fd)) => out.cgroup_procs.push(fd),
+            Some(Join::Born(fd)) => out.cgroup_v2_dir = Some(fd),
+            None => continue,
+        }
+        out.cgroups.push(dir);
+    }
     Ok(out)
+}
+
+/// The rlimit that stands in for a limit no cgroup could hold.
+fn fallback(out: &mut Applied, report: &mut Enforcement, fb: Fallback) {
+    match fb {
+        Fallback::Nproc(n, at) => {
+            out.rlimits.push((libc::RLIMIT_NPROC, n));
+            report.limits.push(format!(
+                "max_procs {n}: RLIMIT_NPROC counts every process of this uid and does not bind root (no pids cgroup, no user namespace)"
+            ));
+            if nix::unistd::geteuid().is_root() {
+                report.degrade(
+                    format!("limits.max_procs {n}"),
+                    Some(&at),
+                    "a pids cgroup or a user namespace when running as root",
+                    "RLIMIT_NPROC does not bind root",
+                );
+            }
+        }
+        Fallback::Data(m) => {
+            out.rlimits.push((libc::RLIMIT_DATA, m));
+            report.limits.push(format!("max_memory {m}: RLIMIT_DATA per process (no writable memory cgroup)"));
+        }
+    }
 }
 
 /// Removes the sandbox's cgroups once it has exited, killing stragglers.

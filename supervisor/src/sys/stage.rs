@@ -109,6 +109,10 @@ pub struct Stage {
     pub gid_map: Vec<u8>,
     /// The join files of the sandbox's cgroups (`tasks` on v1, `cgroup.procs` on v2); writing "0" moves the writer.
     pub cgroup_procs: Vec<OwnedFd>,
+    /// The sandbox's v2 cgroup directory (with `namespaces` only): the
+    /// relay forks init straight into it (clone3 CLONE_INTO_CGROUP), so
+    /// neither waits for the RCU grace period of a move (see limits::apply).
+    pub cgroup_v2_dir: Option<OwnedFd>,
     /// (resource, limit) pairs set as both soft and hard limit.
     pub rlimits: Vec<(libc::__rlimit_resource_t, libc::rlim_t)>,
     /// Fail when the bounding set cannot be emptied (false only for an
@@ -395,9 +399,13 @@ impl Stage {
             if libc::pipe2(alive.as_mut_ptr(), libc::O_CLOEXEC) != 0 {
                 return Err(self.fail(Step::Fork, errno()));
             }
-            let init = libc::fork();
+            let init = match &self.cgroup_v2_dir {
+                Some(dir) => clone_into_cgroup(dir.as_raw_fd()),
+                None => libc::fork(),
+            };
             if init < 0 {
-                return Err(self.fail(Step::Fork, errno()));
+                let step = if self.cgroup_v2_dir.is_some() { Step::Cgroup } else { Step::Fork };
+                return Err(self.fail(step, errno()));
             }
             if init > 0 {
                 libc::close(alive[0]);
@@ -587,6 +595,50 @@ impl Stage {
             }
         }
         Ok(())
+    }
+}
+
+/// `struct clone_args` up to `cgroup` (CLONE_ARGS_SIZE_VER2).
+#[repr(C)]
+#[derive(Default)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
+    cgroup: u64,
+}
+
+/// Linux 5.7; the libc crate's constant does not fit its own c_int type.
+const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+
+/// fork(2), the child born in the cgroup whose directory is `dir`: the
+/// kernel takes its threadgroup lock only for reading, where moving a
+/// process takes it for writing. Returns as fork does (-1 and errno).
+///
+/// # Safety
+///
+/// As for [`Stage::run`]: the caller is single-threaded. The child is made
+/// by the raw syscall, so glibc's fork handlers do not run in it, and
+/// glibc's cached thread id is the parent's: the child must keep to
+/// syscalls, (glibc's) fork and `_exit`, as init does.
+unsafe fn clone_into_cgroup(dir: RawFd) -> libc::pid_t {
+    let args = CloneArgs {
+        flags: CLONE_INTO_CGROUP,
+        exit_signal: libc::SIGCHLD as u64,
+        cgroup: dir as u64,
+        ..CloneArgs::default()
+    };
+    // SAFETY: clone3 reads `args` (sized by the second argument) and,
+    // without CLONE_VM or a stack, forks like fork(2).
+    unsafe {
+        libc::syscall(libc::SYS_clone3, &args as *const CloneArgs, std::mem::size_of::<CloneArgs>()) as libc::pid_t
     }
 }
 
