@@ -68,13 +68,18 @@ pub struct Reader {
 
 /// Whether this process can see Landlock denials, and if not why.
 pub fn probe(landlock_abi: i32) -> Result<Reader, String> {
+    probe_with(landlock_abi, None)
+}
+
+/// [`probe`], with the status asked for earlier (see [`StatusQuery`]).
+pub fn probe_with(landlock_abi: i32, status: Option<StatusQuery>) -> Result<Reader, String> {
     if landlock_abi < 7 {
         return Err(format!("Landlock ABI {landlock_abi} does not report denials (ABI 7, Linux 6.15, does)"));
     }
     // One status request answers both: is audit on, and how many records
     // has the kernel lost so far (taken before joining, so a loss in between
     // counts against this run: the cautious side).
-    let status = audit_status();
+    let status = status.unwrap_or_else(StatusQuery::send).answer().map(|w| (w[1] != 0, w[6]));
     if status.map(|(enabled, _)| enabled) == Some(false) {
         return Err("the kernel's audit is off, so Landlock reports nothing (`auditctl -e 1` turns it on)".into());
     }
@@ -140,8 +145,34 @@ fn audit_status() -> Option<(bool, u32)> {
 /// The first seven words of struct audit_status: mask, enabled, failure,
 /// pid, rate_limit, backlog_limit, lost.
 fn audit_status_words() -> Option<[u32; 7]> {
-    let fd = control_socket()?;
-    socket::sendto(fd.as_raw_fd(), &request(AUDIT_GET, 0, &[]), &NetlinkAddr::new(0, 0), MsgFlags::empty()).ok()?;
+    StatusQuery::send().answer()
+}
+
+/// An AUDIT_GET asked ahead of its answer. The kernel takes its snapshot
+/// when the request is sent, but replies from a kernel thread it starts for
+/// each reply, which took hundreds of microseconds here: a launch asks
+/// while it still has other work, and reads the answer when it needs it.
+pub struct StatusQuery(Option<OwnedFd>);
+
+impl StatusQuery {
+    /// Sends the request (an unanswerable query when that fails).
+    pub fn send() -> StatusQuery {
+        let fd = control_socket().filter(|fd| {
+            let req = request(AUDIT_GET, 0, &[]);
+            socket::sendto(fd.as_raw_fd(), &req, &NetlinkAddr::new(0, 0), MsgFlags::empty()).is_ok()
+        });
+        StatusQuery(fd)
+    }
+
+    /// The reply (waiting up to the control socket's timeout); None when
+    /// this process may not ask (AUDIT_GET needs CAP_AUDIT_CONTROL).
+    fn answer(self) -> Option<[u32; 7]> {
+        let fd = self.0?;
+        read_status(&fd)
+    }
+}
+
+fn read_status(fd: &OwnedFd) -> Option<[u32; 7]> {
     let mut buf = [0u8; 512];
     for _ in 0..4 {
         let n = socket::recv(fd.as_raw_fd(), &mut buf, MsgFlags::empty()).ok()?;
@@ -493,6 +524,8 @@ pub struct Watcher {
     canary: PathBuf,
     marker: String,
     stop: Arc<AtomicU8>,
+    /// The status asked for by `finish`, for the reader's summary.
+    lost_after: Arc<std::sync::Mutex<Option<StatusQuery>>>,
     /// Returns why denials went unrecorded, if they did.
     thread: Option<JoinHandle<Option<String>>>,
 }
@@ -511,16 +544,17 @@ impl Watcher {
         let Reader { fd: reader, lost } = reader;
         let tally = Tally { kernel_lost: lost, ..Tally::default() };
         let attributor = Attributor { canary: canary_str, own_pid: std::process::id().to_string(), tally };
-        let (s, m) = (stop.clone(), marker.clone());
+        let lost_after = Arc::new(std::sync::Mutex::new(None));
+        let (s, m, q) = (stop.clone(), marker.clone(), lost_after.clone());
         let sink = Sink { paths: paths.clone(), session: session.to_string(), ev: None, failed: None };
         let thread = std::thread::Builder::new()
             .name("kernel-audit".into())
-            .spawn(move || read_loop(reader, attributor, sink, s, m))
+            .spawn(move || read_loop(reader, attributor, sink, s, m, q))
             .map_err(|e| format!("cannot start a thread: {e}"));
         // On an error the canary removes its file; from here on the watcher does.
         let thread = thread?;
         canary.placed = false;
-        Ok(Watcher { canary: std::mem::take(&mut canary.path), marker, stop, thread: Some(thread) })
+        Ok(Watcher { canary: std::mem::take(&mut canary.path), marker, stop, lost_after, thread: Some(thread) })
     }
 
     pub fn canary(&self) -> &Path {
@@ -534,6 +568,12 @@ impl Watcher {
     pub fn finish(mut self) -> Option<String> {
         // Without CAP_AUDIT_WRITE there is no marker: a quiet spell instead.
         let how = if send_user_message(&self.marker) { STOP_AT_MARKER } else { STOP_WHEN_QUIET };
+        // The sandbox is gone and the marker queued behind its last report:
+        // the kernel's `lost` counter, taken now, counts every report of
+        // ours it dropped. Asked before the wait, answered after it.
+        if let Ok(mut q) = self.lost_after.lock() {
+            *q = Some(StatusQuery::send());
+        }
         self.stop_thread(how)
     }
 
@@ -656,7 +696,14 @@ impl Sink {
 }
 
 /// Returns why denials went unrecorded, if they did.
-fn read_loop(fd: OwnedFd, mut at: Attributor, mut sink: Sink, stop: Arc<AtomicU8>, marker: String) -> Option<String> {
+fn read_loop(
+    fd: OwnedFd,
+    mut at: Attributor,
+    mut sink: Sink,
+    stop: Arc<AtomicU8>,
+    marker: String,
+    lost_after: Arc<std::sync::Mutex<Option<StatusQuery>>>,
+) -> Option<String> {
     crate::sys::background_thread();
     use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
     let mut buf = vec![0u8; 16 << 10];
@@ -729,8 +776,10 @@ fn read_loop(fd: OwnedFd, mut at: Attributor, mut sink: Sink, stop: Arc<AtomicU8
     for done in events.take_older_than(Duration::ZERO) {
         at.event(&done).into_iter().for_each(|b| sink.record(b));
     }
-    at.tally.kernel_lost = match (at.tally.kernel_lost, audit_status()) {
-        (Some(before), Some((_, after))) => Some(after.wrapping_sub(before)),
+    let asked = lost_after.lock().ok().and_then(|mut q| q.take());
+    let after = asked.unwrap_or_else(StatusQuery::send).answer().map(|w| w[6]);
+    at.tally.kernel_lost = match (at.tally.kernel_lost, after) {
+        (Some(before), Some(after)) => Some(after.wrapping_sub(before)),
         _ => None,
     };
     // A run with nothing refused, seen to the end, needs no summary.

@@ -84,13 +84,15 @@ pub fn run(args: RunArgs) -> Result<i32, Failure> {
     stage::set_undumpable();
     let session = Session::open(&args.sandbox)?;
     crate::timing::mark("profile loaded and compiled");
+    // Asked now, answered when the launch-prep thread needs it.
+    let audit_status = (session.features.landlock_abi_used >= 7).then(kaudit::StatusQuery::send);
     let prepared = session.prepare(false)?;
     crate::timing::mark("sandbox prepared");
-    launch_with(&session, prepared, &args.command, args.mcp)
+    launch_with(&session, prepared, &args.command, args.mcp, audit_status)
 }
 
 pub(super) fn launch(session: &Session, prepared: Prepared, command: &[OsString]) -> Result<i32, Failure> {
-    launch_with(session, prepared, command, false)
+    launch_with(session, prepared, command, false, None)
 }
 
 /// `mcp`: the command's stdin/stdout go through the MCP gate (crate::mcp).
@@ -102,7 +104,14 @@ pub(super) fn launch(session: &Session, prepared: Prepared, command: &[OsString]
 /// thread knows whether the kernel's reports are read (the first byte of the
 /// go-ahead pipe), and execs only on its go-ahead (the second); a refusal
 /// closes the pipe and the command never runs.
-fn launch_with(session: &Session, prepared: Prepared, command: &[OsString], mcp: bool) -> Result<i32, Failure> {
+/// `audit_status`: the kernel-audit status, asked for early (kaudit::StatusQuery).
+fn launch_with(
+    session: &Session,
+    prepared: Prepared,
+    command: &[OsString],
+    mcp: bool,
+    audit_status: Option<kaudit::StatusQuery>,
+) -> Result<i32, Failure> {
     let Prepared { enforcement, exec: allowed, stage, report_rx, cgroups, gate: gate_setup, .. } = prepared;
     // Before any thread exists (audit writers and signers, the kernel-audit
     // reader, the MCP journal, the launch thread): every thread inherits the
@@ -117,7 +126,7 @@ fn launch_with(session: &Session, prepared: Prepared, command: &[OsString], mcp:
         match exec::resolve_command(&command[0], &session.path_var, &allowed, &session.plan, &enforcement.notices) {
             Ok(p) => p,
             // Nothing to fork: record the refusal (or an earlier one) and stop.
-            Err(f) => return Err(decide(&decision, Err(&f), gate_setup, None, None).err().unwrap_or(f)),
+            Err(f) => return Err(decide(&decision, Err(&f), gate_setup, None, None, None).err().unwrap_or(f)),
         };
     // The canary's name is fixed now; the go-ahead says whether it is used.
     let canary = match session.features.landlock_abi_used >= 7 {
@@ -142,7 +151,7 @@ fn launch_with(session: &Session, prepared: Prepared, command: &[OsString], mcp:
     let (ready, spawned) = std::thread::scope(|scope| {
         let decider = std::thread::Builder::new()
             .name("launch".into())
-            .spawn_scoped(scope, || decide(&decision, Ok(program_ref), gate_setup, canary, Some(go_tx)));
+            .spawn_scoped(scope, || decide(&decision, Ok(program_ref), gate_setup, canary, audit_status, Some(go_tx)));
         let Ok(decider) = decider else {
             return (Err(Failure::setup("cannot start the launch thread")), None);
         };
@@ -269,9 +278,10 @@ fn decide(
     program: Result<&Path, &Failure>,
     gate_setup: Option<crate::gate::Setup>,
     canary: Option<kaudit::Canary>,
+    audit_status: Option<kaudit::StatusQuery>,
     go: Option<std::os::fd::OwnedFd>,
 ) -> Result<Ready, Failure> {
-    std::thread::scope(|scope| decide_in(scope, d, program, gate_setup, canary, go))
+    std::thread::scope(|scope| decide_in(scope, d, program, gate_setup, canary, audit_status, go))
 }
 
 fn decide_in<'scope>(
@@ -280,6 +290,7 @@ fn decide_in<'scope>(
     program: Result<&Path, &Failure>,
     gate_setup: Option<crate::gate::Setup>,
     canary: Option<kaudit::Canary>,
+    audit_status: Option<kaudit::StatusQuery>,
     go: Option<std::os::fd::OwnedFd>,
 ) -> Result<Ready, Failure> {
     let session = d.session;
@@ -294,7 +305,7 @@ fn decide_in<'scope>(
     let gated = gate.is_some();
     let gate_rules = move || gated.then(|| crate::gate::canonical_rules(&session.plan.gate));
     let prepare = move || {
-        let denials = kaudit::probe(abi);
+        let denials = kaudit::probe_with(abi, audit_status);
         crate::timing::mark("kernel audit probed");
         let mut canary = canary;
         if let (Ok(_), Some(c)) = (&denials, canary.as_mut()) {
