@@ -173,8 +173,10 @@ impl Gate {
                         Err(e) => self.malformed(line, &e.to_string()),
                     };
                 }
-                self.track(&peek);
-                FromClient { forward: Forward::Same, reply: None }
+                match self.track(&peek) {
+                    Ok(()) => FromClient { forward: Forward::Same, reply: None },
+                    Err(reply) => FromClient { forward: Forward::Nothing, reply: Some(reply) },
+                }
             }
             Shape::Batch(items) => self.batch(items),
             Shape::Malformed(e) => self.malformed(line, &e),
@@ -208,18 +210,34 @@ impl Gate {
         )
     }
 
-    /// Remembers requests whose answers the gate inspects.
-    fn track(&self, peek: &Peek) {
-        let (Some(method), Some(id)) = (peek.method.as_deref(), peek.id.as_ref()) else { return };
+    /// Remembers requests whose answers the gate inspects. One it cannot
+    /// remember is refused (the error line for the client), not forwarded:
+    /// its answer would pass unchecked (a tools/list against the pins) or
+    /// unredacted. So is one whose id is already pending: the two answers
+    /// could not be told apart.
+    fn track(&self, peek: &Peek) -> Result<(), Vec<u8>> {
+        let (Some(method), Some(id)) = (peek.method.as_deref(), peek.id.as_ref()) else { return Ok(()) };
         let kind = match method {
             "tools/list" => Pending::List,
             "resources/read" | "prompts/get" if self.redactor.is_some() => Pending::Redact,
-            _ => return,
+            _ => return Ok(()),
         };
+        let key = id_key(id);
         let mut st = self.state();
-        if st.pending.len() < MAX_PENDING {
-            st.pending.insert(id_key(id), kind);
+        if st.pending.contains_key(&key) || st.asking.contains_key(&key) {
+            return Err(error_response(
+                Some(id),
+                code::INVALID_REQUEST,
+                "portcullis: a request with this id is still pending",
+                None,
+            ));
         }
+        if st.pending.len() >= MAX_PENDING {
+            let message = format!("portcullis: more than {MAX_PENDING} requests pending; try again later");
+            return Err(error_response(Some(id), code::INTERNAL_ERROR, &message, None));
+        }
+        st.pending.insert(key, kind);
+        Ok(())
     }
 
     fn batch(&self, items: Vec<Value>) -> FromClient {
@@ -240,8 +258,15 @@ impl Gate {
                 }
             } else {
                 let peek = Peek { id: item.get("id").cloned(), method: method.map(str::to_string) };
-                self.track(&peek);
-                keep.push(item);
+                match self.track(&peek) {
+                    Ok(()) => keep.push(item),
+                    Err(reply) => {
+                        changed = true;
+                        if let Ok(r) = serde_json::from_slice::<Value>(&reply) {
+                            replies.push(r);
+                        }
+                    }
+                }
             }
         }
         let forward = match (changed, keep.is_empty()) {
@@ -878,6 +903,51 @@ mod tests {
         let (g, _) = gate("[mcp]\nredact = false\n");
         g.from_client(&call(1, "env", json!({})));
         assert_eq!(g.from_server(&result(1, &secret, false)), Forward::Same);
+    }
+
+    fn request(id: i64, method: &str) -> Vec<u8> {
+        serde_json::to_vec(&json!({"jsonrpc":"2.0","id":id,"method":method,"params":{}})).unwrap()
+    }
+
+    /// A request whose answer the gate inspects (pins, redaction) is
+    /// refused, not forwarded, when the gate could not tell its answer
+    /// apart (its id already pending) or has no room to remember it: the
+    /// answer would otherwise pass unchecked.
+    #[test]
+    fn a_request_the_gate_cannot_track_is_refused_not_forwarded() {
+        let (g, _) = gate("");
+        assert_eq!(g.from_client(&request(7, "resources/read")).forward, Forward::Same);
+        let e = error_of(&g.from_client(&request(7, "tools/list")));
+        assert_eq!((e["id"].clone(), e["error"]["code"].clone()), (json!(7), json!(code::INVALID_REQUEST)));
+        assert_eq!(error_of(&g.from_client(&call(7, "t", json!({}))))["error"]["code"], code::INVALID_REQUEST);
+        // The first is still tracked: its answer is redacted.
+        let secret = format!("token=ghp_{}", "a".repeat(36));
+        assert!(matches!(g.from_server(&result(7, &secret, false)), Forward::Changed(_)), "redacted");
+        // Twin: once answered, the id may be used again.
+        assert_eq!(g.from_client(&request(7, "tools/list")).forward, Forward::Same);
+        // In a batch, only the item that cannot be tracked is refused.
+        let batch = serde_json::to_vec(&json!([
+            {"jsonrpc":"2.0","id":7,"method":"resources/read","params":{}},
+            {"jsonrpc":"2.0","id":8,"method":"resources/read","params":{}},
+        ]))
+        .unwrap();
+        let r = g.from_client(&batch);
+        let Forward::Changed(fwd) = &r.forward else { panic!("{r:?}") };
+        let fwd: Value = serde_json::from_slice(fwd).unwrap();
+        assert_eq!(fwd.as_array().unwrap().len(), 1);
+        assert_eq!(fwd[0]["id"], 8);
+        let reply: Value = serde_json::from_slice(r.reply.as_ref().unwrap()).unwrap();
+        assert_eq!(
+            (reply[0]["id"].clone(), reply[0]["error"]["code"].clone()),
+            (json!(7), json!(code::INVALID_REQUEST))
+        );
+        // Full: the next tracked request is refused; an untracked one passes.
+        for id in 100..(100 + MAX_PENDING as i64) {
+            let _ = g.from_client(&request(id, "prompts/get"));
+        }
+        let e = error_of(&g.from_client(&request(1, "resources/read")));
+        assert_eq!(e["error"]["code"], code::INTERNAL_ERROR);
+        assert_eq!(g.from_client(&request(2, "ping")).forward, Forward::Same);
     }
 
     #[test]
