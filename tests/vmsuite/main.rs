@@ -108,6 +108,11 @@ impl Suite {
     }
 
     fn run(&self, who: &str, flags: &[String], args: &[String], best_effort: bool) -> Outcome {
+        let c = self.command(who, flags, args, best_effort);
+        Self::output(c)
+    }
+
+    fn command(&self, who: &str, flags: &[String], args: &[String], best_effort: bool) -> Command {
         let mut c = Command::new(&self.portcullis);
         c.arg("run");
         c.args(flags.iter().map(|f| self.expand(f)));
@@ -124,6 +129,10 @@ impl Suite {
         if who == "nobody" {
             c.uid(NOBODY).gid(NOBODY).env("HOME", self.dir.join("home"));
         }
+        c
+    }
+
+    fn output(mut c: Command) -> Outcome {
         match c.output() {
             Ok(o) => Outcome {
                 code: o.status.code().unwrap_or_else(|| 128 + o.status.signal().unwrap_or(0)),
@@ -352,6 +361,9 @@ fn main() {
                     while abstract_listener.accept().is_ok() {}
                 }
             }
+            if root {
+                clone3_refused(&mut suite);
+            }
             builtin_profiles(&suite.portcullis)
         }
     };
@@ -361,6 +373,37 @@ fn main() {
     println!("SUITE DONE kernel={release} abi={abi} pass={} fail={}", suite.pass, suite.fail);
     let _ = std::fs::remove_dir_all(&dir);
     std::process::exit(if suite.fail == 0 { 0 } else { 1 });
+}
+
+/// Under a seccomp filter that answers clone3 with ENOSYS (as Docker's
+/// default profile does), the sandbox still lands in its cgroup: where the
+/// relay would fork init straight into a v2 cgroup it joins by a write
+/// instead, and `--max-procs` holds. Without that fallback every such
+/// launch failed. (On a v1 host this is the ordinary path.)
+fn clone3_refused(suite: &mut Suite) {
+    use seccompiler::{BpfProgram, SeccompAction, SeccompFilter, TargetArch};
+    let v = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let filter = SeccompFilter::new(
+        [(libc::SYS_clone3, vec![])].into_iter().collect(),
+        SeccompAction::Allow,
+        SeccompAction::Errno(libc::ENOSYS as u32),
+        TargetArch::x86_64,
+    )
+    .expect("a filter for clone3");
+    let prog: BpfProgram = filter.try_into().expect("compiles");
+    suite.reset_files();
+    let mut c = suite.command("root", &v(&["--max-procs", "16"]), &v(&["forks", "64"]), false);
+    // SAFETY: installs a seccomp filter between fork and exec; seccompiler
+    // only makes the prctl/seccomp calls on the prepared program.
+    unsafe {
+        c.pre_exec(move || seccompiler::apply_filter(&prog).map_err(|e| std::io::Error::other(e.to_string())));
+    }
+    let o = Suite::output(c);
+    suite.record(
+        o.any(&v(&["has:EAGAIN"])),
+        "limits: --max-procs holds with clone3 refused by a seccomp filter around portcullis [root]",
+        &format!("want has:EAGAIN, got {}", o.describe()),
+    );
 }
 
 /// A kernel without Landlock (booted with an `lsm=` that leaves it out): a

@@ -81,9 +81,10 @@ pub struct Applied {
     /// Files the stage joins by writing "0": v1 `tasks`, and v2's
     /// `cgroup.procs` where the sandbox cannot be born in its cgroup.
     pub cgroup_procs: Vec<OwnedFd>,
-    /// The sandbox's v2 cgroup directory, when its init is forked straight
-    /// into it (clone3 with CLONE_INTO_CGROUP) instead of joining by a write.
-    pub cgroup_v2_dir: Option<OwnedFd>,
+    /// The sandbox's v2 cgroup, when its init is forked straight into it
+    /// (clone3 with CLONE_INTO_CGROUP) instead of joining by a write: its
+    /// directory, and its `cgroup.procs` for where clone3 is refused.
+    pub cgroup_v2: Option<(OwnedFd, OwnedFd)>,
     pub rlimits: Vec<(libc::__rlimit_resource_t, libc::rlim_t)>,
     pub cgroups: Vec<PathBuf>,
 }
@@ -92,8 +93,8 @@ pub struct Applied {
 enum Join {
     /// By the file that moves its writer (v1 `tasks`, v2 `cgroup.procs`).
     Write(OwnedFd),
-    /// Born in it: the directory, for CLONE_INTO_CGROUP.
-    Born(OwnedFd),
+    /// Born in it: the directory, for CLONE_INTO_CGROUP (and `cgroup.procs`).
+    Born(OwnedFd, OwnedFd),
 }
 
 /// Makes the sandbox's cgroup under `ctrl` and writes its limit `files`.
@@ -116,17 +117,17 @@ fn make_cgroup(
         // Moving a process: on v1 the `tasks` file moves just the calling
         // thread, which the kernel does without its global threadgroup
         // lock. v2's `cgroup.procs` takes that lock for writing, which waits
-        // for an RCU grace period (0.1 to 16 ms measured here) on every
-        // launch; a process forked into the cgroup (Linux 5.7) takes it only
+        // for an RCU grace period (most moves 5.7 to 15.7 ms measured here)
+        // on every launch; a process forked into the cgroup (Linux 5.7) takes it only
         // for reading. v2 allows moving a lone thread only inside one
         // threaded subtree, so a move there goes through `cgroup.procs`.
+        let join = if ctrl.v2 { "cgroup.procs" } else { "tasks" };
+        let procs: OwnedFd = fs::OpenOptions::new().write(true).open(dir.join(join))?.into();
         if ctrl.v2 && born {
             let d = fs::OpenOptions::new().read(true).custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW).open(&dir)?;
-            return Ok(Join::Born(d.into()));
+            return Ok(Join::Born(d.into(), procs));
         }
-        let join = if ctrl.v2 { "cgroup.procs" } else { "tasks" };
-        let procs = fs::OpenOptions::new().write(true).open(dir.join(join))?;
-        Ok(Join::Write(procs.into()))
+        Ok(Join::Write(procs))
     };
     match setup() {
         Ok(join) => Ok((dir, join)),
@@ -234,7 +235,7 @@ pub fn apply(
         }
         match join {
             Some(Join::Write(fd)) => out.cgroup_procs.push(fd),
-            Some(Join::Born(fd)) => out.cgroup_v2_dir = Some(fd),
+            Some(Join::Born(dir, procs)) => out.cgroup_v2 = Some((dir, procs)),
             None => continue,
         }
         out.cgroups.push(dir);

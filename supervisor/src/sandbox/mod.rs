@@ -118,6 +118,8 @@ pub fn prepare(
         dry,
         &mut enforcement,
     )?;
+    // Removed again if anything below fails: nothing else would.
+    let mut made = Undo(limits.cgroups.clone());
 
     let (report_rx, report_tx) =
         stage::report_pipe().map_err(|e| Failure::setup(format!("cannot create a pipe: {e}")))?;
@@ -166,7 +168,7 @@ pub fn prepare(
         uid_map,
         gid_map,
         cgroup_procs: limits.cgroup_procs,
-        cgroup_v2_dir: limits.cgroup_v2_dir,
+        cgroup_v2: limits.cgroup_v2,
         rlimits: limits.rlimits,
         require_bounding_drop: namespaces || features.euid == 0,
         proc_access: ll.proc_access,
@@ -179,7 +181,17 @@ pub fn prepare(
         report: report_tx,
         devnull,
     };
+    made.0.clear();
     Ok(Prepared { enforcement, exec, seccomp_rules: rules, stage, report_rx, cgroups: limits.cgroups, gate })
+}
+
+/// The cgroups of a preparation that failed after making them.
+struct Undo(Vec<PathBuf>);
+
+impl Drop for Undo {
+    fn drop(&mut self) {
+        limits::cleanup(&self.0);
+    }
 }
 
 /// A fresh private directory for `{tmp}`, mode 0700, under a root we own.

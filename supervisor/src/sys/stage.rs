@@ -109,10 +109,12 @@ pub struct Stage {
     pub gid_map: Vec<u8>,
     /// The join files of the sandbox's cgroups (`tasks` on v1, `cgroup.procs` on v2); writing "0" moves the writer.
     pub cgroup_procs: Vec<OwnedFd>,
-    /// The sandbox's v2 cgroup directory (with `namespaces` only): the
-    /// relay forks init straight into it (clone3 CLONE_INTO_CGROUP), so
-    /// neither waits for the RCU grace period of a move (see limits::apply).
-    pub cgroup_v2_dir: Option<OwnedFd>,
+    /// The sandbox's v2 cgroup (with `namespaces` only): its directory,
+    /// which the relay forks init straight into (clone3 CLONE_INTO_CGROUP)
+    /// so that nothing waits for the RCU grace period of a move (see
+    /// limits::apply), and its `cgroup.procs`, joined by a write instead
+    /// where clone3 is refused (a container's seccomp filter, say).
+    pub cgroup_v2: Option<(OwnedFd, OwnedFd)>,
     /// (resource, limit) pairs set as both soft and hard limit.
     pub rlimits: Vec<(libc::__rlimit_resource_t, libc::rlim_t)>,
     /// Fail when the bounding set cannot be emptied (false only for an
@@ -313,14 +315,19 @@ impl Stage {
             if libc::getppid() != self.supervisor {
                 return Err(self.fail(Step::ParentGone, libc::ESRCH));
             }
-            for fd in &self.cgroup_procs {
-                let n = libc::write(fd.as_raw_fd(), b"0".as_ptr().cast(), 1);
-                if n != 1 {
-                    return Err(self.fail(Step::Cgroup, errno()));
+            let born_into = match &self.cgroup_v2 {
+                Some((dir, _)) if self.namespaces && clone3_usable() => Some(dir.as_raw_fd()),
+                Some((_, procs)) => {
+                    Self::join(procs.as_raw_fd()).map_err(|e| self.fail(Step::Cgroup, e))?;
+                    None
                 }
+                None => None,
+            };
+            for fd in &self.cgroup_procs {
+                Self::join(fd.as_raw_fd()).map_err(|e| self.fail(Step::Cgroup, e))?;
             }
             if self.namespaces {
-                self.enter_namespaces()?;
+                self.enter_namespaces(born_into)?;
             }
             // Confined before the launch is decided, so that only exec is
             // left once it is; a refusal still stops it before exec.
@@ -334,6 +341,16 @@ impl Stage {
                 None | Some(GO) => Ok(()),
                 Some(_) => Err(self.fail(Step::Go, libc::ECANCELED)),
             }
+        }
+    }
+
+    /// Moves this process into a cgroup by its join file (`tasks`,
+    /// `cgroup.procs`): the errno when the kernel refuses.
+    fn join(fd: RawFd) -> Result<(), i32> {
+        // SAFETY: writes one byte from a static buffer to an fd we own.
+        match unsafe { libc::write(fd, b"0".as_ptr().cast(), 1) } {
+            1 => Ok(()),
+            _ => Err(errno()),
         }
     }
 
@@ -370,7 +387,7 @@ impl Stage {
     /// # Safety
     ///
     /// As for [`Stage::run`].
-    unsafe fn enter_namespaces(&self) -> io::Result<()> {
+    unsafe fn enter_namespaces(&self, born_into: Option<RawFd>) -> io::Result<()> {
         // SAFETY: single-threaded child after fork; only syscalls on
         // prepared buffers and fds this process owns.
         unsafe {
@@ -399,13 +416,17 @@ impl Stage {
             if libc::pipe2(alive.as_mut_ptr(), libc::O_CLOEXEC) != 0 {
                 return Err(self.fail(Step::Fork, errno()));
             }
-            let init = match &self.cgroup_v2_dir {
-                Some(dir) => clone_into_cgroup(dir.as_raw_fd()),
+            let init = match born_into {
+                Some(dir) => clone_into_cgroup(dir),
                 None => libc::fork(),
             };
             if init < 0 {
-                let step = if self.cgroup_v2_dir.is_some() { Step::Cgroup } else { Step::Fork };
-                return Err(self.fail(step, errno()));
+                let e = errno();
+                let step = match born_into {
+                    Some(_) if e != libc::EAGAIN && e != libc::ENOMEM => Step::Cgroup,
+                    _ => Step::Fork,
+                };
+                return Err(self.fail(step, e));
             }
             if init > 0 {
                 libc::close(alive[0]);
@@ -613,6 +634,15 @@ struct CloneArgs {
     set_tid: u64,
     set_tid_size: u64,
     cgroup: u64,
+}
+
+/// Whether clone3 can be called: with a size too small for any version of
+/// its arguments the kernel answers EINVAL and creates nothing. A seccomp
+/// filter around portcullis (Docker's, for one) answers ENOSYS or EPERM.
+fn clone3_usable() -> bool {
+    // SAFETY: clone3 fails on the size before it reads the (null) pointer.
+    let r = unsafe { libc::syscall(libc::SYS_clone3, std::ptr::null::<CloneArgs>(), 0usize) };
+    r == -1 && errno() == libc::EINVAL
 }
 
 /// Linux 5.7; the libc crate's constant does not fit its own c_int type.
