@@ -79,6 +79,9 @@ enum Pending {
     List,
     /// Another request whose result is redacted (`resources/read`, `prompts/get`).
     Redact,
+    /// Any other request: remembered only so that its id is not reused
+    /// while it is outstanding (its answer passes as it is).
+    Other,
 }
 
 struct State {
@@ -173,6 +176,11 @@ impl Gate {
                         Err(e) => self.malformed(line, &e.to_string()),
                     };
                 }
+                if peek.method.as_deref() == Some("notifications/cancelled") {
+                    if let Ok(msg) = serde_json::from_slice::<Value>(line) {
+                        self.cancelled(&msg);
+                    }
+                }
                 match self.track(&peek) {
                     Ok(()) => FromClient { forward: Forward::Same, reply: None },
                     Err(reply) => FromClient { forward: Forward::Nothing, reply: Some(reply) },
@@ -210,34 +218,46 @@ impl Gate {
         )
     }
 
-    /// Remembers requests whose answers the gate inspects. One it cannot
-    /// remember is refused (the error line for the client), not forwarded:
-    /// its answer would pass unchecked (a tools/list against the pins) or
-    /// unredacted. So is one whose id is already pending: the two answers
-    /// could not be told apart.
+    /// Remembers the client's requests until answered. A request whose id
+    /// is still pending is refused (the error line for the client), not
+    /// forwarded: the two answers could not be told apart, and one of them
+    /// could pass unchecked. So is one whose answer the gate inspects (a
+    /// tools/list against the pins; redaction) when there is no room left
+    /// to remember it; other requests then pass, unremembered.
     fn track(&self, peek: &Peek) -> Result<(), Vec<u8>> {
         let (Some(method), Some(id)) = (peek.method.as_deref(), peek.id.as_ref()) else { return Ok(()) };
         let kind = match method {
-            "tools/list" => Pending::List,
-            "resources/read" | "prompts/get" if self.redactor.is_some() => Pending::Redact,
-            _ => return Ok(()),
+            "tools/list" => Some(Pending::List),
+            "resources/read" | "prompts/get" if self.redactor.is_some() => Some(Pending::Redact),
+            _ => None,
         };
         let key = id_key(id);
         let mut st = self.state();
         if st.pending.contains_key(&key) || st.asking.contains_key(&key) {
-            return Err(error_response(
-                Some(id),
-                code::INVALID_REQUEST,
-                "portcullis: a request with this id is still pending",
-                None,
-            ));
+            let message = "portcullis: a request with this id is still pending";
+            return Err(error_response(Some(id), code::INVALID_REQUEST, message, None));
         }
         if st.pending.len() >= MAX_PENDING {
+            if kind.is_none() {
+                return Ok(());
+            }
             let message = format!("portcullis: more than {MAX_PENDING} requests pending; try again later");
             return Err(error_response(Some(id), code::INTERNAL_ERROR, &message, None));
         }
-        st.pending.insert(key, kind);
+        st.pending.insert(key, kind.unwrap_or(Pending::Other));
         Ok(())
+    }
+
+    /// The client's `notifications/cancelled`: the server need not answer,
+    /// so a plain request is forgotten. One whose answer the gate inspects
+    /// stays remembered: a late answer must still be checked.
+    fn cancelled(&self, msg: &Value) {
+        let Some(id) = msg.pointer("/params/requestId") else { return };
+        let key = id_key(id);
+        let mut st = self.state();
+        if matches!(st.pending.get(&key), Some(Pending::Other)) {
+            st.pending.remove(&key);
+        }
     }
 
     fn batch(&self, items: Vec<Value>) -> FromClient {
@@ -257,7 +277,12 @@ impl Gate {
                     }
                 }
             } else {
-                let peek = Peek { id: item.get("id").cloned(), method: method.map(str::to_string) };
+                if method == Some("notifications/cancelled") {
+                    self.cancelled(&item);
+                }
+                // As for a single message: an id of null is no id.
+                let peek =
+                    Peek { id: item.get("id").filter(|v| !v.is_null()).cloned(), method: method.map(str::to_string) };
                 match self.track(&peek) {
                     Ok(()) => keep.push(item),
                     Err(reply) => {
@@ -582,6 +607,7 @@ impl Gate {
                 false
             }
             Pending::Redact => self.redact_result(msg) > 0,
+            Pending::Other => false,
         }
     }
 
@@ -941,6 +967,25 @@ mod tests {
             (reply[0]["id"].clone(), reply[0]["error"]["code"].clone()),
             (json!(7), json!(code::INVALID_REQUEST))
         );
+        // An untracked request's id is not reused while it is outstanding
+        // either (the other order): its answer would take the tracked
+        // request's place.
+        assert_eq!(g.from_client(&request(9, "resources/list")).forward, Forward::Same);
+        assert_eq!(error_of(&g.from_client(&request(9, "resources/read")))["error"]["code"], code::INVALID_REQUEST);
+        // Cancelled by the client, it is forgotten; a tracked one is not.
+        let cancel = |id: i64| {
+            serde_json::to_vec(&json!({"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":id}}))
+                .unwrap()
+        };
+        assert_eq!(g.from_client(&cancel(9)).forward, Forward::Same);
+        assert_eq!(g.from_client(&request(9, "resources/read")).forward, Forward::Same);
+        assert_eq!(g.from_client(&cancel(9)).forward, Forward::Same);
+        assert_eq!(error_of(&g.from_client(&request(9, "tools/list")))["error"]["code"], code::INVALID_REQUEST);
+        // An answer whose numeric id is spelled otherwise is still its answer.
+        let spelled = format!(
+            r#"{{"jsonrpc":"2.0","id":9.0,"result":{{"content":[{{"type":"text","text":"{secret}"}}],"isError":false}}}}"#
+        );
+        assert!(matches!(g.from_server(spelled.as_bytes()), Forward::Changed(_)), "id 9.0 answers 9: redacted");
         // Full: the next tracked request is refused; an untracked one passes.
         for id in 100..(100 + MAX_PENDING as i64) {
             let _ = g.from_client(&request(id, "prompts/get"));

@@ -58,9 +58,18 @@ pub fn shape(line: &[u8]) -> Shape {
     }
 }
 
-/// The key under which a request id is remembered (its JSON text, so 1 and "1" differ).
+/// The key under which a request id is remembered: its JSON text, so 1 and
+/// "1" differ, except that a number is keyed by its value as a double, as
+/// clients compare ids (JavaScript, Python): an answer with id 7.0 or 7e0
+/// is the answer to request 7, and must not slip past the gate as an
+/// answer to nothing.
 pub fn id_key(id: &Value) -> String {
-    id.to_string()
+    match id.as_f64() {
+        // -0 too: it equals 0.
+        Some(0.0) => "0".to_string(),
+        Some(f) => format!("{f}"),
+        None => id.to_string(),
+    }
 }
 
 /// `{"jsonrpc":"2.0","id":ID,"error":{...}}` as one line (without the newline).
@@ -76,6 +85,20 @@ pub fn error_response(id: Option<&Value>, code: i64, message: &str, data: Option
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn numeric_ids_are_keyed_by_value_and_strings_stay_apart() {
+        let seven = id_key(&json!(7));
+        for same in [json!(7.0), serde_json::from_str::<Value>("7e0").unwrap(), json!(7u64)] {
+            assert_eq!(id_key(&same), seven, "{same}");
+        }
+        assert_ne!(id_key(&json!("7")), seven);
+        assert_eq!(id_key(&json!(-0.0)), id_key(&json!(0)));
+        assert_ne!(id_key(&json!(7.5)), seven);
+        // Past 2^53 a client holds the nearest double, and so does the key.
+        let big = serde_json::from_str::<Value>("9007199254740993").unwrap();
+        assert_eq!(id_key(&big), id_key(&json!(9007199254740992u64)));
+    }
 
     #[test]
     fn shapes() {
