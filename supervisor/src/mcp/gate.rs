@@ -218,12 +218,12 @@ impl Gate {
         )
     }
 
-    /// Remembers the client's requests until answered. A request whose id
-    /// is still pending is refused (the error line for the client), not
+    /// Remembers the client's requests until answered: a response the gate
+    /// does not expect is dropped (see `response`). A request whose id is
+    /// still pending is refused (the error line for the client), not
     /// forwarded: the two answers could not be told apart, and one of them
-    /// could pass unchecked. So is one whose answer the gate inspects (a
-    /// tools/list against the pins; redaction) when there is no room left
-    /// to remember it; other requests then pass, unremembered.
+    /// could pass unchecked. So is any request when there is no room left
+    /// to remember it: its answer would be dropped.
     fn track(&self, peek: &Peek) -> Result<(), Vec<u8>> {
         let (Some(method), Some(id)) = (peek.method.as_deref(), peek.id.as_ref()) else { return Ok(()) };
         let kind = match method {
@@ -238,9 +238,6 @@ impl Gate {
             return Err(error_response(Some(id), code::INVALID_REQUEST, message, None));
         }
         if st.pending.len() >= MAX_PENDING {
-            if kind.is_none() {
-                return Ok(());
-            }
             let message = format!("portcullis: more than {MAX_PENDING} requests pending; try again later");
             return Err(error_response(Some(id), code::INTERNAL_ERROR, &message, None));
         }
@@ -527,29 +524,43 @@ impl Gate {
     /// Routes one line from the server.
     pub fn from_server(&self, line: &[u8]) -> Forward {
         match shape(line) {
-            Shape::Object(peek) => {
-                let Some(pending) = self.take_pending(&peek) else { return Forward::Same };
-                let Ok(mut msg) = serde_json::from_slice::<Value>(line) else { return Forward::Same };
-                if self.answered(pending, &mut msg) {
-                    Forward::Changed(serde_json::to_vec(&msg).unwrap_or_default())
-                } else {
-                    Forward::Same
+            // The server's own requests and notifications: the client's to answer.
+            Shape::Object(peek) if peek.method.is_some() => Forward::Same,
+            Shape::Object(_) => {
+                let Ok(mut msg) = serde_json::from_slice::<Value>(line) else { return Forward::Nothing };
+                match self.response(&mut msg) {
+                    Answer::Pass => Forward::Same,
+                    Answer::Changed => Forward::Changed(serde_json::to_vec(&msg).unwrap_or_default()),
+                    Answer::Drop(why) => {
+                        eprintln!("portcullis: mcp: dropped a response from the server ({} bytes): {why}", line.len());
+                        Forward::Nothing
+                    }
                 }
             }
-            Shape::Batch(mut items) => {
+            Shape::Batch(items) => {
                 let mut changed = false;
-                for item in items.iter_mut() {
-                    let peek = Peek { id: item.get("id").cloned(), method: None };
-                    if item.get("method").is_none() {
-                        if let Some(p) = self.take_pending(&peek) {
-                            changed |= self.answered(p, item);
+                let mut keep = Vec::with_capacity(items.len());
+                for mut item in items {
+                    if item.get("method").is_some() {
+                        keep.push(item);
+                        continue;
+                    }
+                    match self.response(&mut item) {
+                        Answer::Pass => keep.push(item),
+                        Answer::Changed => {
+                            changed = true;
+                            keep.push(item);
+                        }
+                        Answer::Drop(why) => {
+                            changed = true;
+                            eprintln!("portcullis: mcp: dropped a response from a server batch: {why}");
                         }
                     }
                 }
-                if changed {
-                    Forward::Changed(serde_json::to_vec(&items).unwrap_or_default())
-                } else {
-                    Forward::Same
+                match (changed, keep.is_empty()) {
+                    (false, _) => Forward::Same,
+                    (true, true) => Forward::Nothing,
+                    (true, false) => Forward::Changed(serde_json::to_vec(&keep).unwrap_or_default()),
                 }
             }
             Shape::Malformed(e) => {
@@ -559,12 +570,32 @@ impl Gate {
         }
     }
 
-    fn take_pending(&self, peek: &Peek) -> Option<Pending> {
-        if peek.method.is_some() {
-            return None;
+    /// A response from the server. Only a well-formed one (what a client
+    /// accepts as a response) answering a request the client is waiting
+    /// for goes through, checked as its request's kind: a malformed
+    /// "answer" would use up the gate's entry while the client ignored it,
+    /// and the real answer after it would pass unchecked; an answer to
+    /// nothing the gate knows (an id a client reads differently: "7" for
+    /// 7) would pass unchecked too.
+    fn response(&self, msg: &mut Value) -> Answer {
+        if let Err(why) = well_formed_response(msg) {
+            return Answer::Drop(why);
         }
-        let id = peek.id.as_ref()?;
-        self.state().pending.remove(&id_key(id))
+        let id = msg.get("id").cloned().unwrap_or(Value::Null);
+        // A server's error about a message it could not read names no request.
+        if id.is_null() {
+            return match msg.get("result") {
+                None => Answer::Pass,
+                Some(_) => Answer::Drop("a result for no request (id null)".into()),
+            };
+        }
+        let Some(pending) = self.state().pending.remove(&id_key(&id)) else {
+            return Answer::Drop(format!("id {id} answers no request the client is waiting for"));
+        };
+        match self.answered(pending, msg) {
+            true => Answer::Changed,
+            false => Answer::Pass,
+        }
     }
 
     /// A message from the server over the size limit: dropped; if it answers
@@ -688,6 +719,33 @@ impl Gate {
             }
         }
         self.journal().close()
+    }
+}
+
+/// What becomes of a response from the server.
+enum Answer {
+    Pass,
+    Changed,
+    Drop(String),
+}
+
+/// A JSON-RPC 2.0 response as MCP clients accept one: `"jsonrpc": "2.0"`,
+/// a string, number or null id, and either a `result` object or an
+/// `error` object with an integer `code` and a string `message`.
+fn well_formed_response(msg: &Value) -> Result<(), String> {
+    if msg.get("jsonrpc").and_then(Value::as_str) != Some("2.0") {
+        return Err("not JSON-RPC 2.0".into());
+    }
+    if !matches!(msg.get("id"), Some(Value::String(_) | Value::Number(_) | Value::Null)) {
+        return Err("no usable id".into());
+    }
+    let error_ok = |e: &Map<String, Value>| {
+        e.get("code").is_some_and(Value::is_i64) && e.get("message").is_some_and(Value::is_string)
+    };
+    match (msg.get("result"), msg.get("error")) {
+        (Some(Value::Object(_)), None) => Ok(()),
+        (None, Some(Value::Object(e))) if error_ok(e) => Ok(()),
+        _ => Err("neither a result object nor an error object".into()),
     }
 }
 
@@ -986,13 +1044,63 @@ mod tests {
             r#"{{"jsonrpc":"2.0","id":9.0,"result":{{"content":[{{"type":"text","text":"{secret}"}}],"isError":false}}}}"#
         );
         assert!(matches!(g.from_server(spelled.as_bytes()), Forward::Changed(_)), "id 9.0 answers 9: redacted");
-        // Full: the next tracked request is refused; an untracked one passes.
+        // Full: every request with an id is refused (its answer would be
+        // dropped as an answer to nothing); a notification passes.
         for id in 100..(100 + MAX_PENDING as i64) {
             let _ = g.from_client(&request(id, "prompts/get"));
         }
         let e = error_of(&g.from_client(&request(1, "resources/read")));
         assert_eq!(e["error"]["code"], code::INTERNAL_ERROR);
-        assert_eq!(g.from_client(&request(2, "ping")).forward, Forward::Same);
+        assert_eq!(error_of(&g.from_client(&request(2, "ping")))["error"]["code"], code::INTERNAL_ERROR);
+        let note = br#"{"jsonrpc":"2.0","method":"notifications/progress","params":{}}"#;
+        assert_eq!(g.from_client(note).forward, Forward::Same);
+    }
+
+    /// A hostile server cannot get an answer past the gate's checks: an
+    /// answer the client would take for request 7 (id "7", which clients
+    /// that read ids with Number() accept) but the gate does not know is
+    /// dropped, and so is a malformed "answer" that clients ignore but that
+    /// would have used up the gate's entry for the real answer.
+    #[test]
+    fn only_well_formed_answers_to_pending_requests_reach_the_client() {
+        let (g, _) = gate("");
+        let secret = format!("token=ghp_{}", "a".repeat(36));
+        let body = |id: &str, extra: &str| {
+            format!(
+                r#"{{{extra}"id":{id},"result":{{"content":[{{"type":"text","text":"{secret}"}}],"isError":false}}}}"#
+            )
+        };
+        assert_eq!(g.from_client(&request(7, "resources/read")).forward, Forward::Same);
+        // Decoys: not JSON-RPC 2.0, no result or error object, a string id.
+        for decoy in [
+            body("7", ""),
+            r#"{"jsonrpc":"2.0","id":7}"#.to_string(),
+            r#"{"jsonrpc":"2.0","id":7,"result":5}"#.to_string(),
+            r#"{"jsonrpc":"2.0","id":7,"error":{"code":"x","message":"m"}}"#.to_string(),
+            body(r#""7""#, r#""jsonrpc":"2.0","#),
+            body("[7]", r#""jsonrpc":"2.0","#),
+        ] {
+            assert_eq!(g.from_server(decoy.as_bytes()), Forward::Nothing, "{decoy}");
+        }
+        // The real answer still finds its entry, and is redacted.
+        let real = body("7", r#""jsonrpc":"2.0","#);
+        let Forward::Changed(out) = g.from_server(real.as_bytes()) else { panic!("not redacted") };
+        assert!(!String::from_utf8_lossy(&out).contains("ghp_"));
+        // Twin: answered once, a second answer is an answer to nothing.
+        assert_eq!(g.from_server(real.as_bytes()), Forward::Nothing);
+        // An untracked request's answer passes as it is; a server's error
+        // about a line it could not read (id null) passes too.
+        assert_eq!(g.from_client(&request(8, "ping")).forward, Forward::Same);
+        assert_eq!(g.from_server(br#"{"jsonrpc":"2.0","id":8,"result":{}}"#), Forward::Same);
+        let parse_error = br#"{"jsonrpc":"2.0","id":null,"error":{"code":-32700,"message":"parse error"}}"#;
+        assert_eq!(g.from_server(parse_error), Forward::Same);
+        // In a batch, only the decoy goes.
+        assert_eq!(g.from_client(&request(9, "ping")).forward, Forward::Same);
+        let batch = br#"[{"jsonrpc":"2.0","id":9,"result":{}},{"id":10,"result":{}}]"#;
+        let Forward::Changed(out) = g.from_server(batch) else { panic!("the decoy stays") };
+        let v: Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v.as_array().map(Vec::len), Some(1));
+        assert_eq!(v[0]["id"], 9);
     }
 
     #[test]
