@@ -116,10 +116,10 @@ fn launch_with(
     // Before any thread exists (audit writers and signers, the kernel-audit
     // reader, the MCP journal, the launch thread): every thread inherits the
     // mask, so SIGCHLD can only be taken by the wait loop (see wait::block_signals).
+    let _cleanup = CgroupCleanup(cgroups);
     let set = wait::block_signals().map_err(|e| Failure::setup(format!("cannot block signals: {e}")))?;
     // Until the command has exec'd, signals go to the stage from here.
     let launch_signals = wait::LaunchWatch::start();
-    let _cleanup = CgroupCleanup(cgroups);
     let argv: Vec<String> = command.iter().map(|a| a.to_string_lossy().into_owned()).collect();
     let decision = Decision { session, enforcement: &enforcement, allowed: &allowed, argv: &argv, mcp };
     let program =

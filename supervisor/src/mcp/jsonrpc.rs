@@ -60,9 +60,10 @@ pub fn shape(line: &[u8]) -> Shape {
 
 /// The key under which a request id is remembered: its JSON text, so 1 and
 /// "1" differ, except that a number is keyed by its value as a double, as
-/// clients compare ids (JavaScript, Python): an answer with id 7.0 or 7e0
-/// is the answer to request 7, and must not slip past the gate as an
-/// answer to nothing.
+/// JavaScript clients compare ids (and Python ones, below 2^53): an answer
+/// with id 7.0 or 7e0 is the answer to request 7. Above 2^53 two integers
+/// may share a key: a client that picks such ids may see a second request
+/// refused as a reuse; every answer that reaches it is still checked.
 pub fn id_key(id: &Value) -> String {
     match id.as_f64() {
         // -0 too: it equals 0.
