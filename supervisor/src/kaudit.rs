@@ -168,28 +168,24 @@ impl StatusQuery {
     /// this process may not ask (AUDIT_GET needs CAP_AUDIT_CONTROL).
     fn answer(self) -> Option<[u32; 7]> {
         let fd = self.0?;
-        read_status(&fd)
-    }
-}
-
-fn read_status(fd: &OwnedFd) -> Option<[u32; 7]> {
-    let mut buf = [0u8; 512];
-    for _ in 0..4 {
-        let n = socket::recv(fd.as_raw_fd(), &mut buf, MsgFlags::empty()).ok()?;
-        let (kind, payload) = header(&buf[..n])?;
-        match kind {
-            // struct audit_status: mask, enabled, failure, pid, rate_limit, backlog_limit, lost, ...
-            AUDIT_GET if payload.len() >= 28 => {
-                let word = |i: usize| {
-                    u32::from_ne_bytes([payload[4 * i], payload[4 * i + 1], payload[4 * i + 2], payload[4 * i + 3]])
-                };
-                return Some(std::array::from_fn(word));
+        let mut buf = [0u8; 512];
+        for _ in 0..4 {
+            let n = socket::recv(fd.as_raw_fd(), &mut buf, MsgFlags::empty()).ok()?;
+            let (kind, payload) = header(&buf[..n])?;
+            match kind {
+                // struct audit_status: mask, enabled, failure, pid, rate_limit, backlog_limit, lost, ...
+                AUDIT_GET if payload.len() >= 28 => {
+                    let word = |i: usize| {
+                        u32::from_ne_bytes([payload[4 * i], payload[4 * i + 1], payload[4 * i + 2], payload[4 * i + 3]])
+                    };
+                    return Some(std::array::from_fn(word));
+                }
+                NLMSG_ERROR if payload.len() >= 4 && payload[..4] != [0, 0, 0, 0] => return None,
+                _ => {}
             }
-            NLMSG_ERROR if payload.len() >= 4 && payload[..4] != [0, 0, 0, 0] => return None,
-            _ => {}
         }
+        None
     }
-    None
 }
 
 /// Turns the kernel's audit on or off (AUDIT_SET; needs CAP_AUDIT_CONTROL).
@@ -566,14 +562,15 @@ impl Watcher {
     /// Returns why some denials could not be recorded, if that happened (for
     /// the run's exit record).
     pub fn finish(mut self) -> Option<String> {
-        // Without CAP_AUDIT_WRITE there is no marker: a quiet spell instead.
-        let how = if send_user_message(&self.marker) { STOP_AT_MARKER } else { STOP_WHEN_QUIET };
-        // The sandbox is gone and the marker queued behind its last report:
-        // the kernel's `lost` counter, taken now, counts every report of
-        // ours it dropped. Asked before the wait, answered after it.
+        // The sandbox is gone, so every report of its has been queued or
+        // dropped: the kernel's `lost` counter, taken now, counts each one
+        // it dropped. Asked before the marker (the reader, which stops at
+        // the marker, always finds the question), answered after the wait.
         if let Ok(mut q) = self.lost_after.lock() {
             *q = Some(StatusQuery::send());
         }
+        // Without CAP_AUDIT_WRITE there is no marker: a quiet spell instead.
+        let how = if send_user_message(&self.marker) { STOP_AT_MARKER } else { STOP_WHEN_QUIET };
         self.stop_thread(how)
     }
 

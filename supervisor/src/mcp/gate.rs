@@ -278,8 +278,11 @@ impl Gate {
                     self.cancelled(&item);
                 }
                 // As for a single message: an id of null is no id.
-                let peek =
-                    Peek { id: item.get("id").filter(|v| !v.is_null()).cloned(), method: method.map(str::to_string) };
+                let peek = Peek {
+                    id: item.get("id").filter(|v| !v.is_null()).cloned(),
+                    method: method.map(str::to_string),
+                    ..Peek::default()
+                };
                 match self.track(&peek) {
                     Ok(()) => keep.push(item),
                     Err(reply) => {
@@ -525,7 +528,7 @@ impl Gate {
     pub fn from_server(&self, line: &[u8]) -> Forward {
         match shape(line) {
             // The server's own requests and notifications: the client's to answer.
-            Shape::Object(peek) if peek.method.is_some() => Forward::Same,
+            Shape::Object(peek) if peek.is_request() => Forward::Same,
             Shape::Object(_) => {
                 let Ok(mut msg) = serde_json::from_slice::<Value>(line) else { return Forward::Nothing };
                 match self.response(&mut msg) {
@@ -541,7 +544,8 @@ impl Gate {
                 let mut changed = false;
                 let mut keep = Vec::with_capacity(items.len());
                 for mut item in items {
-                    if item.get("method").is_some() {
+                    let present = |k: &str| item.get(k).is_some_and(|v| !v.is_null());
+                    if present("method") && !present("result") && !present("error") {
                         keep.push(item);
                         continue;
                     }
@@ -735,6 +739,10 @@ enum Answer {
 fn well_formed_response(msg: &Value) -> Result<(), String> {
     if msg.get("jsonrpc").and_then(Value::as_str) != Some("2.0") {
         return Err("not JSON-RPC 2.0".into());
+    }
+    // A client takes it for a response; the gate will not guess.
+    if msg.get("method").is_some() {
+        return Err("both a request (a method) and a response (a result or error)".into());
     }
     if !matches!(msg.get("id"), Some(Value::String(_) | Value::Number(_) | Value::Null)) {
         return Err("no usable id".into());
@@ -1079,6 +1087,8 @@ mod tests {
             r#"{"jsonrpc":"2.0","id":7,"error":{"code":"x","message":"m"}}"#.to_string(),
             body(r#""7""#, r#""jsonrpc":"2.0","#),
             body("[7]", r#""jsonrpc":"2.0","#),
+            // A method beside the result: clients take it for the answer.
+            body("7", r#""jsonrpc":"2.0","method":"notifications/message","#),
         ] {
             assert_eq!(g.from_server(decoy.as_bytes()), Forward::Nothing, "{decoy}");
         }

@@ -31,6 +31,19 @@ pub struct Peek {
     pub id: Option<Value>,
     #[serde(default)]
     pub method: Option<String>,
+    /// A non-null `result` or `error` (skipped, not parsed) makes a message
+    /// a response to a client, whatever else it carries.
+    #[serde(default)]
+    pub result: Option<serde::de::IgnoredAny>,
+    #[serde(default)]
+    pub error: Option<serde::de::IgnoredAny>,
+}
+
+impl Peek {
+    /// A request or notification: a method, and no result or error.
+    pub fn is_request(&self) -> bool {
+        self.method.is_some() && self.result.is_none() && self.error.is_none()
+    }
 }
 
 /// What one line holds.

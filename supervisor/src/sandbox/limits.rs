@@ -118,9 +118,10 @@ fn make_cgroup(
         // thread, which the kernel does without its global threadgroup
         // lock. v2's `cgroup.procs` takes that lock for writing, which waits
         // for an RCU grace period (most moves 5.7 to 15.7 ms measured here)
-        // on every launch; a process forked into the cgroup (Linux 5.7) takes it only
-        // for reading. v2 allows moving a lone thread only inside one
-        // threaded subtree, so a move there goes through `cgroup.procs`.
+        // on every launch; a process forked into the cgroup (Linux 5.7)
+        // takes it only for reading. v2 allows moving a lone thread only
+        // inside one threaded subtree, so a move there goes through
+        // `cgroup.procs`.
         let join = if ctrl.v2 { "cgroup.procs" } else { "tasks" };
         let procs: OwnedFd = fs::OpenOptions::new().write(true).open(dir.join(join))?.into();
         if ctrl.v2 && born {
@@ -235,7 +236,7 @@ pub fn apply(
         }
         match join {
             Some(Join::Write(fd)) => out.cgroup_procs.push(fd),
-            Some(Join::Born(dir, procs)) => out.cgroup_v2 = Some((dir, procs)),
+            Some(Join::Born(dir_fd, procs)) => out.cgroup_v2 = Some((dir_fd, procs)),
             None => continue,
         }
         out.cgroups.push(dir);
