@@ -729,6 +729,51 @@ fn main() {
                 }
                 open_loop(a(2), num(a(3)));
             }
+            "loop-open-seccomp" => {
+                // strict's seccomp program(s) alone, as `cargo xtask bench`
+                // wrote them (each: u32 LE count, then count 8-byte
+                // instructions), no Landlock; then loop-open. Attached without
+                // a listener: a call the approval part would park gets ENOSYS
+                // instead, and the loop's read-only opens are never parked.
+                let bytes = std::fs::read(a(1)).unwrap_or_else(|e| {
+                    eprintln!("probe: {}: {e}", a(1));
+                    std::process::exit(2);
+                });
+                let mut progs: Vec<Vec<libc::sock_filter>> = Vec::new();
+                let mut rest = &bytes[..];
+                while rest.len() >= 4 {
+                    let n = u32::from_le_bytes(rest[..4].try_into().unwrap()) as usize;
+                    rest = &rest[4..];
+                    if rest.len() < n * 8 {
+                        eprintln!("probe: {}: truncated program", a(1));
+                        std::process::exit(2);
+                    }
+                    progs.push(
+                        rest[..n * 8]
+                            .chunks_exact(8)
+                            .map(|i| libc::sock_filter {
+                                code: u16::from_le_bytes([i[0], i[1]]),
+                                jt: i[2],
+                                jf: i[3],
+                                k: u32::from_le_bytes([i[4], i[5], i[6], i[7]]),
+                            })
+                            .collect(),
+                    );
+                    rest = &rest[n * 8..];
+                }
+                if progs.is_empty() || libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
+                    eprintln!("probe: no program, or no_new_privs refused");
+                    std::process::exit(2);
+                }
+                for prog in &progs {
+                    let fprog = libc::sock_fprog { len: prog.len() as u16, filter: prog.as_ptr() as *mut _ };
+                    if libc::syscall(libc::SYS_seccomp, libc::SECCOMP_SET_MODE_FILTER, 0u32, &fprog) != 0 {
+                        eprintln!("probe: seccomp: errno {}", errno());
+                        std::process::exit(2);
+                    }
+                }
+                open_loop(a(2), num(a(3)));
+            }
             "loop-getppid" => {
                 let n = num(a(1));
                 let t = std::time::Instant::now();
