@@ -123,8 +123,29 @@ fn launch_all(cmds: &[Vec<String>], dir: &Path, runs: usize, acct: Option<&CpuAc
     Ok(times.into_iter().map(stats).collect())
 }
 
-/// Median and best (lowest) ns/op of each variant over `reps` interleaved runs.
-fn per_op(variants: &[Vec<String>], dir: &Path, reps: usize) -> Result<Vec<(f64, f64)>> {
+/// ns/op of one loop over interleaved runs.
+struct Op {
+    median: f64,
+    best: f64,
+    /// Each run's figure, in the order of the rounds.
+    rounds: Vec<f64>,
+}
+
+impl Op {
+    /// Overhead over `bare` in percent: at the medians, between the best
+    /// runs, and the median of each round's own ratio (the variants of a
+    /// round run back to back, so a busy moment weighs on both sides).
+    fn over(&self, bare: &Op) -> (f64, f64, f64) {
+        let pct = |sb: f64, b: f64| (sb - b) / b * 100.0;
+        let mut paired: Vec<f64> = self.rounds.iter().zip(&bare.rounds).map(|(s, b)| pct(*s, *b)).collect();
+        paired.sort_by(|a, b| a.total_cmp(b));
+        (pct(self.median, bare.median), pct(self.best, bare.best), paired[paired.len() / 2])
+    }
+}
+
+/// Each variant's loop over `reps` interleaved rounds, the order of the
+/// variants alternating between rounds.
+fn per_op(variants: &[Vec<String>], dir: &Path, reps: usize) -> Result<Vec<Op>> {
     let get = |argv: &[String]| -> Result<f64> {
         let out = Command::new(&argv[0]).args(&argv[1..]).current_dir(dir).stdin(Stdio::null()).output()?;
         let text = String::from_utf8_lossy(&out.stdout);
@@ -136,16 +157,21 @@ fn per_op(variants: &[Vec<String>], dir: &Path, reps: usize) -> Result<Vec<(f64,
             .parse()?)
     };
     let mut runs: Vec<Vec<f64>> = vec![Vec::new(); variants.len()];
-    for _ in 0..reps {
-        for (v, r) in variants.iter().zip(runs.iter_mut()) {
-            r.push(get(v)?);
+    for round in 0..reps {
+        let mut order: Vec<usize> = (0..variants.len()).collect();
+        if round % 2 == 1 {
+            order.reverse();
+        }
+        for i in order {
+            runs[i].push(get(&variants[i])?);
         }
     }
     Ok(runs
         .into_iter()
-        .map(|mut v| {
+        .map(|rounds| {
+            let mut v = rounds.clone();
             v.sort_by(|a, b| a.total_cmp(b));
-            (v[v.len() / 2], v[0])
+            Op { median: v[v.len() / 2], best: v[0], rounds }
         })
         .collect())
 }
@@ -180,45 +206,51 @@ fn cache_line(plan: &policy::plan::Plan, stage: &portcullis::sys::stage::Stage) 
 }
 
 /// Interleaved runs of each syscall loop.
-const OP_RUNS: usize = 15;
+const OP_RUNS: usize = 25;
 
 /// The syscall-overhead table. `open`: bare, Landlock alone, strict without
 /// its gate filter, strict, strict's seccomp program alone; `ppid`: bare,
-/// strict; each (median, best).
-fn syscall_table(open: &[(f64, f64)], ppid: &[(f64, f64)]) -> String {
-    let pct = |sb: f64, b: f64| (sb - b) / b * 100.0;
-    let row = |what: &str, (bm, bb): (f64, f64), (sm, sb): (f64, f64)| {
-        format!("| {what} | {bm:.0} | {sm:.0} | {:+.1}% | {bb:.0} | {sb:.0} | {:+.1}% |\n", pct(sm, bm), pct(sb, bb))
+/// strict.
+fn syscall_table(open: &[Op], ppid: &[Op]) -> String {
+    let row = |what: &str, bare: &Op, sb: &Op| {
+        let (m, b, p) = sb.over(bare);
+        format!(
+            "| {what} | {:.0} | {:.0} | {m:+.1}% | {:.0} | {:.0} | {b:+.1}% | {p:+.1}% |\n",
+            bare.median, sb.median, bare.best, sb.best
+        )
     };
     let mut t = format!(
-        "\n## Syscall overhead (ns per iteration, {OP_RUNS} interleaved runs of each loop: median, and best run)\n\nThe loops are CPU-bound and this host is shared: other load only ever adds time, so the best run is the nearest to the code's own cost, and the median shows what a busy moment costs.\n\n| loop | bare, median | sandboxed, median | overhead | bare, best | sandboxed, best | overhead |\n|---|---:|---:|---:|---:|---:|---:|\n"
+        "\n## Syscall overhead (ns per iteration, {OP_RUNS} interleaved rounds of each loop)\n\nThe loops are CPU-bound and this host is shared: other load only ever adds time, so the best run is the nearest to the code's own cost, and the median shows what a busy moment costs. The last column is the median, over rounds, of each round's own overhead (the loops of a round run back to back, in an order that alternates), the figure a drift in the host's load moves least.\n\n| loop | bare, median | sandboxed, median | overhead | bare, best | sandboxed, best | overhead | overhead, per round (median) |\n|---|---:|---:|---:|---:|---:|---:|---:|\n"
     );
-    t += &row("open/read/close of a 1 KiB workspace file, `--profile strict`", open[0], open[3]);
-    t += &row("the same, strict without its `[ask]`/`[deny]` rules (no gate filter)", open[0], open[2]);
+    t += &row("open/read/close of a 1 KiB workspace file, `--profile strict`", &open[0], &open[3]);
+    t += &row("the same, strict without its `[ask]`/`[deny]` rules (no gate filter)", &open[0], &open[2]);
     t += &row(
         "the same, strict's seccomp program alone (gate part included, no Landlock, no portcullis): the filtered-syscall cost",
-        open[0],
-        open[4],
+        &open[0],
+        &open[4],
     );
     t += &row(
         "the same, Landlock alone: one layer, one rule beneath the workspace, no portcullis (the kernel's floor)",
-        open[0],
-        open[1],
+        &open[0],
+        &open[1],
     );
-    t += &row("getppid", ppid[0], ppid[1]);
-    let (med, best) = (pct(open[3].0, open[0].0), pct(open[3].1, open[0].1));
-    let (fmed, fbest) = (pct(open[4].0, open[0].0), pct(open[4].1, open[0].1));
+    t += &row("getppid", &ppid[0], &ppid[1]);
     let verdict = |x: f64| if x <= 5.0 { "met" } else { "not met" };
+    let said = |(m, b, p): (f64, f64, f64)| {
+        format!(
+            "{m:+.1}% at the medians ({}), {b:+.1}% between the best runs ({}), {p:+.1}% per round ({})",
+            verdict(m),
+            verdict(b),
+            verdict(p)
+        )
+    };
+    let (lm, lb, lp) = open[1].over(&open[0]);
     t += &format!(
-        "\nTarget: at most +5% filtered-syscall overhead on the open/read/close loop. strict's seccomp program alone: {fmed:+.1}% at the median ({}), {fbest:+.1}% in the best runs ({}). The whole sandbox under `--profile strict`, Landlock included: {med:+.1}% at the median ({}), {best:+.1}% in the best runs ({}). Landlock alone, with one rule, costs {:+.1}% / {:+.1}% (median / best) on the same loop: no Landlock-confined run can meet +5% on this loop here. With `[ask]`/`[deny]` rules, the gate filter must look at `openat`'s flags, so `openat` cannot be answered from the kernel's action cache and every filter runs for it: strict minus strict without those rules is {:+.0} / {:+.0} ns (median / best). Over Landlock alone, the rest of what portcullis adds is the walk past strict's other rules and the seccomp entry path.\n",
-        verdict(fmed),
-        verdict(fbest),
-        verdict(med),
-        verdict(best),
-        pct(open[1].0, open[0].0),
-        pct(open[1].1, open[0].1),
-        open[3].0 - open[2].0,
-        open[3].1 - open[2].1,
+        "\nTarget: at most +5% filtered-syscall overhead on the open/read/close loop. strict's seccomp program alone: {}. The whole sandbox under `--profile strict`, Landlock included: {}. Landlock alone, with one rule, costs {lm:+.1}% / {lb:+.1}% / {lp:+.1}% (medians / best / per round) on the same loop: no Landlock-confined run can meet +5% on this loop here. With `[ask]`/`[deny]` rules, the gate filter must look at `openat`'s flags, so `openat` cannot be answered from the kernel's action cache and the program runs for it (13 instructions under strict): strict minus strict without those rules is {:+.0} / {:+.0} ns (medians / best). Over Landlock alone, the rest of what portcullis adds is the walk past strict's other rules and the seccomp entry path.\n",
+        said(open[4].over(&open[0])),
+        said(open[3].over(&open[0])),
+        open[3].median - open[2].median,
+        open[3].best - open[2].best,
     );
     t
 }
@@ -763,5 +795,14 @@ const FILTER_NOTES: &str = "
   arguments, so the kernel's seccomp action cache answers it from a bitmap
   without running BPF. What remains is the fixed cost of the seccomp entry
   path, visible on a syscall as cheap as `getppid`. `openat` is the
-  exception under strict: the approval filter looks at its flags.
+  exception under strict: the approval filter looks at its flags. It (and
+  `open`) jumps from the architecture check straight to the approval
+  filter, where no earlier part has a rule for it: 13 instructions run for
+  strict's `openat` instead of 44.
+- Seccomp has a floor: with any filter attached, even one the cache
+  answers for every syscall, each syscall takes the kernel's slower entry
+  path (`getppid` above). In ad-hoc runs of the same loop (30 to 50
+  interleaved rounds each), a filter that allows everything added +2% to
+  +6%, and strict's program alone +3% to +10%, depending on the run. The
+  5% target sits inside this host's noise, a little above that floor.
 ";

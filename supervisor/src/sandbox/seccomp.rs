@@ -582,7 +582,7 @@ mod tests {
             for n in HOT.split_whitespace() {
                 assert!(cached_allow(&prog, nr(n)), "{name}: {n} runs BPF on every call");
             }
-            // Checked by argument under every profile: never cached.
+            // Checked by argument (or, without network, denied): never cached.
             for n in ["socket", "ioctl", "clone"] {
                 assert!(!cached_allow(&prog, nr(n)), "{name}: {n} cached");
             }
