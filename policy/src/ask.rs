@@ -32,6 +32,36 @@ use crate::profile::{Lines, Located};
 /// Default time a person has to answer.
 pub const DEFAULT_TIMEOUT_MS: u64 = 120_000;
 
+/// Syscalls the gate decides by what they name (a path, an executable, an
+/// address), never by their own name, with the kind of rule that asks about
+/// them. An `[ask] syscalls` rule on one is a profile error: the call would
+/// be parked, then judged by the path, exec or connect rules alone, and
+/// with none naming its target it went through unasked.
+pub const DECIDED_BY_TARGET: &[(&str, &str)] = &[
+    ("open", "read or write"),
+    ("openat", "read or write"),
+    ("openat2", "read or write"),
+    ("creat", "write"),
+    ("rename", "write"),
+    ("renameat", "write"),
+    ("renameat2", "write"),
+    ("link", "write"),
+    ("linkat", "write"),
+    ("symlink", "write"),
+    ("symlinkat", "write"),
+    ("unlink", "write"),
+    ("unlinkat", "write"),
+    ("rmdir", "write"),
+    ("mkdir", "write"),
+    ("mkdirat", "write"),
+    ("mknod", "write"),
+    ("mknodat", "write"),
+    ("truncate", "write"),
+    ("execve", "exec"),
+    ("execveat", "exec"),
+    ("connect", "connect"),
+];
+
 /// `[ask]` as written.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]

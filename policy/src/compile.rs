@@ -261,6 +261,11 @@ fn compile_gate(profile: &Profile, vars: &Vars) -> Result<crate::ask::GatePlan, 
             // and fail.
             return Err(format!("ask.syscalls: `{name}` cannot be asked: the sandbox makes it itself while it starts, under its filters, before an answer could be recorded"));
         }
+        if let Some((_, rule)) = crate::ask::DECIDED_BY_TARGET.iter().find(|(n, _)| *n == name) {
+            return Err(format!(
+                "ask.syscalls: `{name}` cannot be asked by name: the gate decides it by what it names; ask with [ask] {rule} rules instead"
+            ));
+        }
         match floor.iter().find(|r| r.nr == nr && r.when.is_empty()) {
             Some(r) => Err(format!("ask.syscalls: `{name}` is always denied ({}); ask cannot loosen that", r.why)),
             None => Ok(nr),

@@ -650,6 +650,44 @@ fn ask_on_an_always_denied_syscall_is_a_profile_error() {
     }
 }
 
+/// An `[ask] syscalls` rule on a call the gate decides by what it names
+/// (a path, an executable, an address) was parked, then judged by the path
+/// rules alone: with none naming its target, the file was removed unasked,
+/// where an ask without a broker is denied. Such a rule is a profile error
+/// that names the rule to use.
+#[test]
+fn ask_by_name_on_a_call_the_gate_decides_by_target_is_a_profile_error() {
+    let sb = Sandbox::new("gate-by-target", As::Caller);
+    let victim = ws(&sb, "victim.txt");
+    std::fs::write(&victim, "keep\n").unwrap();
+    for (names, rule) in [
+        ("\"unlink\", \"unlinkat\"", "write"),
+        ("\"openat\"", "read or write"),
+        ("\"execve\"", "exec"),
+        ("\"connect\"", "connect"),
+    ] {
+        let p = sb.profile(
+            "bytarget.toml",
+            &format!("extends = \"strict\"\n[ask]\ninherit = false\nsyscalls = [{names}]\n[deny]\ninherit = false\n"),
+        );
+        let r = probe_gate(&sb, &p, &["unlink", &victim]);
+        assert_eq!(r.code, 125, "{names}: {} {}", r.stdout, r.stderr);
+        assert!(
+            r.stderr.contains("bytarget.toml:4:")
+                && r.stderr.contains("cannot be asked by name")
+                && r.stderr.contains(&format!("[ask] {rule} rules")),
+            "{names}: {}",
+            r.stderr
+        );
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "keep\n");
+    }
+    // Twin: a path rule asks about the same removal, and with no broker the
+    // answer is no.
+    let p = sb.profile("bypath.toml", "extends = \"strict\"\n[ask]\nwrite = [\"{workspace}/victim.txt\"]\n");
+    probe_gate(&sb, &p, &["unlink", &victim]).expect("errno 13 EACCES");
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "keep\n");
+}
+
 #[test]
 fn a_profile_denying_read_fails_before_exec_and_says_why() {
     // The sandbox reads portcullis's go-ahead under its own filters: a

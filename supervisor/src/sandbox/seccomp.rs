@@ -604,6 +604,31 @@ mod tests {
         assert!(cached_allow(&[stmt(RET_K, libc::SECCOMP_RET_ALLOW)], 0));
     }
 
+    /// The calls the gate parks for path, exec and connect rules are the
+    /// ones the profile compiler refuses to ask about by name (an ask by
+    /// name on one of them was judged by the path rules alone), and no more.
+    #[test]
+    fn the_calls_decided_by_target_are_the_ones_asks_by_name_refuse() {
+        let vars = policy::Vars { workspace: "/ws".into(), home: "/home/u".into(), tmp: "/tmp/t".into() };
+        let mut p = policy::Loader::builtin_only().load("strict").unwrap();
+        let ask = policy::ask::AskOverrides {
+            read: vec!["/etc".into()],
+            exec: vec!["/usr/bin/true".into()],
+            connect: vec!["443".into()],
+            ..Default::default()
+        };
+        p.apply(&policy::profile::Overrides { ask, ..Default::default() }).unwrap();
+        let plan = policy::compile(&p, &vars).unwrap();
+        let mut parked: Vec<i64> = notify_set(&plan.gate).iter().map(|(n, _)| i64::from(*n)).collect();
+        let mut refused: Vec<i64> = policy::ask::DECIDED_BY_TARGET
+            .iter()
+            .map(|(name, _)| policy::syscalls::number(name).unwrap_or_else(|| panic!("{name}")))
+            .collect();
+        parked.sort_unstable();
+        refused.sort_unstable();
+        assert_eq!(parked, refused);
+    }
+
     #[test]
     fn a_program_over_the_kernel_limit_is_refused_before_launch() {
         let allow = || stmt(RET_K, libc::SECCOMP_RET_ALLOW);
