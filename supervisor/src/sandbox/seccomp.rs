@@ -261,7 +261,11 @@ pub fn program(rules: &[SyscallRule], gate: Option<&[(u32, Notify)]>) -> Result<
     if !straight.is_empty() {
         // Right after the architecture check, with the syscall number
         // loaded: a JEQ per shortcut to the hop to the approval filter, a
-        // hop over that hop for everything else.
+        // hop over that hop for everything else. What is skipped answers
+        // ALLOW for every syscall it names no rule for: the search tree
+        // and seccompiler's parts are default-allow. A part that acts on
+        // every syscall must not be added between them and the approval
+        // filter without ending this.
         let at = arch_check().len();
         let m = straight.len();
         let mut hop: Vec<Insn> = straight.iter().enumerate().map(|(i, n)| jump(JEQ_K, *n, (m - i) as u8, 0)).collect();
@@ -470,6 +474,20 @@ mod tests {
             for n in ["openat2", "connect", "socket", "execveat", "openat"] {
                 denying.extend(policy::seccomp::extra(n, "test"));
             }
+            // A rule on some arguments of `open` turns its straight jump to
+            // the approval filter off too (see `program`).
+            denying.push(SyscallRule {
+                syscall: "open".into(),
+                nr: i64::from(nr::OPEN),
+                when: vec![policy::plan::ArgCmp {
+                    arg: 1,
+                    width: Width::Dword,
+                    op: Op::MaskedEq(libc::O_TRUNC as u64),
+                    value: libc::O_TRUNC as u64,
+                }],
+                verdict: Verdict::Eperm,
+                why: "test".into(),
+            });
             // The profile's own approval filter, none, and one that parks
             // syscalls the argument checks also answer (socket, ioctl,
             // clone, execveat): there the stricter ERRNO must still win.
