@@ -189,7 +189,10 @@ fn cache_line(plan: &policy::plan::Plan, stage: &portcullis::sys::stage::Stage) 
         let n = nr as u32;
         if progs.iter().all(|p| cached_allow(p, n)) {
             cached += 1;
-        } else if plan.seccomp.rules.iter().any(|r| r.nr == nr && r.when.is_empty()) {
+        } else if plan.seccomp.rules.iter().any(|r| r.nr == nr && r.when.is_empty())
+            || parked.iter().any(|(p, how)| *p == n && *how == Notify::Enosys)
+        {
+            // The gate answers ENOSYS to some (openat2) whatever the arguments.
             denied += 1;
         } else if parked.iter().any(|(p, how)| *p == n && *how == Notify::Always) {
             parks += 1;
