@@ -84,7 +84,12 @@ fn normalize(path: &str, at: &Origin) -> Result<String, Error> {
 #[derive(Clone, Copy)]
 enum Right {
     Read,
+    /// Read and write (a profile's `write` paths).
     Write,
+    /// Write alone: a path only asked about for writing. Reading it stays
+    /// as the rest of the profile has it (strict asks before agent configs
+    /// such as `~/.claude.json` change, and they hold API keys).
+    AskedWrite,
     Exec,
 }
 
@@ -108,6 +113,7 @@ fn add_path(rules: &mut Vec<PathRule>, vars: &Vars, item: &Located<String>, righ
             r.read = true;
             r.write = true
         }
+        Right::AskedWrite => r.write = true,
         Right::Exec => {
             r.read = true;
             r.exec = true
@@ -135,7 +141,7 @@ pub fn compile(profile: &Profile, vars: &Vars) -> Result<Plan, Error> {
         let right = match (r.access, r.deny) {
             (_, true) => continue,
             (crate::ask::Access::Read, _) => Right::Read,
-            (crate::ask::Access::Write, _) => Right::Write,
+            (crate::ask::Access::Write, _) => Right::AskedWrite,
             _ => continue,
         };
         if let crate::ask::Target::Path(p) = &r.target {

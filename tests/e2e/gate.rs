@@ -650,6 +650,40 @@ fn ask_on_an_always_denied_syscall_is_a_profile_error() {
     }
 }
 
+/// strict asks before agent and editor configs in the home change
+/// (`~/.claude.json`, `~/.cursor`, `~/.config/Claude`), and those hold the
+/// API keys of the servers they launch. Asking about writes used to grant
+/// reading them, unasked; a path only asked about for writing now gets
+/// Landlock's write rights alone.
+#[test]
+fn asking_before_a_write_grants_no_read() {
+    let sb = Sandbox::new("ask-write-no-read", As::Caller);
+    std::fs::create_dir_all(sb.home.join(".cursor")).unwrap();
+    for f in [".claude.json", ".cursor/mcp.json"] {
+        let path = sb.home.join(f);
+        std::fs::write(&path, "{\"env\":{\"API_KEY\":\"sk-not-for-the-sandbox\"}}\n").unwrap();
+        let p = sb.path(&path);
+        probe_gate(&sb, "strict", &["read", &p]).expect("errno 13 EACCES");
+        // Writing is still asked: with no broker, the answer is no.
+        probe_gate(&sb, "strict", &["write", &p]).expect("errno 13 EACCES");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "{\"env\":{\"API_KEY\":\"sk-not-for-the-sandbox\"}}\n");
+        // Twins: a read the run grants outright goes through, and so does
+        // a write a person allowed (a saved grant), with the write rights
+        // alone; reading stays refused.
+        probe_with(&sb, &["--profile", "strict", "--read", &p], &["read", &p]).expect("ok");
+        let grants = sb.root.join("state/grants.json");
+        std::fs::create_dir_all(grants.parent().unwrap()).unwrap();
+        let grant = serde_json::json!({"version": 1, "grants": [{
+            "id": "g1", "profile": "strict", "access": "write", "target": p,
+            "allow": true, "scope": "always", "created": 0, "by": "cli"}]});
+        std::fs::write(&grants, grant.to_string()).unwrap();
+        probe_gate(&sb, "strict", &["write", &p]).expect("ok");
+        assert!(std::fs::read_to_string(&path).unwrap().ends_with("}\nprobe\n"));
+        probe_gate(&sb, "strict", &["read", &p]).expect("errno 13 EACCES");
+        std::fs::remove_file(&grants).unwrap();
+    }
+}
+
 /// An `[ask] syscalls` rule on a call the gate decides by what it names
 /// (a path, an executable, an address) was parked, then judged by the path
 /// rules alone: with none naming its target, the file was removed unasked,
