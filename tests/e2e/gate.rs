@@ -1301,6 +1301,18 @@ both!(git_redirects_are_protected_too, |sb| {
     // Twins: the rest of .git stays writable (git itself works in the sandbox).
     probe_gate(sb, &p, &["mkdir", &ws(sb, ".git")]).expect("ok");
     probe_gate(sb, &p, &["create", &ws(sb, ".git/index")]).expect("ok");
+    // A linked worktree or a submodule checkout has a `.git` file already:
+    // writing it names another git dir just as well as creating it would.
+    std::fs::remove_dir_all(sb.ws.join(".git")).unwrap();
+    let gitfile = sb.ws.join(".git");
+    std::fs::write(&gitfile, "gitdir: /srv/repo/.git/worktrees/w\n").unwrap();
+    if sb.who == As::Nobody {
+        std::os::unix::fs::chown(&gitfile, Some(NOBODY), Some(NOBODY)).unwrap();
+    }
+    probe_gate(sb, &p, &["write", &ws(sb, ".git")]).expect("errno 13 EACCES");
+    assert_eq!(std::fs::read_to_string(&gitfile).unwrap(), "gitdir: /srv/repo/.git/worktrees/w\n");
+    // Twin: reading it (git in the sandbox does) stays allowed.
+    probe_gate(sb, &p, &["read", &ws(sb, ".git")]).expect("ok");
 });
 
 both!(inode_flags_of_protected_files_cannot_change, |sb| {

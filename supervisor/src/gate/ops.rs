@@ -431,9 +431,14 @@ fn open_op(
     }
     Ok(Op {
         access,
-        // Creating a file where a protected tree would be (a `.git` *file*
-        // saying `gitdir: /elsewhere`) redirects that tree: counts as a move.
-        targets: vec![(r.canonical.clone(), flags & libc::O_CREAT != 0 && r.kind.is_none())],
+        // Creating or writing a file where a protected tree would be (a
+        // `.git` *file* saying `gitdir: /elsewhere`; linked worktrees and
+        // submodule checkouts have one already) redirects that tree: counts
+        // as a move.
+        targets: vec![(
+            r.canonical.clone(),
+            (creates && r.kind.is_none()) || (writes && r.kind == Some(libc::S_IFREG)),
+        )],
         subject: None,
         kind,
         detail: format!("open({:?}, {})", r.canonical, open_flags(flags)),
