@@ -446,10 +446,8 @@ impl McpPlan {
     /// The tool's category: the profile's most specific `category` entry,
     /// else inferred from its annotations.
     pub fn category(&self, tool: &str, hints: Option<&Hints>) -> Option<Category> {
-        if let Some(r) =
-            self.categories.iter().filter(|r| glob_match(&r.pattern, tool)).max_by_key(|r| specificity(&r.pattern))
-        {
-            return Some(r.category);
+        if let Some(c) = self.declared_category(tool) {
+            return Some(c);
         }
         let h = hints?;
         if h.read_only == Some(true) {
@@ -463,14 +461,30 @@ impl McpPlan {
         }
     }
 
+    /// The tool's category from the profile's own `category` entries only.
+    fn declared_category(&self, tool: &str) -> Option<Category> {
+        self.categories
+            .iter()
+            .filter(|r| glob_match(&r.pattern, tool))
+            .max_by_key(|r| specificity(&r.pattern))
+            .map(|r| r.category)
+    }
+
     /// allow / ask / deny for a call of `tool`. Every matching rule counts
     /// and the strictest wins (deny > ask > allow), so a broad allow can
     /// never undo a narrow deny. With no rule: destructive tools ask, the
-    /// rest get the profile's default.
+    /// rest get the profile's default. An `allow` of a `@category` matches
+    /// only the category the profile gives the tool: one its annotations
+    /// claim (a server can call any tool read-only) can put it under an ask
+    /// or deny rule, never under an allow.
     pub fn decide(&self, tool: &str, hints: Option<&Hints>) -> ToolDecision {
         let category = self.category(tool, hints);
+        let declared = self.declared_category(tool);
         let matching = self.rules.iter().filter(|r| match r.pattern.strip_prefix('@') {
-            Some(c) => category.is_some_and(|cat| cat.as_str() == c),
+            Some(c) => {
+                let by = if r.verdict == ToolVerdict::Allow { declared } else { category };
+                by.is_some_and(|cat| cat.as_str() == c)
+            }
             None => glob_match(&r.pattern, tool),
         });
         if let Some(r) = matching.max_by_key(|r| r.verdict) {
@@ -577,6 +591,26 @@ mod tests {
         let ow = Hints { read_only: Some(false), destructive: Some(false), open_world: Some(true) };
         assert_eq!(p.category("fetch", Some(&ow)), Some(Category::Network));
         assert_eq!(p.category("x", None), None);
+    }
+
+    /// A hostile server calls `delete_all` read-only: that may make a
+    /// `@read` ask or deny rule match, but never a `@read` allow; the
+    /// profile's own category for a tool still can.
+    #[test]
+    fn annotations_never_match_an_allow_by_category() {
+        let p = plan(
+            "[mcp.tools]\nallow = [\"@read\"]\ndeny = [\"@write\"]\ndefault = \"ask\"\n[mcp.tools.category]\n\"list_*\" = \"read\"\n",
+        )
+        .unwrap();
+        let ro = Hints { read_only: Some(true), ..Hints::default() };
+        let d = p.decide("delete_all", Some(&ro));
+        assert_eq!((d.verdict, d.category), (ToolVerdict::Ask, Some(Category::Read)), "{}", d.rule);
+        assert_eq!(p.decide("list_dir", Some(&ro)).verdict, ToolVerdict::Allow);
+        assert_eq!(p.decide("list_dir", None).verdict, ToolVerdict::Allow);
+        let destructive = Hints { destructive: Some(true), ..Hints::default() };
+        assert_eq!(p.decide("rm", Some(&destructive)).verdict, ToolVerdict::Deny, "stricter: still matches");
+        let p = plan("[mcp.tools]\nask = [\"@read\"]\n").unwrap();
+        assert_eq!(p.decide("peek", Some(&ro)).verdict, ToolVerdict::Ask);
     }
 
     #[test]
