@@ -650,6 +650,38 @@ fn ask_on_an_always_denied_syscall_is_a_profile_error() {
     }
 }
 
+/// With chmod allowed, the gate checks no mode change against the write
+/// rules (fchmod names no path): `run` says so at launch, and the limit is
+/// real, a protected hook can be made executable. strict alone says nothing
+/// (and denies chmod outright). Run as nobody: as root chmod = true is
+/// refused.
+#[test]
+fn chmod_beside_write_rules_is_a_limit_said_at_launch() {
+    use std::os::unix::fs::PermissionsExt;
+    // As root, chmod = true is refused outright.
+    let Some(sb) = Sandbox::nobody("gate-chmod") else { return };
+    let p = setup(&sb);
+    let hook = sb.ws.join(".git/hooks/pre-push");
+    std::fs::write(&hook, "#!/bin/sh\n").unwrap();
+    std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::os::unix::fs::chown(&hook, Some(NOBODY), Some(NOBODY)).unwrap();
+    let chmod = sb.profile("chmod.toml", &format!("extends = \"{p}\"\n[filesystem]\nchmod = true\n"));
+    let r = probe_gate(&sb, &chmod, &["chmod", &sb.path(&hook), "493"]);
+    r.expect("ok");
+    assert!(
+        r.stderr.contains("chmod = true: mode changes are not checked against the [deny] and [ask] write rules"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(std::fs::metadata(&hook).unwrap().permissions().mode() & 0o777, 0o755);
+    // Twin: the same profile without chmod denies it, and says nothing.
+    std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let r = probe_gate(&sb, &p, &["chmod", &sb.path(&hook), "493"]);
+    r.expect("errno 1 EPERM");
+    assert!(!r.stderr.contains("chmod = true"), "{}", r.stderr);
+    assert_eq!(std::fs::metadata(&hook).unwrap().permissions().mode() & 0o777, 0o644);
+}
+
 /// strict asks before agent and editor configs in the home change
 /// (`~/.claude.json`, `~/.cursor`, `~/.config/Claude`), and those hold the
 /// API keys of the servers they launch. Asking about writes used to grant

@@ -65,6 +65,17 @@ pub fn prepare(
     if !namespaces {
         enforcement.notices.push(enforcement.lifecycle.clone());
     }
+    let write_rules = plan
+        .gate
+        .rules
+        .iter()
+        .any(|r| r.access == policy::ask::Access::Write && matches!(r.target, policy::ask::Target::Path(_)));
+    if plan.seccomp.floor.chmod && write_rules {
+        // The gate parks no chmod: fchmod names no path to check.
+        enforcement.notices.push(
+            "[filesystem] chmod = true: mode changes are not checked against the [deny] and [ask] write rules; the sandbox can make a file there executable, a git hook among them".into(),
+        );
+    }
 
     let unix = plan.seccomp.floor.sockets.unix;
     let ll = landlock::build(&plan.landlock, &exec, features.landlock_abi_used, namespaces, unix, &mut enforcement)?;
