@@ -586,7 +586,7 @@ fn proc_self_names_the_caller_when_the_sandbox_sees_the_host_proc() {
         return skip("mounting over /proc/sys in a private mount namespace needs root");
     }
     let p = setup(&sb);
-    let run = |profile: &str| {
+    let run = |profile: &str, args: &[&str]| {
         let mut c = Command::new("unshare");
         c.args([
             "--mount",
@@ -596,29 +596,24 @@ fn proc_self_names_the_caller_when_the_sandbox_sees_the_host_proc() {
             "-c",
             "mount -t tmpfs none /proc/sys && exec \"$0\" \"$@\"",
         ]);
-        c.args([
-            PORTCULLIS,
-            "run",
-            "--profile",
-            profile,
-            "--exec",
-            PROBE,
-            "--",
-            PROBE,
-            "proc-name",
-            "/proc/self/status",
-        ]);
+        c.args([PORTCULLIS, "run", "--profile", profile, "--exec", PROBE, "--", PROBE]);
+        c.args(args);
         c.current_dir(&sb.ws).env("HOME", &sb.home).env_remove("XDG_RUNTIME_DIR").stdin(std::process::Stdio::null());
         let state = sb.root.join("state");
         c.env("PORTCULLIS_AUDIT_LOG", state.join("audit.log")).env("PORTCULLIS_AUDIT_KEY", state.join("audit.key"));
         c.env("PORTCULLIS_BROKER", "off").env("PORTCULLIS_GRANTS", state.join("grants.json"));
         Run::from(c.output().unwrap())
     };
-    let gated = run(&p);
+    let gated = run(&p, &["proc-name", "/proc/self/status"]);
     assert!(gated.stderr.contains("could not be mounted"), "the setup must defeat the private /proc: {}", gated.stderr);
     gated.expect("Name:\tportcullis-prob");
     // Twin: strict does not park reads; the kernel resolves /proc/self itself.
-    run("strict").expect("Name:\tportcullis-prob");
+    run("strict", &["proc-name", "/proc/self/status"]).expect("Name:\tportcullis-prob");
+    // The gate acts as the supervisor, which procfs lets into its own
+    // directory unchecked: /proc/<supervisor>/environ (or mem, with the
+    // audit key) opened for the sandbox. No process's environ opens now,
+    // the supervisor's included (every other one Landlock refuses anyway).
+    run(&p, &["proc-environs"]).expect("opened 0");
 }
 
 #[test]

@@ -709,6 +709,18 @@ fn main() {
                 pids.sort();
                 println!("pids {pids:?}");
             }
+            "proc-environs" => {
+                // Opens /proc/N/environ for every process /proc lists;
+                // prints how many opened.
+                let opened = std::fs::read_dir("/proc")
+                    .map(|d| {
+                        d.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+                            .filter(|n| std::fs::File::open(format!("/proc/{n}/environ")).is_ok())
+                            .count()
+                    })
+                    .unwrap_or(0);
+                println!("opened {opened}");
+            }
             "loop-open" => {
                 // open/read/close of one file N times; prints ns per iteration.
                 open_loop(a(1), num(a(2)));

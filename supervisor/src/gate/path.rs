@@ -99,6 +99,65 @@ impl Caller {
     }
 }
 
+/// procfs's root directory.
+const PROC_ROOT_INO: u64 = 1;
+
+/// Whether `dir` (holding `name`, if any) lies in a process's directory of
+/// our own procfs, the host's, other than the caller's. The gate acts as
+/// the supervisor, and procfs lets a process into its own directory without
+/// the ptrace check: where the sandbox sees the host's /proc (its own could
+/// not be mounted), `/proc/<supervisor>/mem` would hand it the supervisor's
+/// memory, the audit log's signing key among it. The sandbox's own procfs
+/// shows no process of ours. Fails closed on anything it cannot tell.
+fn in_a_host_process_dir(caller: &Caller, dir: &OwnedFd, dir_path: &str, name: Option<&[u8]>) -> bool {
+    use nix::sys::stat::fstat;
+    let in_proc = |fd: &OwnedFd| nix::sys::statfs::fstatfs(fd).is_ok_and(|s| s.filesystem_type().0 == PROC_SUPER_MAGIC);
+    if !in_proc(dir) {
+        return false;
+    }
+    let Ok(st) = fstat(dir.as_raw_fd()) else { return true };
+    if nix::sys::stat::stat("/proc").ok().map(|p| p.st_dev) != Some(st.st_dev) {
+        return false;
+    }
+    // The name just beneath procfs's root says whose directory `dir` is in.
+    let (mut ino, mut depth) = (st.st_ino, 0usize);
+    let mut cur = match dir.try_clone() {
+        Ok(d) => d,
+        Err(_) => return true,
+    };
+    while ino != PROC_ROOT_INO {
+        let up = nix::fcntl::openat(
+            Some(cur.as_raw_fd()),
+            "..",
+            OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        );
+        match up.map(notify::own) {
+            Ok(d) if depth < 32 && in_proc(&d) => cur = d,
+            _ => return true,
+        }
+        ino = match fstat(cur.as_raw_fd()) {
+            Ok(s) => s.st_ino,
+            Err(_) => return true,
+        };
+        depth += 1;
+    }
+    let top: &[u8] = if depth == 0 {
+        match name {
+            Some(n) => n,
+            None => return false,
+        }
+    } else {
+        let parts: Vec<&str> = dir_path.split('/').filter(|c| !c.is_empty()).collect();
+        match parts.len().checked_sub(depth) {
+            Some(i) => parts[i].as_bytes(),
+            None => return true,
+        }
+    };
+    let pid = !top.is_empty() && top.iter().all(u8::is_ascii_digit);
+    pid && caller.ns_ids(true).is_none_or(|(tgid, _)| tgid.as_bytes() != top)
+}
+
 fn fd_path(fd: &OwnedFd) -> Result<String, i32> {
     let link = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())).map_err(|_| libc::ENOENT)?;
     let s = link.to_string_lossy().into_owned();
@@ -196,6 +255,9 @@ pub fn resolve(caller: &Caller, dirfd: i32, path: &[u8], follow: bool) -> Result
         )
         .map_err(|e| e.raw_os_error().unwrap_or(libc::EIO))?;
         let dir_path = fd_path(&dir)?;
+        if in_a_host_process_dir(caller, &dir, &dir_path, (!whole_dir).then_some(last)) {
+            return Err(libc::EACCES);
+        }
         if whole_dir {
             return Ok(Resolved {
                 dir,
