@@ -1342,6 +1342,25 @@ both!(git_redirects_are_protected_too, |sb| {
     probe_gate(sb, &p, &["read", &ws(sb, ".git")]).expect("ok");
 });
 
+both!(git_config_lock_files_are_protected_like_config, |sb| {
+    // Git writes config through config.lock, then renames it into place: a
+    // hard link to the lock, made while git holds it, was a writable name
+    // for the next .git/config.
+    let p = setup(sb);
+    for f in [".git/config.lock", ".git/index.lock"] {
+        std::fs::write(sb.ws.join(f), "[core]\n").unwrap();
+        if sb.who == As::Nobody {
+            std::os::unix::fs::chown(sb.ws.join(f), Some(NOBODY), Some(NOBODY)).unwrap();
+        }
+    }
+    probe_gate(sb, &p, &["link", &ws(sb, ".git/config.lock"), &ws(sb, "c")]).expect("errno 13 EACCES");
+    probe_gate(sb, &p, &["write", &ws(sb, ".git/config.lock")]).expect("errno 13 EACCES");
+    assert!(!sb.ws.join("c").exists());
+    assert_eq!(std::fs::read_to_string(sb.ws.join(".git/config.lock")).unwrap(), "[core]\n");
+    // Twin: git's other lock files stay usable.
+    probe_gate(sb, &p, &["link", &ws(sb, ".git/index.lock"), &ws(sb, "i")]).expect("ok");
+});
+
 both!(inode_flags_of_protected_files_cannot_change, |sb| {
     // chattr-style flags: metadata Landlock does not mediate (floor).
     sb.probe(&[], &["ioctl", "0x40086602"]).expect("errno 1 EPERM");
