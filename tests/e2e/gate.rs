@@ -1361,6 +1361,31 @@ both!(git_config_lock_files_are_protected_like_config, |sb| {
     probe_gate(sb, &p, &["link", &ws(sb, ".git/index.lock"), &ws(sb, "i")]).expect("ok");
 });
 
+both!(a_grant_on_a_name_does_not_let_a_tree_be_moved_there, |sb| {
+    // strict asks before {workspace}/.vscode changes. Someone allowed making
+    // that directory, always: the sandbox built a .vscode elsewhere (a task
+    // that runs when the folder opens) and renamed it into place, unasked.
+    let p = setup(sb);
+    let vscode = ws(sb, ".vscode");
+    // The first run makes the state directory as the sandbox's user.
+    probe_gate(sb, &p, &["mkdir", &ws(sb, "prepared")]).expect("ok");
+    let grants = sb.root.join("state/grants.json");
+    let grant = serde_json::json!({"version": 1, "grants": [{
+        "id": "g1", "profile": p, "access": "write", "target": vscode,
+        "allow": true, "scope": "always", "created": 0, "by": "cli"}]});
+    std::fs::write(&grants, grant.to_string()).unwrap();
+    if sb.who == As::Nobody {
+        std::os::unix::fs::chown(&grants, Some(NOBODY), Some(NOBODY)).unwrap();
+    }
+    probe_gate(sb, &p, &["create", &ws(sb, "prepared/tasks.json")]).expect("ok");
+    probe_gate(sb, &p, &["rename", &ws(sb, "prepared"), &vscode]).expect("errno 13 EACCES");
+    probe_gate(sb, &p, &["symlink", &ws(sb, "prepared"), &vscode]).expect("errno 13 EACCES");
+    assert!(!sb.ws.join(".vscode").exists());
+    // Twin: the grant still answers for what it was given.
+    probe_gate(sb, &p, &["mkdir", &vscode]).expect("ok");
+    assert!(sb.ws.join(".vscode").is_dir());
+});
+
 both!(inode_flags_of_protected_files_cannot_change, |sb| {
     // chattr-style flags: metadata Landlock does not mediate (floor).
     sb.probe(&[], &["ioctl", "0x40086602"]).expect("errno 1 EPERM");

@@ -374,13 +374,21 @@ impl Shared {
                     consider(policy::ask::decide(&self.ctx.plan, &grants, access, &policy::ask::Subject::Syscall(s)))
                 }
                 None => {
+                    // A grant answers for what it was given on one name
+                    // (a file written, a directory made). Putting a whole
+                    // tree at that name (rename, link, symlink, mknod) is
+                    // asked again: with a grant for making `.vscode`, the
+                    // sandbox could otherwise move in a `.vscode` it built
+                    // unasked. A deny grant still holds.
+                    let names = matches!(op.kind, "rename" | "link" | "symlink" | "mknod");
+                    let no_grants = policy::ask::Grants::default();
                     for (t, moves) in &op.targets {
-                        consider(policy::ask::decide(
-                            &self.ctx.plan,
-                            &grants,
-                            access,
-                            &policy::ask::Subject::Path { path: t, moves: *moves },
-                        ));
+                        let subject = policy::ask::Subject::Path { path: t, moves: *moves };
+                        let mut d = policy::ask::decide(&self.ctx.plan, &grants, access, &subject);
+                        if names && d.outcome == Outcome::Allow && d.grant.is_some() {
+                            d = policy::ask::decide(&self.ctx.plan, &no_grants, access, &subject);
+                        }
+                        consider(d);
                     }
                 }
             }
