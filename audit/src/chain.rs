@@ -6,7 +6,9 @@ use crate::checkpoint;
 use crate::key;
 use crate::merkle::{self, Frontier, Hash};
 use crate::record::{Kind, Record, ZERO_HASH};
-use ed25519_dalek::VerifyingKey;
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine as _;
+use ed25519_dalek::{Signature, VerifyingKey};
 use serde_json::{Map, Value};
 
 /// Value of the header's `format` field.
@@ -50,6 +52,10 @@ pub struct Chain {
     pub frontier: Frontier,
     /// First seq of the current file: 0, or the seq of its `segment` record.
     pub segment_start: u64,
+    /// Keys a rotation introduced with the new key's own signature over
+    /// the history so far ([`rotation_statement`]): a verifier that trusts
+    /// one of them may trust what came before it.
+    pub endorsed: Vec<VerifyingKey>,
 }
 
 impl Default for Chain {
@@ -61,6 +67,7 @@ impl Default for Chain {
             keys: Vec::new(),
             frontier: Frontier::new(),
             segment_start: 0,
+            endorsed: Vec::new(),
         }
     }
 }
@@ -88,6 +95,9 @@ impl Chain {
             (seq, Kind::KeyRotation) => {
                 let current = self.key_for(seq).copied();
                 let vk = parse_rotation(&rec.body, current.as_ref()).map_err(ChainError::BadRotation)?;
+                if endorsed_by_new_key(&rec.body, &self.origin, seq, &rec.prev, &vk).map_err(ChainError::BadRotation)? {
+                    self.endorsed.push(vk);
+                }
                 self.keys.push(KeyEpoch { from_seq: seq + 1, key: vk });
             }
             (seq, Kind::Segment) => {
@@ -125,6 +135,7 @@ impl Chain {
             keys: vec![KeyEpoch { from_seq: rec.seq, key: seg.key }],
             frontier,
             segment_start: seg.previous_first_seq,
+            endorsed: Vec::new(),
         })
     }
 
@@ -202,12 +213,51 @@ fn parse_header(body: &Map<String, Value>) -> Result<(String, VerifyingKey), Str
 }
 
 /// key_rotation body: `new_public_key`, `new_fingerprint`, `old_fingerprint`.
-pub fn rotation_body(old: &VerifyingKey, new: &VerifyingKey) -> Map<String, Value> {
+pub fn rotation_body(old: &VerifyingKey, new: &VerifyingKey, new_key_signature: &[u8; 64]) -> Map<String, Value> {
     let mut b = Map::new();
     b.insert("old_fingerprint".into(), key::fingerprint(old).into());
     b.insert("new_public_key".into(), key::public_key_b64(new).into());
     b.insert("new_fingerprint".into(), key::fingerprint(new).into());
+    b.insert("new_key_signature".into(), B64.encode(new_key_signature).into());
     b
+}
+
+/// What the new key signs in a rotation at `seq` (docs/AUDIT.md §5): the
+/// log, the place and the whole history before it (`prev`). The old key's
+/// signature alone only says the old key let go; with this, the new key
+/// takes the history on, so a verifier may trust a log by the key it
+/// rotated to. Without it, anyone could end a log of their own with a
+/// rotation to someone else's public key.
+pub fn rotation_statement(
+    origin: &str,
+    seq: u64,
+    prev: &Hash,
+    old_fingerprint: &str,
+    new_fingerprint: &str,
+) -> Vec<u8> {
+    format!(
+        "portcullis-audit key rotation v1\n{origin}\n{seq}\n{}\n{old_fingerprint}\n{new_fingerprint}\n",
+        merkle::to_hex(prev)
+    )
+    .into_bytes()
+}
+
+/// Whether a rotation's `new_key_signature` holds; false where it has none
+/// (logs rotated before it existed), an error where one is there but wrong.
+fn endorsed_by_new_key(
+    body: &Map<String, Value>,
+    origin: &str,
+    seq: u64,
+    prev: &Hash,
+    new: &VerifyingKey,
+) -> Result<bool, String> {
+    let Some(v) = body.get("new_key_signature") else { return Ok(false) };
+    let bytes = v.as_str().and_then(|s| B64.decode(s).ok()).and_then(|b| <[u8; 64]>::try_from(b).ok());
+    let sig = Signature::from_bytes(&bytes.ok_or("`new_key_signature` is not a base64 signature")?);
+    let statement = rotation_statement(origin, seq, prev, str_field(body, "old_fingerprint")?, &key::fingerprint(new));
+    new.verify_strict(&statement, &sig)
+        .map(|()| true)
+        .map_err(|_| "`new_key_signature` does not verify under the new key".into())
 }
 
 fn parse_rotation(body: &Map<String, Value>, current: Option<&VerifyingKey>) -> Result<VerifyingKey, String> {

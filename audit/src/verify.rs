@@ -90,7 +90,7 @@ pub enum VerifyError {
     Truncated { path: PathBuf, size: u64, records: u64 },
     #[error("the first {size} records do not hash to the root in checkpoint {}: the history was rewritten or replaced", path.display())]
     RootMismatch { path: PathBuf, size: u64 },
-    #[error("the log is not signed under the trusted key {trusted}; its keys are {found}")]
+    #[error("the log is not anchored in the trusted key {trusted}: that is neither the key it starts with nor one a rotation introduced with the new key's own signature; its keys are {found}")]
     Untrusted { trusted: String, found: String },
     #[error("{}: seq {seq} (line {line}): {problem}", file.display())]
     Segment { file: PathBuf, seq: u64, line: u64, problem: String },
@@ -305,7 +305,11 @@ pub fn verify_history(log_path: &Path, opts: &VerifyOptions, history: History) -
     }
     let trusted = match &opts.trusted_key {
         Some(t) => {
-            if !chain.keys.iter().any(|e| e.key == *t) {
+            // The key the history starts with, or one a rotation introduced
+            // with its own signature over the history before it: a rotation
+            // signed by the old key alone proves nothing about the new one.
+            let anchors = chain.keys.first().map(|e| e.key) == Some(*t) || chain.endorsed.contains(t);
+            if !anchors {
                 return Err(VerifyError::Untrusted {
                     trusted: key::fingerprint(t),
                     found: chain.keys.iter().map(|e| key::fingerprint(&e.key)).collect::<Vec<_>>().join(", "),

@@ -656,7 +656,17 @@ impl AuditLog {
         let result = (|| {
             self.lock_now()?;
             self.catch_up()?;
-            let seq = self.write_now(Kind::KeyRotation, chain::rotation_body(&self.vk, &new_vk))?;
+            // The new key takes the history on: it signs the place and
+            // everything before it (chain::rotation_statement).
+            let statement = chain::rotation_statement(
+                &self.chain.origin,
+                self.chain.next_seq,
+                &self.chain.last_hash,
+                &key::fingerprint(&self.vk),
+                &key::fingerprint(&new_vk),
+            );
+            let endorsement = ed25519_dalek::Signer::sign(&new_key, &statement).to_bytes();
+            let seq = self.write_now(Kind::KeyRotation, chain::rotation_body(&self.vk, &new_vk, &endorsement))?;
             self.key = new_key;
             self.vk = new_vk;
             // The thread holds the old key: the next record starts one with the new key.

@@ -351,6 +351,49 @@ fn key_rotation_is_signed_by_the_old_key() {
     assert_eq!(seq, last as u64);
 }
 
+/// Anyone can end a log of their own with a rotation to someone else's
+/// public key: signed by the old key alone, that made a verifier pinning
+/// the other key accept the whole forged history. A rotation now carries
+/// the new key's own signature over the history before it, and only then
+/// does the pinned key anchor the log.
+#[test]
+fn a_rotation_to_the_pinned_key_must_be_signed_by_it() {
+    let t = Tmp::new("rotate-forged");
+    make_log(&t, 3);
+    let mut log = AuditLog::open(&t.log(), test_key(1)).unwrap();
+    log.rotate_key(test_key(2)).unwrap();
+    log.close().unwrap();
+    // Twin: the genuine rotation anchors the log in the new key.
+    verify(&t.log(), Some(&t.cp()), Some(&test_key(2).verifying_key())).unwrap();
+    // The forger holds key 1 only: the same rotation without the new key's
+    // signature, and no checkpoint (one at that size is the new key's).
+    let mut l = lines(&t.log());
+    let last = l.len() - 1;
+    let r = Record::parse_line(l[last].as_bytes()).unwrap();
+    assert_eq!(r.kind, Kind::KeyRotation);
+    let mut body = r.body.clone();
+    body.remove("new_key_signature").expect("a rotation names the new key's signature");
+    l[last] = record::seal(&test_key(1), r.seq, r.ts.clone(), r.session.clone(), r.kind, body.clone(), r.prev)
+        .unwrap()
+        .line()
+        .unwrap();
+    write_lines(&t.log(), &l);
+    std::fs::remove_file(t.cp()).unwrap();
+    let err = verify(&t.log(), None, Some(&test_key(2).verifying_key())).unwrap_err();
+    assert!(matches!(err, VerifyError::Untrusted { .. }), "{err}");
+    assert!(err.to_string().contains("neither the key it starts with"), "{err}");
+    // Still self-consistent, and anchored in the key it starts with.
+    verify(&t.log(), None, Some(&test_key(1).verifying_key())).unwrap();
+    // A signature by some other key in its place is refused outright.
+    let other = ed25519_dalek::Signer::sign(&test_key(3), b"anything").to_bytes();
+    body.insert("new_key_signature".into(), base64::engine::general_purpose::STANDARD.encode(other).into());
+    l[last] = record::seal(&test_key(1), r.seq, r.ts, r.session, r.kind, body, r.prev).unwrap().line().unwrap();
+    write_lines(&t.log(), &l);
+    let (seq, why) = bad_seq(verify(&t.log(), None, None));
+    assert_eq!(seq, last as u64, "{why}");
+    assert!(why.contains("new_key_signature"), "{why}");
+}
+
 #[test]
 fn wrong_key_cannot_continue_a_log() {
     let t = Tmp::new("wrongkey");
