@@ -394,6 +394,23 @@ fn a_rotation_to_the_pinned_key_must_be_signed_by_it() {
     assert!(why.contains("new_key_signature"), "{why}");
 }
 
+/// A checkpoint of size 0 was taken without checking its signature, and
+/// reported as holding: an attacker could put one of their own in place of
+/// the real checkpoint, where deleting it would have been reported.
+#[test]
+fn a_checkpoint_of_size_zero_is_signed_by_the_first_key() {
+    let t = Tmp::new("cp-zero");
+    make_log(&t, 3);
+    let (real, _) = Checkpoint::parse(&std::fs::read_to_string(t.cp()).unwrap()).unwrap();
+    let zero = Checkpoint { origin: real.origin.clone(), size: 0, root: audit::merkle::empty_root() };
+    std::fs::write(t.cp(), zero.sign(&test_key(3))).unwrap();
+    let err = verify(&t.log(), Some(&t.cp()), None).unwrap_err();
+    assert!(matches!(err, VerifyError::Checkpoint { .. }), "{err}");
+    // Twin: the same checkpoint signed by the log's own key holds.
+    std::fs::write(t.cp(), zero.sign(&test_key(1))).unwrap();
+    verify(&t.log(), Some(&t.cp()), None).unwrap();
+}
+
 #[test]
 fn wrong_key_cannot_continue_a_log() {
     let t = Tmp::new("wrongkey");
