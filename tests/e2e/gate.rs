@@ -614,6 +614,11 @@ fn proc_self_names_the_caller_when_the_sandbox_sees_the_host_proc() {
     // audit key) opened for the sandbox. No process's environ opens now,
     // the supervisor's included (every other one Landlock refuses anyway).
     run(&p, &["proc-environs"]).expect("opened 0");
+    // Twins: the rest of that /proc still reads through the gate, and in
+    // the sandbox's own /proc (which shows no process of ours) a process
+    // directory does too.
+    run(&p, &["read", "/proc/cpuinfo"]).expect("ok");
+    probe_gate(&sb, &p, &["read", "/proc/1/status"]).expect("ok");
 }
 
 #[test]
@@ -1372,6 +1377,8 @@ both!(a_grant_on_a_name_does_not_let_a_tree_be_moved_there, |sb| {
     let grants = sb.root.join("state/grants.json");
     let grant = serde_json::json!({"version": 1, "grants": [{
         "id": "g1", "profile": p, "access": "write", "target": vscode,
+        "allow": true, "scope": "always", "created": 0, "by": "cli"}, {
+        "id": "g2", "profile": p, "access": "write", "target": ws(sb, ".mcp.json"),
         "allow": true, "scope": "always", "created": 0, "by": "cli"}]});
     std::fs::write(&grants, grant.to_string()).unwrap();
     if sb.who == As::Nobody {
@@ -1381,9 +1388,14 @@ both!(a_grant_on_a_name_does_not_let_a_tree_be_moved_there, |sb| {
     probe_gate(sb, &p, &["rename", &ws(sb, "prepared"), &vscode]).expect("errno 13 EACCES");
     probe_gate(sb, &p, &["symlink", &ws(sb, "prepared"), &vscode]).expect("errno 13 EACCES");
     assert!(!sb.ws.join(".vscode").exists());
-    // Twin: the grant still answers for what it was given.
+    // Twins: the grant still answers for what it was given, and a file
+    // saved over an allowed file (a temporary renamed into place) keeps its
+    // grant.
     probe_gate(sb, &p, &["mkdir", &vscode]).expect("ok");
     assert!(sb.ws.join(".vscode").is_dir());
+    probe_gate(sb, &p, &["create", &ws(sb, "mcp.json.tmp")]).expect("ok");
+    probe_gate(sb, &p, &["rename", &ws(sb, "mcp.json.tmp"), &ws(sb, ".mcp.json")]).expect("ok");
+    assert!(sb.ws.join(".mcp.json").is_file());
 });
 
 both!(inode_flags_of_protected_files_cannot_change, |sb| {

@@ -375,12 +375,14 @@ impl Shared {
                 }
                 None => {
                     // A grant answers for what it was given on one name
-                    // (a file written, a directory made). Putting a whole
-                    // tree at that name (rename, link, symlink, mknod) is
-                    // asked again: with a grant for making `.vscode`, the
-                    // sandbox could otherwise move in a `.vscode` it built
-                    // unasked. A deny grant still holds.
-                    let names = matches!(op.kind, "rename" | "link" | "symlink" | "mknod");
+                    // (a file written, a directory made). Putting a tree or
+                    // another name at that name (a directory renamed or
+                    // swapped in, a link, a symlink, a node) is asked
+                    // again: with a grant for making `.vscode`, the sandbox
+                    // could otherwise move in a `.vscode` it built unasked.
+                    // A file renamed over a file is a write of it and keeps
+                    // its grant (atomic saves). A deny grant still holds.
+                    let names = matches!(op.kind, "rename-tree" | "link" | "symlink" | "mknod");
                     let no_grants = policy::ask::Grants::default();
                     for (t, moves) in &op.targets {
                         let subject = policy::ask::Subject::Path { path: t, moves: *moves };

@@ -145,11 +145,17 @@ pub fn classify(shared: &Shared, n: &Notif) -> Result<Op, i32> {
             let from = path_arg(shared, n, &caller, od, op, false)?;
             let to = path_arg(shared, n, &caller, nd, np, false)?;
             let (fname, tname) = (name_or_busy(&from)?, name_or_busy(&to)?);
+            // A file saved over a file (write a temporary, rename it into
+            // place: editors, git, npm) is a write of that file; anything
+            // else moves a tree or swaps two names (see Gate::decide).
+            let file = |k: Option<u32>| k == Some(libc::S_IFREG);
+            let file_over_file =
+                file(from.kind) && (to.kind.is_none() || file(to.kind)) && flags & libc::RENAME_EXCHANGE == 0;
             Ok(Op {
                 access: vec![Access::Write, Access::Read],
                 targets: vec![(from.canonical.clone(), true), (to.canonical.clone(), true)],
                 subject: None,
-                kind: "rename",
+                kind: if file_over_file { "rename" } else { "rename-tree" },
                 detail: format!("rename({:?}, {:?}, flags {flags:#x})", from.canonical, to.canonical),
                 perform: Box::new(move |s: &Shared| {
                     hands_result(s.hands(move || {

@@ -103,7 +103,8 @@ impl Caller {
 const PROC_ROOT_INO: u64 = 1;
 
 /// Whether `dir` (holding `name`, if any) lies in a process's directory of
-/// our own procfs, the host's, other than the caller's. The gate acts as
+/// a procfs that shows the supervisor (the host's, mounted anywhere), other
+/// than the caller's. The gate acts as
 /// the supervisor, and procfs lets a process into its own directory without
 /// the ptrace check: where the sandbox sees the host's /proc (its own could
 /// not be mounted), `/proc/<supervisor>/mem` would hand it the supervisor's
@@ -116,9 +117,6 @@ fn in_a_host_process_dir(caller: &Caller, dir: &OwnedFd, dir_path: &str, name: O
         return false;
     }
     let Ok(st) = fstat(dir.as_raw_fd()) else { return true };
-    if nix::sys::stat::stat("/proc").ok().map(|p| p.st_dev) != Some(st.st_dev) {
-        return false;
-    }
     // The name just beneath procfs's root says whose directory `dir` is in.
     let (mut ino, mut depth) = (st.st_ino, 0usize);
     let mut cur = match dir.try_clone() {
@@ -141,6 +139,11 @@ fn in_a_host_process_dir(caller: &Caller, dir: &OwnedFd, dir_path: &str, name: O
             Err(_) => return true,
         };
         depth += 1;
+    }
+    // A procfs that shows us has a `self`: ours, mounted anywhere (a
+    // second mount has a device of its own), not the sandbox's private one.
+    if nix::fcntl::readlinkat(Some(cur.as_raw_fd()), "self").is_err() {
+        return false;
     }
     let top: &[u8] = if depth == 0 {
         match name {
