@@ -90,7 +90,7 @@ pub enum VerifyError {
     Truncated { path: PathBuf, size: u64, records: u64 },
     #[error("the first {size} records do not hash to the root in checkpoint {}: the history was rewritten or replaced", path.display())]
     RootMismatch { path: PathBuf, size: u64 },
-    #[error("the log is not anchored in the trusted key {trusted}: that is neither the key it starts with nor one a rotation introduced with the new key's own signature; its keys are {found}")]
+    #[error("the log is not anchored in the trusted key {trusted}: that is neither the key it starts with nor one a rotation introduced with the new key's own signature; its keys are {found} (a log rotated before rotations carried that signature verifies only under the key it starts with: pass its public key with --pubkey)")]
     Untrusted { trusted: String, found: String },
     #[error("{}: seq {seq} (line {line}): {problem}", file.display())]
     Segment { file: PathBuf, seq: u64, line: u64, problem: String },

@@ -559,8 +559,26 @@ fn key_rotate(paths: &PathArgs) -> Result<i32, Failure> {
         }
     };
     let new_fp = key::fingerprint(&new.verifying_key());
+    // The new key signs for the history before it (docs/AUDIT.md §5): only
+    // for a history anchored in the key in force. A log someone ended with
+    // a rotation to our public key, unendorsed, is not ours to vouch for.
+    let anchored = |log: &Path| {
+        let opts = VerifyOptions {
+            checkpoint: Some(location::checkpoint_path(log)).filter(|p| p.exists()),
+            trusted_key: Some(old.verifying_key()),
+            strict: false,
+        };
+        audit::verify_history(log, &opts, audit::History::Retained)
+    };
     match AuditLog::open(&log_path, old.clone()) {
         Ok(mut log) => {
+            if let Err(e) = anchored(&log_path) {
+                return Err(Failure::setup(format!(
+                    "audit key rotate: {} does not verify under the key in force, and the new key would vouch for it: {}",
+                    log_path.display(),
+                    display_safe(&e.to_string())
+                )));
+            }
             let seq = log.rotate_key(new.clone()).map_err(setup)?;
             log.close().map_err(setup)?;
             say!("rotation recorded at seq {seq}, signed by {}", key::fingerprint(&old.verifying_key()));
@@ -676,6 +694,35 @@ mod tests {
         // The log continues with the new key.
         let k = key::load(&t.0.join("audit.key")).unwrap();
         AuditLog::open(&t.0.join("audit.log"), k).unwrap().close().unwrap();
+    }
+
+    /// A log someone else wrote and ended with a rotation to our public key,
+    /// without our key's signature: rotating would make the new key vouch
+    /// for it. `key rotate` refuses; our own log still rotates (above).
+    #[test]
+    fn rotate_refuses_to_vouch_for_a_log_not_anchored_in_the_key() {
+        let t = tmp("rotate-forged");
+        let (ours, _) = key::load_or_create(&t.0.join("audit.key")).unwrap();
+        let theirs = key::generate().unwrap();
+        let log_path = t.0.join("audit.log");
+        let mut log = AuditLog::open(&log_path, theirs.clone()).unwrap();
+        log.append(Kind::Verdict, json!({"syscall": "openat", "path": "/w", "verdict": "allow"})).unwrap();
+        log.rotate_key(ours.clone()).unwrap();
+        log.close().unwrap();
+        // Strip our endorsement from the rotation, as a forger must.
+        let text = std::fs::read_to_string(&log_path).unwrap();
+        let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
+        let last = lines.len() - 1;
+        let r = Record::parse_line(lines[last].as_bytes()).unwrap();
+        let mut body = r.body.clone();
+        body.remove("new_key_signature").unwrap();
+        lines[last] =
+            audit::record::seal(&theirs, r.seq, r.ts, r.session, r.kind, body, r.prev).unwrap().line().unwrap();
+        std::fs::write(&log_path, lines.join("\n") + "\n").unwrap();
+        let _ = std::fs::remove_file(location::checkpoint_path(&log_path));
+        let err = audit(AuditCmd::Key { cmd: KeyCmd::Rotate { paths: paths(&t) } }).unwrap_err();
+        assert!(err.message.contains("would vouch for it"), "{}", err.message);
+        assert!(!std::fs::read_to_string(&log_path).unwrap().contains("new_key_signature"));
     }
 
     #[test]
