@@ -732,3 +732,80 @@ fn wrap_and_unwrap_round_trip_every_client_format() {
         assert_eq!(std::fs::read(&file).unwrap(), original, "{sample}: unwrap restores byte for byte");
     }
 }
+
+/// A project's repository can ship files named like wrap's temporary and
+/// backup: they are links `wrap` must never write through (here to a
+/// victim file; `~/.bashrc` in real life). A config that is itself a link
+/// (dotfile managers) is rewritten where it lives, and stays a link. The
+/// backup is no more readable than the config (its servers' API keys).
+#[test]
+fn wrap_never_writes_through_links_and_keeps_a_linked_config_linked() {
+    use std::os::unix::fs::{symlink, PermissionsExt};
+    let sb = Sandbox::new("mcp-wrap-links", As::Caller);
+    let sample = std::fs::read_to_string(repo().join("tests/mcp/configs/claude_code.mcp.json")).unwrap();
+    let mode = |p: &Path| std::fs::symlink_metadata(p).unwrap().permissions().mode() & 0o777;
+
+    // A planted temporary.
+    let victim = sb.root.join("victim");
+    std::fs::write(&victim, "precious\n").unwrap();
+    let proj = sb.root.join("proj");
+    std::fs::create_dir_all(&proj).unwrap();
+    let cfg = proj.join(".mcp.json");
+    std::fs::write(&cfg, &sample).unwrap();
+    std::fs::set_permissions(&cfg, std::fs::Permissions::from_mode(0o600)).unwrap();
+    symlink(&victim, proj.join(".mcp.json.portcullis-tmp")).unwrap();
+    let w = sb.run(&["wrap", &sb.path(&cfg)]);
+    assert_eq!(w.code, 0, "{}", w.stderr);
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious\n", "the planted link was written through");
+    assert!(std::fs::symlink_metadata(&cfg).unwrap().is_file());
+    assert!(std::fs::read_to_string(&cfg).unwrap().contains("--mcp"), "the config is wrapped all the same");
+    assert!(std::fs::symlink_metadata(proj.join(".mcp.json.portcullis-tmp")).is_err(), "no temporary is left");
+    assert_eq!(mode(&cfg), 0o600);
+    assert_eq!(mode(&proj.join(".mcp.json.portcullis-backup")), 0o600, "the backup is as private as the config");
+
+    // A planted backup, dangling: wrap refuses, creates nothing, changes nothing.
+    let proj2 = sb.root.join("proj2");
+    std::fs::create_dir_all(&proj2).unwrap();
+    let cfg2 = proj2.join(".mcp.json");
+    std::fs::write(&cfg2, &sample).unwrap();
+    let created = sb.root.join("created-by-wrap");
+    symlink(&created, proj2.join(".mcp.json.portcullis-backup")).unwrap();
+    let w = sb.run(&["wrap", &sb.path(&cfg2)]);
+    assert_eq!(w.code, 125, "{}", w.stderr);
+    assert!(w.stderr.contains("not a regular file"), "{}", w.stderr);
+    assert!(!created.exists(), "the backup link was written through");
+    assert_eq!(std::fs::read_to_string(&cfg2).unwrap(), sample);
+    // unwrap does not read a backup through a link either.
+    let u = sb.run(&["unwrap", &sb.path(&cfg2)]);
+    assert_eq!(u.code, 125, "{}", u.stderr);
+
+    // A linked config: rewritten where it lives; the project it is linked
+    // into stays its workspace; unwrap through the link restores it.
+    let dots = sb.root.join("dotfiles");
+    std::fs::create_dir_all(&dots).unwrap();
+    let real = dots.join("proj3.mcp.json");
+    std::fs::write(&real, &sample).unwrap();
+    let proj3 = sb.root.join("proj3");
+    std::fs::create_dir_all(&proj3).unwrap();
+    let link = proj3.join(".mcp.json");
+    symlink(&real, &link).unwrap();
+    let w = sb.run(&["wrap", &sb.path(&link)]);
+    assert_eq!(w.code, 0, "{}", w.stderr);
+    assert!(w.stderr.contains("symbolic link"), "{}", w.stderr);
+    assert!(std::fs::symlink_metadata(&link).unwrap().file_type().is_symlink(), "the link stays a link");
+    let wrapped = std::fs::read_to_string(&real).unwrap();
+    let v: Value = serde_json::from_str(&wrapped).unwrap();
+    let args: Vec<&str> = v["mcpServers"].as_object().unwrap().values().next().unwrap()["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    let ws = args.iter().position(|a| *a == "--workspace").map(|i| args[i + 1]);
+    assert_eq!(ws, Some(sb.path(&std::fs::canonicalize(&proj3).unwrap()).as_str()), "{wrapped}");
+    assert_eq!(std::fs::read_to_string(dots.join("proj3.mcp.json.portcullis-backup")).unwrap(), sample);
+    let u = sb.run(&["unwrap", &sb.path(&link)]);
+    assert_eq!(u.code, 0, "{}", u.stderr);
+    assert!(std::fs::symlink_metadata(&link).unwrap().file_type().is_symlink());
+    assert_eq!(std::fs::read_to_string(&real).unwrap(), sample, "unwrap restores byte for byte");
+}

@@ -222,9 +222,13 @@ pub fn flags_for(command: &str, args: &[String], workspace: &Path) -> Vec<String
 /// Where `{workspace}` points for servers of this config: the project for
 /// project configs, a private empty directory per server for user-wide ones.
 fn workspace_for(file: &Path, server: &str) -> Result<PathBuf, Failure> {
-    let abs = std::fs::canonicalize(file).map_err(|e| Failure::setup(format!("{}: {e}", file.display())))?;
-    let name = abs.file_name().and_then(|n| n.to_str()).unwrap_or("");
-    let dir = abs.parent().unwrap_or(Path::new("/"));
+    // The config as named: a `.mcp.json` linked from a dotfiles repository
+    // still belongs to the project it sits in.
+    let fail = |e: std::io::Error| Failure::setup(format!("{}: {e}", file.display()));
+    let parent = file.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = std::fs::canonicalize(parent).map_err(fail)?;
+    let name = file.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    let dir = dir.as_path();
     if name == "mcp.json" && dir.file_name().is_some_and(|d| d == ".vscode") {
         return Ok(dir.parent().unwrap_or(dir).to_path_buf());
     }
@@ -372,22 +376,80 @@ fn diff(old: &str, new: &str) -> String {
     s
 }
 
+/// Where a config's bytes live: the file itself, or the file a symlink
+/// names (dotfile managers link configs; replacing the link with a file
+/// would cut it off from its repository). The backup sits beside the file
+/// that is written.
+fn resolve(file: &Path) -> Result<PathBuf, Failure> {
+    let fail = |e: std::io::Error| Failure::setup(format!("{}: {e}", file.display()));
+    if !std::fs::symlink_metadata(file).map_err(fail)?.file_type().is_symlink() {
+        return Ok(file.to_path_buf());
+    }
+    let target = std::fs::canonicalize(file).map_err(fail)?;
+    let note =
+        format!("{} is a symbolic link: {} is rewritten in place, the link stays", file.display(), target.display());
+    eprintln!("portcullis: {}", crate::cli::defused(&note));
+    Ok(target)
+}
+
+/// Creates `path` afresh with `mode` (never through a link or over a file
+/// that is there: O_EXCL) and writes `text` durably. Configs hold servers'
+/// API keys in `env`: the copy is never readable by more than the original.
+fn create_new(path: &Path, text: &str, mode: u32) -> std::io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(mode).open(path)?;
+    // The umask may have taken bits away; the copy gets the original's.
+    f.set_permissions(std::fs::Permissions::from_mode(mode))?;
+    f.write_all(text.as_bytes())?;
+    f.sync_all()
+}
+
+/// The mode of the file being rewritten (0600 for a new one).
+fn mode_of(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::metadata(path).map(|m| m.permissions().mode() & 0o7777).unwrap_or(0o600)
+}
+
+/// Replaces `path` with `text` through a temporary beside it. A temporary
+/// left over (or planted: a project's repository can ship one, as a link
+/// to `~/.bashrc`) is removed, never written through.
 fn write_atomic(path: &Path, text: &str) -> Result<(), Failure> {
-    let fail = |e: std::io::Error| Failure::setup(format!("{}: {e}", path.display()));
+    let fail = |at: &Path, e: std::io::Error| Failure::setup(format!("{}: {e}", at.display()));
     let tmp = {
         let mut s = path.as_os_str().to_owned();
         s.push(".portcullis-tmp");
         PathBuf::from(s)
     };
-    std::fs::write(&tmp, text).map_err(fail)?;
-    if let Ok(meta) = std::fs::metadata(path) {
-        std::fs::set_permissions(&tmp, meta.permissions()).map_err(fail)?;
+    match std::fs::remove_file(&tmp) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(fail(&tmp, e)),
+        _ => {}
     }
-    std::fs::rename(&tmp, path).map_err(fail)
+    if let Err(e) = create_new(&tmp, text, mode_of(path)) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(fail(&tmp, e));
+    }
+    std::fs::rename(&tmp, path).map_err(|e| fail(path, e))
+}
+
+/// The backup `wrap` kept, if there is one. Anything there but a regular
+/// file (a link a repository shipped, say) is refused, not followed.
+fn read_backup(backup: &Path) -> Result<Option<String>, Failure> {
+    let fail = |e: std::io::Error| Failure::setup(format!("{}: {e}", backup.display()));
+    match std::fs::symlink_metadata(backup) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(fail(e)),
+        Ok(m) if m.file_type().is_file() => std::fs::read_to_string(backup).map(Some).map_err(fail),
+        Ok(_) => Err(Failure::setup(format!(
+            "{} is not a regular file (a link?): portcullis did not make it; remove it and run again",
+            backup.display()
+        ))),
+    }
 }
 
 pub fn wrap(file: &Path, profile: Option<&str>, dry_run: bool) -> Result<i32, Failure> {
-    let text = std::fs::read_to_string(file).map_err(|e| Failure::setup(format!("{}: {e}", file.display())))?;
+    let real = resolve(file)?;
+    let text = std::fs::read_to_string(&real).map_err(|e| Failure::setup(format!("{}: {e}", real.display())))?;
     let (new, notes) = wrap_text(&text, file, profile)?;
     for n in &notes {
         eprintln!("portcullis: {n}");
@@ -399,36 +461,39 @@ pub fn wrap(file: &Path, profile: Option<&str>, dry_run: bool) -> Result<i32, Fa
     if new == text {
         return Ok(0);
     }
-    let backup = backup_path(file);
+    let backup = backup_path(&real);
     // The first backup is the original; wrapping again must not overwrite it.
-    if !backup.exists() {
-        std::fs::write(&backup, &text).map_err(|e| Failure::setup(format!("{}: {e}", backup.display())))?;
+    if read_backup(&backup)?.is_none() {
+        create_new(&backup, &text, mode_of(&real)).map_err(|e| Failure::setup(format!("{}: {e}", backup.display())))?;
     }
-    write_atomic(file, &new)?;
-    eprintln!("portcullis: wrote {} (original kept in {})", file.display(), backup.display());
+    write_atomic(&real, &new)?;
+    let done = format!("wrote {} (original kept in {})", real.display(), backup.display());
+    eprintln!("portcullis: {}", crate::cli::defused(&done));
     Ok(0)
 }
 
 pub fn unwrap(file: &Path) -> Result<i32, Failure> {
-    let text = std::fs::read_to_string(file).map_err(|e| Failure::setup(format!("{}: {e}", file.display())))?;
-    let backup = backup_path(file);
-    if let Ok(original) = std::fs::read_to_string(&backup) {
+    let real = resolve(file)?;
+    let text = std::fs::read_to_string(&real).map_err(|e| Failure::setup(format!("{}: {e}", real.display())))?;
+    let backup = backup_path(&real);
+    if let Some(original) = read_backup(&backup)? {
         let (rewrapped, _) = wrap_text(&original, file, None)?;
         let (unwrapped_now, _) = unwrap_text(&text, file)?;
         let (unwrapped_then, _) = unwrap_text(&rewrapped, file)?;
         if rewrapped == text || unwrapped_now == unwrapped_then {
-            write_atomic(file, &original)?;
+            write_atomic(&real, &original)?;
             let _ = std::fs::remove_file(&backup);
-            eprintln!("portcullis: restored {} from {}", file.display(), backup.display());
+            let done = format!("restored {} from {}", real.display(), backup.display());
+            eprintln!("portcullis: {}", crate::cli::defused(&done));
             return Ok(0);
         }
-        eprintln!("portcullis: {} changed since it was wrapped; unwrapping each server in place", file.display());
+        eprintln!("portcullis: {} changed since it was wrapped; unwrapping each server in place", real.display());
     }
     let (new, n) = unwrap_text(&text, file)?;
     if n > 0 {
-        write_atomic(file, &new)?;
+        write_atomic(&real, &new)?;
     }
-    eprintln!("portcullis: unwrapped {n} server(s) in {}", file.display());
+    eprintln!("portcullis: unwrapped {n} server(s) in {}", real.display());
     Ok(0)
 }
 
