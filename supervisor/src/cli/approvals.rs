@@ -237,13 +237,13 @@ fn keys(bytes: &[u8]) -> Vec<Key> {
     let mut i = 0;
     while i < bytes.len() {
         let k = match bytes[i] {
-            b'\x1b' if bytes.get(i + 1) == Some(&b'[') || bytes.get(i + 1) == Some(&b'O') => {
-                i += 2;
-                match bytes.get(i) {
-                    Some(b'A') => Key::Up,
-                    Some(b'B') => Key::Down,
-                    _ => Key::Other,
-                }
+            // An escape sequence is one key, read to its end: its last
+            // byte is never a decision (Ctrl-Up is `ESC [ 1 ; 5 A`, whose
+            // `A` alone would mean "always allow"; Alt-a is `ESC a`).
+            b'\x1b' => {
+                let (key, len) = escape(&bytes[i..]);
+                i += len - 1;
+                key
             }
             b'y' | b'Y' => Key::Decide(true, Scope::Once),
             b's' | b'S' => Key::Decide(true, Scope::Session),
@@ -259,6 +259,37 @@ fn keys(bytes: &[u8]) -> Vec<Key> {
         i += 1;
     }
     out
+}
+
+/// The key an escape sequence at the start of `b` stands for, and its
+/// length: CSI (`ESC [`, parameters, intermediates, a final byte), SS3
+/// (`ESC O` and one byte), or ESC with the key it modifies (Alt-key). Only
+/// the plain arrows mean anything; a sequence cut off by the read's end is
+/// taken whole.
+fn escape(b: &[u8]) -> (Key, usize) {
+    match b.get(1) {
+        Some(b'[') => {
+            let params = b[2..].iter().take_while(|c| (0x20..=0x3f).contains(*c)).count();
+            let end = 2 + params;
+            let Some(&last) = b.get(end).filter(|c| (0x40..=0x7e).contains(*c)) else {
+                return (Key::Other, b.len().min(end.max(2)));
+            };
+            let key = match (params, last) {
+                (0, b'A') => Key::Up,
+                (0, b'B') => Key::Down,
+                _ => Key::Other,
+            };
+            (key, end + 1)
+        }
+        Some(b'O') => match b.get(2) {
+            Some(b'A') => (Key::Up, 3),
+            Some(b'B') => (Key::Down, 3),
+            Some(_) => (Key::Other, 3),
+            None => (Key::Other, 2),
+        },
+        Some(_) => (Key::Other, 2),
+        None => (Key::Other, 1),
+    }
 }
 
 fn safe(s: &str) -> String {
@@ -462,6 +493,29 @@ mod tests {
                 Key::Other,
             ]
         );
+    }
+
+    /// Modified arrows, function keys and Alt-keys end in letters that are
+    /// decisions on their own: none of them decides anything.
+    #[test]
+    fn escape_sequences_never_decide() {
+        for seq in [
+            &b"\x1b[1;5A"[..], // Ctrl-Up ("A": always allow)
+            b"\x1b[1;2D",      // Shift-Left ("D": always deny)
+            b"\x1b[1;3A",      // Alt-Up
+            b"\x1ba",          // Alt-a
+            b"\x1bY",          // Alt-Shift-y
+            b"\x1bOS",         // F4
+            b"\x1b[24~",       // F12
+            b"\x1b[200~",      // bracketed paste start
+            b"\x1b[1;5",       // cut off by the read
+            b"\x1b",
+        ] {
+            let k = keys(seq);
+            assert!(k.iter().all(|k| *k == Key::Other), "{seq:?} -> {k:?}");
+        }
+        assert_eq!(keys(b"\x1bOA\x1bOBy"), vec![Key::Up, Key::Down, Key::Decide(true, Scope::Once)]);
+        assert_eq!(keys(b"\x1b[1;5\x03"), vec![Key::Other, Key::Quit]);
     }
 
     #[test]
