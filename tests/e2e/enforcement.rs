@@ -2,6 +2,7 @@
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, UdpSocket};
+use std::path::Path;
 use std::time::Duration;
 
 use crate::both;
@@ -437,3 +438,40 @@ both!(stdio_passes_through_untouched, |sb| {
     assert!(child.wait().unwrap().success());
     assert_eq!(out, msg);
 });
+
+/// What the host runs later is out of the python profile's reach: uv's tool
+/// installs (`~/.local/bin/TOOL` links into them) and the Pythons uv
+/// manages run unsandboxed. A warm `uvx` still takes the tools lock; uv's
+/// cache stays writable (README "Known limits").
+#[test]
+fn the_python_profile_keeps_what_the_host_runs_later_read_only() {
+    let sb = Sandbox::new("py-host-code", As::Caller);
+    let uv = sb.home.join(".local/share/uv");
+    let tool = uv.join("tools/ruff/bin/ruff");
+    let python = uv.join("python/cpython-3.12-linux/bin/python3.12");
+    for f in [&tool, &python, &uv.join("tools/.lock"), &sb.home.join(".cache/uv/.lock")] {
+        std::fs::create_dir_all(f.parent().unwrap()).unwrap();
+        std::fs::write(f, "").unwrap();
+    }
+    let p = |f: &Path| sb.path(f);
+    sb.probe(&["--profile", "python"], &["write", &p(&tool)]).expect("errno 13 EACCES");
+    sb.probe(&["--profile", "python"], &["write", &p(&python)]).expect("errno 13 EACCES");
+    sb.probe(&["--profile", "python"], &["create", &p(&uv.join("tools/ruff/bin/new"))]).expect("errno 13 EACCES");
+    sb.probe(&["--profile", "python"], &["read", &p(&tool)]).expect("ok");
+    sb.probe(&["--profile", "python"], &["write", &p(&uv.join("tools/.lock"))]).expect("ok");
+    sb.probe(&["--profile", "python"], &["write", &p(&sb.home.join(".cache/uv/.lock"))]).expect("ok");
+}
+
+/// `~/.npmrc` holds registry tokens: the node profile (and every npm
+/// server's) cannot read it; an offline npm does not need it.
+#[test]
+fn the_node_profile_does_not_read_npm_tokens() {
+    let sb = Sandbox::new("node-npmrc", As::Caller);
+    let npmrc = sb.home.join(".npmrc");
+    std::fs::write(&npmrc, "//registry.npmjs.org/:_authToken=npm_0123456789abcdef\n").unwrap();
+    let cache = sb.home.join(".npm/_cacache/index");
+    std::fs::create_dir_all(cache.parent().unwrap()).unwrap();
+    std::fs::write(&cache, "").unwrap();
+    sb.probe(&["--profile", "node"], &["read", &sb.path(&npmrc)]).expect("errno 13 EACCES");
+    sb.probe(&["--profile", "node"], &["read", &sb.path(&cache)]).expect("ok");
+}
