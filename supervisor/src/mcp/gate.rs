@@ -1262,6 +1262,25 @@ mod tests {
     }
 
     #[test]
+    fn a_carriage_return_never_hides_a_call_in_another_message() {
+        let (g, _rx) = gate("[mcp.tools]\ndeny = [\"bad\"]\n");
+        // To Python's universal newlines these are three lines, the middle
+        // one a call of a denied tool; to JSON, one ping.
+        let smuggled = b"{\"jsonrpc\":\"2.0\",\"id\":3,\"method\":\"ping\",\"params\":{\"x\":\r{\"jsonrpc\":\"2.0\",\"id\":3,\"method\":\"tools/call\",\"params\":{\"name\":\"bad\",\"arguments\":{}}}\r}}";
+        let routed = g.from_client(smuggled);
+        assert_eq!(routed.forward, Forward::Nothing);
+        let e = error_of(&routed);
+        assert_eq!((e["id"].clone(), e["error"]["code"].clone()), (json!(3), json!(code::PARSE_ERROR)));
+        // From the server too.
+        assert_eq!(g.from_server(b"{\"jsonrpc\":\"2.0\",\r\"method\":\"notifications/x\"}"), Forward::Nothing);
+        // Twin: the same ping without the CR goes through.
+        assert_eq!(
+            g.from_client(br#"{"jsonrpc":"2.0","id":4,"method":"ping","params":{"x":1}}"#).forward,
+            Forward::Same
+        );
+    }
+
+    #[test]
     fn malformed_duplicate_and_oversized_messages_get_errors() {
         let (g, rx) = gate("");
         let e = error_of(&g.from_client(b"{\"id\": 4, \"method\": tools/call}"));

@@ -56,6 +56,14 @@ pub enum Shape {
 }
 
 pub fn shape(line: &[u8]) -> Shape {
+    // JSON allows a CR as whitespace, and no serializer writes one; but a
+    // reader with universal newlines (Python's stdio, the MCP Python SDK's
+    // server) ends a line there. Let through, one message to us would be
+    // two to the server: a `ping` whose params hide a `tools/call` the gate
+    // never saw. (The frame's own CRLF ending is already gone.)
+    if line.contains(&b'\r') {
+        return Shape::Malformed("a carriage return inside a message".into());
+    }
     let first = line.iter().find(|b| !b.is_ascii_whitespace());
     match first {
         Some(b'{') => match serde_json::from_slice::<Peek>(line) {
