@@ -145,20 +145,21 @@ impl Gate {
         self.journal.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn tool_state<'a>(&self, st: &'a mut State, tool: &str) -> &'a mut ToolState {
+    /// A tool's state, made on first use. Nothing is ever forgotten to make
+    /// room (a forgotten entry loses its changed pin, its hints, its rate
+    /// bucket and its breaker, so a flood of names would reset them): past
+    /// [`MAX_TOOLS`] a new name gets None, and its calls are refused.
+    fn tool_state<'a>(&self, st: &'a mut State, tool: &str) -> Option<&'a mut ToolState> {
         if !st.tools.contains_key(tool) && st.tools.len() >= MAX_TOOLS {
-            // Forget the least useful entry rather than grow without bound.
-            if let Some(k) = st.tools.keys().next().cloned() {
-                st.tools.remove(&k);
-            }
+            return None;
         }
         let plan = &self.plan;
-        st.tools.entry(tool.to_string()).or_insert_with(|| ToolState {
+        Some(st.tools.entry(tool.to_string()).or_insert_with(|| ToolState {
             hints: None,
             pin: None,
             bucket: plan.rate(tool).map(|r| TokenBucket::new(r.burst, r.per_ms, Instant::now())),
             breaker: Breaker::new(plan.breaker_failures, Duration::from_millis(plan.breaker_cooldown_ms)),
-        })
+        }))
     }
 
     // ------------------------------------------------------------ client -> server
@@ -342,7 +343,7 @@ impl Gate {
 
         // 1. The profile's rules; a changed tool description turns allow into ask.
         let (decision, pin_changed) = {
-            let mut st = self.state();
+            let st = self.state();
             if st.pending.contains_key(&key) || st.asking.contains_key(&key) {
                 drop(st);
                 return Err(Some(error_response(
@@ -365,9 +366,10 @@ impl Gate {
                     None,
                 );
             }
-            let ts = self.tool_state(&mut st, tool);
-            let hints = ts.hints;
-            (self.plan.decide(tool, hints.as_ref()), ts.pin == Some(PinStatus::Changed))
+            // Looked up, not made: a denied name takes no room.
+            let ts = st.tools.get(tool);
+            let hints = ts.and_then(|t| t.hints);
+            (self.plan.decide(tool, hints.as_ref()), ts.is_some_and(|t| t.pin == Some(PinStatus::Changed)))
         };
         let category = decision.category;
         let mut verdict = decision.verdict;
@@ -467,7 +469,21 @@ impl Gate {
         let now = Instant::now();
         let limited = {
             let mut st = self.state();
-            let ts = self.tool_state(&mut st, tool);
+            let Some(ts) = self.tool_state(&mut st, tool) else {
+                drop(st);
+                return refusal(
+                    Refusal {
+                        code: code::INTERNAL_ERROR,
+                        message: format!(
+                            "portcullis: more than {MAX_TOOLS} tools are tracked for this server; `{tool}` is not one of them and is refused"
+                        ),
+                        decided_by: "gate".into(),
+                        rule: "tool limit".into(),
+                        retry_after: None,
+                    },
+                    category,
+                );
+            };
             match ts.bucket.as_mut().map(|b| b.take(now)) {
                 Some(Err(wait)) => Err(Refusal {
                     code: code::RATE_LIMITED,
@@ -656,7 +672,9 @@ impl Gate {
     fn finish_call(&self, call: &Call, status: &str, success: bool, redacted: usize) {
         {
             let mut st = self.state();
-            self.tool_state(&mut st, &call.tool).breaker.record(success, Instant::now());
+            if let Some(ts) = self.tool_state(&mut st, &call.tool) {
+                ts.breaker.record(success, Instant::now());
+            }
         }
         self.record(json!({
             "id": call.id, "tool": call.tool, "category": call.category.map(Category::as_str),
@@ -669,8 +687,18 @@ impl Gate {
     fn learn(&self, tools: &[Value]) {
         let mut st = self.state();
         let mut pinned_new = false;
+        let mut over = 0usize;
         for t in tools {
             let Some(name) = t.get("name").and_then(Value::as_str) else { continue };
+            // Past the limit a listed tool is not believed: no state, no pin
+            // (the pin file would grow with every list), and its calls are
+            // refused. Nothing already known is pushed out.
+            let room = st.tools.contains_key(name) || st.tools.len() < MAX_TOOLS;
+            let pin_room = !self.plan.pin || st.pins.knows(name) || st.pins.count() < MAX_TOOLS;
+            if !room || !pin_room {
+                over += 1;
+                continue;
+            }
             let hints = t.get("annotations").map(Hints::from_annotations);
             let status = if self.plan.pin {
                 let s = st.pins.check(name, &tool_hash(t));
@@ -679,7 +707,7 @@ impl Gate {
             } else {
                 None
             };
-            let ts = self.tool_state(&mut st, name);
+            let Some(ts) = self.tool_state(&mut st, name) else { continue };
             ts.hints = hints;
             if status == Some(PinStatus::Changed) && ts.pin != Some(PinStatus::Changed) {
                 // The name is the server's to choose: shown escaped.
@@ -692,6 +720,11 @@ impl Gate {
             if status.is_some() && ts.pin != Some(PinStatus::Changed) {
                 ts.pin = status;
             }
+        }
+        if over > 0 {
+            eprintln!(
+                "portcullis: mcp: the server lists more than {MAX_TOOLS} tools (or its pin file holds that many): {over} are not tracked and their calls are refused"
+            );
         }
         if pinned_new {
             if let Err(e) = st.pins.save() {
@@ -935,6 +968,44 @@ mod tests {
         assert!((29_000..=30_000).contains(&after), "{after}");
         // Other tools are not limited by it.
         assert_eq!(g.from_client(&call(10, "pong", json!({}))).forward, Forward::Same);
+    }
+
+    /// The gate keeps what it knows of a tool however many names it is
+    /// shown: a flood of names (denied ones from the client, answered ones,
+    /// or a huge list from the server) resets no rate bucket and no hint.
+    #[test]
+    fn a_flood_of_tool_names_never_resets_what_the_gate_knows() {
+        let (g, rx) = gate("[mcp.tools]\ndefault = \"deny\"\nallow = [\"good\"]\n[mcp.rate]\n\"good\" = \"1/min\"\n");
+        assert_eq!(g.from_client(&call(1, "good", json!({}))).forward, Forward::Same);
+        g.from_server(&result(1, "ok", false));
+        assert_eq!(error_of(&g.from_client(&call(2, "good", json!({}))))["error"]["code"], code::RATE_LIMITED);
+        for i in 0..(MAX_TOOLS as i64 + 2000) {
+            let e = error_of(&g.from_client(&call(100 + i, &format!("junk{i}"), json!({}))));
+            assert_eq!(e["error"]["code"], code::DENIED);
+            rx.try_iter().for_each(drop);
+        }
+        assert_eq!(error_of(&g.from_client(&call(3, "good", json!({}))))["error"]["code"], code::RATE_LIMITED);
+
+        let (g, rx) = gate("");
+        g.from_client(br#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#);
+        let mut tools = vec![
+            json!({"name":"wipe","description":"wipes","inputSchema":{"type":"object"},"annotations":{"destructiveHint":true}}),
+        ];
+        tools.extend((0..MAX_TOOLS + 5).map(|i| json!({"name": format!("t{i}"), "description": "x"})));
+        g.from_server(&serde_json::to_vec(&json!({"jsonrpc":"2.0","id":1,"result":{"tools": tools}})).unwrap());
+        assert_eq!(error_of(&g.from_client(&call(2, "wipe", json!({}))))["error"]["code"], code::NEEDS_APPROVAL);
+        // Listed past the limit: not believed, refused.
+        let e = error_of(&g.from_client(&call(3, &format!("t{}", MAX_TOOLS + 4), json!({}))));
+        assert!(e["error"]["message"].as_str().unwrap().contains("tools are tracked"), "{e}");
+        // Names never listed, answered one by one, take no room from it either.
+        for i in 0..2000 {
+            g.from_client(&call(10 + i, &format!("new{i}"), json!({})));
+            g.from_server(&result(10 + i, "ok", false));
+            rx.try_iter().for_each(drop);
+        }
+        assert_eq!(error_of(&g.from_client(&call(4, "wipe", json!({}))))["error"]["code"], code::NEEDS_APPROVAL);
+        // Twin: a listed tool within the limit still goes through.
+        assert_eq!(g.from_client(&call(5, "t7", json!({}))).forward, Forward::Same);
     }
 
     #[test]

@@ -85,6 +85,16 @@ impl PinStore {
         Ok(PinStore { path: Some(path), pins })
     }
 
+    /// Whether `tool` has a pin.
+    pub fn knows(&self, tool: &str) -> bool {
+        self.pins.contains_key(tool)
+    }
+
+    /// How many tools are pinned.
+    pub fn count(&self) -> usize {
+        self.pins.len()
+    }
+
     /// Compares `tool`'s hash with its pin; pins a new tool.
     pub fn check(&mut self, tool: &str, hash: &str) -> PinStatus {
         match self.pins.get(tool) {
