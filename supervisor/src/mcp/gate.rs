@@ -543,8 +543,18 @@ impl Gate {
     /// Routes one line from the server.
     pub fn from_server(&self, line: &[u8]) -> Forward {
         match shape(line) {
-            // The server's own requests and notifications: the client's to answer.
-            Shape::Object(peek) if peek.is_request() => Forward::Same,
+            // The server's own requests and notifications: the client's to
+            // answer, redacted like answers.
+            Shape::Object(peek) if peek.is_request() => {
+                if self.redactor.is_none() {
+                    return Forward::Same;
+                }
+                let Ok(mut msg) = serde_json::from_slice::<Value>(line) else { return Forward::Nothing };
+                match self.redact_params(&mut msg) {
+                    0 => Forward::Same,
+                    _ => Forward::Changed(serde_json::to_vec(&msg).unwrap_or_default()),
+                }
+            }
             Shape::Object(_) => {
                 let Ok(mut msg) = serde_json::from_slice::<Value>(line) else { return Forward::Nothing };
                 match self.response(&mut msg) {
@@ -562,6 +572,7 @@ impl Gate {
                 for mut item in items {
                     let present = |k: &str| item.get(k).is_some_and(|v| !v.is_null());
                     if present("method") && !present("result") && !present("error") {
+                        changed |= self.redact_params(&mut item) > 0;
                         keep.push(item);
                         continue;
                     }
@@ -662,9 +673,25 @@ impl Gate {
         }
     }
 
+    /// Redacts an answer: its result, or its error (message and data are
+    /// text the client's model reads as much as a result).
     fn redact_result(&self, msg: &mut Value) -> usize {
-        match (&self.redactor, msg.get_mut("result")) {
-            (Some(r), Some(result)) => r.redact(result),
+        let Some(r) = &self.redactor else { return 0 };
+        let mut n = 0;
+        for k in ["result", "error"] {
+            if let Some(v) = msg.get_mut(k) {
+                n += r.redact(v);
+            }
+        }
+        n
+    }
+
+    /// Redacts a request or notification the server sends the client
+    /// (`notifications/message` logs, `sampling/createMessage`, whose text
+    /// goes to the client's model): its params.
+    fn redact_params(&self, msg: &mut Value) -> usize {
+        match (&self.redactor, msg.get_mut("params")) {
+            (Some(r), Some(params)) => r.redact(params),
             _ => 0,
         }
     }
@@ -1006,6 +1033,43 @@ mod tests {
         assert_eq!(error_of(&g.from_client(&call(4, "wipe", json!({}))))["error"]["code"], code::NEEDS_APPROVAL);
         // Twin: a listed tool within the limit still goes through.
         assert_eq!(g.from_client(&call(5, "t7", json!({}))).forward, Forward::Same);
+    }
+
+    /// Everything the server sends the client is redacted, not only
+    /// results: errors of calls, and its own notifications and requests
+    /// (log messages, sampling requests whose text goes to the client's model).
+    #[test]
+    fn errors_and_the_servers_own_messages_are_redacted_too() {
+        let (g, rx) = gate("");
+        let gh = format!("ghp_{}", "a".repeat(36));
+        g.from_client(&call(1, "env", json!({})));
+        let err = json!({"jsonrpc":"2.0","id":1,"error":{"code":-32000,"message":format!("failed with {gh}"),
+            "data":{"key":"AKIAIOSFODNN7EXAMPLE"}}});
+        let Forward::Changed(out) = g.from_server(&serde_json::to_vec(&err).unwrap()) else { panic!("not redacted") };
+        let out = String::from_utf8(out).unwrap();
+        assert!(!out.contains(&gh) && !out.contains("AKIAIOSFODNN7EXAMPLE") && out.contains("failed with"), "{out}");
+        assert_eq!(rx.try_iter().last().unwrap()["redacted"], 2);
+        for m in [
+            json!({"jsonrpc":"2.0","method":"notifications/message","params":{"level":"info","data":format!("token {gh}")}}),
+            json!({"jsonrpc":"2.0","id":"s1","method":"sampling/createMessage",
+                   "params":{"messages":[{"role":"user","content":{"type":"text","text":format!("use {gh}")}}]}}),
+        ] {
+            let line = serde_json::to_vec(&m).unwrap();
+            let Forward::Changed(out) = g.from_server(&line) else { panic!("not redacted: {m}") };
+            assert!(!String::from_utf8(out).unwrap().contains(&gh));
+            // In a batch too.
+            let Forward::Changed(out) = g.from_server(&serde_json::to_vec(&json!([m])).unwrap()) else { panic!() };
+            assert!(!String::from_utf8(out).unwrap().contains(&gh));
+        }
+        // Twin: a clean notification passes as it is; with redaction off, everything does.
+        assert_eq!(
+            g.from_server(br#"{"jsonrpc":"2.0","method":"notifications/message","params":{"data":"hi"}}"#),
+            Forward::Same
+        );
+        let (g, _) = gate("[mcp]\nredact = false\n");
+        let m = serde_json::to_vec(&json!({"jsonrpc":"2.0","method":"notifications/message","params":{"data":gh}}))
+            .unwrap();
+        assert_eq!(g.from_server(&m), Forward::Same);
     }
 
     #[test]

@@ -77,10 +77,26 @@ impl Redactor {
             Value::Array(a) => a.iter_mut().map(|v| self.walk(v)).sum(),
             Value::Object(m) => {
                 let mut n = 0;
+                // Keys are text the client reads too: `{"ghp_...": 1}`.
+                let keyed: Vec<(String, String)> = m
+                    .keys()
+                    .filter_map(|k| redact_text(k).map(|(text, found)| (k.clone(), text, found)))
+                    .map(|(k, text, found)| {
+                        n += found;
+                        (k, text)
+                    })
+                    .collect();
+                for (old, new) in keyed {
+                    if let Some(v) = m.remove(&old) {
+                        m.insert(new, v);
+                    }
+                }
                 for (k, v) in m.iter_mut() {
+                    // A secret-named field loses its whole value, whatever
+                    // its shape: `{"password": ["hunter2"]}`.
                     let hides_something = !matches!(v, Value::Null | Value::Bool(_))
                         && !matches!(v, Value::String(s) if s.is_empty() || s == REDACTED);
-                    if hides_something && !v.is_object() && !v.is_array() && self.secret_field(k) {
+                    if hides_something && self.secret_field(k) {
                         *v = Value::String(REDACTED.into());
                         n += 1;
                     } else {
@@ -251,6 +267,23 @@ mod tests {
         // Nothing to redact: nothing changes.
         let mut clean = json!({"content": [{"type": "text", "text": "hello"}]});
         assert_eq!(r.redact(&mut clean), 0);
+    }
+
+    /// A secret-named field loses its whole value, whatever its shape, and
+    /// a key is text like any other.
+    #[test]
+    fn secret_fields_of_any_shape_and_secret_keys() {
+        let r = Redactor::new(&[]);
+        let gh = format!("ghp_{}", "a".repeat(36));
+        let mut v = json!({"password": ["hunter2"], "api_key": {"value": "s3cr3t"}, &gh: 1, "ok": {"list": [1]}});
+        assert_eq!(r.redact(&mut v), 3, "{v}");
+        assert_eq!(v["password"], REDACTED);
+        assert_eq!(v["api_key"], REDACTED);
+        assert_eq!(v[REDACTED], 1, "{v}");
+        assert!(
+            !v.to_string().contains("hunter2") && !v.to_string().contains("s3cr3t") && !v.to_string().contains(&gh)
+        );
+        assert_eq!(v["ok"], json!({"list": [1]}));
     }
 
     // The implementation before memmem (str::find), kept as the oracle of
