@@ -392,6 +392,19 @@ both!(environment_is_scrubbed, |sb| {
         assert!(env.contains(&kept), "{kept} missing: {env:?}");
     }
     assert!(env.iter().any(|l| l.starts_with("TMPDIR=")), "{env:?}");
+
+    // `--env '*'` passes everything else, but still no credential, no
+    // connection string and no loader or interpreter variable.
+    let mut c = sb.portcullis(&["run", "--env", "*", "--exec", PROBE, "--", PROBE, "env"]);
+    c.env("LD_PRELOAD", "/tmp/evil.so").env("NODE_OPTIONS", "--require /tmp/x.js").env("GLIBC_TUNABLES", "x");
+    c.env("DATABASE_URL", "postgres://u:hunter2@db/x").env("HTTPS_PROXY", "http://u:pw@proxy:3128");
+    c.env("GITHUB_TOKEN", "t1").env("RANDOM_THING", "r1");
+    let r = Run::from(c.output().unwrap());
+    let env: Vec<&str> = r.stdout.lines().collect();
+    for gone in ["LD_PRELOAD=", "NODE_OPTIONS=", "GLIBC_TUNABLES=", "DATABASE_URL=", "HTTPS_PROXY=", "GITHUB_TOKEN="] {
+        assert!(!env.iter().any(|l| l.starts_with(gone)), "{gone} passed '*': {env:?}");
+    }
+    assert!(env.contains(&"RANDOM_THING=r1"), "{env:?}");
 });
 
 both!(signals_and_abstract_sockets_do_not_leave_the_sandbox, |sb| {
