@@ -255,3 +255,32 @@ fn user_profiles_add_names() {
     let r = sb.run(&["run", "--profile", "mine", "--", "/bin/true"]);
     assert_eq!(r.code, 0, "{}", r.stderr);
 }
+
+/// A workspace that holds the home directory (or is `/`) would give the
+/// sandbox every start-up file in it: refused, whether named or the
+/// current directory by default. A project inside home is fine.
+#[test]
+fn a_workspace_that_holds_home_is_refused() {
+    let sb = Sandbox::new("ws-home", As::Caller);
+    let project = sb.home.join("project");
+    std::fs::create_dir_all(&project).unwrap();
+    for ws in [&sb.home, &sb.root] {
+        let r = sb.run(&["run", "--workspace", &sb.path(ws), "--exec", PROBE, "--", PROBE, "read", "/etc/hostname"]);
+        assert_eq!(r.code, 125, "{}", r.stderr);
+        assert!(r.stderr.contains("holds your home directory"), "{}", r.stderr);
+    }
+    let r = Run::from(
+        sb.portcullis(&["run", "--exec", PROBE, "--", PROBE, "read", "/etc/hostname"])
+            .current_dir(&sb.home)
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(r.code, 125, "{}", r.stderr);
+    assert!(r.stderr.contains("the default workspace"), "{}", r.stderr);
+    let r = sb.run(&["run", "--workspace", "/", "--exec", PROBE, "--", PROBE, "read", "/etc/hostname"]);
+    assert_eq!(r.code, 125, "{}", r.stderr);
+    assert!(r.stderr.contains("--workspace / holds"), "{}", r.stderr);
+    // Twin: a project under home runs.
+    let r = sb.run(&["run", "--workspace", &sb.path(&project), "--exec", PROBE, "--", PROBE, "read", "/etc/hostname"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+}

@@ -27,6 +27,23 @@ pub struct Session {
     pub audit: AuditPaths,
 }
 
+/// The workspace is read and written by the sandbox: one that holds the
+/// user's home (or is `/`) would hand it shell start-up files, `~/.ssh`,
+/// `~/.config/autostart` and the rest, where no deny list can be complete.
+fn refuse_home_as_workspace(workspace: &Path, home: &str, by_default: bool) -> Result<(), Failure> {
+    let home = std::fs::canonicalize(home).ok().filter(|h| h != Path::new("/"));
+    let holds_home = home.as_deref().is_some_and(|h| h.starts_with(workspace));
+    if workspace != Path::new("/") && !holds_home {
+        return Ok(());
+    }
+    let what = if holds_home { "your home directory" } else { "the whole filesystem" };
+    let whence = if by_default { " (the current directory, the default workspace)" } else { "" };
+    Err(Failure::setup(format!(
+        "--workspace {}{whence} holds {what}: the sandbox could write all of it; run from, or name with --workspace, a project directory",
+        workspace.display()
+    )))
+}
+
 impl Session {
     /// Loads and compiles the profile with the flags; creates `{tmp}`.
     pub fn open(args: &SandboxArgs) -> Result<Session, Failure> {
@@ -47,6 +64,7 @@ impl Session {
             return Err(Failure::setup(format!("--workspace {}: not a directory", workspace.display())));
         }
         let home = std::env::var("HOME").unwrap_or_else(|_| "/nonexistent".into());
+        refuse_home_as_workspace(&workspace, &home, args.workspace.is_none())?;
         crate::timing::mark("profile loaded");
         let tmp = sandbox::private_tmp(&features.runtime_root(), &id)?;
         let vars = policy::Vars { workspace: path_str(&workspace)?, home, tmp: path_str(&tmp)? };
