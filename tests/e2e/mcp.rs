@@ -809,3 +809,29 @@ fn wrap_never_writes_through_links_and_keeps_a_linked_config_linked() {
     assert!(std::fs::symlink_metadata(&link).unwrap().file_type().is_symlink());
     assert_eq!(std::fs::read_to_string(&real).unwrap(), sample, "unwrap restores byte for byte");
 }
+
+/// A grants file that does not parse stops an MCP run as it stops a gated
+/// one: its "always deny" answers must not silently stop applying. The
+/// profile here has no syscall gate, so only the MCP gate reads the file.
+#[test]
+fn an_unreadable_grants_file_stops_an_mcp_run() {
+    let sb = Sandbox::new("mcp-bad-grants", As::Caller);
+    let profile = sb.profile("plain.toml", "[filesystem]\nread = [\"/usr\", \"/etc\"]\n[mcp]\npin = false\n");
+    let grants = sb.root.join("grants.json");
+    let run = |sb: &Sandbox| {
+        let mut args = run_args(sb, &profile, &[]);
+        args.extend(["--exec".into(), PROBE.into(), "--".into(), PROBE.into(), "read".into(), "/etc/hostname".into()]);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        Run::from(
+            sb.portcullis(&args).env("PORTCULLIS_GRANTS", &grants).env("PORTCULLIS_BROKER", "off").output().unwrap(),
+        )
+    };
+    std::fs::write(&grants, "{bad").unwrap();
+    let r = run(&sb);
+    assert_eq!(r.code, 125, "{}", r.stderr);
+    assert!(r.stderr.contains("grants file does not parse"), "{}", r.stderr);
+    // Twin: a good file, and the run goes on.
+    std::fs::write(&grants, "{\"version\":1,\"grants\":[]}").unwrap();
+    let r = run(&sb);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+}

@@ -74,9 +74,15 @@ pub fn open(plan: &policy::Plan, evidence: &Evidence, session: &str, argv: &[Str
         profile: plan.profile.clone(),
         argv: argv.to_vec(),
         session: session.to_string(),
-        grants: crate::grants::path()
-            .and_then(|p| crate::grants::load(&p).map(|f| (p, policy::ask::Grants::for_profile(&f, &plan.profile))))
-            .ok(),
+        // A grants file that does not parse stops the launch, as it does
+        // for the syscall gate: its "always deny" answers must not be lost.
+        grants: match crate::grants::path() {
+            Ok(p) => {
+                let f = crate::grants::load(&p)?;
+                Some((p, policy::ask::Grants::for_profile(&f, &plan.profile)))
+            }
+            Err(_) => None,
+        },
         log,
         pins,
         ask_timeout: std::time::Duration::from_millis(plan.gate.default_timeout_ms),
