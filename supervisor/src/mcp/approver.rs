@@ -23,6 +23,10 @@ pub struct ApprovalRequest<'a> {
     pub arguments: &'a Value,
     /// The rule (or default) that asked, and why (e.g. the tool's description changed).
     pub rule: &'a str,
+    /// The tool's description or schema changed since it was pinned: an
+    /// earlier "allow" (for the session or always) was given to what it was
+    /// then, so only a fresh answer allows it. Earlier denials still hold.
+    pub changed: bool,
 }
 
 /// The answer, and who gave it (`user via terminal`, `broker`, `no-broker`...).
@@ -115,6 +119,7 @@ impl Approver for Broker {
     fn decide(&self, request: &ApprovalRequest<'_>) -> Approval {
         let remembered = self.remembered.lock().unwrap_or_else(|p| p.into_inner()).get(request.tool).cloned();
         match remembered {
+            Some((true, _)) if request.changed => {}
             Some((true, by)) => return Approval::Allow { by: format!("{by} (for this session)"), answer: None },
             Some((false, by)) => {
                 return Approval::Deny {
@@ -124,8 +129,11 @@ impl Approver for Broker {
             }
             None => {}
         }
-        if let Some((allow, id)) =
-            self.saved.as_ref().and_then(|(_, g)| g.lookup(policy::ask::Access::Tool, request.tool))
+        if let Some((allow, id)) = self
+            .saved
+            .as_ref()
+            .and_then(|(_, g)| g.lookup(policy::ask::Access::Tool, request.tool))
+            .filter(|(allow, _)| !(*allow && request.changed))
         {
             let by = format!("grant {id}");
             if allow {
@@ -217,6 +225,7 @@ mod tests {
             category: None,
             arguments: &args,
             rule: "ask.tools wipe",
+            changed: false,
         };
         match b.decide(&req) {
             Approval::Deny { by, reason } => {
@@ -225,5 +234,49 @@ mod tests {
             }
             a => panic!("{a:?}"),
         }
+    }
+
+    /// An "always allow" was given to the tool as it was described then: once
+    /// its description changed, only a fresh answer allows it (here none
+    /// comes: no broker, so deny). An "always deny" still holds.
+    #[test]
+    fn a_changed_tool_is_not_allowed_by_an_earlier_answer() {
+        let dir = std::env::temp_dir().join(format!("pc-approver-changed-{}", std::process::id()));
+        let grant = |tool: &str, allow: bool| policy::ask::Grant {
+            id: format!("g-{tool}"),
+            profile: "p".into(),
+            access: policy::ask::Access::Tool,
+            target: tool.into(),
+            allow,
+            scope: policy::ask::GrantScope::Always,
+            created: 0,
+            by: "cli".into(),
+        };
+        let file = policy::ask::GrantFile {
+            version: policy::ask::GRANT_FILE_VERSION,
+            grants: vec![grant("move_file", true), grant("wipe", false)],
+        };
+        let grants = policy::ask::Grants::for_profile(&file, "p");
+        let client = Client::with_options(Options { dir: Some(dir.clone()), start: None, tty: false, hints: false });
+        let b = Broker::with_client(client, "s".into(), 1).with_grants(dir.join("grants.json"), grants);
+        let args = serde_json::json!({});
+        let req = |tool, changed| ApprovalRequest {
+            profile: "p",
+            server: &[],
+            tool,
+            category: None,
+            arguments: &args,
+            rule: "r",
+            changed,
+        };
+        assert_eq!(
+            b.decide(&req("move_file", false)),
+            Approval::Allow { by: "grant g-move_file".into(), answer: None }
+        );
+        assert!(matches!(b.decide(&req("move_file", true)), Approval::Deny { by, .. } if by == "no-broker"));
+        assert!(matches!(b.decide(&req("wipe", true)), Approval::Deny { by, .. } if by == "grant g-wipe"));
+        // Answered "allow for this session" earlier: not for the changed tool either.
+        b.remembered.lock().unwrap().insert("move_file".into(), (true, "approvals".into()));
+        assert!(matches!(b.decide(&req("move_file", true)), Approval::Deny { by, .. } if by == "no-broker"));
     }
 }

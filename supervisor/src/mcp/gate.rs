@@ -320,6 +320,12 @@ impl Gate {
             return Err(None);
         };
         let Some(tool) = tool else {
+            // Every tools/call is recorded, refused ones included.
+            self.record(json!({
+                "id": id, "tool": Value::Null, "arguments": bounded(&arguments, 0), "verdict": "deny",
+                "decided_by": "gate", "reason": "tools/call without a string params.name", "status": "denied",
+                "duration_us": 0,
+            }));
             return Err(Some(error_response(
                 Some(id),
                 code::INVALID_PARAMS,
@@ -346,6 +352,11 @@ impl Gate {
             let st = self.state();
             if st.pending.contains_key(&key) || st.asking.contains_key(&key) {
                 drop(st);
+                self.record(json!({
+                    "id": id, "tool": tool, "arguments": bounded(&arguments, 0), "verdict": "deny",
+                    "decided_by": "gate", "reason": "a request with this id is still pending", "status": "denied",
+                    "duration_us": 0,
+                }));
                 return Err(Some(error_response(
                     Some(id),
                     code::INVALID_REQUEST,
@@ -401,6 +412,7 @@ impl Gate {
                     category,
                     arguments: &masked,
                     rule: &rule,
+                    changed: pin_changed,
                 };
                 // Until answered: a run that ends first still records the call.
                 let waiting = Call {
@@ -1422,6 +1434,11 @@ mod tests {
         assert_eq!((e["id"].clone(), e["error"]["code"].clone()), (json!(4), json!(code::PARSE_ERROR)));
         assert_eq!(g.from_client(&call(5, "t", json!({}))).forward, Forward::Same);
         assert_eq!(error_of(&g.from_client(&call(5, "t", json!({}))))["error"]["code"], code::INVALID_REQUEST);
+        // Refused calls are recorded too: a duplicate id, a call without a name.
+        assert_eq!(rx.try_iter().last().unwrap()["reason"], "a request with this id is still pending");
+        let nameless = br#"{"jsonrpc":"2.0","id":50,"method":"tools/call","params":{"arguments":{}}}"#;
+        assert_eq!(error_of(&g.from_client(nameless))["error"]["code"], code::INVALID_PARAMS);
+        assert_eq!(rx.try_iter().last().unwrap()["reason"], "tools/call without a string params.name");
         let e: Value =
             serde_json::from_slice(&g.client_too_large(br#"{"jsonrpc":"2.0","id":"big","method":"#, 1 << 30)).unwrap();
         assert_eq!((e["id"].clone(), e["error"]["code"].clone()), (json!("big"), json!(code::TOO_LARGE)));
