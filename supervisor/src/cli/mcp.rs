@@ -178,14 +178,19 @@ fn server_entries(root: &Span) -> Vec<(&str, &Span)> {
 
 /// The `portcullis run` flags for a server launched as `command args`.
 pub fn flags_for(command: &str, args: &[String], workspace: &Path) -> Vec<String> {
-    let has = |pkg: &str| args.iter().any(|a| a == pkg || a.starts_with(&format!("{pkg}@")));
-    let mut flags = vec!["run".to_string(), "--mcp".to_string(), "--profile".to_string()];
     let base = Path::new(command).file_name().and_then(|n| n.to_str()).unwrap_or(command);
+    // The package the launcher runs, not a name anywhere in the arguments:
+    // `node ./helper.js @modelcontextprotocol/server-filesystem ~/.config`
+    // runs helper.js, and must not be granted what the filesystem server's
+    // profile grants its directories.
+    let launched = launched_package(base, args);
+    let has = |pkg: &str| launched.is_some_and(|(p, _)| args[p] == pkg || args[p].starts_with(&format!("{pkg}@")));
+    let mut flags = vec!["run".to_string(), "--mcp".to_string(), "--profile".to_string()];
     if has("@modelcontextprotocol/server-filesystem") {
         flags.push("mcp-filesystem".into());
         // The directories the server is given become exactly the writable paths.
-        let pkg = args.iter().position(|a| a.starts_with("@modelcontextprotocol/server-filesystem")).unwrap_or(0);
-        for dir in args[pkg + 1..].iter().filter(|a| !a.starts_with('-')) {
+        let after = launched.map_or(args.len(), |(_, runs)| runs + 1);
+        for dir in args[after..].iter().filter(|a| !a.starts_with('-')) {
             flags.extend(["--write".into(), dir.clone()]);
         }
     } else if has("@modelcontextprotocol/server-memory") {
@@ -217,6 +222,51 @@ pub fn flags_for(command: &str, args: &[String], workspace: &Path) -> Vec<String
     }
     flags.extend(["--workspace".into(), workspace.display().to_string()]);
     flags
+}
+
+/// What `npx` or `uvx` (`uv tool run`, `uv x`) runs: the index of the
+/// argument naming the package (`-p PKG`, `--from PKG`, or the first
+/// argument that is not an option), and of the argument that runs (the
+/// package, or its command after `-p`/`--from`); the server's own
+/// arguments follow that one. None for any other launcher.
+fn launched_package(base: &str, args: &[String]) -> Option<(usize, usize)> {
+    const UV_VALUE: &[&str] = &["--from", "--with", "-w", "--python", "-p", "--index", "--index-url", "--cache-dir"];
+    let first = |n: usize| args.iter().take(n).map(String::as_str).collect::<Vec<_>>();
+    let (start, takes_value, names_package): (usize, &[&str], &[&str]) = match base {
+        "npx" => {
+            (0, &["-p", "--package", "-c", "--call", "--cache", "--userconfig", "--registry"], &["-p", "--package"])
+        }
+        "uvx" => (0, UV_VALUE, &["--from"]),
+        "uv" if first(1) == ["x"] => (1, UV_VALUE, &["--from"]),
+        "uv" if first(2) == ["tool", "run"] => (2, UV_VALUE, &["--from"]),
+        _ => return None,
+    };
+    let mut package = None;
+    let mut i = start;
+    while i < args.len() {
+        let a = args[i].as_str();
+        if a == "--" {
+            i += 1;
+            break;
+        }
+        if !a.starts_with('-') {
+            break;
+        }
+        // `--flag=value` is one argument; `--package=PKG` is not matched
+        // (the server then gets its launcher's generic profile).
+        if takes_value.contains(&a) {
+            if names_package.contains(&a) {
+                package = Some(i + 1);
+            }
+            i += 2;
+        } else {
+            i += 1;
+        }
+    }
+    if i >= args.len() {
+        return None;
+    }
+    Some((package.filter(|p| *p < args.len()).unwrap_or(i), i))
 }
 
 /// Where `{workspace}` points for servers of this config: the project for
@@ -505,6 +555,30 @@ mod tests {
     // `unwrap`; whatever they accept and change is still JSON wherever the
     // input was, every server with a command ends up wrapped, and unwrap
     // gives each one its own command and arguments back.
+    /// A server's profile comes from the package its launcher runs, never
+    /// from a package name elsewhere in its arguments (a project's config
+    /// could otherwise have any program granted the filesystem server's
+    /// writable directories).
+    #[test]
+    fn the_profile_follows_the_package_that_runs() {
+        let ws = Path::new("/p");
+        let f = |cmd: &str, args: &[&str]| {
+            let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+            flags_for(cmd, &args, ws)[3..].join(" ")
+        };
+        let fs = "@modelcontextprotocol/server-filesystem";
+        assert_eq!(f("node", &["./helper.js", fs, "/root/.config"]), "node --workspace /p");
+        assert_eq!(f("npx", &["-y", "other-pkg", fs, "/root/.config"]), "npx --workspace /p");
+        assert_eq!(f("/bin/sh", &["-c", "x", fs, "/root"]), "strict --exec /bin/sh --workspace /p");
+        assert_eq!(f("npx", &["-y", fs, "/data", "/w"]), "mcp-filesystem --write /data --write /w --workspace /p");
+        assert_eq!(f("npx", &["-y", &format!("{fs}@1.2.3"), "/data"]), "mcp-filesystem --write /data --workspace /p");
+        assert_eq!(f("npx", &["-p", fs, "mcp-server-filesystem", "/d"]), "mcp-filesystem --write /d --workspace /p");
+        assert_eq!(f("uvx", &["mcp-server-git", "--repository", "/r"]), "mcp-git --write /r --workspace /p");
+        assert_eq!(f("uvx", &["--from", "mcp-server-git", "mcp-server-git"]), "mcp-git --workspace /p");
+        assert_eq!(f("uv", &["tool", "run", "mcp-server-time"]), "mcp-time --workspace /p");
+        assert_eq!(f("uvx", &["evil", "mcp-server-git", "--repository", "/"]), "uvx --workspace /p");
+    }
+
     #[test]
     fn mutated_configs_never_panic_and_valid_ones_stay_valid() {
         let dir = std::env::temp_dir().join(format!("pc-wrap-garbage-{}", std::process::id()));
