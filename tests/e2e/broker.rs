@@ -282,14 +282,18 @@ fn deny_always_delivers_deny_with_scope_always() {
 fn identical_requests_of_a_session_share_one_answer() {
     let b = Broker::start("coalesce");
     let mut sup = b.connect();
-    let a = sup.submit(1, "s", "/x", "first", 60_000);
-    let c = sup.submit(2, "s", "/x", "second", 60_000);
+    let a = sup.submit(1, "s", "/x", "open(O_WRONLY|O_APPEND)", 60_000);
+    let c = sup.submit(2, "s", "/x", "open(O_WRONLY|O_APPEND)", 60_000);
     assert_eq!(c["coalesced"], true, "{c}");
     assert_eq!(a["id"], c["id"]);
-    let other = sup.submit(3, "other-session", "/x", "d", 60_000);
+    let other = sup.submit(3, "other-session", "/x", "open(O_WRONLY|O_APPEND)", 60_000);
     assert_eq!(other["coalesced"], false, "another session is asked on its own: {other}");
+    // The same target with other flags is another question: an answer
+    // covers only what the person was shown (O_RDWR also reads).
+    let wider = sup.submit(4, "s", "/x", "open(O_RDWR)", 60_000);
+    assert_eq!(wider["coalesced"], false, "{wider}");
     let list = b.pending();
-    assert_eq!(list.len(), 2);
+    assert_eq!(list.len(), 3);
     assert_eq!(list[0]["waiters"], 2);
     assert_eq!(b.cli(&["approve", a["id"].as_str().unwrap()]).code, 0);
     let mut reqs = vec![sup.recv()["req"].as_u64().unwrap(), sup.recv()["req"].as_u64().unwrap()];

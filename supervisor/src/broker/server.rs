@@ -357,9 +357,11 @@ struct Waiter {
     since: Instant,
 }
 
-/// Coalescing key: identical asks of one session on one connection.
-type Key = (u64, String, String, String);
-/// Targets longer than this are never coalesced (the key is kept in memory).
+/// Coalescing key: identical asks of one session on one connection: the
+/// same kind, target and detail (flags, arguments), so an answer only ever
+/// covers what the person was shown.
+type Key = (u64, String, String, String, String);
+/// Targets or details longer than this are never coalesced (the key is kept in memory).
 const MAX_KEY_TARGET: usize = 4096;
 
 struct Entry {
@@ -649,8 +651,8 @@ impl Shared {
         }
         let owned = c.owned;
         let subscribers = st.conns.values().filter(|c| c.subscribed).count();
-        let key =
-            (s.target.len() <= MAX_KEY_TARGET).then(|| (conn, s.session.clone(), s.kind.clone(), s.target.clone()));
+        let key = (s.target.len() <= MAX_KEY_TARGET && s.detail.len() <= MAX_KEY_TARGET)
+            .then(|| (conn, s.session.clone(), s.kind.clone(), s.target.clone(), s.detail.clone()));
         if let Some(seq) = key.as_ref().and_then(|k| st.by_key.get(k)).copied() {
             let (position, of) = position(st, seq);
             if let Some(e) = st.entries.get_mut(&seq) {

@@ -207,6 +207,15 @@ impl Op {
         }
     }
 
+    /// Which parked calls one answer covers: the same operation on the
+    /// same target with the same flags or arguments, i.e. what the person
+    /// was shown. Who allowed an open did not allow an unlink, an O_RDWR
+    /// open an O_WRONLY one, nor `kill(pid, 0)` a `kill(pid, SIGUSR1)`.
+    fn question(&self) -> String {
+        let access = self.access.iter().map(|a| a.as_str()).collect::<Vec<_>>().join("+");
+        format!("{}:{access}:{}:{}", self.kind, self.key(), self.detail())
+    }
+
     /// What the person and the log are shown.
     fn detail(&self) -> String {
         match &self.subject {
@@ -434,10 +443,7 @@ impl Shared {
     }
 
     fn park(self: &Arc<Self>, n: Notif, op: Op, d: policy::ask::Decision) {
-        // One answer covers only the same operation on the same target: a
-        // person who allowed an open did not allow an unlink.
-        let key =
-            format!("{}:{}:{}", op.kind, op.access.iter().map(|a| a.as_str()).collect::<Vec<_>>().join("+"), op.key());
+        let key = op.question();
         {
             let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
             if let Some(asked) = pending.get_mut(&key) {
@@ -1025,6 +1031,29 @@ fn dispatch(shared: &Arc<Shared>, n: Notif) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// One answer covers one question as shown: parked calls that differ in
+    /// flags or arguments are asked on their own.
+    #[test]
+    fn one_answer_covers_only_the_question_shown() {
+        let op = |kind: &'static str, access: Vec<Access>, subject: Option<Subject>, detail: &str| Op {
+            access,
+            targets: vec![("/ws/secret".into(), false)],
+            subject,
+            kind,
+            detail: detail.into(),
+            perform: Box::new(|_| Reply::Continue),
+        };
+        let kill = |sig: u64| op("syscall", vec![], Some(Subject::Syscall("kill".into(), [7, sig, 0, 0, 0, 0])), "");
+        assert_eq!(kill(0).question(), kill(0).question());
+        assert_ne!(kill(0).question(), kill(10).question());
+        let open = |flags: &str| op("open-write", vec![Access::Write], None, flags);
+        assert_eq!(open("open(/ws/secret, O_WRONLY)").question(), open("open(/ws/secret, O_WRONLY)").question());
+        assert_ne!(
+            open("open(/ws/secret, O_WRONLY|O_APPEND)").question(),
+            open("open(/ws/secret, O_WRONLY|O_TRUNC)").question()
+        );
+    }
 
     /// Rule paths resolve as the kernel resolves them: through symlinks
     /// and `..`, and a missing tail keeps its nearest existing ancestor's
