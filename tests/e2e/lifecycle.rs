@@ -73,3 +73,51 @@ both!(nothing_outlives_a_killed_supervisor, |sb| {
         std::thread::sleep(Duration::from_millis(20));
     }
 });
+
+/// A process's state letter (`T`: stopped), or None once it is gone.
+fn state(pid: i32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?.1.trim_start().chars().next()
+}
+
+/// Ctrl-Z (the terminal's SIGTSTP to portcullis) stops the whole sandbox,
+/// a setsid'd double-forked grandchild included, and portcullis after it;
+/// SIGCONT (`fg`) continues both. The sandbox has a session of its own, so
+/// without this it ran on, reading what the user typed into their shell.
+both!(ctrl_z_stops_the_whole_sandbox_and_fg_continues_it, |sb| {
+    let marker = format!("pc-jobctl-{}-{}", std::process::id(), sb.who as u8);
+    let (mut child, _out) = spawn_ready(sb, &["orphan", &marker]);
+    let sup = child.id() as i32;
+    let wait_for = |what: &str, ok: &dyn Fn() -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !ok() {
+            assert!(Instant::now() < deadline, "{what}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    // The sandbox's own: the probe and its grandchild (not portcullis, its
+    // relay and init, which carry the marker in their command line too).
+    let sandboxed = || {
+        processes_with(&marker)
+            .into_iter()
+            .filter(|p| {
+                let cmd = std::fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default();
+                cmd.split(|b| *b == 0).next() == Some(PROBE.as_bytes())
+            })
+            .collect::<Vec<_>>()
+    };
+    wait_for("the grandchild never started", &|| sandboxed().len() >= 2);
+    let inside = sandboxed();
+    // SAFETY: kill with plain integers.
+    unsafe { libc::kill(sup, libc::SIGTSTP) };
+    wait_for("portcullis did not stop", &|| state(sup) == Some('T'));
+    // Init stops them as the signal reaches it, a moment after.
+    wait_for("the sandbox runs on while portcullis is stopped", &|| inside.iter().all(|&p| state(p) == Some('T')));
+    // SAFETY: as above.
+    unsafe { libc::kill(sup, libc::SIGCONT) };
+    wait_for("portcullis did not continue", &|| state(sup) != Some('T'));
+    wait_for("the sandbox did not continue", &|| inside.iter().all(|&p| state(p) != Some('T')));
+    // SAFETY: as above.
+    unsafe { libc::kill(sup, libc::SIGTERM) };
+    child.wait().unwrap();
+});

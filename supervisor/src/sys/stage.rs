@@ -170,6 +170,21 @@ static FORWARD_TO: AtomicI32 = AtomicI32::new(0);
 const FORWARDED: [libc::c_int; 6] =
     [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT, libc::SIGUSR1, libc::SIGUSR2];
 
+/// Job control: the supervisor sends these down when Ctrl-Z stops it and
+/// `fg`/`bg` continues it. The relay passes them on; init turns them into
+/// SIGSTOP/SIGCONT for every process of the sandbox (its own session has no
+/// terminal, so nothing else would stop it, and a sandbox left running
+/// reads what the user types into their shell).
+const JOB_CONTROL: [libc::c_int; 2] = [libc::SIGTSTP, libc::SIGCONT];
+
+/// Init's handler for [`JOB_CONTROL`]: kill(-1) from a PID namespace's init
+/// reaches every other process in it.
+extern "C" fn stop_or_continue_all(sig: libc::c_int) {
+    let to = if sig == libc::SIGTSTP { libc::SIGSTOP } else { libc::SIGCONT };
+    // SAFETY: kill is async-signal-safe and takes plain integers.
+    unsafe { libc::kill(-1, to) };
+}
+
 extern "C" fn forward(sig: libc::c_int) {
     let pid = FORWARD_TO.load(Ordering::Relaxed);
     if pid > 0 {
@@ -466,9 +481,13 @@ impl Stage {
         // SAFETY: single-threaded child; handlers only call kill(2); fds are ours.
         unsafe {
             FORWARD_TO.store(child, Ordering::Relaxed);
-            for sig in FORWARDED {
+            // Init (in the sandbox's PID namespace) stops and continues all
+            // of it; the relay passes job control on like the rest.
+            let job: extern "C" fn(libc::c_int) = if reap_all { stop_or_continue_all } else { forward };
+            let handlers = FORWARDED.iter().map(|&s| (s, forward as extern "C" fn(libc::c_int)));
+            for (sig, handler) in handlers.chain(JOB_CONTROL.iter().map(|&s| (s, job))) {
                 let mut sa: libc::sigaction = std::mem::zeroed();
-                sa.sa_sigaction = forward as extern "C" fn(libc::c_int) as usize;
+                sa.sa_sigaction = handler as usize;
                 sa.sa_flags = libc::SA_RESTART;
                 libc::sigemptyset(&mut sa.sa_mask);
                 libc::sigaction(sig, &sa, std::ptr::null_mut());

@@ -16,6 +16,9 @@ pub const FORWARDED: [Signal; 6] =
 pub fn block_signals() -> nix::Result<SigSet> {
     let mut set = forwarded();
     set.add(Signal::SIGCHLD);
+    // Job control is ours to carry out (see `supervise`).
+    set.add(Signal::SIGTSTP);
+    set.add(Signal::SIGCONT);
     set.thread_block()?;
     Ok(set)
 }
@@ -36,6 +39,16 @@ pub fn supervise(child: u32, set: &SigSet) -> i32 {
         // the child's end within a second instead of hanging.
         match wait_timeout_ms(set, 1000) {
             Some(Signal::SIGCHLD) | None => {}
+            // Ctrl-Z: the sandbox has a session of its own, out of reach of
+            // the terminal's job control, and would go on running (reading
+            // what the user types into their shell). Stop it first (init
+            // stops all of it), then ourselves, as the shell expects; once
+            // continued, continue it.
+            Some(Signal::SIGTSTP) => {
+                let _ = kill(pid, Signal::SIGTSTP);
+                let _ = nix::sys::signal::raise(Signal::SIGSTOP);
+                let _ = kill(pid, Signal::SIGCONT);
+            }
             Some(sig) => {
                 let _ = kill(pid, sig);
             }
