@@ -181,8 +181,14 @@ const JOB_CONTROL: [libc::c_int; 2] = [libc::SIGTSTP, libc::SIGCONT];
 /// reaches every other process in it.
 extern "C" fn stop_or_continue_all(sig: libc::c_int) {
     let to = if sig == libc::SIGTSTP { libc::SIGSTOP } else { libc::SIGCONT };
-    // SAFETY: kill is async-signal-safe and takes plain integers.
-    unsafe { libc::kill(-1, to) };
+    // Only as PID 1 of the sandbox's namespace: anywhere else, kill(-1)
+    // would reach every process the user may signal on the host.
+    // SAFETY: getpid and kill are async-signal-safe and take plain integers.
+    unsafe {
+        if libc::getpid() == 1 {
+            libc::kill(-1, to);
+        }
+    }
 }
 
 extern "C" fn forward(sig: libc::c_int) {
