@@ -1417,3 +1417,73 @@ both!(o_path_opens_and_fifos_work_under_read_rules, |sb| {
     // And the read rule still holds beside them.
     probe_gate(sb, &p, &["read", &ws(sb, "ask.txt")]).expect("errno 13 EACCES");
 });
+
+/// With no broker, the supervisor asks on its terminal, which the sandbox
+/// may write to: it is stopped while the prompt is up, so what it writes
+/// cannot land after the prompt (and draw a question of its own over it),
+/// and goes on once answered. Under `script`, portcullis has a controlling
+/// terminal and is in its foreground; the sandbox prints SPAM every 20 ms.
+#[test]
+fn the_terminal_prompt_stops_the_sandbox_while_it_asks() {
+    use std::io::{Read, Write};
+    use std::process::{Command, Stdio};
+    use std::sync::{Arc, Mutex};
+    use std::time::{Duration, Instant};
+    let sb = Sandbox::new("tty-pause", As::Caller);
+    let profile = setup(&sb);
+    let script = sb.ws.join("spam.sh");
+    let asked = ws(&sb, "ask.txt");
+    std::fs::write(
+        &script,
+        format!("(while :; do echo SPAM; /bin/sleep 0.02; done) &\n/bin/sleep 0.3\n{PROBE} read {asked}\necho DONE\nkill $!\n"),
+    )
+    .unwrap();
+    let cmd = format!(
+        "{PORTCULLIS} run --profile {profile} --workspace {} --exec /bin/sh --exec /bin/sleep --exec {PROBE} -- /bin/sh {}",
+        sb.path(&sb.ws),
+        sb.path(&script)
+    );
+    let mut child = Command::new("script")
+        .args(["-qfec", &cmd, "/dev/null"])
+        .current_dir(&sb.ws)
+        .env("HOME", &sb.home)
+        .env("PORTCULLIS_BROKER", "off")
+        .env("PORTCULLIS_GRANTS", sb.root.join("state/grants.json"))
+        .env("PORTCULLIS_AUDIT_LOG", sb.root.join("state/audit.log"))
+        .env("PORTCULLIS_AUDIT_KEY", sb.root.join("state/audit.key"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let seen = Arc::new(Mutex::new(String::new()));
+    let mut out = child.stdout.take().unwrap();
+    let sink = seen.clone();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = out.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            sink.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    });
+    let wait_for = |what: &str, ok: &dyn Fn(&str) -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !ok(&seen.lock().unwrap()) {
+            assert!(Instant::now() < deadline, "{what}: {}", seen.lock().unwrap());
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    };
+    wait_for("no prompt", &|s| s.contains("approval needed") && s.contains("s left): "));
+    let at = seen.lock().unwrap().len();
+    std::thread::sleep(Duration::from_millis(500));
+    let after = seen.lock().unwrap()[at..].to_string();
+    assert!(!after.contains("SPAM"), "the sandbox wrote over the prompt: {after:?}");
+    child.stdin.as_mut().unwrap().write_all(b"n\n").unwrap();
+    // Twin: answered (no), the sandbox goes on: the read is refused, and
+    // the script ends (stopping its SPAM loop).
+    wait_for("the sandbox did not go on", &|s| s[at..].contains("EACCES") && s[at..].contains("DONE"));
+    let _ = child.kill();
+    let _ = child.wait();
+}

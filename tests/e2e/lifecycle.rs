@@ -80,10 +80,10 @@ fn state(pid: i32) -> Option<char> {
     stat.rsplit_once(')')?.1.trim_start().chars().next()
 }
 
-/// Ctrl-Z (the terminal's SIGTSTP to portcullis) stops the whole sandbox,
-/// a setsid'd double-forked grandchild included, and portcullis after it;
-/// SIGCONT (`fg`) continues both. The sandbox has a session of its own, so
-/// without this it ran on, reading what the user typed into their shell.
+// Ctrl-Z (the terminal's SIGTSTP to portcullis) stops the whole sandbox,
+// a setsid'd double-forked grandchild included, and portcullis after it;
+// SIGCONT (`fg`) continues both. The sandbox has a session of its own, so
+// without this it ran on, reading what the user typed into their shell.
 both!(ctrl_z_stops_the_whole_sandbox_and_fg_continues_it, |sb| {
     let marker = format!("pc-jobctl-{}-{}", std::process::id(), sb.who as u8);
     let (mut child, _out) = spawn_ready(sb, &["orphan", &marker]);

@@ -1,6 +1,9 @@
 //! The supervisor's own prompt on its controlling terminal, for when no
 //! broker can be reached. `portcullis run` puts the sandbox in a session of
-//! its own, so the sandboxed program cannot read or type on this terminal.
+//! its own, so the sandboxed program cannot type on this terminal (TIOCSTI
+//! needs it as controlling terminal, and is denied anyway); but it may hold
+//! the terminal as its stdio, so it is stopped while the prompt is up:
+//! nothing it writes lands after the prompt, and nothing typed goes to it.
 //!
 //! Line-based on purpose: the terminal stays in the mode the user's shell
 //! left it in, so nothing needs restoring if the supervisor is killed while
@@ -10,10 +13,13 @@
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::os::fd::AsFd;
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
 
 use super::{mask, AskAnswer, AskRequest, Scope};
 
@@ -27,6 +33,10 @@ pub fn prompt(req: &AskRequest, deadline: Instant, lock: &Mutex<()>) -> Option<A
         return None;
     }
     let _one_at_a_time = lock.lock().unwrap_or_else(|p| p.into_inner());
+    // The sandbox may write to this terminal (and read from it): stopped
+    // while we ask, it can neither draw a prompt of its own over ours nor
+    // take the answer typed here.
+    let _paused = Paused::start();
     let start = Instant::now();
     let _ = tty.write_all(render(req, deadline).as_bytes());
     loop {
@@ -53,6 +63,70 @@ pub fn prompt(req: &AskRequest, deadline: Instant, lock: &Mutex<()>) -> Option<A
             },
         }
     }
+}
+
+/// The sandbox's stage (its relay), once `run` has forked it: stopping
+/// it stops the whole sandbox (its init turns SIGTSTP into SIGSTOP for
+/// every process of the namespace), SIGCONT continues it.
+static SANDBOX: AtomicI32 = AtomicI32::new(0);
+
+/// Called by `run` with the stage's pid: prompts stop that sandbox.
+pub fn pause_while_asking(stage: u32) {
+    SANDBOX.store(i32::try_from(stage).unwrap_or(0), Ordering::Relaxed);
+}
+
+/// The sandbox stopped for as long as this lives.
+struct Paused(Pid);
+
+impl Paused {
+    fn start() -> Option<Paused> {
+        let stage = SANDBOX.load(Ordering::Relaxed);
+        if stage <= 0 {
+            return None;
+        }
+        let stage = Pid::from_raw(stage);
+        kill(stage, Signal::SIGTSTP).ok()?;
+        // The stop reaches the sandbox through the relay and init: draw the
+        // prompt once it has (a caller parked on this question cannot stop
+        // until it is answered, so this waits at most a moment).
+        let until = Instant::now() + Duration::from_millis(200);
+        while Instant::now() < until && !all_stopped(stage) {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        Some(Paused(stage))
+    }
+}
+
+impl Drop for Paused {
+    fn drop(&mut self) {
+        let _ = kill(self.0, Signal::SIGCONT);
+    }
+}
+
+/// The children of every thread of `pid`.
+fn children(pid: i32) -> Vec<i32> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return vec![] };
+    let mut out = Vec::new();
+    for t in tasks.flatten() {
+        if let Ok(s) = std::fs::read_to_string(t.path().join("children")) {
+            out.extend(s.split_whitespace().filter_map(|p| p.parse::<i32>().ok()));
+        }
+    }
+    out
+}
+
+/// Whether every process under the stage's init is stopped (or gone).
+fn all_stopped(stage: Pid) -> bool {
+    let mut stack: Vec<i32> = children(stage.as_raw()).into_iter().flat_map(children).collect();
+    while let Some(p) = stack.pop() {
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else { continue };
+        let state = stat.rsplit_once(')').and_then(|(_, r)| r.trim_start().chars().next());
+        if !matches!(state, Some('T') | Some('t') | None) {
+            return false;
+        }
+        stack.extend(children(p));
+    }
+    true
 }
 
 enum Input {

@@ -198,7 +198,11 @@ fn launch_with(
     };
     let Ready { mut evidence, watcher, syscall_gate, mcp_gate } = ready;
     let mut child = match spawned {
-        Ok(c) => c,
+        Ok(c) => {
+            // A prompt on the terminal stops this sandbox while it asks.
+            crate::broker::tty::pause_while_asking(c.id());
+            c
+        }
         Err(e) => {
             let f = spawn_failure(&report_rx, e, command, &program);
             evidence.refused(Kind::Exec, f.code, &f.message, json!({ "program": program }))?;
