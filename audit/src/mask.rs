@@ -201,13 +201,17 @@ pub fn mask_string(s: &str) -> Cow<'_, str> {
 /// Where a secret value that starts `s` ends: at whitespace, a quote or a
 /// shell separator (none of which tokens and keys contain).
 fn token_end(s: &str) -> usize {
-    s.find(|c: char| c.is_whitespace() || "\"'`;|&<>()".contains(c)).unwrap_or(s.len())
+    s.find(ends_token).unwrap_or(s.len())
+}
+
+fn ends_token(c: char) -> bool {
+    c.is_whitespace() || "\"'`;|&<>()".contains(c)
 }
 
 /// What follows a masked value, masked in its own right (its leading
 /// separators kept as they are).
 fn mask_rest(rest: &str) -> String {
-    let start = rest.len() - rest.trim_start_matches(|c: char| c.is_whitespace() || "\"'`;|&<>()".contains(c)).len();
+    let start = rest.len() - rest.trim_start_matches(ends_token).len();
     let (sep, tail) = rest.split_at(start);
     if tail.is_empty() {
         return rest.to_string();

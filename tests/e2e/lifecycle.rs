@@ -87,7 +87,9 @@ fn state(pid: i32) -> Option<char> {
 both!(ctrl_z_stops_the_whole_sandbox_and_fg_continues_it, |sb| {
     let marker = format!("pc-jobctl-{}-{}", std::process::id(), sb.who as u8);
     let (mut child, _out) = spawn_ready(sb, &["orphan", &marker]);
+    use nix::sys::signal::{kill, Signal};
     let sup = child.id() as i32;
+    let signal = |sig: Signal| kill(nix::unistd::Pid::from_raw(sup), sig).unwrap();
     let wait_for = |what: &str, ok: &dyn Fn() -> bool| {
         let deadline = Instant::now() + Duration::from_secs(5);
         while !ok() {
@@ -108,16 +110,13 @@ both!(ctrl_z_stops_the_whole_sandbox_and_fg_continues_it, |sb| {
     };
     wait_for("the grandchild never started", &|| sandboxed().len() >= 2);
     let inside = sandboxed();
-    // SAFETY: kill with plain integers.
-    unsafe { libc::kill(sup, libc::SIGTSTP) };
+    signal(Signal::SIGTSTP);
     wait_for("portcullis did not stop", &|| state(sup) == Some('T'));
     // Init stops them as the signal reaches it, a moment after.
     wait_for("the sandbox runs on while portcullis is stopped", &|| inside.iter().all(|&p| state(p) == Some('T')));
-    // SAFETY: as above.
-    unsafe { libc::kill(sup, libc::SIGCONT) };
+    signal(Signal::SIGCONT);
     wait_for("portcullis did not continue", &|| state(sup) != Some('T'));
     wait_for("the sandbox did not continue", &|| inside.iter().all(|&p| state(p) != Some('T')));
-    // SAFETY: as above.
-    unsafe { libc::kill(sup, libc::SIGTERM) };
+    signal(Signal::SIGTERM);
     child.wait().unwrap();
 });
