@@ -160,7 +160,8 @@ pub struct SandboxArgs {
     /// Profile name (built-in, user or system) or path to a .toml file.
     #[arg(long, default_value = "strict", value_name = "NAME|PATH")]
     pub profile: String,
-    /// The directory `{workspace}` means (default: the current directory).
+    /// The directory `{workspace}` means (default: the current directory; one
+    /// that holds your home directory, or `/`, is refused).
     #[arg(long, value_name = "DIR")]
     pub workspace: Option<PathBuf>,
     /// Also allow reading PATH (repeatable).
