@@ -1418,30 +1418,19 @@ both!(o_path_opens_and_fifos_work_under_read_rules, |sb| {
     probe_gate(sb, &p, &["read", &ws(sb, "ask.txt")]).expect("errno 13 EACCES");
 });
 
-/// With no broker, the supervisor asks on its terminal, which the sandbox
-/// may write to: it is stopped while the prompt is up, so what it writes
-/// cannot land after the prompt (and draw a question of its own over it),
-/// and goes on once answered. Under `script`, portcullis has a controlling
-/// terminal and is in its foreground; the sandbox prints SPAM every 20 ms.
-#[test]
-fn the_terminal_prompt_stops_the_sandbox_while_it_asks() {
-    use std::io::{Read, Write};
+/// `portcullis run` of `/bin/sh SCRIPT` under `script` (so portcullis has
+/// a controlling terminal and is in its foreground), with no broker: asks
+/// are put on that terminal. Returns the child and what it has printed.
+fn on_a_terminal(sb: &Sandbox, script: &str) -> (std::process::Child, std::sync::Arc<std::sync::Mutex<String>>) {
+    use std::io::Read;
     use std::process::{Command, Stdio};
-    use std::sync::{Arc, Mutex};
-    use std::time::{Duration, Instant};
-    let sb = Sandbox::new("tty-pause", As::Caller);
-    let profile = setup(&sb);
-    let script = sb.ws.join("spam.sh");
-    let asked = ws(&sb, "ask.txt");
-    std::fs::write(
-        &script,
-        format!("(while :; do echo SPAM; /bin/sleep 0.02; done) &\n/bin/sleep 0.3\n{PROBE} read {asked}\necho DONE\nkill $!\n"),
-    )
-    .unwrap();
+    let profile = setup(sb);
+    let file = sb.ws.join("script.sh");
+    std::fs::write(&file, script).unwrap();
     let cmd = format!(
         "{PORTCULLIS} run --profile {profile} --workspace {} --exec /bin/sh --exec /bin/sleep --exec {PROBE} -- /bin/sh {}",
         sb.path(&sb.ws),
-        sb.path(&script)
+        sb.path(&file)
     );
     let mut child = Command::new("script")
         .args(["-qfec", &cmd, "/dev/null"])
@@ -1456,7 +1445,7 @@ fn the_terminal_prompt_stops_the_sandbox_while_it_asks() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let seen = Arc::new(Mutex::new(String::new()));
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
     let mut out = child.stdout.take().unwrap();
     let sink = seen.clone();
     std::thread::spawn(move || {
@@ -1468,22 +1457,74 @@ fn the_terminal_prompt_stops_the_sandbox_while_it_asks() {
             sink.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
         }
     });
-    let wait_for = |what: &str, ok: &dyn Fn(&str) -> bool| {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !ok(&seen.lock().unwrap()) {
-            assert!(Instant::now() < deadline, "{what}: {}", seen.lock().unwrap());
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    };
-    wait_for("no prompt", &|s| s.contains("approval needed") && s.contains("s left): "));
+    (child, seen)
+}
+
+/// Waits (10 s at most) until what was printed satisfies `ok`.
+fn wait_for(seen: &std::sync::Mutex<String>, what: &str, ok: &dyn Fn(&str) -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !ok(&seen.lock().unwrap()) {
+        assert!(std::time::Instant::now() < deadline, "{what}: {}", seen.lock().unwrap());
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+const PROMPT_UP: &dyn Fn(&str) -> bool = &|s| s.contains("approval needed") && s.contains("s left): ");
+
+/// With no broker, the supervisor asks on its terminal, which the sandbox
+/// may write to: it is stopped while the prompt is up, so what it writes
+/// cannot land after the prompt (and draw a question of its own over it),
+/// and goes on once answered. The sandbox prints SPAM every 20 ms.
+#[test]
+fn the_terminal_prompt_stops_the_sandbox_while_it_asks() {
+    use std::io::Write;
+    let sb = Sandbox::new("tty-pause", As::Caller);
+    let asked = ws(&sb, "ask.txt");
+    let (mut child, seen) = on_a_terminal(
+        &sb,
+        &format!("(while :; do echo SPAM; /bin/sleep 0.02; done) &\n/bin/sleep 0.3\n{PROBE} read {asked}\necho DONE\nkill $!\n"),
+    );
+    wait_for(&seen, "no prompt", PROMPT_UP);
     let at = seen.lock().unwrap().len();
-    std::thread::sleep(Duration::from_millis(500));
+    // Past the time an answer needs to count (broker::tty::SETTLE).
+    std::thread::sleep(std::time::Duration::from_millis(1200));
     let after = seen.lock().unwrap()[at..].to_string();
     assert!(!after.contains("SPAM"), "the sandbox wrote over the prompt: {after:?}");
     child.stdin.as_mut().unwrap().write_all(b"n\n").unwrap();
     // Twin: answered (no), the sandbox goes on: the read is refused, and
     // the script ends (stopping its SPAM loop).
-    wait_for("the sandbox did not go on", &|s| s[at..].contains("EACCES") && s[at..].contains("DONE"));
+    wait_for(&seen, "the sandbox did not go on", &|s| {
+        s[at..].contains("denied (once)") && s[at..].contains("EACCES") && s[at..].contains("DONE")
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// A key typed before a question appears, or at once after (meant for the
+/// question before, which timed out as the person typed: the sandbox
+/// chooses when its questions come), does not answer it. Only what is
+/// typed once it could be read does.
+#[test]
+fn a_typed_ahead_or_hasty_answer_never_answers_the_terminal_prompt() {
+    use std::io::Write;
+    let sb = Sandbox::new("tty-hasty", As::Caller);
+    let asked = ws(&sb, "ask.txt");
+    let (mut child, seen) = on_a_terminal(&sb, &format!("/bin/sleep 0.5\n{PROBE} read {asked}\necho DONE\n"));
+    let mut keys = child.stdin.take().unwrap();
+    keys.write_all(b"a\n").unwrap();
+    wait_for(&seen, "no prompt", PROMPT_UP);
+    let at = seen.lock().unwrap().len();
+    keys.write_all(b"a\n").unwrap();
+    wait_for(&seen, "the hasty answer was not refused", &|s| s[at..].contains("answer ignored"));
+    std::thread::sleep(std::time::Duration::from_millis(1200));
+    keys.write_all(b"n\n").unwrap();
+    wait_for(&seen, "the sandbox did not go on", &|s| s[at..].contains("DONE"));
+    let s = seen.lock().unwrap().clone();
+    assert!(!s.contains("allowed ("), "an early key answered: {s}");
+    // The typed-ahead key was dropped unread; only the hasty one was refused.
+    assert_eq!(s.matches("answer ignored").count(), 1, "{s}");
+    assert!(s[at..].contains("denied (once)") && s[at..].contains("EACCES"), "{s}");
+    assert!(!sb.root.join("state/grants.json").exists(), "an always answer was saved");
     let _ = child.kill();
     let _ = child.wait();
 }

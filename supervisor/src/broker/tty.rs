@@ -38,7 +38,11 @@ pub fn prompt(req: &AskRequest, deadline: Instant, lock: &Mutex<()>) -> Option<A
     // take the answer typed here.
     let _paused = Paused::start();
     let start = Instant::now();
+    // Typed ahead, it was meant for an earlier question (or none): only
+    // what is typed once this one is up can answer it.
+    let _ = nix::sys::termios::tcflush(tty.as_fd(), nix::sys::termios::FlushArg::TCIFLUSH);
     let _ = tty.write_all(render(req, deadline).as_bytes());
+    let shown = Instant::now();
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
@@ -52,6 +56,12 @@ pub fn prompt(req: &AskRequest, deadline: Instant, lock: &Mutex<()>) -> Option<A
                 return Some(AskAnswer::deny("tty", "the terminal closed before an answer", start.elapsed()));
             }
             Input::Text(t) => match parse_key(&t) {
+                // Too soon to have read this question: meant for the one before.
+                Some(_) if shown.elapsed() < SETTLE => {
+                    let _ = tty.write_all(
+                        b"  (answer ignored: given before this question could be read; read it, then answer): ",
+                    );
+                }
                 Some((allow, scope)) => {
                     let word = if allow { "allowed" } else { "denied" };
                     let _ = writeln!(tty, "portcullis: {word} ({})", scope.as_str());
@@ -64,6 +74,12 @@ pub fn prompt(req: &AskRequest, deadline: Instant, lock: &Mutex<()>) -> Option<A
         }
     }
 }
+
+/// An answer typed sooner than this after a question appears is not taken:
+/// a key meant for the question before (which timed out, or was answered
+/// elsewhere, as the person typed) must not answer the one that replaced
+/// it. The sandbox chooses when its questions come.
+pub const SETTLE: Duration = Duration::from_millis(1000);
 
 /// The sandbox's stage (its relay), once `run` has forked it: stopping
 /// it stops the whole sandbox (its init turns SIGTSTP into SIGSTOP for

@@ -14,6 +14,7 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use crate::broker::client::LinkError;
 use crate::broker::protocol::{Answer, FromBroker, ToBroker, View};
 use crate::broker::server::{self, Started};
+use crate::broker::tty::SETTLE;
 use crate::broker::{socket, Link, Scope};
 use crate::exit::Failure;
 
@@ -195,6 +196,9 @@ struct Queue {
     items: Vec<Item>,
     selected: usize,
     status: String,
+    /// The request under the cursor, and since when it has been there
+    /// (answerable at once when the person moved the cursor to it).
+    under: Option<(String, Instant)>,
 }
 
 impl Queue {
@@ -213,6 +217,37 @@ impl Queue {
             _ => {}
         }
         self.selected = self.selected.min(self.items.len().saturating_sub(1));
+        self.settle(Instant::now(), false);
+    }
+
+    /// Moves the cursor by `by` (the person's own move).
+    fn step(&mut self, by: isize, now: Instant) {
+        let last = self.items.len().saturating_sub(1);
+        self.selected = self.selected.saturating_add_signed(by).min(last);
+        self.settle(now, true);
+    }
+
+    /// Notes when the request under the cursor changed.
+    fn settle(&mut self, now: Instant, moved: bool) {
+        let id = self.items.get(self.selected).map(|i| i.view.id.clone());
+        if self.under.as_ref().map(|(u, _)| u) != id.as_ref() {
+            let since = if moved { now.checked_sub(SETTLE).unwrap_or(now) } else { now };
+            self.under = id.map(|i| (i, since));
+        }
+    }
+
+    /// The request a decision key answers now: none while the one under
+    /// the cursor has just taken the place of another by itself (that
+    /// one resolved, or was withdrawn, as the person typed).
+    fn answerable(&self, now: Instant) -> Result<&Item, String> {
+        let Some(it) = self.items.get(self.selected) else { return Err("nothing pending to answer".into()) };
+        match &self.under {
+            Some((id, since)) if *id == it.view.id && now.saturating_duration_since(*since) >= SETTLE => Ok(it),
+            _ => Err(format!(
+                "not answered: request {} has just come under the cursor; read it, then answer",
+                it.view.id
+            )),
+        }
     }
 
     fn add(&mut self, v: View) {
@@ -432,10 +467,16 @@ fn interactive() -> Result<i32, Failure> {
             dirty = true;
             match k {
                 Key::Quit => return Ok(0),
-                Key::Up => q.selected = q.selected.saturating_sub(1),
-                Key::Down => q.selected = (q.selected + 1).min(q.items.len().saturating_sub(1)),
+                Key::Up => q.step(-1, Instant::now()),
+                Key::Down => q.step(1, Instant::now()),
                 Key::Decide(allow, scope) => {
-                    let Some(it) = q.items.get(q.selected) else { continue };
+                    let it = match q.answerable(Instant::now()) {
+                        Ok(it) => it,
+                        Err(why) => {
+                            q.status = why;
+                            continue;
+                        }
+                    };
                     let a = Answer { id: it.view.id.clone(), allow, scope, by: "approvals".into() };
                     let sent = writer.as_mut().map(|w| w.write_all(ToBroker::Answer(a).encode().as_bytes()));
                     if !matches!(sent, Some(Ok(()))) {
@@ -539,5 +580,40 @@ mod tests {
         assert_eq!(q.items.len(), 1);
         assert_eq!(q.selected, 0);
         assert!(q.status.contains("allowed (session) by cli"), "{}", q.status);
+    }
+
+    /// The person reads the request under the cursor; it resolves (timed
+    /// out, withdrawn by the sandbox, answered elsewhere) just as they
+    /// type: the key must not answer the request that slid into its place.
+    #[test]
+    fn a_key_never_answers_a_request_that_just_slid_under_the_cursor() {
+        use crate::broker::protocol::{Added, Resolved};
+        let mut q = Queue::default();
+        q.apply(FromBroker::Added(Added { request: view("aaaaaaaa", "read") }));
+        q.apply(FromBroker::Added(Added { request: view("bbbbbbbb", "credential") }));
+        let read_a = Instant::now() + SETTLE;
+        assert_eq!(q.answerable(read_a).map(|i| i.view.id.as_str()), Ok("aaaaaaaa"));
+        q.apply(FromBroker::Resolved(Resolved {
+            id: "aaaaaaaa".into(),
+            allow: false,
+            scope: Scope::Once,
+            by: "timeout".into(),
+            reason: None,
+        }));
+        // The key, typed a moment later, was meant for aaaaaaaa.
+        let typed = Instant::now() + Duration::from_millis(50);
+        let refused = q.answerable(typed).map(|i| i.view.id.clone());
+        assert!(refused.as_ref().is_err_and(|why| why.contains("bbbbbbbb")), "{refused:?}");
+        // Twin: once it has been on screen long enough, it is answerable.
+        let later = Instant::now() + SETTLE + Duration::from_millis(10);
+        assert_eq!(q.answerable(later).map(|i| i.view.id.as_str()), Ok("bbbbbbbb"));
+        // The person's own move makes the request answerable at once.
+        q.apply(FromBroker::Added(Added { request: view("cccccccc", "read") }));
+        q.step(1, Instant::now());
+        assert_eq!(q.answerable(Instant::now()).map(|i| i.view.id.as_str()), Ok("cccccccc"));
+        // A first request, arriving on an empty queue, waits too.
+        let mut q = Queue::default();
+        q.apply(FromBroker::Added(Added { request: view("dddddddd", "read") }));
+        assert!(q.answerable(Instant::now()).is_err());
     }
 }
