@@ -33,6 +33,8 @@ pub enum ChainError {
     BadSegment(String),
     #[error("a `segment` record at seq 0 (the first record of a log must be its `header`)")]
     SegmentFirst,
+    #[error("seq {0} is the last there can be: no record may follow it")]
+    SeqOverflow(u64),
 }
 
 /// A key and the first seq it signs.
@@ -79,6 +81,7 @@ impl Chain {
         if rec.seq != self.next_seq {
             return Err(ChainError::SeqGap { expected: self.next_seq, found: rec.seq });
         }
+        let next = rec.seq.checked_add(1).ok_or(ChainError::SeqOverflow(rec.seq))?;
         if rec.prev != self.last_hash {
             // For seq 0 the expected prev is the zero hash.
             return Err(ChainError::PrevMismatch(rec.seq.saturating_sub(1)));
@@ -107,7 +110,7 @@ impl Chain {
             }
             _ => {}
         }
-        self.next_seq += 1;
+        self.next_seq = next;
         self.last_hash = rec.hash;
         self.frontier.push(merkle::leaf_hash(line));
         Ok(())

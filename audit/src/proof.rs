@@ -87,8 +87,10 @@ fn nth_line(log_path: &Path, seq: u64) -> Result<String, VerifyError> {
 impl InclusionReceipt {
     /// Checks the receipt on its own: the checkpoint is signed by `vk`, the
     /// line parses, has the claimed seq and hashes to the leaf, and the path
-    /// leads from the leaf to the checkpoint's root. (The record's own
-    /// signature is also checked, against `vk`.)
+    /// leads from the leaf to the checkpoint's root. The record's own
+    /// signature is not checked here (the key in force at its seq may not
+    /// be `vk`): the checkpoint, signed by `vk`, covers the whole line,
+    /// signature included, through the root; verifying the log checks it.
     pub fn verify(&self, vk: &VerifyingKey) -> Result<(), ProveError> {
         let cp = Checkpoint::verify_note(&self.checkpoint, None, vk)?;
         if cp.size != self.tree_size || cp.root != self.root {

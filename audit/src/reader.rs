@@ -51,15 +51,15 @@ impl Drop for SharedLock {
 }
 
 /// Every file of a log, oldest first: the rotated segments present
-/// (`<log>.<first seq>`, docs/AUDIT.md §12) and then the live file, each
-/// opened with its length fixed in one snapshot under the shared lock, so a
-/// rotation happening meanwhile is seen entirely or not at all.
+/// (`<log>.<first seq>`, docs/AUDIT.md §12) and then the live file, listed
+/// and opened with its length fixed in one snapshot under the shared lock,
+/// so a rotation happening meanwhile is seen entirely or not at all. A
+/// rotated segment never changes again, so each is opened only when it is
+/// read: a log of thousands of segments holds one file open at a time.
 pub fn open_all(log: &Path) -> Result<Vec<LineReader>, VerifyError> {
     let _guard = SharedLock::take(log);
-    let mut out = Vec::new();
-    for (_, path) in crate::segment::list(log)? {
-        out.push(LineReader::open_unlocked(&path)?);
-    }
+    let mut out: Vec<LineReader> =
+        crate::segment::list(log)?.into_iter().map(|(_, path)| LineReader::deferred(&path)).collect();
     out.push(LineReader::open_unlocked(log)?);
     Ok(out)
 }
@@ -67,7 +67,8 @@ pub fn open_all(log: &Path) -> Result<Vec<LineReader>, VerifyError> {
 /// Reads lines up to a length fixed at open time.
 pub struct LineReader {
     path: PathBuf,
-    inner: BufReader<std::io::Take<File>>,
+    /// None until the first read of a deferred reader.
+    inner: Option<BufReader<std::io::Take<File>>>,
     offset: u64,
     line: u64,
 }
@@ -86,14 +87,14 @@ impl LineReader {
     }
 
     fn open_unlocked(path: &Path) -> Result<LineReader, VerifyError> {
-        let file = storage::open_read(path)?;
-        let len = file.metadata().map_err(|e| StorageError::io("stat", path, e))?.len();
-        Ok(LineReader {
-            path: path.to_path_buf(),
-            inner: BufReader::with_capacity(1 << 16, file.take(len)),
-            offset: 0,
-            line: 0,
-        })
+        let mut r = LineReader::deferred(path);
+        opened(&r.path, &mut r.inner)?;
+        Ok(r)
+    }
+
+    /// A reader that opens `path` at its first read.
+    fn deferred(path: &Path) -> LineReader {
+        LineReader { path: path.to_path_buf(), inner: None, offset: 0, line: 0 }
     }
 
     /// Lines read so far.
@@ -112,7 +113,7 @@ impl LineReader {
 
     pub fn next_line(&mut self) -> Result<Option<RawLine>, VerifyError> {
         let mut buf = Vec::new();
-        let n = (&mut self.inner)
+        let n = opened(&self.path, &mut self.inner)?
             .take(MAX_LINE as u64 + 2)
             .read_until(b'\n', &mut buf)
             .map_err(|e| StorageError::io("read", &self.path, e))?;
@@ -136,6 +137,22 @@ impl LineReader {
         // Bytes without a newline can only be the end of the snapshot.
         Ok(Some(RawLine::Torn { offset: start, bytes: n as u64 }))
     }
+}
+
+/// `inner`, opening `path` (never through a symlink, its length fixed now) if it is not yet.
+fn opened<'a>(
+    path: &Path,
+    inner: &'a mut Option<BufReader<std::io::Take<File>>>,
+) -> Result<&'a mut BufReader<std::io::Take<File>>, VerifyError> {
+    let reader = match inner.take() {
+        Some(r) => r,
+        None => {
+            let file = storage::open_read(path)?;
+            let len = file.metadata().map_err(|e| StorageError::io("stat", path, e))?.len();
+            BufReader::with_capacity(1 << 16, file.take(len))
+        }
+    };
+    Ok(inner.insert(reader))
 }
 
 /// Parsed records of a log, in seq order across its rotated segments and

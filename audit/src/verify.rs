@@ -48,6 +48,8 @@ pub enum History {
 /// What a successful verification established.
 #[derive(Clone, Debug)]
 pub struct Report {
+    /// The size of the history: the seq after the last record (archived
+    /// records included, under [`History::Retained`]).
     pub records: u64,
     pub origin: String,
     /// Root of the Merkle tree over all records.

@@ -107,6 +107,9 @@ pub enum AuditCmd {
         /// The checkpoint to prove against (default: <LOG>.checkpoint).
         #[arg(long, value_name = "FILE")]
         checkpoint: Option<PathBuf>,
+        /// Require the log to be signed under this public key (base64, or a .pub file).
+        #[arg(long, value_name = "KEY|FILE")]
+        pubkey: Option<String>,
         #[command(flatten)]
         paths: PathArgs,
     },
@@ -194,7 +197,7 @@ pub fn audit(cmd: AuditCmd) -> Result<i32, Failure> {
         AuditCmd::Export { format, paths } => export(&paths.log()?, format),
         AuditCmd::Key { cmd: KeyCmd::Show { paths } } => key_show(&paths),
         AuditCmd::Key { cmd: KeyCmd::Rotate { paths } } => key_rotate(&paths),
-        AuditCmd::Prove { seq, checkpoint, paths } => prove(&paths, seq, checkpoint),
+        AuditCmd::Prove { seq, checkpoint, pubkey, paths } => prove(&paths, seq, checkpoint, pubkey),
     }
 }
 
@@ -245,8 +248,10 @@ fn verify(
     let history = if retained { audit::History::Retained } else { audit::History::Complete };
     match audit::verify_history(&log, &opts, history) {
         Ok(r) => {
-            let last = (r.first_seq + r.records).saturating_sub(1);
-            say!("ok: {} records, seq {}..={last} verified ({})", r.records, r.first_seq, log.display());
+            // `records` is the history's size; archived records are not counted.
+            let present = r.records.saturating_sub(r.first_seq);
+            let last = r.records.saturating_sub(1);
+            say!("ok: {present} records, seq {}..={last} verified ({})", r.first_seq, log.display());
             if r.files.len() > 1 {
                 say!("  files       {} (rotated by size; oldest first)", r.files.len());
             }
@@ -375,7 +380,8 @@ fn show(log: &Path, seq: u64) -> Result<i32, Failure> {
 }
 
 fn tail(log: &Path, follow: bool, n: usize) -> Result<i32, Failure> {
-    let mut last: std::collections::VecDeque<Record> = std::collections::VecDeque::with_capacity(n + 1);
+    // Grows with what the log holds, not with what was asked for.
+    let mut last: std::collections::VecDeque<Record> = std::collections::VecDeque::new();
     each_record(log, |r| {
         last.push_back(r);
         if last.len() > n {
@@ -597,17 +603,24 @@ fn key_rotate(paths: &PathArgs) -> Result<i32, Failure> {
     Ok(0)
 }
 
-fn prove(paths: &PathArgs, seq: u64, checkpoint: Option<PathBuf>) -> Result<i32, Failure> {
+fn prove(paths: &PathArgs, seq: u64, checkpoint: Option<PathBuf>, pubkey: Option<String>) -> Result<i32, Failure> {
     let log = paths.log()?;
     let cp_path = checkpoint.unwrap_or_else(|| location::checkpoint_path(&log));
-    // The whole log is verified against the checkpoint first: a proof out of
-    // a log that does not verify would prove nothing.
-    let opts = VerifyOptions { checkpoint: Some(cp_path.clone()), ..VerifyOptions::default() };
+    let note = std::fs::read_to_string(&cp_path).map_err(|e| setup(format!("{}: {e}", cp_path.display())))?;
+    // The whole log is verified against the checkpoint first, under the
+    // same trust anchor as `verify`: a proof out of a log that does not
+    // verify, or that anyone's key could have signed, would prove nothing.
+    let trusted = trusted_key(pubkey, paths, &log)?;
+    let opts =
+        VerifyOptions { checkpoint: Some(cp_path.clone()), trusted_key: trusted.as_ref().map(|t| t.0), strict: false };
     let report = audit::verify_with(&log, &opts).map_err(|e| {
         let s = e.first_bad_seq().map(|s| format!(" (first bad seq {s})")).unwrap_or_default();
         failed(format!("audit log {} does not verify{s}: {}", log.display(), display_safe(&e.to_string())))
     })?;
-    let note = std::fs::read_to_string(&cp_path).map_err(|e| setup(format!("{}: {e}", cp_path.display())))?;
+    // The note the proof is built on is the one verified.
+    if std::fs::read_to_string(&cp_path).ok().as_deref() != Some(note.as_str()) {
+        return Err(failed(format!("{} changed while the log was verified against it", cp_path.display())));
+    }
     let receipt = audit::prove_inclusion(&log, seq, &note).map_err(|e| failed(e.to_string()))?;
     let size = receipt.tree_size;
     let vk = report
@@ -620,6 +633,10 @@ fn prove(paths: &PathArgs, seq: u64, checkpoint: Option<PathBuf>) -> Result<i32,
     receipt.verify(&vk).map_err(|e| failed(format!("proof does not verify: {e}")))?;
     say!("{}", audit::canon::encode_pretty(&receipt.to_json()));
     say!("verified: seq {seq} is leaf {seq} of the {size}-record tree in {}", cp_path.display());
+    match &trusted {
+        Some((k, from)) => say!("  trusted key {} (from {})", key::fingerprint(k), display_safe(from)),
+        None => say!("  trusted key none: signatures are only self-consistent (pass --pubkey or --key to pin one)"),
+    }
     Ok(0)
 }
 
@@ -679,6 +696,25 @@ mod tests {
         let err = audit(verify_cmd(&t)).unwrap_err();
         assert_eq!(err.code, VERIFY_FAILED);
         assert!(err.message.contains("first bad seq 2"), "{}", err.message);
+    }
+
+    /// `prove` holds the log to the key `verify` would: a log and
+    /// checkpoint forged whole under another key prove nothing.
+    #[test]
+    fn prove_pins_the_key_like_verify() {
+        let t = tmp("prove");
+        write_sample(&t);
+        let prove = |t: &Tmp| AuditCmd::Prove { seq: 1, checkpoint: None, pubkey: None, paths: paths(t) };
+        assert_eq!(audit(prove(&t)).unwrap(), 0);
+        // The same history, signed by someone else's key.
+        let other = tmp("prove-other");
+        write_sample(&other);
+        for f in ["audit.log", "audit.log.checkpoint"] {
+            std::fs::copy(other.0.join(f), t.0.join(f)).unwrap();
+        }
+        let err = audit(prove(&t)).unwrap_err();
+        assert_eq!(err.code, VERIFY_FAILED);
+        assert!(err.message.contains("not anchored in the trusted key"), "{}", err.message);
     }
 
     #[test]
