@@ -207,6 +207,9 @@ pub struct AuditLog {
     /// Buffered records (with their body's canonical encoding): hashed and
     /// chained; their signatures are being made by `signer`, collected at commit.
     pending: Vec<(Record, String)>,
+    /// Written by `write_ahead`, not yet fsynced: the length before it and
+    /// what it adds to the tree once durable (`commit` finishes it).
+    unsynced: Option<(u64, Encoded)>,
     locked: bool,
     last_checkpoint_size: u64,
     last_checkpoint_at: Instant,
@@ -278,6 +281,7 @@ impl AuditLog {
             chain: Chain::default(),
             known_len: 0,
             pending: Vec::new(),
+            unsynced: None,
             locked: true,
             last_checkpoint_size: 0,
             last_checkpoint_at: Instant::now(),
@@ -327,6 +331,7 @@ impl AuditLog {
             chain: self.chain.clone(),
             known_len: self.known_len,
             pending: Vec::new(),
+            unsynced: None,
             locked: false,
             last_checkpoint_size: self.last_checkpoint_size,
             last_checkpoint_at: self.last_checkpoint_at,
@@ -580,6 +585,17 @@ impl AuditLog {
     /// off again where possible.
     pub fn commit(&mut self) -> Result<(), AuditError> {
         self.usable()?;
+        if let Some((before, encoded)) = self.unsynced.take() {
+            if let Err(e) = self.file.sync_data() {
+                let _ = self.file.set_len(before).and_then(|()| self.file.sync_data());
+                let err = AuditError::Storage(StorageError::io("fsync", &self.path, e));
+                self.failed = Some(err.to_string());
+                self.unlock();
+                return Err(err);
+            }
+            self.chain.frontier = encoded.frontier;
+            self.known_len = before + encoded.buf.len() as u64;
+        }
         if self.pending.is_empty() {
             self.unlock();
             return Ok(());
@@ -597,7 +613,36 @@ impl AuditLog {
         self.commit()
     }
 
-    fn commit_locked(&mut self) -> Result<(), AuditError> {
+    /// Signs and writes the buffered records without waiting for the disk,
+    /// keeping the lock: a log that cannot take them (a full disk, a
+    /// read-only filesystem) fails here, before the caller acts on them.
+    /// The next [`commit`](Self::commit) makes them durable, or cuts them
+    /// off again and fails.
+    pub fn write_ahead(&mut self) -> Result<(), AuditError> {
+        self.usable()?;
+        if self.pending.is_empty() || self.unsynced.is_some() {
+            return Ok(());
+        }
+        let before = self.known_len;
+        let result = self.encode_pending().and_then(|encoded| match self.file.write_all(&encoded.buf) {
+            Ok(()) => {
+                self.unsynced = Some((before, encoded));
+                Ok(())
+            }
+            Err(e) => {
+                let _ = self.file.set_len(before).and_then(|()| self.file.sync_data());
+                Err(AuditError::Storage(StorageError::io("append to", &self.path, e)))
+            }
+        });
+        if let Err(e) = &result {
+            self.failed = Some(e.to_string());
+            self.unlock();
+        }
+        result
+    }
+
+    /// The buffered records, signed and encoded after the tree so far.
+    fn encode_pending(&mut self) -> Result<Encoded, AuditError> {
         let batch = std::mem::take(&mut self.pending);
         let mut encoded = Encoded::new(&self.chain.frontier, batch.len());
         // In order: the signer thread has been signing since each `push`.
@@ -612,6 +657,11 @@ impl AuditLog {
         if self.signer.in_flight() != 0 {
             return Err(SignerError::Missing(self.signer.in_flight()).into());
         }
+        Ok(encoded)
+    }
+
+    fn commit_locked(&mut self) -> Result<(), AuditError> {
+        let encoded = self.encode_pending()?;
         self.write_encoded(encoded)?;
         if self.opts.rotate_bytes.is_some_and(|limit| self.known_len >= limit) {
             self.rotate()?;

@@ -292,6 +292,14 @@ impl Evidence {
             .map_err(|e| Failure::setup(format!("audit log write failed: {e}; refusing to go on without a record")))
     }
 
+    /// Writes what is buffered without waiting for the disk: a log that
+    /// cannot take it fails here. `commit` makes it durable.
+    pub fn write_ahead(&mut self) -> Result<(), Failure> {
+        self.log
+            .write_ahead()
+            .map_err(|e| Failure::setup(format!("audit log write failed: {e}; refusing to go on without a record")))
+    }
+
     pub fn launch(&mut self, body: Value) -> Result<(), Failure> {
         self.append(Kind::Launch, body)
     }

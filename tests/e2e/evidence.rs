@@ -63,6 +63,62 @@ fn no_log_no_run() {
     assert!(!sb.ws.join("ran").exists(), "the command must not run without a log");
 }
 
+/// A log whose disk is full: the launch record cannot be written, and the
+/// command must not run at all (it used to start while the record was
+/// written, and act before it was killed). Each run creates a file named
+/// after itself; only runs that exit 0 may leave one. A tmpfs of 256 KiB in
+/// a mount namespace of the test's own (root only: mounting needs it).
+#[test]
+fn a_full_disk_stops_the_command_before_it_runs() {
+    if !is_root() {
+        return skip("mounting a small tmpfs needs root");
+    }
+    let sb = Sandbox::new("fulldisk", As::Caller);
+    let disk = sb.root.join("disk");
+    std::fs::create_dir(&disk).unwrap();
+    let script = format!(
+        r#"set -u
+mount -t tmpfs -o size=256k,mode=700 tmpfs {disk}
+mkdir -m 700 {disk}/st
+export PORTCULLIS_AUDIT_LOG={disk}/st/audit.log PORTCULLIS_AUDIT_KEY={disk}/st/audit.key
+{PORTCULLIS} run --workspace {ws} --exec {PROBE} -- {PROBE} status >/dev/null 2>&1 || echo "first run failed"
+dd if=/dev/zero of={disk}/fill bs=4k 2>/dev/null
+for i in $(seq 1 40); do
+  {PORTCULLIS} run --workspace {ws} --exec {PROBE} -- {PROBE} create {ws}/ran-$i >/dev/null 2>{ws}/err-$i
+  echo "$i $?"
+done
+"#,
+        disk = sb.path(&disk),
+        ws = sb.path(&sb.ws),
+    );
+    let out = std::process::Command::new("unshare")
+        .args(["-m", "--propagation", "private", "sh", "-c", &script])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && !stdout.contains("first run failed"),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut refused = 0;
+    for line in stdout.lines() {
+        let (i, code) = line.split_once(' ').unwrap();
+        let ran = sb.ws.join(format!("ran-{i}")).exists();
+        match code {
+            "0" => assert!(ran, "run {i} exited 0 without running"),
+            "125" => {
+                refused += 1;
+                let err = std::fs::read_to_string(sb.ws.join(format!("err-{i}"))).unwrap();
+                assert!(err.contains("No space left on device"), "run {i}: {err}");
+                assert!(!ran, "run {i} was refused for its log, yet the command ran");
+            }
+            other => panic!("run {i} exited {other}"),
+        }
+    }
+    assert!(refused > 30, "the disk never filled: {stdout}");
+}
+
 #[test]
 fn records_are_forwarded_to_syslog() {
     let sb = Sandbox::new("syslog", As::Caller);

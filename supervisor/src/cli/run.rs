@@ -430,6 +430,10 @@ fn decide_in<'scope>(
         let _ = nix::unistd::write(go, &[byte]);
     }
     evidence.launch(launch)?;
+    // Written before the go-ahead, so a log that cannot take it (a full
+    // disk) stops the launch before exec; made durable while the command
+    // starts (an fsync that fails then kills it).
+    evidence.write_ahead()?;
     // The gate serves notifications before the command starts: its first
     // execve may already be parked, and spawn() waits for that exec.
     let syscall_gate = match (gate, gate_evidence) {
