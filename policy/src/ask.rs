@@ -89,6 +89,10 @@ pub struct DenyFile {
     pub read: Vec<Spanned<String>>,
     #[serde(default)]
     pub write: Vec<Spanned<String>>,
+    /// Trees the `**/` rules (deny and ask) do not reach into: a cache
+    /// whose tool keeps a marker named like a protected place.
+    #[serde(default)]
+    pub except_beneath: Vec<Spanned<String>>,
     /// `false`: drop the `deny` rules of the profiles this one extends.
     pub inherit: Option<bool>,
 }
@@ -154,6 +158,8 @@ pub struct RawRule {
 pub struct AskProfile {
     pub rules: Vec<RawRule>,
     pub timeout_ms: Option<Located<u64>>,
+    /// `[deny] except_beneath`, as written.
+    pub except_beneath: Vec<Located<String>>,
 }
 
 fn parse_port(at: &Origin, n: i64) -> Result<u16, Error> {
@@ -244,6 +250,10 @@ impl AskProfile {
         }
         if deny.inherit == Some(false) {
             self.rules.retain(|r| !r.deny);
+            self.except_beneath.clear();
+        }
+        for v in &deny.except_beneath {
+            self.except_beneath.push(Located::new(v.get_ref().clone(), lines.at(v.span().start)));
         }
         for (list, access) in [
             (&ask.read, Access::Read),
@@ -339,6 +349,10 @@ pub struct AskOverrides {
 pub enum Target {
     /// Absolute, normalised: the rule covers the path and everything beneath it.
     Path(String),
+    /// `**/NAME[/NAME...]` in a profile: these names (relative, normalised,
+    /// without the `**/`) at any depth, in any directory: the rule covers
+    /// every place they name and everything beneath each. See [`GateRule::matches`].
+    Anywhere(String),
     /// Any address on this TCP port.
     Port(u16),
     /// This address and TCP port.
@@ -365,6 +379,9 @@ pub struct GateRule {
 pub struct GatePlan {
     pub rules: Vec<GateRule>,
     pub default_timeout_ms: u64,
+    /// Absolute, normalised: trees `Target::Anywhere` rules do not reach into.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub except_beneath: Vec<String>,
 }
 
 impl GatePlan {
@@ -434,6 +451,7 @@ pub fn compile(
     let mut rules = Vec::new();
     for r in &p.rules {
         let target = match &r.target {
+            RawTarget::Path(s) if s.starts_with("**") => anywhere(r.access, s, &r.at)?,
             RawTarget::Path(s) => Target::Path(path(s, &r.at)?),
             RawTarget::Port(n) => Target::Port(*n),
             RawTarget::Addr(ip, n) => Target::Addr(*ip, *n),
@@ -443,7 +461,7 @@ pub fn compile(
             }
         };
         let category = r.category.unwrap_or(match &target {
-            Target::Path(s) if looks_like_credential(s) => Category::Credential,
+            Target::Path(s) | Target::Anywhere(s) if looks_like_credential(s) => Category::Credential,
             _ => r.access.default_category(),
         });
         rules.push(GateRule {
@@ -455,7 +473,47 @@ pub fn compile(
             at: r.at.clone(),
         });
     }
-    Ok(GatePlan { rules, default_timeout_ms })
+    let mut except_beneath = Vec::new();
+    for e in &p.except_beneath {
+        if e.value.starts_with("**") {
+            return Err(Error::invalid(&e.at, "deny.except_beneath: a path, not a `**/` pattern"));
+        }
+        except_beneath.push(path(&e.value, &e.at)?);
+    }
+    Ok(GatePlan { rules, default_timeout_ms, except_beneath })
+}
+
+/// `**/a/b`: checked and turned into `Target::Anywhere("a/b")`.
+fn anywhere(access: Access, s: &str, at: &Origin) -> Result<Target, Error> {
+    let bad = |why: &str| Err(Error::invalid(at, format!("`{s}`: {why}")));
+    if !matches!(access, Access::Read | Access::Write) {
+        return bad("`**/` names places to read or write, not commands");
+    }
+    let Some(rest) = s.strip_prefix("**/") else {
+        return bad("`**` stands only at the start, followed by `/` and names (`**/.git/hooks`)");
+    };
+    let parts: Vec<&str> = rest.split('/').filter(|p| !p.is_empty() && *p != ".").collect();
+    if parts.is_empty() {
+        return bad("`**/` needs at least one name after it");
+    }
+    for p in &parts {
+        if *p == ".." || p.contains('*') || p.contains('\0') || p.contains('{') || *p == "~" {
+            return bad("after `**/` come plain names only (no `..`, `*`, variables or `~`)");
+        }
+    }
+    Ok(Target::Anywhere(parts.join("/")))
+}
+
+/// Where `suffix`'s names stand in `path` as whole components: whether
+/// `path` is at or beneath such a place (`beneath`), or is the start of
+/// one, a name a write there would make or remove (`/w/sub/.git` for
+/// `.git/config`).
+fn anywhere_matches(path: &str, suffix: &str) -> (bool, bool) {
+    let p: Vec<&str> = path.split('/').filter(|c| !c.is_empty()).collect();
+    let s: Vec<&str> = suffix.split('/').collect();
+    let beneath = p.windows(s.len()).any(|w| w == s.as_slice());
+    let start = (1..s.len()).any(|j| p.ends_with(&s[..j]));
+    (beneath, start)
 }
 
 /// What is being done, as the supervisor resolved it.
@@ -504,6 +562,16 @@ impl GateRule {
             (Target::Path(root), Subject::Path { path, moves }) => {
                 beneath(path, root) || (*moves && beneath(root, path))
             }
+            // At any depth, so moving a tree keeps what it holds covered.
+            // Putting something at the first names of the suffix (a `.git`
+            // file saying `gitdir: elsewhere`, a tree renamed to `.git`)
+            // counts as for a path's ancestors: the operations that do it
+            // are `moves`. A directory made there only holds names the rule
+            // still covers.
+            (Target::Anywhere(suffix), Subject::Path { path, moves }) => {
+                let (beneath, start) = anywhere_matches(path, suffix);
+                beneath || (*moves && start)
+            }
             (Target::Port(p), Subject::Addr { port, .. }) => p == port,
             (Target::Addr(ip, p), Subject::Addr { ip: i, port }) => p == port && canonical_ip(*ip) == canonical_ip(*i),
             (Target::Syscall { name, .. }, Subject::Syscall(s)) => name == s,
@@ -515,6 +583,7 @@ impl GateRule {
     pub fn describe(&self) -> String {
         let what = match &self.target {
             Target::Path(p) => p.clone(),
+            Target::Anywhere(p) => format!("**/{p}"),
             Target::Port(p) => format!("port {p}"),
             Target::Addr(ip, p) => std::net::SocketAddr::new(*ip, *p).to_string(),
             Target::Syscall { name, .. } => name.clone(),
@@ -640,7 +709,15 @@ impl Decision {
 ///    and the shortest timeout of the matching rules;
 /// 4. else allow (the kernel's Landlock rules and the floor still apply).
 pub fn decide(plan: &GatePlan, grants: &Grants, access: Access, subject: &Subject) -> Decision {
-    let matching: Vec<&GateRule> = plan.rules.iter().filter(|r| r.matches(access, subject)).collect();
+    let excepted = match subject {
+        Subject::Path { path, .. } => plan.except_beneath.iter().any(|e| beneath(path, e)),
+        _ => false,
+    };
+    let matching: Vec<&GateRule> = plan
+        .rules
+        .iter()
+        .filter(|r| !(excepted && matches!(r.target, Target::Anywhere(_))) && r.matches(access, subject))
+        .collect();
     if let Some(r) = matching.iter().find(|r| r.deny) {
         return Decision {
             outcome: Outcome::Deny,
@@ -789,6 +866,42 @@ mod tests {
     }
 
     #[test]
+    fn names_at_any_depth() {
+        let compiled = |s: &str| anywhere(Access::Write, s, &Origin::new("t.toml", 1));
+        let r = rule(Access::Write, compiled("**/.git/config").unwrap(), true);
+        let p = |s| Subject::Path { path: s, moves: false };
+        let m = |s| Subject::Path { path: s, moves: true };
+        assert!(r.matches(Access::Write, &p("/w/.git/config")));
+        assert!(r.matches(Access::Write, &p("/w/a/b/.git/config")), "a nested repository");
+        assert!(r.matches(Access::Write, &p("/repo/.git/config")), "outside the workspace: a --write root");
+        assert!(r.matches(Access::Write, &p("/w/.git/modules/m/.git/config/x")));
+        assert!(!r.matches(Access::Write, &p("/w/.git/configx")));
+        assert!(!r.matches(Access::Write, &p("/w/.git/HEAD")), "the rest of .git stays writable");
+        assert!(!r.matches(Access::Write, &p("/w/x.git/config")));
+        // Making, removing or replacing a `.git` anywhere starts a git directory.
+        assert!(r.matches(Access::Write, &m("/w/sub/.git")), "a gitdir: file made, or a tree moved there");
+        assert!(r.matches(Access::Write, &m("/w/.git")));
+        assert!(!r.matches(Access::Write, &p("/w/sub/.git")), "a directory made there holds covered names");
+        assert!(!r.matches(Access::Write, &m("/w/sub")), "moving a tree keeps its .git covered");
+        let read = rule(Access::Read, compiled("**/.env").unwrap(), true);
+        assert!(read.matches(Access::Read, &p("/w/app/.env")));
+        assert!(!read.matches(Access::Read, &p("/w/app/.envrc")));
+        assert_eq!(r.describe(), "deny.write **/.git/config (t.toml:1)");
+        assert_eq!(compiled("**//.git/./hooks/").unwrap(), Target::Anywhere(".git/hooks".into()));
+        for bad in ["**", "**/", "**/../x", "**/a/**/b", "**x/y", "**/{home}", "**/~"] {
+            assert!(compiled(bad).is_err(), "{bad}");
+        }
+        assert!(anywhere(Access::Exec, "**/sh", &Origin::new("t.toml", 1)).is_err());
+        // Beneath an excepted tree, `**/` rules do not reach; path rules do.
+        let exact = rule(Access::Write, path("/c/uv/b/.git"), true);
+        let plan = GatePlan { rules: vec![r, exact], default_timeout_ms: 1000, except_beneath: vec!["/c/uv".into()] };
+        let d = |s| decide(&plan, &Grants::default(), Access::Write, &m(s)).outcome;
+        assert_eq!(d("/c/uv/a/.git"), Outcome::Allow);
+        assert_eq!(d("/c/uv/b/.git"), Outcome::Deny);
+        assert_eq!(d("/c/uvx/.git"), Outcome::Deny);
+    }
+
+    #[test]
     fn addresses_and_ports() {
         let any = rule(Access::Connect, Target::Port(443), false);
         let one = rule(Access::Connect, Target::Addr("127.0.0.1".parse().unwrap(), 5432), false);
@@ -810,7 +923,8 @@ mod tests {
             for ask_rule in [false, true] {
                 for grant_state in [None, Some(true), Some(false)] {
                     for other_access_rules in [false, true] {
-                        let mut plan = GatePlan { rules: vec![], default_timeout_ms: DEFAULT_TIMEOUT_MS };
+                        let mut plan =
+                            GatePlan { rules: vec![], default_timeout_ms: DEFAULT_TIMEOUT_MS, except_beneath: vec![] };
                         if deny_rule {
                             plan.rules.push(rule(Access::Read, path("/h/.ssh"), true));
                         }
@@ -854,7 +968,7 @@ mod tests {
         let mut b = rule(Access::Read, path("/h/.ssh"), false);
         b.category = Category::Credential;
         b.timeout_ms = 2000;
-        let plan = GatePlan { rules: vec![a, b], default_timeout_ms: DEFAULT_TIMEOUT_MS };
+        let plan = GatePlan { rules: vec![a, b], default_timeout_ms: DEFAULT_TIMEOUT_MS, except_beneath: vec![] };
         let d = decide(&plan, &Grants::default(), Access::Read, &Subject::Path { path: "/h/.ssh/k", moves: false });
         assert_eq!((d.outcome, d.category, d.timeout_ms), (Outcome::Ask, Some(Category::Credential), 2000));
     }

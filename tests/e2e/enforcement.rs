@@ -475,6 +475,25 @@ fn the_python_profile_keeps_what_the_host_runs_later_read_only() {
     sb.probe(&["--profile", "python"], &["write", &p(&sb.home.join(".cache/uv/.lock"))]).expect("ok");
 }
 
+/// `uv auth login` keeps package-index tokens in plain text beside uv's
+/// tools: the python profile (and every uvx server's) cannot read them.
+#[test]
+fn the_python_profile_does_not_read_uv_credentials() {
+    let sb = Sandbox::new("py-uv-creds", As::Caller);
+    let uv = sb.home.join(".local/share/uv");
+    let creds = uv.join("credentials/credentials.toml");
+    let python = uv.join("python/cpython-3.12-linux/bin/python3.12");
+    for f in [&creds, &python] {
+        std::fs::create_dir_all(f.parent().unwrap()).unwrap();
+        std::fs::write(f, "[[credential]]\nservice = \"https://pypi.example/\"\npassword = \"pypi-secret\"\n").unwrap();
+    }
+    for profile in ["python", "uvx", "mcp-fetch", "mcp-git"] {
+        sb.probe(&["--profile", profile], &["read", &sb.path(&creds)]).expect("errno 13 EACCES");
+        // Twin: the Pythons uv manages are readable (uvx runs them).
+        sb.probe(&["--profile", profile], &["read", &sb.path(&python)]).expect("ok");
+    }
+}
+
 /// `~/.npmrc` holds registry tokens: the node profile (and every npm
 /// server's) cannot read it; an offline npm does not need it.
 #[test]

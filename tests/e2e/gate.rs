@@ -1347,6 +1347,55 @@ both!(git_redirects_are_protected_too, |sb| {
     probe_gate(sb, &p, &["read", &ws(sb, ".git")]).expect("ok");
 });
 
+both!(strict_protects_git_at_any_depth_and_in_write_roots, |sb| {
+    // strict's `**/.git/...` rules: a repository handed over with --write
+    // (a git server's --repository, a filesystem server's directory: `wrap`
+    // makes those --write roots, with an empty workspace of their own) and
+    // one nested in the workspace are protected like the workspace's own.
+    let repo = sb.outside.join("repo");
+    let nested = sb.ws.join("vendor/lib");
+    for r in [&repo, &nested] {
+        std::fs::create_dir_all(r.join(".git/hooks")).unwrap();
+        std::fs::write(r.join(".git/config"), "[core]\n").unwrap();
+        std::fs::write(r.join(".git/HEAD"), "ref: refs/heads/main\n").unwrap();
+    }
+    if sb.who == As::Nobody {
+        for p in [&sb.ws.join("vendor"), &repo] {
+            Command::new("chown").args(["-R", "65534:65534"]).arg(p).status().unwrap();
+        }
+    }
+    let repo_s = sb.path(&repo);
+    let run = |args: &[&str]| probe_with(sb, &["--profile", "strict", "--write", &repo_s], args);
+    let at = |rel: &str| sb.path(&repo.join(rel));
+    run(&["write", &at(".git/config")]).expect("errno 13 EACCES");
+    run(&["create", &at(".git/hooks/post-checkout")]).expect("errno 13 EACCES");
+    run(&["write", &ws(sb, "vendor/lib/.git/config")]).expect("errno 13 EACCES");
+    run(&["create", &ws(sb, "vendor/lib/.git/hooks/pre-commit")]).expect("errno 13 EACCES");
+    // A `gitdir:` file made anywhere, a tree renamed to `.git`, or a `.git` moved away.
+    run(&["create", &ws(sb, "vendor/.git")]).expect("errno 13 EACCES");
+    run(&["mkdir", &at("sub")]).expect("ok");
+    run(&["create", &at("sub/.git")]).expect("errno 13 EACCES");
+    run(&["rename", &at("sub"), &ws(sb, "vendor/.git")]).expect("errno 13 EACCES");
+    run(&["rename", &ws(sb, "vendor/lib/.git"), &ws(sb, "vendor/lib/git")]).expect("errno 13 EACCES");
+    // The workspace root made a bare repository once `.git` is broken.
+    run(&["create", &ws(sb, "HEAD")]).expect("errno 13 EACCES");
+    for r in [&repo, &nested] {
+        assert_eq!(std::fs::read_to_string(r.join(".git/config")).unwrap(), "[core]\n");
+        assert!(std::fs::read_dir(r.join(".git/hooks")).unwrap().next().is_none());
+    }
+    assert!(!sb.ws.join("vendor/.git").exists() && !repo.join("sub/.git").exists() && repo.join("sub").is_dir());
+    assert!(!sb.ws.join("HEAD").exists() && nested.join(".git").is_dir());
+    // Twins: git works there (HEAD, the index), and so does the rest.
+    run(&["write", &at(".git/HEAD")]).expect("ok");
+    run(&["create", &at(".git/index")]).expect("ok");
+    run(&["create", &ws(sb, "vendor/lib/.git/index")]).expect("ok");
+    run(&["create", &at("notes.txt")]).expect("ok");
+    run(&["create", &ws(sb, "vendor/HEAD.txt")]).expect("ok");
+    // A `.git` directory made holds only names the rules still cover.
+    run(&["mkdir", &at("sub/.git")]).expect("ok");
+    run(&["create", &at("sub/.git/config")]).expect("errno 13 EACCES");
+});
+
 both!(git_config_lock_files_are_protected_like_config, |sb| {
     // Git writes config through config.lock, then renames it into place: a
     // hard link to the lock, made while git holds it, was a writable name

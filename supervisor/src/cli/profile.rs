@@ -72,9 +72,10 @@ fn test(loader: &Loader, name: &str) -> Result<i32, Failure> {
     let me_s = me.to_string_lossy().to_string();
     let ws = std::env::temp_dir().join(format!("portcullis-profile-test-{}", std::process::id()));
     // A workspace like a real one: a git checkout, whose hooks and config
-    // the built-in profiles protect.
+    // the built-in profiles protect, with a repository nested in it.
     std::fs::create_dir_all(ws.join(".git/hooks"))
         .and_then(|()| std::fs::write(ws.join(".git/config"), "[core]\n"))
+        .and_then(|()| std::fs::create_dir_all(ws.join("vendor/lib/.git/hooks")))
         .map_err(|e| Failure::setup(format!("{}: {e}", ws.display())))?;
     let args = SandboxArgs { workspace: Some(ws.clone()), exec: vec![me_s.clone()], ..SandboxArgs::for_profile(name) };
     let mut failed = 0;

@@ -601,6 +601,13 @@ pub fn canonical_rules(plan: &policy::ask::GatePlan) -> policy::ask::GatePlan {
     // Rules share ancestors (strict's name the workspace a dozen times):
     // each is resolved once per launch.
     let mut seen = std::collections::HashMap::new();
+    let excepted: Vec<String> = plan
+        .except_beneath
+        .iter()
+        .map(|e| canonical_path(std::path::Path::new(e), &mut seen))
+        .filter(|c| !plan.except_beneath.contains(c))
+        .collect();
+    out.except_beneath.extend(excepted);
     for r in &plan.rules {
         if let policy::ask::Target::Path(p) = &r.target {
             let c = canonical_path(std::path::Path::new(p), &mut seen);

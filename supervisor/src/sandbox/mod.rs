@@ -65,11 +65,10 @@ pub fn prepare(
     if !namespaces {
         enforcement.notices.push(enforcement.lifecycle.clone());
     }
-    let write_rules = plan
-        .gate
-        .rules
-        .iter()
-        .any(|r| r.access == policy::ask::Access::Write && matches!(r.target, policy::ask::Target::Path(_)));
+    let write_rules = plan.gate.rules.iter().any(|r| {
+        r.access == policy::ask::Access::Write
+            && matches!(r.target, policy::ask::Target::Path(_) | policy::ask::Target::Anywhere(_))
+    });
     if plan.seccomp.floor.chmod && write_rules {
         // The gate parks no chmod: fchmod names no path to check.
         enforcement.notices.push(
