@@ -273,6 +273,36 @@ both!(a_port_rule_reaches_every_address_and_an_address_ask_only_its_own, |sb| {
     drop(here);
 });
 
+/// A person approves renaming a *file* to `.claude` (an ask: agent
+/// config). While the question waits, the file becomes a directory holding
+/// a `settings.json`: the approval must not move that tree in. (A helper's
+/// hunt swapped it from a second thread; the test swaps it from outside.)
+#[test]
+fn an_approved_file_rename_never_moves_a_tree_swapped_in_meanwhile() {
+    let sb = Sandbox::new("gate-rename-swap", As::Caller);
+    let p = setup(&sb);
+    let b = TestBroker::start(&sb);
+    let a = sb.ws.join("a");
+    std::fs::write(&a, "notes\n").unwrap();
+    let child = spawn_with_broker(&sb, &b, &p, &["rename", &ws(&sb, "a"), &ws(&sb, ".claude")]);
+    let req = b.next();
+    assert_eq!(req["kind"], "rename", "shown as a file's rename: {req}");
+    std::fs::remove_file(&a).unwrap();
+    std::fs::create_dir(&a).unwrap();
+    std::fs::write(a.join("settings.json"), "{\"hooks\": {}}\n").unwrap();
+    assert_eq!(b.cli(&["approve", req["id"].as_str().unwrap()]).code, 0);
+    Run::from(child.wait_with_output().unwrap()).expect("errno 11 EAGAIN");
+    assert!(!sb.ws.join(".claude").exists(), "the swapped-in tree was moved in");
+    // Twin: approved with the file still a file, it is renamed.
+    std::fs::remove_dir_all(&a).unwrap();
+    std::fs::write(&a, "notes\n").unwrap();
+    let child = spawn_with_broker(&sb, &b, &p, &["rename", &ws(&sb, "a"), &ws(&sb, ".claude")]);
+    let req = b.next();
+    assert_eq!(b.cli(&["approve", req["id"].as_str().unwrap()]).code, 0);
+    Run::from(child.wait_with_output().unwrap()).expect("ok");
+    assert_eq!(std::fs::read_to_string(sb.ws.join(".claude")).unwrap(), "notes\n");
+}
+
 // The twin of the test above: a port only asked about still connects once
 // a person approves (the gate's own connect, in its own domain), and a
 // profile whose only TCP rule is an ask can make the socket to ask with.

@@ -114,6 +114,13 @@ fn unit(r: nix::Result<()>) -> Reply {
     }
 }
 
+/// The file type of `name` in `dir` now (`st_mode & S_IFMT`), if it exists.
+fn kind_now(dir: &std::os::fd::OwnedFd, name: &CString) -> Option<u32> {
+    nix::sys::stat::fstatat(Some(dir.as_raw_fd()), name.as_c_str(), nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW)
+        .ok()
+        .map(|st| st.st_mode & libc::S_IFMT)
+}
+
 fn name_or_busy(r: &Resolved) -> Result<CString, i32> {
     r.name.clone().ok_or(libc::EBUSY)
 }
@@ -151,6 +158,7 @@ pub fn classify(shared: &Shared, n: &Notif) -> Result<Op, i32> {
             let file = |k: Option<u32>| k == Some(libc::S_IFREG);
             let file_over_file =
                 file(from.kind) && (to.kind.is_none() || file(to.kind)) && flags & libc::RENAME_EXCHANGE == 0;
+            let kinds = (from.kind, to.kind);
             Ok(Op {
                 access: vec![Access::Write, Access::Read],
                 targets: vec![(from.canonical.clone(), true), (to.canonical.clone(), true)],
@@ -159,6 +167,12 @@ pub fn classify(shared: &Shared, n: &Notif) -> Result<Op, i32> {
                 detail: format!("rename({:?}, {:?}, flags {flags:#x})", from.canonical, to.canonical),
                 perform: Box::new(move |s: &Shared| {
                     hands_result(s.hands(move || {
+                        // What was decided on (and shown, if asked) is still
+                        // what would move: a file the person let be renamed
+                        // must not have become a tree meanwhile.
+                        if (kind_now(&from.dir, &fname), kind_now(&to.dir, &tname)) != kinds {
+                            return Reply::Errno(libc::EAGAIN);
+                        }
                         unit(nix::fcntl::renameat2(
                             Some(from.dir.as_raw_fd()),
                             fname.as_c_str(),
