@@ -29,4 +29,10 @@ both!(memory_limit_holds, |sb| {
     assert!(!r.stdout.contains("allocated 512 MiB"));
     let r = sb.probe(&["--max-memory", "64M"], &["alloc", "8"]);
     assert_eq!(r.verdict(), "allocated 8 MiB", "{}", r.stderr);
+    // Without a memory cgroup (unprivileged here) the rlimit stands in,
+    // and the launch says what it does not count.
+    let doctor = sb.run(&["doctor", "--json"]);
+    if doctor.stdout.contains("RLIMIT_DATA per process") {
+        assert!(r.stderr.contains("shared mappings and tmpfs files are not counted"), "{}", r.stderr);
+    }
 });

@@ -20,7 +20,26 @@ struct Report<'a> {
     pids_limit: String,
     memory_limit: String,
     denials_visible: String,
+    /// Whether the user's git takes any directory holding HEAD, objects/
+    /// and refs/ for a repository (docs/GATE.md, "Limits").
+    git_bare_repositories: String,
     profile: Option<ProfileReport<'a>>,
+}
+
+/// What the user's git does with a bare repository it was not pointed at.
+fn git_bare_repositories() -> String {
+    let out = std::process::Command::new("git")
+        .args(["config", "--get", "safe.bareRepository"])
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .output();
+    match out {
+        Err(_) => "git not found".into(),
+        Ok(o) if String::from_utf8_lossy(&o.stdout).trim().eq_ignore_ascii_case("explicit") => {
+            "refused unless named *.git (safe.bareRepository=explicit)".into()
+        }
+        Ok(_) => "found anywhere: a directory a sandbox wrote (HEAD, objects/, refs/, config) can run its config when you run git there; set `git config --global safe.bareRepository explicit`".into(),
+    }
 }
 
 #[derive(Serialize)]
@@ -52,8 +71,9 @@ pub fn doctor(json: bool, profile: Option<&str>) -> Result<i32, Failure> {
     };
     let memory_limit = match &features.memory_cgroup {
         Some(c) => format!("memory cgroup {} at {}", if c.v2 { "v2" } else { "v1" }, c.dir.display()),
-        None => "RLIMIT_DATA per process (no writable memory cgroup)".into(),
+        None => "RLIMIT_DATA per process (no writable memory cgroup): private memory only; shared mappings and tmpfs files are not counted".into(),
     };
+    let git_bare_repositories = git_bare_repositories();
     let denials_visible = match crate::kaudit::probe(abi) {
         Ok(_) => {
             let mut v = "visible: Landlock reports its denials to the kernel audit log, readable here (CAP_AUDIT_READ); `portcullis run` records them, `portcullis audit list --denied` shows them".to_string();
@@ -87,6 +107,7 @@ pub fn doctor(json: bool, profile: Option<&str>) -> Result<i32, Failure> {
         pids_limit,
         memory_limit,
         denials_visible,
+        git_bare_repositories,
         profile: profile_report,
     };
     if json {
@@ -117,6 +138,7 @@ pub fn doctor(json: bool, profile: Option<&str>) -> Result<i32, Failure> {
     let _ = writeln!(s, "process limit:       {}", r.pids_limit);
     let _ = writeln!(s, "memory limit:        {}", r.memory_limit);
     let _ = writeln!(s, "denials:             {}", r.denials_visible);
+    let _ = writeln!(s, "git bare repos:      {}", r.git_bare_repositories);
     if let Some(p) = &r.profile {
         let _ = writeln!(s, "\nprofile {}:", p.name);
         if p.enforcement.degradations.is_empty() {

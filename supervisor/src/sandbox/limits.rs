@@ -264,6 +264,10 @@ fn fallback(out: &mut Applied, report: &mut Enforcement, fb: Fallback) {
         Fallback::Data(m) => {
             out.rlimits.push((libc::RLIMIT_DATA, m));
             report.limits.push(format!("max_memory {m}: RLIMIT_DATA per process (no writable memory cgroup)"));
+            // Said at each launch: the limit holds less than it says.
+            report.notices.push(format!(
+                "max_memory {m}: no writable memory cgroup here, so RLIMIT_DATA bounds each process's private memory only; shared mappings and tmpfs files are not counted"
+            ));
         }
     }
 }
