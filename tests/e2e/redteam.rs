@@ -222,3 +222,25 @@ both!(sandbox_sees_only_its_own_processes, |sb| {
     // Twin: its own entries are readable.
     sb.probe(&[], &["read", "/proc/self/status"]).expect("ok");
 });
+
+both!(the_private_tmp_is_removed_even_when_the_sandbox_locks_its_owner_out, |sb| {
+    // chmod is denied, but a directory's mode is the sandbox's to choose
+    // when it makes one: 0300 (no read for its owner) made the removal at
+    // exit fail, and the tree stayed on the host, for runs as a user.
+    let r = sb.run(&[
+        "run",
+        "--exec",
+        "/bin/sh",
+        "--exec",
+        "/bin/mkdir",
+        "--",
+        "/bin/sh",
+        "-c",
+        "mkdir -m 0300 \"$TMPDIR/keep\" && mkdir -m 0 \"$TMPDIR/keep/deeper\" && : > \"$TMPDIR/keep/blob\" && echo \"$TMPDIR\"",
+    ]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let tmp = std::path::PathBuf::from(r.stdout.trim());
+    assert!(tmp.is_absolute() && tmp.to_string_lossy().contains("tmp-"), "{}", r.stdout);
+    assert!(!tmp.exists(), "{} was left behind", tmp.display());
+    assert!(!r.stderr.contains("could not remove"), "{}", r.stderr);
+});

@@ -89,7 +89,7 @@ impl Session {
 
 impl Drop for Session {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.tmp);
+        sandbox::remove_private_tmp(&self.tmp);
     }
 }
 

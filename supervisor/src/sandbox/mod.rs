@@ -225,3 +225,40 @@ pub fn private_tmp(root: &std::path::Path, session: &str) -> Result<PathBuf, Fai
     std::fs::DirBuilder::new().mode(0o700).create(&dir).map_err(|e| fail(&dir.display().to_string(), &e))?;
     Ok(dir)
 }
+
+/// Removes the private `{tmp}` once the sandbox is gone, whatever it left
+/// there: a directory it made without read or search permission for its
+/// owner (`mkdir -m 0300`; chmod is denied, the mode of a new directory is
+/// not) made the removal fail, and the tree stayed on the host. Links are
+/// never followed. Says so on stderr if the tree still cannot go.
+pub fn remove_private_tmp(dir: &std::path::Path) {
+    if std::fs::remove_dir_all(dir).is_ok() || !dir.exists() {
+        return;
+    }
+    open_up(dir, 0);
+    if let Err(e) = std::fs::remove_dir_all(dir) {
+        eprintln!(
+            "portcullis: could not remove the private temp dir {}: {e}",
+            ::audit::display_safe(&dir.display().to_string())
+        );
+    }
+}
+
+/// Gives the owner rwx on every directory of the tree at `path` (not
+/// through symlinks: only what `lstat` says is a directory).
+fn open_up(path: &std::path::Path, depth: usize) {
+    use std::os::unix::fs::PermissionsExt;
+    let Ok(meta) = std::fs::symlink_metadata(path) else { return };
+    if !meta.is_dir() || depth > 4096 {
+        return;
+    }
+    let mode = meta.permissions().mode();
+    if mode & 0o700 != 0o700 {
+        let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode((mode | 0o700) & 0o7777));
+    }
+    if let Ok(entries) = std::fs::read_dir(path) {
+        for e in entries.flatten() {
+            open_up(&e.path(), depth + 1);
+        }
+    }
+}
