@@ -1426,6 +1426,19 @@ both!(strict_protects_git_at_any_depth_and_in_write_roots, |sb| {
     run(&["create", &at("sub/.git/config")]).expect("errno 13 EACCES");
 });
 
+both!(files_the_gate_creates_are_never_setuid, |sb| {
+    // The gate creates files for the sandbox (a parked open): with the mode
+    // asked for, but never the setuid or setgid bit, which chmod could not
+    // set either. A helper's hunt made `-rwsr-xr-x` files this way.
+    let p = setup(sb);
+    probe_gate(sb, &p, &["create-mode", &ws(sb, "suid"), "6755"]).expect("ok");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(sb.ws.join("suid")).unwrap().permissions().mode();
+    assert_eq!(mode & 0o6000, 0, "mode {mode:o}");
+    // Twin: the permission bits are the ones asked for (less the umask).
+    assert_eq!(mode & 0o777, 0o755, "mode {mode:o}");
+});
+
 both!(git_config_lock_files_are_protected_like_config, |sb| {
     // Git writes config through config.lock, then renames it into place: a
     // hard link to the lock, made while git holds it, was a writable name

@@ -112,6 +112,14 @@ fn main() {
                 }
                 report(fd as i64);
             }
+            "create-mode" => {
+                let mode = u32::from_str_radix(a(2), 8).unwrap_or(0o644);
+                report(libc::open(
+                    c(a(1)).as_ptr(),
+                    libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_CLOEXEC,
+                    mode,
+                ) as i64)
+            }
             "truncate" => report(libc::truncate(c(a(1)).as_ptr(), 0) as i64),
             "symlink" => report(libc::symlink(c(a(1)).as_ptr(), c(a(2)).as_ptr()) as i64),
             "race-open" => race_open(a(1), a(2), num(a(3)) as usize),

@@ -311,7 +311,7 @@ pub fn classify(shared: &Shared, n: &Notif) -> Result<Op, i32> {
                             Some(r.dir.as_raw_fd()),
                             name.as_c_str(),
                             nix::sys::stat::SFlag::from_bits_truncate(m & libc::S_IFMT),
-                            Mode::from_bits_truncate(m & 0o7777),
+                            Mode::from_bits_truncate(m & 0o1777),
                             dev,
                         ))
                     }))
@@ -473,7 +473,8 @@ fn open_op(
                     Some(r.dir.as_raw_fd()),
                     r.at_name(),
                     OFlag::from_bits_retain(flags),
-                    Mode::from_bits_truncate(mode as u32),
+                    // Never setuid or setgid: chmod cannot set them either.
+                    Mode::from_bits_truncate(mode as u32 & 0o1777),
                 ) {
                     Ok(fd) => {
                         let fd = notify::own(fd);
