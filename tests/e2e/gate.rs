@@ -303,6 +303,46 @@ fn an_approved_file_rename_never_moves_a_tree_swapped_in_meanwhile() {
     assert_eq!(std::fs::read_to_string(sb.ws.join(".claude")).unwrap(), "notes\n");
 }
 
+/// Names that are not UTF-8 are shown (and were keyed) with each bad byte
+/// as U+FFFD, so `tasks\xff.json` and `tasks\xfe.json` read the same: a
+/// session grant for one let the other be made unasked (a helper's hunt).
+/// Such an answer now covers its request only.
+#[test]
+fn an_answer_for_a_name_that_is_not_utf8_covers_that_request_only() {
+    let sb = Sandbox::new("gate-lossy", As::Caller);
+    let p = setup(&sb);
+    std::fs::create_dir(sb.ws.join(".vscode")).unwrap();
+    let b = TestBroker::start(&sb);
+    let hex = |name: &[u8]| {
+        let mut path = sb.ws.join(".vscode").into_os_string().into_encoded_bytes();
+        path.push(b'/');
+        path.extend_from_slice(name);
+        path.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    };
+    let (ff, fe) = (hex(b"tasks\xff.json"), hex(b"tasks\xfe.json"));
+    let child = spawn_with_broker(&sb, &b, &p, &["create-hex", &ff, &fe]);
+    let first = b.next();
+    assert_eq!(b.cli(&["approve", "--session", first["id"].as_str().unwrap()]).code, 0);
+    // The second name is asked about again, though it reads the same.
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let second = loop {
+        let list: Vec<serde_json::Value> =
+            serde_json::from_str(&b.cli(&["approvals", "--json"]).stdout).unwrap_or_default();
+        if let Some(v) = list.into_iter().find(|v| v["id"] != first["id"]) {
+            break v;
+        }
+        assert!(std::time::Instant::now() < until, "the second name was not asked about");
+        std::thread::sleep(std::time::Duration::from_millis(30));
+    };
+    assert_eq!(b.cli(&["deny", second["id"].as_str().unwrap()]).code, 0);
+    let r = Run::from(child.wait_with_output().unwrap());
+    assert_eq!(r.stdout.lines().collect::<Vec<_>>(), vec!["ok", "errno 13 EACCES"], "{}", r.stderr);
+    use std::os::unix::ffi::OsStrExt;
+    let made: Vec<Vec<u8>> =
+        std::fs::read_dir(sb.ws.join(".vscode")).unwrap().map(|e| e.unwrap().file_name().as_bytes().to_vec()).collect();
+    assert_eq!(made, vec![b"tasks\xff.json".to_vec()]);
+}
+
 // The twin of the test above: a port only asked about still connects once
 // a person approves (the gate's own connect, in its own domain), and a
 // profile whose only TCP rule is an ask can make the socket to ask with.

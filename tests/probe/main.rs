@@ -112,6 +112,21 @@ fn main() {
                 }
                 report(fd as i64);
             }
+            "create-hex" => {
+                // Each argument a hex-encoded path (names that are not UTF-8).
+                for h in &args[1..] {
+                    let bytes: Vec<u8> = (0..h.len() / 2)
+                        .map(|i| u8::from_str_radix(&h[2 * i..2 * i + 2], 16).unwrap_or(b'?'))
+                        .collect();
+                    let path = CString::new(bytes).unwrap_or_default();
+                    let fd = libc::open(
+                        path.as_ptr(),
+                        libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_CLOEXEC,
+                        0o644,
+                    );
+                    report(fd as i64);
+                }
+            }
             "create-mode" => {
                 let mode = u32::from_str_radix(a(2), 8).unwrap_or(0o644);
                 report(libc::open(

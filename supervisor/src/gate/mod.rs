@@ -396,7 +396,11 @@ impl Shared {
                     for (t, moves) in &op.targets {
                         let subject = policy::ask::Subject::Path { path: t, moves: *moves };
                         let mut d = policy::ask::decide(&self.ctx.plan, &grants, access, &subject);
-                        if names && d.outcome == Outcome::Allow && d.grant.is_some() {
+                        // A name that is not UTF-8 was made text lossily
+                        // (each bad byte U+FFFD): many names share that text,
+                        // so no grant answers for one (see `answered`).
+                        let lossy = t.contains(char::REPLACEMENT_CHARACTER);
+                        if (names || lossy) && d.outcome == Outcome::Allow && d.grant.is_some() {
                             d = policy::ask::decide(&self.ctx.plan, &no_grants, access, &subject);
                         }
                         consider(d);
@@ -503,12 +507,17 @@ impl Shared {
         };
         let req = &req;
         let mut allow = answer.allow;
+        // A target shown lossily stands for many names: the answer is for
+        // this request only, whatever scope was chosen.
+        let lossy = req.target.contains(char::REPLACEMENT_CHARACTER);
         let grant_id = match answer.scope {
             Scope::Once => None,
+            Scope::Session | Scope::Always if lossy => None,
             Scope::Session | Scope::Always => Some(crate::grants::new_id()),
         };
         let scope_name = match answer.scope {
             Scope::Once => "once",
+            _ if grant_id.is_none() => "once",
             Scope::Session => "session",
             Scope::Always => "always",
         };
