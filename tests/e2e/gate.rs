@@ -1479,6 +1479,32 @@ both!(files_the_gate_creates_are_never_setuid, |sb| {
     assert_eq!(mode & 0o777, 0o755, "mode {mode:o}");
 });
 
+both!(hooks_in_the_work_tree_are_protected_like_git_hooks, |sb| {
+    // core.hooksPath moves hooks into the work tree: husky's `.husky/_`
+    // (strict names `.husky`), or whatever the workspace's config says,
+    // read at launch. A helper's hunt planted `.husky/pre-commit`, run by
+    // the host's next commit.
+    let p = setup(sb);
+    std::fs::write(sb.ws.join(".git/config"), "[core]\n\thooksPath = \"tools/githooks\" ; ours\n").unwrap();
+    for d in [".husky/_", "tools/githooks", "tools/other"] {
+        std::fs::create_dir_all(sb.ws.join(d)).unwrap();
+    }
+    if sb.who == As::Nobody {
+        Command::new("chown").args(["-R", "65534:65534"]).arg(&sb.ws).status().unwrap();
+    }
+    probe_gate(sb, &p, &["create", &ws(sb, ".husky/pre-commit")]).expect("errno 13 EACCES");
+    probe_gate(sb, &p, &["create", &ws(sb, "tools/githooks/pre-commit")]).expect("errno 13 EACCES");
+    probe_gate(sb, &p, &["rename", &ws(sb, "tools/other"), &ws(sb, "tools/githooks2")]).expect("ok");
+    probe_gate(sb, &p, &["rename", &ws(sb, "tools/githooks"), &ws(sb, "tools/gone")]).expect("errno 13 EACCES");
+    assert!(!sb.ws.join(".husky/pre-commit").exists() && !sb.ws.join("tools/githooks/pre-commit").exists());
+    // A hook manager's config is asked about (no broker here: refused).
+    probe_gate(sb, &p, &["create", &ws(sb, ".pre-commit-config.yaml")]).expect("errno 13 EACCES");
+    // Twin: the rest of the tree is written.
+    probe_gate(sb, &p, &["create", &ws(sb, "tools/githooks2/x")]).expect("ok");
+    let r = sb.run(&["explain", "--profile", &p]);
+    assert!(r.stdout.contains("core.hooksPath"), "explain names where the rule came from: {}", r.stdout);
+});
+
 both!(git_config_lock_files_are_protected_like_config, |sb| {
     // Git writes config through config.lock, then renames it into place: a
     // hard link to the lock, made while git holds it, was a writable name

@@ -68,13 +68,14 @@ impl Session {
         crate::timing::mark("profile loaded");
         let tmp = sandbox::private_tmp(&features.runtime_root(), &id)?;
         let vars = policy::Vars { workspace: path_str(&workspace)?, home, tmp: path_str(&tmp)? };
-        let plan = match policy::compile(&profile, &vars) {
+        let mut plan = match policy::compile(&profile, &vars) {
             Ok(p) => p,
             Err(e) => {
                 let _ = std::fs::remove_dir_all(&tmp);
                 return Err(e.into());
             }
         };
+        crate::gate::hooks::protect_configured_hooks(&mut plan.gate, &workspace, &vars.home);
         let path_var = std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
         let mut audit =
             AuditPaths::resolve(args.audit_log.as_deref(), args.audit_key.as_deref(), args.syslog.as_deref())?;

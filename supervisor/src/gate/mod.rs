@@ -19,6 +19,7 @@
 //! exec allowlist is what a raced path argument could reach (README).
 
 pub mod bench;
+pub mod hooks;
 pub mod ops;
 pub mod path;
 
