@@ -120,3 +120,67 @@ both!(ctrl_z_stops_the_whole_sandbox_and_fg_continues_it, |sb| {
     signal(Signal::SIGTERM);
     child.wait().unwrap();
 });
+
+/// Directories under /sys/fs/cgroup (a few levels down) named `prefix...`.
+fn cgroups_named(prefix: &str) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    let mut dirs = vec![(std::path::PathBuf::from("/sys/fs/cgroup"), 0)];
+    while let Some((d, depth)) = dirs.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else { continue };
+        for e in entries.flatten() {
+            if !e.file_type().is_ok_and(|t| t.is_dir()) {
+                continue;
+            }
+            if e.file_name().to_string_lossy().starts_with(prefix) {
+                found.push(e.path());
+            } else if depth < 5 {
+                dirs.push((e.path(), depth + 1));
+            }
+        }
+    }
+    found
+}
+
+both!(what_a_killed_supervisor_left_behind_goes_with_the_next_run, |sb| {
+    // SIGKILL leaves portcullis no cleanup: its {tmp} (whatever the sandbox
+    // wrote there) and its cgroups stayed for good. The next run removes
+    // them, once nothing of that run lives (its pid is gone and its {tmp}
+    // no longer held).
+    let uid = if sb.who == As::Nobody { NOBODY } else { nix::unistd::geteuid().as_raw() };
+    let root = std::path::PathBuf::from(format!("/tmp/portcullis-{uid}"));
+    let (mut child, _out) = spawn_ready(sb, &["trap"]);
+    let prefix = format!("tmp-{}-", child.id());
+    let tmp = std::fs::read_dir(&root)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.file_name().unwrap().to_string_lossy().starts_with(&prefix))
+        .expect("the run's {tmp}");
+    let cgroup_prefix = format!("portcullis-{}-", child.id());
+    let had_cgroups = !cgroups_named(&cgroup_prefix).is_empty();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(tmp.exists(), "a killed portcullis cannot remove its {{tmp}}");
+    // Its stage dies with it (PDEATHSIG), and with it the hold on {tmp}.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        sb.probe(&[], &["status"]);
+        if !tmp.exists() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{} was never removed", tmp.display());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    if had_cgroups {
+        assert!(cgroups_named(&cgroup_prefix).is_empty(), "{:?}", cgroups_named(&cgroup_prefix));
+    }
+    // Twin: a live run's {tmp} is never swept (its pid lives and it is held).
+    let (mut live, _out) = spawn_ready(sb, &["trap"]);
+    let live_prefix = format!("tmp-{}-", live.id());
+    sb.probe(&[], &["status"]);
+    let still =
+        std::fs::read_dir(&root).unwrap().flatten().any(|e| e.file_name().to_string_lossy().starts_with(&live_prefix));
+    live.kill().unwrap();
+    live.wait().unwrap();
+    assert!(still, "a live run's {{tmp}} was swept");
+});

@@ -25,6 +25,8 @@ pub struct Session {
     pub path_var: OsString,
     pub workspace: PathBuf,
     pub audit: AuditPaths,
+    /// Holds `tmp` while the run lives (see sandbox::sweep_stale).
+    _tmp_held: std::fs::File,
 }
 
 /// The workspace is read and written by the sandbox: one that holds the
@@ -66,7 +68,16 @@ impl Session {
         let home = std::env::var("HOME").unwrap_or_else(|_| "/nonexistent".into());
         refuse_home_as_workspace(&workspace, &home, args.workspace.is_none())?;
         crate::timing::mark("profile loaded");
+        // What runs killed before their cleanup left behind goes first.
+        sandbox::sweep_stale(&features.runtime_root());
         let tmp = sandbox::private_tmp(&features.runtime_root(), &id)?;
+        let tmp_held = match sandbox::hold_private_tmp(&tmp) {
+            Ok(f) => f,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&tmp);
+                return Err(e);
+            }
+        };
         let vars = policy::Vars { workspace: path_str(&workspace)?, home, tmp: path_str(&tmp)? };
         let mut plan = match policy::compile(&profile, &vars) {
             Ok(p) => p,
@@ -80,7 +91,7 @@ impl Session {
         let mut audit =
             AuditPaths::resolve(args.audit_log.as_deref(), args.audit_key.as_deref(), args.syslog.as_deref())?;
         audit.set_rotate_size(args.audit_rotate_size.as_deref())?;
-        Ok(Session { id, features, plan, tmp, path_var, workspace, audit })
+        Ok(Session { id, features, plan, tmp, path_var, workspace, audit, _tmp_held: tmp_held })
     }
 
     pub fn prepare(&self, dry: bool) -> Result<Prepared, Failure> {

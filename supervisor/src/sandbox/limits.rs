@@ -220,6 +220,9 @@ pub fn apply(
         }
     }
     for w in wanted {
+        if !dry {
+            sweep_stale_cgroups(&w.ctrl.dir);
+        }
         let made = match dry {
             true => Some((w.ctrl.dir.join(format!("portcullis-{session}")), None)),
             false => make_cgroup(&w.ctrl, session, &w.files, born).ok().map(|(d, j)| (d, Some(j))),
@@ -242,6 +245,18 @@ pub fn apply(
         out.cgroups.push(dir);
     }
     Ok(out)
+}
+
+/// Removes the cgroups under `dir` of sessions killed before their cleanup
+/// (see `sandbox::session_gone`). One still holding a process cannot be
+/// removed, and is not.
+fn sweep_stale_cgroups(dir: &Path) {
+    let Ok(entries) = fs::read_dir(dir) else { return };
+    for e in entries.flatten() {
+        if super::session_gone(&e.file_name().to_string_lossy(), "portcullis-") {
+            let _ = fs::remove_dir(e.path());
+        }
+    }
 }
 
 /// The rlimit that stands in for a limit no cgroup could hold.

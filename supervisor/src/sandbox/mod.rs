@@ -262,3 +262,43 @@ fn open_up(path: &std::path::Path, depth: usize) {
         }
     }
 }
+
+/// Holds `{tmp}` for the life of the run (an exclusive `flock` on the
+/// directory, released when portcullis and its stage are gone, killed or
+/// not): [`sweep_stale`] leaves alone every tree still held.
+pub fn hold_private_tmp(dir: &std::path::Path) -> Result<std::fs::File, Failure> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(dir)
+        .map_err(|e| Failure::setup(format!("private temp dir {}: {e}", dir.display())))?;
+    f.try_lock().map_err(|e| Failure::setup(format!("private temp dir {}: cannot lock it: {e}", dir.display())))?;
+    Ok(f)
+}
+
+/// Whether `name` (`PREFIX<pid>-<nanos>`, as sessions name what they
+/// make) belongs to a session whose portcullis is no longer alive. A pid
+/// reused since only leaves the leftovers for a later sweep.
+pub fn session_gone(name: &str, prefix: &str) -> bool {
+    let pid = name.strip_prefix(prefix).and_then(|r| r.split('-').next()).and_then(|p| p.parse::<i32>().ok());
+    pid.filter(|p| *p > 0).is_some_and(|pid| {
+        matches!(nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None), Err(nix::errno::Errno::ESRCH))
+    })
+}
+
+/// Removes the `{tmp}` trees under `root` that runs killed before their
+/// cleanup (SIGKILL) left: those of sessions gone ([`session_gone`]) whose
+/// tree is not held either (a live run whose pid this process cannot see).
+/// Their cgroups go in `limits::apply`.
+pub fn sweep_stale(root: &std::path::Path) {
+    let Ok(entries) = std::fs::read_dir(root) else { return };
+    for e in entries.flatten() {
+        if !session_gone(&e.file_name().to_string_lossy(), "tmp-") {
+            continue;
+        }
+        let Ok(held) = hold_private_tmp(&e.path()) else { continue };
+        remove_private_tmp(&e.path());
+        drop(held);
+    }
+}
