@@ -330,3 +330,28 @@ pub fn parse_segment(body: &Map<String, Value>) -> Result<Segment, String> {
         frontier,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A record at seq u64::MAX is the last there can be: the add that
+    /// followed it wrapped to 0 and let a second `header` in (a helper's hunt).
+    #[test]
+    fn the_last_seq_has_no_successor() {
+        let mut chain = Chain { next_seq: u64::MAX, ..Chain::default() };
+        let rec = Record {
+            v: 1,
+            seq: u64::MAX,
+            ts: "2026-11-23T00:00:00Z".into(),
+            session: "s".into(),
+            kind: Kind::Verdict,
+            body: serde_json::Map::new(),
+            prev: chain.last_hash,
+            hash: [0; 32],
+            sig: [0; 64],
+        };
+        assert_eq!(chain.apply(&rec, b"x"), Err(ChainError::SeqOverflow(u64::MAX)));
+        assert_eq!(chain.next_seq, u64::MAX, "nothing advanced");
+    }
+}
