@@ -68,9 +68,10 @@ impl Session {
         let home = std::env::var("HOME").unwrap_or_else(|_| "/nonexistent".into());
         refuse_home_as_workspace(&workspace, &home, args.workspace.is_none())?;
         crate::timing::mark("profile loaded");
-        // What runs killed before their cleanup left behind goes first.
-        sandbox::sweep_stale(&features.runtime_root());
+        // private_tmp checks the root is a 0700 directory of ours first:
+        // only then is what runs killed before their cleanup left swept.
         let tmp = sandbox::private_tmp(&features.runtime_root(), &id)?;
+        sandbox::sweep_stale(&features.runtime_root());
         let tmp_held = match sandbox::hold_private_tmp(&tmp) {
             Ok(f) => f,
             Err(e) => {

@@ -244,21 +244,29 @@ pub fn remove_private_tmp(dir: &std::path::Path) {
     }
 }
 
-/// Gives the owner rwx on every directory of the tree at `path` (not
-/// through symlinks: only what `lstat` says is a directory).
+/// Gives the owner rwx on every directory of the tree at `path`. Never
+/// through a symlink, even one swapped in meanwhile: each directory is
+/// opened O_PATH|O_NOFOLLOW and changed through its fd's /proc link.
 fn open_up(path: &std::path::Path, depth: usize) {
-    use std::os::unix::fs::PermissionsExt;
-    let Ok(meta) = std::fs::symlink_metadata(path) else { return };
-    if !meta.is_dir() || depth > 4096 {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    if depth > 4096 {
         return;
     }
-    let mode = meta.permissions().mode();
-    if mode & 0o700 != 0o700 {
-        let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode((mode | 0o700) & 0o7777));
-    }
+    let Ok(fd) = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_PATH | libc::O_NOFOLLOW | libc::O_DIRECTORY | libc::O_CLOEXEC)
+        .open(path)
+    else {
+        return;
+    };
+    let _ =
+        std::fs::set_permissions(format!("/proc/self/fd/{}", fd.as_raw_fd()), std::fs::Permissions::from_mode(0o700));
     if let Ok(entries) = std::fs::read_dir(path) {
         for e in entries.flatten() {
-            open_up(&e.path(), depth + 1);
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                open_up(&e.path(), depth + 1);
+            }
         }
     }
 }
