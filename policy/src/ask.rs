@@ -89,10 +89,11 @@ pub struct DenyFile {
     pub read: Vec<Spanned<String>>,
     #[serde(default)]
     pub write: Vec<Spanned<String>>,
-    /// Trees the `**/` rules (deny and ask) do not reach into: a cache
-    /// whose tool keeps a marker named like a protected place.
+    /// Files a tool opens for writing only to make them exist, named like
+    /// a place a `**/` rule protects (uv's empty `.git` in its cache): the
+    /// gate opens them read-only, so they are made empty and stay so.
     #[serde(default)]
-    pub except_beneath: Vec<Spanned<String>>,
+    pub markers: Vec<Spanned<String>>,
     /// `false`: drop the `deny` rules of the profiles this one extends.
     pub inherit: Option<bool>,
 }
@@ -158,8 +159,8 @@ pub struct RawRule {
 pub struct AskProfile {
     pub rules: Vec<RawRule>,
     pub timeout_ms: Option<Located<u64>>,
-    /// `[deny] except_beneath`, as written.
-    pub except_beneath: Vec<Located<String>>,
+    /// `[deny] markers`, as written.
+    pub markers: Vec<Located<String>>,
 }
 
 fn parse_port(at: &Origin, n: i64) -> Result<u16, Error> {
@@ -250,10 +251,10 @@ impl AskProfile {
         }
         if deny.inherit == Some(false) {
             self.rules.retain(|r| !r.deny);
-            self.except_beneath.clear();
+            self.markers.clear();
         }
-        for v in &deny.except_beneath {
-            self.except_beneath.push(Located::new(v.get_ref().clone(), lines.at(v.span().start)));
+        for v in &deny.markers {
+            self.markers.push(Located::new(v.get_ref().clone(), lines.at(v.span().start)));
         }
         for (list, access) in [
             (&ask.read, Access::Read),
@@ -379,9 +380,10 @@ pub struct GateRule {
 pub struct GatePlan {
     pub rules: Vec<GateRule>,
     pub default_timeout_ms: u64,
-    /// Absolute, normalised: trees `Target::Anywhere` rules do not reach into.
+    /// Absolute, normalised paths whose components may be `*` (one name):
+    /// see [`DenyFile::markers`] and [`is_marker`].
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub except_beneath: Vec<String>,
+    pub markers: Vec<String>,
 }
 
 impl GatePlan {
@@ -473,14 +475,30 @@ pub fn compile(
             at: r.at.clone(),
         });
     }
-    let mut except_beneath = Vec::new();
-    for e in &p.except_beneath {
-        if e.value.starts_with("**") {
-            return Err(Error::invalid(&e.at, "deny.except_beneath: a path, not a `**/` pattern"));
+    let mut markers = Vec::new();
+    for e in &p.markers {
+        let m = path(&e.value, &e.at)?;
+        let bad_star = m.split('/').any(|c| c.contains('*') && c != "*");
+        if e.value.starts_with("**") || bad_star || m.ends_with("/*") || m == "/" {
+            return Err(Error::invalid(
+                &e.at,
+                format!("deny.markers: `{}`: a file's path, where `*` stands alone for one name of a directory (`~/.cache/uv/*/.git`)", e.value),
+            ));
         }
-        except_beneath.push(path(&e.value, &e.at)?);
+        markers.push(m);
     }
-    Ok(GatePlan { rules, default_timeout_ms, except_beneath })
+    Ok(GatePlan { rules, default_timeout_ms, markers })
+}
+
+/// Whether `path` (canonical) is one of `plan`'s markers: the same number
+/// of names, each equal or standing for a `*`.
+pub fn is_marker(plan: &GatePlan, path: &str) -> bool {
+    let names = |s: &str| s.split('/').filter(|c| !c.is_empty()).map(str::to_owned).collect::<Vec<_>>();
+    let p = names(path);
+    plan.markers.iter().any(|m| {
+        let m = names(m);
+        m.len() == p.len() && m.iter().zip(&p).all(|(a, b)| a == b || (a == "*" && b != "." && b != ".."))
+    })
 }
 
 /// `**/a/b`: checked and turned into `Target::Anywhere("a/b")`.
@@ -709,15 +727,7 @@ impl Decision {
 ///    and the shortest timeout of the matching rules;
 /// 4. else allow (the kernel's Landlock rules and the floor still apply).
 pub fn decide(plan: &GatePlan, grants: &Grants, access: Access, subject: &Subject) -> Decision {
-    let excepted = match subject {
-        Subject::Path { path, .. } => plan.except_beneath.iter().any(|e| beneath(path, e)),
-        _ => false,
-    };
-    let matching: Vec<&GateRule> = plan
-        .rules
-        .iter()
-        .filter(|r| !(excepted && matches!(r.target, Target::Anywhere(_))) && r.matches(access, subject))
-        .collect();
+    let matching: Vec<&GateRule> = plan.rules.iter().filter(|r| r.matches(access, subject)).collect();
     if let Some(r) = matching.iter().find(|r| r.deny) {
         return Decision {
             outcome: Outcome::Deny,
@@ -892,13 +902,30 @@ mod tests {
             assert!(compiled(bad).is_err(), "{bad}");
         }
         assert!(anywhere(Access::Exec, "**/sh", &Origin::new("t.toml", 1)).is_err());
-        // Beneath an excepted tree, `**/` rules do not reach; path rules do.
-        let exact = rule(Access::Write, path("/c/uv/b/.git"), true);
-        let plan = GatePlan { rules: vec![r, exact], default_timeout_ms: 1000, except_beneath: vec!["/c/uv".into()] };
-        let d = |s| decide(&plan, &Grants::default(), Access::Write, &m(s)).outcome;
-        assert_eq!(d("/c/uv/a/.git"), Outcome::Allow);
-        assert_eq!(d("/c/uv/b/.git"), Outcome::Deny);
-        assert_eq!(d("/c/uvx/.git"), Outcome::Deny);
+    }
+
+    #[test]
+    fn a_marker_is_one_file_with_stars_for_single_names() {
+        let plan = GatePlan { markers: vec!["/c/uv/*/.git".into()], ..GatePlan::default() };
+        assert!(is_marker(&plan, "/c/uv/sdists-v11/.git"));
+        assert!(is_marker(&plan, "/c/uv/x/.git/"));
+        for not in
+            ["/c/uv/.git", "/c/uv/a/b/.git", "/c/uv/a/.git/config", "/c/uv/a/.gitx", "/c/uvx/a/.git", "/c/uv/../.git"]
+        {
+            assert!(!is_marker(&plan, not), "{not}");
+        }
+        let compile = |m: &str| {
+            let p = AskProfile {
+                markers: vec![Located::new(m.to_string(), Origin::new("t.toml", 9))],
+                ..AskProfile::default()
+            };
+            super::compile(&p, &|s, _| Ok(s.to_string()), &|_| Ok(0))
+        };
+        assert_eq!(compile("/c/uv/*/.git").unwrap().markers, ["/c/uv/*/.git"]);
+        for bad in ["**/.git", "/c/uv/sdists-*/.git", "/c/uv/*", "/"] {
+            let e = compile(bad).unwrap_err().to_string();
+            assert!(e.contains("t.toml:9") && e.contains("deny.markers"), "{bad}: {e}");
+        }
     }
 
     #[test]
@@ -924,7 +951,7 @@ mod tests {
                 for grant_state in [None, Some(true), Some(false)] {
                     for other_access_rules in [false, true] {
                         let mut plan =
-                            GatePlan { rules: vec![], default_timeout_ms: DEFAULT_TIMEOUT_MS, except_beneath: vec![] };
+                            GatePlan { rules: vec![], default_timeout_ms: DEFAULT_TIMEOUT_MS, markers: vec![] };
                         if deny_rule {
                             plan.rules.push(rule(Access::Read, path("/h/.ssh"), true));
                         }
@@ -968,7 +995,7 @@ mod tests {
         let mut b = rule(Access::Read, path("/h/.ssh"), false);
         b.category = Category::Credential;
         b.timeout_ms = 2000;
-        let plan = GatePlan { rules: vec![a, b], default_timeout_ms: DEFAULT_TIMEOUT_MS, except_beneath: vec![] };
+        let plan = GatePlan { rules: vec![a, b], default_timeout_ms: DEFAULT_TIMEOUT_MS, markers: vec![] };
         let d = decide(&plan, &Grants::default(), Access::Read, &Subject::Path { path: "/h/.ssh/k", moves: false });
         assert_eq!((d.outcome, d.category, d.timeout_ms), (Outcome::Ask, Some(Category::Credential), 2000));
     }

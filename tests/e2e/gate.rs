@@ -1466,6 +1466,45 @@ both!(strict_protects_git_at_any_depth_and_in_write_roots, |sb| {
     run(&["create", &at("sub/.git/config")]).expect("errno 13 EACCES");
 });
 
+both!(uvs_cache_holds_no_repository_and_its_marker_stays_empty, |sb| {
+    // python (and what extends it) lets uv write its cache. The `**/` rules
+    // reach into it too: a reviewer built a repository there (`.git/config`
+    // with core.fsmonitor) under an exception for the whole tree, renamed it
+    // into the workspace, and git run there ran it. Only uv's marker is let
+    // be, read-only: made, if missing, and empty for good.
+    let cache = sb.home.join(".cache/uv");
+    for d in ["sdists-v11", "built/.git/hooks", "plain"] {
+        std::fs::create_dir_all(cache.join(d)).unwrap();
+    }
+    std::fs::write(cache.join("sdists-v11/.git"), "").unwrap();
+    std::fs::write(sb.ws.join("gitdir.txt"), "gitdir: /w/evil\n").unwrap();
+    if sb.who == As::Nobody {
+        Command::new("chown").args(["-R", "65534:65534"]).arg(sb.home.join(".cache")).status().unwrap();
+    }
+    let run = |args: &[&str]| probe_with(sb, &["--profile", "python"], args);
+    let c = |rel: &str| sb.path(&cache.join(rel));
+    let data = ws(sb, "gitdir.txt");
+    run(&["create", &c("built/.git/config")]).expect("errno 13 EACCES");
+    run(&["create", &c("built/.git/hooks/pre-commit")]).expect("errno 13 EACCES");
+    run(&["create", &c("built/.envrc")]).expect("errno 13 EACCES");
+    run(&["create", &c("built/sub/.git")]).expect("errno 2 ENOENT");
+    run(&["mkdir", &c("built/sub")]).expect("ok");
+    run(&["create", &c("built/sub/.git"), &data]).expect("errno 13 EACCES");
+    run(&["rename", &c("plain"), &c("built/sub/.git")]).expect("errno 13 EACCES");
+    assert!(std::fs::read_dir(cache.join("built/.git")).unwrap().count() == 1);
+    assert!(!cache.join("built/.envrc").exists() && !cache.join("built/sub/.git").exists());
+    // The marker: uv's open for writing works, and writes nothing.
+    run(&["write", &c("sdists-v11/.git")]).expect("ok");
+    std::fs::remove_file(cache.join("sdists-v11/.git")).unwrap();
+    run(&["create", &c("sdists-v11/.git"), &data]).expect("ok");
+    assert_eq!(std::fs::read(cache.join("sdists-v11/.git")).unwrap(), b"");
+    // Twins: the rest of the cache is uv's to write, and a plain tree moves out.
+    run(&["create", &c("plain/file.py"), &data]).expect("ok");
+    assert_eq!(std::fs::read_to_string(cache.join("plain/file.py")).unwrap(), "gitdir: /w/evil\n");
+    run(&["rename", &c("plain"), &ws(sb, "plain")]).expect("ok");
+    assert!(sb.ws.join("plain/file.py").exists());
+});
+
 both!(files_the_gate_creates_are_never_setuid, |sb| {
     // The gate creates files for the sandbox (a parked open): with the mode
     // asked for, but never the setuid or setgid bit, which chmod could not

@@ -111,6 +111,9 @@ fn render(e: &Explained) -> String {
                 if r.deny { String::new() } else { format!(" [{}, {} s]", r.category.as_str(), r.timeout_ms / 1000) };
             let _ = writeln!(s, "  {}{extra}", r.describe());
         }
+        for m in &p.gate.markers {
+            let _ = writeln!(s, "  marker {m}: made if missing, opened read-only (stays empty)");
+        }
         let parked: Vec<String> = crate::sandbox::seccomp::notify_set(&p.gate)
             .iter()
             .map(|(nr, how)| {

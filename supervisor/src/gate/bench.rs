@@ -113,14 +113,14 @@ pub fn measure(iters: usize, dir: &Path) -> Result<GateBench, Failure> {
             rule(Access::Syscall, Target::Syscall { name: "getppid".into(), nr: nr_getppid }, false),
             rule(Access::Write, Target::Path(dir.join("protected").to_string_lossy().into_owned()), true),
         ],
-        except_beneath: vec![],
+        markers: vec![],
         default_timeout_ms: 1000,
     };
     let prog = notify_program(&notify_set(&plan));
     let deny_plan = GatePlan {
         rules: vec![rule(Access::Syscall, Target::Syscall { name: "getppid".into(), nr: nr_getppid }, true)],
         default_timeout_ms: 1000,
-        except_beneath: vec![],
+        markers: vec![],
     };
 
     let (floor_ours, floor_theirs) = pair()?;

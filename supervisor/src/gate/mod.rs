@@ -611,13 +611,18 @@ pub fn canonical_rules(plan: &policy::ask::GatePlan) -> policy::ask::GatePlan {
     // Rules share ancestors (strict's name the workspace a dozen times):
     // each is resolved once per launch.
     let mut seen = std::collections::HashMap::new();
-    let excepted: Vec<String> = plan
-        .except_beneath
+    // A marker's directories before its first `*` are resolved; the rest
+    // (its own name too: a link there is not followed) are names.
+    let markers: Vec<String> = plan
+        .markers
         .iter()
-        .map(|e| canonical_path(std::path::Path::new(e), &mut seen))
-        .filter(|c| !plan.except_beneath.contains(c))
+        .map(|m| match m.find("/*/").or_else(|| m.rfind('/')) {
+            Some(i) if i > 0 => canonical_path(std::path::Path::new(&m[..i]), &mut seen) + &m[i..],
+            _ => m.clone(),
+        })
+        .filter(|c| !plan.markers.contains(c))
         .collect();
-    out.except_beneath.extend(excepted);
+    out.markers.extend(markers);
     for r in &plan.rules {
         if let policy::ask::Target::Path(p) = &r.target {
             let c = canonical_path(std::path::Path::new(p), &mut seen);

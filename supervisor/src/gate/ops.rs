@@ -424,6 +424,16 @@ fn open_op(
     if r.trailing_slash && flags & libc::O_CREAT != 0 && r.name.is_some() {
         return Err(libc::EISDIR);
     }
+    // A marker (`[deny] markers`: uv's `.git` in its cache) is made if
+    // missing and opened read-only: it stays empty, as its tool wants it.
+    // A write there (a `gitdir:` line) would start a repository that
+    // strict's `**/.git/...` rules never saw (a reviewer's repro built one
+    // in uv's cache and moved it into the workspace).
+    let marker = writes
+        && !tmpfile
+        && r.name.is_some()
+        && matches!(r.kind, None | Some(libc::S_IFREG))
+        && policy::ask::is_marker(&shared.ctx.plan, &r.canonical);
     let fifo = r.kind == Some(libc::S_IFIFO);
     let id = n.id;
     let mut access = Vec::new();
@@ -449,6 +459,9 @@ fn open_op(
     if r.trailing_slash && !tmpfile {
         own_flags |= libc::O_DIRECTORY;
     }
+    if marker {
+        own_flags = (own_flags & !(libc::O_ACCMODE | libc::O_TRUNC | libc::O_APPEND)) | libc::O_RDONLY;
+    }
     Ok(Op {
         access,
         // Creating or writing a file where a protected tree would be (a
@@ -457,11 +470,16 @@ fn open_op(
         // as a move.
         targets: vec![(
             r.canonical.clone(),
-            (creates && r.kind.is_none()) || (writes && r.kind == Some(libc::S_IFREG)),
+            !marker && ((creates && r.kind.is_none()) || (writes && r.kind == Some(libc::S_IFREG))),
         )],
         subject: None,
         kind,
-        detail: format!("open({:?}, {})", r.canonical, open_flags(flags)),
+        detail: format!(
+            "open({:?}, {}){}",
+            r.canonical,
+            open_flags(flags),
+            if marker { " (a marker: opened read-only)" } else { "" }
+        ),
         perform: Box::new(move |s: &Shared| {
             let open = move |nonblock: bool| {
                 if creates {
