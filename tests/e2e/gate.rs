@@ -303,6 +303,36 @@ fn an_approved_file_rename_never_moves_a_tree_swapped_in_meanwhile() {
     assert_eq!(std::fs::read_to_string(sb.ws.join(".claude")).unwrap(), "notes\n");
 }
 
+/// strict refuses making a `.git` file (a `gitdir:` line starts a
+/// repository the rules never saw), but an open of a `.git` directory with
+/// O_CREAT names no new file and may be asked about. Removed while the
+/// question waits, the directory must not turn the approved open into a
+/// create (a reviewer's note).
+#[test]
+fn an_approved_open_of_a_directory_never_creates_a_file_in_its_place() {
+    let sb = Sandbox::new("gate-create-swap", As::Caller);
+    setup(&sb);
+    let p =
+        sb.profile("ask-sub.toml", "extends = \"strict\"\n[ask]\nwrite = [\"{workspace}/sub\"]\ntimeout = \"20s\"\n");
+    let b = TestBroker::start(&sb);
+    let git = sb.ws.join("sub/.git");
+    std::fs::create_dir_all(&git).unwrap();
+    std::fs::write(sb.ws.join("gitdir.txt"), "gitdir: /w/evil\n").unwrap();
+    let args = ["create", &ws(&sb, "sub/.git"), &ws(&sb, "gitdir.txt")];
+    let child = spawn_with_broker(&sb, &b, &p, &args);
+    let req = b.next();
+    std::fs::remove_dir(&git).unwrap();
+    assert_eq!(b.cli(&["approve", req["id"].as_str().unwrap()]).code, 0);
+    Run::from(child.wait_with_output().unwrap()).expect("errno 2 ENOENT");
+    assert!(!git.exists(), "a gitdir: file was made");
+    // Twin: approved, a plain name is created.
+    let child = spawn_with_broker(&sb, &b, &p, &["create", &ws(&sb, "sub/notes"), &ws(&sb, "gitdir.txt")]);
+    let req = b.next();
+    assert_eq!(b.cli(&["approve", req["id"].as_str().unwrap()]).code, 0);
+    Run::from(child.wait_with_output().unwrap()).expect("ok");
+    assert!(sb.ws.join("sub/notes").is_file());
+}
+
 /// Names that are not UTF-8 are shown (and were keyed) with each bad byte
 /// as U+FFFD, so `tasks\xff.json` and `tasks\xfe.json` read the same: a
 /// session grant for one let the other be made unasked (a helper's hunt).
@@ -1413,6 +1443,12 @@ both!(git_redirects_are_protected_too, |sb| {
     }
     probe_gate(sb, &p, &["write", &ws(sb, ".git")]).expect("errno 13 EACCES");
     assert_eq!(std::fs::read_to_string(&gitfile).unwrap(), "gitdir: /srv/repo/.git/worktrees/w\n");
+    // Nor cut: a submodule's `gitdir: ../.git/modules/sub` cut to
+    // `gitdir: .` makes the submodule's directory the repository, and its
+    // `config` is no `.git/config` (a helper's hunt ran core.fsmonitor so).
+    probe_gate(sb, &p, &["truncate", &ws(sb, ".git")]).expect("errno 13 EACCES");
+    assert_eq!(std::fs::read_to_string(&gitfile).unwrap(), "gitdir: /srv/repo/.git/worktrees/w\n");
+    probe_gate(sb, &p, &["truncate", &ws(sb, "file.txt")]).expect("ok");
     // Twin: reading it (git in the sandbox does) stays allowed.
     probe_gate(sb, &p, &["read", &ws(sb, ".git")]).expect("ok");
 });
@@ -1495,6 +1531,7 @@ both!(uvs_cache_holds_no_repository_and_its_marker_stays_empty, |sb| {
     assert!(!cache.join("built/.envrc").exists() && !cache.join("built/sub/.git").exists());
     // The marker: uv's open for writing works, and writes nothing.
     run(&["write", &c("sdists-v11/.git")]).expect("ok");
+    run(&["truncate", &c("sdists-v11/.git")]).expect("errno 13 EACCES");
     std::fs::remove_file(cache.join("sdists-v11/.git")).unwrap();
     run(&["create", &c("sdists-v11/.git"), &data]).expect("ok");
     assert_eq!(std::fs::read(cache.join("sdists-v11/.git")).unwrap(), b"");

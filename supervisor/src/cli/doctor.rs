@@ -36,7 +36,7 @@ fn git_bare_repositories() -> String {
     match out {
         Err(_) => "git not found".into(),
         Ok(o) if String::from_utf8_lossy(&o.stdout).trim().eq_ignore_ascii_case("explicit") => {
-            "refused unless named *.git (safe.bareRepository=explicit)".into()
+            "refused where git finds them, but in a .git directory (safe.bareRepository=explicit)".into()
         }
         Ok(_) => "found anywhere: a directory a sandbox wrote (HEAD, objects/, refs/, config) can run its config when you run git there; set `git config --global safe.bareRepository explicit`".into(),
     }

@@ -323,7 +323,11 @@ pub fn classify(shared: &Shared, n: &Notif) -> Result<Op, i32> {
             let len = a[1] as i64;
             Ok(Op {
                 access: vec![Access::Write],
-                targets: vec![(r.canonical.clone(), false)],
+                // A write of the file, as an open for writing it is: cut to
+                // `gitdir: .`, a submodule's `.git` file names the
+                // submodule's own directory, whose `config` no rule covers
+                // (a helper's hunt ran core.fsmonitor that way).
+                targets: vec![(r.canonical.clone(), r.kind == Some(libc::S_IFREG))],
                 subject: None,
                 kind: "truncate",
                 detail: format!("truncate({:?}, {len})", r.canonical),
@@ -461,6 +465,12 @@ fn open_op(
     }
     if marker {
         own_flags = (own_flags & !(libc::O_ACCMODE | libc::O_TRUNC | libc::O_APPEND)) | libc::O_RDONLY;
+    }
+    if r.kind.is_some_and(|k| k != libc::S_IFREG) {
+        // Decided on as what is there (a directory at `.git`): no name is
+        // made, so none counted as made. Had it gone meanwhile (removed
+        // while a question waited), O_CREAT would make a file there.
+        own_flags &= !libc::O_CREAT;
     }
     Ok(Op {
         access,
