@@ -196,13 +196,18 @@ struct Queue {
     items: Vec<Item>,
     selected: usize,
     status: String,
-    /// The request under the cursor, and since when it has been there
-    /// (answerable at once when the person moved the cursor to it).
+    /// The request under the cursor, and since when it counts as read:
+    /// when it came there by itself, from then; when the person moved the
+    /// cursor to it, from when the list last changed (it was on screen).
     under: Option<(String, Instant)>,
+    /// When a request last came or went.
+    changed: Option<Instant>,
 }
 
 impl Queue {
     fn apply(&mut self, m: FromBroker) {
+        let before = self.items.len();
+        let was = self.items.get(self.selected).map(|i| i.view.id.clone());
         match m {
             FromBroker::Pending(_) => self.items.clear(),
             FromBroker::Request(r) => self.add(r.request),
@@ -217,7 +222,11 @@ impl Queue {
             _ => {}
         }
         self.selected = self.selected.min(self.items.len().saturating_sub(1));
-        self.settle(Instant::now(), false);
+        let now = Instant::now();
+        if self.items.len() != before || self.items.get(self.selected).map(|i| &i.view.id) != was.as_ref() {
+            self.changed = Some(now);
+        }
+        self.settle(now, false);
     }
 
     /// Moves the cursor by `by` (the person's own move).
@@ -231,7 +240,10 @@ impl Queue {
     fn settle(&mut self, now: Instant, moved: bool) {
         let id = self.items.get(self.selected).map(|i| i.view.id.clone());
         if self.under.as_ref().map(|(u, _)| u) != id.as_ref() {
-            let since = if moved { now.checked_sub(SETTLE).unwrap_or(now) } else { now };
+            // A Down pressed as the list changed lands on a request the
+            // person never saw there: it waits like one that slid in.
+            let read = now.checked_sub(SETTLE).unwrap_or(now);
+            let since = if moved { self.changed.map_or(read, |c| c.max(read)) } else { now };
             self.under = id.map(|i| (i, since));
         }
     }
@@ -607,10 +619,21 @@ mod tests {
         // Twin: once it has been on screen long enough, it is answerable.
         let later = Instant::now() + SETTLE + Duration::from_millis(10);
         assert_eq!(q.answerable(later).map(|i| i.view.id.as_str()), Ok("bbbbbbbb"));
-        // The person's own move makes the request answerable at once.
+        // The person's own move onto a request that has been on screen
+        // makes it answerable at once.
         q.apply(FromBroker::Added(Added { request: view("cccccccc", "read") }));
-        q.step(1, Instant::now());
-        assert_eq!(q.answerable(Instant::now()).map(|i| i.view.id.as_str()), Ok("cccccccc"));
+        let seen = Instant::now() + SETTLE + Duration::from_millis(10);
+        q.step(1, seen);
+        assert_eq!(q.answerable(seen).map(|i| i.view.id.as_str()), Ok("cccccccc"));
+        // But not onto one that has just arrived (or slid) there: the Down
+        // was pressed for the list as it was (a reviewer's note).
+        q.step(-1, seen);
+        q.apply(FromBroker::Added(Added { request: view("eeeeeeee", "credential") }));
+        let pressed = Instant::now() + Duration::from_millis(50);
+        q.step(2, pressed);
+        assert!(q.answerable(pressed).is_err_and(|why| why.contains("eeeeeeee")));
+        let read = Instant::now() + SETTLE + Duration::from_millis(10);
+        assert_eq!(q.answerable(read).map(|i| i.view.id.as_str()), Ok("eeeeeeee"));
         // A first request, arriving on an empty queue, waits too.
         let mut q = Queue::default();
         q.apply(FromBroker::Added(Added { request: view("dddddddd", "read") }));
