@@ -617,16 +617,31 @@ impl AuditLog {
     /// keeping the lock: a log that cannot take them (a full disk, a
     /// read-only filesystem) fails here, before the caller acts on them.
     /// The next [`commit`](Self::commit) makes them durable, or cuts them
-    /// off again and fails.
+    /// off again and fails. Called again before that commit, it writes what
+    /// was appended since, chained after the first batch.
     pub fn write_ahead(&mut self) -> Result<(), AuditError> {
         self.usable()?;
-        if self.pending.is_empty() || self.unsynced.is_some() {
+        if self.pending.is_empty() {
             return Ok(());
         }
-        let before = self.known_len;
-        let result = self.encode_pending().and_then(|encoded| match self.file.write_all(&encoded.buf) {
+        let (before, prior) = match self.unsynced.take() {
+            Some((before, written)) => (before, Some(written)),
+            None => (self.known_len, None),
+        };
+        let base = prior.as_ref().map_or(&self.chain.frontier, |p| &p.frontier).clone();
+        let result = self.encode_pending(&base).and_then(|encoded| match self.file.write_all(&encoded.buf) {
             Ok(()) => {
-                self.unsynced = Some((before, encoded));
+                self.unsynced = Some((
+                    before,
+                    match prior {
+                        Some(mut p) => {
+                            p.buf.extend_from_slice(&encoded.buf);
+                            p.frontier = encoded.frontier;
+                            p
+                        }
+                        None => encoded,
+                    },
+                ));
                 Ok(())
             }
             Err(e) => {
@@ -641,10 +656,10 @@ impl AuditLog {
         result
     }
 
-    /// The buffered records, signed and encoded after the tree so far.
-    fn encode_pending(&mut self) -> Result<Encoded, AuditError> {
+    /// The buffered records, signed and encoded after the tree `base`.
+    fn encode_pending(&mut self, base: &merkle::Frontier) -> Result<Encoded, AuditError> {
         let batch = std::mem::take(&mut self.pending);
-        let mut encoded = Encoded::new(&self.chain.frontier, batch.len());
+        let mut encoded = Encoded::new(base, batch.len());
         // In order: the signer thread has been signing since each `push`.
         // Each line is encoded, leaf-hashed and freed as soon as its
         // signature is back, while the thread signs the next ones, so only
@@ -661,7 +676,8 @@ impl AuditLog {
     }
 
     fn commit_locked(&mut self) -> Result<(), AuditError> {
-        let encoded = self.encode_pending()?;
+        let base = self.chain.frontier.clone();
+        let encoded = self.encode_pending(&base)?;
         self.write_encoded(encoded)?;
         if self.opts.rotate_bytes.is_some_and(|limit| self.known_len >= limit) {
             self.rotate()?;

@@ -57,6 +57,27 @@ fn clean_log_verifies_with_checkpoint_and_trusted_key() {
     assert_eq!((cp.size, cp.root), (11, r.root));
 }
 
+/// `write_ahead` puts records on the file before the caller acts on them.
+/// Called twice before a commit, the second call returned Ok and wrote
+/// nothing (a reviewer's note): what was appended between had not reached
+/// the file when the caller went on.
+#[test]
+fn a_second_write_ahead_writes_what_came_since() {
+    let t = Tmp::new("ahead-twice");
+    let mut log = AuditLog::open(&t.log(), test_key(1)).unwrap();
+    log.append(Kind::Verdict, json!({"path": "/w/first"})).unwrap();
+    log.write_ahead().unwrap();
+    log.append(Kind::Verdict, json!({"path": "/w/second"})).unwrap();
+    log.write_ahead().unwrap();
+    let on_file = std::fs::read_to_string(t.log()).unwrap();
+    assert!(on_file.contains("/w/first") && on_file.contains("/w/second"), "{on_file}");
+    log.append(Kind::Verdict, json!({"path": "/w/third"})).unwrap();
+    log.commit().unwrap();
+    log.close().unwrap();
+    let r = verify(&t.log(), Some(&t.cp()), Some(&test_key(1).verifying_key())).unwrap();
+    assert_eq!(r.records, 4);
+}
+
 #[test]
 fn changed_byte_is_detected_at_its_seq() {
     let t = Tmp::new("byte");
