@@ -184,3 +184,44 @@ both!(what_a_killed_supervisor_left_behind_goes_with_the_next_run, |sb| {
     live.wait().unwrap();
     assert!(still, "a live run's {{tmp}} was swept");
 });
+
+/// `{tmp}` lives under a root only this user may write. Another user who
+/// made that root first (`/tmp/portcullis-UID` when XDG_RUNTIME_DIR is
+/// unset, or here `$XDG_RUNTIME_DIR/portcullis`) is refused before
+/// anything in it is touched: the sweep of stale trees once ran before the
+/// check, and a reviewer turned its chmod against the victim's files. The
+/// victim is nobody; the squatter another uid.
+#[test]
+fn a_temp_root_another_user_made_is_refused_and_left_alone() {
+    let Some(sb) = Sandbox::nobody("squat") else { return };
+    const SQUATTER: u32 = 4242;
+    let run_dir = sb.root.join("run");
+    let squat = run_dir.join("portcullis");
+    std::fs::create_dir_all(&squat).unwrap();
+    std::os::unix::fs::chown(&run_dir, Some(NOBODY), Some(NOBODY)).unwrap();
+    // A leftover named as a killed session's (a pid that is gone).
+    let mut gone = std::process::Command::new("true").spawn().unwrap();
+    gone.wait().unwrap();
+    let stale = squat.join(format!("tmp-{}-1", gone.id()));
+    std::fs::create_dir(&stale).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    for d in [&squat, &stale] {
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o777)).unwrap();
+        std::os::unix::fs::chown(d, Some(SQUATTER), Some(SQUATTER)).unwrap();
+    }
+    let run = || {
+        let mut c = sb.portcullis(&["run", "--exec", PROBE, "--", PROBE, "status"]);
+        c.env("XDG_RUNTIME_DIR", &run_dir).env("PORTCULLIS_BROKER", "off");
+        Run::from(c.output().unwrap())
+    };
+    let r = run();
+    assert_eq!(r.code, 125, "{}", r.stderr);
+    assert!(r.stderr.contains("is not a 0700 directory owned by this user"), "{}", r.stderr);
+    assert!(stale.is_dir(), "the squatter's tree was swept");
+    // Twin: the same leftover under a root of the user's own goes.
+    std::os::unix::fs::chown(&squat, Some(NOBODY), Some(NOBODY)).unwrap();
+    std::fs::set_permissions(&squat, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let r = run();
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(!stale.exists(), "a stale {{tmp}} under the user's own root stayed");
+}
