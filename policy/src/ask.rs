@@ -94,6 +94,12 @@ pub struct DenyFile {
     /// gate opens them read-only, so they are made empty and stay so.
     #[serde(default)]
     pub markers: Vec<Spanned<String>>,
+    /// Places no symlink may appear beneath (`**/.git`): host tools write
+    /// through links there by path (git's COMMIT_EDITMSG, FETCH_HEAD, its
+    /// reflogs). None is made, renamed or hard-linked there, and no tree is
+    /// moved in from elsewhere (it could hold one).
+    #[serde(default)]
+    pub symlinks: Vec<Spanned<String>>,
     /// `false`: drop the `deny` rules of the profiles this one extends.
     pub inherit: Option<bool>,
 }
@@ -161,6 +167,8 @@ pub struct AskProfile {
     pub timeout_ms: Option<Located<u64>>,
     /// `[deny] markers`, as written.
     pub markers: Vec<Located<String>>,
+    /// `[deny] symlinks`, as written.
+    pub symlinks: Vec<Located<String>>,
 }
 
 fn parse_port(at: &Origin, n: i64) -> Result<u16, Error> {
@@ -252,9 +260,13 @@ impl AskProfile {
         if deny.inherit == Some(false) {
             self.rules.retain(|r| !r.deny);
             self.markers.clear();
+            self.symlinks.clear();
         }
         for v in &deny.markers {
             self.markers.push(Located::new(v.get_ref().clone(), lines.at(v.span().start)));
+        }
+        for v in &deny.symlinks {
+            self.symlinks.push(Located::new(v.get_ref().clone(), lines.at(v.span().start)));
         }
         for (list, access) in [
             (&ask.read, Access::Read),
@@ -384,16 +396,20 @@ pub struct GatePlan {
     /// see [`DenyFile::markers`] and [`is_marker`].
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub markers: Vec<String>,
+    /// `[deny] symlinks`, as write-deny rules on their places (see
+    /// [`DenyFile::symlinks`] and [`no_symlinks_at`]).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub symlinks: Vec<GateRule>,
 }
 
 impl GatePlan {
     pub fn is_empty(&self) -> bool {
-        self.rules.is_empty()
+        self.rules.is_empty() && self.symlinks.is_empty()
     }
 
     /// Some rule is about `access`.
     pub fn covers(&self, access: Access) -> bool {
-        self.rules.iter().any(|r| r.access == access)
+        self.rules.iter().chain(&self.symlinks).any(|r| r.access == access)
     }
 
     /// Syscalls (number, name) that ask.
@@ -487,7 +503,29 @@ pub fn compile(
         }
         markers.push(m);
     }
-    Ok(GatePlan { rules, default_timeout_ms, markers })
+    let mut symlinks = Vec::new();
+    for e in &p.symlinks {
+        let target = match e.value.starts_with("**") {
+            true => anywhere(Access::Write, &e.value, &e.at)?,
+            false => Target::Path(path(&e.value, &e.at)?),
+        };
+        symlinks.push(GateRule {
+            access: Access::Write,
+            target,
+            deny: true,
+            category: Category::Write,
+            timeout_ms: 0,
+            at: e.at.clone(),
+        });
+    }
+    Ok(GatePlan { rules, default_timeout_ms, markers, symlinks })
+}
+
+/// The `[deny] symlinks` rule that keeps symlinks out of `path`, if any:
+/// `path` is at or beneath one of its places.
+pub fn no_symlinks_at<'a>(plan: &'a GatePlan, path: &str) -> Option<&'a GateRule> {
+    let subject = Subject::Path { path, moves: false };
+    plan.symlinks.iter().find(|r| r.matches(Access::Write, &subject))
 }
 
 /// Whether `path` (canonical) is one of `plan`'s markers: the same number
@@ -950,8 +988,12 @@ mod tests {
             for ask_rule in [false, true] {
                 for grant_state in [None, Some(true), Some(false)] {
                     for other_access_rules in [false, true] {
-                        let mut plan =
-                            GatePlan { rules: vec![], default_timeout_ms: DEFAULT_TIMEOUT_MS, markers: vec![] };
+                        let mut plan = GatePlan {
+                            rules: vec![],
+                            default_timeout_ms: DEFAULT_TIMEOUT_MS,
+                            markers: vec![],
+                            symlinks: vec![],
+                        };
                         if deny_rule {
                             plan.rules.push(rule(Access::Read, path("/h/.ssh"), true));
                         }
@@ -995,7 +1037,8 @@ mod tests {
         let mut b = rule(Access::Read, path("/h/.ssh"), false);
         b.category = Category::Credential;
         b.timeout_ms = 2000;
-        let plan = GatePlan { rules: vec![a, b], default_timeout_ms: DEFAULT_TIMEOUT_MS, markers: vec![] };
+        let plan =
+            GatePlan { rules: vec![a, b], default_timeout_ms: DEFAULT_TIMEOUT_MS, markers: vec![], symlinks: vec![] };
         let d = decide(&plan, &Grants::default(), Access::Read, &Subject::Path { path: "/h/.ssh/k", moves: false });
         assert_eq!((d.outcome, d.category, d.timeout_ms), (Outcome::Ask, Some(Category::Credential), 2000));
     }

@@ -1542,6 +1542,46 @@ both!(uvs_cache_holds_no_repository_and_its_marker_stays_empty, |sb| {
     assert!(sb.ws.join("plain/file.py").exists());
 });
 
+both!(no_symlink_lands_in_a_git_dir_and_git_obeys_nothing_else_there, |sb| {
+    // Git writes COMMIT_EDITMSG (filled from MERGE_MSG), FETCH_HEAD and its
+    // reflogs by path, following symlinks: a helper's link at
+    // .git/COMMIT_EDITMSG made the host's next `git commit` write the
+    // sandbox's MERGE_MSG into ~/.bashrc (or over a protected hook). Nor
+    // does git get a rebase todo (its `exec` lines run on `--continue`),
+    // alternates (read as another repository's config) or legacy remotes.
+    let p = setup(sb);
+    std::fs::create_dir_all(sb.ws.join(".git/objects/info")).unwrap();
+    std::fs::create_dir_all(sb.ws.join("tree")).unwrap();
+    std::fs::write(sb.ws.join("msg.txt"), "Update\n").unwrap();
+    if sb.who == As::Nobody {
+        Command::new("chown").args(["-R", "65534:65534"]).arg(&sb.ws).status().unwrap();
+    }
+    let target = sb.path(&sb.outside.join("secret.txt"));
+    let run = |args: &[&str]| probe_gate(sb, &p, args);
+    run(&["symlink", &target, &ws(sb, ".git/COMMIT_EDITMSG")]).expect("errno 13 EACCES");
+    run(&["symlink", &target, &ws(sb, ".git/objects/info/x")]).expect("errno 13 EACCES");
+    // Made elsewhere, then moved, linked or carried in a tree.
+    run(&["symlink", &target, &ws(sb, "tree/HEAD")]).expect("ok");
+    run(&["rename", &ws(sb, "tree/HEAD"), &ws(sb, ".git/ORIG_HEAD")]).expect("errno 13 EACCES");
+    run(&["link", &ws(sb, "tree/HEAD"), &ws(sb, ".git/FETCH_HEAD")]).expect("errno 13 EACCES");
+    run(&["rename", &ws(sb, "tree"), &ws(sb, ".git/logs")]).expect("errno 13 EACCES");
+    for name in ["COMMIT_EDITMSG", "ORIG_HEAD", "FETCH_HEAD", "logs", "objects/info/x"] {
+        assert!(std::fs::symlink_metadata(sb.ws.join(".git").join(name)).is_err(), "{name}");
+    }
+    run(&["mkdir", &ws(sb, ".git/rebase-merge")]).expect("errno 13 EACCES");
+    run(&["create", &ws(sb, ".git/objects/info/alternates")]).expect("errno 13 EACCES");
+    run(&["mkdir", &ws(sb, ".git/remotes")]).expect("errno 13 EACCES");
+    run(&["mkdir", &ws(sb, ".git/branches")]).expect("errno 13 EACCES");
+    // Twins: links elsewhere, files moved in (git's own lock files), and
+    // trees moved inside .git are fine.
+    run(&["symlink", "file.txt", &ws(sb, "link")]).expect("ok");
+    run(&["rename", &ws(sb, "msg.txt"), &ws(sb, ".git/MERGE_MSG")]).expect("ok");
+    run(&["mkdir", &ws(sb, ".git/a")]).expect("ok");
+    run(&["rename", &ws(sb, ".git/a"), &ws(sb, ".git/b")]).expect("ok");
+    run(&["create", &ws(sb, ".git/objects/info/packs")]).expect("ok");
+    assert!(sb.ws.join(".git/MERGE_MSG").is_file() && sb.ws.join(".git/b").is_dir());
+});
+
 both!(files_the_gate_creates_are_never_setuid, |sb| {
     // The gate creates files for the sandbox (a parked open): with the mode
     // asked for, but never the setuid or setgid bit, which chmod could not

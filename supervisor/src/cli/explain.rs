@@ -111,6 +111,13 @@ fn render(e: &Explained) -> String {
                 if r.deny { String::new() } else { format!(" [{}, {} s]", r.category.as_str(), r.timeout_ms / 1000) };
             let _ = writeln!(s, "  {}{extra}", r.describe());
         }
+        for r in &p.gate.symlinks {
+            let _ = writeln!(
+                s,
+                "  {}: no symlink made, linked or moved in",
+                r.describe().replacen("deny.write", "deny.symlinks", 1)
+            );
+        }
         for m in &p.gate.markers {
             let _ = writeln!(s, "  marker {m}: made if missing, opened read-only (stays empty)");
         }

@@ -114,6 +114,7 @@ pub fn measure(iters: usize, dir: &Path) -> Result<GateBench, Failure> {
             rule(Access::Write, Target::Path(dir.join("protected").to_string_lossy().into_owned()), true),
         ],
         markers: vec![],
+        symlinks: vec![],
         default_timeout_ms: 1000,
     };
     let prog = notify_program(&notify_set(&plan));
@@ -121,6 +122,7 @@ pub fn measure(iters: usize, dir: &Path) -> Result<GateBench, Failure> {
         rules: vec![rule(Access::Syscall, Target::Syscall { name: "getppid".into(), nr: nr_getppid }, true)],
         default_timeout_ms: 1000,
         markers: vec![],
+        symlinks: vec![],
     };
 
     let (floor_ours, floor_theirs) = pair()?;

@@ -392,7 +392,16 @@ impl Shared {
                     // could otherwise move in a `.vscode` it built unasked.
                     // A file renamed over a file is a write of it and keeps
                     // its grant (atomic saves). A deny grant still holds.
-                    let names = matches!(op.kind, "rename-tree" | "link" | "symlink" | "mknod");
+                    let names = matches!(op.kind, "rename-tree" | "link" | "link-symlink" | "symlink" | "mknod");
+                    if let Some(r) = self.brings_a_symlink(op) {
+                        consider(policy::ask::Decision {
+                            outcome: Outcome::Deny,
+                            category: Some(r.category),
+                            timeout_ms: 0,
+                            reason: r.describe().replacen("deny.write", "deny.symlinks", 1),
+                            grant: None,
+                        });
+                    }
                     let no_grants = policy::ask::Grants::default();
                     for (t, moves) in &op.targets {
                         let subject = policy::ask::Subject::Path { path: t, moves: *moves };
@@ -416,6 +425,22 @@ impl Shared {
             reason: "no rule".into(),
             grant: None,
         })
+    }
+
+    /// The `[deny] symlinks` rule `op` breaks, if any: it makes or links a
+    /// symlink there, or moves a tree (which could hold one) or a symlink
+    /// in from elsewhere (or, exchanged, out).
+    fn brings_a_symlink(&self, op: &Op) -> Option<&policy::ask::GateRule> {
+        let zone = |i: usize| op.targets.get(i).and_then(|(t, _)| policy::ask::no_symlinks_at(&self.ctx.plan, t));
+        match op.kind {
+            "symlink" => zone(0),
+            "link-symlink" => zone(1),
+            "rename-tree" => match (zone(0), zone(1)) {
+                (Some(_), Some(_)) | (None, None) => None,
+                (a, b) => a.or(b),
+            },
+            _ => None,
+        }
     }
 
     fn record_denial(&self, n: &Notif, op: &Op, reason: &str) {
@@ -623,13 +648,15 @@ pub fn canonical_rules(plan: &policy::ask::GatePlan) -> policy::ask::GatePlan {
         .filter(|c| !plan.markers.contains(c))
         .collect();
     out.markers.extend(markers);
-    for r in &plan.rules {
-        if let policy::ask::Target::Path(p) = &r.target {
-            let c = canonical_path(std::path::Path::new(p), &mut seen);
-            if c != *p {
-                let mut extra = r.clone();
-                extra.target = policy::ask::Target::Path(c);
-                out.rules.push(extra);
+    for (rules, into) in [(&plan.rules, &mut out.rules), (&plan.symlinks, &mut out.symlinks)] {
+        for r in rules {
+            if let policy::ask::Target::Path(p) = &r.target {
+                let c = canonical_path(std::path::Path::new(p), &mut seen);
+                if c != *p {
+                    let mut extra = r.clone();
+                    extra.target = policy::ask::Target::Path(c);
+                    into.push(extra);
+                }
             }
         }
     }

@@ -200,7 +200,8 @@ pub fn classify(shared: &Shared, n: &Notif) -> Result<Op, i32> {
                 access: vec![Access::Write, Access::Read],
                 targets: vec![(from.canonical.clone(), true), (to.canonical.clone(), true)],
                 subject: None,
-                kind: "link",
+                // Without AT_SYMLINK_FOLLOW a symlink is linked as itself.
+                kind: if from.kind == Some(libc::S_IFLNK) { "link-symlink" } else { "link" },
                 detail: format!("link({:?}, {:?})", from.canonical, to.canonical),
                 perform: Box::new(move |s: &Shared| {
                     hands_result(s.hands(move || {
