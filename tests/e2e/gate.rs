@@ -1423,6 +1423,16 @@ both!(git_redirects_are_protected_too, |sb| {
     // worktrees/ and modules/, and from a `.git` *file* naming another git
     // dir: each would run code the sandbox planted without touching hooks/.
     let p = setup(sb);
+    // Nor opened through a symlink by a create that must not follow it
+    // (O_CREAT|O_EXCL on a name that is there is EEXIST, a reviewer's
+    // write through `cfg -> .git/config` ran core.fsmonitor), nor a directory.
+    std::os::unix::fs::symlink(".git/config", sb.ws.join("cfg")).unwrap();
+    if sb.who == As::Nobody {
+        std::os::unix::fs::lchown(sb.ws.join("cfg"), Some(NOBODY), Some(NOBODY)).unwrap();
+    }
+    probe_gate(sb, &p, &["create", &ws(sb, "cfg"), &ws(sb, "file.txt")]).expect("errno 17 EEXIST");
+    probe_gate(sb, &p, &["create", &ws(sb, ".git")]).expect("errno 17 EEXIST");
+    assert_eq!(std::fs::read_to_string(sb.ws.join(".git/config")).unwrap(), "[core]\n");
     probe_gate(sb, &p, &["create", &ws(sb, ".git/commondir")]).expect("errno 13 EACCES");
     probe_gate(sb, &p, &["mkdir", &ws(sb, ".git/worktrees")]).expect("errno 13 EACCES");
     probe_gate(sb, &p, &["mkdir", &ws(sb, ".git/modules")]).expect("errno 13 EACCES");

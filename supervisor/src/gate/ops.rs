@@ -429,6 +429,15 @@ fn open_op(
     if r.trailing_slash && flags & libc::O_CREAT != 0 && r.name.is_some() {
         return Err(libc::EISDIR);
     }
+    // What the kernel says to a create of a name that is there (a symlink
+    // included: O_CREAT|O_EXCL never follows one), said before O_CREAT is
+    // dropped below.
+    if excl_create && r.kind.is_some() {
+        return Err(libc::EEXIST);
+    }
+    if flags & libc::O_CREAT != 0 && r.kind == Some(libc::S_IFDIR) {
+        return Err(libc::EISDIR);
+    }
     // A marker (`[deny] markers`: uv's `.git` in its cache) is made if
     // missing and opened read-only: it stays empty, as its tool wants it.
     // A write there (a `gitdir:` line) would start a repository that
@@ -457,8 +466,11 @@ fn open_op(
         _ => None,
     };
     let mut own_flags = flags | libc::O_CLOEXEC;
-    if r.name.is_some() && follow {
-        // Resolved already: a symlink swapped in now must not redirect the open.
+    if r.name.is_some() {
+        // Resolved already (a symlink followed if the caller follows): one
+        // there now, swapped in or never to be followed, must not redirect
+        // the open (a reviewer opened `.git/config` through a link with
+        // O_CREAT|O_EXCL once O_CREAT was dropped).
         own_flags |= libc::O_NOFOLLOW;
     }
     if r.trailing_slash && !tmpfile {
