@@ -100,6 +100,11 @@ pub struct DenyFile {
     /// moved in from elsewhere (it could hold one).
     #[serde(default)]
     pub symlinks: Vec<Spanned<String>>,
+    /// Deny rules of the profiles this one extends to drop, as they were
+    /// written there (`**/.git`): a profile whose tool must write what
+    /// its base denies whole lists finer rules instead.
+    #[serde(default)]
+    pub drop: Vec<Spanned<String>>,
     /// `false`: drop the `deny` rules of the profiles this one extends.
     pub inherit: Option<bool>,
 }
@@ -261,6 +266,17 @@ impl AskProfile {
             self.rules.retain(|r| !r.deny);
             self.markers.clear();
             self.symlinks.clear();
+        }
+        for v in &deny.drop {
+            let before = self.rules.len();
+            self.rules.retain(|r| !(r.deny && matches!(&r.target, RawTarget::Path(p) if p == v.get_ref())));
+            if self.rules.len() == before {
+                let at = lines.at(v.span().start);
+                return Err(Error::invalid(
+                    &at,
+                    format!("deny.drop: `{}` is no deny rule of the profiles this one extends", v.get_ref()),
+                ));
+            }
         }
         for v in &deny.markers {
             self.markers.push(Located::new(v.get_ref().clone(), lines.at(v.span().start)));
@@ -765,7 +781,13 @@ impl Decision {
 ///    and the shortest timeout of the matching rules;
 /// 4. else allow (the kernel's Landlock rules and the floor still apply).
 pub fn decide(plan: &GatePlan, grants: &Grants, access: Access, subject: &Subject) -> Decision {
-    let matching: Vec<&GateRule> = plan.rules.iter().filter(|r| r.matches(access, subject)).collect();
+    // A marker, opened as one (no move), is the one name `**/` rules let be.
+    let marker = matches!(subject, Subject::Path { path, moves: false } if is_marker(plan, path));
+    let matching: Vec<&GateRule> = plan
+        .rules
+        .iter()
+        .filter(|r| !(marker && matches!(r.target, Target::Anywhere(_))) && r.matches(access, subject))
+        .collect();
     if let Some(r) = matching.iter().find(|r| r.deny) {
         return Decision {
             outcome: Outcome::Deny,
@@ -940,6 +962,23 @@ mod tests {
             assert!(compiled(bad).is_err(), "{bad}");
         }
         assert!(anywhere(Access::Exec, "**/sh", &Origin::new("t.toml", 1)).is_err());
+    }
+
+    #[test]
+    fn drop_removes_a_bases_deny_rule_as_written_and_names_a_typo() {
+        let base = "[deny]\nwrite = [\"**/.git\", \"{workspace}/.envrc\"]\n";
+        let child = "[deny]\ndrop = [\"**/.git\"]\nwrite = [\"**/.git/config\"]\n";
+        let mut p = AskProfile::default();
+        for (text, name) in [(base, "base.toml"), (child, "child.toml")] {
+            let f: crate::schema::ProfileFile = toml::from_str(text).unwrap();
+            p.layer(&f.ask, &f.deny, &Lines::new(name, text)).unwrap();
+        }
+        let targets: Vec<_> = p.rules.iter().map(|r| r.target.clone()).collect();
+        assert_eq!(targets, [RawTarget::Path("{workspace}/.envrc".into()), RawTarget::Path("**/.git/config".into())]);
+        let typo = "[deny]\ndrop = [\"**/.gti\"]\n";
+        let f: crate::schema::ProfileFile = toml::from_str(typo).unwrap();
+        let e = p.layer(&f.ask, &f.deny, &Lines::new("typo.toml", typo)).unwrap_err().to_string();
+        assert!(e.contains("typo.toml:2") && e.contains("deny.drop"), "{e}");
     }
 
     #[test]

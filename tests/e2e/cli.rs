@@ -193,7 +193,8 @@ fn explain_shows_every_layer() {
         "Lifecycle: PID namespace",
         "Syscall gate",
         "deny.write",
-        ".git/hooks",
+        "deny.write **/.git (builtin:strict",
+        "deny.symlinks **/.git",
         "parked: open (writing), openat (writing)",
         "MCP gate (with run --mcp)",
     ] {

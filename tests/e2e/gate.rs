@@ -10,7 +10,9 @@ use crate::both;
 use crate::support::*;
 
 /// `strict` plus the protected paths the built-in profiles use.
-const PROTECT: &str = r#"extends = "strict"
+// mcp-git: strict with its whole-`.git` rule dropped for the finer rules
+// these tests exercise (and twins elsewhere in .git).
+const PROTECT: &str = r#"extends = "mcp-git"
 [deny]
 write = ["{workspace}/.git/hooks", "{workspace}/.git/config", "{workspace}/.envrc"]
 [ask]
@@ -1498,15 +1500,25 @@ both!(strict_protects_git_at_any_depth_and_in_write_roots, |sb| {
     }
     assert!(!sb.ws.join("vendor/.git").exists() && !repo.join("sub/.git").exists() && repo.join("sub").is_dir());
     assert!(!sb.ws.join("HEAD").exists() && nested.join(".git").is_dir());
-    // Twins: git works there (HEAD, the index), and so does the rest.
-    run(&["write", &at(".git/HEAD")]).expect("ok");
-    run(&["create", &at(".git/index")]).expect("ok");
-    run(&["create", &ws(sb, "vendor/lib/.git/index")]).expect("ok");
+    // strict denies every `.git` whole: HEAD and the index too, and a new one.
+    run(&["write", &at(".git/HEAD")]).expect("errno 13 EACCES");
+    run(&["create", &ws(sb, "vendor/lib/.git/index")]).expect("errno 13 EACCES");
+    run(&["mkdir", &at("sub/.git")]).expect("errno 13 EACCES");
+    // Twins: the rest of those trees is the sandbox's.
     run(&["create", &at("notes.txt")]).expect("ok");
     run(&["create", &ws(sb, "vendor/HEAD.txt")]).expect("ok");
-    // A `.git` directory made holds only names the rules still cover.
-    run(&["mkdir", &at("sub/.git")]).expect("ok");
-    run(&["create", &at("sub/.git/config")]).expect("errno 13 EACCES");
+    // mcp-git, whose server writes .git, keeps the finer rules: git works
+    // there (HEAD, the index), config and hooks stay out of reach, and a
+    // `.git` directory made holds only names the rules still cover.
+    let git = |args: &[&str]| probe_with(sb, &["--profile", "mcp-git", "--write", &repo_s], args);
+    git(&["write", &at(".git/config")]).expect("errno 13 EACCES");
+    git(&["create", &ws(sb, "vendor/lib/.git/hooks/pre-commit")]).expect("errno 13 EACCES");
+    git(&["create", &ws(sb, "vendor/.git")]).expect("errno 13 EACCES");
+    git(&["write", &at(".git/HEAD")]).expect("ok");
+    git(&["create", &at(".git/index")]).expect("ok");
+    git(&["create", &ws(sb, "vendor/lib/.git/index")]).expect("ok");
+    git(&["mkdir", &at("sub/.git")]).expect("ok");
+    git(&["create", &at("sub/.git/config")]).expect("errno 13 EACCES");
 });
 
 both!(uvs_cache_holds_no_repository_and_its_marker_stays_empty, |sb| {
@@ -1579,6 +1591,15 @@ both!(no_symlink_lands_in_a_git_dir_and_git_obeys_nothing_else_there, |sb| {
     run(&["create", &ws(sb, ".git/objects/info/alternates")]).expect("errno 13 EACCES");
     run(&["mkdir", &ws(sb, ".git/remotes")]).expect("errno 13 EACCES");
     run(&["mkdir", &ws(sb, ".git/branches")]).expect("errno 13 EACCES");
+    // A cherry-pick's options (a merge strategy named as a path ran on
+    // `--continue`), `git am`'s state, rerere's record (git copied the files
+    // MERGE_RR named into rr-cache), and a FIFO git would hang on.
+    run(&["mkdir", &ws(sb, ".git/sequencer")]).expect("errno 13 EACCES");
+    run(&["mkdir", &ws(sb, ".git/rebase-apply")]).expect("errno 13 EACCES");
+    run(&["mkdir", &ws(sb, ".git/rr-cache")]).expect("errno 13 EACCES");
+    run(&["create", &ws(sb, ".git/MERGE_RR")]).expect("errno 13 EACCES");
+    run(&["mkfifo", &ws(sb, ".git/COMMIT_EDITMSG")]).expect("errno 13 EACCES");
+    run(&["mkfifo", &ws(sb, "fifo")]).expect("ok");
     // Twins: links elsewhere, files moved in (git's own lock files), and
     // trees moved inside .git are fine.
     run(&["symlink", "file.txt", &ws(sb, "link")]).expect("ok");

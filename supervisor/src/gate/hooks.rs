@@ -107,8 +107,8 @@ fn protects_hooks(plan: &GatePlan) -> bool {
         r.deny
             && r.access == Access::Write
             && match &r.target {
-                Target::Anywhere(s) => s == ".git/hooks",
-                Target::Path(p) => p.ends_with("/.git/hooks"),
+                Target::Anywhere(s) => s == ".git/hooks" || s == ".git",
+                Target::Path(p) => p.ends_with("/.git/hooks") || p.ends_with("/.git"),
                 _ => false,
             }
     })

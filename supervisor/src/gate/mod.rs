@@ -433,7 +433,7 @@ impl Shared {
     fn brings_a_symlink(&self, op: &Op) -> Option<&policy::ask::GateRule> {
         let zone = |i: usize| op.targets.get(i).and_then(|(t, _)| policy::ask::no_symlinks_at(&self.ctx.plan, t));
         match op.kind {
-            "symlink" => zone(0),
+            "symlink" | "mknod" => zone(0),
             "link-symlink" => zone(1),
             "rename-tree" => match (zone(0), zone(1)) {
                 (Some(_), Some(_)) | (None, None) => None,
