@@ -1643,6 +1643,8 @@ both!(hooks_in_the_work_tree_are_protected_like_git_hooks, |sb| {
     assert!(!sb.ws.join(".husky/pre-commit").exists() && !sb.ws.join("tools/githooks/pre-commit").exists());
     // A hook manager's config is asked about (no broker here: refused).
     probe_gate(sb, &p, &["create", &ws(sb, ".pre-commit-config.yaml")]).expect("errno 13 EACCES");
+    // So is a mise config (mise trusts one by path: a changed one runs unasked).
+    probe_gate(sb, &p, &["create", &ws(sb, "tools/mise.toml")]).expect("errno 13 EACCES");
     // Twin: the rest of the tree is written.
     probe_gate(sb, &p, &["create", &ws(sb, "tools/githooks2/x")]).expect("ok");
     let r = sb.run(&["explain", "--profile", &p]);

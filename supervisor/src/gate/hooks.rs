@@ -21,13 +21,17 @@ pub fn hooks_path(config: &[u8]) -> Option<(String, usize)> {
     let mut in_core = false;
     let mut found = None;
     let mut line_no = 0;
+    // git skips a UTF-8 byte-order mark, and reads no further than a NUL.
+    let config = config.strip_prefix(b"\xef\xbb\xbf").unwrap_or(config);
+    let config = config.split(|&b| b == 0).next().unwrap_or(config);
     let mut lines = config.split(|&b| b == b'\n').peekable();
     while let Some(raw) = lines.next() {
         line_no += 1;
         let at = line_no;
         let mut rest = trim_start(raw);
-        if let Some(header) = rest.strip_prefix(b"[") {
-            let Some(end) = header.iter().position(|&b| b == b']') else { continue };
+        // Headers, as many as the line holds (`[alias] [core] hooksPath = x`).
+        while let Some(header) = rest.strip_prefix(b"[") {
+            let Some(end) = header.iter().position(|&b| b == b']') else { break };
             let name = &header[..end];
             in_core = name.eq_ignore_ascii_case(b"core");
             rest = trim_start(&header[end + 1..]);
@@ -72,8 +76,8 @@ fn parse_value<'a>(first: &'a [u8], more: &mut impl Iterator<Item = &'a [u8]>) -
                     blanks = 0;
                     match c {
                         b'"' => quoted = !quoted,
-                        b'\\' => match line.get(i) {
-                            None => match more.next() {
+                        b'\\' => match line.get(i..) {
+                            Some([] | [b'\r']) | None => match more.next() {
                                 Some(next) => {
                                     taken += 1;
                                     line = next;
@@ -81,7 +85,8 @@ fn parse_value<'a>(first: &'a [u8], more: &mut impl Iterator<Item = &'a [u8]>) -
                                 }
                                 None => break 'lines,
                             },
-                            Some(e) => {
+                            Some(rest) => {
+                                let e = &rest[0];
                                 i += 1;
                                 out.push(match e {
                                     b'n' => b'\n',
@@ -122,8 +127,18 @@ fn config_files(workspace: &Path, home: &str) -> Vec<std::path::PathBuf> {
     let xdg = std::env::var_os("XDG_CONFIG_HOME")
         .filter(|v| Path::new(v).is_absolute())
         .map_or_else(|| Path::new(home).join(".config"), std::path::PathBuf::from);
-    let mut files =
-        vec![Path::new("/etc/gitconfig").to_path_buf(), xdg.join("git/config"), Path::new(home).join(".gitconfig")];
+    let env = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty()).map(std::path::PathBuf::from);
+    // The system file is $(prefix)/etc/gitconfig: /etc for a distribution's
+    // git, /usr/local/etc for one built from source.
+    let mut files = match env("GIT_CONFIG_NOSYSTEM") {
+        Some(_) => vec![],
+        None => env("GIT_CONFIG_SYSTEM")
+            .map_or_else(|| vec!["/etc/gitconfig".into(), "/usr/local/etc/gitconfig".into()], |p| vec![p]),
+    };
+    match env("GIT_CONFIG_GLOBAL") {
+        Some(p) => files.push(p),
+        None => files.extend([xdg.join("git/config"), Path::new(home).join(".gitconfig")]),
+    }
     let dot = workspace.join(".git");
     let gitdir = match std::fs::read(&dot) {
         Ok(text) => {
@@ -209,6 +224,11 @@ mod tests {
         assert_eq!(h("[core]\nhooksPath = x\\\ny\n\tbare = true\n"), Some(("xy".into(), 2)), "a continued line");
         assert_eq!(h("[core]\nhooksPath = a  b \t\n"), Some(("a  b".into(), 2)), "blanks are spaces, trailing go");
         assert_eq!(h("[core]\r\nhooksPath=crlf\r\n"), Some(("crlf".into(), 2)));
+        // A second reviewer's list, each checked against `git config -f`.
+        assert_eq!(h("\u{feff}[core]\nhooksPath = bom\n"), Some(("bom".into(), 2)), "a byte-order mark");
+        assert_eq!(h("[alias] [core] hooksPath = two\n"), Some(("two".into(), 1)), "two headers on a line");
+        assert_eq!(h("[core]\nhooksPath = con\\\r\ntinued\r\n"), Some(("continued".into(), 2)), "CRLF continuation");
+        assert_eq!(h("[core]\nhooksPath = a\0b\n"), Some(("a".into(), 2)), "a NUL ends it");
         let mut bytes = b"[core]\nhooksPath = h\xffd\n".to_vec();
         assert_eq!(hooks_path(&bytes), Some(("h\u{fffd}d".into(), 2)), "a config that is not UTF-8 is still read");
         bytes.extend_from_slice(b"[core]\nhooksPath =\n");

@@ -196,6 +196,7 @@ pub fn classify(shared: &Shared, n: &Notif) -> Result<Op, i32> {
             let from = path_arg(shared, n, &caller, od, op, flags & AT_SYMLINK_FOLLOW != 0)?;
             let to = path_arg(shared, n, &caller, nd, np, false)?;
             let (fname, tname) = (name_or_busy(&from)?, name_or_busy(&to)?);
+            let kind = from.kind;
             Ok(Op {
                 access: vec![Access::Write, Access::Read],
                 targets: vec![(from.canonical.clone(), true), (to.canonical.clone(), true)],
@@ -205,6 +206,11 @@ pub fn classify(shared: &Shared, n: &Notif) -> Result<Op, i32> {
                 detail: format!("link({:?}, {:?})", from.canonical, to.canonical),
                 perform: Box::new(move |s: &Shared| {
                     hands_result(s.hands(move || {
+                        // Still what was decided on (a symlink swapped in
+                        // while a question waited would be linked as itself).
+                        if kind_now(&from.dir, &fname) != kind {
+                            return Reply::Errno(libc::EAGAIN);
+                        }
                         unit(nix::unistd::linkat(
                             Some(from.dir.as_raw_fd()),
                             fname.as_c_str(),
