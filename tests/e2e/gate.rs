@@ -1610,6 +1610,35 @@ both!(no_symlink_lands_in_a_git_dir_and_git_obeys_nothing_else_there, |sb| {
     assert!(sb.ws.join(".git/MERGE_MSG").is_file() && sb.ws.join(".git/b").is_dir());
 });
 
+both!(a_truncate_of_a_fifo_never_stalls_the_gate, |sb| {
+    // The kernel says EINVAL at once; the gate opened the FIFO for writing
+    // and waited for a reader, and every parked call of the sandbox waited
+    // behind it (a helper's hunt). Bounded here, so the old code fails
+    // instead of hanging the test.
+    let p = setup(sb);
+    let fifo = sb.ws.join("f");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o666)).unwrap();
+    if sb.who == As::Nobody {
+        std::os::unix::fs::chown(&fifo, Some(NOBODY), Some(NOBODY)).unwrap();
+    }
+    let mut c = sb.portcullis(&["run", "--profile", &p, "--exec", PROBE, "--", PROBE, "truncate", &ws(sb, "f")]);
+    c.env("PORTCULLIS_BROKER", "off").stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("truncate of a FIFO stalled the gate");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    Run::from(child.wait_with_output().unwrap()).expect("errno 22 EINVAL");
+    // Twin: a regular file is cut.
+    probe_gate(sb, &p, &["truncate", &ws(sb, "file.txt")]).expect("ok");
+    assert_eq!(std::fs::read(sb.ws.join("file.txt")).unwrap(), b"");
+});
+
 both!(files_the_gate_creates_are_never_setuid, |sb| {
     // The gate creates files for the sandbox (a parked open): with the mode
     // asked for, but never the setuid or setgid bit, which chmod could not

@@ -340,16 +340,26 @@ pub fn classify(shared: &Shared, n: &Notif) -> Result<Op, i32> {
                 detail: format!("truncate({:?}, {len})", r.canonical),
                 perform: Box::new(move |s: &Shared| {
                     hands_result(s.hands(move || {
+                        // Never waits for a FIFO's reader (that would stall
+                        // every parked call): what is not a regular file
+                        // gets the kernel's EINVAL.
                         let fd = match nix::fcntl::openat(
                             Some(r.dir.as_raw_fd()),
                             r.at_name(),
-                            OFlag::O_WRONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+                            OFlag::O_WRONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC,
                             Mode::empty(),
                         ) {
                             Ok(fd) => notify::own(fd),
+                            Err(nix::errno::Errno::ENXIO) => return Reply::Errno(libc::EINVAL),
                             Err(e) => return errno_of(e),
                         };
-                        unit(nix::unistd::ftruncate(fd, len))
+                        match nix::sys::stat::fstat(fd.as_raw_fd()) {
+                            Ok(st) if st.st_mode & libc::S_IFMT == libc::S_IFREG => {
+                                unit(nix::unistd::ftruncate(fd, len))
+                            }
+                            Ok(_) => Reply::Errno(libc::EINVAL),
+                            Err(e) => errno_of(e),
+                        }
                     }))
                 }),
             })
