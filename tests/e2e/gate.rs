@@ -1639,6 +1639,28 @@ both!(a_truncate_of_a_fifo_never_stalls_the_gate, |sb| {
     assert_eq!(std::fs::read(sb.ws.join("file.txt")).unwrap(), b"");
 });
 
+both!(a_trailing_slash_on_a_symlink_never_acts_on_its_target, |sb| {
+    // `unlink("link/")` is ENOTDIR for the kernel (it does not follow); the
+    // gate followed the link for the slash and removed the target (a
+    // helper's hunt: `rm link/` lost the file, `rmdir`/`rename` the directory).
+    let p = setup(sb);
+    std::fs::write(sb.ws.join("target.txt"), "kept\n").unwrap();
+    std::fs::create_dir(sb.ws.join("dir")).unwrap();
+    std::os::unix::fs::symlink("target.txt", sb.ws.join("lf")).unwrap();
+    std::os::unix::fs::symlink("dir", sb.ws.join("ld")).unwrap();
+    if sb.who == As::Nobody {
+        Command::new("chown").args(["-R", "-h", "65534:65534"]).arg(&sb.ws).status().unwrap();
+    }
+    probe_gate(sb, &p, &["unlink", &format!("{}/", ws(sb, "lf"))]).expect("errno 20 ENOTDIR");
+    probe_gate(sb, &p, &["rmdir", &format!("{}/", ws(sb, "ld"))]).expect("errno 20 ENOTDIR");
+    probe_gate(sb, &p, &["rename", &format!("{}/", ws(sb, "ld")), &ws(sb, "moved")]).expect("errno 20 ENOTDIR");
+    assert!(sb.ws.join("target.txt").is_file() && sb.ws.join("dir").is_dir() && !sb.ws.join("moved").exists());
+    // Twins: without the slash the link itself goes; a real directory's slash is fine.
+    probe_gate(sb, &p, &["unlink", &ws(sb, "lf")]).expect("ok");
+    probe_gate(sb, &p, &["rmdir", &format!("{}/", ws(sb, "dir"))]).expect("ok");
+    assert!(sb.ws.join("target.txt").is_file() && std::fs::symlink_metadata(sb.ws.join("lf")).is_err());
+});
+
 both!(files_the_gate_creates_are_never_setuid, |sb| {
     // The gate creates files for the sandbox (a parked open): with the mode
     // asked for, but never the setuid or setgid bit, which chmod could not

@@ -29,6 +29,7 @@ fn name(e: i32) -> &'static str {
         libc::ESRCH => "ESRCH",
         libc::ENOTTY => "ENOTTY",
         libc::EEXIST => "EEXIST",
+        libc::ENOTDIR => "ENOTDIR",
         libc::ENOMEM => "ENOMEM",
         libc::EAFNOSUPPORT => "EAFNOSUPPORT",
         libc::ELOOP => "ELOOP",

@@ -151,6 +151,8 @@ pub fn classify(shared: &Shared, n: &Notif) -> Result<Op, i32> {
             };
             let from = path_arg(shared, n, &caller, od, op, false)?;
             let to = path_arg(shared, n, &caller, nd, np, false)?;
+            from.no_slash_link(libc::ENOTDIR)?;
+            to.no_slash_link(libc::ENOTDIR)?;
             let (fname, tname) = (name_or_busy(&from)?, name_or_busy(&to)?);
             // A file saved over a file (write a temporary, rename it into
             // place: editors, git, npm) is a write of that file; anything
@@ -195,6 +197,8 @@ pub fn classify(shared: &Shared, n: &Notif) -> Result<Op, i32> {
             }
             let from = path_arg(shared, n, &caller, od, op, flags & AT_SYMLINK_FOLLOW != 0)?;
             let to = path_arg(shared, n, &caller, nd, np, false)?;
+            from.no_slash_link(libc::ENOTDIR)?;
+            to.no_slash_link(libc::EEXIST)?;
             let (fname, tname) = (name_or_busy(&from)?, name_or_busy(&to)?);
             let kind = from.kind;
             Ok(Op {
@@ -229,6 +233,7 @@ pub fn classify(shared: &Shared, n: &Notif) -> Result<Op, i32> {
             };
             let target = CString::new(read_cstr(shared, n, target_addr, PATH_MAX)?).map_err(|_| libc::EINVAL)?;
             let link = path_arg(shared, n, &caller, nd, np, false)?;
+            link.no_slash_link(libc::EEXIST)?;
             let lname = name_or_busy(&link)?;
             Ok(Op {
                 access: vec![Access::Write, Access::Read],
@@ -251,6 +256,7 @@ pub fn classify(shared: &Shared, n: &Notif) -> Result<Op, i32> {
                 _ => (a[0], a[1], a[2]),
             };
             let r = path_arg(shared, n, &caller, d, p, false)?;
+            r.no_slash_link(libc::ENOTDIR)?;
             let name = name_or_busy(&r)?;
             let how = if flags & AT_REMOVEDIR != 0 {
                 nix::unistd::UnlinkatFlags::RemoveDir
@@ -276,6 +282,7 @@ pub fn classify(shared: &Shared, n: &Notif) -> Result<Op, i32> {
                 _ => (a[0], a[1], a[2]),
             };
             let r = path_arg(shared, n, &caller, d, p, false)?;
+            r.no_slash_link(libc::EEXIST)?;
             let name = name_or_busy(&r).map_err(|_| libc::EEXIST)?;
             let umask = caller.umask();
             Ok(Op {
@@ -302,6 +309,7 @@ pub fn classify(shared: &Shared, n: &Notif) -> Result<Op, i32> {
                 _ => (a[0], a[1], a[2], a[3]),
             };
             let r = path_arg(shared, n, &caller, d, p, false)?;
+            r.no_slash_link(libc::EEXIST)?;
             let name = name_or_busy(&r).map_err(|_| libc::EEXIST)?;
             let umask = caller.umask();
             Ok(Op {

@@ -41,6 +41,10 @@ pub struct Resolved {
     /// The caller named a file of its own process or thread directory
     /// (`/proc/self/NAME`, `/proc/thread-self/NAME`), as [`OwnProc`].
     pub own_proc: Option<OwnProc>,
+    /// A symlink in the last component was followed only because the path
+    /// ended in `/`, for a call that does not follow: the kernel acts on
+    /// no target then (`unlink("link/")` is ENOTDIR), see [`Resolved::no_slash_link`].
+    pub slash_followed: bool,
 }
 
 /// A file in the caller's own /proc directory, named through `/proc/self`
@@ -54,6 +58,17 @@ pub struct OwnProc {
 }
 
 impl Resolved {
+    /// `errno` when the call named a symlink with a trailing `/` and does
+    /// not follow: the kernel's answer (ENOTDIR, or EEXIST for a create),
+    /// never an act on the link's target.
+    pub fn no_slash_link(&self, errno: i32) -> Result<(), i32> {
+        if self.slash_followed {
+            Err(errno)
+        } else {
+            Ok(())
+        }
+    }
+
     /// The name to pass to the *at call: the component, or "." for the directory itself.
     pub fn at_name(&self) -> &std::ffi::CStr {
         self.name.as_deref().unwrap_or(c".")
@@ -229,6 +244,7 @@ pub fn resolve(caller: &Caller, dirfd: i32, path: &[u8], follow: bool) -> Result
         caller.open_proc(&format!("fd/{dirfd}")).map_err(|e| if e == libc::ESRCH { libc::EBADF } else { e })?
     };
     let (mut path, mut own_proc) = rewrite_self(caller, &root, path);
+    let mut slash_followed = false;
     for _ in 0..MAX_HOPS {
         let trailing_slash = path.ends_with(b"/") && path.len() > 1;
         let trimmed: &[u8] = {
@@ -269,6 +285,7 @@ pub fn resolve(caller: &Caller, dirfd: i32, path: &[u8], follow: bool) -> Result
                 trailing_slash: true,
                 kind: Some(libc::S_IFDIR),
                 own_proc: None,
+                slash_followed,
             });
         }
         let name = CString::new(last).map_err(|_| libc::EINVAL)?;
@@ -288,6 +305,7 @@ pub fn resolve(caller: &Caller, dirfd: i32, path: &[u8], follow: bool) -> Result
             if trailing_slash {
                 next.push(b'/');
             }
+            slash_followed |= !follow;
             base = dir;
             path = next;
             own_proc = None;
@@ -295,7 +313,7 @@ pub fn resolve(caller: &Caller, dirfd: i32, path: &[u8], follow: bool) -> Result
         }
         let canonical = join(&dir_path, last);
         let own_proc = own_proc.filter(|_| !trailing_slash && kind == Some(libc::S_IFREG));
-        return Ok(Resolved { dir, name: Some(name), canonical, trailing_slash, kind, own_proc });
+        return Ok(Resolved { dir, name: Some(name), canonical, trailing_slash, kind, own_proc, slash_followed });
     }
     Err(libc::ELOOP)
 }
