@@ -1655,6 +1655,10 @@ both!(a_trailing_slash_on_a_symlink_never_acts_on_its_target, |sb| {
     probe_gate(sb, &p, &["rmdir", &format!("{}/", ws(sb, "ld"))]).expect("errno 20 ENOTDIR");
     probe_gate(sb, &p, &["rename", &format!("{}/", ws(sb, "ld")), &ws(sb, "moved")]).expect("errno 20 ENOTDIR");
     assert!(sb.ws.join("target.txt").is_file() && sb.ws.join("dir").is_dir() && !sb.ws.join("moved").exists());
+    // A symlink or a node named with a trailing slash is no name to make.
+    probe_gate(sb, &p, &["symlink", "target.txt", &format!("{}/", ws(sb, "missing"))]).expect("errno 2 ENOENT");
+    probe_gate(sb, &p, &["mkfifo", &format!("{}/", ws(sb, "missing"))]).expect("errno 2 ENOENT");
+    assert!(std::fs::symlink_metadata(sb.ws.join("missing")).is_err());
     // Twins: without the slash the link itself goes; a real directory's slash is fine.
     probe_gate(sb, &p, &["unlink", &ws(sb, "lf")]).expect("ok");
     probe_gate(sb, &p, &["rmdir", &format!("{}/", ws(sb, "dir"))]).expect("ok");

@@ -199,6 +199,7 @@ pub fn classify(shared: &Shared, n: &Notif) -> Result<Op, i32> {
             let to = path_arg(shared, n, &caller, nd, np, false)?;
             from.no_slash_link(libc::ENOTDIR)?;
             to.no_slash_link(libc::EEXIST)?;
+            to.no_slash_for_a_file()?;
             let (fname, tname) = (name_or_busy(&from)?, name_or_busy(&to)?);
             let kind = from.kind;
             Ok(Op {
@@ -234,6 +235,7 @@ pub fn classify(shared: &Shared, n: &Notif) -> Result<Op, i32> {
             let target = CString::new(read_cstr(shared, n, target_addr, PATH_MAX)?).map_err(|_| libc::EINVAL)?;
             let link = path_arg(shared, n, &caller, nd, np, false)?;
             link.no_slash_link(libc::EEXIST)?;
+            link.no_slash_for_a_file()?;
             let lname = name_or_busy(&link)?;
             Ok(Op {
                 access: vec![Access::Write, Access::Read],
@@ -310,6 +312,7 @@ pub fn classify(shared: &Shared, n: &Notif) -> Result<Op, i32> {
             };
             let r = path_arg(shared, n, &caller, d, p, false)?;
             r.no_slash_link(libc::EEXIST)?;
+            r.no_slash_for_a_file()?;
             let name = name_or_busy(&r).map_err(|_| libc::EEXIST)?;
             let umask = caller.umask();
             Ok(Op {

@@ -69,6 +69,17 @@ impl Resolved {
         }
     }
 
+    /// For a call that makes a name that is no directory (a symlink, a
+    /// link, a node): a path ending in `/` is the kernel's EEXIST if the
+    /// name is there, else ENOENT; never a name made without the slash.
+    pub fn no_slash_for_a_file(&self) -> Result<(), i32> {
+        match (self.trailing_slash && self.name.is_some(), self.kind) {
+            (false, _) => Ok(()),
+            (true, Some(_)) => Err(libc::EEXIST),
+            (true, None) => Err(libc::ENOENT),
+        }
+    }
+
     /// The name to pass to the *at call: the component, or "." for the directory itself.
     pub fn at_name(&self) -> &std::ffi::CStr {
         self.name.as_deref().unwrap_or(c".")
