@@ -1570,6 +1570,7 @@ both!(no_symlink_lands_in_a_git_dir_and_git_obeys_nothing_else_there, |sb| {
     // alternates (read as another repository's config) or legacy remotes.
     let p = setup(sb);
     std::fs::create_dir_all(sb.ws.join(".git/objects/info")).unwrap();
+    std::fs::create_dir_all(sb.ws.join(".git/objects/pack")).unwrap();
     std::fs::create_dir_all(sb.ws.join("tree")).unwrap();
     std::fs::write(sb.ws.join("msg.txt"), "Update\n").unwrap();
     if sb.who == As::Nobody {
@@ -1599,6 +1600,12 @@ both!(no_symlink_lands_in_a_git_dir_and_git_obeys_nothing_else_there, |sb| {
     run(&["mkdir", &ws(sb, ".git/rr-cache")]).expect("errno 13 EACCES");
     run(&["create", &ws(sb, ".git/MERGE_RR")]).expect("errno 13 EACCES");
     run(&["mkfifo", &ws(sb, ".git/COMMIT_EDITMSG")]).expect("errno 13 EACCES");
+    // A multi-pack-index naming `../../other/.git/objects/pack/pack-X.idx`
+    // (the next auto gc copied that repository's objects in), and a
+    // BISECT_START that `git bisect reset` passes to checkout as an option.
+    run(&["create", &ws(sb, ".git/objects/pack/multi-pack-index")]).expect("errno 13 EACCES");
+    run(&["create", &ws(sb, ".git/BISECT_START")]).expect("errno 13 EACCES");
+    run(&["create", &ws(sb, ".git/objects/pack/pack-x.keep")]).expect("ok");
     run(&["mkfifo", &ws(sb, "fifo")]).expect("ok");
     // Twins: links elsewhere, files moved in (git's own lock files), and
     // trees moved inside .git are fine.
@@ -1663,6 +1670,9 @@ both!(a_trailing_slash_on_a_symlink_never_acts_on_its_target, |sb| {
     probe_gate(sb, &p, &["unlink", &ws(sb, "lf")]).expect("ok");
     probe_gate(sb, &p, &["rmdir", &format!("{}/", ws(sb, "dir"))]).expect("ok");
     assert!(sb.ws.join("target.txt").is_file() && std::fs::symlink_metadata(sb.ws.join("lf")).is_err());
+    // O_CREAT with O_DIRECTORY is EINVAL for the kernel (6.4+), not EISDIR.
+    std::fs::create_dir(sb.ws.join("dir2")).unwrap();
+    probe_gate(sb, &p, &["open-creat-dir", &ws(sb, "dir2")]).expect("errno 22 EINVAL");
 });
 
 both!(files_the_gate_creates_are_never_setuid, |sb| {

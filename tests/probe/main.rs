@@ -137,6 +137,14 @@ fn main() {
                 ) as i64)
             }
             "truncate" => report(libc::truncate(c(a(1)).as_ptr(), 0) as i64),
+            "open-creat-dir" => {
+                let fd = libc::open(
+                    c(a(1)).as_ptr(),
+                    libc::O_RDONLY | libc::O_CREAT | libc::O_DIRECTORY | libc::O_CLOEXEC,
+                    0o755,
+                );
+                report(fd as i64);
+            }
             "symlink" => report(libc::symlink(c(a(1)).as_ptr(), c(a(2)).as_ptr()) as i64),
             "race-open" => race_open(a(1), a(2), num(a(3)) as usize),
             "race-exec" => race_exec(a(1), a(2), num(a(3)) as usize),

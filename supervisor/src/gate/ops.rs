@@ -462,6 +462,10 @@ fn open_op(
     if excl_create && r.kind.is_some() {
         return Err(libc::EEXIST);
     }
+    // O_CREAT with O_DIRECTORY is EINVAL (Linux 6.4 and later) before anything else.
+    if flags & libc::O_CREAT != 0 && flags & libc::O_DIRECTORY != 0 && !tmpfile {
+        return Err(libc::EINVAL);
+    }
     if flags & libc::O_CREAT != 0 && r.kind == Some(libc::S_IFDIR) {
         return Err(libc::EISDIR);
     }
