@@ -547,11 +547,17 @@ pub fn no_symlinks_at<'a>(plan: &'a GatePlan, path: &str) -> Option<&'a GateRule
 /// Whether `path` (canonical) is one of `plan`'s markers: the same number
 /// of names, each equal or standing for a `*`.
 pub fn is_marker(plan: &GatePlan, path: &str) -> bool {
-    let names = |s: &str| s.split('/').filter(|c| !c.is_empty()).map(str::to_owned).collect::<Vec<_>>();
+    // Asked for every write the gate decides: nothing at all without markers.
+    fn names(s: &str) -> Vec<&str> {
+        s.split('/').filter(|c| !c.is_empty()).collect()
+    }
+    if plan.markers.is_empty() {
+        return false;
+    }
     let p = names(path);
     plan.markers.iter().any(|m| {
         let m = names(m);
-        m.len() == p.len() && m.iter().zip(&p).all(|(a, b)| a == b || (a == "*" && b != "." && b != ".."))
+        m.len() == p.len() && m.iter().zip(&p).all(|(a, b)| a == b || (*a == "*" && *b != "." && *b != ".."))
     })
 }
 
