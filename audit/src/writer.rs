@@ -584,27 +584,31 @@ impl AuditLog {
     /// (fail closed) and whatever part of the batch reached the file is cut
     /// off again where possible.
     pub fn commit(&mut self) -> Result<(), AuditError> {
+        let result = self.commit_held();
+        self.unlock();
+        result
+    }
+
+    /// [`commit`](Self::commit), keeping the lock if it was held.
+    fn commit_held(&mut self) -> Result<(), AuditError> {
         self.usable()?;
         if let Some((before, encoded)) = self.unsynced.take() {
             if let Err(e) = self.file.sync_data() {
                 let _ = self.file.set_len(before).and_then(|()| self.file.sync_data());
                 let err = AuditError::Storage(StorageError::io("fsync", &self.path, e));
                 self.failed = Some(err.to_string());
-                self.unlock();
                 return Err(err);
             }
             self.chain.frontier = encoded.frontier;
             self.known_len = before + encoded.buf.len() as u64;
         }
         if self.pending.is_empty() {
-            self.unlock();
             return Ok(());
         }
         let result = self.commit_locked();
         if let Err(e) = &result {
             self.failed = Some(e.to_string());
         }
-        self.unlock();
         result
     }
 
@@ -690,16 +694,20 @@ impl AuditLog {
 
     /// Commits, then writes a checkpoint of the current tree (under the
     /// lock, after catching up with other writers) if it has grown.
+    /// The lock is held from the commit through the checkpoint (and since
+    /// [`write_ahead`](Self::write_ahead), which keeps it): a reader, who
+    /// takes it shared, sees the records this call makes durable together
+    /// with the checkpoint that covers them. `portcullis run` relies on this:
+    /// its exit record is made durable after the caller has the status.
     pub fn checkpoint(&mut self) -> Result<(), AuditError> {
-        self.commit()?;
-        let result = (|| {
+        let result = self.commit_held().and_then(|()| {
             self.lock_now()?;
             self.catch_up()?;
             if self.chain.next_seq > self.last_checkpoint_size {
                 self.write_checkpoint()?;
             }
             Ok(())
-        })();
+        });
         if let Err(e) = &result {
             if !matches!(e, AuditError::Lock { .. }) {
                 self.failed = Some(e.to_string());

@@ -323,6 +323,15 @@ impl Evidence {
     /// `incomplete`: what of the run's evidence could not be written
     /// (another handle's failures), named in the exit record.
     pub fn exit(&mut self, status: i32, incomplete: &[String]) -> Result<(), Failure> {
+        self.exit_written(status, incomplete)?;
+        self.close()
+    }
+
+    /// The exit record, written to the log but not yet durable: the lock
+    /// stays held until [`checkpoint`](Self::checkpoint) has made it
+    /// durable and written the final checkpoint. A log that cannot take
+    /// it fails here.
+    pub fn exit_written(&mut self, status: i32, incomplete: &[String]) -> Result<(), Failure> {
         let signal = (status > 128).then(|| status - 128);
         let ms = self.started.elapsed().as_millis() as u64;
         // The supervisor's own peak memory: bounded, floods or not.
@@ -334,7 +343,7 @@ impl Evidence {
             body["incomplete"] = json!(incomplete);
         }
         self.append(Kind::Exit, body)?;
-        self.close()
+        self.write_ahead()
     }
 
     /// Commits and writes a checkpoint (a journal's last act).

@@ -461,3 +461,45 @@ fn rotation_by_size_keeps_one_chain_across_files() {
         assert!(v.stderr.contains("does not verify"), "{}", v.stderr);
     }
 }
+
+/// The size a log's checkpoint file vouches for (its second line).
+fn checkpoint_size(log: &str) -> u64 {
+    let text = std::fs::read_to_string(format!("{log}.checkpoint")).expect("a checkpoint");
+    text.lines().nth(1).and_then(|l| l.parse().ok()).expect("a size on the checkpoint's second line")
+}
+
+// `run` exits with the command's status before its exit record is
+// durable: a finisher that shares its memory fsyncs the record and writes
+// the checkpoint (sys::finish), holding the log's lock. A reader waits for
+// that lock, and sees the exit record and the checkpoint that covers it
+// together. PORTCULLIS_TEST_FINISH_DELAY_MS holds the finisher back, so
+// the order is seen; the caller's stderr is a file (a pipe would be held
+// open by the finisher until it is done).
+both!(the_status_comes_first_and_readers_see_the_finished_log, |sb| {
+    let (log, key) = audit_flags(sb);
+    let first = sb.probe(&["--audit-log", &log, "--audit-key", &key], &["status"]);
+    assert_eq!(first.code, 0, "{}", first.stderr);
+    let before = checkpoint_size(&log);
+    let err = sb.root.join("finisher.err");
+    let status = sb
+        .portcullis(&["run", "--audit-log", &log, "--audit-key", &key, "--exec", PROBE, "--", PROBE, "exit", "3"])
+        .env("PORTCULLIS_TEST_FINISH_DELAY_MS", "1000")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&err).unwrap())
+        .status()
+        .unwrap();
+    assert_eq!(status.code(), Some(3), "{}", std::fs::read_to_string(&err).unwrap_or_default());
+    assert_eq!(checkpoint_size(&log), before, "the status came only after the checkpoint was written");
+    // A reader waits for the finisher: the exit record is there, durable,
+    // and the checkpoint covers it.
+    let list = sb.run(&["audit", "list", "--log", &log, "--key", &key, "--json"]);
+    assert_eq!(list.code, 0, "{}", list.stderr);
+    let records = list.stdout.lines().count() as u64;
+    assert!(list.stdout.lines().last().unwrap_or("").contains("\"status\":3"), "{}", list.stdout);
+    let v = sb.run(&["audit", "verify", "--log", &log, "--key", &key]);
+    assert_eq!(v.code, 0, "{} {}", v.stdout, v.stderr);
+    assert!(v.stdout.contains(&format!("checkpoint  size {records} holds")), "{records} records: {}", v.stdout);
+    assert_eq!(checkpoint_size(&log), records);
+    let stderr = std::fs::read_to_string(&err).unwrap();
+    assert!(!stderr.contains("portcullis:"), "the finisher reported a failure: {stderr}");
+});

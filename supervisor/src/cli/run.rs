@@ -119,11 +119,21 @@ pub fn run(args: RunArgs) -> Result<i32, Failure> {
     let audit_status = (session.features.landlock_abi_used >= 7).then(kaudit::StatusQuery::send);
     let prepared = session.prepare(false)?;
     crate::timing::mark("sandbox prepared");
-    launch_with(&session, prepared, &args.command, args.mcp, audit_status)
+    launch_with(&session, prepared, &args.command, args.mcp, audit_status, Ending::Exit)
 }
 
 pub(super) fn launch(session: &Session, prepared: Prepared, command: &[OsString]) -> Result<i32, Failure> {
-    launch_with(session, prepared, command, false, None)
+    launch_with(session, prepared, command, false, None, Ending::Return)
+}
+
+/// How [`launch_with`] ends once the command has exited.
+#[derive(PartialEq)]
+enum Ending {
+    /// Returns the status when the run's evidence is complete.
+    Return,
+    /// The process may exit with the status before its exit record is
+    /// durable, leaving the rest to a finisher (sys::finish).
+    Exit,
 }
 
 /// `mcp`: the command's stdin/stdout go through the MCP gate (crate::mcp).
@@ -142,12 +152,13 @@ fn launch_with(
     command: &[OsString],
     mcp: bool,
     audit_status: Option<kaudit::StatusQuery>,
+    ending: Ending,
 ) -> Result<i32, Failure> {
     let Prepared { enforcement, exec: allowed, stage, report_rx, cgroups, gate: gate_setup, .. } = prepared;
     // Before any thread exists (audit writers and signers, the kernel-audit
     // reader, the MCP journal, the launch thread): every thread inherits the
     // mask, so SIGCHLD can only be taken by the wait loop (see wait::block_signals).
-    let _cleanup = CgroupCleanup(cgroups);
+    let mut cleanup = CgroupCleanup(cgroups);
     let set = wait::block_signals().map_err(|e| Failure::setup(format!("cannot block signals: {e}")))?;
     // Until the command has exec'd, signals go to the stage from here.
     let launch_signals = wait::LaunchWatch::start();
@@ -271,6 +282,32 @@ fn launch_with(
         let extra = if incomplete.is_empty() { json!({}) } else { json!({ "incomplete": incomplete }) };
         evidence.refused(Kind::Exit, f.code, &f.message, extra)?;
         return Err(f);
+    }
+    if ending == Ending::Exit {
+        if let Err(f) = evidence.exit_written(code, &incomplete) {
+            // The command has run; its status still passes through.
+            eprintln!("portcullis: {}", f.message);
+            return Ok(code);
+        }
+        crate::timing::mark("exit record written");
+        let (tmp, cgroups) = (session.tmp.clone(), std::mem::take(&mut cleanup.0));
+        // For the e2e test that shows the order (the caller's status, then
+        // the durable record): the finisher waits this long, the log locked.
+        let hold = std::env::var("PORTCULLIS_TEST_FINISH_DELAY_MS").ok().and_then(|ms| ms.parse::<u64>().ok());
+        let finish = Box::new(move || {
+            if let Some(ms) = hold {
+                std::thread::sleep(std::time::Duration::from_millis(ms.min(10_000)));
+            }
+            if let Err(f) = evidence.checkpoint() {
+                eprintln!("portcullis: {}", f.message);
+            }
+            sandbox::remove_private_tmp(&tmp);
+            limits::cleanup(&cgroups);
+        });
+        // Returns only where the finisher cannot run (another thread lives).
+        crate::sys::finish::exit_finishing(code, finish)();
+        crate::timing::mark("exit record durable");
+        return Ok(code);
     }
     let exit_record = evidence.exit(code, &incomplete);
     crate::timing::mark("exit record durable");

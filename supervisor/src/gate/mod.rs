@@ -110,18 +110,40 @@ pub enum Reply {
 /// The hands: one confined thread running jobs in order.
 struct Hands {
     tx: Mutex<mpsc::Sender<Box<dyn FnOnce() + Send>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// Ends the thread's queue and joins it once it has ended: a run whose
+/// threads are all gone can exit before its last records are durable
+/// (sys::finish). Waits a little at most; a job stuck in the kernel keeps
+/// the thread (and the run finishes the slow way).
+impl Drop for Hands {
+    fn drop(&mut self) {
+        if let Ok(mut tx) = self.tx.lock() {
+            *tx = mpsc::channel().0;
+        }
+        let Some(thread) = self.thread.take() else { return };
+        let deadline = std::time::Instant::now() + Duration::from_millis(100);
+        while !thread.is_finished() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_micros(50));
+        }
+        if thread.is_finished() {
+            let _ = thread.join();
+        }
+    }
 }
 
 /// Hands whose thread is confining itself; [`PendingHands::ready`] waits for it.
 struct PendingHands {
     tx: mpsc::Sender<Box<dyn FnOnce() + Send>>,
     ready: mpsc::Receiver<std::io::Result<()>>,
+    thread: std::thread::JoinHandle<()>,
 }
 
 impl PendingHands {
     fn ready(self) -> Result<Hands, Failure> {
         match self.ready.recv() {
-            Ok(Ok(())) => Ok(Hands { tx: Mutex::new(self.tx) }),
+            Ok(Ok(())) => Ok(Hands { tx: Mutex::new(self.tx), thread: Some(self.thread) }),
             Ok(Err(e)) => Err(Failure::setup(format!(
                 "gate: cannot confine the thread that acts for the sandbox: {e}; refusing to run"
             ))),
@@ -135,7 +157,7 @@ impl Hands {
     fn spawn(ruleset: Option<OwnedFd>) -> Result<PendingHands, Failure> {
         let (tx, rx) = mpsc::channel::<Box<dyn FnOnce() + Send>>();
         let (ready_tx, ready_rx) = mpsc::sync_channel(1);
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("gate-hands".into())
             .spawn(move || {
                 let confined = notify::confine_thread_but_landlock();
@@ -164,7 +186,7 @@ impl Hands {
                 }
             })
             .map_err(|e| Failure::setup(format!("gate: cannot start a thread: {e}")))?;
-        Ok(PendingHands { tx, ready: ready_rx })
+        Ok(PendingHands { tx, ready: ready_rx, thread })
     }
 
     /// Runs `f` confined and waits for its result.

@@ -5,6 +5,7 @@
 //! the supervisor may have other threads holding the allocator's lock.
 
 pub mod bench;
+pub mod finish;
 pub mod fs;
 pub mod notify;
 pub mod probe;

@@ -65,7 +65,13 @@ pub fn supervise(child: u32, set: &SigSet) -> i32 {
 /// supervise would send it, and the relay passes it down.
 pub struct LaunchWatch {
     done: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
 }
+
+/// Wakes the launch-signals thread when it is dropped. Blocked in every
+/// thread (all start after [`LaunchWatch::start`]) and forwarded nowhere:
+/// one sent from outside stays pending, or wakes that thread for nothing.
+const WAKE: Signal = Signal::SIGURG;
 
 impl LaunchWatch {
     /// Call in the thread that will fork the stage, after [`block_signals`].
@@ -73,7 +79,12 @@ impl LaunchWatch {
         use std::sync::atomic::{AtomicBool, Ordering};
         let done = std::sync::Arc::new(AtomicBool::new(false));
         let forker = nix::unistd::gettid();
-        let set = forwarded();
+        let mut set = forwarded();
+        let mut wake = SigSet::empty();
+        wake.add(WAKE);
+        if wake.thread_block().is_ok() {
+            set.add(WAKE);
+        }
         let watching = done.clone();
         let spawned = std::thread::Builder::new().name("launch-signals".into()).spawn(move || {
             let mut held: Option<Signal> = None;
@@ -83,7 +94,7 @@ impl LaunchWatch {
                     if finished {
                         return;
                     }
-                    held = wait_timeout_ms(&set, 100);
+                    held = wait_timeout_ms(&set, 100).filter(|&s| s != WAKE);
                 } else {
                     std::thread::sleep(std::time::Duration::from_millis(20));
                 }
@@ -106,16 +117,24 @@ impl LaunchWatch {
             // Without it a signal waits for the launch to end, as before.
             done.store(true, Ordering::Release);
         }
-        LaunchWatch { done }
+        LaunchWatch { done, thread: spawned.ok() }
     }
 }
 
 /// Dropped once the command has exec'd (or the launch failed): supervise
-/// takes over. The thread ends at its next wake-up, after passing on a
-/// signal it already took.
+/// takes over. The thread is woken and joined (after passing on a signal
+/// it already took), so that no thread of the launch outlives it: a run
+/// that ends single-threaded finishes its audit log after exiting (see
+/// [`super::finish`]).
 impl Drop for LaunchWatch {
     fn drop(&mut self) {
         self.done.store(true, std::sync::atomic::Ordering::Release);
+        if let Some(t) = self.thread.take() {
+            use std::os::unix::thread::JoinHandleExt;
+            // SAFETY: the thread is not joined yet, so its pthread_t is live.
+            unsafe { libc::pthread_kill(t.as_pthread_t(), WAKE as libc::c_int) };
+            let _ = t.join();
+        }
     }
 }
 

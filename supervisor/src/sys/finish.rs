@@ -1,0 +1,145 @@
+//! Ending `portcullis run` before its last records are durable.
+//!
+//! When the command has exited, what is left is bookkeeping the caller
+//! does not need to wait for: the fsync of the exit record, the signed
+//! checkpoint (a second fsync, an exchange of names and a third fsync of
+//! the directory), removing the temp dir and cgroups, and tearing down
+//! the supervisor's memory. Measured here that is about a millisecond of
+//! every launch's wall time. So the supervisor exits with the command's
+//! status at once, and a child that shares its memory (clone CLONE_VM,
+//! no copy of the page tables) finishes.
+//!
+//! The exit record is already written (not yet fsynced) and the log's
+//! lock held, so the finisher holds it until the checkpoint is written:
+//! readers (`portcullis audit ...`, which take it shared) and the next
+//! writer wait for it, and see the exit record and its checkpoint
+//! together. A crash in that millisecond loses what a crash just before
+//! the command's exit would have lost.
+
+/// What is left to do after the caller has the status.
+pub type Finish = Box<dyn FnOnce()>;
+
+/// Exits this process with `code` now, and runs `finish` to completion in
+/// a child that shares its memory. Returns `finish` instead, to be run
+/// before returning as usual, when that is not safe or not possible:
+///
+/// - Another thread is alive. The finisher allocates, and a thread killed
+///   by our exit might hold the allocator's lock. The caller joins its
+///   threads first; one it could not (an MCP relay) falls back.
+/// - The clone fails.
+///
+/// The finisher's standard input and output are /dev/null (a caller
+/// reading our output to its end does not wait for it); its standard error
+/// is ours, for a failure to report. It keeps the signal mask of the
+/// calling thread (the supervisor blocks the signals it forwards), so a
+/// Ctrl-C after the command's end does not cut the checkpoint short.
+pub fn exit_finishing(code: i32, finish: Finish) -> Finish {
+    use std::io::Write;
+    if other_threads_alive() {
+        return finish;
+    }
+    let _ = std::io::stdout().flush();
+    const STACK: usize = 1 << 20;
+    // SAFETY: a fresh private anonymous mapping; checked below.
+    let stack = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            STACK,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_STACK,
+            -1,
+            0,
+        )
+    };
+    if stack == libc::MAP_FAILED {
+        return finish;
+    }
+    let arg = Box::into_raw(Box::new(finish));
+    // SAFETY: the child runs `finisher` on its own stack (the top of the
+    // mapping above; it grows down) with `arg`, which it owns from here on.
+    // CLONE_VM without CLONE_FILES/CLONE_SIGHAND: it shares our memory and
+    // has copies of our fds and handlers. SIGCHLD: whoever inherits it
+    // when we are gone reaps it.
+    let pid = unsafe {
+        let top = stack.cast::<u8>().add(STACK).cast();
+        libc::clone(finisher, top, libc::CLONE_VM | libc::SIGCHLD, arg.cast())
+    };
+    if pid > 0 {
+        // SAFETY: nothing of ours runs after this: no destructor, no atexit
+        // handler, no allocation; the finisher owns everything it uses.
+        unsafe { libc::_exit(code) }
+    }
+    // SAFETY: the clone failed, so `arg` is still ours alone.
+    let finish = unsafe { Box::from_raw(arg) };
+    // SAFETY: the mapping is unused.
+    unsafe { libc::munmap(stack, STACK) };
+    *finish
+}
+
+/// The finisher's entry point (see [`exit_finishing`]).
+extern "C" fn finisher(arg: *mut libc::c_void) -> libc::c_int {
+    // SAFETY: `arg` is the Box leaked by exit_finishing, handed to us alone.
+    let finish: Box<Finish> = unsafe { Box::from_raw(arg.cast()) };
+    // SAFETY: dup2 and close on fds of our own table.
+    unsafe {
+        let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC);
+        if null >= 0 {
+            libc::dup2(null, 0);
+            libc::dup2(null, 1);
+            libc::close(null);
+        }
+    }
+    let ok = std::panic::catch_unwind(std::panic::AssertUnwindSafe(*finish)).is_ok();
+    // SAFETY: ends the finisher; the memory goes with it.
+    unsafe { libc::_exit(if ok { 0 } else { 1 }) }
+}
+
+/// Whether this process has a thread besides the caller that is still
+/// running (one that has been joined may linger in /proc as it exits: its
+/// state is then Z or X, and it runs no more code of ours).
+fn other_threads_alive() -> bool {
+    let Ok(dir) = std::fs::read_dir("/proc/self/task") else { return true };
+    // SAFETY: gettid takes no arguments.
+    let tid = unsafe { libc::syscall(libc::SYS_gettid) }.to_string();
+    for entry in dir {
+        let Ok(entry) = entry else { return true };
+        let name = entry.file_name();
+        if name.to_str() == Some(tid.as_str()) {
+            continue;
+        }
+        let stat = match std::fs::read_to_string(entry.path().join("stat")) {
+            Ok(s) => s,
+            // Gone between the listing and the read.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(_) => return true,
+        };
+        // "tid (comm) S ...": the state follows the last parenthesis.
+        let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next());
+        if !matches!(state, Some("Z" | "X")) {
+            return true;
+        }
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_second_thread_keeps_the_finisher_in_process() {
+        // A thread that stays alive until told: exit_finishing must hand
+        // `finish` back instead of exiting the test process.
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let other = std::thread::spawn(move || rx.recv());
+        assert!(other_threads_alive());
+        let ran = std::rc::Rc::new(std::cell::Cell::new(false));
+        let seen = ran.clone();
+        let back = exit_finishing(0, Box::new(move || seen.set(true)));
+        assert!(!ran.get());
+        back();
+        assert!(ran.get());
+        drop(tx);
+        let _ = other.join();
+    }
+}
