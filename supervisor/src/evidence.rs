@@ -116,6 +116,23 @@ impl<'a> RuleInodes<'a> {
         RuleInodes { paths: &plan.landlock.paths, inodes }
     }
 
+    /// From the (device, inode) each rule's Landlock rule was made from
+    /// (sandbox::Prepared): no stat at all, and exactly the objects the
+    /// kernel confines to. Falls back to [`of`](Self::of) unless there is
+    /// one entry per rule.
+    pub fn opened(plan: &'a policy::Plan, opened: &[Option<(u64, u64)>]) -> RuleInodes<'a> {
+        if opened.len() != plan.landlock.paths.len() {
+            return Self::of(plan);
+        }
+        let mut inodes: std::collections::HashMap<_, Vec<_>> = std::collections::HashMap::new();
+        for (i, inode) in opened.iter().enumerate() {
+            if let Some(key) = inode {
+                inodes.entry(*key).or_default().push(i);
+            }
+        }
+        RuleInodes { paths: &plan.landlock.paths, inodes }
+    }
+
     /// The first rule (in plan order, among those `keep` accepts) that
     /// reaches `path`, which need not exist yet (its nearest existing
     /// ancestor is what the sandbox could reach).

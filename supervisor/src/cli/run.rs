@@ -51,6 +51,11 @@ impl Session {
     pub fn open(args: &SandboxArgs) -> Result<Session, Failure> {
         let features = Features::probe();
         crate::timing::mark("kernel probed");
+        Self::open_on(args, features)
+    }
+
+    /// As [`open`](Self::open), on a kernel already probed.
+    pub fn open_on(args: &SandboxArgs, features: Features) -> Result<Session, Failure> {
         let nanos =
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
         let id = format!("{}-{:08x}", std::process::id(), nanos);
@@ -113,10 +118,14 @@ fn path_str(p: &Path) -> Result<String, Failure> {
 pub fn run(args: RunArgs) -> Result<i32, Failure> {
     // A sandboxed process of the same uid must not read our memory.
     stage::set_undumpable();
-    let session = Session::open(&args.sandbox)?;
+    let features = Features::probe();
+    crate::timing::mark("kernel probed");
+    // Asked now, answered when the launch-prep thread needs it: the kernel
+    // answers from a thread it starts for the reply, which took a few
+    // milliseconds here when the machine was busy.
+    let audit_status = (features.landlock_abi_used >= 7).then(kaudit::StatusQuery::send);
+    let session = Session::open_on(&args.sandbox, features)?;
     crate::timing::mark("profile loaded and compiled");
-    // Asked now, answered when the launch-prep thread needs it.
-    let audit_status = (session.features.landlock_abi_used >= 7).then(kaudit::StatusQuery::send);
     let prepared = session.prepare(false)?;
     crate::timing::mark("sandbox prepared");
     launch_with(&session, prepared, &args.command, args.mcp, audit_status, Ending::Exit)
@@ -154,7 +163,8 @@ fn launch_with(
     audit_status: Option<kaudit::StatusQuery>,
     ending: Ending,
 ) -> Result<i32, Failure> {
-    let Prepared { enforcement, exec: allowed, stage, report_rx, cgroups, gate: gate_setup, .. } = prepared;
+    let Prepared { enforcement, exec: allowed, stage, report_rx, cgroups, gate: gate_setup, rule_inodes, .. } =
+        prepared;
     // Before any thread exists (audit writers and signers, the kernel-audit
     // reader, the MCP journal, the launch thread): every thread inherits the
     // mask, so SIGCHLD can only be taken by the wait loop (see wait::block_signals).
@@ -163,7 +173,8 @@ fn launch_with(
     // Until the command has exec'd, signals go to the stage from here.
     let launch_signals = wait::LaunchWatch::start();
     let argv: Vec<String> = command.iter().map(|a| a.to_string_lossy().into_owned()).collect();
-    let decision = Decision { session, enforcement: &enforcement, allowed: &allowed, argv: &argv, mcp };
+    let decision =
+        Decision { session, enforcement: &enforcement, allowed: &allowed, argv: &argv, mcp, rule_inodes: &rule_inodes };
     let program =
         match exec::resolve_command(&command[0], &session.path_var, &allowed, &session.plan, &enforcement.notices) {
             Ok(p) => p,
@@ -233,14 +244,6 @@ fn launch_with(
             return Err(f);
         }
     };
-    // Log before the command gets far: the launch record is durable while
-    // the command starts; if it cannot be, the sandbox does not go on.
-    if let Err(f) = evidence.commit() {
-        kill(&child);
-        wait::supervise(child.id(), &set);
-        return Err(f);
-    }
-    crate::timing::mark("launch record durable");
     let proxy = match mcp_gate.map(|g| crate::mcp::attach(g, &mut child)).transpose() {
         Ok(p) => p,
         Err(f) => {
@@ -258,7 +261,26 @@ fn launch_with(
             std::io::Error::from_raw_os_error(*errno)
         );
     }
-    let code = wait::supervise(child.id(), &set);
+    // Log before the command gets far: the launch record is made durable
+    // while the command runs (a command that is done sooner waits for it
+    // here); if it cannot be, the command is killed and the sandbox does
+    // not go on. Another thread waits for the command meanwhile.
+    let (committed, code) = std::thread::scope(|scope| {
+        let waiter = std::thread::Builder::new()
+            .name("supervise".into())
+            .spawn_scoped(scope, || wait::supervise(child.id(), &set));
+        let committed = evidence.commit();
+        if committed.is_err() {
+            kill(&child);
+        }
+        crate::timing::mark("launch record durable");
+        let code = match waiter {
+            Ok(w) => w.join().unwrap_or(125),
+            Err(_) => wait::supervise(child.id(), &set),
+        };
+        (committed, code)
+    });
+    committed?;
     crate::timing::mark("command exited");
     // Parts of the run's evidence that could not be written: the exit
     // record says so, not only stderr. The kernel-audit reader stops last:
@@ -329,6 +351,8 @@ struct Decision<'a> {
     allowed: &'a [exec::Resolved],
     argv: &'a [String],
     mcp: bool,
+    /// What each path rule's Landlock rule was made from (Prepared::rule_inodes).
+    rule_inodes: &'a [Option<(u64, u64)>],
 }
 
 /// What the launch runs with, once decided.
@@ -415,7 +439,7 @@ fn decide_in<'scope>(
         "limits": enforcement.limits,
         "exec_allow": d.allowed.iter().map(|r| &r.path).collect::<Vec<_>>(),
     });
-    let rules = crate::evidence::RuleInodes::of(&session.plan);
+    let rules = crate::evidence::RuleInodes::opened(&session.plan, d.rule_inodes);
     // Every launch, gated or not: a sandbox without an ask rule of its own
     // could still forge the answers, or the pins, that a later one trusts.
     let reach = session.audit.check_out_of_reach(&rules).and_then(|()| approval_state_out_of_reach(&rules));

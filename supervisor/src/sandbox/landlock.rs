@@ -47,6 +47,9 @@ fn ll_err(e: impl std::fmt::Display) -> Failure {
 /// What the rest of the sandbox must add because of this kernel's ABI.
 pub struct Outcome {
     pub ruleset: Option<OwnedFd>,
+    /// (device, inode) of what each of the plan's path rules was made
+    /// from, in plan order; None for a rule skipped as optional.
+    pub inodes: Vec<Option<(u64, u64)>>,
     /// Rights to grant on the sandbox's private /proc once it is mounted.
     pub proc_access: Option<u64>,
     /// Seccomp rules standing in for rights this ABI lacks.
@@ -93,7 +96,7 @@ pub fn build(
             "Landlock (ABI >= 1); this kernel has none (not built, or not in lsm= at boot)",
             "no filesystem confinement at all; seccomp, capabilities and no_new_privs still apply",
         );
-        return Ok(Outcome { ruleset: None, proc_access: None, floor });
+        return Ok(Outcome { ruleset: None, inodes: Vec::new(), proc_access: None, floor });
     }
     let v = abi_of(abi);
     let fs_all = AccessFs::from_all(v);
@@ -188,6 +191,7 @@ pub fn build(
 
     let mut created = ruleset.create().map_err(ll_err)?;
     let mut proc_access = None;
+    let mut inodes = Vec::with_capacity(plan.paths.len());
     // A path beneath a writable one may be a symlink the sandbox planted in an
     // earlier run: resolve those without following symlinks.
     let writable: Vec<&str> = plan.paths.iter().filter(|r| r.write).map(|r| r.path.as_str()).collect();
@@ -206,6 +210,7 @@ pub fn build(
             Err(e) => {
                 let missing = Path::new(&rule.path).symlink_metadata().is_err();
                 if rule.optional {
+                    inodes.push(None);
                     report.skipped.push(format!(
                         "path {} ({}): {}",
                         rule.path,
@@ -235,7 +240,8 @@ pub fn build(
             access |= AccessFs::Execute;
         }
         // What was opened, not what the path names a moment later.
-        let is_dir = is_dir(&fd);
+        let (is_dir, inode) = kind_of(&fd);
+        inodes.push(inode);
         access &= if is_dir { fs_all } else { fs_file };
         if rule.path == "/proc" {
             proc_access = Some(access.bits());
@@ -260,12 +266,20 @@ pub fn build(
         }
     }
     let fd: Option<OwnedFd> = created.into();
-    Ok(Outcome { ruleset: fd, proc_access, floor })
+    Ok(Outcome { ruleset: fd, inodes, proc_access, floor })
 }
 
 /// Whether the opened file is a directory (fstat on the descriptor: one
 /// syscall, and about the object the rule is made from).
 fn is_dir(fd: &impl std::os::fd::AsFd) -> bool {
+    kind_of(fd).0
+}
+
+/// Whether the opened file is a directory, and its (device, inode).
+fn kind_of(fd: &impl std::os::fd::AsFd) -> (bool, Option<(u64, u64)>) {
     use std::os::fd::AsRawFd;
-    nix::sys::stat::fstat(fd.as_fd().as_raw_fd()).is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFDIR)
+    match nix::sys::stat::fstat(fd.as_fd().as_raw_fd()) {
+        Ok(st) => (st.st_mode & libc::S_IFMT == libc::S_IFDIR, Some((st.st_dev, st.st_ino))),
+        Err(_) => (false, None),
+    }
 }

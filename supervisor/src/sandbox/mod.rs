@@ -34,6 +34,8 @@ pub struct Prepared {
     pub cgroups: Vec<PathBuf>,
     /// For the syscall gate (`ask`/`deny` rules), when the plan has any.
     pub gate: Option<crate::gate::Setup>,
+    /// What each path rule's Landlock rule was made from (landlock::Outcome).
+    pub rule_inodes: Vec<Option<(u64, u64)>>,
 }
 
 /// Checks and builds everything for `plan` on this kernel.
@@ -172,6 +174,7 @@ pub fn prepare(
     };
     let uid_map = format!("{0} {0} 1\n", features.euid).into_bytes();
     let gid_map = format!("{0} {0} 1\n", nix::unistd::getegid()).into_bytes();
+    let rule_inodes = ll.inodes;
     let stage = Stage {
         supervisor: std::process::id() as libc::pid_t,
         namespaces,
@@ -192,7 +195,16 @@ pub fn prepare(
         devnull,
     };
     made.0.clear();
-    Ok(Prepared { enforcement, exec, seccomp_rules: rules, stage, report_rx, cgroups: limits.cgroups, gate })
+    Ok(Prepared {
+        enforcement,
+        exec,
+        seccomp_rules: rules,
+        stage,
+        report_rx,
+        cgroups: limits.cgroups,
+        gate,
+        rule_inodes,
+    })
 }
 
 /// The cgroups of a preparation that failed after making them.
