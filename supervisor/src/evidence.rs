@@ -378,15 +378,22 @@ impl Evidence {
         self.log.release().map_err(|e| Failure::setup(format!("audit log write failed: {e}")))
     }
 
+    /// Commits and checkpoints under one hold of the log's lock (see
+    /// `audit::AuditLog::checkpoint`): a reader never sees these records
+    /// without the checkpoint that covers them.
     fn close(&mut self) -> Result<(), Failure> {
-        self.commit()?;
-        self.log.checkpoint().map(drop).map_err(|e| Failure::setup(format!("audit checkpoint failed: {e}")))
+        self.log.checkpoint().map(drop).map_err(|e| match e {
+            audit::AuditError::Storage(_) | audit::AuditError::Failed(_) => {
+                Failure::setup(format!("audit log write failed: {e}; refusing to go on without a record"))
+            }
+            e => Failure::setup(format!("audit checkpoint failed: {e}")),
+        })
     }
 }
 
 /// mkdir -p with 0700 for what we create (the audit crate refuses a
 /// directory others can write).
-fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+pub(crate) fn create_private_dir(dir: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::DirBuilderExt;
     if dir.is_dir() {
         return Ok(());

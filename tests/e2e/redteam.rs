@@ -244,3 +244,39 @@ both!(the_private_tmp_is_removed_even_when_the_sandbox_locks_its_owner_out, |sb|
     assert!(!tmp.exists(), "{} was left behind", tmp.display());
     assert!(!r.stderr.contains("could not remove"), "{}", r.stderr);
 });
+
+/// The sandbox can leave in `{tmp}` a tree deeper than any stack, and than
+/// PATH_MAX. Its removal recursed (std's remove_dir_all: a stack frame and
+/// an open fd per level): under the usual open-file limit of 1024 a tree of
+/// 15,000 levels stayed on the host ("could not remove"), on the finisher's
+/// first 1 MiB stack it crashed the finisher, and with a limit past some
+/// 60,000 it would crash the supervisor itself. Twin: a shallow tree.
+#[test]
+fn a_tree_deeper_than_any_stack_is_removed_and_the_status_passes() {
+    let sb = Sandbox::new("deeptree", As::Caller);
+    // No gate: 210,000 parked mkdir and rename calls would take minutes.
+    let nogate = sb.profile("nogate.toml", "extends = \"strict\"\n[deny]\ninherit = false\n[ask]\ninherit = false\n");
+    for levels in ["10", "15000"] {
+        let mut cmd = sb.portcullis(&["run", "--profile", &nogate, "--exec", PROBE, "--", PROBE, "deep-tree", levels]);
+        // The usual soft limit, whatever the test runner has.
+        // SAFETY: getrlimit and setrlimit only, in the forked child before exec.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+                let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+                libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
+                lim.rlim_cur = lim.rlim_max.min(1024);
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let r = Run::from(cmd.output().unwrap());
+        assert_eq!(r.code, 0, "{levels} levels: {} {}", r.stdout, r.stderr);
+        let (tmp, verdict) = r.stdout.trim().split_once('\n').expect("$TMPDIR, then the verdict");
+        assert_eq!(verdict, "ok", "{levels} levels: {}", r.stderr);
+        assert!(tmp.contains("tmp-"), "{tmp}");
+        assert!(!r.stderr.contains("could not remove"), "{levels} levels: {}", r.stderr);
+        assert!(!std::path::Path::new(tmp).exists(), "{tmp} was left behind ({levels} levels)");
+    }
+}

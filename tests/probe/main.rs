@@ -101,6 +101,26 @@ fn main() {
                 }
                 report(fd as i64);
             }
+            "deep-tree" => {
+                // A tree N levels deep in $TMPDIR, made with short names
+                // only (mkdir n, rename c to n/c, rename n to c): deeper
+                // than PATH_MAX, and than a recursive remover's stack.
+                let levels: usize = a(1).parse().unwrap();
+                let dir = std::env::var("TMPDIR").unwrap_or_default();
+                println!("{dir}");
+                if libc::chdir(c(&dir).as_ptr()) != 0 || libc::mkdir(c"c".as_ptr(), 0o700) != 0 {
+                    return report(-1);
+                }
+                for _ in 0..levels {
+                    if libc::mkdir(c"n".as_ptr(), 0o700) != 0
+                        || libc::rename(c"c".as_ptr(), c"n/c".as_ptr()) != 0
+                        || libc::rename(c"n".as_ptr(), c"c".as_ptr()) != 0
+                    {
+                        return report(-1);
+                    }
+                }
+                report(0);
+            }
             "create" => {
                 let fd = libc::open(
                     c(a(1)).as_ptr(),

@@ -315,18 +315,23 @@ fn launch_with(
         let (tmp, cgroups) = (session.tmp.clone(), std::mem::take(&mut cleanup.0));
         // For the e2e test that shows the order (the caller's status, then
         // the durable record): the finisher waits this long, the log locked.
+        // (At most 1.5 s: readers wait 2 s for the lock.)
         let hold = std::env::var("PORTCULLIS_TEST_FINISH_DELAY_MS").ok().and_then(|ms| ms.parse::<u64>().ok());
         let finish = Box::new(move || {
             if let Some(ms) = hold {
-                std::thread::sleep(std::time::Duration::from_millis(ms.min(10_000)));
+                std::thread::sleep(std::time::Duration::from_millis(ms.min(1500)));
             }
-            if let Err(f) = evidence.checkpoint() {
-                eprintln!("portcullis: {}", f.message);
-            }
+            let checkpointed = evidence.checkpoint();
             sandbox::remove_private_tmp(&tmp);
             limits::cleanup(&cgroups);
+            if let Err(f) = checkpointed {
+                // Not eprintln: a closed stderr must not panic the cleanup away.
+                use std::io::Write;
+                let _ = writeln!(std::io::stderr(), "portcullis: {}", f.message);
+            }
         });
-        // Returns only where the finisher cannot run (another thread lives).
+        crate::timing::mark("done");
+        // Returns only where the finisher cannot run here (see sys::finish).
         crate::sys::finish::exit_finishing(code, finish)();
         crate::timing::mark("exit record durable");
         return Ok(code);
@@ -364,8 +369,8 @@ struct Ready {
 }
 
 /// Opens the audit log, refuses (and records why) a launch that must not
-/// happen, starts the kernel-audit watcher and tells the stage to confine
-/// itself, writes the launch record, starts the gate, and then gives the
+/// happen (meanwhile a second thread starts the kernel-audit watcher and
+/// tells the stage to confine itself), writes the launch record, starts the gate, and then gives the
 /// stage its go-ahead through `go`. A refusal drops `go` before the
 /// go-ahead, which stops the stage before exec. `program`: the resolved command,
 /// or why it may not run (then nothing was forked and `go` is None).
@@ -395,21 +400,36 @@ fn decide_in<'scope>(
     // asks the kernel whether Landlock's own reports of what it refused can
     // be read (ABI 7+, kernel audit on, CAP_AUDIT_READ; the answer took
     // about a millisecond here, much of it spent waiting), places the
-    // canary if they can, and resolves the gate's rule paths.
+    // canary and starts the kernel-audit watcher if they can, tells the
+    // command to confine itself, and resolves the gate's rule paths.
     let gate = gate_setup.map(crate::gate::begin);
     let abi = session.features.landlock_abi_used;
     let gated = gate.is_some();
     let gate_rules = move || gated.then(|| crate::gate::canonical_rules(&session.plan.gate));
+    // The go-ahead pipe, shared with that thread: the command confines
+    // itself as soon as it knows whether the kernel's reports are read,
+    // while the log opens. Shared, never duplicated: a copy made while the
+    // stage forks would be inherited by the command, which would then
+    // never see the end of the pipe that a refusal must give it.
+    let go = std::sync::Arc::new(std::sync::Mutex::new(go));
+    let confine = go.clone();
     let prepare = move || {
-        let denials = kaudit::probe_with(abi, audit_status);
-        crate::timing::mark("kernel audit probed");
-        let mut canary = canary;
-        if let (Ok(_), Some(c)) = (&denials, canary.as_mut()) {
-            // Fails on a first run, before the log has made its directory:
-            // Watcher::start places it then.
-            let _ = c.place();
-        }
-        (denials, canary, gate_rules())
+        let watcher = match (kaudit::probe_with(abi, audit_status), canary) {
+            (Ok(reader), Some(canary)) => {
+                // A first run's log directory may not be made yet.
+                if let Some(dir) = session.audit.log.parent() {
+                    let _ = crate::evidence::create_private_dir(dir);
+                }
+                kaudit::Watcher::start(reader, canary, &session.audit, &session.id)
+            }
+            (Ok(_), None) => Err("no canary could be placed beside the audit log".to_string()),
+            (Err(why), _) => Err(why),
+        };
+        crate::timing::mark("kernel audit watcher started");
+        let byte = if watcher.is_ok() { stage::CONFINE_WATCHED } else { stage::CONFINE };
+        let confined =
+            confine.lock().is_ok_and(|go| go.as_ref().is_some_and(|go| nix::unistd::write(go, &[byte]).is_ok()));
+        (watcher, gate_rules(), confined)
     };
     let prep = std::thread::Builder::new().name("launch-prep".into()).spawn_scoped(scope, prepare);
     let mut evidence = Evidence::open(&session.audit, &session.id)?;
@@ -471,34 +491,25 @@ fn decide_in<'scope>(
     launch["program"] = json!(program);
     // Without the thread the canary went with it: the launch record says
     // the kernel's reports are invisible, and why.
-    let (kernel_denials, canary, gate_rules) = match prep {
-        Ok(h) => h.join().unwrap_or_else(|_| (Err("the launch-prep thread panicked".into()), None, None)),
-        Err(e) => (Err(format!("cannot start a thread: {e}")), None, gate_rules()),
+    let (watcher, gate_rules, confined) = match prep {
+        Ok(h) => h.join().unwrap_or_else(|_| (Err("the launch-prep thread panicked".into()), None, false)),
+        Err(e) => (Err(format!("cannot start a thread: {e}")), gate_rules(), false),
     };
-    let watcher = match (kernel_denials, canary) {
-        (Ok(reader), Some(canary)) => match kaudit::Watcher::start(reader, canary, &session.audit, &session.id) {
-            Ok(w) => Some(w),
-            Err(why) => {
-                launch["kernel_denials"] = json!(format!("invisible: {why}"));
-                None
-            }
-        },
-        (Ok(_), None) => {
-            launch["kernel_denials"] = json!("invisible: no canary could be placed beside the audit log");
-            None
+    let watcher = match watcher {
+        Ok(w) => {
+            launch["kernel_denials"] = json!("recorded");
+            Some(w)
         }
-        (Err(why), _) => {
+        Err(why) => {
             launch["kernel_denials"] = json!(format!("invisible: {why}"));
             None
         }
     };
-    if watcher.is_some() {
-        launch["kernel_denials"] = json!("recorded");
-    }
-    crate::timing::mark("kernel audit watcher started");
-    // The command may confine itself now (the canary exists if it is to be
-    // opened) while the launch record is written and the gate starts.
-    if let Some(go) = &go {
+    // Without the launch-prep thread's byte, the command may confine
+    // itself now (the canary exists if it is to be opened).
+    // Ours alone from here (the thread has ended).
+    let go = go.lock().map_or(None, |mut g| g.take());
+    if let (Some(go), false) = (&go, confined) {
         let byte = if watcher.is_some() { stage::CONFINE_WATCHED } else { stage::CONFINE };
         // A stage that already failed has closed its end: spawn reports why.
         let _ = nix::unistd::write(go, &[byte]);

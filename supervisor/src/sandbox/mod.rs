@@ -244,43 +244,114 @@ pub fn private_tmp(root: &std::path::Path, session: &str) -> Result<PathBuf, Fai
 /// not) made the removal fail, and the tree stayed on the host. Links are
 /// never followed. Says so on stderr if the tree still cannot go.
 pub fn remove_private_tmp(dir: &std::path::Path) {
-    if std::fs::remove_dir_all(dir).is_ok() || !dir.exists() {
-        return;
-    }
-    open_up(dir, 0);
-    if let Err(e) = std::fs::remove_dir_all(dir) {
-        eprintln!(
-            "portcullis: could not remove the private temp dir {}: {e}",
-            ::audit::display_safe(&dir.display().to_string())
-        );
+    if let Err(e) = remove_tree(dir) {
+        if dir.symlink_metadata().is_ok() {
+            // Not eprintln: called by the finisher, whose stderr may be gone.
+            use std::io::Write;
+            let _ = writeln!(
+                std::io::stderr(),
+                "portcullis: could not remove the private temp dir {}: {e}",
+                ::audit::display_safe(&dir.display().to_string())
+            );
+        }
     }
 }
 
-/// Gives the owner rwx on every directory of the tree at `path`. Never
-/// through a symlink, even one swapped in meanwhile: each directory is
-/// opened O_PATH|O_NOFOLLOW and changed through its fd's /proc link.
-fn open_up(path: &std::path::Path, depth: usize) {
+/// Removes the directory tree at `root`, giving the owner rwx on each
+/// directory first. Without recursion, and with one directory open at a
+/// time: the sandbox can build a tree deeper than any stack (std's
+/// remove_dir_all recursed, a frame and an open fd per level, and a tree
+/// of some 60,000 levels crashed the supervisor) and than PATH_MAX (each
+/// step is relative to an open directory). It climbs back through "..",
+/// checked against the directory it came down from; each directory is
+/// read once.
+pub fn remove_tree(root: &std::path::Path) -> std::io::Result<()> {
+    use nix::dir::{Dir, Type};
+    use nix::unistd::{unlinkat, UnlinkatFlags};
+    use std::ffi::{CStr, CString};
     use std::os::fd::AsRawFd;
-    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-    if depth > 4096 {
-        return;
+
+    /// A directory being emptied: what is left to go into, and where it
+    /// hangs (its name in its parent and the parent's inode).
+    struct Level {
+        subdirs: Vec<CString>,
+        name: CString,
+        parent: (u64, u64),
     }
-    let Ok(fd) = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_PATH | libc::O_NOFOLLOW | libc::O_DIRECTORY | libc::O_CLOEXEC)
-        .open(path)
-    else {
-        return;
-    };
-    let _ =
-        std::fs::set_permissions(format!("/proc/self/fd/{}", fd.as_raw_fd()), std::fs::Permissions::from_mode(0o700));
-    if let Ok(entries) = std::fs::read_dir(path) {
-        for e in entries.flatten() {
-            if e.file_type().is_ok_and(|t| t.is_dir()) {
-                open_up(&e.path(), depth + 1);
+    fn ino(fd: std::os::fd::RawFd) -> nix::Result<(u64, u64)> {
+        nix::sys::stat::fstat(fd).map(|st| (st.st_dev, st.st_ino))
+    }
+    /// Unlinks everything in `dir` but directories, which it returns.
+    fn empty_but_subdirs(dir: &mut Dir) -> nix::Result<Vec<CString>> {
+        let fd = dir.as_raw_fd();
+        let mut subdirs = Vec::new();
+        for entry in dir.iter() {
+            let entry = entry?;
+            let name = entry.file_name();
+            if name == c"." || name == c".." {
+                continue;
+            }
+            let is_dir = match entry.file_type() {
+                Some(t) => t == Type::Directory,
+                None => nix::sys::stat::fstatat(Some(fd), name, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW)
+                    .is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFDIR),
+            };
+            if is_dir {
+                subdirs.push(name.to_owned());
+            } else {
+                match unlinkat(Some(fd), name, UnlinkatFlags::NoRemoveDir) {
+                    Ok(()) | Err(nix::errno::Errno::ENOENT) => {}
+                    Err(e) => return Err(e),
+                }
             }
         }
+        Ok(subdirs)
     }
+    /// Opens the directory `name` beneath `at` (never through a symlink)
+    /// after giving its owner rwx on it.
+    fn open_dir(at: Option<std::os::fd::RawFd>, name: &CStr) -> nix::Result<Dir> {
+        use nix::fcntl::OFlag;
+        use nix::sys::stat::Mode;
+        let path = Dir::openat(
+            at,
+            name,
+            OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )?;
+        let fd = path.as_raw_fd();
+        if nix::sys::stat::fstat(fd).is_ok_and(|st| st.st_mode & 0o700 != 0o700) {
+            use std::os::unix::fs::PermissionsExt;
+            let _ = std::fs::set_permissions(format!("/proc/self/fd/{fd}"), std::fs::Permissions::from_mode(0o700));
+        }
+        Dir::openat(Some(fd), c".", OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())
+    }
+
+    let root_c = CString::new(root.as_os_str().as_encoded_bytes()).map_err(std::io::Error::other)?;
+    let mut cur = open_dir(None, &root_c)?;
+    let mut levels = vec![Level { subdirs: empty_but_subdirs(&mut cur)?, name: root_c, parent: (0, 0) }];
+    loop {
+        let level = levels.last_mut().expect("the root's level is popped last");
+        if let Some(name) = level.subdirs.pop() {
+            let here = ino(cur.as_raw_fd())?;
+            let mut child = open_dir(Some(cur.as_raw_fd()), &name)?;
+            let subdirs = empty_but_subdirs(&mut child)?;
+            levels.push(Level { subdirs, name, parent: here });
+            cur = child;
+            continue;
+        }
+        let done = levels.pop().expect("a level");
+        if levels.is_empty() {
+            break;
+        }
+        let up = open_dir(Some(cur.as_raw_fd()), c"..")?;
+        if ino(up.as_raw_fd())? != done.parent {
+            return Err(std::io::Error::other("a directory of the tree moved while it was being removed"));
+        }
+        unlinkat(Some(up.as_raw_fd()), done.name.as_c_str(), UnlinkatFlags::RemoveDir)?;
+        cur = up;
+    }
+    drop(cur);
+    std::fs::remove_dir(root)
 }
 
 /// Holds `{tmp}` for the life of the run (an exclusive `flock` on the

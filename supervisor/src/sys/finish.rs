@@ -15,6 +15,20 @@
 //! writer wait for it, and see the exit record and its checkpoint
 //! together. A crash in that millisecond loses what a crash just before
 //! the command's exit would have lost.
+//!
+//! What the finisher may do: allocate, use std's files, locks and
+//! threads-free code. What it must not: fork or spawn (`Command`), or use
+//! pthread mutexes or anything keyed on the thread id: it runs on the
+//! exited main thread's TLS, whose thread id the kernel zeroes when that
+//! thread exits (its clear_child_tid), so glibc's error-checking and
+//! recursive mutexes misbehave there. std's own locks use futexes and do
+//! not care.
+//!
+//! The finisher is an orphan once we exit: the caller's nearest subreaper,
+//! or the PID namespace's init, reaps it. Where that init is our parent
+//! (an agent running as PID 1 in a container, which often reaps nothing
+//! it did not start), the run finishes the old way instead, so that no
+//! zombie is left per run.
 
 /// What is left to do after the caller has the status.
 pub type Finish = Box<dyn FnOnce()>;
@@ -35,23 +49,35 @@ pub type Finish = Box<dyn FnOnce()>;
 /// Ctrl-C after the command's end does not cut the checkpoint short.
 pub fn exit_finishing(code: i32, finish: Finish) -> Finish {
     use std::io::Write;
-    if other_threads_alive() {
+    // Our parent is PID 1 (or outside our PID namespace): it would be
+    // left the finisher's zombie to reap.
+    if nix::unistd::getppid().as_raw() <= 1 || other_threads_alive() {
         return finish;
     }
     let _ = std::io::stdout().flush();
-    const STACK: usize = 1 << 20;
+    // As large as the main thread's, reserved not committed, with a guard
+    // page below it: an overflow faults instead of writing into whatever
+    // mapping lies below.
+    const STACK: usize = 8 << 20;
+    const GUARD: usize = 4096;
     // SAFETY: a fresh private anonymous mapping; checked below.
     let stack = unsafe {
         libc::mmap(
             std::ptr::null_mut(),
             STACK,
             libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_STACK,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_STACK | libc::MAP_NORESERVE,
             -1,
             0,
         )
     };
     if stack == libc::MAP_FAILED {
+        return finish;
+    }
+    // SAFETY: the lowest page of the mapping just made.
+    if unsafe { libc::mprotect(stack, GUARD, libc::PROT_NONE) } != 0 {
+        // SAFETY: the mapping is unused.
+        unsafe { libc::munmap(stack, STACK) };
         return finish;
     }
     let arg = Box::into_raw(Box::new(finish));
@@ -80,8 +106,12 @@ pub fn exit_finishing(code: i32, finish: Finish) -> Finish {
 extern "C" fn finisher(arg: *mut libc::c_void) -> libc::c_int {
     // SAFETY: `arg` is the Box leaked by exit_finishing, handed to us alone.
     let finish: Box<Finish> = unsafe { Box::from_raw(arg.cast()) };
-    // SAFETY: dup2 and close on fds of our own table.
+    // SAFETY: dup2 and close on fds of our own table; signal() on our own
+    // copy of the handlers.
     unsafe {
+        // Once we are gone the caller's shell may take the terminal back:
+        // a failure reported then must not stop the finisher (tostop).
+        libc::signal(libc::SIGTTOU, libc::SIG_IGN);
         let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC);
         if null >= 0 {
             libc::dup2(null, 0);
