@@ -76,6 +76,22 @@ impl CpuAcct {
         Ok(acct)
     }
 
+    /// Waits (up to a second) until this process is alone in the group:
+    /// whatever a launcher left running (portcullis's finisher, which makes
+    /// the exit record durable after the caller has the status) has its
+    /// CPU time counted for that launch, and does not run into the next.
+    fn settle(&self) {
+        let me = std::process::id().to_string();
+        let deadline = Instant::now() + std::time::Duration::from_secs(1);
+        while Instant::now() < deadline {
+            let procs = std::fs::read_to_string(self.dir.join("cgroup.procs")).unwrap_or_default();
+            if procs.lines().all(|p| p.trim() == me) {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_micros(100));
+        }
+    }
+
     /// CPU time of the group so far, in µs.
     fn usage_us(&self) -> f64 {
         let text = std::fs::read_to_string(self.dir.join("cpuacct.usage")).unwrap_or_default();
@@ -105,6 +121,9 @@ fn once(argv: &[String], dir: &Path, acct: Option<&CpuAcct>) -> Result<(f64, f64
     let dt = t.elapsed().as_secs_f64() * 1e6;
     if !status.success() {
         bail!("{argv:?} failed: {status}");
+    }
+    if let Some(a) = acct {
+        a.settle();
     }
     Ok((dt, acct.map_or(f64::NAN, CpuAcct::usage_us) - cpu))
 }
@@ -733,15 +752,20 @@ two threads: (1) fork a relay that joins the sandbox's cgroup, creates user,
 PID, IPC and mount namespaces, forks an init that mounts a private /proc and
 forks the command, which waits; (2) open and check the signed audit log
 (meanwhile a third thread reads the kernel audit subsystem's answer to
-whether Landlock's denials can be read, asked right after the profile
-compiled because the kernel replies from a thread it starts per reply,
-places the canary and resolves the gate's rule paths, and the gate's acting
-thread confines itself), check that no
-rule reaches the log, start the kernel-audit reader, tell the command to
-confine itself (Landlock, seccomp), write the launch record and start the
-syscall gate while it does, then give the go-ahead to exec. The launch
-record is fsynced while the command starts; at exit the exit record and a signed checkpoint are fsynced, the
-namespaces torn down and the temp dir removed. As root, `max_procs` (512 in
+whether Landlock's denials can be read, asked right after the kernel probe
+because the kernel replies from a thread it starts per reply, places the
+canary, starts the kernel-audit reader, tells the command to confine itself
+(Landlock, seccomp) and resolves the gate's rule paths, and the gate's
+acting thread confines itself), check that no rule reaches the log, write
+the launch record, start the syscall gate, then give the go-ahead to exec. The launch
+record is fsynced while another thread waits for the command. At exit the
+gate and the kernel-audit reader finish, the exit record is written, and
+portcullis exits with the command's status: a finisher that shares its
+memory (clone CLONE_VM) fsyncs the record, writes the signed checkpoint,
+removes the temp dir and cgroups and tears the memory down, holding the
+log's lock (readers and the next run wait for it). The wall times above end
+when the caller has the status; each launch's CPU time includes its
+finisher's, and the next launch starts once it is done. As root, `max_procs` (512 in
 strict) needs a pids cgroup, because the kernel never applies RLIMIT_NPROC
 to uid 0; it is joined through cgroup v1's `tasks` file, which (unlike
 `cgroup.procs`) does not wait for an RCU grace period. On cgroup v2 (not
