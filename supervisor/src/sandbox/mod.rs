@@ -343,7 +343,15 @@ pub fn remove_tree(root: &std::path::Path) -> std::io::Result<()> {
         if levels.is_empty() {
             break;
         }
-        let up = open_dir(Some(cur.as_raw_fd()), c"..")?;
+        // Checked before anything is done there: not even a chmod, should
+        // a process of the sandbox that outlived it (no PID namespace) have
+        // moved this directory out of the tree.
+        let up = Dir::openat(
+            Some(cur.as_raw_fd()),
+            c"..",
+            nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        )?;
         if ino(up.as_raw_fd())? != done.parent {
             return Err(std::io::Error::other("a directory of the tree moved while it was being removed"));
         }
