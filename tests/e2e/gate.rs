@@ -1897,3 +1897,30 @@ fn a_typed_ahead_or_hasty_answer_never_answers_the_terminal_prompt() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+// No directory moves into {tmp} from elsewhere: the supervisor removes
+// {tmp} when the run ends, past the rules that protect what is inside it.
+// A helper's hunt: `mv proj $TMPDIR/p` took proj/.git along, which strict
+// does not let the sandbox remove, and the run's cleanup deleted it. EXDEV,
+// as between filesystems: `mv` copies instead, and cannot remove the .git.
+// Twins: a file moves in; a directory moves within {tmp}, and out of it.
+both!(no_directory_moves_into_tmp_to_be_removed_with_it, |sb| {
+    std::fs::create_dir_all(sb.ws.join("proj/.git")).unwrap();
+    std::fs::write(sb.ws.join("proj/.git/HEAD"), "ref: refs/heads/main\n").unwrap();
+    std::fs::write(sb.ws.join("file"), "x").unwrap();
+    if sb.who == As::Nobody {
+        for p in ["proj", "proj/.git", "proj/.git/HEAD", "file"] {
+            std::os::unix::fs::chown(sb.ws.join(p), Some(NOBODY), Some(NOBODY)).unwrap();
+        }
+    }
+    let script = format!(
+        "{PROBE} rename proj \"$TMPDIR/p\"; {PROBE} rename file \"$TMPDIR/f\"; {PROBE} mkdir \"$TMPDIR/a\"; \
+         {PROBE} rename \"$TMPDIR/a\" \"$TMPDIR/b\"; {PROBE} rename \"$TMPDIR/b\" moved-out"
+    );
+    let r = sb.run(&["run", "--exec", "/bin/sh", "--exec", PROBE, "--", "/bin/sh", "-c", &script]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let lines: Vec<&str> = r.stdout.lines().collect();
+    assert_eq!(lines, ["errno 18 EXDEV", "ok", "ok", "ok", "ok"], "{}", r.stderr);
+    assert!(sb.ws.join("proj/.git/HEAD").exists(), "the repository went with {{tmp}}");
+    assert!(sb.ws.join("moved-out").is_dir() && !sb.ws.join("file").exists());
+});

@@ -280,3 +280,37 @@ fn a_tree_deeper_than_any_stack_is_removed_and_the_status_passes() {
         assert!(!std::path::Path::new(tmp).exists(), "{tmp} was left behind ({levels} levels)");
     }
 }
+
+/// As root, `{tmp}` is removed with no more file privilege than the sandbox
+/// had (uid 0 without capabilities: file permissions bind it). A helper's
+/// hunt: the sandbox could not remove d/victim/file (another user's 0555
+/// directory), moved d into `{tmp}` (a profile without the gate, so no
+/// EXDEV), and the run's cleanup, with CAP_DAC_OVERRIDE and CAP_FOWNER,
+/// chmodded victim and removed the file. Now it stays, and the run says
+/// it could not remove the tree. (The deep-tree test is the twin: the
+/// sandbox's own tree, modes 0 and 0300 included elsewhere, still goes.)
+#[test]
+fn tmp_is_removed_with_no_more_privilege_than_the_sandbox_had() {
+    if !is_root() {
+        return skip("the case is root's DAC override; as another user there is none");
+    }
+    let sb = Sandbox::new("tmpcaps", As::Caller);
+    let nogate = sb.profile("nogate.toml", "extends = \"strict\"\n[deny]\ninherit = false\n[ask]\ninherit = false\n");
+    let victim = sb.ws.join("d/victim");
+    std::fs::create_dir_all(&victim).unwrap();
+    std::fs::write(victim.join("file"), "x").unwrap();
+    std::os::unix::fs::chown(victim.join("file"), Some(NOBODY), Some(NOBODY)).unwrap();
+    std::os::unix::fs::chown(&victim, Some(NOBODY), Some(NOBODY)).unwrap();
+    std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o555)).unwrap();
+    let script = format!("{PROBE} unlink d/victim/file; {PROBE} rename d \"$TMPDIR/d\"; echo \"$TMPDIR\"");
+    let r =
+        sb.run(&["run", "--profile", &nogate, "--exec", "/bin/sh", "--exec", PROBE, "--", "/bin/sh", "-c", &script]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let lines: Vec<&str> = r.stdout.lines().collect();
+    assert_eq!(lines[..2], ["errno 13 EACCES", "ok"], "{}", r.stderr);
+    let tmp = std::path::PathBuf::from(lines[2]);
+    let kept = tmp.join("d/victim/file").exists();
+    let _ = std::fs::remove_dir_all(&tmp);
+    assert!(kept, "the cleanup removed what the sandbox could not");
+    assert!(r.stderr.contains("could not remove"), "{}", r.stderr);
+}

@@ -322,8 +322,10 @@ fn launch_with(
                 std::thread::sleep(std::time::Duration::from_millis(ms.min(1500)));
             }
             let checkpointed = evidence.checkpoint();
-            sandbox::remove_private_tmp(&tmp);
+            // The cgroups first: their cleanup kills what outlived the
+            // command (no PID namespace), which could still write in {tmp}.
             limits::cleanup(&cgroups);
+            sandbox::remove_private_tmp(&tmp);
             if let Err(f) = checkpointed {
                 // Not eprintln: a closed stderr must not panic the cleanup away.
                 use std::io::Write;
@@ -600,6 +602,7 @@ fn start_gate(
         unix_sockets: session.plan.seccomp.floor.sockets.unix,
         records_per_target: crate::gate::VERDICT_RECORDS_PER_TARGET,
         connect_ports: session.plan.landlock.connect_tcp.iter().map(|p| p.value).collect(),
+        tmp: std::fs::canonicalize(&session.tmp).ok().and_then(|t| t.to_str().map(str::to_string)),
     };
     starting.start(ctx, Some(evidence))
 }

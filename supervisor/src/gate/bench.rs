@@ -210,6 +210,7 @@ pub fn measure(iters: usize, dir: &Path) -> Result<GateBench, Failure> {
             plan: plan.clone(),
             records_per_target,
             connect_ports: Vec::new(),
+            tmp: None,
             profile: "bench".into(),
             session: session.into(),
             argv: vec!["bench".into()],

@@ -91,6 +91,9 @@ pub struct Context {
     /// The gate's connect threads can reach more (ports named by `ask`),
     /// so a connect no rule or grant decided goes out only to these.
     pub connect_ports: Vec<u16>,
+    /// The run's private `{tmp}` (canonical), which the supervisor removes
+    /// when the run ends: no directory is moved into it from elsewhere.
+    pub tmp: Option<String>,
 }
 
 /// How a parked syscall is answered.

@@ -125,6 +125,24 @@ fn name_or_busy(r: &Resolved) -> Result<CString, i32> {
     r.name.clone().ok_or(libc::EBUSY)
 }
 
+/// A directory moved into `{tmp}` from elsewhere would be removed with
+/// `{tmp}` when the run ends, by the supervisor, past every rule that
+/// protects what is inside it: `mv proj $TMPDIR/p` took a `.git` the
+/// sandbox may not remove along (a helper's hunt). EXDEV, as between
+/// filesystems: `mv` copies instead, and the removals it then tries are
+/// decided one by one. Both sides of an exchange move.
+fn moves_no_tree_into_tmp(shared: &Shared, from: &Resolved, to: &Resolved, flags: u32) -> Result<(), i32> {
+    let Some(tmp) = shared.ctx.tmp.as_deref() else { return Ok(()) };
+    let inside = |p: &str| p.strip_prefix(tmp).is_some_and(|rest| rest.is_empty() || rest.starts_with('/'));
+    let moves_in = |src: &Resolved, dst: &Resolved| {
+        src.kind == Some(libc::S_IFDIR) && !inside(&src.canonical) && inside(&dst.canonical)
+    };
+    if moves_in(from, to) || (flags & libc::RENAME_EXCHANGE != 0 && moves_in(to, from)) {
+        return Err(libc::EXDEV);
+    }
+    Ok(())
+}
+
 /// Classifies notification `n` into an operation to decide and perform.
 pub fn classify(shared: &Shared, n: &Notif) -> Result<Op, i32> {
     let caller = Caller { tid: n.pid };
@@ -154,6 +172,7 @@ pub fn classify(shared: &Shared, n: &Notif) -> Result<Op, i32> {
             from.no_slash_link(libc::ENOTDIR)?;
             to.no_slash_link(libc::ENOTDIR)?;
             let (fname, tname) = (name_or_busy(&from)?, name_or_busy(&to)?);
+            moves_no_tree_into_tmp(shared, &from, &to, flags)?;
             // A file saved over a file (write a temporary, rename it into
             // place: editors, git, npm) is a write of that file; anything
             // else moves a tree or swaps two names (see Gate::decide).

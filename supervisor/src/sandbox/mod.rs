@@ -244,7 +244,10 @@ pub fn private_tmp(root: &std::path::Path, session: &str) -> Result<PathBuf, Fai
 /// not) made the removal fail, and the tree stayed on the host. Links are
 /// never followed. Says so on stderr if the tree still cannot go.
 pub fn remove_private_tmp(dir: &std::path::Path) {
-    if let Err(e) = remove_tree(dir) {
+    // With no more privilege over the tree than the sandbox had: as root
+    // the supervisor could otherwise remove, and chmod, what the sandbox
+    // moved in but could not touch itself (a directory of another user).
+    if let Err(e) = crate::sys::without_file_overrides(|| remove_tree(dir)) {
         if dir.symlink_metadata().is_ok() {
             // Not eprintln: called by the finisher, whose stderr may be gone.
             use std::io::Write;
@@ -267,6 +270,7 @@ pub fn remove_private_tmp(dir: &std::path::Path) {
 /// read once.
 pub fn remove_tree(root: &std::path::Path) -> std::io::Result<()> {
     use nix::dir::{Dir, Type};
+    use nix::errno::Errno;
     use nix::unistd::{unlinkat, UnlinkatFlags};
     use std::ffi::{CStr, CString};
     use std::os::fd::AsRawFd;
@@ -281,12 +285,19 @@ pub fn remove_tree(root: &std::path::Path) -> std::io::Result<()> {
     fn ino(fd: std::os::fd::RawFd) -> nix::Result<(u64, u64)> {
         nix::sys::stat::fstat(fd).map(|st| (st.st_dev, st.st_ino))
     }
-    /// Unlinks everything in `dir` but directories, which it returns.
-    fn empty_but_subdirs(dir: &mut Dir) -> nix::Result<Vec<CString>> {
+    /// Unlinks everything in `dir` but directories, which it returns; the
+    /// first failure goes to `failed`, and the rest is still tried.
+    fn empty_but_subdirs(dir: &mut Dir, failed: &mut Option<Errno>) -> Vec<CString> {
         let fd = dir.as_raw_fd();
         let mut subdirs = Vec::new();
         for entry in dir.iter() {
-            let entry = entry?;
+            let entry = match entry {
+                Ok(e) => e,
+                Err(e) => {
+                    failed.get_or_insert(e);
+                    break;
+                }
+            };
             let name = entry.file_name();
             if name == c"." || name == c".." {
                 continue;
@@ -300,12 +311,14 @@ pub fn remove_tree(root: &std::path::Path) -> std::io::Result<()> {
                 subdirs.push(name.to_owned());
             } else {
                 match unlinkat(Some(fd), name, UnlinkatFlags::NoRemoveDir) {
-                    Ok(()) | Err(nix::errno::Errno::ENOENT) => {}
-                    Err(e) => return Err(e),
+                    Ok(()) | Err(Errno::ENOENT) => {}
+                    Err(e) => {
+                        failed.get_or_insert(e);
+                    }
                 }
             }
         }
-        Ok(subdirs)
+        subdirs
     }
     /// Opens the directory `name` beneath `at` (never through a symlink)
     /// after giving its owner rwx on it.
@@ -326,17 +339,25 @@ pub fn remove_tree(root: &std::path::Path) -> std::io::Result<()> {
         Dir::openat(Some(fd), c".", OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())
     }
 
+    // One entry that cannot go (not ours to remove) leaves the rest going.
+    let mut failed: Option<Errno> = None;
     let root_c = CString::new(root.as_os_str().as_encoded_bytes()).map_err(std::io::Error::other)?;
     let mut cur = open_dir(None, &root_c)?;
-    let mut levels = vec![Level { subdirs: empty_but_subdirs(&mut cur)?, name: root_c, parent: (0, 0) }];
+    let mut levels = vec![Level { subdirs: empty_but_subdirs(&mut cur, &mut failed), name: root_c, parent: (0, 0) }];
     loop {
         let level = levels.last_mut().expect("the root's level is popped last");
         if let Some(name) = level.subdirs.pop() {
             let here = ino(cur.as_raw_fd())?;
-            let mut child = open_dir(Some(cur.as_raw_fd()), &name)?;
-            let subdirs = empty_but_subdirs(&mut child)?;
-            levels.push(Level { subdirs, name, parent: here });
-            cur = child;
+            match open_dir(Some(cur.as_raw_fd()), &name) {
+                Ok(mut child) => {
+                    let subdirs = empty_but_subdirs(&mut child, &mut failed);
+                    levels.push(Level { subdirs, name, parent: here });
+                    cur = child;
+                }
+                Err(e) => {
+                    failed.get_or_insert(e);
+                }
+            }
             continue;
         }
         let done = levels.pop().expect("a level");
@@ -355,11 +376,17 @@ pub fn remove_tree(root: &std::path::Path) -> std::io::Result<()> {
         if ino(up.as_raw_fd())? != done.parent {
             return Err(std::io::Error::other("a directory of the tree moved while it was being removed"));
         }
-        unlinkat(Some(up.as_raw_fd()), done.name.as_c_str(), UnlinkatFlags::RemoveDir)?;
+        if let Err(e) = unlinkat(Some(up.as_raw_fd()), done.name.as_c_str(), UnlinkatFlags::RemoveDir) {
+            failed.get_or_insert(e);
+        }
         cur = up;
     }
     drop(cur);
-    std::fs::remove_dir(root)
+    match (std::fs::remove_dir(root), failed) {
+        (Ok(()), _) => Ok(()),
+        (Err(_), Some(first)) => Err(first.into()),
+        (Err(e), None) => Err(e),
+    }
 }
 
 /// Holds `{tmp}` for the life of the run (an exclusive `flock` on the

@@ -45,6 +45,43 @@ pub(crate) fn clear_capabilities() -> Result<(), i32> {
     Ok(())
 }
 
+/// Runs `f` with CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH and CAP_FOWNER out
+/// of the calling thread's effective set (capabilities are per thread),
+/// then puts them back: file permissions bind `f` as they bound the
+/// sandbox. Without those capabilities it just runs `f`.
+pub fn without_file_overrides<T>(f: impl FnOnce() -> T) -> T {
+    #[repr(C)]
+    struct CapHeader {
+        version: u32,
+        pid: libc::c_int,
+    }
+    #[repr(C)]
+    #[derive(Clone, Copy, Default)]
+    struct CapData {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    const OVERRIDES: u32 = 1 << 1 | 1 << 2 | 1 << 3;
+    let header = CapHeader { version: 0x2008_0522, pid: 0 };
+    let mut saved = [CapData::default(); 2];
+    // SAFETY: capget writes two data structs into a live array.
+    let got = unsafe { libc::syscall(libc::SYS_capget, &header, saved.as_mut_ptr()) } == 0;
+    if !got || saved[0].effective & OVERRIDES == 0 {
+        return f();
+    }
+    let mut lowered = saved;
+    lowered[0].effective &= !OVERRIDES;
+    // SAFETY: capset reads a live header and two live data structs.
+    let set = |data: &[CapData; 2]| unsafe { libc::syscall(libc::SYS_capset, &header, data.as_ptr()) } == 0;
+    let dropped = set(&lowered);
+    let r = f();
+    if dropped {
+        set(&saved);
+    }
+    r
+}
+
 /// Lowers the calling thread to nice 10 (a per-thread attribute on Linux).
 /// For the audit writers and signers: signing and fsync are background work
 /// that should yield the CPU to the threads a sandboxed call waits on. Not
