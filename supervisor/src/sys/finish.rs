@@ -16,8 +16,8 @@
 //! together. A crash in that millisecond loses what a crash just before
 //! the command's exit would have lost.
 //!
-//! What the finisher may do: allocate, use std's files, locks and
-//! threads-free code. What it must not: fork or spawn (`Command`), or use
+//! What the finisher may do: allocate, and use std's files and locks.
+//! What it must not: start threads, fork or spawn (`Command`), or use
 //! pthread mutexes or anything keyed on the thread id: it runs on the
 //! exited main thread's TLS, whose thread id the kernel zeroes when that
 //! thread exits (its clear_child_tid), so glibc's error-checking and

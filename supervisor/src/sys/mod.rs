@@ -19,30 +19,39 @@ pub(crate) fn errno() -> i32 {
     io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO)
 }
 
+/// capget/capset's header, for _LINUX_CAPABILITY_VERSION_3 (two 32-bit
+/// words per set) and the calling thread.
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: libc::c_int,
+}
+
+const CAP_HEADER: CapHeader = CapHeader { version: 0x2008_0522, pid: 0 };
+
+/// One 32-bit word of each capability set.
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
+/// capset for the calling thread; the errno on failure. Allocation-free.
+fn capset(data: &[CapData; 2]) -> Result<(), i32> {
+    // SAFETY: capset reads a live header and two live data structs.
+    match unsafe { libc::syscall(libc::SYS_capset, &CAP_HEADER, data.as_ptr()) } {
+        0 => Ok(()),
+        _ => Err(errno()),
+    }
+}
+
 /// Empties the calling thread's effective, permitted and inheritable
 /// capability sets (capset acts per thread). Allocation-free: the exec stage
 /// calls it between fork and exec. Returns the errno on failure.
 pub(crate) fn clear_capabilities() -> Result<(), i32> {
-    #[repr(C)]
-    struct CapHeader {
-        version: u32,
-        pid: libc::c_int,
-    }
-    #[repr(C)]
-    #[derive(Clone, Copy)]
-    struct CapData {
-        effective: u32,
-        permitted: u32,
-        inheritable: u32,
-    }
-    // _LINUX_CAPABILITY_VERSION_3: two 32-bit words per set.
-    let header = CapHeader { version: 0x2008_0522, pid: 0 };
-    let data = [CapData { effective: 0, permitted: 0, inheritable: 0 }; 2];
-    // SAFETY: capset reads a live header and two live data structs.
-    if unsafe { libc::syscall(libc::SYS_capset, &header, data.as_ptr()) } != 0 {
-        return Err(errno());
-    }
-    Ok(())
+    capset(&[CapData::default(); 2])
 }
 
 /// Runs `f` with CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH and CAP_FOWNER out
@@ -50,34 +59,19 @@ pub(crate) fn clear_capabilities() -> Result<(), i32> {
 /// then puts them back: file permissions bind `f` as they bound the
 /// sandbox. Without those capabilities it just runs `f`.
 pub fn without_file_overrides<T>(f: impl FnOnce() -> T) -> T {
-    #[repr(C)]
-    struct CapHeader {
-        version: u32,
-        pid: libc::c_int,
-    }
-    #[repr(C)]
-    #[derive(Clone, Copy, Default)]
-    struct CapData {
-        effective: u32,
-        permitted: u32,
-        inheritable: u32,
-    }
     const OVERRIDES: u32 = 1 << 1 | 1 << 2 | 1 << 3;
-    let header = CapHeader { version: 0x2008_0522, pid: 0 };
     let mut saved = [CapData::default(); 2];
     // SAFETY: capget writes two data structs into a live array.
-    let got = unsafe { libc::syscall(libc::SYS_capget, &header, saved.as_mut_ptr()) } == 0;
+    let got = unsafe { libc::syscall(libc::SYS_capget, &CAP_HEADER, saved.as_mut_ptr()) } == 0;
     if !got || saved[0].effective & OVERRIDES == 0 {
         return f();
     }
     let mut lowered = saved;
     lowered[0].effective &= !OVERRIDES;
-    // SAFETY: capset reads a live header and two live data structs.
-    let set = |data: &[CapData; 2]| unsafe { libc::syscall(libc::SYS_capset, &header, data.as_ptr()) } == 0;
-    let dropped = set(&lowered);
+    let dropped = capset(&lowered).is_ok();
     let r = f();
     if dropped {
-        set(&saved);
+        let _ = capset(&saved);
     }
     r
 }
