@@ -248,13 +248,24 @@ pub fn apply(
 }
 
 /// Removes the cgroups under `dir` of sessions killed before their cleanup
-/// (see `sandbox::session_gone`). One still holding a process cannot be
-/// removed, and is not.
+/// (see `sandbox::session_gone`). What is still in one belongs to a sandbox
+/// whose supervisor is gone, and should have died with it: it is killed,
+/// and the removal tried again for a moment (a sandbox killed a moment ago
+/// can still be leaving its cgroup when its `{tmp}` is already free; a CI
+/// run saw that). One that stays is left for a later sweep.
 fn sweep_stale_cgroups(dir: &Path) {
     let Ok(entries) = fs::read_dir(dir) else { return };
     for e in entries.flatten() {
-        if super::session_gone(&e.file_name().to_string_lossy(), "portcullis-") {
-            let _ = fs::remove_dir(e.path());
+        if !super::session_gone(&e.file_name().to_string_lossy(), "portcullis-") {
+            continue;
+        }
+        let path = e.path();
+        for _ in 0..10 {
+            if fs::remove_dir(&path).is_ok() || !path.exists() {
+                break;
+            }
+            kill_all(&path);
+            std::thread::sleep(std::time::Duration::from_millis(10));
         }
     }
 }
