@@ -77,12 +77,11 @@ impl AuditPaths {
         LogOptions { session: Some(session.to_string()), rotate_bytes: self.rotate_bytes, ..LogOptions::default() }
     }
 
-    /// Refuses when a Landlock rule of the plan would let the sandbox reach
-    /// the key (forge records) or the log (rewrite or read history).
-    pub fn check_out_of_reach(&self, rules: &RuleInodes) -> Result<(), Failure> {
+    /// The key (forge records) and the log (rewrite or read history): no
+    /// Landlock rule of the plan may reach them.
+    pub fn guarded(&self) -> [Guarded; 2] {
         let advice = "move the workspace, or pass --audit-log/--audit-key outside every rule";
-        check_out_of_reach(rules, "audit signing key", &self.key, advice)?;
-        check_out_of_reach(rules, "audit log", &self.log, advice)
+        [Guarded::file("audit signing key", &self.key, advice), Guarded::file("audit log", &self.log, advice)]
     }
 }
 
@@ -141,39 +140,89 @@ impl<'a> RuleInodes<'a> {
         path: &Path,
         keep: impl Fn(&policy::plan::PathRule) -> bool,
     ) -> Option<&'a policy::plan::PathRule> {
+        self.first_over(&Reach::of(path), keep)
+    }
+
+    /// As [`reaching`](Self::reaching), for a path looked up before.
+    pub fn first_over(
+        &self,
+        reach: &Reach,
+        keep: impl Fn(&policy::plan::PathRule) -> bool,
+    ) -> Option<&'a policy::plan::PathRule> {
+        // Plan order decides which rule the message names.
+        let mut first: Option<usize> = None;
+        for key in &reach.chain {
+            for &i in self.inodes.get(key).into_iter().flatten() {
+                if keep(&self.paths[i]) && first.is_none_or(|f| i < f) {
+                    first = Some(i);
+                }
+            }
+        }
+        first.map(|i| &self.paths[i])
+    }
+}
+
+/// Where a path sits: the (device, inode) of its nearest existing ancestor
+/// (canonical) and of each directory above that. A rule made from any of
+/// them reaches the path. Needs no plan, so a run looks its guarded files
+/// up while the profile compiles.
+pub struct Reach {
+    chain: Vec<(u64, u64)>,
+}
+
+impl Reach {
+    pub fn of(path: &Path) -> Reach {
         use std::os::unix::fs::MetadataExt;
         let mut probe = path.to_path_buf();
         while !probe.exists() && probe.pop() {}
         let mut at = std::fs::canonicalize(&probe).unwrap_or(probe);
-        // Plan order decides which rule the message names.
-        let mut first: Option<usize> = None;
+        let mut chain = Vec::new();
         loop {
             if let Ok(m) = std::fs::metadata(&at) {
-                for &i in self.inodes.get(&(m.dev(), m.ino())).into_iter().flatten() {
-                    if keep(&self.paths[i]) && first.is_none_or(|f| i < f) {
-                        first = Some(i);
-                    }
-                }
+                chain.push((m.dev(), m.ino()));
             }
             if !at.pop() {
-                return first.map(|i| &self.paths[i]);
+                return Reach { chain };
             }
         }
     }
 }
 
-/// Refuses when a Landlock rule of the plan reaches the directory of
-/// `target` (a file the sandbox must neither read nor write).
-pub fn check_out_of_reach(rules: &RuleInodes, what: &str, target: &Path, advice: &str) -> Result<(), Failure> {
-    let dir = target.parent().unwrap_or(target);
-    match rules.reaching(dir, |_| true) {
-        Some(rule) => Err(Failure::setup(format!(
-            "{}: the rule for {} would let the sandbox reach the {what} {}; {advice}",
-            rule.at,
-            rule.path,
-            target.display()
-        ))),
-        None => Ok(()),
+/// What no Landlock rule of a launch may reach, looked up before the plan
+/// is known (see [`Reach`]); [`check`](Self::check) refuses a plan with such a rule.
+pub struct Guarded {
+    reach: Reach,
+    writes_only: bool,
+    /// What such a rule would let the sandbox do.
+    would: String,
+    advice: &'static str,
+}
+
+impl Guarded {
+    /// A file the sandbox must neither read nor write: no rule may reach its directory.
+    pub fn file(what: &str, target: &Path, advice: &'static str) -> Guarded {
+        let dir = target.parent().unwrap_or(target);
+        Guarded {
+            reach: Reach::of(dir),
+            writes_only: false,
+            would: format!("reach the {what} {}", target.display()),
+            advice,
+        }
+    }
+
+    /// A directory the sandbox must not write in: no writable rule may reach it.
+    pub fn unwritable_dir(what: &str, dir: &Path, advice: &'static str) -> Guarded {
+        Guarded { reach: Reach::of(dir), writes_only: true, would: format!("rewrite {what} {}", dir.display()), advice }
+    }
+
+    pub fn check(&self, rules: &RuleInodes) -> Result<(), Failure> {
+        match rules.first_over(&self.reach, |r| r.write || !self.writes_only) {
+            Some(rule) => Err(Failure::setup(format!(
+                "{}: the rule for {} would let the sandbox {}; {}",
+                rule.at, rule.path, self.would, self.advice
+            ))),
+            None => Ok(()),
+        }
     }
 }
 

@@ -56,9 +56,13 @@ impl Session {
 
     /// As [`open`](Self::open), on a kernel already probed.
     pub fn open_on(args: &SandboxArgs, features: Features) -> Result<Session, Failure> {
-        let nanos =
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
-        let id = format!("{}-{:08x}", std::process::id(), nanos);
+        let audit = audit_paths(args)?;
+        Self::open_as(args, features, session_id(), audit)
+    }
+
+    /// As [`open_on`](Self::open_on), with the run's id and audit paths
+    /// already chosen (`run` opens the log with them meanwhile).
+    fn open_as(args: &SandboxArgs, features: Features, id: String, audit: AuditPaths) -> Result<Session, Failure> {
         let mut profile = policy::Loader::from_env().load(&args.profile)?;
         profile.apply(&args.overrides())?;
         let workspace = match &args.workspace {
@@ -94,9 +98,6 @@ impl Session {
         };
         crate::gate::hooks::protect_configured_hooks(&mut plan.gate, &workspace, &vars.home);
         let path_var = std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
-        let mut audit =
-            AuditPaths::resolve(args.audit_log.as_deref(), args.audit_key.as_deref(), args.syslog.as_deref())?;
-        audit.set_rotate_size(args.audit_rotate_size.as_deref())?;
         Ok(Session { id, features, plan, tmp, path_var, workspace, audit, _tmp_held: tmp_held })
     }
 
@@ -111,6 +112,19 @@ impl Drop for Session {
     }
 }
 
+/// The run's id: our pid and the clock's nanoseconds.
+fn session_id() -> String {
+    let nanos =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+    format!("{}-{:08x}", std::process::id(), nanos)
+}
+
+fn audit_paths(args: &SandboxArgs) -> Result<AuditPaths, Failure> {
+    let mut audit = AuditPaths::resolve(args.audit_log.as_deref(), args.audit_key.as_deref(), args.syslog.as_deref())?;
+    audit.set_rotate_size(args.audit_rotate_size.as_deref())?;
+    Ok(audit)
+}
+
 fn path_str(p: &Path) -> Result<String, Failure> {
     p.to_str().map(str::to_string).ok_or_else(|| Failure::setup(format!("path {} is not UTF-8", p.display())))
 }
@@ -118,21 +132,99 @@ fn path_str(p: &Path) -> Result<String, Failure> {
 pub fn run(args: RunArgs) -> Result<i32, Failure> {
     // A sandboxed process of the same uid must not read our memory.
     stage::set_undumpable();
+    let audit = audit_paths(&args.sandbox)?;
+    let id = session_id();
+    // Before any thread exists: see launch_with.
+    let set = wait::block_signals().map_err(|e| Failure::setup(format!("cannot block signals: {e}")))?;
     let features = Features::probe();
     crate::timing::mark("kernel probed");
-    // Asked now, answered when the launch-prep thread needs it: the kernel
+    // Asked now, answered when the kernel-audit watcher starts: the kernel
     // answers from a thread it starts for the reply, which took a few
     // milliseconds here when the machine was busy.
-    let audit_status = (features.landlock_abi_used >= 7).then(kaudit::StatusQuery::send);
-    let session = Session::open_on(&args.sandbox, features)?;
+    let abi = features.landlock_abi_used;
+    let audit_status = (abi >= 7).then(kaudit::StatusQuery::send);
+    // The canary's name is fixed now; the go-ahead says whether it is used.
+    let canary = (abi >= 7).then(|| kaudit::Canary::new(&audit).ok()).flatten();
+    let canary_path = canary.as_ref().map(|c| c.path().to_path_buf());
+    // The thread that passes signals on during the launch has nothing to
+    // do until the stage is forked: it opens the audit log and starts the
+    // kernel-audit watcher meanwhile, on the second core while this one
+    // loads, compiles and prepares. (A thread of its own for that cost this
+    // one about as much as it saved: a thread costs its creator a tenth of a
+    // millisecond here.)
+    let (watch, opened) = {
+        let (audit, id) = (audit.clone(), id.clone());
+        wait::LaunchWatch::start_after(move || {
+            let mut opened = open_audit(&audit, &id);
+            if opened.evidence.is_ok() {
+                opened.watcher = Some(start_watcher(abi, audit_status, canary, &audit, &id));
+            }
+            opened
+        })
+    };
+    let session = Session::open_as(&args.sandbox, features, id, audit)?;
     crate::timing::mark("profile loaded and compiled");
     let prepared = session.prepare(false)?;
     crate::timing::mark("sandbox prepared");
-    launch_with(&session, prepared, &args.command, args.mcp, audit_status, Ending::Exit)
+    let early = Early { set, watch, opened, canary: canary_path };
+    launch_with(&session, prepared, &args.command, args.mcp, Some(early), Ending::Exit)
 }
 
 pub(super) fn launch(session: &Session, prepared: Prepared, command: &[OsString]) -> Result<i32, Failure> {
     launch_with(session, prepared, command, false, None, Ending::Return)
+}
+
+/// The run's audit log, the places no sandbox may reach ([`guarded`]) and,
+/// when started with it, the kernel-audit watcher.
+struct AuditOpened {
+    evidence: Result<Evidence, Failure>,
+    guarded: Vec<crate::evidence::Guarded>,
+    watcher: Option<Result<kaudit::Watcher, String>>,
+}
+
+/// What `run` set up before the profile was loaded: the blocked signals,
+/// the launch's signal watcher, the audit log that watcher opens first (and
+/// the kernel-audit watcher it starts), and the canary's path.
+struct Early {
+    set: nix::sys::signal::SigSet,
+    watch: wait::LaunchWatch,
+    opened: wait::FirstJob<AuditOpened>,
+    canary: Option<PathBuf>,
+}
+
+/// Opens the log (reads the key, checks the chain's tail against its
+/// checkpoint), then looks up the guarded places, as the opening may have
+/// made the log's and key's directories. Needs neither the plan nor the fork.
+fn open_audit(audit: &AuditPaths, id: &str) -> AuditOpened {
+    let evidence = Evidence::open(audit, id);
+    crate::timing::mark("audit log opened");
+    AuditOpened { evidence, guarded: guarded(audit), watcher: None }
+}
+
+/// Asks the kernel whether Landlock's own reports of what it refused can
+/// be read (ABI 7+, kernel audit on, CAP_AUDIT_READ; the answer took about
+/// a millisecond here, much of it spent waiting), and if so places the
+/// canary and starts the kernel-audit watcher.
+fn start_watcher(
+    abi: i32,
+    audit_status: Option<kaudit::StatusQuery>,
+    canary: Option<kaudit::Canary>,
+    audit: &AuditPaths,
+    id: &str,
+) -> Result<kaudit::Watcher, String> {
+    let watcher = match (kaudit::probe_with(abi, audit_status), canary) {
+        (Ok(reader), Some(canary)) => {
+            // A first run's log directory may not be made yet.
+            if let Some(dir) = audit.log.parent() {
+                let _ = crate::evidence::create_private_dir(dir);
+            }
+            kaudit::Watcher::start(reader, canary, audit, id)
+        }
+        (Ok(_), None) => Err("no canary could be placed beside the audit log".to_string()),
+        (Err(why), _) => Err(why),
+    };
+    crate::timing::mark("kernel audit watcher started");
+    watcher
 }
 
 /// How [`launch_with`] ends once the command has exited.
@@ -148,30 +240,36 @@ enum Ending {
 /// `mcp`: the command's stdin/stdout go through the MCP gate (crate::mcp).
 ///
 /// The stage forks as soon as the sandbox is prepared: while its cgroup,
-/// namespaces and init come up, a second thread ([`decide`]) opens the audit
-/// log, checks what must be refused, writes the launch record and starts the
-/// gate and the kernel-audit watcher. The command confines itself once that
-/// thread knows whether the kernel's reports are read (the first byte of the
-/// go-ahead pipe), and execs only on its go-ahead (the second); a refusal
-/// closes the pipe and the command never runs.
-/// `audit_status`: the kernel-audit status, asked for early (kaudit::StatusQuery).
+/// namespaces and init come up, a second thread ([`decide`]) takes the
+/// audit log and the kernel-audit watcher (`early`: opened and started by
+/// `run` meanwhile; otherwise it does both), checks what must be refused,
+/// writes the launch record and starts the gate. The command confines
+/// itself once that thread knows whether the kernel's reports are read (the
+/// first byte of the go-ahead pipe), and execs only on its go-ahead (the
+/// second); a refusal closes the pipe and the command never runs.
 fn launch_with(
     session: &Session,
     prepared: Prepared,
     command: &[OsString],
     mcp: bool,
-    audit_status: Option<kaudit::StatusQuery>,
+    early: Option<Early>,
     ending: Ending,
 ) -> Result<i32, Failure> {
     let Prepared { enforcement, exec: allowed, stage, report_rx, cgroups, gate: gate_setup, rule_inodes, .. } =
         prepared;
-    // Before any thread exists (audit writers and signers, the kernel-audit
-    // reader, the MCP journal, the launch thread): every thread inherits the
-    // mask, so SIGCHLD can only be taken by the wait loop (see wait::block_signals).
     let mut cleanup = CgroupCleanup(cgroups);
-    let set = wait::block_signals().map_err(|e| Failure::setup(format!("cannot block signals: {e}")))?;
-    // Until the command has exec'd, signals go to the stage from here.
-    let launch_signals = wait::LaunchWatch::start();
+    // Signals are blocked before any thread exists (audit writers and
+    // signers, the kernel-audit reader, the MCP journal, the launch thread),
+    // by `run` or here: every thread inherits the mask, so SIGCHLD can only
+    // be taken by the wait loop (see wait::block_signals). Until the
+    // command has exec'd, signals go to the stage from the watcher.
+    let (set, launch_signals, opened, early_canary) = match early {
+        Some(Early { set, watch, opened, canary }) => (set, watch, Some(opened), Some(canary)),
+        None => {
+            let set = wait::block_signals().map_err(|e| Failure::setup(format!("cannot block signals: {e}")))?;
+            (set, wait::LaunchWatch::start(), None, None)
+        }
+    };
     let argv: Vec<String> = command.iter().map(|a| a.to_string_lossy().into_owned()).collect();
     let decision =
         Decision { session, enforcement: &enforcement, allowed: &allowed, argv: &argv, mcp, rule_inodes: &rule_inodes };
@@ -179,16 +277,23 @@ fn launch_with(
         match exec::resolve_command(&command[0], &session.path_var, &allowed, &session.plan, &enforcement.notices) {
             Ok(p) => p,
             // Nothing to fork: record the refusal (or an earlier one) and stop.
-            Err(f) => return Err(decide(&decision, Err(&f), gate_setup, None, None, None).err().unwrap_or(f)),
+            Err(f) => return Err(decide(&decision, Err(&f), gate_setup, None, opened, None).err().unwrap_or(f)),
         };
-    // The canary's name is fixed now; the go-ahead says whether it is used.
-    let canary = match session.features.landlock_abi_used >= 7 {
-        true => kaudit::Canary::new(&session.audit).ok(),
-        false => None,
+    // The canary's name is fixed now (by `run`, or here); the go-ahead says whether it is used.
+    let (canary, canary_path) = match early_canary {
+        Some(path) => (None, path),
+        None => {
+            let canary = match session.features.landlock_abi_used >= 7 {
+                true => kaudit::Canary::new(&session.audit).ok(),
+                false => None,
+            };
+            let path = canary.as_ref().map(|c| c.path().to_path_buf());
+            (canary, path)
+        }
     };
     let mut stage = stage;
-    if let Some(c) = &canary {
-        stage.canary = std::ffi::CString::new(c.path().as_os_str().as_encoded_bytes()).ok();
+    if let Some(p) = &canary_path {
+        stage.canary = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).ok();
     }
     let (go_rx, go_tx) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
         .map_err(|e| Failure::setup(format!("cannot make the go-ahead pipe: {e}")))?;
@@ -204,7 +309,7 @@ fn launch_with(
     let (ready, spawned) = std::thread::scope(|scope| {
         let decider = std::thread::Builder::new()
             .name("launch".into())
-            .spawn_scoped(scope, || decide(&decision, Ok(program_ref), gate_setup, canary, audit_status, Some(go_tx)));
+            .spawn_scoped(scope, || decide(&decision, Ok(program_ref), gate_setup, canary, opened, Some(go_tx)));
         let Ok(decider) = decider else {
             return (Err(Failure::setup("cannot start the launch thread")), None);
         };
@@ -370,10 +475,10 @@ struct Ready {
     mcp_gate: Option<crate::mcp::Prepared>,
 }
 
-/// Opens the audit log, refuses (and records why) a launch that must not
-/// happen (meanwhile a second thread starts the kernel-audit watcher and
-/// tells the stage to confine itself), writes the launch record, starts the gate, and then gives the
-/// stage its go-ahead through `go`. A refusal drops `go` before the
+/// Takes the audit log (or opens it: meanwhile a second thread starts the
+/// kernel-audit watcher), tells the stage to confine itself, refuses (and
+/// records why) a launch that must not happen, writes the launch record,
+/// starts the gate, and then gives the stage its go-ahead through `go`. A refusal drops `go` before the
 /// go-ahead, which stops the stage before exec. `program`: the resolved command,
 /// or why it may not run (then nothing was forked and `go` is None).
 fn decide(
@@ -381,10 +486,10 @@ fn decide(
     program: Result<&Path, &Failure>,
     gate_setup: Option<crate::gate::Setup>,
     canary: Option<kaudit::Canary>,
-    audit_status: Option<kaudit::StatusQuery>,
+    opened: Option<wait::FirstJob<AuditOpened>>,
     go: Option<std::os::fd::OwnedFd>,
 ) -> Result<Ready, Failure> {
-    std::thread::scope(|scope| decide_in(scope, d, program, gate_setup, canary, audit_status, go))
+    std::thread::scope(|scope| decide_in(scope, d, program, gate_setup, canary, opened, go))
 }
 
 fn decide_in<'scope>(
@@ -393,19 +498,16 @@ fn decide_in<'scope>(
     program: Result<&Path, &Failure>,
     gate_setup: Option<crate::gate::Setup>,
     canary: Option<kaudit::Canary>,
-    audit_status: Option<kaudit::StatusQuery>,
+    opened: Option<wait::FirstJob<AuditOpened>>,
     go: Option<std::os::fd::OwnedFd>,
 ) -> Result<Ready, Failure> {
     let session = d.session;
     // What needs no log is done while the log opens and the reach checks
-    // run: the gate's acting thread confines itself, and a second thread
-    // asks the kernel whether Landlock's own reports of what it refused can
-    // be read (ABI 7+, kernel audit on, CAP_AUDIT_READ; the answer took
-    // about a millisecond here, much of it spent waiting), places the
-    // canary and starts the kernel-audit watcher if they can, tells the
-    // command to confine itself, and resolves the gate's rule paths.
+    // run: the gate's acting thread confines itself, and (unless `run` did
+    // it before the fork) a second thread starts the kernel-audit watcher
+    // (start_watcher), tells the command to confine itself, and resolves
+    // the gate's rule paths.
     let gate = gate_setup.map(crate::gate::begin);
-    let abi = session.features.landlock_abi_used;
     let gated = gate.is_some();
     let gate_rules = move || gated.then(|| crate::gate::canonical_rules(&session.plan.gate));
     // The go-ahead pipe, shared with that thread: the command confines
@@ -415,27 +517,38 @@ fn decide_in<'scope>(
     // never see the end of the pipe that a refusal must give it.
     let go = std::sync::Arc::new(std::sync::Mutex::new(go));
     let confine = go.clone();
-    let prepare = move || {
-        let watcher = match (kaudit::probe_with(abi, audit_status), canary) {
-            (Ok(reader), Some(canary)) => {
-                // A first run's log directory may not be made yet.
-                if let Some(dir) = session.audit.log.parent() {
-                    let _ = crate::evidence::create_private_dir(dir);
-                }
-                kaudit::Watcher::start(reader, canary, &session.audit, &session.id)
-            }
-            (Ok(_), None) => Err("no canary could be placed beside the audit log".to_string()),
-            (Err(why), _) => Err(why),
-        };
-        crate::timing::mark("kernel audit watcher started");
-        let byte = if watcher.is_ok() { stage::CONFINE_WATCHED } else { stage::CONFINE };
-        let confined =
-            confine.lock().is_ok_and(|go| go.as_ref().is_some_and(|go| nix::unistd::write(go, &[byte]).is_ok()));
-        (watcher, gate_rules(), confined)
+    let tell_confine = move |watched: bool| {
+        let byte = if watched { stage::CONFINE_WATCHED } else { stage::CONFINE };
+        confine.lock().is_ok_and(|go| go.as_ref().is_some_and(|go| nix::unistd::write(go, &[byte]).is_ok()))
     };
-    let prep = std::thread::Builder::new().name("launch-prep".into()).spawn_scoped(scope, prepare);
-    let mut evidence = Evidence::open(&session.audit, &session.id)?;
-    crate::timing::mark("audit log opened");
+    let (opened, prep) = match opened {
+        // Opened, and the watcher started, by `run` before the fork: the
+        // command may confine itself at once.
+        Some(job) => {
+            let mut opened = job.wait().unwrap_or_else(|| AuditOpened {
+                evidence: Err(Failure::setup(
+                    "the thread opening the audit log died; refusing to run without a working audit log",
+                )),
+                guarded: Vec::new(),
+                watcher: None,
+            });
+            let watcher = opened.watcher.take().unwrap_or_else(|| Err("the kernel-audit watcher did not start".into()));
+            let confined = tell_confine(watcher.is_ok());
+            (opened, Prep::Done(watcher, confined))
+        }
+        None => {
+            let abi = session.features.landlock_abi_used;
+            let prepare = move || {
+                let watcher = start_watcher(abi, None, canary, &session.audit, &session.id);
+                let confined = tell_confine(watcher.is_ok());
+                (watcher, gate_rules(), confined)
+            };
+            let prep = std::thread::Builder::new().name("launch-prep".into()).spawn_scoped(scope, prepare);
+            (open_audit(&session.audit, &session.id), Prep::Thread(prep))
+        }
+    };
+    let AuditOpened { evidence, guarded, .. } = opened;
+    let mut evidence = evidence?;
     // The other handles are siblings, made before this one holds the lock.
     let mcp_gate = match d.mcp {
         true => Some(crate::mcp::open(&session.plan, &evidence, &session.id, d.argv)?),
@@ -464,7 +577,7 @@ fn decide_in<'scope>(
     let rules = crate::evidence::RuleInodes::opened(&session.plan, d.rule_inodes);
     // Every launch, gated or not: a sandbox without an ask rule of its own
     // could still forge the answers, or the pins, that a later one trusts.
-    let reach = session.audit.check_out_of_reach(&rules).and_then(|()| approval_state_out_of_reach(&rules));
+    let reach = guarded.iter().try_for_each(|g| g.check(&rules));
     if let Err(f) = reach {
         evidence.refused(Kind::Launch, f.code, &f.message, launch)?;
         return Err(f);
@@ -494,8 +607,11 @@ fn decide_in<'scope>(
     // Without the thread the canary went with it: the launch record says
     // the kernel's reports are invisible, and why.
     let (watcher, gate_rules, confined) = match prep {
-        Ok(h) => h.join().unwrap_or_else(|_| (Err("the launch-prep thread panicked".into()), None, false)),
-        Err(e) => (Err(format!("cannot start a thread: {e}")), gate_rules(), false),
+        Prep::Thread(Ok(h)) => {
+            h.join().unwrap_or_else(|_| (Err("the launch-prep thread panicked".into()), None, false))
+        }
+        Prep::Thread(Err(e)) => (Err(format!("cannot start a thread: {e}")), gate_rules(), false),
+        Prep::Done(watcher, confined) => (watcher, gate_rules(), confined),
     };
     let watcher = match watcher {
         Ok(w) => {
@@ -553,32 +669,36 @@ fn decide_in<'scope>(
     Ok(Ready { evidence, watcher, syscall_gate, mcp_gate })
 }
 
-/// What later runs trust must be out of every sandbox's reach, whether or
-/// not this run has a gate: the grants file (a sandbox could grant itself,
-/// or the next one, "always"), the broker's socket (answer its own
-/// requests, or plant a broker that approves everything) and the MCP tool
-/// pins (accept a changed tool). A path that cannot be placed (no
-/// $XDG_STATE_HOME or $HOME) is used by no run, and is not checked.
-fn approval_state_out_of_reach(rules: &crate::evidence::RuleInodes) -> Result<(), Failure> {
+/// The kernel-audit watcher, whether the command was told to confine
+/// itself, and (from the thread) the gate's rule paths.
+enum Prep<T> {
+    Thread(std::io::Result<T>),
+    Done(Result<kaudit::Watcher, String>, bool),
+}
+
+/// What no sandbox may reach, whether or not this run has a gate: the
+/// audit key and log (AuditPaths::guarded), and what later runs trust: the
+/// grants file (a sandbox could grant itself, or the next one, "always"),
+/// the broker's socket (answer its own requests, or plant a broker that
+/// approves everything) and the MCP tool pins (accept a changed tool). A
+/// path that cannot be placed (no $XDG_STATE_HOME or $HOME) is used by no
+/// run, and is not checked.
+fn guarded(audit: &AuditPaths) -> Vec<crate::evidence::Guarded> {
+    use crate::evidence::Guarded;
+    let mut guarded = Vec::from(audit.guarded());
     if let Ok(grants) = crate::grants::path() {
         let advice = "set PORTCULLIS_GRANTS or XDG_STATE_HOME outside every rule";
-        crate::evidence::check_out_of_reach(rules, "grants file", &grants, advice)?;
+        guarded.push(Guarded::file("grants file", &grants, advice));
     }
     if let Ok(dir) = crate::broker::socket::dir() {
         let advice = "set XDG_RUNTIME_DIR outside every rule";
-        crate::evidence::check_out_of_reach(rules, "approval broker socket", &dir.join("broker.sock"), advice)?;
+        guarded.push(Guarded::file("approval broker socket", &dir.join("broker.sock"), advice));
     }
     if let Some(dir) = crate::mcp::pins::default_dir() {
-        if let Some(rule) = rules.reaching(&dir, |r| r.write) {
-            return Err(Failure::setup(format!(
-                "{}: the rule for {} would let the sandbox rewrite the MCP tool pins in {}; move the workspace, or set XDG_STATE_HOME outside every writable rule",
-                rule.at,
-                rule.path,
-                dir.display()
-            )));
-        }
+        let advice = "move the workspace, or set XDG_STATE_HOME outside every writable rule";
+        guarded.push(Guarded::unwritable_dir("the MCP tool pins in", &dir, advice));
     }
-    Ok(())
+    guarded
 }
 
 /// Starts the syscall gate for the plan's `ask`/`deny` rules.

@@ -73,9 +73,35 @@ pub struct LaunchWatch {
 /// one sent from outside stays pending, or wakes that thread for nothing.
 const WAKE: Signal = Signal::SIGURG;
 
+/// What [`LaunchWatch::start_after`]'s first job gives, once done.
+pub enum FirstJob<T> {
+    Running(std::sync::mpsc::Receiver<T>),
+    /// The thread could not start: the job ran in the caller.
+    Done(T),
+}
+
+impl<T> FirstJob<T> {
+    /// Waits for the job; None if its thread died without a result.
+    pub fn wait(self) -> Option<T> {
+        match self {
+            FirstJob::Running(rx) => rx.recv().ok(),
+            FirstJob::Done(t) => Some(t),
+        }
+    }
+}
+
 impl LaunchWatch {
     /// Call in the thread that will fork the stage, after [`block_signals`].
     pub fn start() -> LaunchWatch {
+        Self::start_after(|| ()).0
+    }
+
+    /// As [`start`](Self::start), on a thread that first does `job`. A
+    /// thread costs its creator about a tenth of a millisecond here, so one
+    /// that would only wait until the stage is forked does a job before
+    /// that; signals that arrive meanwhile wait (there is nothing to pass
+    /// them to yet, or the launch is waiting for the job).
+    pub fn start_after<T: Send + 'static>(job: impl FnOnce() -> T + Send + 'static) -> (LaunchWatch, FirstJob<T>) {
         use std::sync::atomic::{AtomicBool, Ordering};
         let done = std::sync::Arc::new(AtomicBool::new(false));
         let forker = nix::unistd::gettid();
@@ -86,7 +112,30 @@ impl LaunchWatch {
             set.add(WAKE);
         }
         let watching = done.clone();
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let affinity = Affinity::current();
+        let moved = std::sync::Arc::new(AtomicBool::new(false));
+        let moved_here = moved.clone();
+        let job = std::sync::Arc::new(std::sync::Mutex::new(Some(job)));
+        let job_here = job.clone();
         let spawned = std::thread::Builder::new().name("launch-signals".into()).spawn(move || {
+            // Moved to another CPU by now (Affinity::elsewhere): it stays
+            // there while that is idle, and the threads the job starts may
+            // run anywhere. Should it have run before the move, it undoes
+            // the move once the job is done.
+            let restore = || {
+                if let Some(a) = affinity {
+                    a.restore();
+                }
+            };
+            if moved_here.load(Ordering::Acquire) {
+                restore();
+            }
+            if let Some(job) = job.lock().ok().and_then(|mut j| j.take()) {
+                let _ = tx.send(job());
+            }
+            restore();
+            drop(tx);
             let mut held: Option<Signal> = None;
             loop {
                 let finished = watching.load(Ordering::Acquire);
@@ -113,11 +162,26 @@ impl LaunchWatch {
                 }
             }
         });
-        if spawned.is_err() {
-            // Without it a signal waits for the launch to end, as before.
-            done.store(true, Ordering::Release);
-        }
-        LaunchWatch { done, thread: spawned.ok() }
+        let first = match spawned {
+            Ok(ref t) => {
+                if let Some(a) = affinity {
+                    a.elsewhere(t);
+                    moved.store(true, Ordering::Release);
+                }
+                FirstJob::Running(rx)
+            }
+            Err(_) => {
+                // Without it a signal waits for the launch to end, as before.
+                done.store(true, Ordering::Release);
+                // Never started, so the job is still here.
+                let job = job_here.lock().ok().and_then(|mut j| j.take());
+                match job {
+                    Some(job) => FirstJob::Done(job()),
+                    None => FirstJob::Running(rx),
+                }
+            }
+        };
+        (LaunchWatch { done, thread: spawned.ok() }, first)
     }
 }
 
@@ -135,6 +199,50 @@ impl Drop for LaunchWatch {
             unsafe { libc::pthread_kill(t.as_pthread_t(), WAKE as libc::c_int) };
             let _ = t.join();
         }
+    }
+}
+
+/// The CPUs this thread may run on.
+#[derive(Clone, Copy)]
+struct Affinity(libc::cpu_set_t);
+
+const CPU_SET_SIZE: usize = std::mem::size_of::<libc::cpu_set_t>();
+
+impl Affinity {
+    fn current() -> Option<Affinity> {
+        // SAFETY: cpu_set_t is plain data; all zeroes is the empty set.
+        let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+        // SAFETY: `set` is a live cpu_set_t of CPU_SET_SIZE bytes.
+        (unsafe { libc::sched_getaffinity(0, CPU_SET_SIZE, &mut set) } == 0).then_some(Affinity(set))
+    }
+
+    /// Moves a thread just started off the CPU this one runs on, when
+    /// another may run it. Measured here (2 vCPUs): the scheduler queued a
+    /// new thread behind its creator for over a millisecond while the
+    /// other CPU idled, so a job handed to it was not done alongside the
+    /// creator's work at all.
+    fn elsewhere<T>(self, thread: &std::thread::JoinHandle<T>) {
+        use std::os::unix::thread::JoinHandleExt;
+        let mut set = self.0;
+        // SAFETY: takes nothing.
+        let here = unsafe { libc::sched_getcpu() };
+        if here < 0 || here as usize >= libc::CPU_SETSIZE as usize {
+            return;
+        }
+        // SAFETY: `here` is below CPU_SETSIZE; `set` is live.
+        unsafe { libc::CPU_CLR(here as usize, &mut set) };
+        // SAFETY: reads the live `set`.
+        if unsafe { libc::CPU_COUNT(&set) } == 0 {
+            return;
+        }
+        // SAFETY: the thread is not joined, so its pthread_t is live; `set` is live.
+        unsafe { libc::pthread_setaffinity_np(thread.as_pthread_t(), CPU_SET_SIZE, &set) };
+    }
+
+    /// Undoes [`elsewhere`](Self::elsewhere), from the thread itself.
+    fn restore(self) {
+        // SAFETY: `self.0` is a live cpu_set_t of CPU_SET_SIZE bytes.
+        unsafe { libc::sched_setaffinity(0, CPU_SET_SIZE, &self.0) };
     }
 }
 
