@@ -32,12 +32,22 @@ pub fn find_controller(controller: &str) -> Option<CgroupController> {
 /// [`find_controller`] for each of `controllers`, reading our cgroups and
 /// the mount table once (the kernel formats every mount for each read).
 pub fn find_controllers<const N: usize>(controllers: [&str; N]) -> [Option<CgroupController>; N] {
-    let own = fs::read_to_string("/proc/self/cgroup").ok();
-    let mounts = fs::read_to_string("/proc/self/mountinfo").ok();
+    let own = read_proc("/proc/self/cgroup");
+    let mounts = read_proc("/proc/self/mountinfo");
     controllers.map(|c| match (&own, &mounts) {
         (Some(own), Some(mounts)) => controller_in(c, own, mounts),
         _ => None,
     })
+}
+
+/// A /proc file, which reports no size: read into room for a whole
+/// mount table at once, where `read_to_string` starts with 32 bytes and
+/// doubles, and the kernel formats the table again for every read.
+fn read_proc(path: &str) -> Option<String> {
+    use std::io::Read;
+    let mut text = String::with_capacity(16 << 10);
+    fs::File::open(path).ok()?.read_to_string(&mut text).ok()?;
+    Some(text)
 }
 
 fn controller_in(controller: &str, own: &str, mounts: &str) -> Option<CgroupController> {
