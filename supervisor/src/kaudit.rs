@@ -524,6 +524,8 @@ pub struct Watcher {
     lost_after: Arc<std::sync::Mutex<Option<StatusQuery>>>,
     /// Returns why denials went unrecorded, if they did.
     thread: Option<JoinHandle<Option<String>>>,
+    /// How the reader was told to stop ([`ask_to_stop`](Watcher::ask_to_stop)), once it was.
+    asked: Option<u8>,
 }
 
 impl Watcher {
@@ -550,7 +552,14 @@ impl Watcher {
         // On an error the canary removes its file; from here on the watcher does.
         let thread = thread?;
         canary.placed = false;
-        Ok(Watcher { canary: std::mem::take(&mut canary.path), marker, stop, lost_after, thread: Some(thread) })
+        Ok(Watcher {
+            canary: std::mem::take(&mut canary.path),
+            marker,
+            stop,
+            lost_after,
+            thread: Some(thread),
+            asked: None,
+        })
     }
 
     pub fn canary(&self) -> &Path {
@@ -562,6 +571,18 @@ impl Watcher {
     /// Returns why some denials could not be recorded, if that happened (for
     /// the run's exit record).
     pub fn finish(mut self) -> Option<String> {
+        let how = self.ask_to_stop();
+        self.stop_thread(how)
+    }
+
+    /// The first half of [`finish`](Self::finish), which a run sends as soon
+    /// as nothing can cause a report of this sandbox any more (the sandbox
+    /// and the gate's acting thread are gone), so that the kernel delivers
+    /// the marker while the run writes its other records.
+    pub fn ask_to_stop(&mut self) -> u8 {
+        if let Some(how) = self.asked {
+            return how;
+        }
         // The sandbox is gone, so every report of its has been queued or
         // dropped: the kernel's `lost` counter, taken now, counts each one
         // it dropped. Asked before the marker (the reader, which stops at
@@ -571,7 +592,8 @@ impl Watcher {
         }
         // Without CAP_AUDIT_WRITE there is no marker: a quiet spell instead.
         let how = if send_user_message(&self.marker) { STOP_AT_MARKER } else { STOP_WHEN_QUIET };
-        self.stop_thread(how)
+        self.asked = Some(how);
+        how
     }
 
     fn stop_thread(&mut self, how: u8) -> Option<String> {

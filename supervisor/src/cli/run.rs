@@ -321,7 +321,6 @@ fn launch_with(
         let ready = decider.join().unwrap_or_else(|_| Err(Failure::setup("the launch thread panicked")));
         (ready, Some(spawned))
     });
-    drop(launch_signals);
     // Drop our copies of the stage's fds (ruleset, report pipe, cgroup files).
     drop(cmd);
     let (ready, spawned) = match (ready, spawned) {
@@ -369,22 +368,16 @@ fn launch_with(
     // Log before the command gets far: the launch record is made durable
     // while the command runs (a command that is done sooner waits for it
     // here); if it cannot be, the command is killed and the sandbox does
-    // not go on. Another thread waits for the command meanwhile.
-    let (committed, code) = std::thread::scope(|scope| {
-        let waiter = std::thread::Builder::new()
-            .name("supervise".into())
-            .spawn_scoped(scope, || wait::supervise(child.id(), &set));
-        let committed = evidence.commit();
-        if committed.is_err() {
-            kill(&child);
-        }
-        crate::timing::mark("launch record durable");
-        let code = match waiter {
-            Ok(w) => w.join().unwrap_or(125),
-            Err(_) => wait::supervise(child.id(), &set),
-        };
-        (committed, code)
-    });
+    // not go on. Meanwhile the launch's watcher still passes signals on;
+    // the wait loop takes over from it after. (A thread of its own for the
+    // wait cost more than the fsync it ran beside.)
+    let committed = evidence.commit();
+    if committed.is_err() {
+        kill(&child);
+    }
+    crate::timing::mark("launch record durable");
+    drop(launch_signals);
+    let code = wait::supervise(child.id(), &set);
     committed?;
     crate::timing::mark("command exited");
     // Parts of the run's evidence that could not be written: the exit
@@ -392,8 +385,16 @@ fn launch_with(
     // the gate waits for processes that outlived the command, and for its
     // acting thread's last job, whose denials the reader must still see.
     let mut incomplete = Vec::new();
+    let mut watcher = watcher;
     if let Some(g) = syscall_gate {
-        incomplete.extend(g.finish().map(|why| format!("syscall gate records: {why}")));
+        // The reader is told to stop as soon as the gate acts no more, and
+        // finds its marker while the gate's records are written.
+        let ask = || {
+            if let Some(w) = watcher.as_mut() {
+                w.ask_to_stop();
+            }
+        };
+        incomplete.extend(g.finish_then(ask).map(|why| format!("syscall gate records: {why}")));
         crate::timing::mark("gate finished");
     }
     if let Some(p) = proxy {

@@ -113,26 +113,35 @@ pub enum Reply {
 /// The hands: one confined thread running jobs in order.
 struct Hands {
     tx: Mutex<mpsc::Sender<Box<dyn FnOnce() + Send>>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Disconnected when the thread's work is over.
+    gone: Mutex<Option<mpsc::Receiver<()>>>,
 }
 
-/// Ends the thread's queue and joins it once it has ended: a run whose
-/// threads are all gone can exit before its last records are durable
-/// (sys::finish). Waits a little at most; a job stuck in the kernel keeps
-/// the thread (and the run finishes the slow way).
-impl Drop for Hands {
-    fn drop(&mut self) {
+impl Hands {
+    /// Ends the thread's queue and joins it once it has ended: a run whose
+    /// threads are all gone can exit before its last records are durable
+    /// (sys::finish). Waits a little at most; a job stuck in the kernel
+    /// keeps the thread (and the run finishes the slow way). Jobs sent
+    /// after this are dropped.
+    fn stop(&self) {
         if let Ok(mut tx) = self.tx.lock() {
             *tx = mpsc::channel().0;
         }
-        let Some(thread) = self.thread.take() else { return };
-        let deadline = std::time::Instant::now() + Duration::from_millis(100);
-        while !thread.is_finished() && std::time::Instant::now() < deadline {
-            std::thread::sleep(Duration::from_micros(50));
-        }
-        if thread.is_finished() {
+        let Some(thread) = self.thread.lock().ok().and_then(|mut t| t.take()) else { return };
+        let gone = self.gone.lock().ok().and_then(|mut g| g.take());
+        let over = gone.is_some_and(|g| {
+            g.recv_timeout(Duration::from_millis(100)).is_err_and(|e| e == mpsc::RecvTimeoutError::Disconnected)
+        });
+        if over || thread.is_finished() {
             let _ = thread.join();
         }
+    }
+}
+
+impl Drop for Hands {
+    fn drop(&mut self) {
+        self.stop();
     }
 }
 
@@ -141,12 +150,17 @@ struct PendingHands {
     tx: mpsc::Sender<Box<dyn FnOnce() + Send>>,
     ready: mpsc::Receiver<std::io::Result<()>>,
     thread: std::thread::JoinHandle<()>,
+    gone: mpsc::Receiver<()>,
 }
 
 impl PendingHands {
     fn ready(self) -> Result<Hands, Failure> {
         match self.ready.recv() {
-            Ok(Ok(())) => Ok(Hands { tx: Mutex::new(self.tx), thread: Some(self.thread) }),
+            Ok(Ok(())) => Ok(Hands {
+                tx: Mutex::new(self.tx),
+                thread: Mutex::new(Some(self.thread)),
+                gone: Mutex::new(Some(self.gone)),
+            }),
             Ok(Err(e)) => Err(Failure::setup(format!(
                 "gate: cannot confine the thread that acts for the sandbox: {e}; refusing to run"
             ))),
@@ -160,9 +174,12 @@ impl Hands {
     fn spawn(ruleset: Option<OwnedFd>) -> Result<PendingHands, Failure> {
         let (tx, rx) = mpsc::channel::<Box<dyn FnOnce() + Send>>();
         let (ready_tx, ready_rx) = mpsc::sync_channel(1);
+        let (gone_tx, gone) = mpsc::channel::<()>();
         let thread = std::thread::Builder::new()
             .name("gate-hands".into())
             .spawn(move || {
+                // Dropped when this returns: Hands::stop joins at once.
+                let _gone = gone_tx;
                 let confined = notify::confine_thread_but_landlock();
                 let ok = confined.is_ok();
                 let _ = ready_tx.send(confined);
@@ -189,7 +206,7 @@ impl Hands {
                 }
             })
             .map_err(|e| Failure::setup(format!("gate: cannot start a thread: {e}")))?;
-        Ok(PendingHands { tx, ready: ready_rx, thread })
+        Ok(PendingHands { tx, ready: ready_rx, thread, gone })
     }
 
     /// Runs `f` confined and waits for its result.
@@ -806,6 +823,15 @@ impl Running {
     /// some of its records could not be written, if that happened (for the
     /// run's exit record).
     pub fn finish(self) -> Option<String> {
+        self.finish_then(|| {})
+    }
+
+    /// As [`finish`](Self::finish); `then` runs once the gate acts for the
+    /// sandbox no more (its acting thread has ended), before the gate's last
+    /// records are written: the run tells the kernel-audit reader to stop
+    /// there (kaudit::Watcher::ask_to_stop), as nothing can cause a report
+    /// of this sandbox after it.
+    pub fn finish_then(self, then: impl FnOnce()) -> Option<String> {
         // With a PID namespace the sandbox is gone when the command is, and
         // the listener hangs up at once. Without one, a process that
         // outlived the command keeps the filter alive: do not wait for it
@@ -820,7 +846,12 @@ impl Running {
             "processes of the sandbox outlived the command; what the gate decided for them from now on is not recorded"
                 .to_string()
         });
-        let Some(shared) = self.shared.lock().unwrap_or_else(|p| p.into_inner()).take() else { return outlived };
+        let Some(shared) = self.shared.lock().unwrap_or_else(|p| p.into_inner()).take() else {
+            then();
+            return outlived;
+        };
+        shared.hands.stop();
+        then();
         // Questions still out when the run ended: their callers are gone (or
         // are about to lose the gate), nothing was done for them, and an
         // answer that comes now finds nothing to act on. The log says so;
