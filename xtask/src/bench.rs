@@ -298,7 +298,7 @@ fn cpu_model() -> String {
 
 /// The launch phases `PORTCULLIS_TIMING=1` marks, as a table: the median time
 /// of each mark since portcullis's `main` over `rounds` launches (as root,
-/// or as the calling user). Marks come from two threads; they are listed in
+/// or as the calling user). Marks come from three threads; they are listed in
 /// the order of their medians.
 fn timeline(argv: &[String], dir: &Path, rounds: usize) -> Result<String> {
     let mut marks: Vec<(String, Vec<f64>)> = Vec::new();
@@ -332,7 +332,7 @@ fn timeline(argv: &[String], dir: &Path, rounds: usize) -> Result<String> {
         .collect();
     rows.sort_by(|a, b| a.1.total_cmp(&b.1));
     let mut t = format!(
-        "\n### Where the time of one launch goes (`PORTCULLIS_TIMING=1`, {rounds} launches as in the first table)\n\nThe median time of each mark since portcullis's `main`. Marks come from two threads (the one that forks the stage, and the one that opens the log and starts the gate), so the steps overlap; printing the marks adds a little to each.\n\n| mark | median since start |\n|---|---:|\n"
+        "\n### Where the time of one launch goes (`PORTCULLIS_TIMING=1`, {rounds} launches as in the first table)\n\nThe median time of each mark since portcullis's `main`. Marks come from three threads (the one that forks the stage, the one that opens the log and starts the kernel-audit reader meanwhile, and the one that starts the gate), so the steps overlap; printing the marks adds a little to each.\n\n| mark | median since start |\n|---|---:|\n"
     );
     for (phase, us, n) in rows {
         let seen = if n == rounds { String::new() } else { format!(" (in {n} of {rounds} launches)") };
@@ -747,25 +747,29 @@ Policy-allowed operations write no audit record; denials are group-committed, as
 const LAUNCH_NOTES: &str = "
 What a portcullis launch does that bare fork+exec does not: load and compile
 the profile, build the Landlock ruleset (one O_PATH open per rule), compile
-the seccomp program, create a private temp dir; then, at the same time on
-two threads: (1) fork a relay that joins the sandbox's cgroup, creates user,
+the seccomp program, create a private temp dir. Meanwhile, on the other
+CPU, the thread that later passes signals on to the sandbox opens and checks
+the signed audit log, looks up the files no rule may reach, and starts the
+kernel-audit reader once the kernel has said whether Landlock's denials can
+be read (asked right after the kernel probe, because the kernel replies from
+a thread it starts per reply). The scheduler here queued a new thread behind
+its creator for over a millisecond while the other CPU idled, so that thread
+is moved off its creator's CPU when it starts. Then, at the same time on two
+threads: (1) fork a relay that joins the sandbox's cgroup, creates user,
 PID, IPC and mount namespaces, forks an init that mounts a private /proc and
-forks the command, which waits; (2) open and check the signed audit log
-(meanwhile a third thread reads the kernel audit subsystem's answer to
-whether Landlock's denials can be read, asked right after the kernel probe
-because the kernel replies from a thread it starts per reply, places the
-canary, starts the kernel-audit reader, tells the command to confine itself
-(Landlock, seccomp) and resolves the gate's rule paths, and the gate's
-acting thread confines itself), check that no rule reaches the log, write
-the launch record, start the syscall gate, then give the go-ahead to exec. The launch
-record is fsynced while another thread waits for the command. At exit the
-gate and the kernel-audit reader finish, the exit record is written, and
-portcullis exits with the command's status: a finisher that shares its
-memory (clone CLONE_VM) fsyncs the record, writes the signed checkpoint,
-removes the temp dir and cgroups and tears the memory down, holding the
-log's lock (readers and the next run wait for it). The wall times above end
-when the caller has the status; each launch's CPU time includes its
-finisher's, and the next launch starts once it is done. As root, `max_procs` (512 in
+forks the command, which confines itself (Landlock, seccomp) and waits;
+(2) tell the command to confine itself, check that no rule reaches the log,
+write the launch record, start the syscall gate (its acting thread confines
+itself meanwhile), then give the go-ahead to exec. The launch record is
+fsynced while the command runs. At exit the gate finishes; the kernel-audit
+reader is told to stop as soon as the gate's acting thread has ended, and
+reads to its marker while the gate's records are written; the exit record
+is written, and portcullis exits with the command's status: a finisher that
+shares its memory (clone CLONE_VM) fsyncs the record, writes the signed
+checkpoint, removes the temp dir and cgroups and tears the memory down,
+holding the log's lock (readers and the next run wait for it). The wall
+times above end when the caller has the status; each launch's CPU time
+includes its finisher's, and the next launch starts once it is done. As root, `max_procs` (512 in
 strict) needs a pids cgroup, because the kernel never applies RLIMIT_NPROC
 to uid 0; it is joined through cgroup v1's `tasks` file, which (unlike
 `cgroup.procs`) does not wait for an RCU grace period. On cgroup v2 (not
