@@ -257,19 +257,18 @@ fn a_tree_deeper_than_any_stack_is_removed_and_the_status_passes() {
     // No gate: 210,000 parked mkdir and rename calls would take minutes.
     let nogate = sb.profile("nogate.toml", "extends = \"strict\"\n[deny]\ninherit = false\n[ask]\ninherit = false\n");
     for levels in ["10", "15000"] {
-        let mut cmd = sb.portcullis(&["run", "--profile", &nogate, "--exec", PROBE, "--", PROBE, "deep-tree", levels]);
-        // The usual soft limit, whatever the test runner has.
-        // SAFETY: getrlimit and setrlimit only, in the forked child before exec.
-        unsafe {
-            std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
-                let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-                libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
-                lim.rlim_cur = lim.rlim_max.min(1024);
-                if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
+        let run = sb.portcullis(&["run", "--profile", &nogate, "--exec", PROBE, "--", PROBE, "deep-tree", levels]);
+        // The usual soft limit, whatever the test runner has: through
+        // prlimit(1), as the harness goes through setpriv(1).
+        let (_, hard) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).unwrap();
+        let mut cmd = std::process::Command::new("prlimit");
+        cmd.arg(format!("--nofile={}:{hard}", hard.min(1024))).arg("--").arg(run.get_program()).args(run.get_args());
+        cmd.current_dir(run.get_current_dir().expect("the harness sets the workspace"));
+        for (k, v) in run.get_envs() {
+            match v {
+                Some(v) => cmd.env(k, v),
+                None => cmd.env_remove(k),
+            };
         }
         let r = Run::from(cmd.output().unwrap());
         assert_eq!(r.code, 0, "{levels} levels: {} {}", r.stdout, r.stderr);
