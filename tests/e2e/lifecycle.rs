@@ -36,6 +36,41 @@ both!(signals_are_forwarded, |sb| {
     }
 });
 
+// A signal may come at any moment of the launch: before portcullis has
+// blocked it (then it ends portcullis itself), while the sandbox's init is
+// being cloned (the kernel drops a signal sent to a PID namespace's init
+// that has no handler for it: see stage::Inherited), or once the command
+// runs. Whenever it comes, the run ends by it; before the stage was cloned
+// straight into its namespaces, some were lost and the command ran on.
+both!(a_signal_at_any_moment_of_the_launch_ends_the_run, |sb| {
+    for i in 0..40u64 {
+        let mut child = sb
+            .portcullis(&["run", "--exec", PROBE, "--", PROBE, "trap"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_micros(i * 100));
+        // SAFETY: kill with plain integers.
+        unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let status = loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                break s;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("a SIGINT {} µs into the launch was lost: the command ran on", i * 100);
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        use std::os::unix::process::ExitStatusExt;
+        let ended = status.code() == Some(128 + libc::SIGINT) || status.signal() == Some(libc::SIGINT);
+        assert!(ended, "a SIGINT {} µs into the launch: {status:?}", i * 100);
+    }
+});
+
 fn processes_with(marker: &str) -> Vec<i32> {
     let mut out = Vec::new();
     for e in std::fs::read_dir("/proc").unwrap().flatten() {
@@ -224,4 +259,71 @@ fn a_temp_root_another_user_made_is_refused_and_left_alone() {
     let r = run();
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert!(!stale.exists(), "a stale {{tmp}} under the user's own root stayed");
+}
+
+/// `c` under bubblewrap with "0" mounted over the user-namespace sysctl:
+/// portcullis finds no user namespaces and starts the command itself.
+fn without_user_namespaces(c: &std::process::Command, zero: &std::path::Path) -> std::process::Command {
+    let mut w = std::process::Command::new("bwrap");
+    w.args(["--dev-bind", "/", "/", "--ro-bind"]).arg(zero).args(["/proc/sys/user/max_user_namespaces", "--"]);
+    w.arg(c.get_program()).args(c.get_args());
+    for (k, v) in c.get_envs() {
+        match v {
+            Some(v) => w.env(k, v),
+            None => w.env_remove(k),
+        };
+    }
+    if let Some(d) = c.get_current_dir() {
+        w.current_dir(d);
+    }
+    w.stdin(Stdio::null());
+    w
+}
+
+// The path without namespaces (the stage's child is the command itself):
+// it still confines, passes the status and signals through, and says
+// what it lacks. Root only: bubblewrap mounts without a user namespace.
+#[test]
+fn without_user_namespaces_the_command_is_still_confined() {
+    if !is_root() {
+        skip("the run without user namespaces is staged with bubblewrap's mounts, which need root");
+        return;
+    }
+    if std::process::Command::new("bwrap").arg("--version").output().is_err() {
+        skip("bubblewrap is not installed (cargo xtask ci installs it)");
+        return;
+    }
+    let sb = Sandbox::new("without_user_namespaces", As::Caller);
+    let zero = sb.root.join("zero");
+    std::fs::write(&zero, "0\n").unwrap();
+    let run = |args: &[&str]| {
+        let mut all = vec!["run", "--exec", PROBE, "--", PROBE];
+        all.extend_from_slice(args);
+        Run::from(without_user_namespaces(&sb.portcullis(&all), &zero).output().unwrap())
+    };
+    let r = run(&["exit", "7"]);
+    assert_eq!(r.code, 7, "{}", r.stderr);
+    assert!(r.stderr.contains("no user/PID namespace here"), "{}", r.stderr);
+    // Confined all the same: capabilities, no_new_privs, seccomp, Landlock.
+    let r = run(&["status"]);
+    assert!(r.stdout.contains("NoNewPrivs:\t1") && r.stdout.contains("Seccomp:\t2"), "{}", r.stdout);
+    assert!(r.stdout.contains("CapEff:\t0000000000000000"), "{}", r.stdout);
+    let secret = sb.outside.join("secret");
+    std::fs::write(&secret, "s").unwrap();
+    assert!(run(&["read", &sb.path(&secret)]).stdout.starts_with("errno 13"));
+    let inside = sb.ws.join("mine");
+    std::fs::write(&inside, "m").unwrap();
+    assert_eq!(run(&["read", &sb.path(&inside)]).stdout.trim(), "ok");
+    // A signal reaches the command (the supervisor is bwrap's child).
+    let mut c = without_user_namespaces(&sb.portcullis(&["run", "--exec", PROBE, "--", PROBE, "trap"]), &zero);
+    let mut child = c.stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "ready");
+    let supervisor = std::fs::read_to_string(format!("/proc/{}/task/{}/children", child.id(), child.id())).unwrap();
+    let supervisor: i32 = supervisor.split_whitespace().next().unwrap().parse().unwrap();
+    // SAFETY: kill with plain integers.
+    unsafe { libc::kill(supervisor, libc::SIGTERM) };
+    assert_eq!(child.wait().unwrap().code(), Some(42));
 }

@@ -12,6 +12,10 @@ pub fn ci() -> Result<()> {
     if !have("setpriv") {
         apt_install(&["util-linux"])?;
     }
+    // The e2e run without user namespaces is staged with bubblewrap.
+    if !have("bwrap") {
+        apt_install(&["bubblewrap"])?;
+    }
     run(Command::new("cargo").args(["fmt", "--all", "--", "--check"]))?;
     run(Command::new("cargo").args(["clippy", "--workspace", "--all-targets", "--quiet", "--", "-D", "warnings"]))?;
     crate::tidy::tidy()?;

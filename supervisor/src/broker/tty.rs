@@ -81,7 +81,7 @@ pub fn prompt(req: &AskRequest, deadline: Instant, lock: &Mutex<()>) -> Option<A
 /// it. The sandbox chooses when its questions come.
 pub const SETTLE: Duration = Duration::from_millis(1000);
 
-/// The sandbox's stage (its relay), once `run` has forked it: stopping
+/// The sandbox's stage (its init), once `run` has cloned it: stopping
 /// it stops the whole sandbox (its init turns SIGTSTP into SIGSTOP for
 /// every process of the namespace), SIGCONT continues it.
 static SANDBOX: AtomicI32 = AtomicI32::new(0);
@@ -102,7 +102,7 @@ impl Paused {
         }
         let stage = Pid::from_raw(stage);
         kill(stage, Signal::SIGTSTP).ok()?;
-        // The stop reaches the sandbox through the relay and init: draw the
+        // The stop reaches the sandbox through its init: draw the
         // prompt once it has (a caller parked on this question cannot stop
         // until it is answered, so this waits at most a moment).
         let until = Instant::now() + Duration::from_millis(200);

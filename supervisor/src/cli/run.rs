@@ -1,9 +1,7 @@
 //! `portcullis run`: load, compile, prepare, then fork and supervise.
 
 use std::ffi::OsString;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use super::{RunArgs, SandboxArgs};
 use audit::Kind;
@@ -300,11 +298,13 @@ fn launch_with(
     stage.go_writer = std::os::fd::AsRawFd::as_raw_fd(&go_tx);
     stage.go = Some(go_rx);
     let env = env::build(&session.plan.env, std::env::vars_os());
-    let mut cmd = Command::new(&program);
-    cmd.arg0(&command[0]).args(&command[1..]).env_clear().envs(env);
-    if mcp {
-        cmd.stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped());
-    }
+    let (exec, pipes) = match stage::Exec::new(&program, command, &env, mcp) {
+        Ok(e) => e,
+        Err(e) => {
+            let f = Failure::setup(format!("cannot prepare the command's exec: {e}"));
+            return Err(decide(&decision, Err(&f), gate_setup, None, opened, None).err().unwrap_or(f));
+        }
+    };
     let program_ref = program.as_path();
     let (ready, spawned) = std::thread::scope(|scope| {
         let decider = std::thread::Builder::new()
@@ -314,15 +314,13 @@ fn launch_with(
             return (Err(Failure::setup("cannot start the launch thread")), None);
         };
         crate::timing::mark("forking");
-        // This thread forks, and stays for the whole run: PR_SET_PDEATHSIG
-        // in the stage fires when the thread that forked it ends.
-        let spawned = stage::spawn(&mut cmd, stage);
+        // This thread clones, and stays for the whole run: PR_SET_PDEATHSIG
+        // in the stage fires when the thread that cloned it ends.
+        let spawned = stage::spawn(stage, exec, pipes);
         crate::timing::mark("command exec'd");
         let ready = decider.join().unwrap_or_else(|_| Err(Failure::setup("the launch thread panicked")));
         (ready, Some(spawned))
     });
-    // Drop our copies of the stage's fds (ruleset, report pipe, cgroup files).
-    drop(cmd);
     let (ready, spawned) = match (ready, spawned) {
         (Ok(r), Some(s)) => (r, s),
         (ready, spawned) => {
@@ -453,7 +451,7 @@ fn launch_with(
     Ok(code)
 }
 
-fn kill(child: &std::process::Child) {
+fn kill(child: &stage::Spawned) {
     let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGKILL);
 }
 

@@ -24,9 +24,9 @@ pub mod pins;
 pub mod proxy;
 pub mod redact;
 
+use crate::sys::stage::Spawned;
 use std::io::{BufReader, BufWriter};
 use std::os::fd::AsFd;
-use std::process::Child;
 use std::sync::Arc;
 
 pub use approver::{Approval, ApprovalRequest, Approver, NoBroker};
@@ -98,7 +98,7 @@ pub struct Attached {
 /// Starts the proxy between our stdio and the child's piped stdin/stdout.
 /// Call after the signals `run` waits for are blocked, so the proxy's
 /// threads inherit the mask.
-pub fn attach(prepared: Prepared, child: &mut Child) -> Result<Attached, Failure> {
+pub fn attach(prepared: Prepared, child: &mut Spawned) -> Result<Attached, Failure> {
     let fail = |e: &dyn std::fmt::Display| Failure::setup(format!("mcp: cannot start the proxy: {e}"));
     let journal = Journal::start(prepared.log).map_err(|e| fail(&e))?;
     let gate = Arc::new(Gate::new(

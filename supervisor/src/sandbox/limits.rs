@@ -164,7 +164,7 @@ enum Fallback {
 }
 
 /// Prepares the limits of `plan`, preferring cgroups. `born`: the sandbox
-/// gets an init forked by its relay (user + PID namespace) on a kernel with
+/// gets an init cloned into its namespaces (user + PID) on a kernel with
 /// CLONE_INTO_CGROUP (5.7+), so a v2 cgroup is entered at birth.
 #[allow(clippy::too_many_arguments)]
 pub fn apply(

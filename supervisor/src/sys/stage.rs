@@ -1,25 +1,37 @@
-//! The exec stage: what runs in the forked child before `execve`.
+//! The exec stage: the sandbox's first processes, from the clone to `execve`.
 //!
 //! Process tree with namespaces (the normal case):
 //!
 //! ```text
-//! supervisor ── relay (C) ── init (G, PID 1 of a new PID namespace) ── command (H)
+//! supervisor ── init (G, PID 1 of new user, PID, IPC and mount namespaces) ── command (H)
 //! ```
 //!
-//! * C dies with the supervisor (PDEATHSIG, then a ppid check to close the race),
-//!   G dies with C (PDEATHSIG, then a pipe check), and when G dies the kernel
-//!   kills everything left in the namespace: nothing outlives the supervisor,
-//!   double-forked or not.
-//! * C and G forward INT/TERM/HUP/QUIT/USR1/USR2 down the chain and pass the
-//!   exit status up (128+N for death by signal N). G reaps orphans.
+//! * The supervisor clones G straight into its namespaces and its cgroup
+//!   (clone3 with CLONE_INTO_CGROUP where it can): a multithreaded process
+//!   may create namespaces that way, where unshare(2) would need a
+//!   single-threaded helper, a fork of its own and one more hop at exit.
+//! * G dies with the supervisor (PDEATHSIG, then a look at the go-ahead
+//!   pipe to close the race), and when G dies the kernel kills everything
+//!   left in the namespace: nothing outlives the supervisor, double-forked
+//!   or not.
+//! * G writes its id maps, mounts a private /proc, forks H, forwards
+//!   INT/TERM/HUP/QUIT/USR1/USR2 to H, stops and continues the whole
+//!   namespace on TSTP/CONT, passes H's exit status up (128+N for death by
+//!   signal N) and reaps orphans.
 //! * H confines itself (rlimits, capabilities, no_new_privs, Landlock,
-//!   seccomp, fd hygiene) and returns to std, which calls `execve`.
+//!   seccomp, fd hygiene) and execs the command on the supervisor's go-ahead.
+//! * Without user namespaces the supervisor's child is H itself.
 //!
-//! Nothing here allocates: every buffer, path and BPF program was prepared by
-//! the supervisor before fork.
+//! Nothing here allocates or takes a lock after the clone: every buffer,
+//! path and BPF program was prepared by the supervisor before, and the
+//! clone copied a multithreaded process whose other threads may have held
+//! the allocator's locks. Init forks H by the raw syscall for the same reason.
 
+use std::ffi::{CString, OsString};
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
 use std::sync::atomic::{AtomicI32, Ordering};
 
 use super::errno;
@@ -100,7 +112,7 @@ impl Step {
 
 /// Everything the child needs, prepared before fork.
 pub struct Stage {
-    /// The supervisor's pid: the relay checks it is still its parent.
+    /// The supervisor's pid: the child checks it is still its parent (without namespaces).
     pub supervisor: libc::pid_t,
     /// Create a user + PID namespace with an init (else: confine and exec directly).
     pub namespaces: bool,
@@ -110,7 +122,7 @@ pub struct Stage {
     /// The join files of the sandbox's cgroups (`tasks` on v1, `cgroup.procs` on v2); writing "0" moves the writer.
     pub cgroup_procs: Vec<OwnedFd>,
     /// The sandbox's v2 cgroup (with `namespaces` only): its directory,
-    /// which the relay forks init straight into (clone3 CLONE_INTO_CGROUP)
+    /// which init is cloned straight into (clone3 CLONE_INTO_CGROUP)
     /// so that nothing waits for the RCU grace period of a move (see
     /// limits::apply), and its `cgroup.procs`, joined by a write instead
     /// where clone3 is refused (a container's seccomp filter, say).
@@ -149,7 +161,7 @@ pub struct Stage {
     pub notify: Option<(Vec<Insn>, OwnedFd)>,
     /// Write end of the report pipe: (step, errno) records on failure.
     pub report: OwnedFd,
-    /// `/dev/null`, for the relay's and init's own stdio.
+    /// `/dev/null`, for init's own stdio.
     pub devnull: OwnedFd,
 }
 
@@ -164,14 +176,14 @@ pub const GO: u8 = b'g';
 /// `SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV` (Linux 5.19; not in every libc crate).
 const SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV: libc::c_ulong = 1 << 5;
 
-/// Pid the relay or init forwards signals to.
+/// Pid init forwards signals to.
 static FORWARD_TO: AtomicI32 = AtomicI32::new(0);
 
 const FORWARDED: [libc::c_int; 6] =
     [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT, libc::SIGUSR1, libc::SIGUSR2];
 
 /// Job control: the supervisor sends these down when Ctrl-Z stops it and
-/// `fg`/`bg` continues it. The relay passes them on; init turns them into
+/// `fg`/`bg` continues it. Init turns them into
 /// SIGSTOP/SIGCONT for every process of the sandbox (its own session has no
 /// terminal, so nothing else would stop it, and a sandbox left running
 /// reads what the user types into their shell).
@@ -241,7 +253,7 @@ impl Stage {
     ///
     /// # Safety
     ///
-    /// As for [`Stage::run`]; call in init, inside the new mount namespace.
+    /// As for [`Stage::child`]; call in init, inside the new mount namespace.
     unsafe fn mount_proc(&self) {
         // SAFETY: mount and open take NUL-terminated literals; the Landlock
         // attribute is a live packed struct on the stack.
@@ -303,23 +315,44 @@ impl Stage {
         Ok(())
     }
 
-    /// Runs in the forked child. Returns Ok in the process that must exec the
-    /// command; the relay and init never return.
+    /// The child of [`spawn`]: with namespaces, init (PID 1 of the new
+    /// namespaces), which forks the command; without, the command itself.
+    /// Never returns: the command execs, init waits, and a failure is
+    /// written to `done` (as an errno) before `_exit`.
     ///
     /// # Safety
     ///
-    /// Call only in a freshly forked child (from `CommandExt::pre_exec`):
-    /// it installs signal handlers, may fork and `_exit`, and must not allocate.
-    pub unsafe fn run(&self) -> io::Result<()> {
-        // SAFETY: all calls below are async-signal-safe syscalls on local
-        // data; see each comment for the invariant that matters.
+    /// Call only in the child of [`spawn`]'s clone: it installs signal
+    /// handlers, may fork and `_exit`, and must not allocate or take a lock
+    /// (the clone copied a multithreaded process; see [`clone_child`]).
+    unsafe fn child(&self, exec: &Exec, done: RawFd, born: bool, alive: Option<RawFd>) -> ! {
+        // SAFETY: all calls are async-signal-safe syscalls on prepared data.
         unsafe {
-            // The supervisor blocks these to sigwait on them; start clean.
-            let mut empty: libc::sigset_t = std::mem::zeroed();
-            libc::sigemptyset(&mut empty);
-            if libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut()) != 0 {
-                return Err(self.fail(Step::Signals, errno()));
-            }
+            let failed = match self.prelude(born, alive) {
+                Ok(()) if self.namespaces => match raw_fork() {
+                    0 => self.command(exec),
+                    cmd if cmd > 0 => self.become_waiter(cmd),
+                    _ => Err(self.fail(Step::Fork, errno())),
+                },
+                Ok(()) => self.command(exec),
+                Err(e) => Err(e),
+            };
+            let err = failed.err().and_then(|e| e.raw_os_error()).unwrap_or(libc::EIO);
+            libc::write(done, (&err as *const i32).cast(), 4);
+            libc::_exit(125)
+        }
+    }
+
+    /// What runs first in the child: a session of its own, death with the
+    /// supervisor, the cgroup, and (init only) the user-namespace maps and a
+    /// private /proc.
+    ///
+    /// # Safety
+    ///
+    /// As for [`Stage::child`].
+    unsafe fn prelude(&self, born: bool, alive: Option<RawFd>) -> io::Result<()> {
+        // SAFETY: syscalls on local data and fds this process owns.
+        unsafe {
             if self.go_writer >= 0 {
                 libc::close(self.go_writer);
             }
@@ -329,26 +362,90 @@ impl Stage {
             if libc::setsid() < 0 {
                 return Err(self.fail(Step::Session, errno()));
             }
-            // Die with the supervisor; check afterwards in case it died first.
+            // Die with the supervisor (with the thread that cloned us, which
+            // stays for the whole run); check afterwards in case it died first.
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) != 0 {
                 return Err(self.fail(Step::ParentGone, errno()));
             }
-            if libc::getppid() != self.supervisor {
+            if self.supervisor_gone(alive) {
                 return Err(self.fail(Step::ParentGone, libc::ESRCH));
             }
-            let born_into = match &self.cgroup_v2 {
-                Some((dir, _)) if self.namespaces && clone3_usable() => Some(dir.as_raw_fd()),
-                Some((_, procs)) => {
-                    Self::join(procs.as_raw_fd()).map_err(|e| self.fail(Step::Cgroup, e))?;
-                    None
-                }
-                None => None,
-            };
+            if let (Some((_, procs)), false) = (&self.cgroup_v2, born) {
+                Self::join(procs.as_raw_fd()).map_err(|e| self.fail(Step::Cgroup, e))?;
+            }
             for fd in &self.cgroup_procs {
                 Self::join(fd.as_raw_fd()).map_err(|e| self.fail(Step::Cgroup, e))?;
             }
             if self.namespaces {
-                self.enter_namespaces(born_into)?;
+                // The supervisor is undumpable, which makes /proc/self/*
+                // root-owned: an unprivileged init could not write its own
+                // maps. Only for this.
+                libc::prctl(libc::PR_SET_DUMPABLE, 1, 0, 0, 0);
+                let maps: [(&[u8], &[u8]); 3] = [
+                    (b"/proc/self/setgroups\0", b"deny"),
+                    (b"/proc/self/uid_map\0", &self.uid_map),
+                    (b"/proc/self/gid_map\0", &self.gid_map),
+                ];
+                for (path, data) in maps {
+                    if let Err(e) = Self::write_file(path, data) {
+                        return Err(self.fail(Step::IdMap, e));
+                    }
+                }
+                libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0);
+                self.mount_proc();
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether the supervisor is gone: `alive` is a pidfd of it (readable
+    /// once it has exited); in a new PID namespace getppid() says 0
+    /// whoever the parent is. Without a pidfd (Linux before 5.3), a
+    /// supervisor gone before PR_SET_PDEATHSIG still stops the command:
+    /// its go-ahead pipe ends before the go-ahead.
+    ///
+    /// # Safety
+    ///
+    /// As for [`Stage::child`].
+    unsafe fn supervisor_gone(&self, alive: Option<RawFd>) -> bool {
+        if !self.namespaces {
+            // SAFETY: getppid takes no arguments.
+            return unsafe { libc::getppid() } != self.supervisor;
+        }
+        let Some(fd) = alive else { return false };
+        let mut pfd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+        // SAFETY: polls one live pollfd without waiting.
+        unsafe { libc::poll(&mut pfd, 1, 0) != 0 }
+    }
+
+    /// The command: plain signal handling, its stdio, confinement once the
+    /// supervisor says how, and exec on its go-ahead. Returns only on failure.
+    ///
+    /// # Safety
+    ///
+    /// As for [`Stage::child`].
+    unsafe fn command(&self, exec: &Exec) -> io::Result<()> {
+        // SAFETY: syscalls on prepared buffers and fds this process owns;
+        // `exec`'s pointer arrays are NULL-terminated and point into its
+        // live CStrings.
+        unsafe {
+            // Blocked since the supervisor (every thread of it blocks them
+            // to wait for them), with init's handlers or the supervisor's:
+            // back to the defaults, with SIGPIPE, which Rust ignores.
+            for sig in FORWARDED.iter().chain(&JOB_CONTROL).chain(&[libc::SIGPIPE]) {
+                libc::signal(*sig, libc::SIG_DFL);
+            }
+            let mut empty: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut empty);
+            if libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut()) != 0 {
+                return Err(self.fail(Step::Signals, errno()));
+            }
+            for (fd, to) in [(&exec.stdin, 0), (&exec.stdout, 1)] {
+                if let Some(fd) = fd {
+                    if libc::dup2(fd.as_raw_fd(), to) < 0 {
+                        return Err(self.fail(Step::Fds, errno()));
+                    }
+                }
             }
             // Confined before the launch is decided, so that only exec is
             // left once it is; a refusal still stops it before exec.
@@ -359,9 +456,11 @@ impl Stage {
             };
             self.confine(true, watched)?;
             match self.await_byte()? {
-                None | Some(GO) => Ok(()),
-                Some(_) => Err(self.fail(Step::Go, libc::ECANCELED)),
+                None | Some(GO) => {}
+                Some(_) => return Err(self.fail(Step::Go, libc::ECANCELED)),
             }
+            libc::execve(exec.program.as_ptr(), exec.argv.as_ptr(), exec.envp.as_ptr());
+            Err(io::Error::from_raw_os_error(errno()))
         }
     }
 
@@ -380,7 +479,7 @@ impl Stage {
     ///
     /// # Safety
     ///
-    /// As for [`Stage::run`].
+    /// As for [`Stage::child`].
     unsafe fn await_byte(&self) -> io::Result<Option<u8>> {
         let Some(go) = &self.go else { return Ok(None) };
         let mut byte = 0u8;
@@ -402,94 +501,18 @@ impl Stage {
         Ok(Some(byte))
     }
 
-    /// Creates the user + PID namespace, forks init (which forks the command)
-    /// and turns this process into the relay. Returns only in the command.
+    /// Init: forward signals to `child`, pass its exit status up, and reap
+    /// every orphan. Never returns.
     ///
     /// # Safety
     ///
-    /// As for [`Stage::run`].
-    unsafe fn enter_namespaces(&self, born_into: Option<RawFd>) -> io::Result<()> {
-        // SAFETY: single-threaded child after fork; only syscalls on
-        // prepared buffers and fds this process owns.
-        unsafe {
-            // IPC: host SysV segments and queues stay out of reach. Mount: for
-            // the private /proc.
-            let flags = libc::CLONE_NEWUSER | libc::CLONE_NEWPID | libc::CLONE_NEWIPC | libc::CLONE_NEWNS;
-            if libc::unshare(flags) != 0 {
-                return Err(self.fail(Step::Unshare, errno()));
-            }
-            // The supervisor is undumpable, which makes /proc/self/* root-owned:
-            // an unprivileged relay could not write its own maps. Only for this.
-            libc::prctl(libc::PR_SET_DUMPABLE, 1, 0, 0, 0);
-            let maps: [(&[u8], &[u8]); 3] = [
-                (b"/proc/self/setgroups\0", b"deny"),
-                (b"/proc/self/uid_map\0", &self.uid_map),
-                (b"/proc/self/gid_map\0", &self.gid_map),
-            ];
-            for (path, data) in maps {
-                if let Err(e) = Self::write_file(path, data) {
-                    return Err(self.fail(Step::IdMap, e));
-                }
-            }
-            libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0);
-            // Held open by the relay: init sees POLLHUP if the relay is gone.
-            let mut alive = [0 as RawFd; 2];
-            if libc::pipe2(alive.as_mut_ptr(), libc::O_CLOEXEC) != 0 {
-                return Err(self.fail(Step::Fork, errno()));
-            }
-            let init = match born_into {
-                Some(dir) => clone_into_cgroup(dir),
-                None => libc::fork(),
-            };
-            if init < 0 {
-                let e = errno();
-                let step = match born_into {
-                    Some(_) if e != libc::EAGAIN && e != libc::ENOMEM => Step::Cgroup,
-                    _ => Step::Fork,
-                };
-                return Err(self.fail(step, e));
-            }
-            if init > 0 {
-                libc::close(alive[0]);
-                self.become_waiter(init, Some(alive[1]), false);
-            }
-            // Init: PID 1 of the new namespace.
-            libc::close(alive[1]);
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) != 0 {
-                return Err(self.fail(Step::ParentGone, errno()));
-            }
-            let mut pfd = libc::pollfd { fd: alive[0], events: libc::POLLIN, revents: 0 };
-            if libc::poll(&mut pfd, 1, 0) != 0 {
-                // The relay died before PDEATHSIG was armed.
-                return Err(self.fail(Step::ParentGone, libc::ESRCH));
-            }
-            libc::close(alive[0]);
-            self.mount_proc();
-            let cmd = libc::fork();
-            if cmd < 0 {
-                return Err(self.fail(Step::Fork, errno()));
-            }
-            if cmd > 0 {
-                self.become_waiter(cmd, None, true);
-            }
-            // The command: G is its parent; when G goes, the namespace goes.
-            Ok(())
-        }
-    }
-
-    /// The relay (C) and init (G): forward signals to `child`, pass its exit
-    /// status up, and (as init) reap every orphan. Never returns.
-    ///
-    /// # Safety
-    ///
-    /// As for [`Stage::run`]; `keep` is an fd this process owns.
-    unsafe fn become_waiter(&self, child: libc::pid_t, keep: Option<RawFd>, reap_all: bool) -> ! {
+    /// As for [`Stage::child`].
+    unsafe fn become_waiter(&self, child: libc::pid_t) -> ! {
         // SAFETY: single-threaded child; handlers only call kill(2); fds are ours.
         unsafe {
             FORWARD_TO.store(child, Ordering::Relaxed);
-            // Init (in the sandbox's PID namespace) stops and continues all
-            // of it; the relay passes job control on like the rest.
-            let job: extern "C" fn(libc::c_int) = if reap_all { stop_or_continue_all } else { forward };
+            // Init stops and continues all of the sandbox's PID namespace.
+            let job = stop_or_continue_all as extern "C" fn(libc::c_int);
             let handlers = FORWARDED.iter().map(|&s| (s, forward as extern "C" fn(libc::c_int)));
             for (sig, handler) in handlers.chain(JOB_CONTROL.iter().map(|&s| (s, job))) {
                 let mut sa: libc::sigaction = std::mem::zeroed();
@@ -504,19 +527,16 @@ impl Stage {
             for fd in 0..3 {
                 libc::dup2(null, fd);
             }
-            // Drop everything else, std's exec-error pipe included.
-            match keep {
-                Some(k) => {
-                    libc::close_range(3, (k - 1) as libc::c_uint, 0);
-                    libc::close_range((k + 1) as libc::c_uint, libc::c_uint::MAX, 0);
-                }
-                None => {
-                    libc::close_range(3, libc::c_uint::MAX, 0);
-                }
-            }
+            // Drop everything else: the exec-status pipe among them.
+            libc::close_range(3, libc::c_uint::MAX, 0);
+            // Signals sent before now are pending (see [`spawn`]): they reach
+            // the command as soon as they are unblocked.
+            let mut empty: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut empty);
+            libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
             loop {
                 let mut status = 0;
-                let pid = libc::waitpid(if reap_all { -1 } else { child }, &mut status, 0);
+                let pid = libc::waitpid(-1, &mut status, 0);
                 if pid == child {
                     libc::_exit(status_code(status));
                 }
@@ -537,7 +557,7 @@ impl Stage {
     ///
     /// # Safety
     ///
-    /// As for [`Stage::run`]: only in a forked child, which it confines for good.
+    /// As for [`Stage::child`]: only in a forked child, which it confines for good.
     unsafe fn confine(&self, send_listener: bool, watched: bool) -> io::Result<()> {
         // SAFETY: syscalls on local structs and prepared buffers; the BPF
         // programs are live Vecs owned by `self` for the whole call.
@@ -599,7 +619,7 @@ impl Stage {
                 }
             }
             if let Some((prog, sock)) = &self.notify {
-                // The relay left us undumpable, and our memory still belongs
+                // Init left us undumpable, and our memory still belongs
                 // to the host's user namespace until exec: an unprivileged
                 // supervisor could not read a parked execve's arguments.
                 libc::prctl(libc::PR_SET_DUMPABLE, 1, 0, 0, 0);
@@ -661,40 +681,79 @@ struct CloneArgs {
     cgroup: u64,
 }
 
-/// Whether clone3 can be called: with a size too small for any version of
-/// its arguments the kernel answers EINVAL and creates nothing. A seccomp
-/// filter around portcullis (Docker's, for one) answers ENOSYS or EPERM.
-fn clone3_usable() -> bool {
-    // SAFETY: clone3 fails on the size before it reads the (null) pointer.
-    let r = unsafe { libc::syscall(libc::SYS_clone3, std::ptr::null::<CloneArgs>(), 0usize) };
-    r == -1 && errno() == libc::EINVAL
-}
+/// The namespaces init is cloned into: user (its maps), PID (init is its
+/// PID 1, and when init dies the kernel kills everything left in it), IPC
+/// (host SysV segments and queues stay out of reach) and mount (for the
+/// private /proc).
+const NAMESPACES: u64 = (libc::CLONE_NEWUSER | libc::CLONE_NEWPID | libc::CLONE_NEWIPC | libc::CLONE_NEWNS) as u64;
 
 /// Linux 5.7; the libc crate's constant does not fit its own c_int type.
 const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
 
-/// fork(2), the child born in the cgroup whose directory is `dir`: the
-/// kernel takes its threadgroup lock only for reading, where moving a
-/// process takes it for writing. Returns as fork does (-1 and errno).
+/// fork(2) into the namespaces of `flags`, the child born in the cgroup
+/// whose directory is `cgroup` where clone3 takes one: the kernel then
+/// takes its threadgroup lock only for reading, where moving a process
+/// takes it for writing. Returns the pid (0 in the child) and whether the
+/// child was born in `cgroup`, or the failed step and errno.
 ///
 /// # Safety
 ///
-/// As for [`Stage::run`]: the caller is single-threaded. The child is made
-/// by the raw syscall, so glibc's fork handlers do not run in it, and
-/// glibc's cached thread id is the parent's: the child must keep to
-/// syscalls, (glibc's) fork and `_exit`, as init does.
-unsafe fn clone_into_cgroup(dir: RawFd) -> libc::pid_t {
-    let args = CloneArgs {
-        flags: CLONE_INTO_CGROUP,
-        exit_signal: libc::SIGCHLD as u64,
-        cgroup: dir as u64,
-        ..CloneArgs::default()
+/// The caller is multithreaded: the child, a copy of it, must keep to
+/// syscalls (no allocation, no lock another thread may have held, no
+/// glibc fork) and leave by exec or `_exit`, as [`Stage::child`] does.
+unsafe fn clone_child(flags: u64, cgroup: Option<RawFd>) -> Result<(libc::pid_t, bool), (Step, i32)> {
+    let failed = |e: i32| match e {
+        libc::EAGAIN | libc::ENOMEM => Step::Fork,
+        _ if flags != 0 => Step::Unshare,
+        _ => Step::Fork,
     };
-    // SAFETY: clone3 reads `args` (sized by the second argument) and,
-    // without CLONE_VM or a stack, forks like fork(2).
-    unsafe {
-        libc::syscall(libc::SYS_clone3, &args as *const CloneArgs, std::mem::size_of::<CloneArgs>()) as libc::pid_t
+    if let Some(dir) = cgroup {
+        let args = CloneArgs {
+            flags: flags | CLONE_INTO_CGROUP,
+            exit_signal: libc::SIGCHLD as u64,
+            cgroup: dir as u64,
+            ..CloneArgs::default()
+        };
+        // SAFETY: clone3 reads `args` (sized by the second argument) and,
+        // without CLONE_VM or a stack, forks like fork(2).
+        let pid =
+            unsafe { libc::syscall(libc::SYS_clone3, &args as *const CloneArgs, std::mem::size_of::<CloneArgs>()) }
+                as libc::pid_t;
+        if pid >= 0 {
+            return Ok((pid, true));
+        }
+        match errno() {
+            // Refused by a seccomp filter around portcullis (Docker's, for
+            // one) or unknown: fork, and join the cgroup by a write.
+            libc::ENOSYS | libc::EPERM | libc::E2BIG => {}
+            e @ (libc::EAGAIN | libc::ENOMEM) => return Err((Step::Fork, e)),
+            // The cgroup refused the child (or the namespaces were).
+            e => return Err((if e == libc::EINVAL || e == libc::ENOSPC { failed(e) } else { Step::Cgroup }, e)),
+        }
     }
+    // SAFETY: clone with SIGCHLD, no stack and no CLONE_VM forks like fork(2).
+    let pid = unsafe { libc::syscall(libc::SYS_clone, flags | libc::SIGCHLD as u64, 0usize, 0usize, 0usize, 0usize) }
+        as libc::pid_t;
+    match pid {
+        p if p >= 0 => Ok((p, false)),
+        _ => {
+            let e = errno();
+            Err((failed(e), e))
+        }
+    }
+}
+
+/// fork(2) by the raw syscall, for init (a copy of a multithreaded
+/// process: glibc's fork would take locks another thread may have held
+/// when it was cloned). The child keeps to syscalls until it execs.
+///
+/// # Safety
+///
+/// As for [`clone_child`].
+unsafe fn raw_fork() -> libc::pid_t {
+    // SAFETY: as in clone_child, without namespaces.
+    let pid = unsafe { libc::syscall(libc::SYS_clone, libc::SIGCHLD as libc::c_ulong, 0usize, 0usize, 0usize, 0usize) };
+    pid as libc::pid_t
 }
 
 /// Sends `fd` over the unix socket `sock` (SCM_RIGHTS), without allocating.
@@ -726,15 +785,174 @@ pub(crate) unsafe fn send_fd(sock: RawFd, fd: RawFd) -> Result<(), i32> {
     Ok(())
 }
 
-/// Spawns `cmd` through the stage.
-pub fn spawn(cmd: &mut std::process::Command, stage: Stage) -> io::Result<std::process::Child> {
-    use std::os::unix::process::CommandExt;
-    // SAFETY: the closure runs after fork and only calls Stage::run, which is
-    // allocation-free and async-signal-safe (see its documentation).
-    unsafe {
-        cmd.pre_exec(move || stage.run());
+/// What the command execs, made before the clone: nothing is allocated after it.
+pub struct Exec {
+    program: CString,
+    /// NULL-terminated; point into `_strings`.
+    argv: Vec<*const libc::c_char>,
+    envp: Vec<*const libc::c_char>,
+    _strings: Vec<CString>,
+    /// The command's ends of its stdin and stdout pipes (MCP), or None: it
+    /// inherits the supervisor's.
+    stdin: Option<OwnedFd>,
+    stdout: Option<OwnedFd>,
+}
+
+/// The supervisor's ends of the command's stdin and stdout pipes.
+pub type Pipes = (std::process::ChildStdin, std::process::ChildStdout);
+
+impl Exec {
+    /// `argv[0]` first. `piped`: the command's stdin and stdout are pipes
+    /// whose other ends are returned.
+    pub fn new(
+        program: &Path,
+        argv: &[OsString],
+        env: &[(OsString, OsString)],
+        piped: bool,
+    ) -> io::Result<(Exec, Option<Pipes>)> {
+        let c = |bytes: Vec<u8>| {
+            CString::new(bytes)
+                .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "nul byte found in provided data"))
+        };
+        let program = c(program.as_os_str().as_bytes().to_vec())?;
+        let mut strings = argv.iter().map(|a| c(a.as_bytes().to_vec())).collect::<io::Result<Vec<_>>>()?;
+        for (k, v) in env {
+            strings.push(c([k.as_bytes(), b"=", v.as_bytes()].concat())?);
+        }
+        let pointers = |s: &[CString]| s.iter().map(|s| s.as_ptr()).chain([std::ptr::null()]).collect::<Vec<_>>();
+        let (argv, envp) = (pointers(&strings[..argv.len()]), pointers(&strings[argv.len()..]));
+        let mut exec = Exec { program, argv, envp, _strings: strings, stdin: None, stdout: None };
+        if !piped {
+            return Ok((exec, None));
+        }
+        let cloexec = nix::fcntl::OFlag::O_CLOEXEC;
+        let (in_r, in_w) = nix::unistd::pipe2(cloexec)?;
+        let (out_r, out_w) = nix::unistd::pipe2(cloexec)?;
+        (exec.stdin, exec.stdout) = (Some(in_r), Some(out_w));
+        Ok((exec, Some((in_w.into(), out_r.into()))))
     }
-    cmd.spawn()
+}
+
+/// The sandbox's first process, once the command has exec'd: init with
+/// namespaces, else the command.
+pub struct Spawned {
+    pid: libc::pid_t,
+    pub stdin: Option<std::process::ChildStdin>,
+    pub stdout: Option<std::process::ChildStdout>,
+}
+
+impl Spawned {
+    pub fn id(&self) -> u32 {
+        self.pid as u32
+    }
+}
+
+/// The forwarded and job-control signals, handled by [`forward`] while
+/// the stage's child is cloned (they are blocked in every thread here, so
+/// the handler never runs in the supervisor). The kernel drops a signal
+/// sent to a PID namespace's init that has no handler for it, even a
+/// blocked one; with one inherited, it stays pending until init passes it on.
+struct Inherited(Vec<(libc::c_int, libc::sigaction)>);
+
+impl Inherited {
+    fn forwarding() -> Inherited {
+        let mut saved = Vec::with_capacity(FORWARDED.len() + JOB_CONTROL.len());
+        for &sig in FORWARDED.iter().chain(&JOB_CONTROL) {
+            // SAFETY: sigaction reads and writes live structs on the stack.
+            unsafe {
+                let mut sa: libc::sigaction = std::mem::zeroed();
+                sa.sa_sigaction = forward as extern "C" fn(libc::c_int) as usize;
+                sa.sa_flags = libc::SA_RESTART;
+                libc::sigemptyset(&mut sa.sa_mask);
+                let mut old: libc::sigaction = std::mem::zeroed();
+                if libc::sigaction(sig, &sa, &mut old) == 0 {
+                    saved.push((sig, old));
+                }
+            }
+        }
+        Inherited(saved)
+    }
+}
+
+impl Drop for Inherited {
+    fn drop(&mut self) {
+        for (sig, old) in &self.0 {
+            // SAFETY: puts back the action sigaction gave us.
+            unsafe { libc::sigaction(*sig, old, std::ptr::null_mut()) };
+        }
+    }
+}
+
+/// Starts the sandbox: clones its first process (init, in new user, PID,
+/// IPC and mount namespaces, born in its cgroup; or, without namespaces,
+/// the command), which confines the command and execs it on the go-ahead.
+/// Returns once the command has exec'd, or with the error that stopped it
+/// (a setup step's is also in the report pipe). Call from the thread that
+/// stays for the whole run: PR_SET_PDEATHSIG fires when it ends.
+pub fn spawn(stage: Stage, exec: Exec, pipes: Option<Pipes>) -> io::Result<Spawned> {
+    // The child writes an errno here if it fails; close-on-exec, so the
+    // command's exec closes the last write end.
+    let (done_rx, done_tx) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+    let (flags, cgroup) = match (stage.namespaces, &stage.cgroup_v2) {
+        (true, Some((dir, _))) => (NAMESPACES, Some(dir.as_raw_fd())),
+        (true, None) => (NAMESPACES, None),
+        (false, _) => (0, None),
+    };
+    // For init to see whether we are still there (it cannot ask getppid).
+    let alive = match stage.namespaces {
+        // SAFETY: pidfd_open takes plain integers; its fd is close-on-exec.
+        true => match unsafe { libc::syscall(libc::SYS_pidfd_open, std::process::id(), 0) } {
+            // SAFETY: a new fd, owned by nothing else.
+            fd if fd >= 0 => Some(unsafe { OwnedFd::from_raw_fd(fd as RawFd) }),
+            _ => None,
+        },
+        false => None,
+    };
+    let inherited = Inherited::forwarding();
+    // SAFETY: the child only runs Stage::child, which keeps to syscalls on
+    // data prepared above and never returns.
+    let cloned = unsafe { clone_child(flags, cgroup) };
+    if let Ok((0, born)) = cloned {
+        // SAFETY: in the child of the clone, as Stage::child requires.
+        unsafe { stage.child(&exec, done_tx.as_raw_fd(), born, alive.as_ref().map(|a| a.as_raw_fd())) }
+    }
+    drop(inherited);
+    let pid = match cloned {
+        Ok((pid, _)) => pid,
+        Err((step, e)) => {
+            stage.record(step, e);
+            return Err(io::Error::from_raw_os_error(e));
+        }
+    };
+    // Our copies of the child's fds: the pipes' ends, the ruleset, the
+    // report pipe's write end, the cgroup files.
+    drop((done_tx, exec, stage, alive));
+    let mut err = [0u8; 4];
+    let read = loop {
+        match nix::unistd::read(done_rx.as_raw_fd(), &mut err) {
+            Err(nix::errno::Errno::EINTR) => continue,
+            r => break r,
+        }
+    };
+    let (stdin, stdout) = match pipes {
+        Some((i, o)) => (Some(i), Some(o)),
+        None => (None, None),
+    };
+    match read {
+        Ok(0) => Ok(Spawned { pid, stdin, stdout }),
+        other => {
+            let e = match other {
+                Ok(4) => i32::from_ne_bytes(err),
+                Err(e) => e as i32,
+                Ok(_) => libc::EIO,
+            };
+            // It is on its way out (or stuck before its go-ahead): reap it.
+            let p = nix::unistd::Pid::from_raw(pid);
+            let _ = nix::sys::signal::kill(p, nix::sys::signal::Signal::SIGKILL);
+            let _ = nix::sys::wait::waitpid(p, None);
+            Err(io::Error::from_raw_os_error(e))
+        }
+    }
 }
 
 /// Reads the records the child sent so far, without blocking.

@@ -61,8 +61,8 @@ pub fn supervise(child: u32, set: &SigSet) -> i32 {
 /// [`supervise`] only runs once the command has exec'd; a launch that waits
 /// (an `ask exec` of the command itself, answered by a person) would
 /// otherwise hold Ctrl-C for as long as it waits. The stage is the child of
-/// the thread that forks it: a signal goes to that thread's children, as
-/// supervise would send it, and the relay passes it down.
+/// the thread that clones it: a signal goes to that thread's children, as
+/// supervise would send it, and the sandbox's init passes it down.
 pub struct LaunchWatch {
     done: std::sync::Arc<std::sync::atomic::AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
