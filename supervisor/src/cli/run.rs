@@ -636,21 +636,42 @@ fn decide_in<'scope>(
     // disk) stops the launch before exec; made durable while the command
     // starts (an fsync that fails then kills it).
     evidence.write_ahead()?;
-    // The gate serves notifications before the command starts: its first
-    // execve may already be parked, and spawn() waits for that exec.
-    let syscall_gate = match (gate, gate_evidence) {
-        (Some(starting), Some(ev)) => {
-            // The gate's records wait for the log's lock, which the launch
-            // record holds until committed. With exec rules the very first
-            // execve may be an ask whose answer must be durable before the
-            // command runs: commit the launch record first, or that answer
-            // waits for spawn, which waits for it. (A gate handle that never
-            // appended needs no lock to be dropped.)
-            if session.plan.gate.covers(policy::ask::Access::Exec) {
-                evidence.commit()?;
-            }
+    // Everything that can refuse the gate is done before the go-ahead (its
+    // grants file, its acting thread's confinement), and its rule paths are
+    // resolved: once the command runs, it could plant symlinks the
+    // resolution would follow.
+    let gate = match gate.zip(gate_evidence) {
+        Some((starting, ev)) => {
             let rules = gate_rules.unwrap_or_else(|| crate::gate::canonical_rules(&session.plan.gate));
-            let g = match starting.and_then(|starting| start_gate(session, starting, rules, d.argv, ev)) {
+            match starting.and_then(|starting| arm_gate(session, starting, rules, d.argv)) {
+                Ok(armed) => Some((armed, ev)),
+                Err(f) => {
+                    evidence.refused(Kind::Exit, f.code, &f.message, json!({ "stage": "syscall gate" }))?;
+                    return Err(f);
+                }
+            }
+        }
+        None => None,
+    };
+    // The gate's records wait for the log's lock, which the launch record
+    // holds until committed. With exec rules the very first execve may be
+    // an ask whose answer must be durable before the command runs: commit
+    // the launch record first, or that answer waits for spawn, which waits
+    // for it. (A gate handle that never appended needs no lock to be dropped.)
+    if gate.is_some() && session.plan.gate.covers(policy::ask::Access::Exec) {
+        evidence.commit()?;
+    }
+    // The go-ahead comes before the gate's threads start: the command execs
+    // meanwhile, and what it parks waits in the kernel until the gate reads
+    // it (its listener is already on the gate's socket). Should a thread not
+    // start, the run ends with the command killed, and nothing parked was
+    // ever allowed: the kernel answers ENOSYS once the listener closes.
+    if let Some(go) = go {
+        let _ = nix::unistd::write(&go, &[stage::GO]);
+    }
+    let syscall_gate = match gate {
+        Some((armed, ev)) => {
+            let g = match armed.start(Some(ev)) {
                 Ok(g) => g,
                 Err(f) => {
                     evidence.refused(Kind::Exit, f.code, &f.message, json!({ "stage": "syscall gate" }))?;
@@ -660,11 +681,8 @@ fn decide_in<'scope>(
             crate::timing::mark("gate started");
             Some(g)
         }
-        _ => None,
+        None => None,
     };
-    if let Some(go) = go {
-        let _ = nix::unistd::write(&go, &[stage::GO]);
-    }
     Ok(Ready { evidence, watcher, syscall_gate, mcp_gate })
 }
 
@@ -700,14 +718,13 @@ fn guarded(audit: &AuditPaths) -> Vec<crate::evidence::Guarded> {
     guarded
 }
 
-/// Starts the syscall gate for the plan's `ask`/`deny` rules.
-fn start_gate(
+/// Arms the syscall gate for the plan's `ask`/`deny` rules: its grants, its acting thread confined.
+fn arm_gate(
     session: &Session,
     starting: crate::gate::Starting,
     rules: policy::ask::GatePlan,
     argv: &[String],
-    evidence: Evidence,
-) -> Result<crate::gate::Running, Failure> {
+) -> Result<crate::gate::Armed, Failure> {
     let grants_path = crate::grants::path()?;
     let file = crate::grants::load(&grants_path)?;
     let ctx = crate::gate::Context {
@@ -723,7 +740,7 @@ fn start_gate(
         connect_ports: session.plan.landlock.connect_tcp.iter().map(|p| p.value).collect(),
         tmp: std::fs::canonicalize(&session.tmp).ok().and_then(|t| t.to_str().map(str::to_string)),
     };
-    starting.start(ctx, Some(evidence))
+    starting.arm(ctx)
 }
 
 /// Why spawn failed: a setup step the stage reported, or exec's own error.

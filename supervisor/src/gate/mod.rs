@@ -757,7 +757,8 @@ pub struct Running {
 }
 
 /// A gate whose acting thread is starting: [`begin`] it early (the thread
-/// confines itself meanwhile), [`Starting::start`] it when the launch is decided.
+/// confines itself meanwhile), [`Starting::arm`] it when the launch is
+/// decided, [`Armed::start`] it when the command may exec.
 pub struct Starting {
     sock: OwnedFd,
     ruleset: Option<OwnedFd>,
@@ -776,13 +777,38 @@ pub fn begin(setup: Setup) -> Result<Starting, Failure> {
 }
 
 impl Starting {
-    /// Waits until the hands are confined, then starts the server, which
-    /// serves the sandbox's notifications once the exec stage sends its
-    /// listener. `evidence` None records nothing (the benchmark's "audit
-    /// off" row) and so refuses every ask: nothing is acted on unrecorded.
+    /// [`arm`](Self::arm), then [`Armed::start`].
     pub fn start(self, ctx: Context, evidence: Option<Evidence>) -> Result<Running, Failure> {
+        self.arm(ctx)?.start(evidence)
+    }
+
+    /// Waits until the hands are confined: what can still refuse the
+    /// launch, short of a thread that cannot be started.
+    pub fn arm(self, ctx: Context) -> Result<Armed, Failure> {
         let Starting { sock, ruleset, net, hands } = self;
         let hands = hands.ready()?;
+        Ok(Armed { sock, ruleset, net, hands, ctx })
+    }
+}
+
+/// A gate whose hands are confined, its context loaded: only its threads
+/// are left to start.
+pub struct Armed {
+    sock: OwnedFd,
+    ruleset: Option<OwnedFd>,
+    net: Option<OwnedFd>,
+    hands: Hands,
+    ctx: Context,
+}
+
+impl Armed {
+    /// Starts the server, which serves the sandbox's notifications once the
+    /// exec stage sends its listener (what the sandbox parks meanwhile
+    /// waits in the kernel). `evidence` None records nothing (the
+    /// benchmark's "audit off" row) and so refuses every ask: nothing is
+    /// acted on unrecorded.
+    pub fn start(self, evidence: Option<Evidence>) -> Result<Running, Failure> {
+        let Armed { sock, ruleset, net, hands, ctx } = self;
         let evidence = Journal::start(evidence)?;
         let grants = ctx.grants.clone();
         let slot: Arc<Mutex<Option<Arc<Shared>>>> = Arc::new(Mutex::new(None));

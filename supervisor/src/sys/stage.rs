@@ -150,7 +150,8 @@ pub struct Stage {
     /// EOF, stops it. None: confine (unwatched) and go at once.
     pub go: Option<OwnedFd>,
     /// This process's number for the pipe's write end, closed first thing
-    /// in the child so that only the supervisor can ever write (or close) it.
+    /// in the child so that only the supervisor can ever write (or close) it
+    /// (if it still is that pipe: see [`Stage::close_go_writer`]).
     pub go_writer: RawFd,
     /// Seccomp programs, installed in order (portcullis makes one, or none
     /// when `notify` carries it).
@@ -353,9 +354,7 @@ impl Stage {
     unsafe fn prelude(&self, born: bool, alive: Option<RawFd>) -> io::Result<()> {
         // SAFETY: syscalls on local data and fds this process owns.
         unsafe {
-            if self.go_writer >= 0 {
-                libc::close(self.go_writer);
-            }
+            self.close_go_writer();
             // A session of our own: no controlling terminal to inject into
             // (TIOCSTI), and terminal signals reach the sandbox only through
             // the supervisor's forwarding.
@@ -396,6 +395,31 @@ impl Stage {
             }
         }
         Ok(())
+    }
+
+    /// Closes our copy of the go-ahead pipe's write end, so that only the
+    /// supervisor can write or close it. By number, and only if that number
+    /// still is the pipe: the supervisor may have closed its end (a go-ahead
+    /// given, or a refusal) before the clone, and reused the number since.
+    ///
+    /// # Safety
+    ///
+    /// As for [`Stage::child`].
+    unsafe fn close_go_writer(&self) {
+        let Some(go) = &self.go else { return };
+        if self.go_writer < 0 || self.go_writer == go.as_raw_fd() {
+            return;
+        }
+        // SAFETY: fstat writes into live stack structs; the fds are ours or closed.
+        unsafe {
+            let (mut ours, mut that): (libc::stat, libc::stat) = (std::mem::zeroed(), std::mem::zeroed());
+            let same = libc::fstat(go.as_raw_fd(), &mut ours) == 0
+                && libc::fstat(self.go_writer, &mut that) == 0
+                && (ours.st_dev, ours.st_ino) == (that.st_dev, that.st_ino);
+            if same {
+                libc::close(self.go_writer);
+            }
+        }
     }
 
     /// Whether the supervisor is gone: `alive` is a pidfd of it (readable
