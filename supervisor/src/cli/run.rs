@@ -136,11 +136,7 @@ pub fn run(args: RunArgs) -> Result<i32, Failure> {
     let set = wait::block_signals().map_err(|e| Failure::setup(format!("cannot block signals: {e}")))?;
     let features = Features::probe();
     crate::timing::mark("kernel probed");
-    // Asked now, answered when the kernel-audit watcher starts: the kernel
-    // answers from a thread it starts for the reply, which took a few
-    // milliseconds here when the machine was busy.
     let abi = features.landlock_abi_used;
-    let audit_status = (abi >= 7).then(kaudit::StatusQuery::send);
     // The canary's name is fixed now; the go-ahead says whether it is used.
     let canary = (abi >= 7).then(|| kaudit::Canary::new(&audit).ok()).flatten();
     let canary_path = canary.as_ref().map(|c| c.path().to_path_buf());
@@ -153,6 +149,11 @@ pub fn run(args: RunArgs) -> Result<i32, Failure> {
     let (watch, opened) = {
         let (audit, id) = (audit.clone(), id.clone());
         wait::LaunchWatch::start_after(move || {
+            // Asked first, answered when the kernel-audit watcher starts:
+            // the kernel answers from a thread it starts for the reply (the
+            // request waits for that thread to exist: about 0.2 ms here, a
+            // few milliseconds when the machine was busy).
+            let audit_status = (abi >= 7).then(kaudit::StatusQuery::send);
             let mut opened = open_audit(&audit, &id);
             if opened.evidence.is_ok() {
                 opened.watcher = Some(start_watcher(abi, audit_status, canary, &audit, &id));
