@@ -238,14 +238,16 @@ enum Ending {
 
 /// `mcp`: the command's stdin/stdout go through the MCP gate (crate::mcp).
 ///
-/// The stage forks as soon as the sandbox is prepared: while its cgroup,
-/// namespaces and init come up, a second thread ([`decide`]) takes the
+/// The stage is cloned as soon as the sandbox is prepared: while its
+/// cgroup, namespaces and init come up, this thread ([`decide`]) takes the
 /// audit log and the kernel-audit watcher (`early`: opened and started by
 /// `run` meanwhile; otherwise it does both), checks what must be refused,
 /// writes the launch record and starts the gate. The command confines
-/// itself once that thread knows whether the kernel's reports are read (the
+/// itself once it is told whether the kernel's reports are read (the
 /// first byte of the go-ahead pipe), and execs only on its go-ahead (the
-/// second); a refusal closes the pipe and the command never runs.
+/// second); a refusal closes the pipe and the command never runs. (A
+/// thread of its own for the decision, beside one waiting for the exec,
+/// cost more than it overlapped.)
 fn launch_with(
     session: &Session,
     prepared: Prepared,
@@ -258,7 +260,7 @@ fn launch_with(
         prepared;
     let mut cleanup = CgroupCleanup(cgroups);
     // Signals are blocked before any thread exists (audit writers and
-    // signers, the kernel-audit reader, the MCP journal, the launch thread),
+    // signers, the kernel-audit reader, the MCP journal, the gate),
     // by `run` or here: every thread inherits the mask, so SIGCHLD can only
     // be taken by the wait loop (see wait::block_signals). Until the
     // command has exec'd, signals go to the stage from the watcher.
@@ -306,32 +308,25 @@ fn launch_with(
             return Err(decide(&decision, Err(&f), gate_setup, None, opened, None).err().unwrap_or(f));
         }
     };
-    let program_ref = program.as_path();
-    let (ready, spawned) = std::thread::scope(|scope| {
-        let decider = std::thread::Builder::new()
-            .name("launch".into())
-            .spawn_scoped(scope, || decide(&decision, Ok(program_ref), gate_setup, canary, opened, Some(go_tx)));
-        let Ok(decider) = decider else {
-            return (Err(Failure::setup("cannot start the launch thread")), None);
-        };
-        crate::timing::mark("forking");
-        // This thread clones, and stays for the whole run: PR_SET_PDEATHSIG
-        // in the stage fires when the thread that cloned it ends.
-        let spawned = stage::spawn(stage, exec, pipes);
-        crate::timing::mark("command exec'd");
-        let ready = decider.join().unwrap_or_else(|_| Err(Failure::setup("the launch thread panicked")));
-        (ready, Some(spawned))
-    });
-    let (ready, spawned) = match (ready, spawned) {
-        (Ok(r), Some(s)) => (r, s),
-        (ready, spawned) => {
+    crate::timing::mark("forking");
+    // This thread clones, and stays for the whole run: PR_SET_PDEATHSIG in
+    // the stage fires when the thread that cloned it ends. While the
+    // namespaces come up and the command confines itself (on the other
+    // CPU), this thread decides the launch, then waits for the exec.
+    let started = stage::start(stage, exec, pipes);
+    let ready = decide(&decision, Ok(program.as_path()), gate_setup, canary, opened, Some(go_tx));
+    let spawned = started.and_then(stage::Started::exec);
+    crate::timing::mark("command exec'd");
+    let ready = match ready {
+        Ok(r) => r,
+        Err(f) => {
             // Refused (and recorded): the stage read EOF instead of the
             // go-ahead and stopped before it exec'd.
-            if let Some(Ok(child)) = spawned {
+            if let Ok(child) = spawned {
                 kill(&child);
                 wait::supervise(child.id(), &set);
             }
-            return Err(ready.err().unwrap_or_else(|| Failure::setup("the launch thread gave no decision")));
+            return Err(f);
         }
     };
     let Ready { mut evidence, watcher, syscall_gate, mcp_gate } = ready;

@@ -907,13 +907,20 @@ impl Drop for Inherited {
     }
 }
 
+/// The sandbox's first process, cloned; the command has not exec'd yet.
+pub struct Started {
+    pid: libc::pid_t,
+    /// Where the child writes an errno if it fails; EOF once the command has exec'd.
+    done: OwnedFd,
+    pipes: Option<Pipes>,
+}
+
 /// Starts the sandbox: clones its first process (init, in new user, PID,
 /// IPC and mount namespaces, born in its cgroup; or, without namespaces,
 /// the command), which confines the command and execs it on the go-ahead.
-/// Returns once the command has exec'd, or with the error that stopped it
-/// (a setup step's is also in the report pipe). Call from the thread that
-/// stays for the whole run: PR_SET_PDEATHSIG fires when it ends.
-pub fn spawn(stage: Stage, exec: Exec, pipes: Option<Pipes>) -> io::Result<Spawned> {
+/// Returns once cloned: [`Started::exec`] waits for the exec. Call from the
+/// thread that stays for the whole run: PR_SET_PDEATHSIG fires when it ends.
+pub fn start(stage: Stage, exec: Exec, pipes: Option<Pipes>) -> io::Result<Started> {
     // The child writes an errno here if it fails; close-on-exec, so the
     // command's exec closes the last write end.
     let (done_rx, done_tx) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
@@ -951,30 +958,41 @@ pub fn spawn(stage: Stage, exec: Exec, pipes: Option<Pipes>) -> io::Result<Spawn
     // Our copies of the child's fds: the pipes' ends, the ruleset, the
     // report pipe's write end, the cgroup files.
     drop((done_tx, exec, stage, alive));
-    let mut err = [0u8; 4];
-    let read = loop {
-        match nix::unistd::read(done_rx.as_raw_fd(), &mut err) {
-            Err(nix::errno::Errno::EINTR) => continue,
-            r => break r,
-        }
-    };
-    let (stdin, stdout) = match pipes {
-        Some((i, o)) => (Some(i), Some(o)),
-        None => (None, None),
-    };
-    match read {
-        Ok(0) => Ok(Spawned { pid, stdin, stdout }),
-        other => {
-            let e = match other {
-                Ok(4) => i32::from_ne_bytes(err),
-                Err(e) => e as i32,
-                Ok(_) => libc::EIO,
-            };
-            // It is on its way out (or stuck before its go-ahead): reap it.
-            let p = nix::unistd::Pid::from_raw(pid);
-            let _ = nix::sys::signal::kill(p, nix::sys::signal::Signal::SIGKILL);
-            let _ = nix::sys::wait::waitpid(p, None);
-            Err(io::Error::from_raw_os_error(e))
+    Ok(Started { pid, done: done_rx, pipes })
+}
+
+impl Started {
+    /// Waits until the command has exec'd, or for the error that stopped
+    /// it (a setup step's is also in the report pipe; the child is reaped).
+    /// The go-ahead pipe must be written or closed before: the command
+    /// waits for it.
+    pub fn exec(self) -> io::Result<Spawned> {
+        let Started { pid, done, pipes } = self;
+        let mut err = [0u8; 4];
+        let read = loop {
+            match nix::unistd::read(done.as_raw_fd(), &mut err) {
+                Err(nix::errno::Errno::EINTR) => continue,
+                r => break r,
+            }
+        };
+        let (stdin, stdout) = match pipes {
+            Some((i, o)) => (Some(i), Some(o)),
+            None => (None, None),
+        };
+        match read {
+            Ok(0) => Ok(Spawned { pid, stdin, stdout }),
+            other => {
+                let e = match other {
+                    Ok(4) => i32::from_ne_bytes(err),
+                    Err(e) => e as i32,
+                    Ok(_) => libc::EIO,
+                };
+                // It is on its way out (or stuck before its go-ahead): reap it.
+                let p = nix::unistd::Pid::from_raw(pid);
+                let _ = nix::sys::signal::kill(p, nix::sys::signal::Signal::SIGKILL);
+                let _ = nix::sys::wait::waitpid(p, None);
+                Err(io::Error::from_raw_os_error(e))
+            }
         }
     }
 }
