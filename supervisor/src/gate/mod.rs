@@ -124,10 +124,15 @@ impl Hands {
     /// (sys::finish). Waits a little at most; a job stuck in the kernel
     /// keeps the thread (and the run finishes the slow way). Jobs sent
     /// after this are dropped.
-    fn stop(&self) {
+    /// Tells the thread to end once it has done what it was given.
+    fn let_go(&self) {
         if let Ok(mut tx) = self.tx.lock() {
             *tx = mpsc::channel().0;
         }
+    }
+
+    fn stop(&self) {
+        self.let_go();
         let Some(thread) = self.thread.lock().ok().and_then(|mut t| t.take()) else { return };
         let gone = self.gone.lock().ok().and_then(|mut g| g.take());
         let over = gone.is_some_and(|g| {
@@ -836,6 +841,9 @@ impl Armed {
                 });
                 *slot2.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::clone(&shared));
                 serve(&shared);
+                // Nothing more can be asked of the hands: they end while
+                // the run learns that the server has.
+                shared.hands.let_go();
                 drop(done_tx);
             })
             .map_err(|e| Failure::setup(format!("gate: cannot start a thread: {e}")))?;
