@@ -525,7 +525,38 @@ pub struct Watcher {
     /// Returns why denials went unrecorded, if they did.
     thread: Option<JoinHandle<Option<String>>>,
     /// How the reader was told to stop ([`ask_to_stop`](Watcher::ask_to_stop)), once it was.
-    asked: Option<u8>,
+    asked: Arc<std::sync::Mutex<Option<u8>>>,
+}
+
+/// [`Watcher::ask_to_stop`] from another thread: the gate's server asks as
+/// soon as its acting thread has ended, while the run still waits for the
+/// sandbox's init to exit (see gate::Armed::start).
+#[derive(Clone)]
+pub struct Stopper {
+    marker: String,
+    lost_after: Arc<std::sync::Mutex<Option<StatusQuery>>>,
+    asked: Arc<std::sync::Mutex<Option<u8>>>,
+}
+
+impl Stopper {
+    /// Asks once; later calls return how it was asked.
+    pub fn ask(&self) -> u8 {
+        let mut asked = self.asked.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(how) = *asked {
+            return how;
+        }
+        // The sandbox is gone, so every report of its has been queued or
+        // dropped: the kernel's `lost` counter, taken now, counts each one
+        // it dropped. Asked before the marker (the reader, which stops at
+        // the marker, always finds the question), answered after the wait.
+        if let Ok(mut q) = self.lost_after.lock() {
+            *q = Some(StatusQuery::send());
+        }
+        // Without CAP_AUDIT_WRITE there is no marker: a quiet spell instead.
+        let how = if send_user_message(&self.marker) { STOP_AT_MARKER } else { STOP_WHEN_QUIET };
+        *asked = Some(how);
+        how
+    }
 }
 
 impl Watcher {
@@ -558,7 +589,7 @@ impl Watcher {
             stop,
             lost_after,
             thread: Some(thread),
-            asked: None,
+            asked: Arc::default(),
         })
     }
 
@@ -580,20 +611,12 @@ impl Watcher {
     /// and the gate's acting thread are gone), so that the kernel delivers
     /// the marker while the run writes its other records.
     pub fn ask_to_stop(&mut self) -> u8 {
-        if let Some(how) = self.asked {
-            return how;
-        }
-        // The sandbox is gone, so every report of its has been queued or
-        // dropped: the kernel's `lost` counter, taken now, counts each one
-        // it dropped. Asked before the marker (the reader, which stops at
-        // the marker, always finds the question), answered after the wait.
-        if let Ok(mut q) = self.lost_after.lock() {
-            *q = Some(StatusQuery::send());
-        }
-        // Without CAP_AUDIT_WRITE there is no marker: a quiet spell instead.
-        let how = if send_user_message(&self.marker) { STOP_AT_MARKER } else { STOP_WHEN_QUIET };
-        self.asked = Some(how);
-        how
+        self.stopper().ask()
+    }
+
+    /// The same question, for another thread to ask.
+    pub fn stopper(&self) -> Stopper {
+        Stopper { marker: self.marker.clone(), lost_after: self.lost_after.clone(), asked: self.asked.clone() }
     }
 
     fn stop_thread(&mut self, how: u8) -> Option<String> {

@@ -676,7 +676,15 @@ fn decide_in<'scope>(
     }
     let syscall_gate = match gate {
         Some((armed, ev)) => {
-            let g = match armed.start(Some(ev)) {
+            // The kernel-audit reader is asked to stop by the gate itself, as
+            // soon as the sandbox and the gate's acting thread are gone.
+            let last = watcher.as_ref().map(|w| {
+                let stopper = w.stopper();
+                Box::new(move || {
+                    stopper.ask();
+                }) as Box<dyn FnOnce() + Send>
+            });
+            let g = match armed.start(Some(ev), last) {
                 Ok(g) => g,
                 Err(f) => {
                     evidence.refused(Kind::Exit, f.code, &f.message, json!({ "stage": "syscall gate" }))?;

@@ -784,7 +784,7 @@ pub fn begin(setup: Setup) -> Result<Starting, Failure> {
 impl Starting {
     /// [`arm`](Self::arm), then [`Armed::start`].
     pub fn start(self, ctx: Context, evidence: Option<Evidence>) -> Result<Running, Failure> {
-        self.arm(ctx)?.start(evidence)
+        self.arm(ctx)?.start(evidence, None)
     }
 
     /// Waits until the hands are confined: what can still refuse the
@@ -811,8 +811,11 @@ impl Armed {
     /// exec stage sends its listener (what the sandbox parks meanwhile
     /// waits in the kernel). `evidence` None records nothing (the
     /// benchmark's "audit off" row) and so refuses every ask: nothing is
-    /// acted on unrecorded.
-    pub fn start(self, evidence: Option<Evidence>) -> Result<Running, Failure> {
+    /// acted on unrecorded. `last` runs on the server's thread once the
+    /// sandbox is gone and the acting thread has ended, before the run
+    /// learns the server has (the kernel-audit reader's stop: its marker
+    /// must follow every report the gate's actions can cause).
+    pub fn start(self, evidence: Option<Evidence>, last: Option<Box<dyn FnOnce() + Send>>) -> Result<Running, Failure> {
         let Armed { sock, ruleset, net, hands, ctx } = self;
         let evidence = Journal::start(evidence)?;
         let grants = ctx.grants.clone();
@@ -842,8 +845,14 @@ impl Armed {
                 *slot2.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::clone(&shared));
                 serve(&shared);
                 // Nothing more can be asked of the hands: they end while
-                // the run learns that the server has.
-                shared.hands.let_go();
+                // the run waits for the sandbox's init to exit.
+                match last {
+                    Some(last) => {
+                        shared.hands.stop();
+                        last();
+                    }
+                    None => shared.hands.let_go(),
+                }
                 drop(done_tx);
             })
             .map_err(|e| Failure::setup(format!("gate: cannot start a thread: {e}")))?;
