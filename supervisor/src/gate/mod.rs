@@ -755,7 +755,9 @@ fn resolved(p: &std::path::Path) -> Option<std::path::PathBuf> {
 
 /// The running gate.
 pub struct Running {
-    server: std::thread::JoinHandle<()>,
+    /// Returns, once the sandbox is gone, why some of the gate's records
+    /// could not be written (it closes its log handle itself).
+    server: std::thread::JoinHandle<Option<String>>,
     shared: Arc<Mutex<Option<Arc<Shared>>>>,
     /// Closed when the server thread ends.
     done: mpsc::Receiver<()>,
@@ -825,7 +827,7 @@ impl Armed {
         let server = std::thread::Builder::new()
             .name("gate".into())
             .spawn(move || {
-                let Some(listener) = recv_listener(&sock) else { return };
+                let Some(listener) = recv_listener(&sock) else { return None };
                 drop(sock);
                 let _ = notify::set_sync_wakeup(listener.as_fd());
                 let syscall_names = ctx.plan.ask_syscalls().into_iter().collect();
@@ -844,16 +846,16 @@ impl Armed {
                 });
                 *slot2.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::clone(&shared));
                 serve(&shared);
-                // Nothing more can be asked of the hands: they end while
-                // the run waits for the sandbox's init to exit.
-                match last {
-                    Some(last) => {
-                        shared.hands.stop();
-                        last();
-                    }
-                    None => shared.hands.let_go(),
+                // Nothing more can be asked of the hands, and then nothing
+                // can cause a report of this sandbox: all that is left is
+                // done here, while the run waits for the sandbox's init to exit.
+                shared.hands.stop();
+                if let Some(last) = last {
+                    last();
                 }
+                let lost = shared.close_out(None);
                 drop(done_tx);
+                lost
             })
             .map_err(|e| Failure::setup(format!("gate: cannot start a thread: {e}")))?;
         Ok(Running { server, shared: slot, done })
@@ -880,48 +882,58 @@ impl Running {
         // outlived the command keeps the filter alive: do not wait for it
         // (our exit closes the listener; its parked syscalls then fail).
         let outlived = self.done.recv_timeout(Duration::from_secs(2)) == Err(mpsc::RecvTimeoutError::Timeout);
-        if outlived {
-            eprintln!("portcullis: note: processes of the sandbox outlived the command; the gate stops serving them");
-        } else {
-            let _ = self.server.join();
+        if !outlived {
+            // The server has closed the gate's records itself.
+            let lost = self.server.join().unwrap_or_else(|_| Some("the gate's server panicked".into()));
+            then();
+            return lost;
         }
-        let outlived = outlived.then(|| {
+        eprintln!("portcullis: note: processes of the sandbox outlived the command; the gate stops serving them");
+        let outlived = Some(
             "processes of the sandbox outlived the command; what the gate decided for them from now on is not recorded"
-                .to_string()
-        });
+                .to_string(),
+        );
         let Some(shared) = self.shared.lock().unwrap_or_else(|p| p.into_inner()).take() else {
             then();
             return outlived;
         };
         shared.hands.stop();
         then();
+        shared.close_out(outlived)
+    }
+}
+
+impl Shared {
+    /// The gate's last records, once it acts for the sandbox no more, and
+    /// the close of its log handle: why records were lost, with `outlived`.
+    fn close_out(&self, outlived: Option<String>) -> Option<String> {
         // Questions still out when the run ended: their callers are gone (or
         // are about to lose the gate), nothing was done for them, and an
         // answer that comes now finds nothing to act on. The log says so;
         // otherwise a question nobody answered would leave no trace.
         let unanswered: Vec<Pending> =
-            shared.pending.lock().unwrap_or_else(|p| p.into_inner()).drain().map(|(_, p)| p).collect();
+            self.pending.lock().unwrap_or_else(|p| p.into_inner()).drain().map(|(_, p)| p).collect();
         for p in unanswered {
             let why = "the run ended before anyone answered; nothing was done";
             let answer = AskAnswer::deny("portcullis", why, p.asked.elapsed());
-            shared.evidence.record(Kind::Approval, approval_record(&p.req, &answer, "once", None, p.waiting.len()));
+            self.evidence.record(Kind::Approval, approval_record(&p.req, &answer, "once", None, p.waiting.len()));
         }
         let (suppressed, top) = {
-            let d = shared.denials.lock().unwrap_or_else(|p| p.into_inner());
-            (d.unrecorded(shared.ctx.records_per_target), d.top(20))
+            let d = self.denials.lock().unwrap_or_else(|p| p.into_inner());
+            (d.unrecorded(self.ctx.records_per_target), d.top(20))
         };
-        let dropped = shared.evidence.dropped.load(std::sync::atomic::Ordering::Relaxed);
+        let dropped = self.evidence.dropped.load(std::sync::atomic::Ordering::Relaxed);
         if suppressed > 0 || dropped > 0 {
             // Durable, so never turned away by a queue a flood filled.
             let summary = json!({
                 "verdict": "deny", "summary": true, "unrecorded_denials": suppressed,
                 "records_dropped_in_flood": dropped, "most_denied": top,
             });
-            if let Err(f) = shared.evidence.record_durable(Kind::Verdict, summary) {
+            if let Err(f) = self.evidence.record_durable(Kind::Verdict, summary) {
                 eprintln!("portcullis: gate: {}", f.message);
             }
         }
-        match (shared.evidence.close(), outlived) {
+        match (self.evidence.close(), outlived) {
             (Some(lost), Some(note)) => Some(format!("{lost}; {note}")),
             (lost, note) => lost.or(note),
         }
