@@ -827,7 +827,8 @@ impl Armed {
         let server = std::thread::Builder::new()
             .name("gate".into())
             .spawn(move || {
-                let Some(listener) = recv_listener(&sock) else { return None };
+                // No listener: the stage failed before it sent one.
+                let listener = recv_listener(&sock)?;
                 drop(sock);
                 let _ = notify::set_sync_wakeup(listener.as_fd());
                 let syscall_names = ctx.plan.ask_syscalls().into_iter().collect();
