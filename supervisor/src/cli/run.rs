@@ -55,33 +55,46 @@ impl Session {
     /// As [`open`](Self::open), on a kernel already probed.
     pub fn open_on(args: &SandboxArgs, features: Features) -> Result<Session, Failure> {
         let audit = audit_paths(args)?;
-        Self::open_as(args, features, session_id(), audit)
+        let id = session_id();
+        let root = features.runtime_root();
+        let tmp = make_private_tmp(&root, &id);
+        Self::open_as(args, features, id, audit, || tmp)
     }
 
     /// As [`open_on`](Self::open_on), with the run's id and audit paths
-    /// already chosen (`run` opens the log with them meanwhile).
-    fn open_as(args: &SandboxArgs, features: Features, id: String, audit: AuditPaths) -> Result<Session, Failure> {
-        let mut profile = policy::Loader::from_env().load(&args.profile)?;
-        profile.apply(&args.overrides())?;
-        let workspace = match &args.workspace {
-            Some(w) => {
-                std::fs::canonicalize(w).map_err(|e| Failure::setup(format!("--workspace {}: {e}", w.display())))?
+    /// already chosen (`run` opens the log with them meanwhile), and the
+    /// private `{tmp}` from `tmp` ([`make_private_tmp`]; `run` makes it on
+    /// the other thread meanwhile). `tmp` is taken even when the profile
+    /// fails, so that the directory it made goes again.
+    fn open_as(
+        args: &SandboxArgs,
+        features: Features,
+        id: String,
+        audit: AuditPaths,
+        tmp: impl FnOnce() -> Result<(PathBuf, std::fs::File), Failure>,
+    ) -> Result<Session, Failure> {
+        let loaded = (|| {
+            let mut profile = policy::Loader::from_env().load(&args.profile)?;
+            profile.apply(&args.overrides())?;
+            let workspace = match &args.workspace {
+                Some(w) => {
+                    std::fs::canonicalize(w).map_err(|e| Failure::setup(format!("--workspace {}: {e}", w.display())))?
+                }
+                None => std::env::current_dir().map_err(|e| Failure::setup(format!("current directory: {e}")))?,
+            };
+            if !workspace.is_dir() {
+                return Err(Failure::setup(format!("--workspace {}: not a directory", workspace.display())));
             }
-            None => std::env::current_dir().map_err(|e| Failure::setup(format!("current directory: {e}")))?,
-        };
-        if !workspace.is_dir() {
-            return Err(Failure::setup(format!("--workspace {}: not a directory", workspace.display())));
-        }
-        let home = std::env::var("HOME").unwrap_or_else(|_| "/nonexistent".into());
-        refuse_home_as_workspace(&workspace, &home, args.workspace.is_none())?;
+            let home = std::env::var("HOME").unwrap_or_else(|_| "/nonexistent".into());
+            refuse_home_as_workspace(&workspace, &home, args.workspace.is_none())?;
+            Ok((profile, workspace, home))
+        })();
         crate::timing::mark("profile loaded");
-        // private_tmp checks the root is a 0700 directory of ours first:
-        // only then is what runs killed before their cleanup left swept.
-        let tmp = sandbox::private_tmp(&features.runtime_root(), &id)?;
-        sandbox::sweep_stale(&features.runtime_root());
-        let tmp_held = match sandbox::hold_private_tmp(&tmp) {
-            Ok(f) => f,
+        let (tmp, tmp_held) = tmp()?;
+        let (profile, workspace, home) = match loaded {
+            Ok(l) => l,
             Err(e) => {
+                drop(tmp_held);
                 let _ = std::fs::remove_dir_all(&tmp);
                 return Err(e);
             }
@@ -107,6 +120,22 @@ impl Session {
 impl Drop for Session {
     fn drop(&mut self) {
         sandbox::remove_private_tmp(&self.tmp);
+    }
+}
+
+/// The run's private `{tmp}` under `root`, held open (see
+/// sandbox::hold_private_tmp) once stale ones are swept. private_tmp
+/// checks the root is a 0700 directory of ours first: only then is what
+/// runs killed before their cleanup left swept.
+fn make_private_tmp(root: &Path, id: &str) -> Result<(PathBuf, std::fs::File), Failure> {
+    let tmp = sandbox::private_tmp(root, id)?;
+    sandbox::sweep_stale(root);
+    match sandbox::hold_private_tmp(&tmp) {
+        Ok(f) => Ok((tmp, f)),
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&tmp);
+            Err(e)
+        }
     }
 }
 
@@ -147,14 +176,17 @@ pub fn run(args: RunArgs) -> Result<i32, Failure> {
     // one about as much as it saved: a thread costs its creator a tenth of a
     // millisecond here.)
     let (cgroups_tx, cgroups) = std::sync::mpsc::sync_channel(1);
+    let (tmp_tx, tmp) = std::sync::mpsc::sync_channel(1);
     let (watch, opened) = {
-        let (audit, id) = (audit.clone(), id.clone());
+        let (audit, id, root) = (audit.clone(), id.clone(), features.runtime_root());
         wait::LaunchWatch::start_after(move || {
-            // First what `prepare` needs from here: where this process may
-            // make the sandbox's cgroups (the kernel formats our cgroups
-            // and the mount table for the reads: about 0.1 ms).
+            // First what the main thread needs from here, each about 0.1 ms
+            // off its path to the clone: the private `{tmp}` (mkdir), and
+            // where this process may make the sandbox's cgroups (the kernel
+            // formats our cgroups and the mount table for the reads).
+            let _ = tmp_tx.send(make_private_tmp(&root, &id));
             let _ = cgroups_tx.send(limits::find_controllers(["pids", "memory"]));
-            // Asked first, answered when the kernel-audit watcher starts:
+            // Asked before the log opens, answered when the kernel-audit watcher starts:
             // the kernel answers from a thread it starts for the reply (the
             // request waits for that thread to exist: about 0.2 ms here, a
             // few milliseconds when the machine was busy).
@@ -166,7 +198,11 @@ pub fn run(args: RunArgs) -> Result<i32, Failure> {
             opened
         })
     };
-    let mut session = Session::open_as(&args.sandbox, features, id, audit)?;
+    // Without the thread's answer (it died), made here.
+    let root = features.runtime_root();
+    let made_here = || make_private_tmp(&root, &id);
+    let tmp = move || tmp.recv().unwrap_or_else(|_| made_here());
+    let mut session = Session::open_as(&args.sandbox, features, id.clone(), audit, tmp)?;
     crate::timing::mark("profile loaded and compiled");
     // Without them (the thread died), prepare looks for itself.
     if let Ok([pids, memory]) = cgroups.recv() {
