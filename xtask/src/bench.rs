@@ -332,7 +332,7 @@ fn timeline(argv: &[String], dir: &Path, rounds: usize) -> Result<String> {
         .collect();
     rows.sort_by(|a, b| a.1.total_cmp(&b.1));
     let mut t = format!(
-        "\n### Where the time of one launch goes (`PORTCULLIS_TIMING=1`, {rounds} launches as in the first table)\n\nThe median time of each mark since portcullis's `main`. Marks come from three threads (the one that forks the stage, the one that opens the log and starts the kernel-audit reader meanwhile, and the one that starts the gate), so the steps overlap; printing the marks adds a little to each.\n\n| mark | median since start |\n|---|---:|\n"
+        "\n### Where the time of one launch goes (`PORTCULLIS_TIMING=1`, {rounds} launches as in the first table)\n\nThe median time of each mark since portcullis's `main`. Marks come from two threads (the main one, which clones the stage, decides the launch and starts the gate, and the one that opens the log and starts the kernel-audit reader meanwhile), so the steps overlap; printing the marks adds a little to each.\n\n| mark | median since start |\n|---|---:|\n"
     );
     for (phase, us, n) in rows {
         let seen = if n == rounds { String::new() } else { format!(" (in {n} of {rounds} launches)") };
@@ -747,24 +747,27 @@ Policy-allowed operations write no audit record; denials are group-committed, as
 const LAUNCH_NOTES: &str = "
 What a portcullis launch does that bare fork+exec does not: load and compile
 the profile, build the Landlock ruleset (one O_PATH open per rule), compile
-the seccomp program, create a private temp dir. Meanwhile, on the other
-CPU, the thread that later passes signals on to the sandbox opens and checks
-the signed audit log, looks up the files no rule may reach, and starts the
-kernel-audit reader once the kernel has said whether Landlock's denials can
-be read (asked right after the kernel probe, because the kernel replies from
-a thread it starts per reply). The scheduler here queued a new thread behind
-its creator for over a millisecond while the other CPU idled, so that thread
-is moved off its creator's CPU when it starts. Then, at the same time on two
-threads: (1) fork a relay that joins the sandbox's cgroup, creates user,
-PID, IPC and mount namespaces, forks an init that mounts a private /proc and
-forks the command, which confines itself (Landlock, seccomp) and waits;
-(2) tell the command to confine itself, check that no rule reaches the log,
-write the launch record, start the syscall gate (its acting thread confines
-itself meanwhile), then give the go-ahead to exec. The launch record is
-fsynced while the command runs. At exit the gate finishes; the kernel-audit
-reader is told to stop as soon as the gate's acting thread has ended, and
-reads to its marker while the gate's records are written; the exit record
-is written, and portcullis exits with the command's status: a finisher that
+the seccomp program. Meanwhile, on the other CPU, the thread that later
+passes signals on to the sandbox makes the private temp dir, looks up where
+the sandbox's cgroups can be made, asks the kernel whether Landlock's
+denials can be read (the kernel replies from a thread it starts per reply),
+opens and checks the signed audit log, looks up the files no rule may
+reach, and starts the kernel-audit reader. The scheduler here queued a new
+thread behind its creator for over a millisecond while the other CPU idled,
+so that thread is moved off its creator's CPU when it starts. Then the main
+thread clones the sandbox's init straight into new user, PID, IPC and mount
+namespaces and into its cgroup (one clone; no helper process, as
+unshare(2) would need from a multithreaded process). While init writes its
+id maps, mounts a private /proc and forks the command, which confines
+itself (capabilities, Landlock, seccomp) and waits, the main thread tells
+it to confine itself, checks that no rule reaches the log, writes the
+launch record, gives the go-ahead to exec, starts the syscall gate's
+threads, and waits for the exec. The launch record is fsynced while the
+command runs. When the sandbox is gone, the gate's server thread stops its
+acting thread, asks the kernel-audit reader to stop (the marker after
+which nothing of this sandbox can be reported) and closes the gate's
+records, while the run learns that init has exited; the exit record is
+written, and portcullis exits with the command's status: a finisher that
 shares its memory (clone CLONE_VM) fsyncs the record, writes the signed
 checkpoint, removes the temp dir and cgroups and tears the memory down,
 holding the log's lock (readers and the next run wait for it). The wall
@@ -774,8 +777,8 @@ strict) needs a pids cgroup, because the kernel never applies RLIMIT_NPROC
 to uid 0; it is joined through cgroup v1's `tasks` file, which (unlike
 `cgroup.procs`) does not wait for an RCU grace period. On cgroup v2 (not
 this host's pids controller) a move through `cgroup.procs` waited 5.7 to
-15.7 ms here, so from Linux 5.7 the relay forks init straight into the
-cgroup (clone3 CLONE_INTO_CGROUP) instead: about the cost of a plain fork.
+15.7 ms here, so from Linux 5.7 init is cloned straight into the cgroup
+(clone3 CLONE_INTO_CGROUP) instead: about the cost of a plain fork.
 Unprivileged, RLIMIT_NPROC in the sandbox's own user namespace does the
 same job. `PORTCULLIS_TIMING=1 portcullis run ...` prints where the time of
 one launch goes (the timeline table above).
