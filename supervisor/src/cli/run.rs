@@ -58,20 +58,23 @@ impl Session {
         let id = session_id();
         let root = features.runtime_root();
         let tmp = make_private_tmp(&root, &id);
-        Self::open_as(args, features, id, audit, || tmp)
+        Self::open_as(args, features, id, audit, || tmp, crate::gate::hooks::configured_hooks)
     }
 
     /// As [`open_on`](Self::open_on), with the run's id and audit paths
     /// already chosen (`run` opens the log with them meanwhile), and the
     /// private `{tmp}` from `tmp` ([`make_private_tmp`]; `run` makes it on
     /// the other thread meanwhile). `tmp` is taken even when the profile
-    /// fails, so that the directory it made goes again.
+    /// fails, so that the directory it made goes again. `hooks`: the rule
+    /// for the hooks directory the workspace's git config names (see
+    /// gate::hooks::configured_hooks).
     fn open_as(
         args: &SandboxArgs,
         features: Features,
         id: String,
         audit: AuditPaths,
         tmp: impl FnOnce() -> Result<(PathBuf, std::fs::File), Failure>,
+        hooks: impl FnOnce(&Path, &str) -> Option<policy::ask::GateRule>,
     ) -> Result<Session, Failure> {
         let loaded = (|| {
             let mut profile = policy::Loader::from_env().load(&args.profile)?;
@@ -107,7 +110,7 @@ impl Session {
                 return Err(e.into());
             }
         };
-        crate::gate::hooks::protect_configured_hooks(&mut plan.gate, &workspace, &vars.home);
+        crate::gate::hooks::protect_found_hooks(&mut plan.gate, hooks(&workspace, &vars.home));
         let path_var = std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
         Ok(Session { id, features, plan, tmp, path_var, workspace, audit, _tmp_held: tmp_held })
     }
@@ -177,8 +180,10 @@ pub fn run(args: RunArgs) -> Result<i32, Failure> {
     // millisecond here.)
     let (cgroups_tx, cgroups) = std::sync::mpsc::sync_channel(1);
     let (tmp_tx, tmp) = std::sync::mpsc::sync_channel(1);
+    let (hooks_tx, hooks) = std::sync::mpsc::sync_channel(1);
     let (watch, opened) = {
         let (audit, id, root) = (audit.clone(), id.clone(), features.runtime_root());
+        let workspace = args.sandbox.workspace.clone();
         wait::LaunchWatch::start_after(move || {
             // First what the main thread needs from here, each about 0.1 ms
             // off its path to the clone: the private `{tmp}` (mkdir), and
@@ -186,6 +191,18 @@ pub fn run(args: RunArgs) -> Result<i32, Failure> {
             // formats our cgroups and the mount table for the reads).
             let _ = tmp_tx.send(make_private_tmp(&root, &id));
             let _ = cgroups_tx.send(limits::find_controllers(["pids", "memory"]));
+            // And the hooks directory git's config names, for the workspace
+            // the main thread is about to find (it checks it is the same).
+            let workspace = match workspace {
+                Some(w) => std::fs::canonicalize(w),
+                None => std::env::current_dir(),
+            };
+            let home = std::env::var("HOME").unwrap_or_else(|_| "/nonexistent".into());
+            let found = workspace.ok().map(|ws| {
+                let rule = crate::gate::hooks::configured_hooks(&ws, &home);
+                (ws, home, rule)
+            });
+            let _ = hooks_tx.send(found);
             // Asked before the log opens, answered when the kernel-audit watcher starts:
             // the kernel answers from a thread it starts for the reply (the
             // request waits for that thread to exist: about 0.2 ms here, a
@@ -202,7 +219,11 @@ pub fn run(args: RunArgs) -> Result<i32, Failure> {
     let root = features.runtime_root();
     let made_here = || make_private_tmp(&root, &id);
     let tmp = move || tmp.recv().unwrap_or_else(|_| made_here());
-    let mut session = Session::open_as(&args.sandbox, features, id.clone(), audit, tmp)?;
+    let hooks = move |ws: &Path, home: &str| match hooks.recv() {
+        Ok(Some((w, h, found))) if w == ws && h == home => found,
+        _ => crate::gate::hooks::configured_hooks(ws, home),
+    };
+    let mut session = Session::open_as(&args.sandbox, features, id.clone(), audit, tmp, hooks)?;
     crate::timing::mark("profile loaded and compiled");
     // Without them (the thread died), prepare looks for itself.
     if let Ok([pids, memory]) = cgroups.recv() {

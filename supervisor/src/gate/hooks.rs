@@ -164,9 +164,21 @@ fn config_files(workspace: &Path, home: &str) -> Vec<std::path::PathBuf> {
 /// protects hooks at all. A relative path is the work tree's, `~/` the
 /// user's home.
 pub fn protect_configured_hooks(plan: &mut GatePlan, workspace: &Path, home: &str) {
-    if !protects_hooks(plan) {
-        return;
+    protect_found_hooks(plan, configured_hooks(workspace, home));
+}
+
+/// [`protect_configured_hooks`] with the rule [`configured_hooks`] found.
+pub fn protect_found_hooks(plan: &mut GatePlan, found: Option<GateRule>) {
+    if let (Some(rule), true) = (found, protects_hooks(plan)) {
+        plan.rules.push(rule);
     }
+}
+
+/// The deny rule for the hooks directory `workspace`'s git config names,
+/// if it names one: what [`protect_configured_hooks`] adds. Reads git's
+/// config files, and nothing of the plan: a launch looks while its profile
+/// loads, on another thread.
+pub fn configured_hooks(workspace: &Path, home: &str) -> Option<GateRule> {
     let mut last = None;
     for file in config_files(workspace, home) {
         if let Ok(bytes) = std::fs::read(&file) {
@@ -175,7 +187,7 @@ pub fn protect_configured_hooks(plan: &mut GatePlan, workspace: &Path, home: &st
             }
         }
     }
-    let Some((config, (value, line))) = last else { return };
+    let (config, (value, line)) = last?;
     let dir = match value.strip_prefix("~/") {
         Some(rest) => Path::new(home).join(rest),
         None => workspace.join(&value),
@@ -191,14 +203,14 @@ pub fn protect_configured_hooks(plan: &mut GatePlan, workspace: &Path, home: &st
             _ => {}
         }
     }
-    plan.rules.push(GateRule {
+    Some(GateRule {
         access: Access::Write,
         target: Target::Path(format!("/{}", parts.join("/"))),
         deny: true,
         category: Category::Write,
         timeout_ms: 0,
         at: Origin::new(format!("{} (core.hooksPath)", config.display()), line),
-    });
+    })
 }
 
 #[cfg(test)]
