@@ -327,3 +327,20 @@ fn without_user_namespaces_the_command_is_still_confined() {
     unsafe { libc::kill(supervisor, libc::SIGTERM) };
     assert_eq!(child.wait().unwrap().code(), Some(42));
 }
+
+// A script without `#!` runs through /bin/sh, as execvp(3) (and a shell)
+// would run it, when the profile lets /bin/sh run; otherwise it is not
+// executable (126), and nothing ran.
+both!(a_script_without_an_interpreter_line_runs_through_sh_if_allowed, |sb| {
+    use std::os::unix::fs::PermissionsExt;
+    let script = sb.ws.join("plain.sh");
+    std::fs::write(&script, "echo ran \"$@\"\n").unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = sb.path(&script);
+    let sh = sb.path(&std::fs::canonicalize("/bin/sh").unwrap());
+    let r = sb.run(&["run", "--exec", &path, "--exec", &sh, "--", &path, "a", "b"]);
+    assert_eq!((r.code, r.stdout.trim()), (0, "ran a b"), "{}", r.stderr);
+    let r = sb.run(&["run", "--exec", &path, "--", &path, "a", "b"]);
+    assert_eq!(r.code, 126, "{}", r.stderr);
+    assert!(r.stdout.is_empty() && r.stderr.contains("Exec format error"), "{}\n{}", r.stdout, r.stderr);
+});

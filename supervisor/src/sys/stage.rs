@@ -484,7 +484,11 @@ impl Stage {
                 Some(_) => return Err(self.fail(Step::Go, libc::ECANCELED)),
             }
             libc::execve(exec.program.as_ptr(), exec.argv.as_ptr(), exec.envp.as_ptr());
-            Err(io::Error::from_raw_os_error(errno()))
+            let e = errno();
+            if e == libc::ENOEXEC {
+                libc::execve(c"/bin/sh".as_ptr(), exec.sh_argv.as_ptr(), exec.envp.as_ptr());
+            }
+            Err(io::Error::from_raw_os_error(e))
         }
     }
 
@@ -814,6 +818,9 @@ pub struct Exec {
     program: CString,
     /// NULL-terminated; point into `_strings`.
     argv: Vec<*const libc::c_char>,
+    /// `/bin/sh PROGRAM ARGS...`, for a program the kernel cannot exec
+    /// (ENOEXEC: a script without `#!`), as execvp(3) (and std) does.
+    sh_argv: Vec<*const libc::c_char>,
     envp: Vec<*const libc::c_char>,
     _strings: Vec<CString>,
     /// The command's ends of its stdin and stdout pipes (MCP), or None: it
@@ -845,7 +852,8 @@ impl Exec {
         }
         let pointers = |s: &[CString]| s.iter().map(|s| s.as_ptr()).chain([std::ptr::null()]).collect::<Vec<_>>();
         let (argv, envp) = (pointers(&strings[..argv.len()]), pointers(&strings[argv.len()..]));
-        let mut exec = Exec { program, argv, envp, _strings: strings, stdin: None, stdout: None };
+        let sh_argv = [c"/bin/sh".as_ptr(), program.as_ptr()].into_iter().chain(argv.iter().skip(1).copied()).collect();
+        let mut exec = Exec { program, argv, sh_argv, envp, _strings: strings, stdin: None, stdout: None };
         if !piped {
             return Ok((exec, None));
         }
