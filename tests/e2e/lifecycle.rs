@@ -51,8 +51,8 @@ both!(a_signal_at_any_moment_of_the_launch_ends_the_run, |sb| {
             .spawn()
             .unwrap();
         std::thread::sleep(Duration::from_micros(i * 100));
-        // SAFETY: kill with plain integers.
-        unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT);
         let deadline = Instant::now() + Duration::from_secs(20);
         let status = loop {
             if let Some(s) = child.try_wait().unwrap() {
@@ -323,8 +323,7 @@ fn without_user_namespaces_the_command_is_still_confined() {
     assert_eq!(line.trim(), "ready");
     let supervisor = std::fs::read_to_string(format!("/proc/{}/task/{}/children", child.id(), child.id())).unwrap();
     let supervisor: i32 = supervisor.split_whitespace().next().unwrap().parse().unwrap();
-    // SAFETY: kill with plain integers.
-    unsafe { libc::kill(supervisor, libc::SIGTERM) };
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(supervisor), nix::sys::signal::Signal::SIGTERM).unwrap();
     assert_eq!(child.wait().unwrap().code(), Some(42));
 }
 
