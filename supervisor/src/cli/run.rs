@@ -93,15 +93,20 @@ impl Session {
             Ok((profile, workspace, home))
         })();
         crate::timing::mark("profile loaded");
-        let (tmp, tmp_held) = tmp()?;
+        let made = tmp();
         let (profile, workspace, home) = match loaded {
             Ok(l) => l,
             Err(e) => {
-                drop(tmp_held);
-                let _ = std::fs::remove_dir_all(&tmp);
+                // The profile's error first, as when the directory was made
+                // after it; the directory goes again.
+                if let Ok((dir, held)) = made {
+                    drop(held);
+                    let _ = std::fs::remove_dir_all(&dir);
+                }
                 return Err(e);
             }
         };
+        let (tmp, tmp_held) = made?;
         let vars = policy::Vars { workspace: path_str(&workspace)?, home, tmp: path_str(&tmp)? };
         let mut plan = match policy::compile(&profile, &vars) {
             Ok(p) => p,
