@@ -372,7 +372,7 @@ fn launch_with(
     stage.go_writer = std::os::fd::AsRawFd::as_raw_fd(&go_tx);
     stage.go = Some(go_rx);
     let env = env::build(&session.plan.env, std::env::vars_os());
-    let (exec, pipes) = match stage::Exec::new(&program, command, &env, mcp) {
+    let exec = match stage::Exec::new(&program, command, &env, mcp) {
         Ok(e) => e,
         Err(e) => {
             let f = Failure::setup(format!("cannot prepare the command's exec: {e}"));
@@ -384,7 +384,7 @@ fn launch_with(
     // the stage fires when the thread that cloned it ends. While the
     // namespaces come up and the command confines itself (on the other
     // CPU), this thread decides the launch, then waits for the exec.
-    let started = stage::start(stage, exec, pipes);
+    let started = stage::start(stage, exec);
     let ready = decide(&decision, Ok(program.as_path()), gate_setup, canary, opened, Some(go_tx));
     let spawned = started.and_then(stage::Started::exec);
     crate::timing::mark("command exec'd");

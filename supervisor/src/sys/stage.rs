@@ -150,8 +150,7 @@ pub struct Stage {
     /// EOF, stops it. None: confine (unwatched) and go at once.
     pub go: Option<OwnedFd>,
     /// This process's number for the pipe's write end, closed first thing
-    /// in the child so that only the supervisor can ever write (or close) it
-    /// (if it still is that pipe: see [`Stage::close_go_writer`]).
+    /// in the child so that only the supervisor can ever write (or close) it.
     pub go_writer: RawFd,
     /// Seccomp programs, installed in order (portcullis makes one, or none
     /// when `notify` carries it).
@@ -316,14 +315,14 @@ impl Stage {
         Ok(())
     }
 
-    /// The child of [`spawn`]: with namespaces, init (PID 1 of the new
+    /// The child of [`start`]: with namespaces, init (PID 1 of the new
     /// namespaces), which forks the command; without, the command itself.
     /// Never returns: the command execs, init waits, and a failure is
     /// written to `done` (as an errno) before `_exit`.
     ///
     /// # Safety
     ///
-    /// Call only in the child of [`spawn`]'s clone: it installs signal
+    /// Call only in the child of [`start`]'s clone: it installs signal
     /// handlers, may fork and `_exit`, and must not allocate or take a lock
     /// (the clone copied a multithreaded process; see [`clone_child`]).
     unsafe fn child(&self, exec: &Exec, done: RawFd, born: bool, alive: Option<RawFd>) -> ! {
@@ -398,27 +397,17 @@ impl Stage {
     }
 
     /// Closes our copy of the go-ahead pipe's write end, so that only the
-    /// supervisor can write or close it. By number, and only if that number
-    /// still is the pipe: the supervisor may have closed its end (a go-ahead
-    /// given, or a refusal) before the clone, and reused the number since.
+    /// supervisor can write (or close) it. By number: the supervisor's
+    /// thread that clones is the one that later writes and closes its end
+    /// (run::decide), so the number is still the pipe's at the clone.
     ///
     /// # Safety
     ///
     /// As for [`Stage::child`].
     unsafe fn close_go_writer(&self) {
-        let Some(go) = &self.go else { return };
-        if self.go_writer < 0 || self.go_writer == go.as_raw_fd() {
-            return;
-        }
-        // SAFETY: fstat writes into live stack structs; the fds are ours or closed.
-        unsafe {
-            let (mut ours, mut that): (libc::stat, libc::stat) = (std::mem::zeroed(), std::mem::zeroed());
-            let same = libc::fstat(go.as_raw_fd(), &mut ours) == 0
-                && libc::fstat(self.go_writer, &mut that) == 0
-                && (ours.st_dev, ours.st_ino) == (that.st_dev, that.st_ino);
-            if same {
-                libc::close(self.go_writer);
-            }
+        if self.go.is_some() && self.go_writer >= 0 {
+            // SAFETY: closes an fd of this process (our copy of the pipe's end).
+            unsafe { libc::close(self.go_writer) };
         }
     }
 
@@ -557,7 +546,7 @@ impl Stage {
             }
             // Drop everything else: the exec-status pipe among them.
             libc::close_range(3, libc::c_uint::MAX, 0);
-            // Signals sent before now are pending (see [`spawn`]): they reach
+            // Signals sent before now are pending (see [`Inherited`]): they reach
             // the command as soon as they are unblocked.
             let mut empty: libc::sigset_t = std::mem::zeroed();
             libc::sigemptyset(&mut empty);
@@ -827,20 +816,14 @@ pub struct Exec {
     /// inherits the supervisor's.
     stdin: Option<OwnedFd>,
     stdout: Option<OwnedFd>,
+    /// The supervisor's ends of those pipes, for [`Spawned`].
+    ours: Option<(std::process::ChildStdin, std::process::ChildStdout)>,
 }
 
-/// The supervisor's ends of the command's stdin and stdout pipes.
-pub type Pipes = (std::process::ChildStdin, std::process::ChildStdout);
-
 impl Exec {
-    /// `argv[0]` first. `piped`: the command's stdin and stdout are pipes
-    /// whose other ends are returned.
-    pub fn new(
-        program: &Path,
-        argv: &[OsString],
-        env: &[(OsString, OsString)],
-        piped: bool,
-    ) -> io::Result<(Exec, Option<Pipes>)> {
+    /// `argv[0]` first. `piped`: the command's stdin and stdout are pipes,
+    /// whose other ends [`Spawned`] holds.
+    pub fn new(program: &Path, argv: &[OsString], env: &[(OsString, OsString)], piped: bool) -> io::Result<Exec> {
         let c = |bytes: Vec<u8>| {
             CString::new(bytes)
                 .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "nul byte found in provided data"))
@@ -852,16 +835,16 @@ impl Exec {
         }
         let pointers = |s: &[CString]| s.iter().map(|s| s.as_ptr()).chain([std::ptr::null()]).collect::<Vec<_>>();
         let (argv, envp) = (pointers(&strings[..argv.len()]), pointers(&strings[argv.len()..]));
+        // (A CString's bytes stay where they are when it moves into Exec.)
         let sh_argv = [c"/bin/sh".as_ptr(), program.as_ptr()].into_iter().chain(argv.iter().skip(1).copied()).collect();
-        let mut exec = Exec { program, argv, sh_argv, envp, _strings: strings, stdin: None, stdout: None };
-        if !piped {
-            return Ok((exec, None));
+        let mut exec = Exec { program, argv, sh_argv, envp, _strings: strings, stdin: None, stdout: None, ours: None };
+        if piped {
+            let cloexec = nix::fcntl::OFlag::O_CLOEXEC;
+            let (in_r, in_w) = nix::unistd::pipe2(cloexec)?;
+            let (out_r, out_w) = nix::unistd::pipe2(cloexec)?;
+            (exec.stdin, exec.stdout, exec.ours) = (Some(in_r), Some(out_w), Some((in_w.into(), out_r.into())));
         }
-        let cloexec = nix::fcntl::OFlag::O_CLOEXEC;
-        let (in_r, in_w) = nix::unistd::pipe2(cloexec)?;
-        let (out_r, out_w) = nix::unistd::pipe2(cloexec)?;
-        (exec.stdin, exec.stdout) = (Some(in_r), Some(out_w));
-        Ok((exec, Some((in_w.into(), out_r.into()))))
+        Ok(exec)
     }
 }
 
@@ -920,7 +903,7 @@ pub struct Started {
     pid: libc::pid_t,
     /// Where the child writes an errno if it fails; EOF once the command has exec'd.
     done: OwnedFd,
-    pipes: Option<Pipes>,
+    pipes: Option<(std::process::ChildStdin, std::process::ChildStdout)>,
 }
 
 /// Starts the sandbox: clones its first process (init, in new user, PID,
@@ -928,7 +911,7 @@ pub struct Started {
 /// the command), which confines the command and execs it on the go-ahead.
 /// Returns once cloned: [`Started::exec`] waits for the exec. Call from the
 /// thread that stays for the whole run: PR_SET_PDEATHSIG fires when it ends.
-pub fn start(stage: Stage, exec: Exec, pipes: Option<Pipes>) -> io::Result<Started> {
+pub fn start(stage: Stage, mut exec: Exec) -> io::Result<Started> {
     // The child writes an errno here if it fails; close-on-exec, so the
     // command's exec closes the last write end.
     let (done_rx, done_tx) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
@@ -965,6 +948,7 @@ pub fn start(stage: Stage, exec: Exec, pipes: Option<Pipes>) -> io::Result<Start
     };
     // Our copies of the child's fds: the pipes' ends, the ruleset, the
     // report pipe's write end, the cgroup files.
+    let pipes = exec.ours.take();
     drop((done_tx, exec, stage, alive));
     Ok(Started { pid, done: done_rx, pipes })
 }
