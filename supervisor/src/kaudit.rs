@@ -518,14 +518,11 @@ impl Drop for Canary {
 /// The running watcher: one thread reading the audit stream.
 pub struct Watcher {
     canary: PathBuf,
-    marker: String,
     stop: Arc<AtomicU8>,
-    /// The status asked for by `finish`, for the reader's summary.
-    lost_after: Arc<std::sync::Mutex<Option<StatusQuery>>>,
+    /// The marker, the status question and how the reader was asked to stop.
+    stopper: Stopper,
     /// Returns why denials went unrecorded, if they did.
     thread: Option<JoinHandle<Option<String>>>,
-    /// How the reader was told to stop ([`ask_to_stop`](Watcher::ask_to_stop)), once it was.
-    asked: Arc<std::sync::Mutex<Option<u8>>>,
     /// Closed to wake the reader at once when it is to stop without
     /// waiting for anything (its poll times out after 50 ms otherwise: a
     /// refused launch took that much longer).
@@ -538,7 +535,9 @@ pub struct Watcher {
 #[derive(Clone)]
 pub struct Stopper {
     marker: String,
+    /// The status asked for by `finish`, for the reader's summary.
     lost_after: Arc<std::sync::Mutex<Option<StatusQuery>>>,
+    /// How the reader was told to stop, once it was.
     asked: Arc<std::sync::Mutex<Option<u8>>>,
 }
 
@@ -591,11 +590,9 @@ impl Watcher {
         canary.placed = false;
         Ok(Watcher {
             canary: std::mem::take(&mut canary.path),
-            marker,
             stop,
-            lost_after,
+            stopper: Stopper { marker, lost_after, asked: Arc::default() },
             thread: Some(thread),
-            asked: Arc::default(),
             wake: Some(wake),
         })
     }
@@ -618,12 +615,12 @@ impl Watcher {
     /// and the gate's acting thread are gone), so that the kernel delivers
     /// the marker while the run writes its other records.
     pub fn ask_to_stop(&mut self) -> u8 {
-        self.stopper().ask()
+        self.stopper.ask()
     }
 
     /// The same question, for another thread to ask.
     pub fn stopper(&self) -> Stopper {
-        Stopper { marker: self.marker.clone(), lost_after: self.lost_after.clone(), asked: self.asked.clone() }
+        self.stopper.clone()
     }
 
     fn stop_thread(&mut self, how: u8) -> Option<String> {

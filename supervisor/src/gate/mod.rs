@@ -124,15 +124,10 @@ impl Hands {
     /// (sys::finish). Waits a little at most; a job stuck in the kernel
     /// keeps the thread (and the run finishes the slow way). Jobs sent
     /// after this are dropped.
-    /// Tells the thread to end once it has done what it was given.
-    fn let_go(&self) {
+    fn stop(&self) {
         if let Ok(mut tx) = self.tx.lock() {
             *tx = mpsc::channel().0;
         }
-    }
-
-    fn stop(&self) {
-        self.let_go();
         let Some(thread) = self.thread.lock().ok().and_then(|mut t| t.take()) else { return };
         let gone = self.gone.lock().ok().and_then(|mut g| g.take());
         let over = gone.is_some_and(|g| {
@@ -873,10 +868,12 @@ impl Running {
     }
 
     /// As [`finish`](Self::finish); `then` runs once the gate acts for the
-    /// sandbox no more (its acting thread has ended), before the gate's last
-    /// records are written: the run tells the kernel-audit reader to stop
-    /// there (kaudit::Watcher::ask_to_stop), as nothing can cause a report
-    /// of this sandbox after it.
+    /// sandbox no more (its acting thread has ended): the run tells the
+    /// kernel-audit reader to stop there (kaudit::Watcher::ask_to_stop), as
+    /// nothing can cause a report of this sandbox after it. Normally the
+    /// server has asked already (Armed::start's `last`) and closed out the
+    /// gate; only when processes outlived the command does this thread do
+    /// both, `then` before the gate's last records.
     pub fn finish_then(self, then: impl FnOnce()) -> Option<String> {
         // With a PID namespace the sandbox is gone when the command is, and
         // the listener hangs up at once. Without one, a process that
