@@ -609,7 +609,8 @@ pub fn bench(args: &[String]) -> Result<()> {
     let mut filter_sizes: Vec<usize> = prepared.stage.filters.iter().map(Vec::len).collect();
     // With a gate, the one program is the approval filter (attached with NEW_LISTENER).
     filter_sizes.extend(prepared.stage.notify.as_ref().map(|(p, _)| p.len()));
-    let (fork_ns, confine_ns) = portcullis::sys::stage::time_confine(&prepared.stage, 500);
+    let (fork_ns, confine_ns) =
+        portcullis::sys::stage::time_confine(&prepared.stage, 500).context("the stage configuration for strict")?;
     let cache = cache_line(&plan, &prepared.stage);
     let install_us = (confine_ns as f64 - fork_ns as f64) / 1000.0;
 

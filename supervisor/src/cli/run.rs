@@ -173,6 +173,12 @@ pub fn run(args: RunArgs) -> Result<i32, Failure> {
     let set = wait::block_signals().map_err(|e| Failure::setup(format!("cannot block signals: {e}")))?;
     let features = Features::probe();
     crate::timing::mark("kernel probed");
+    // The sandbox's first process comes up (its namespaces, id maps and
+    // /proc) while this one loads the profile, and waits for what it is
+    // to confine: cloned now, while this process is one thread and small.
+    let stage = stage::begin(features.user_namespaces)
+        .map_err(|e| Failure::setup(format!("cannot start the sandbox's first process: {e}")))?;
+    crate::timing::mark("stage cloned");
     let abi = features.landlock_abi_used;
     // The canary's name is fixed now; the go-ahead says whether it is used.
     let canary = (abi >= 7).then(|| kaudit::Canary::new(&audit).ok()).flatten();
@@ -236,7 +242,7 @@ pub fn run(args: RunArgs) -> Result<i32, Failure> {
     }
     let prepared = session.prepare(false)?;
     crate::timing::mark("sandbox prepared");
-    let early = Early { set, watch, opened, canary: canary_path };
+    let early = Early { set, watch, opened, canary: canary_path, stage };
     launch_with(&session, prepared, &args.command, args.mcp, Some(early), Ending::Exit)
 }
 
@@ -254,12 +260,14 @@ struct AuditOpened {
 
 /// What `run` set up before the profile was loaded: the blocked signals,
 /// the launch's signal watcher, the audit log that watcher opens first (and
-/// the kernel-audit watcher it starts), and the canary's path.
+/// the kernel-audit watcher it starts), the canary's path, and the stage
+/// with its report pipe.
 struct Early {
     set: nix::sys::signal::SigSet,
     watch: wait::LaunchWatch,
     opened: wait::FirstJob<AuditOpened>,
     canary: Option<PathBuf>,
+    stage: (stage::Early, std::os::fd::OwnedFd),
 }
 
 /// Opens the log (reads the key, checks the chain's tail against its
@@ -309,9 +317,9 @@ enum Ending {
 
 /// `mcp`: the command's stdin/stdout go through the MCP gate (crate::mcp).
 ///
-/// The stage is cloned as soon as the sandbox is prepared: while its
-/// cgroup, namespaces and init come up, this thread ([`decide`]) takes the
-/// audit log and the kernel-audit watcher (`early`: opened and started by
+/// The stage (cloned by `run` before the profile was loaded, or here) is
+/// configured as soon as the sandbox is prepared: while init forks the
+/// command into its cgroup, this thread ([`decide`]) takes the audit log and the kernel-audit watcher (`early`: opened and started by
 /// `run` meanwhile; otherwise it does both), checks what must be refused,
 /// writes the launch record and starts the gate. The command confines
 /// itself once it is told whether the kernel's reports are read (the
@@ -327,19 +335,20 @@ fn launch_with(
     early: Option<Early>,
     ending: Ending,
 ) -> Result<i32, Failure> {
-    let Prepared { enforcement, exec: allowed, stage, report_rx, cgroups, gate: gate_setup, rule_inodes, .. } =
-        prepared;
+    let Prepared { enforcement, exec: allowed, stage, cgroups, gate: gate_setup, rule_inodes, .. } = prepared;
     let mut cleanup = CgroupCleanup(cgroups);
     // Signals are blocked before any thread exists (audit writers and
     // signers, the kernel-audit reader, the MCP journal, the gate),
     // by `run` or here: every thread inherits the mask, so SIGCHLD can only
     // be taken by the wait loop (see wait::block_signals). Until the
     // command has exec'd, signals go to the stage from the watcher.
-    let (set, launch_signals, opened, early_canary) = match early {
-        Some(Early { set, watch, opened, canary }) => (set, watch, Some(opened), Some(canary)),
+    let (set, launch_signals, opened, early_canary, (begun, report_rx)) = match early {
+        Some(Early { set, watch, opened, canary, stage }) => (set, watch, Some(opened), Some(canary), stage),
         None => {
             let set = wait::block_signals().map_err(|e| Failure::setup(format!("cannot block signals: {e}")))?;
-            (set, wait::LaunchWatch::start(), None, None)
+            let begun = stage::begin(session.features.user_namespaces)
+                .map_err(|e| Failure::setup(format!("cannot start the sandbox's first process: {e}")))?;
+            (set, wait::LaunchWatch::start(), None, None, begun)
         }
     };
     let argv: Vec<String> = command.iter().map(|a| a.to_string_lossy().into_owned()).collect();
@@ -369,7 +378,6 @@ fn launch_with(
     }
     let (go_rx, go_tx) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
         .map_err(|e| Failure::setup(format!("cannot make the go-ahead pipe: {e}")))?;
-    stage.go_writer = std::os::fd::AsRawFd::as_raw_fd(&go_tx);
     stage.go = Some(go_rx);
     let env = env::build(&session.plan.env, std::env::vars_os());
     let exec = match stage::Exec::new(&program, command, &env, mcp) {
@@ -379,12 +387,12 @@ fn launch_with(
             return Err(decide(&decision, Err(&f), gate_setup, None, opened, None).err().unwrap_or(f));
         }
     };
-    crate::timing::mark("forking");
-    // This thread clones, and stays for the whole run: PR_SET_PDEATHSIG in
-    // the stage fires when the thread that cloned it ends. While the
-    // namespaces come up and the command confines itself (on the other
-    // CPU), this thread decides the launch, then waits for the exec.
-    let started = stage::start(stage, exec);
+    crate::timing::mark("configuring the stage");
+    // This thread cloned the stage, and stays for the whole run:
+    // PR_SET_PDEATHSIG in it fires when the thread that cloned it ends.
+    // While the command is forked and confines itself (on the other CPU),
+    // this thread decides the launch, then waits for the exec.
+    let started = begun.configure(stage, exec);
     let ready = decide(&decision, Ok(program.as_path()), gate_setup, canary, opened, Some(go_tx));
     let spawned = started.and_then(stage::Started::exec);
     crate::timing::mark("command exec'd");
@@ -412,6 +420,23 @@ fn launch_with(
             evidence.refused(Kind::Exec, f.code, &f.message, json!({ "program": program }))?;
             return Err(f);
         }
+    };
+    let mount_ns = child.take_mount_ns();
+    // What the command parked meanwhile has waited in the kernel. Should
+    // a thread not start, the run ends with the command killed, and nothing
+    // parked was ever allowed (ENOSYS once the listener closes).
+    let syscall_gate = match syscall_gate.map(|g| match g {
+        SyscallGate::Running(g) => Ok(g),
+        SyscallGate::Pending(p) => p.start(),
+    }) {
+        Some(Ok(g)) => Some(g),
+        Some(Err(f)) => {
+            kill(&child);
+            wait::supervise(child.id(), &set);
+            evidence.refused(Kind::Exit, f.code, &f.message, json!({ "stage": "syscall gate" }))?;
+            return Err(f);
+        }
+        None => None,
     };
     let proxy = match mcp_gate.map(|g| crate::mcp::attach(g, &mut child)).transpose() {
         Ok(p) => p,
@@ -493,6 +518,9 @@ fn launch_with(
                 std::thread::sleep(std::time::Duration::from_millis(ms.min(1500)));
             }
             let checkpointed = evidence.checkpoint();
+            // The sandbox's mount namespace goes here, not in its init's
+            // exit: its teardown waits for an RCU grace period.
+            drop(mount_ns);
             // The cgroups first: their cleanup kills what outlived the
             // command (no PID namespace), which could still write in {tmp}.
             limits::cleanup(&cgroups);
@@ -537,7 +565,7 @@ struct Decision<'a> {
 struct Ready {
     evidence: Evidence,
     watcher: Option<kaudit::Watcher>,
-    syscall_gate: Option<crate::gate::Running>,
+    syscall_gate: Option<SyscallGate>,
     mcp_gate: Option<crate::mcp::Prepared>,
 }
 
@@ -728,11 +756,10 @@ fn decide_in<'scope>(
     if gate.is_some() && session.plan.gate.covers(policy::ask::Access::Exec) {
         evidence.commit()?;
     }
-    // The go-ahead comes before the gate's threads start: the command execs
-    // meanwhile, and what it parks waits in the kernel until the gate reads
-    // it (its listener is already on the gate's socket). Should a thread not
-    // start, the run ends with the command killed, and nothing parked was
-    // ever allowed: the kernel answers ENOSYS once the listener closes.
+    // The go-ahead comes before the gate's threads start (here, or once the
+    // command has exec'd: see below): what the command parks waits in the
+    // kernel until the gate reads it (its listener is already on the gate's
+    // socket).
     if let Some(go) = go {
         let _ = nix::unistd::write(&go, &[stage::GO]);
     }
@@ -746,19 +773,47 @@ fn decide_in<'scope>(
                     stopper.ask();
                 }) as Box<dyn FnOnce() + Send>
             });
-            let g = match armed.start(Some(ev), last) {
-                Ok(g) => g,
-                Err(f) => {
-                    evidence.refused(Kind::Exit, f.code, &f.message, json!({ "stage": "syscall gate" }))?;
-                    return Err(f);
-                }
-            };
-            crate::timing::mark("gate started");
-            Some(g)
+            let pending = PendingGate { armed, evidence: ev, last };
+            // Its threads start once the command has exec'd, off the
+            // command's way to it (on two CPUs they delayed the exec by a
+            // few tenths of a millisecond); unless the command's own
+            // execve may be parked, and waits for them.
+            match session.plan.gate.covers(policy::ask::Access::Exec) {
+                true => match pending.start() {
+                    Ok(g) => Some(SyscallGate::Running(g)),
+                    Err(f) => {
+                        evidence.refused(Kind::Exit, f.code, &f.message, json!({ "stage": "syscall gate" }))?;
+                        return Err(f);
+                    }
+                },
+                false => Some(SyscallGate::Pending(Box::new(pending))),
+            }
         }
         None => None,
     };
     Ok(Ready { evidence, watcher, syscall_gate, mcp_gate })
+}
+
+/// The syscall gate, armed before the go-ahead, whose threads may start after it.
+struct PendingGate {
+    armed: crate::gate::Armed,
+    evidence: Evidence,
+    last: Option<Box<dyn FnOnce() + Send>>,
+}
+
+impl PendingGate {
+    fn start(self) -> Result<crate::gate::Running, Failure> {
+        let g = self.armed.start(Some(self.evidence), self.last)?;
+        crate::timing::mark("gate started");
+        Ok(g)
+    }
+}
+
+/// The syscall gate as [`decide`] leaves it.
+enum SyscallGate {
+    Running(crate::gate::Running),
+    /// To start once the command has exec'd.
+    Pending(Box<PendingGate>),
 }
 
 /// The kernel-audit watcher, whether the command was told to confine

@@ -13,14 +13,13 @@ pub mod report;
 pub mod seccomp;
 
 use std::ffi::OsString;
-use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 
 use policy::Plan;
 
 use crate::exit::Failure;
 use crate::kernel::Features;
-use crate::sys::stage::{self, Stage};
+use crate::sys::stage::Stage;
 use report::Enforcement;
 
 /// Everything needed to launch, decided before fork.
@@ -30,7 +29,6 @@ pub struct Prepared {
     /// Seccomp rules after kernel-dependent additions (what `explain` shows).
     pub seccomp_rules: Vec<policy::plan::SyscallRule>,
     pub stage: Stage,
-    pub report_rx: OwnedFd,
     pub cgroups: Vec<PathBuf>,
     /// For the syscall gate (`ask`/`deny` rules), when the plan has any.
     pub gate: Option<crate::gate::Setup>,
@@ -133,14 +131,6 @@ pub fn prepare(
     // Removed again if anything below fails: nothing else would.
     let mut made = Undo(limits.cgroups.clone());
 
-    let (report_rx, report_tx) =
-        stage::report_pipe().map_err(|e| Failure::setup(format!("cannot create a pipe: {e}")))?;
-    let devnull: OwnedFd = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/null")
-        .map_err(|e| Failure::setup(format!("cannot open /dev/null: {e}")))?
-        .into();
     let (notify, gate) = match plan.gate.is_empty() {
         true => (None, None),
         false => {
@@ -172,14 +162,8 @@ pub fn prepare(
         Some(sock) => (Vec::new(), Some((program, sock))),
         None => (vec![program], None),
     };
-    let uid_map = format!("{0} {0} 1\n", features.euid).into_bytes();
-    let gid_map = format!("{0} {0} 1\n", nix::unistd::getegid()).into_bytes();
     let rule_inodes = ll.inodes;
     let stage = Stage {
-        supervisor: std::process::id() as libc::pid_t,
-        namespaces,
-        uid_map,
-        gid_map,
         cgroup_procs: limits.cgroup_procs,
         cgroup_v2: limits.cgroup_v2,
         rlimits: limits.rlimits,
@@ -187,24 +171,12 @@ pub fn prepare(
         proc_access: ll.proc_access,
         canary: None,
         go: None,
-        go_writer: -1,
         ruleset: ll.ruleset,
         filters,
         notify,
-        report: report_tx,
-        devnull,
     };
     made.0.clear();
-    Ok(Prepared {
-        enforcement,
-        exec,
-        seccomp_rules: rules,
-        stage,
-        report_rx,
-        cgroups: limits.cgroups,
-        gate,
-        rule_inodes,
-    })
+    Ok(Prepared { enforcement, exec, seccomp_rules: rules, stage, cgroups: limits.cgroups, gate, rule_inodes })
 }
 
 /// The cgroups of a preparation that failed after making them.

@@ -6,26 +6,30 @@
 //! supervisor ── init (G, PID 1 of new user, PID, IPC and mount namespaces) ── command (H)
 //! ```
 //!
-//! * The supervisor clones G straight into its namespaces and its cgroup
-//!   (clone3 with CLONE_INTO_CGROUP where it can): a multithreaded process
-//!   may create namespaces that way, where unshare(2) would need a
-//!   single-threaded helper, a fork of its own and one more hop at exit.
-//! * G dies with the supervisor (PDEATHSIG, then a look at the go-ahead
-//!   pipe to close the race), and when G dies the kernel kills everything
-//!   left in the namespace: nothing outlives the supervisor, double-forked
-//!   or not.
-//! * G writes its id maps, mounts a private /proc, forks H, forwards
-//!   INT/TERM/HUP/QUIT/USR1/USR2 to H, stops and continues the whole
-//!   namespace on TSTP/CONT, passes H's exit status up (128+N for death by
-//!   signal N) and reaps orphans.
-//! * H confines itself (rlimits, capabilities, no_new_privs, Landlock,
-//!   seccomp, fd hygiene) and execs the command on the supervisor's go-ahead.
+//! * The supervisor clones G ([`begin`]) before it has even loaded the
+//!   profile, while it is still one thread: G writes its id maps and mounts
+//!   its /proc while the supervisor loads, compiles and prepares, and then
+//!   waits for its configuration ([`Early::configure`]: the Landlock
+//!   ruleset, the seccomp programs, limits, cgroups and what to exec, over
+//!   a socket). A multithreaded process may create namespaces by clone
+//!   too; only unshare(2) would need a single-threaded helper.
+//! * G dies with the supervisor (PDEATHSIG, then a look at a pidfd of it
+//!   to close the race), and when G dies the kernel kills everything left
+//!   in the namespace: nothing outlives the supervisor, double-forked or not.
+//! * Once configured, G forks H, straight into the sandbox's v2 cgroup where
+//!   clone3 takes one; then it forwards INT/TERM/HUP/QUIT/USR1/USR2 to H,
+//!   stops and continues the whole namespace on TSTP/CONT, passes H's exit
+//!   status up (128+N for death by signal N) and reaps orphans.
+//! * H joins its cgroups (unless born in one), confines itself (rlimits,
+//!   capabilities, no_new_privs, Landlock, seccomp, fd hygiene) and execs
+//!   the command on the supervisor's go-ahead.
 //! * Without user namespaces the supervisor's child is H itself.
 //!
-//! Nothing here allocates or takes a lock after the clone: every buffer,
-//! path and BPF program was prepared by the supervisor before, and the
-//! clone copied a multithreaded process whose other threads may have held
-//! the allocator's locks. Init forks H by the raw syscall for the same reason.
+//! Nothing here allocates or takes a lock after the clone: the clone may
+//! copy a multithreaded process (when a launch is not a `run`'s first),
+//! whose other threads may have held the allocator's locks. The
+//! configuration arrives in a buffer mapped by mmap(2) and is read in
+//! place; init forks H by the raw syscall for the same reason.
 
 use std::ffi::{CString, OsString};
 use std::io;
@@ -57,6 +61,8 @@ pub enum Step {
     Seccomp,
     Fds,
     Notify,
+    /// Its configuration could not be received.
+    Config,
     /// The supervisor refused the launch (or died) before its go-ahead.
     Go,
     /// Not fatal: the private /proc could not be mounted; the host's stays.
@@ -65,7 +71,7 @@ pub enum Step {
 
 impl Step {
     /// Every step, in discriminant order (1..); `ProcMount` stays last.
-    const ALL: [Step; 16] = [
+    const ALL: [Step; 17] = [
         Step::Signals,
         Step::Session,
         Step::ParentGone,
@@ -80,6 +86,7 @@ impl Step {
         Step::Seccomp,
         Step::Fds,
         Step::Notify,
+        Step::Config,
         Step::Go,
         Step::ProcMount,
     ];
@@ -94,9 +101,9 @@ impl Step {
             Step::Session => "starting a new session (setsid)",
             Step::ParentGone => "checking the supervisor is alive",
             Step::Cgroup => "joining the sandbox cgroup",
-            Step::Unshare => "creating the user and PID namespaces",
+            Step::Unshare => "creating the user, PID, IPC and mount namespaces",
             Step::IdMap => "writing the user-namespace id maps",
-            Step::Fork => "forking the sandbox init",
+            Step::Fork => "forking the sandbox's processes",
             Step::Rlimit => "setting resource limits",
             Step::Capabilities => "dropping capabilities",
             Step::NoNewPrivs => "setting no_new_privs",
@@ -104,26 +111,21 @@ impl Step {
             Step::Seccomp => "installing a seccomp filter",
             Step::Fds => "closing inherited file descriptors",
             Step::Notify => "installing the approval filter (seccomp user notification)",
+            Step::Config => "receiving the sandbox's configuration from the supervisor",
             Step::Go => "waiting for the supervisor's go-ahead",
             Step::ProcMount => "mounting the sandbox's own /proc",
         }
     }
 }
 
-/// Everything the child needs, prepared before fork.
+/// What the command is confined by, prepared by the supervisor once the
+/// profile is known, and sent to the stage ([`Early::configure`]).
 pub struct Stage {
-    /// The supervisor's pid: the child checks it is still its parent (without namespaces).
-    pub supervisor: libc::pid_t,
-    /// Create a user + PID namespace with an init (else: confine and exec directly).
-    pub namespaces: bool,
-    /// `"OUTER OUTER 1\n"` lines for uid_map and gid_map.
-    pub uid_map: Vec<u8>,
-    pub gid_map: Vec<u8>,
     /// The join files of the sandbox's cgroups (`tasks` on v1, `cgroup.procs` on v2); writing "0" moves the writer.
     pub cgroup_procs: Vec<OwnedFd>,
-    /// The sandbox's v2 cgroup (with `namespaces` only): its directory,
-    /// which init is cloned straight into (clone3 CLONE_INTO_CGROUP)
-    /// so that nothing waits for the RCU grace period of a move (see
+    /// The sandbox's v2 cgroup (with namespaces only): its directory, which
+    /// the command is cloned straight into (clone3 CLONE_INTO_CGROUP) so
+    /// that nothing waits for the RCU grace period of a move (see
     /// limits::apply), and its `cgroup.procs`, joined by a write instead
     /// where clone3 is refused (a container's seccomp filter, say).
     pub cgroup_v2: Option<(OwnedFd, OwnedFd)>,
@@ -134,24 +136,21 @@ pub struct Stage {
     pub require_bounding_drop: bool,
     /// A created Landlock ruleset, or None when Landlock is unavailable (best effort).
     pub ruleset: Option<OwnedFd>,
-    /// Landlock rights for the private /proc (the profile's /proc rule), added
-    /// by init once it has mounted it.
+    /// Landlock rights for the private /proc (the profile's /proc rule),
+    /// added by the command for the /proc init mounted.
     pub proc_access: Option<u64>,
     /// When the kernel's reports are read: opened (and refused by Landlock)
     /// right after `landlock_restrict_self`, so the report names this
     /// sandbox's domain (crate::kaudit).
-    pub canary: Option<std::ffi::CString>,
-    /// Read end of the go-ahead pipe. The supervisor forks the stage as soon
-    /// as the sandbox is prepared and decides the launch (audit log, launch
-    /// record, gate, kernel-audit watcher) while the namespaces come up and
-    /// the command confines itself. Two bytes: [`CONFINE`] or
-    /// [`CONFINE_WATCHED`], before which the command does not confine
-    /// itself, then [`GO`], before which it does not exec. Anything else, or
-    /// EOF, stops it. None: confine (unwatched) and go at once.
+    pub canary: Option<CString>,
+    /// Read end of the go-ahead pipe. The supervisor configures the stage
+    /// as soon as the sandbox is prepared and decides the launch (audit log,
+    /// launch record, gate, kernel-audit watcher) while the command confines
+    /// itself. Two bytes: [`CONFINE`] or [`CONFINE_WATCHED`], before which
+    /// the command does not confine itself, then [`GO`], before which it
+    /// does not exec. Anything else, or EOF, stops it. None: confine
+    /// (unwatched) and go at once.
     pub go: Option<OwnedFd>,
-    /// This process's number for the pipe's write end, closed first thing
-    /// in the child so that only the supervisor can ever write (or close) it.
-    pub go_writer: RawFd,
     /// Seccomp programs, installed in order (portcullis makes one, or none
     /// when `notify` carries it).
     pub filters: Vec<Vec<Insn>>,
@@ -159,10 +158,6 @@ pub struct Stage {
     /// what the gate decides), installed last with NEW_LISTENER; the
     /// listener goes to the supervisor over the socket and is closed here.
     pub notify: Option<(Vec<Insn>, OwnedFd)>,
-    /// Write end of the report pipe: (step, errno) records on failure.
-    pub report: OwnedFd,
-    /// `/dev/null`, for init's own stdio.
-    pub devnull: OwnedFd,
 }
 
 /// First byte: confine yourself; the kernel's Landlock reports are not read.
@@ -230,33 +225,162 @@ fn status_code(status: libc::c_int) -> libc::c_int {
     }
 }
 
-impl Stage {
-    /// Sends a (step, errno) record to the supervisor.
-    fn record(&self, step: Step, err: i32) {
-        let mut rec = [0u8; 8];
-        rec[..4].copy_from_slice(&(step as u32).to_ne_bytes());
-        rec[4..].copy_from_slice(&err.to_ne_bytes());
-        // SAFETY: writes 8 bytes from a live stack buffer to an fd we own;
-        // 8 < PIPE_BUF so the record is atomic.
-        unsafe { libc::write(self.report.as_raw_fd(), rec.as_ptr().cast(), rec.len()) };
-    }
+/// Sends a (step, errno) record to the supervisor through the report pipe's write end.
+fn record(report: RawFd, step: Step, err: i32) {
+    let mut rec = [0u8; 8];
+    rec[..4].copy_from_slice(&(step as u32).to_ne_bytes());
+    rec[4..].copy_from_slice(&err.to_ne_bytes());
+    // SAFETY: writes 8 bytes from a live stack buffer to an fd we own;
+    // 8 < PIPE_BUF so the record is atomic.
+    unsafe { libc::write(report, rec.as_ptr().cast(), rec.len()) };
+}
 
-    /// Records a fatal failure and makes the io::Error std reports through its own pipe.
-    fn fail(&self, step: Step, err: i32) -> io::Error {
-        self.record(step, err);
-        io::Error::from_raw_os_error(err)
-    }
+/// Records a fatal failure and makes the io::Error the done pipe carries.
+fn fail(report: RawFd, step: Step, err: i32) -> io::Error {
+    record(report, step, err);
+    io::Error::from_raw_os_error(err)
+}
 
-    /// Mounts a fresh procfs on /proc (init only: procfs shows the mounter's
-    /// PID namespace) and grants the profile's /proc rights on it, so the
-    /// sandbox sees its own processes, not the host's command lines.
+/// What the stage's first process is given at its clone, before the
+/// profile is known: all of it is the supervisor's, not the profile's.
+struct Birth {
+    /// The supervisor's pid: the child checks it is still its parent (without namespaces).
+    supervisor: libc::pid_t,
+    /// Init in new user, PID, IPC and mount namespaces (else: the child is the command).
+    namespaces: bool,
+    /// `"OUTER OUTER 1\n"` lines for uid_map and gid_map.
+    uid_map: Vec<u8>,
+    gid_map: Vec<u8>,
+    /// Write end of the report pipe: (step, errno) records on failure.
+    report: RawFd,
+    /// `/dev/null`, for init's own stdio.
+    devnull: RawFd,
+    /// Our end of the configuration socket.
+    sock: RawFd,
+    /// The supervisor's end of it, closed first thing in the child.
+    supervisors_end: RawFd,
+    /// Where the child writes an errno if it fails; closes at the command's exec.
+    done: RawFd,
+    /// A pidfd of the supervisor (readable once it has exited), if the kernel has them.
+    alive: Option<RawFd>,
+}
+
+impl Birth {
+    /// The child of [`begin`]: with namespaces, init (PID 1 of the new
+    /// namespaces), which forks the command once configured; without, the
+    /// command itself. Never returns: the command execs, init waits, and a
+    /// failure is written to `done` (as an errno) before `_exit`.
     ///
     /// # Safety
     ///
-    /// As for [`Stage::child`]; call in init, inside the new mount namespace.
-    unsafe fn mount_proc(&self) {
-        // SAFETY: mount and open take NUL-terminated literals; the Landlock
-        // attribute is a live packed struct on the stack.
+    /// Call only in the child of [`begin`]'s clone: it installs signal
+    /// handlers, may fork and `_exit`, and must not allocate or take a lock
+    /// (the clone may have copied a multithreaded process; see [`clone_child`]).
+    unsafe fn run(&self) -> ! {
+        // SAFETY: all calls are async-signal-safe syscalls on prepared data.
+        unsafe {
+            let failed = match self.prelude() {
+                Err(e) => Err(e),
+                // Init forks the command once configured, straight into the
+                // sandbox's v2 cgroup if there is one. (Forked before, and
+                // waiting for the configuration itself, it gained nothing
+                // measurable here, and could only join a v2 cgroup by a write.)
+                Ok(proc_dir) => self.configured(proc_dir, |config| match self.namespaces {
+                    true => match clone_child(0, config.fd(config.header().cgroup_dir_fd)) {
+                        Ok((0, born)) => config.command(born),
+                        Ok((cmd, _)) => self.become_waiter(cmd),
+                        Err((step, e)) => Err(fail(self.report, step, e)),
+                    },
+                    false => config.command(false),
+                }),
+            };
+            let err = failed.err().and_then(|e| e.raw_os_error()).unwrap_or(libc::EIO);
+            libc::write(self.done, (&err as *const i32).cast(), 4);
+            libc::_exit(125)
+        }
+    }
+
+    /// Receives the configuration, then goes on with `then`.
+    ///
+    /// # Safety
+    ///
+    /// As for [`Birth::run`].
+    unsafe fn configured(&self, proc_dir: RawFd, then: impl FnOnce(&Config) -> io::Result<()>) -> io::Result<()> {
+        // SAFETY: as for this function.
+        match unsafe { self.receive() } {
+            Ok(mut config) => {
+                config.proc_dir = proc_dir;
+                then(&config)
+            }
+            Err(e) => Err(fail(self.report, Step::Config, e)),
+        }
+    }
+
+    /// What runs first in the child: a session of its own, death with the
+    /// supervisor and (init only) the user-namespace maps and a private
+    /// /proc, whose O_PATH fd it returns (-1 without one).
+    ///
+    /// # Safety
+    ///
+    /// As for [`Birth::run`].
+    unsafe fn prelude(&self) -> io::Result<RawFd> {
+        // SAFETY: syscalls on local data and fds this process owns.
+        unsafe {
+            // Only the supervisor may close (or write) its end: its EOF is
+            // ours. By number: the thread that cloned us made the socket
+            // just before, so the number is still the socket's.
+            libc::close(self.supervisors_end);
+            // A session of our own: no controlling terminal to inject into
+            // (TIOCSTI), and terminal signals reach the sandbox only through
+            // the supervisor's forwarding.
+            if libc::setsid() < 0 {
+                return Err(fail(self.report, Step::Session, errno()));
+            }
+            // Die with the supervisor (with the thread that cloned us, which
+            // stays for the whole run); check afterwards in case it died first.
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) != 0 {
+                return Err(fail(self.report, Step::ParentGone, errno()));
+            }
+            if self.supervisor_gone() {
+                return Err(fail(self.report, Step::ParentGone, libc::ESRCH));
+            }
+            if !self.namespaces {
+                return Ok(-1);
+            }
+            // The supervisor is undumpable, which makes /proc/self/*
+            // root-owned: an unprivileged init could not write its own
+            // maps. Only for this.
+            libc::prctl(libc::PR_SET_DUMPABLE, 1, 0, 0, 0);
+            let maps: [(&[u8], &[u8]); 3] = [
+                (b"/proc/self/setgroups\0", b"deny"),
+                (b"/proc/self/uid_map\0", &self.uid_map),
+                (b"/proc/self/gid_map\0", &self.gid_map),
+            ];
+            for (path, data) in maps {
+                if let Err(e) = write_file(path, data) {
+                    return Err(fail(self.report, Step::IdMap, e));
+                }
+            }
+            libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0);
+            if libc::unshare(UNSHARED) != 0 {
+                return Err(fail(self.report, Step::Unshare, errno()));
+            }
+            let proc_dir = self.mount_proc();
+            self.lend_mount_ns();
+            Ok(proc_dir)
+        }
+    }
+
+    /// Mounts a fresh procfs on /proc (init only: procfs shows the mounter's
+    /// PID namespace), so the sandbox sees its own processes, not the host's
+    /// command lines. Returns an O_PATH fd of it, for the command to grant
+    /// the profile's /proc rights on (-1 when it could not be mounted).
+    ///
+    /// # Safety
+    ///
+    /// As for [`Birth::run`]; call in init, inside the new mount namespace.
+    unsafe fn mount_proc(&self) -> RawFd {
+        // SAFETY: mount and open take NUL-terminated literals.
         unsafe {
             // Nothing mounted here may propagate back to the host.
             libc::mount(
@@ -268,146 +392,35 @@ impl Stage {
             );
             let flags = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
             if libc::mount(c"proc".as_ptr(), c"/proc".as_ptr(), c"proc".as_ptr(), flags, std::ptr::null()) != 0 {
-                self.record(Step::ProcMount, errno());
-                return;
+                record(self.report, Step::ProcMount, errno());
+                return -1;
             }
-            if let (Some(ruleset), Some(access)) = (&self.ruleset, self.proc_access) {
-                #[repr(C, packed)]
-                struct PathBeneath {
-                    allowed_access: u64,
-                    parent_fd: i32,
-                }
-                let fd = libc::open(c"/proc".as_ptr(), libc::O_PATH | libc::O_CLOEXEC);
-                let attr = PathBeneath { allowed_access: access, parent_fd: fd };
-                const LANDLOCK_RULE_PATH_BENEATH: libc::c_int = 1;
-                if fd < 0
-                    || libc::syscall(
-                        libc::SYS_landlock_add_rule,
-                        ruleset.as_raw_fd(),
-                        LANDLOCK_RULE_PATH_BENEATH,
-                        &attr,
-                        0u32,
-                    ) != 0
-                {
-                    self.record(Step::ProcMount, errno());
-                }
+            let fd = libc::open(c"/proc".as_ptr(), libc::O_PATH | libc::O_CLOEXEC);
+            if fd < 0 {
+                record(self.report, Step::ProcMount, errno());
+            }
+            fd
+        }
+    }
+
+    /// Sends the supervisor our mount namespace (over the configuration
+    /// socket, which it reads once the command has exec'd). Whoever holds
+    /// the last reference tears the namespace down, and that waits for an
+    /// RCU grace period (0.1 to 0.2 ms here): held by the supervisor, that
+    /// is no longer init, between the command's end and the run's status,
+    /// but the supervisor's finisher, after. Nothing fails without it.
+    ///
+    /// # Safety
+    ///
+    /// As for [`Birth::run`]; call in init, once it has mounted its /proc.
+    unsafe fn lend_mount_ns(&self) {
+        // SAFETY: open takes a NUL-terminated literal; the fd is ours.
+        unsafe {
+            let fd = libc::open(c"/proc/self/ns/mnt".as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC);
+            if fd >= 0 {
+                let _ = send_fd(self.sock, fd);
                 libc::close(fd);
             }
-        }
-    }
-
-    fn write_file(path: &[u8], data: &[u8]) -> Result<(), i32> {
-        debug_assert_eq!(path.last(), Some(&0));
-        // SAFETY: `path` is NUL-terminated (checked above, and all callers
-        // pass literals ending in \0); `data` is a live slice.
-        unsafe {
-            let fd = libc::open(path.as_ptr().cast(), libc::O_WRONLY | libc::O_CLOEXEC);
-            if fd < 0 {
-                return Err(errno());
-            }
-            let n = libc::write(fd, data.as_ptr().cast(), data.len());
-            let e = errno();
-            libc::close(fd);
-            if n != data.len() as isize {
-                return Err(if n < 0 { e } else { libc::EIO });
-            }
-        }
-        Ok(())
-    }
-
-    /// The child of [`start`]: with namespaces, init (PID 1 of the new
-    /// namespaces), which forks the command; without, the command itself.
-    /// Never returns: the command execs, init waits, and a failure is
-    /// written to `done` (as an errno) before `_exit`.
-    ///
-    /// # Safety
-    ///
-    /// Call only in the child of [`start`]'s clone: it installs signal
-    /// handlers, may fork and `_exit`, and must not allocate or take a lock
-    /// (the clone copied a multithreaded process; see [`clone_child`]).
-    unsafe fn child(&self, exec: &Exec, done: RawFd, born: bool, alive: Option<RawFd>) -> ! {
-        // SAFETY: all calls are async-signal-safe syscalls on prepared data.
-        unsafe {
-            let failed = match self.prelude(born, alive) {
-                Ok(()) if self.namespaces => match raw_fork() {
-                    0 => self.command(exec),
-                    cmd if cmd > 0 => self.become_waiter(cmd),
-                    _ => Err(self.fail(Step::Fork, errno())),
-                },
-                Ok(()) => self.command(exec),
-                Err(e) => Err(e),
-            };
-            let err = failed.err().and_then(|e| e.raw_os_error()).unwrap_or(libc::EIO);
-            libc::write(done, (&err as *const i32).cast(), 4);
-            libc::_exit(125)
-        }
-    }
-
-    /// What runs first in the child: a session of its own, death with the
-    /// supervisor, the cgroup, and (init only) the user-namespace maps and a
-    /// private /proc.
-    ///
-    /// # Safety
-    ///
-    /// As for [`Stage::child`].
-    unsafe fn prelude(&self, born: bool, alive: Option<RawFd>) -> io::Result<()> {
-        // SAFETY: syscalls on local data and fds this process owns.
-        unsafe {
-            self.close_go_writer();
-            // A session of our own: no controlling terminal to inject into
-            // (TIOCSTI), and terminal signals reach the sandbox only through
-            // the supervisor's forwarding.
-            if libc::setsid() < 0 {
-                return Err(self.fail(Step::Session, errno()));
-            }
-            // Die with the supervisor (with the thread that cloned us, which
-            // stays for the whole run); check afterwards in case it died first.
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) != 0 {
-                return Err(self.fail(Step::ParentGone, errno()));
-            }
-            if self.supervisor_gone(alive) {
-                return Err(self.fail(Step::ParentGone, libc::ESRCH));
-            }
-            if let (Some((_, procs)), false) = (&self.cgroup_v2, born) {
-                Self::join(procs.as_raw_fd()).map_err(|e| self.fail(Step::Cgroup, e))?;
-            }
-            for fd in &self.cgroup_procs {
-                Self::join(fd.as_raw_fd()).map_err(|e| self.fail(Step::Cgroup, e))?;
-            }
-            if self.namespaces {
-                // The supervisor is undumpable, which makes /proc/self/*
-                // root-owned: an unprivileged init could not write its own
-                // maps. Only for this.
-                libc::prctl(libc::PR_SET_DUMPABLE, 1, 0, 0, 0);
-                let maps: [(&[u8], &[u8]); 3] = [
-                    (b"/proc/self/setgroups\0", b"deny"),
-                    (b"/proc/self/uid_map\0", &self.uid_map),
-                    (b"/proc/self/gid_map\0", &self.gid_map),
-                ];
-                for (path, data) in maps {
-                    if let Err(e) = Self::write_file(path, data) {
-                        return Err(self.fail(Step::IdMap, e));
-                    }
-                }
-                libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0);
-                self.mount_proc();
-            }
-        }
-        Ok(())
-    }
-
-    /// Closes our copy of the go-ahead pipe's write end, so that only the
-    /// supervisor can write (or close) it. By number: the supervisor's
-    /// thread that clones is the one that later writes and closes its end
-    /// (run::decide), so the number is still the pipe's at the clone.
-    ///
-    /// # Safety
-    ///
-    /// As for [`Stage::child`].
-    unsafe fn close_go_writer(&self) {
-        if self.go.is_some() && self.go_writer >= 0 {
-            // SAFETY: closes an fd of this process (our copy of the pipe's end).
-            unsafe { libc::close(self.go_writer) };
         }
     }
 
@@ -415,107 +428,110 @@ impl Stage {
     /// once it has exited); in a new PID namespace getppid() says 0
     /// whoever the parent is. Without a pidfd (Linux before 5.3), a
     /// supervisor gone before PR_SET_PDEATHSIG still stops the command:
-    /// its go-ahead pipe ends before the go-ahead.
+    /// its configuration socket ends before the configuration.
     ///
     /// # Safety
     ///
-    /// As for [`Stage::child`].
-    unsafe fn supervisor_gone(&self, alive: Option<RawFd>) -> bool {
+    /// As for [`Birth::run`].
+    unsafe fn supervisor_gone(&self) -> bool {
         if !self.namespaces {
             // SAFETY: getppid takes no arguments.
             return unsafe { libc::getppid() } != self.supervisor;
         }
-        let Some(fd) = alive else { return false };
+        let Some(fd) = self.alive else { return false };
         let mut pfd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
         // SAFETY: polls one live pollfd without waiting.
         unsafe { libc::poll(&mut pfd, 1, 0) != 0 }
     }
 
-    /// The command: plain signal handling, its stdio, confinement once the
-    /// supervisor says how, and exec on its go-ahead. Returns only on failure.
+    /// Waits for the configuration ([`Early::configure`]): its header and
+    /// fds first, then the rest into a buffer mapped for it. The errno on
+    /// failure; ECANCELED when the supervisor closed the socket before the
+    /// end (it refused the launch, or died).
     ///
     /// # Safety
     ///
-    /// As for [`Stage::child`].
-    unsafe fn command(&self, exec: &Exec) -> io::Result<()> {
-        // SAFETY: syscalls on prepared buffers and fds this process owns;
-        // `exec`'s pointer arrays are NULL-terminated and point into its
-        // live CStrings.
+    /// As for [`Birth::run`].
+    unsafe fn receive(&self) -> Result<Config, i32> {
+        const HEADER: usize = std::mem::size_of::<Header>();
+        // SAFETY: recvmsg and read write into live stack buffers within
+        // their sizes; the CMSG_* helpers compute offsets inside `space`;
+        // mmap returns a fresh private mapping of `len` bytes, or fails.
         unsafe {
-            // Blocked since the supervisor (every thread of it blocks them
-            // to wait for them), with init's handlers or the supervisor's:
-            // back to the defaults, with SIGPIPE, which Rust ignores.
-            for sig in FORWARDED.iter().chain(&JOB_CONTROL).chain(&[libc::SIGPIPE]) {
-                libc::signal(*sig, libc::SIG_DFL);
-            }
-            let mut empty: libc::sigset_t = std::mem::zeroed();
-            libc::sigemptyset(&mut empty);
-            if libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut()) != 0 {
-                return Err(self.fail(Step::Signals, errno()));
-            }
-            for (fd, to) in [(&exec.stdin, 0), (&exec.stdout, 1)] {
-                if let Some(fd) = fd {
-                    if libc::dup2(fd.as_raw_fd(), to) < 0 {
-                        return Err(self.fail(Step::Fds, errno()));
+            let mut header = [0u64; HEADER / 8];
+            let mut fds = [-1; MAX_FDS];
+            let mut nfds = 0;
+            let mut got = 0;
+            while got < HEADER {
+                let mut space = [0u64; CMSG_WORDS];
+                let mut iov =
+                    libc::iovec { iov_base: header.as_mut_ptr().cast::<u8>().add(got).cast(), iov_len: HEADER - got };
+                let mut msg: libc::msghdr = std::mem::zeroed();
+                msg.msg_iov = &mut iov;
+                msg.msg_iovlen = 1;
+                msg.msg_control = space.as_mut_ptr().cast();
+                msg.msg_controllen = std::mem::size_of_val(&space);
+                let n = libc::recvmsg(self.sock, &mut msg, libc::MSG_CMSG_CLOEXEC);
+                match n {
+                    0 => return Err(libc::ECANCELED),
+                    n if n < 0 => match errno() {
+                        libc::EINTR => continue,
+                        e => return Err(e),
+                    },
+                    n => got += n as usize,
+                }
+                if msg.msg_flags & libc::MSG_CTRUNC != 0 {
+                    return Err(libc::EMSGSIZE);
+                }
+                let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
+                while !cmsg.is_null() {
+                    if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
+                        let data = libc::CMSG_DATA(cmsg).cast::<RawFd>();
+                        let count = ((*cmsg).cmsg_len - libc::CMSG_LEN(0) as usize) / std::mem::size_of::<RawFd>();
+                        for i in 0..count {
+                            if nfds == MAX_FDS {
+                                return Err(libc::EMSGSIZE);
+                            }
+                            fds[nfds] = std::ptr::read_unaligned(data.add(i));
+                            nfds += 1;
+                        }
                     }
+                    cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
                 }
             }
-            // Confined before the launch is decided, so that only exec is
-            // left once it is; a refusal still stops it before exec.
-            let watched = match self.await_byte()? {
-                None | Some(CONFINE) => false,
-                Some(CONFINE_WATCHED) => true,
-                Some(_) => return Err(self.fail(Step::Go, libc::ECANCELED)),
-            };
-            self.confine(true, watched)?;
-            match self.await_byte()? {
-                None | Some(GO) => {}
-                Some(_) => return Err(self.fail(Step::Go, libc::ECANCELED)),
+            let head: Header = std::ptr::read(header.as_ptr().cast());
+            if head.len < HEADER as u64 || head.len > MAX_CONFIG || head.nfds != nfds as u64 {
+                return Err(libc::EPROTO);
             }
-            libc::execve(exec.program.as_ptr(), exec.argv.as_ptr(), exec.envp.as_ptr());
-            let e = errno();
-            if e == libc::ENOEXEC {
-                libc::execve(c"/bin/sh".as_ptr(), exec.sh_argv.as_ptr(), exec.envp.as_ptr());
+            let len = head.len as usize;
+            let base = libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            );
+            if base == libc::MAP_FAILED {
+                return Err(errno());
             }
-            Err(io::Error::from_raw_os_error(e))
-        }
-    }
-
-    /// Moves this process into a cgroup by its join file (`tasks`,
-    /// `cgroup.procs`): the errno when the kernel refuses.
-    fn join(fd: RawFd) -> Result<(), i32> {
-        // SAFETY: writes one byte from a static buffer to an fd we own.
-        match unsafe { libc::write(fd, b"0".as_ptr().cast(), 1) } {
-            1 => Ok(()),
-            _ => Err(errno()),
-        }
-    }
-
-    /// Reads the next byte of the go-ahead pipe; None without a pipe. EOF
-    /// (the supervisor refused the launch, or died) fails.
-    ///
-    /// # Safety
-    ///
-    /// As for [`Stage::child`].
-    unsafe fn await_byte(&self) -> io::Result<Option<u8>> {
-        let Some(go) = &self.go else { return Ok(None) };
-        let mut byte = 0u8;
-        loop {
-            // SAFETY: reads one byte into a live stack variable from an fd we own.
-            let n = unsafe { libc::read(go.as_raw_fd(), (&mut byte as *mut u8).cast(), 1) };
-            match n {
-                1 => break,
-                // EOF: refused, or the supervisor is gone.
-                0 => return Err(self.fail(Step::Go, libc::ECANCELED)),
-                // The second read runs under the sandbox's own filters: a
-                // profile that denies read(2) outright fails here, and says so.
-                _ => match errno() {
-                    libc::EINTR => continue,
-                    e => return Err(self.fail(Step::Go, e)),
-                },
+            let base = base.cast::<u8>();
+            std::ptr::copy_nonoverlapping(header.as_ptr().cast::<u8>(), base, HEADER);
+            let mut at = HEADER;
+            while at < len {
+                match libc::read(self.sock, base.add(at).cast(), len - at) {
+                    0 => return Err(libc::ECANCELED),
+                    n if n < 0 => match errno() {
+                        libc::EINTR => continue,
+                        e => return Err(e),
+                    },
+                    n => at += n as usize,
+                }
             }
+            let mut config = Config { base, len, fds, nfds, report: self.report, proc_dir: -1 };
+            config.settle()?;
+            Ok(config)
         }
-        Ok(Some(byte))
     }
 
     /// Init: forward signals to `child`, pass its exit status up, and reap
@@ -523,7 +539,7 @@ impl Stage {
     ///
     /// # Safety
     ///
-    /// As for [`Stage::child`].
+    /// As for [`Birth::run`].
     unsafe fn become_waiter(&self, child: libc::pid_t) -> ! {
         // SAFETY: single-threaded child; handlers only call kill(2); fds are ours.
         unsafe {
@@ -540,11 +556,11 @@ impl Stage {
             }
             // Our own stdio goes to /dev/null so the command alone holds the
             // client's pipes: its EOF is the client's EOF.
-            let null = self.devnull.as_raw_fd();
             for fd in 0..3 {
-                libc::dup2(null, fd);
+                libc::dup2(self.devnull, fd);
             }
-            // Drop everything else: the exec-status pipe among them.
+            // Drop everything else: the exec-status pipe and the
+            // configuration among them.
             libc::close_range(3, libc::c_uint::MAX, 0);
             // Signals sent before now are pending (see [`Inherited`]): they reach
             // the command as soon as they are unblocked.
@@ -563,6 +579,417 @@ impl Stage {
             }
         }
     }
+}
+
+fn write_file(path: &[u8], data: &[u8]) -> Result<(), i32> {
+    debug_assert_eq!(path.last(), Some(&0));
+    // SAFETY: `path` is NUL-terminated (checked above, and all callers
+    // pass literals ending in \0); `data` is a live slice.
+    unsafe {
+        let fd = libc::open(path.as_ptr().cast(), libc::O_WRONLY | libc::O_CLOEXEC);
+        if fd < 0 {
+            return Err(errno());
+        }
+        let n = libc::write(fd, data.as_ptr().cast(), data.len());
+        let e = errno();
+        libc::close(fd);
+        if n != data.len() as isize {
+            return Err(if n < 0 { e } else { libc::EIO });
+        }
+    }
+    Ok(())
+}
+
+/// Moves this process into a cgroup by its join file (`tasks`,
+/// `cgroup.procs`): the errno when the kernel refuses.
+fn join(fd: RawFd) -> Result<(), i32> {
+    // SAFETY: writes one byte from a static buffer to an fd we own.
+    match unsafe { libc::write(fd, b"0".as_ptr().cast(), 1) } {
+        1 => Ok(()),
+        _ => Err(errno()),
+    }
+}
+
+/// How many fds a configuration may carry (it needs at most ten).
+const MAX_FDS: usize = 16;
+/// Control-message room for [`MAX_FDS`] fds (CMSG_SPACE(64) is 80 bytes).
+const CMSG_WORDS: usize = 16;
+/// A configuration larger than this is refused (the command line and
+/// environment are its only parts of any size).
+const MAX_CONFIG: u64 = 1 << 28;
+/// An absent offset, fd slot or rule.
+const NONE: u64 = u64::MAX;
+
+/// `n` items at byte offset `at` of a configuration.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+struct Span {
+    at: u64,
+    n: u64,
+}
+
+/// The start of a configuration: a [`Stage`] and an [`Exec`] as the
+/// stage's first process receives them. Offsets are bytes from the
+/// header's first, 8-aligned; `*_fd` fields are indexes into the fds sent
+/// with it (SCM_RIGHTS), in the order sent, or [`NONE`]. String tables
+/// (`argv`, `sh_argv`, `envp`) are offsets of NUL-terminated strings,
+/// ending in [`NONE`]; the receiver turns them into pointers in place.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+struct Header {
+    /// Every byte of the configuration, this header's included.
+    len: u64,
+    nfds: u64,
+    require_bounding_drop: u64,
+    proc_access: u64,
+    ruleset_fd: u64,
+    go_fd: u64,
+    notify_fd: u64,
+    stdin_fd: u64,
+    stdout_fd: u64,
+    cgroup_dir_fd: u64,
+    cgroup_procs_v2_fd: u64,
+    /// fd indexes, not bytes.
+    cgroup_procs: Span,
+    /// (resource, limit) pairs of u64.
+    rlimits: Span,
+    /// Spans of instructions, one per program.
+    filters: Span,
+    /// Instructions, or `at` = NONE.
+    notify: Span,
+    canary: u64,
+    program: u64,
+    argv: u64,
+    sh_argv: u64,
+    envp: u64,
+}
+
+const HEADER: usize = std::mem::size_of::<Header>();
+// A string table entry becomes a pointer in its place.
+const _: () = assert!(std::mem::size_of::<*const libc::c_char>() == 8 && HEADER.is_multiple_of(8));
+
+/// A configuration to send: its bytes ([`Header`] first) and the fds its
+/// header names, which stay the sender's to close.
+struct Wire {
+    bytes: Vec<u8>,
+    fds: Vec<RawFd>,
+}
+
+/// Appends `bytes` at the next 8-aligned offset of `out`, which it returns.
+fn put(out: &mut Vec<u8>, bytes: &[u8]) -> u64 {
+    out.resize(out.len().next_multiple_of(8), 0);
+    let at = out.len() as u64;
+    out.extend_from_slice(bytes);
+    at
+}
+
+/// Appends a string table: the offsets, then [`NONE`].
+fn put_table(out: &mut Vec<u8>, offsets: impl Iterator<Item = u64>) -> u64 {
+    let bytes: Vec<u8> = offsets.chain([NONE]).flat_map(u64::to_ne_bytes).collect();
+    put(out, &bytes)
+}
+
+fn put_program(out: &mut Vec<u8>, prog: &[Insn]) -> Span {
+    let bytes: Vec<u8> = prog
+        .iter()
+        .flat_map(|i| {
+            let [c0, c1] = i.code.to_ne_bytes();
+            let [k0, k1, k2, k3] = i.k.to_ne_bytes();
+            [c0, c1, i.jt, i.jf, k0, k1, k2, k3]
+        })
+        .collect();
+    Span { at: put(out, &bytes), n: prog.len() as u64 }
+}
+
+fn slot(fds: &mut Vec<RawFd>, fd: Option<&OwnedFd>) -> u64 {
+    match fd {
+        Some(fd) => {
+            fds.push(fd.as_raw_fd());
+            fds.len() as u64 - 1
+        }
+        None => NONE,
+    }
+}
+
+impl Header {
+    fn bytes(&self) -> &[u8] {
+        // SAFETY: Header is repr(C) and all u64 (Span too): HEADER
+        // initialized bytes without padding, borrowed for self's lifetime.
+        unsafe { std::slice::from_raw_parts((self as *const Header).cast::<u8>(), HEADER) }
+    }
+}
+
+/// `stage` and `exec` as [`Birth::receive`] takes them.
+fn encode(stage: &Stage, exec: &Exec) -> io::Result<Wire> {
+    let mut fds = Vec::new();
+    let mut h = Header {
+        require_bounding_drop: stage.require_bounding_drop as u64,
+        proc_access: stage.proc_access.unwrap_or(NONE),
+        ..Header::default()
+    };
+    h.ruleset_fd = slot(&mut fds, stage.ruleset.as_ref());
+    h.go_fd = slot(&mut fds, stage.go.as_ref());
+    h.notify_fd = slot(&mut fds, stage.notify.as_ref().map(|(_, sock)| sock));
+    h.stdin_fd = slot(&mut fds, exec.stdin.as_ref());
+    h.stdout_fd = slot(&mut fds, exec.stdout.as_ref());
+    h.cgroup_dir_fd = slot(&mut fds, stage.cgroup_v2.as_ref().map(|(dir, _)| dir));
+    h.cgroup_procs_v2_fd = slot(&mut fds, stage.cgroup_v2.as_ref().map(|(_, procs)| procs));
+    h.cgroup_procs = Span { at: fds.len() as u64, n: stage.cgroup_procs.len() as u64 };
+    fds.extend(stage.cgroup_procs.iter().map(AsRawFd::as_raw_fd));
+    if fds.len() > MAX_FDS {
+        return Err(io::Error::other(format!("{} fds for the stage, at most {MAX_FDS}", fds.len())));
+    }
+    let mut out = vec![0u8; HEADER];
+    let rlimits: Vec<u8> =
+        stage.rlimits.iter().flat_map(|&(r, l)| [u64::from(r), l]).flat_map(u64::to_ne_bytes).collect();
+    h.rlimits = Span { at: put(&mut out, &rlimits), n: stage.rlimits.len() as u64 };
+    let spans: Vec<Span> = stage.filters.iter().map(|p| put_program(&mut out, p)).collect();
+    let table: Vec<u8> = spans.iter().flat_map(|s| [s.at, s.n]).flat_map(u64::to_ne_bytes).collect();
+    h.filters = Span { at: put(&mut out, &table), n: spans.len() as u64 };
+    h.notify = match &stage.notify {
+        Some((prog, _)) => put_program(&mut out, prog),
+        None => Span { at: NONE, n: 0 },
+    };
+    h.canary = stage.canary.as_ref().map_or(NONE, |c| put(&mut out, c.to_bytes_with_nul()));
+    h.program = put(&mut out, exec.program.to_bytes_with_nul());
+    let sh = put(&mut out, b"/bin/sh\0");
+    let argv: Vec<u64> = exec.argv.iter().map(|a| put(&mut out, a.to_bytes_with_nul())).collect();
+    let envp: Vec<u64> = exec.env.iter().map(|e| put(&mut out, e.to_bytes_with_nul())).collect();
+    h.argv = put_table(&mut out, argv.iter().copied());
+    // `/bin/sh PROGRAM ARGS...`, for a program the kernel cannot exec
+    // (ENOEXEC: a script without `#!`), as execvp(3) (and std) does.
+    h.sh_argv = put_table(&mut out, [sh, h.program].into_iter().chain(argv.iter().skip(1).copied()));
+    h.envp = put_table(&mut out, envp.into_iter());
+    out.resize(out.len().next_multiple_of(8), 0);
+    if out.len() as u64 > MAX_CONFIG {
+        return Err(io::Error::other(format!("the command line and environment take over {MAX_CONFIG} bytes")));
+    }
+    (h.len, h.nfds) = (out.len() as u64, fds.len() as u64);
+    out[..HEADER].copy_from_slice(h.bytes());
+    Ok(Wire { bytes: out, fds })
+}
+
+/// A configuration received: a [`Header`] and what it points at, in a
+/// buffer of this process, read in place.
+struct Config {
+    base: *mut u8,
+    len: usize,
+    fds: [RawFd; MAX_FDS],
+    nfds: usize,
+    /// Write end of the report pipe.
+    report: RawFd,
+    /// An O_PATH fd of the private /proc init mounted, or -1.
+    proc_dir: RawFd,
+}
+
+impl Config {
+    fn header(&self) -> Header {
+        // SAFETY: `base` is 8-aligned and holds at least HEADER bytes
+        // (checked by receive); Header is plain u64s.
+        unsafe { std::ptr::read(self.base.cast::<Header>()) }
+    }
+
+    fn fd(&self, slot: u64) -> Option<RawFd> {
+        (slot < self.nfds as u64).then(|| self.fds[slot as usize])
+    }
+
+    /// Whether `n` items of `size` bytes at `at` lie inside the buffer, 8-aligned.
+    fn fits(&self, at: u64, n: u64, size: u64) -> bool {
+        at.is_multiple_of(8)
+            && n.checked_mul(size).and_then(|b| b.checked_add(at)).is_some_and(|end| end <= self.len as u64)
+    }
+
+    /// Whether a NUL-terminated string starts at `at` (8-aligned, as every
+    /// offset), inside the buffer.
+    fn is_str(&self, at: u64) -> bool {
+        // SAFETY: reads bytes of the buffer, inside it.
+        self.fits(at, 1, 1) && (at as usize..self.len).any(|i| unsafe { *self.base.add(i) } == 0)
+    }
+
+    fn word(&self, at: u64) -> u64 {
+        // SAFETY: callers check `at` with `fits` (8-aligned, inside).
+        unsafe { std::ptr::read(self.base.add(at as usize).cast::<u64>()) }
+    }
+
+    /// A program's instructions (checked by [`settle`](Self::settle)).
+    fn program(&self, s: Span) -> &[Insn] {
+        // SAFETY: settle checked the span lies inside the buffer, 8-aligned
+        // (Insn needs 4); Insn is plain data, any bytes are one.
+        unsafe { std::slice::from_raw_parts(self.base.add(s.at as usize).cast::<Insn>(), s.n as usize) }
+    }
+
+    fn filter(&self, i: u64) -> Span {
+        let at = self.header().filters.at + i * 16;
+        Span { at: self.word(at), n: self.word(at + 8) }
+    }
+
+    fn ptr<T>(&self, at: u64) -> *const T {
+        // SAFETY: an offset checked inside the buffer by settle.
+        unsafe { self.base.add(at as usize).cast::<T>().cast_const() }
+    }
+
+    /// Checks every offset of the header against the buffer, and turns the
+    /// string tables' offsets into pointers. EPROTO for anything out of place.
+    fn settle(&mut self) -> Result<(), i32> {
+        let h = self.header();
+        let program_ok = |c: &Config, s: Span| s.n > 0 && s.n <= u16::MAX as u64 && c.fits(s.at, s.n, 8);
+        let fds_ok =
+            [h.ruleset_fd, h.go_fd, h.notify_fd, h.stdin_fd, h.stdout_fd, h.cgroup_dir_fd, h.cgroup_procs_v2_fd]
+                .iter()
+                .all(|&s| s == NONE || s < self.nfds as u64)
+                && h.cgroup_procs.at.checked_add(h.cgroup_procs.n).is_some_and(|end| end <= self.nfds as u64);
+        let ok = fds_ok
+            && self.fits(h.rlimits.at, h.rlimits.n, 16)
+            && self.fits(h.filters.at, h.filters.n, 16)
+            && (0..h.filters.n).all(|i| program_ok(self, self.filter(i)))
+            && (h.notify.at == NONE || program_ok(self, h.notify))
+            && (h.notify.at == NONE) == (h.notify_fd == NONE)
+            && (h.canary == NONE || self.is_str(h.canary))
+            && self.is_str(h.program);
+        if !ok {
+            return Err(libc::EPROTO);
+        }
+        for table in [h.argv, h.sh_argv, h.envp] {
+            self.settle_table(table)?;
+        }
+        Ok(())
+    }
+
+    fn settle_table(&mut self, at: u64) -> Result<(), i32> {
+        let mut entry = at;
+        loop {
+            if !self.fits(entry, 1, 8) {
+                return Err(libc::EPROTO);
+            }
+            let off = self.word(entry);
+            let ptr = match off {
+                NONE => 0,
+                off if self.is_str(off) => self.ptr::<u8>(off) as u64,
+                _ => return Err(libc::EPROTO),
+            };
+            // SAFETY: `entry` is inside the buffer and 8-aligned (fits).
+            unsafe { std::ptr::write(self.base.add(entry as usize).cast::<u64>(), ptr) };
+            if off == NONE {
+                return Ok(());
+            }
+            entry += 8;
+        }
+    }
+
+    /// The command: its cgroups, plain signal handling, its stdio,
+    /// confinement once the supervisor says how, and exec on its go-ahead.
+    /// `born`: cloned into the sandbox's v2 cgroup already. Returns only
+    /// on failure.
+    ///
+    /// # Safety
+    ///
+    /// As for [`Birth::run`].
+    unsafe fn command(&self, born: bool) -> io::Result<()> {
+        let h = self.header();
+        // SAFETY: syscalls on the settled buffer and fds this process owns;
+        // the string tables are NULL-terminated pointers into the buffer.
+        unsafe {
+            if let (Some(procs), false) = (self.fd(h.cgroup_procs_v2_fd), born) {
+                join(procs).map_err(|e| fail(self.report, Step::Cgroup, e))?;
+            }
+            for i in 0..h.cgroup_procs.n {
+                join(self.fds[(h.cgroup_procs.at + i) as usize]).map_err(|e| fail(self.report, Step::Cgroup, e))?;
+            }
+            self.grant_proc(h);
+            // Blocked since the supervisor (every thread of it blocks them
+            // to wait for them), with init's handlers or the supervisor's:
+            // back to the defaults, with SIGPIPE, which Rust ignores.
+            for sig in FORWARDED.iter().chain(&JOB_CONTROL).chain(&[libc::SIGPIPE]) {
+                libc::signal(*sig, libc::SIG_DFL);
+            }
+            let mut empty: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut empty);
+            if libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut()) != 0 {
+                return Err(fail(self.report, Step::Signals, errno()));
+            }
+            for (fd, to) in [(h.stdin_fd, 0), (h.stdout_fd, 1)] {
+                if let Some(fd) = self.fd(fd) {
+                    if libc::dup2(fd, to) < 0 {
+                        return Err(fail(self.report, Step::Fds, errno()));
+                    }
+                }
+            }
+            // Confined before the launch is decided, so that only exec is
+            // left once it is; a refusal still stops it before exec.
+            let watched = match self.await_byte()? {
+                None | Some(CONFINE) => false,
+                Some(CONFINE_WATCHED) => true,
+                Some(_) => return Err(fail(self.report, Step::Go, libc::ECANCELED)),
+            };
+            self.confine(true, watched)?;
+            match self.await_byte()? {
+                None | Some(GO) => {}
+                Some(_) => return Err(fail(self.report, Step::Go, libc::ECANCELED)),
+            }
+            let envp = self.ptr(h.envp);
+            libc::execve(self.ptr(h.program), self.ptr(h.argv), envp);
+            let e = errno();
+            if e == libc::ENOEXEC {
+                libc::execve(c"/bin/sh".as_ptr(), self.ptr(h.sh_argv), envp);
+            }
+            Err(io::Error::from_raw_os_error(e))
+        }
+    }
+
+    /// Grants the profile's /proc rights on the private /proc init mounted
+    /// (a failure is reported, not fatal: the host's /proc stays out of
+    /// reach unless the profile names it).
+    ///
+    /// # Safety
+    ///
+    /// As for [`Birth::run`].
+    unsafe fn grant_proc(&self, h: Header) {
+        let (Some(ruleset), true, true) = (self.fd(h.ruleset_fd), h.proc_access != NONE, self.proc_dir >= 0) else {
+            return;
+        };
+        #[repr(C, packed)]
+        struct PathBeneath {
+            allowed_access: u64,
+            parent_fd: i32,
+        }
+        const LANDLOCK_RULE_PATH_BENEATH: libc::c_int = 1;
+        let attr = PathBeneath { allowed_access: h.proc_access, parent_fd: self.proc_dir };
+        // SAFETY: the Landlock attribute is a live packed struct on the
+        // stack; the fds are ours.
+        unsafe {
+            if libc::syscall(libc::SYS_landlock_add_rule, ruleset, LANDLOCK_RULE_PATH_BENEATH, &attr, 0u32) != 0 {
+                record(self.report, Step::ProcMount, errno());
+            }
+            libc::close(self.proc_dir);
+        }
+    }
+
+    /// Reads the next byte of the go-ahead pipe; None without a pipe. EOF
+    /// (the supervisor refused the launch, or died) fails.
+    ///
+    /// # Safety
+    ///
+    /// As for [`Birth::run`].
+    unsafe fn await_byte(&self) -> io::Result<Option<u8>> {
+        let Some(go) = self.fd(self.header().go_fd) else { return Ok(None) };
+        let mut byte = 0u8;
+        loop {
+            // SAFETY: reads one byte into a live stack variable from an fd we own.
+            let n = unsafe { libc::read(go, (&mut byte as *mut u8).cast(), 1) };
+            match n {
+                1 => break,
+                // EOF: refused, or the supervisor is gone.
+                0 => return Err(fail(self.report, Step::Go, libc::ECANCELED)),
+                // The second read runs under the sandbox's own filters: a
+                // profile that denies read(2) outright fails here, and says so.
+                _ => match errno() {
+                    libc::EINTR => continue,
+                    e => return Err(fail(self.report, Step::Go, e)),
+                },
+            }
+        }
+        Ok(Some(byte))
+    }
 
     /// Confines the calling process. Order matters: limits and capability
     /// drops need privilege that no_new_privs, Landlock and seccomp then lock.
@@ -574,15 +1001,18 @@ impl Stage {
     ///
     /// # Safety
     ///
-    /// As for [`Stage::child`]: only in a forked child, which it confines for good.
+    /// As for [`Birth::run`]: only in a forked child, which it confines for good.
     unsafe fn confine(&self, send_listener: bool, watched: bool) -> io::Result<()> {
-        // SAFETY: syscalls on local structs and prepared buffers; the BPF
-        // programs are live Vecs owned by `self` for the whole call.
+        let h = self.header();
+        // SAFETY: syscalls on local structs and the settled buffer, whose
+        // BPF programs stay mapped for the whole call.
         unsafe {
-            for &(res, lim) in &self.rlimits {
+            for i in 0..h.rlimits.n {
+                let at = h.rlimits.at + i * 16;
+                let (res, lim) = (self.word(at) as libc::__rlimit_resource_t, self.word(at + 8) as libc::rlim_t);
                 let rl = libc::rlimit { rlim_cur: lim, rlim_max: lim };
                 if libc::setrlimit(res, &rl) != 0 {
-                    return Err(self.fail(Step::Rlimit, errno()));
+                    return Err(fail(self.report, Step::Rlimit, errno()));
                 }
             }
             // Securebits first (needs CAP_SETPCAP): uid 0 never regains
@@ -595,7 +1025,7 @@ impl Stage {
                     as libc::c_long)
             {
                 if e != libc::EINVAL {
-                    return Err(self.fail(Step::Capabilities, e));
+                    return Err(fail(self.report, Step::Capabilities, e));
                 }
             }
             for cap in 0..64 {
@@ -603,39 +1033,40 @@ impl Stage {
                     match errno() {
                         // Past the last capability this kernel knows.
                         libc::EINVAL => break,
-                        libc::EPERM if !self.require_bounding_drop => break,
-                        e => return Err(self.fail(Step::Capabilities, e)),
+                        libc::EPERM if h.require_bounding_drop == 0 => break,
+                        e => return Err(fail(self.report, Step::Capabilities, e)),
                     }
                 }
             }
             if let Err(e) = super::clear_capabilities() {
-                return Err(self.fail(Step::Capabilities, e));
+                return Err(fail(self.report, Step::Capabilities, e));
             }
             if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
-                return Err(self.fail(Step::NoNewPrivs, errno()));
+                return Err(fail(self.report, Step::NoNewPrivs, errno()));
             }
-            if let Some(ruleset) = &self.ruleset {
+            if let Some(ruleset) = self.fd(h.ruleset_fd) {
                 let flags = if watched { crate::kaudit::LOG_NEW_EXEC_ON } else { 0 };
-                if libc::syscall(libc::SYS_landlock_restrict_self, ruleset.as_raw_fd(), flags) != 0 {
-                    return Err(self.fail(Step::Landlock, errno()));
+                if libc::syscall(libc::SYS_landlock_restrict_self, ruleset, flags) != 0 {
+                    return Err(fail(self.report, Step::Landlock, errno()));
                 }
-                if let Some(canary) = self.canary.as_ref().filter(|_| watched) {
-                    let fd = libc::open(canary.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC);
+                if h.canary != NONE && watched {
+                    let fd = libc::open(self.ptr(h.canary), libc::O_RDONLY | libc::O_CLOEXEC);
                     if fd >= 0 {
                         libc::close(fd);
                     }
                 }
             }
-            for prog in &self.filters {
+            for prog in (0..h.filters.n).map(|i| self.program(self.filter(i))) {
                 let fprog = libc::sock_fprog {
                     len: prog.len() as libc::c_ushort,
                     filter: prog.as_ptr() as *mut libc::sock_filter,
                 };
                 if libc::syscall(libc::SYS_seccomp, libc::SECCOMP_SET_MODE_FILTER, 0u32, &fprog) != 0 {
-                    return Err(self.fail(Step::Seccomp, errno()));
+                    return Err(fail(self.report, Step::Seccomp, errno()));
                 }
             }
-            if let Some((prog, sock)) = &self.notify {
+            if let (Some(sock), true) = (self.fd(h.notify_fd), h.notify.at != NONE) {
+                let prog = self.program(h.notify);
                 // Init left us undumpable, and our memory still belongs
                 // to the host's user namespace until exec: an unprivileged
                 // supervisor could not read a parked execve's arguments.
@@ -663,18 +1094,18 @@ impl Stage {
                     );
                 }
                 if listener < 0 {
-                    return Err(self.fail(Step::Notify, errno()));
+                    return Err(fail(self.report, Step::Notify, errno()));
                 }
-                let sent = if send_listener { send_fd(sock.as_raw_fd(), listener as RawFd) } else { Ok(()) };
+                let sent = if send_listener { send_fd(sock, listener as RawFd) } else { Ok(()) };
                 libc::close(listener as RawFd);
                 if let Err(e) = sent {
-                    return Err(self.fail(Step::Notify, e));
+                    return Err(fail(self.report, Step::Notify, e));
                 }
             }
             // Every inherited fd but stdio closes at exec (CVE-2024-21626: a
             // leaked directory fd walks around Landlock's path checks).
             if libc::close_range(3, libc::c_uint::MAX, libc::CLOSE_RANGE_CLOEXEC as libc::c_int) != 0 {
-                return Err(self.fail(Step::Fds, errno()));
+                return Err(fail(self.report, Step::Fds, errno()));
             }
         }
         Ok(())
@@ -698,11 +1129,16 @@ struct CloneArgs {
     cgroup: u64,
 }
 
-/// The namespaces init is cloned into: user (its maps), PID (init is its
-/// PID 1, and when init dies the kernel kills everything left in it), IPC
+/// The namespaces init is cloned into: user (its maps) and PID (init is
+/// its PID 1, and when init dies the kernel kills everything left in it).
+const NAMESPACES: u64 = (libc::CLONE_NEWUSER | libc::CLONE_NEWPID) as u64;
+
+/// The namespaces init then makes for itself, in its user namespace: IPC
 /// (host SysV segments and queues stay out of reach) and mount (for the
-/// private /proc).
-const NAMESPACES: u64 = (libc::CLONE_NEWUSER | libc::CLONE_NEWPID | libc::CLONE_NEWIPC | libc::CLONE_NEWNS) as u64;
+/// private /proc). Made by init rather than in the clone, they cost the
+/// supervisor nothing (the mount namespace copies the host's mount table:
+/// about 0.1 ms here).
+const UNSHARED: libc::c_int = libc::CLONE_NEWIPC | libc::CLONE_NEWNS;
 
 /// Linux 5.7; the libc crate's constant does not fit its own c_int type.
 const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
@@ -715,9 +1151,9 @@ const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
 ///
 /// # Safety
 ///
-/// The caller is multithreaded: the child, a copy of it, must keep to
+/// The caller may be multithreaded: the child, a copy of it, must keep to
 /// syscalls (no allocation, no lock another thread may have held, no
-/// glibc fork) and leave by exec or `_exit`, as [`Stage::child`] does.
+/// glibc fork) and leave by exec or `_exit`, as [`Birth::run`] does.
 unsafe fn clone_child(flags: u64, cgroup: Option<RawFd>) -> Result<(libc::pid_t, bool), (Step, i32)> {
     let failed = |e: i32| match e {
         libc::EAGAIN | libc::ENOMEM => Step::Fork,
@@ -760,19 +1196,6 @@ unsafe fn clone_child(flags: u64, cgroup: Option<RawFd>) -> Result<(libc::pid_t,
     }
 }
 
-/// fork(2) by the raw syscall, for init (a copy of a multithreaded
-/// process: glibc's fork would take locks another thread may have held
-/// when it was cloned). The child keeps to syscalls until it execs.
-///
-/// # Safety
-///
-/// As for [`clone_child`].
-unsafe fn raw_fork() -> libc::pid_t {
-    // SAFETY: as in clone_child, without namespaces.
-    let pid = unsafe { libc::syscall(libc::SYS_clone, libc::SIGCHLD as libc::c_ulong, 0usize, 0usize, 0usize, 0usize) };
-    pid as libc::pid_t
-}
-
 /// Sends `fd` over the unix socket `sock` (SCM_RIGHTS), without allocating.
 ///
 /// # Safety
@@ -802,16 +1225,12 @@ pub(crate) unsafe fn send_fd(sock: RawFd, fd: RawFd) -> Result<(), i32> {
     Ok(())
 }
 
-/// What the command execs, made before the clone: nothing is allocated after it.
+/// What the command execs: the program, its arguments and environment.
 pub struct Exec {
     program: CString,
-    /// NULL-terminated; point into `_strings`.
-    argv: Vec<*const libc::c_char>,
-    /// `/bin/sh PROGRAM ARGS...`, for a program the kernel cannot exec
-    /// (ENOEXEC: a script without `#!`), as execvp(3) (and std) does.
-    sh_argv: Vec<*const libc::c_char>,
-    envp: Vec<*const libc::c_char>,
-    _strings: Vec<CString>,
+    argv: Vec<CString>,
+    /// `NAME=value` strings.
+    env: Vec<CString>,
     /// The command's ends of its stdin and stdout pipes (MCP), or None: it
     /// inherits the supervisor's.
     stdin: Option<OwnedFd>,
@@ -829,15 +1248,10 @@ impl Exec {
                 .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "nul byte found in provided data"))
         };
         let program = c(program.as_os_str().as_bytes().to_vec())?;
-        let mut strings = argv.iter().map(|a| c(a.as_bytes().to_vec())).collect::<io::Result<Vec<_>>>()?;
-        for (k, v) in env {
-            strings.push(c([k.as_bytes(), b"=", v.as_bytes()].concat())?);
-        }
-        let pointers = |s: &[CString]| s.iter().map(|s| s.as_ptr()).chain([std::ptr::null()]).collect::<Vec<_>>();
-        let (argv, envp) = (pointers(&strings[..argv.len()]), pointers(&strings[argv.len()..]));
-        // (A CString's bytes stay where they are when it moves into Exec.)
-        let sh_argv = [c"/bin/sh".as_ptr(), program.as_ptr()].into_iter().chain(argv.iter().skip(1).copied()).collect();
-        let mut exec = Exec { program, argv, sh_argv, envp, _strings: strings, stdin: None, stdout: None, ours: None };
+        let argv = argv.iter().map(|a| c(a.as_bytes().to_vec())).collect::<io::Result<Vec<_>>>()?;
+        let env =
+            env.iter().map(|(k, v)| c([k.as_bytes(), b"=", v.as_bytes()].concat())).collect::<io::Result<Vec<_>>>()?;
+        let mut exec = Exec { program, argv, env, stdin: None, stdout: None, ours: None };
         if piped {
             let cloexec = nix::fcntl::OFlag::O_CLOEXEC;
             let (in_r, in_w) = nix::unistd::pipe2(cloexec)?;
@@ -854,12 +1268,41 @@ pub struct Spawned {
     pid: libc::pid_t,
     pub stdin: Option<std::process::ChildStdin>,
     pub stdout: Option<std::process::ChildStdout>,
+    /// The sandbox's mount namespace, lent by init (see Birth::lend_mount_ns).
+    mount_ns: Option<OwnedFd>,
 }
 
 impl Spawned {
     pub fn id(&self) -> u32 {
         self.pid as u32
     }
+
+    /// The sandbox's mount namespace, to be closed once the run's status is
+    /// out (its teardown waits for an RCU grace period): by the finisher.
+    pub fn take_mount_ns(&mut self) -> Option<OwnedFd> {
+        self.mount_ns.take()
+    }
+}
+
+/// The fd init lent through `sock`, if it is there (see Birth::lend_mount_ns).
+fn lent_fd(sock: &OwnedFd) -> Option<OwnedFd> {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+    let mut byte = [0u8; 1];
+    let mut iov = [io::IoSliceMut::new(&mut byte)];
+    let mut cmsg = nix::cmsg_space!(RawFd);
+    let flags = MsgFlags::MSG_CMSG_CLOEXEC | MsgFlags::MSG_DONTWAIT;
+    let msg = recvmsg::<()>(sock.as_raw_fd(), &mut iov, Some(&mut cmsg), flags).ok()?;
+    let mut lent = None;
+    for c in msg.cmsgs().ok()? {
+        if let ControlMessageOwned::ScmRights(fds) = c {
+            for fd in fds {
+                // SAFETY: received just now, owned by nothing else.
+                let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+                lent.get_or_insert(fd);
+            }
+        }
+    }
+    lent
 }
 
 /// The forwarded and job-control signals, handled by [`forward`] while
@@ -898,30 +1341,41 @@ impl Drop for Inherited {
     }
 }
 
-/// The sandbox's first process, cloned; the command has not exec'd yet.
-pub struct Started {
-    pid: libc::pid_t,
-    /// Where the child writes an errno if it fails; EOF once the command has exec'd.
-    done: OwnedFd,
-    pipes: Option<(std::process::ChildStdin, std::process::ChildStdout)>,
+/// The sandbox's first process, cloned by [`begin`]; it waits for its
+/// configuration ([`configure`](Early::configure)). Dropped unconfigured
+/// (the launch was refused first), it is told so and reaped.
+pub struct Early {
+    /// The child, or the step and errno that stopped its clone (reported
+    /// when it is configured, after any error of the profile's).
+    child: Result<libc::pid_t, (Step, i32)>,
+    sock: Option<OwnedFd>,
+    done: Option<OwnedFd>,
+    /// Our copy of the report pipe's write end, for the clone's failure.
+    report: OwnedFd,
 }
 
-/// Starts the sandbox: clones its first process (init, in new user, PID,
-/// IPC and mount namespaces, born in its cgroup; or, without namespaces,
-/// the command), which confines the command and execs it on the go-ahead.
-/// Returns once cloned: [`Started::exec`] waits for the exec. Call from the
-/// thread that stays for the whole run: PR_SET_PDEATHSIG fires when it ends.
-pub fn start(stage: Stage, mut exec: Exec) -> io::Result<Started> {
+/// Clones the sandbox's first process now: init, in new user, PID, IPC
+/// and mount namespaces (or, without namespaces, the command), which
+/// writes its id maps and mounts its /proc while this process goes on,
+/// then waits for [`Early::configure`]. Returns it, and the read end of
+/// the report pipe ([`read_reports`]). Call after the signals are blocked
+/// (wait::block_signals), best before any other thread exists (the clone
+/// then copies less), from the thread that stays for the whole run:
+/// PR_SET_PDEATHSIG fires when it ends.
+pub fn begin(namespaces: bool) -> io::Result<(Early, OwnedFd)> {
+    let (report_rx, report) = report_pipe()?;
     // The child writes an errno here if it fails; close-on-exec, so the
     // command's exec closes the last write end.
     let (done_rx, done_tx) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
-    let (flags, cgroup) = match (stage.namespaces, &stage.cgroup_v2) {
-        (true, Some((dir, _))) => (NAMESPACES, Some(dir.as_raw_fd())),
-        (true, None) => (NAMESPACES, None),
-        (false, _) => (0, None),
-    };
+    let (ours, theirs) = nix::sys::socket::socketpair(
+        nix::sys::socket::AddressFamily::Unix,
+        nix::sys::socket::SockType::Stream,
+        None,
+        nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+    )?;
+    let devnull: OwnedFd = std::fs::OpenOptions::new().read(true).write(true).open("/dev/null")?.into();
     // For init to see whether we are still there (it cannot ask getppid).
-    let alive = match stage.namespaces {
+    let alive = match namespaces {
         // SAFETY: pidfd_open takes plain integers; its fd is close-on-exec.
         true => match unsafe { libc::syscall(libc::SYS_pidfd_open, std::process::id(), 0) } {
             // SAFETY: a new fd, owned by nothing else.
@@ -930,27 +1384,113 @@ pub fn start(stage: Stage, mut exec: Exec) -> io::Result<Started> {
         },
         false => None,
     };
+    let map = |id: u32| format!("{id} {id} 1\n").into_bytes();
+    let birth = Birth {
+        supervisor: std::process::id() as libc::pid_t,
+        namespaces,
+        uid_map: map(nix::unistd::geteuid().as_raw()),
+        gid_map: map(nix::unistd::getegid().as_raw()),
+        report: report.as_raw_fd(),
+        devnull: devnull.as_raw_fd(),
+        sock: theirs.as_raw_fd(),
+        supervisors_end: ours.as_raw_fd(),
+        done: done_tx.as_raw_fd(),
+        alive: alive.as_ref().map(AsRawFd::as_raw_fd),
+    };
+    let flags = if namespaces { NAMESPACES } else { 0 };
     let inherited = Inherited::forwarding();
-    // SAFETY: the child only runs Stage::child, which keeps to syscalls on
+    // SAFETY: the child only runs Birth::run, which keeps to syscalls on
     // data prepared above and never returns.
-    let cloned = unsafe { clone_child(flags, cgroup) };
-    if let Ok((0, born)) = cloned {
-        // SAFETY: in the child of the clone, as Stage::child requires.
-        unsafe { stage.child(&exec, done_tx.as_raw_fd(), born, alive.as_ref().map(|a| a.as_raw_fd())) }
+    let cloned = unsafe { clone_child(flags, None) };
+    if let Ok((0, _)) = cloned {
+        // SAFETY: in the child of the clone, as Birth::run requires.
+        unsafe { birth.run() }
     }
     drop(inherited);
-    let pid = match cloned {
-        Ok((pid, _)) => pid,
-        Err((step, e)) => {
-            stage.record(step, e);
-            return Err(io::Error::from_raw_os_error(e));
+    // Our copies of the child's ends.
+    drop((done_tx, theirs, devnull, alive));
+    let early = Early { child: cloned.map(|(pid, _)| pid), sock: Some(ours), done: Some(done_rx), report };
+    Ok((early, report_rx))
+}
+
+impl Early {
+    /// The child's pid, if it was cloned.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.ok().map(|p| p as u32)
+    }
+
+    /// Sends the stage its configuration: it forks the command (init) or
+    /// becomes it, which confines itself and execs on the go-ahead
+    /// ([`Stage::go`]). Returns at once: [`Started::exec`] waits for the
+    /// exec, and reports why the stage stopped if it did (this only fails
+    /// for a clone that failed, or a configuration that cannot be made).
+    pub fn configure(mut self, stage: Stage, mut exec: Exec) -> io::Result<Started> {
+        let pid = match self.child {
+            Ok(pid) => pid,
+            Err((step, e)) => {
+                record(self.report.as_raw_fd(), step, e);
+                return Err(io::Error::from_raw_os_error(e));
+            }
+        };
+        let wire = encode(&stage, &exec)?;
+        let (Some(sock), Some(done)) = (self.sock.take(), self.done.take()) else {
+            return Err(io::Error::other("the stage was configured twice"));
+        };
+        // A stage that could not take it all (gone, or a short send) reads
+        // the end of the socket first, and says so through `done`. The
+        // socket stays: init lends its mount namespace through it.
+        let _ = send(&sock, &wire);
+        let _ = nix::sys::socket::shutdown(sock.as_raw_fd(), nix::sys::socket::Shutdown::Write);
+        // Our copies of the fds it was sent: the pipes' ends, the ruleset,
+        // the cgroup files.
+        let pipes = exec.ours.take();
+        drop((exec, stage));
+        Ok(Started { pid, done, pipes, sock })
+    }
+}
+
+impl Drop for Early {
+    fn drop(&mut self) {
+        if let (Some(sock), Ok(pid)) = (self.sock.take(), self.child) {
+            drop(sock);
+            let p = nix::unistd::Pid::from_raw(pid);
+            let _ = nix::sys::signal::kill(p, nix::sys::signal::Signal::SIGKILL);
+            let _ = nix::sys::wait::waitpid(p, None);
+        }
+    }
+}
+
+/// Writes `wire` to `sock`: the header with the fds, then the rest.
+fn send(sock: &OwnedFd, wire: &Wire) -> nix::Result<()> {
+    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+    let flags = MsgFlags::MSG_NOSIGNAL;
+    let rights = [ControlMessage::ScmRights(&wire.fds)];
+    let cmsgs: &[ControlMessage] = if wire.fds.is_empty() { &[] } else { &rights };
+    let first = [io::IoSlice::new(&wire.bytes[..HEADER])];
+    let mut sent = loop {
+        match sendmsg::<()>(sock.as_raw_fd(), &first, cmsgs, flags, None) {
+            Err(nix::errno::Errno::EINTR) => continue,
+            r => break r?,
         }
     };
-    // Our copies of the child's fds: the pipes' ends, the ruleset, the
-    // report pipe's write end, the cgroup files.
-    let pipes = exec.ours.take();
-    drop((done_tx, exec, stage, alive));
-    Ok(Started { pid, done: done_rx, pipes })
+    while sent < wire.bytes.len() {
+        match nix::sys::socket::send(sock.as_raw_fd(), &wire.bytes[sent..], flags) {
+            Ok(n) => sent += n,
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// The sandbox's first process, configured; the command has not exec'd yet.
+pub struct Started {
+    pid: libc::pid_t,
+    /// Where the child writes an errno if it fails; EOF once the command has exec'd.
+    done: OwnedFd,
+    pipes: Option<(std::process::ChildStdin, std::process::ChildStdout)>,
+    /// The configuration socket, where init lends its mount namespace.
+    sock: OwnedFd,
 }
 
 impl Started {
@@ -959,7 +1499,7 @@ impl Started {
     /// The go-ahead pipe must be written or closed before: the command
     /// waits for it.
     pub fn exec(self) -> io::Result<Spawned> {
-        let Started { pid, done, pipes } = self;
+        let Started { pid, done, pipes, sock } = self;
         let mut err = [0u8; 4];
         let read = loop {
             match nix::unistd::read(done.as_raw_fd(), &mut err) {
@@ -972,7 +1512,7 @@ impl Started {
             None => (None, None),
         };
         match read {
-            Ok(0) => Ok(Spawned { pid, stdin, stdout }),
+            Ok(0) => Ok(Spawned { pid, stdin, stdout, mount_ns: lent_fd(&sock) }),
             other => {
                 let e = match other {
                     Ok(4) => i32::from_ne_bytes(err),
@@ -1022,17 +1562,30 @@ pub fn set_undumpable() {
 }
 
 /// For `cargo xtask bench`: mean nanoseconds of fork → child `_exit` → reap,
-/// without and with [`Stage::confine`] in the child. The difference is what
-/// installing the capabilities drop, Landlock and seccomp costs per launch.
-pub fn time_confine(stage: &Stage, runs: u32) -> (u128, u128) {
+/// without and with the stage's confinement in the child (from `stage`,
+/// as the stage receives it). The difference is what installing the
+/// capabilities drop, Landlock and seccomp costs per launch. None if the
+/// configuration cannot be made.
+pub fn time_confine(stage: &Stage, runs: u32) -> Option<(u128, u128)> {
+    let exec = Exec::new(Path::new("/bin/true"), &["true".into()], &[], false).ok()?;
+    let wire = encode(stage, &exec).ok()?;
+    let mut words = vec![0u64; wire.bytes.len() / 8];
+    for (w, b) in words.iter_mut().zip(wire.bytes.chunks_exact(8)) {
+        *w = u64::from_ne_bytes(b.try_into().ok()?);
+    }
+    let mut fds = [-1; MAX_FDS];
+    fds[..wire.fds.len()].copy_from_slice(&wire.fds);
+    let base = words.as_mut_ptr().cast::<u8>();
+    let mut config = Config { base, len: wire.bytes.len(), fds, nfds: wire.fds.len(), report: -1, proc_dir: -1 };
+    config.settle().ok()?;
     let once = |confine: bool| -> u128 {
         let t = std::time::Instant::now();
-        // SAFETY: the child only runs Stage::confine (allocation-free and
+        // SAFETY: the child only runs Config::confine (allocation-free and
         // async-signal-safe) and _exit; the parent reaps the child it made.
         unsafe {
             let pid = libc::fork();
             if pid == 0 {
-                if confine && stage.confine(false, false).is_err() {
+                if confine && config.confine(false, false).is_err() {
                     libc::_exit(1);
                 }
                 libc::_exit(0);
@@ -1044,12 +1597,126 @@ pub fn time_confine(stage: &Stage, runs: u32) -> (u128, u128) {
     };
     let mean = |confine: bool| (0..runs).map(|_| once(confine)).sum::<u128>() / runs.max(1) as u128;
     let _warm = (mean(false), mean(true));
-    (mean(false), mean(true))
+    Some((mean(false), mean(true)))
 }
 
 #[cfg(test)]
 mod tests {
-    use super::Step;
+    use super::*;
+
+    fn insn(code: u16, k: u32) -> Insn {
+        Insn { code, jt: 1, jf: 2, k }
+    }
+
+    fn stage() -> Stage {
+        Stage {
+            cgroup_procs: Vec::new(),
+            cgroup_v2: None,
+            rlimits: vec![(libc::RLIMIT_NPROC, 7), (libc::RLIMIT_AS, u64::MAX)],
+            require_bounding_drop: true,
+            ruleset: None,
+            proc_access: Some(0x5),
+            canary: Some(c"/run/canary".into()),
+            go: None,
+            filters: vec![vec![insn(0x20, 4), insn(0x6, 0x7fff_0000)], vec![insn(0x6, 0)]],
+            notify: None,
+        }
+    }
+
+    /// The buffer as the stage receives it (page-aligned there; 8 here).
+    fn received(wire: &Wire) -> (Vec<u64>, Config) {
+        let mut words: Vec<u64> =
+            wire.bytes.chunks_exact(8).map(|b| u64::from_ne_bytes(b.try_into().expect("8 bytes"))).collect();
+        let mut fds = [-1; MAX_FDS];
+        fds[..wire.fds.len()].copy_from_slice(&wire.fds);
+        let config = Config {
+            base: words.as_mut_ptr().cast(),
+            len: wire.bytes.len(),
+            fds,
+            nfds: wire.fds.len(),
+            report: -1,
+            proc_dir: -1,
+        };
+        (words, config)
+    }
+
+    fn strings(table: *const *const libc::c_char) -> Vec<String> {
+        let mut out = Vec::new();
+        // SAFETY: a settled table: pointers to NUL-terminated strings in a live buffer, then NULL.
+        unsafe {
+            let mut p = table;
+            while !(*p).is_null() {
+                out.push(std::ffi::CStr::from_ptr(*p).to_string_lossy().into_owned());
+                p = p.add(1);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn a_configuration_reads_back_as_it_was_sent() {
+        let argv: Vec<OsString> = ["prog", "-x", ""].iter().map(OsString::from).collect();
+        let env = vec![(OsString::from("PATH"), OsString::from("/usr/bin")), ("A".into(), "b=c".into())];
+        let exec = Exec::new(Path::new("/usr/bin/prog"), &argv, &env, false).expect("exec");
+        let stage = stage();
+        let wire = encode(&stage, &exec).expect("encoded");
+        assert!(wire.fds.is_empty());
+        let (_words, mut config) = received(&wire);
+        config.settle().expect("settled");
+        let h = config.header();
+        assert_eq!((h.len as usize, h.require_bounding_drop, h.proc_access), (wire.bytes.len(), 1, 5));
+        assert_eq!((config.fd(h.ruleset_fd), config.fd(h.go_fd), h.notify.at), (None, None, NONE));
+        let rlimits: Vec<(u64, u64)> = (0..h.rlimits.n)
+            .map(|i| (config.word(h.rlimits.at + i * 16), config.word(h.rlimits.at + i * 16 + 8)))
+            .collect();
+        assert_eq!(rlimits, vec![(libc::RLIMIT_NPROC as u64, 7), (libc::RLIMIT_AS as u64, u64::MAX)]);
+        let programs: Vec<Vec<(u16, u8, u8, u32)>> = (0..h.filters.n)
+            .map(|i| config.program(config.filter(i)).iter().map(|i| (i.code, i.jt, i.jf, i.k)).collect())
+            .collect();
+        let sent: Vec<Vec<(u16, u8, u8, u32)>> =
+            stage.filters.iter().map(|p| p.iter().map(|i| (i.code, i.jt, i.jf, i.k)).collect()).collect();
+        assert_eq!(programs, sent);
+        // SAFETY: settled offsets of NUL-terminated strings in the live buffer.
+        let text = |at| unsafe { std::ffi::CStr::from_ptr(config.ptr(at)) }.to_string_lossy().into_owned();
+        assert_eq!((text(h.program), text(h.canary)), ("/usr/bin/prog".to_string(), "/run/canary".to_string()));
+        assert_eq!(strings(config.ptr(h.argv)), ["prog", "-x", ""]);
+        assert_eq!(strings(config.ptr(h.sh_argv)), ["/bin/sh", "/usr/bin/prog", "-x", ""]);
+        assert_eq!(strings(config.ptr(h.envp)), ["PATH=/usr/bin", "A=b=c"]);
+    }
+
+    #[test]
+    fn a_configuration_pointing_outside_itself_is_refused() {
+        let exec = Exec::new(Path::new("/bin/true"), &["true".into()], &[], false).expect("exec");
+        let wire = encode(&stage(), &exec).expect("encoded");
+        // Each offset in turn set past the end, or misaligned: refused, never read.
+        let fields: [fn(&mut Header) -> &mut u64; 6] = [
+            |h| &mut h.program,
+            |h| &mut h.canary,
+            |h| &mut h.argv,
+            |h| &mut h.envp,
+            |h| &mut h.rlimits.at,
+            |h| &mut h.filters.at,
+        ];
+        for (i, field) in fields.iter().enumerate() {
+            for bad in [wire.bytes.len() as u64, wire.bytes.len() as u64 + 4096, 3] {
+                let (mut words, mut config) = received(&wire);
+                let mut h = config.header();
+                *field(&mut h) = bad;
+                // SAFETY: the buffer starts with a Header and is live.
+                unsafe { std::ptr::write(words.as_mut_ptr().cast::<Header>(), h) };
+                config.base = words.as_mut_ptr().cast();
+                assert_eq!(config.settle(), Err(libc::EPROTO), "field {i} = {bad}");
+            }
+        }
+        // And an fd slot no fd was sent for.
+        let (mut words, mut config) = received(&wire);
+        let mut h = config.header();
+        h.go_fd = 0;
+        // SAFETY: as above.
+        unsafe { std::ptr::write(words.as_mut_ptr().cast::<Header>(), h) };
+        config.base = words.as_mut_ptr().cast();
+        assert_eq!(config.settle(), Err(libc::EPROTO));
+    }
 
     #[test]
     fn every_step_survives_the_report_pipe() {
