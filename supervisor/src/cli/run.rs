@@ -600,9 +600,11 @@ fn decide_in<'scope>(
     // run: the gate's acting thread confines itself, and (unless `run` did
     // it before the fork) a second thread starts the kernel-audit watcher
     // (start_watcher), tells the command to confine itself, and resolves
-    // the gate's rule paths.
-    let gate = gate_setup.map(crate::gate::begin);
-    let gated = gate.is_some();
+    // the gate's rule paths. When `run` did, the command is told first:
+    // the acting thread's start would only delay it.
+    let gated = gate_setup.is_some();
+    let mut gate_setup = gate_setup;
+    let mut gate = None;
     let gate_rules = move || gated.then(|| crate::gate::canonical_rules(&session.plan.gate));
     // The go-ahead pipe, shared with that thread: the command confines
     // itself as soon as it knows whether the kernel's reports are read,
@@ -631,6 +633,7 @@ fn decide_in<'scope>(
             (opened, Prep::Done(watcher, confined))
         }
         None => {
+            gate = gate_setup.take().map(crate::gate::begin);
             let abi = session.features.landlock_abi_used;
             let prepare = move || {
                 let watcher = start_watcher(abi, None, canary, &session.audit, &session.id);
@@ -641,6 +644,7 @@ fn decide_in<'scope>(
             (open_audit(&session.audit, &session.id), Prep::Thread(prep))
         }
     };
+    let gate = gate.or_else(|| gate_setup.take().map(crate::gate::begin));
     let AuditOpened { evidence, guarded, .. } = opened;
     let mut evidence = evidence?;
     // The other handles are siblings, made before this one holds the lock.
