@@ -308,6 +308,8 @@ fn without_user_namespaces_the_command_is_still_confined() {
     let r = run(&["status"]);
     assert!(r.stdout.contains("NoNewPrivs:\t1") && r.stdout.contains("Seccomp:\t2"), "{}", r.stdout);
     assert!(r.stdout.contains("CapEff:\t0000000000000000"), "{}", r.stdout);
+    // It confined itself on another CPU than the deciding thread, and took its CPUs back.
+    assert_eq!(cpus_allowed(&r.stdout), cpus_allowed(&std::fs::read_to_string("/proc/self/status").unwrap()));
     let secret = sb.outside.join("secret");
     std::fs::write(&secret, "s").unwrap();
     assert!(run(&["read", &sb.path(&secret)]).stdout.starts_with("errno 13"));
@@ -342,4 +344,42 @@ both!(a_script_without_an_interpreter_line_runs_through_sh_if_allowed, |sb| {
     let r = sb.run(&["run", "--exec", &path, "--", &path, "a", "b"]);
     assert_eq!(r.code, 126, "{}", r.stderr);
     assert!(r.stdout.is_empty() && r.stderr.contains("Exec format error"), "{}\n{}", r.stdout, r.stderr);
+});
+
+/// The `Cpus_allowed_list` of a /proc/PID/status.
+fn cpus_allowed(status: &str) -> Option<String> {
+    status.lines().find_map(|l| l.strip_prefix("Cpus_allowed_list:")).map(|l| l.trim().to_string())
+}
+
+// The stage confines the command on another CPU than the thread deciding
+// the launch (it is moved off that thread's CPU while it does); the command
+// execs on the CPUs portcullis was given, whatever they are, not on fewer.
+both!(the_command_runs_on_the_cpus_portcullis_was_given, |sb| {
+    let ours = cpus_allowed(&std::fs::read_to_string("/proc/self/status").unwrap());
+    let r = sb.run(&["run", "--exec", PROBE, "--", PROBE, "status"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(cpus_allowed(&r.stdout), ours, "{}", r.stdout);
+    // Given one CPU (taskset), the command has that one.
+    let last = nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0))
+        .ok()
+        .and_then(|set| (0..nix::sched::CpuSet::count()).rev().find(|&c| set.is_set(c).unwrap_or(false)));
+    let Some(cpu) = last else {
+        skip("this process's CPUs cannot be read");
+        return;
+    };
+    let c = sb.portcullis(&["run", "--exec", PROBE, "--", PROBE, "status"]);
+    let mut t = std::process::Command::new("taskset");
+    t.args(["-c", &cpu.to_string()]).arg(c.get_program()).args(c.get_args());
+    for (k, v) in c.get_envs() {
+        match v {
+            Some(v) => t.env(k, v),
+            None => t.env_remove(k),
+        };
+    }
+    if let Some(d) = c.get_current_dir() {
+        t.current_dir(d);
+    }
+    let r = Run::from(t.stdin(Stdio::null()).output().expect("taskset (util-linux) runs"));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(cpus_allowed(&r.stdout), Some(cpu.to_string()), "{}", r.stdout);
 });

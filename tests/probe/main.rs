@@ -544,7 +544,7 @@ fn main() {
                 let s = std::fs::read_to_string("/proc/self/status").unwrap();
                 for l in s
                     .lines()
-                    .filter(|l| l.starts_with("NoNewPrivs") || l.starts_with("Seccomp:") || l.starts_with("Cap"))
+                    .filter(|l| ["NoNewPrivs", "Seccomp:", "Cap", "Cpus_allowed_list"].iter().any(|p| l.starts_with(p)))
                 {
                     println!("{l}");
                 }
