@@ -332,7 +332,7 @@ fn timeline(argv: &[String], dir: &Path, rounds: usize) -> Result<String> {
         .collect();
     rows.sort_by(|a, b| a.1.total_cmp(&b.1));
     let mut t = format!(
-        "\n### Where the time of one launch goes (`PORTCULLIS_TIMING=1`, {rounds} launches as in the first table)\n\nThe median time of each mark since portcullis's `main`. Marks come from two threads (the main one, which clones the stage, decides the launch and starts the gate, and the one that opens the log and starts the kernel-audit reader meanwhile), so the steps overlap; printing the marks adds a little to each.\n\n| mark | median since start |\n|---|---:|\n"
+        "\n### Where the time of one launch goes (`PORTCULLIS_TIMING=1`, {rounds} launches as in the first table)\n\nThe median time of each mark since portcullis's `main`. Marks come from two threads (the main one, which clones the stage first, configures it once the sandbox is prepared, decides the launch and starts the gate once the command has exec'd, and the one that opens the log and starts the kernel-audit reader meanwhile), so the steps overlap; printing the marks adds a little to each.\n\n| mark | median since start |\n|---|---:|\n"
     );
     for (phase, us, n) in rows {
         let seen = if n == rounds { String::new() } else { format!(" (in {n} of {rounds} launches)") };
@@ -748,40 +748,50 @@ Policy-allowed operations write no audit record; denials are group-committed, as
 const LAUNCH_NOTES: &str = "
 What a portcullis launch does that bare fork+exec does not: load and compile
 the profile, build the Landlock ruleset (one O_PATH open per rule), compile
-the seccomp program. Meanwhile, on the other CPU, the thread that later
-passes signals on to the sandbox makes the private temp dir, looks up where
-the sandbox's cgroups can be made, asks the kernel whether Landlock's
-denials can be read (the kernel replies from a thread it starts per reply),
-opens and checks the signed audit log, looks up the files no rule may
-reach, and starts the kernel-audit reader. The scheduler here queued a new
-thread behind its creator for over a millisecond while the other CPU idled,
-so that thread is moved off its creator's CPU when it starts. Then the main
-thread clones the sandbox's init straight into new user, PID, IPC and mount
-namespaces and into its cgroup (one clone; no helper process, as
-unshare(2) would need from a multithreaded process). While init writes its
-id maps, mounts a private /proc and forks the command, which confines
-itself (capabilities, Landlock, seccomp) and waits, the main thread tells
-it to confine itself, checks that no rule reaches the log, writes the
-launch record, gives the go-ahead to exec, starts the syscall gate's
-threads, and waits for the exec. The launch record is fsynced while the
-command runs. When the sandbox is gone, the gate's server thread stops its
-acting thread, asks the kernel-audit reader to stop (the marker after
-which nothing of this sandbox can be reported) and closes the gate's
+the seccomp program. Before any of it, while the process is still one
+thread (the clone then copies least), the main thread clones the sandbox's
+init into new user and PID namespaces; init writes its id maps, makes its
+own IPC and mount namespaces (unshare: their cost, mostly copying the
+mount table, is init's, not the main thread's), mounts a private /proc and
+waits for its configuration. Meanwhile, on the other CPU, the thread that
+later passes signals on to the sandbox makes the private temp dir, looks up
+where the sandbox's cgroups can be made, asks the kernel whether
+Landlock's denials can be read (the kernel replies from a thread it starts
+per reply), opens and checks the signed audit log, looks up the files no
+rule may reach, and starts the kernel-audit reader. The scheduler here
+queued a new thread behind its creator for over a millisecond while the
+other CPU idled, so that thread is moved off its creator's CPU when it
+starts. Once the sandbox is prepared, the main thread sends init its
+configuration over a socket (the ruleset and the cgroup's fds, the seccomp
+programs, the limits, the command line and environment; read in place,
+nothing allocated) and moves it off its own CPU; init forks the command,
+straight into its cgroup where that is cgroup v2, which confines itself
+(capabilities, Landlock, seccomp) and waits, while the main thread tells it
+to confine itself, checks that no rule reaches the log, writes the launch
+record and gives the go-ahead to exec. The command takes back its CPUs and
+execs; the main thread then starts the syscall gate's threads (what the
+sandbox parks meanwhile waits in the kernel) and fsyncs the launch record
+while the command runs. When the sandbox is gone, the gate's server thread
+stops its acting thread, asks the kernel-audit reader to stop (the marker
+after which nothing of this sandbox can be reported) and closes the gate's
 records, while the run learns that init has exited; the exit record is
 written, and portcullis exits with the command's status: a finisher that
 shares its memory (clone CLONE_VM) fsyncs the record, writes the signed
 checkpoint, removes the temp dir and cgroups and tears the memory down,
-holding the log's lock (readers and the next run wait for it). The wall
-times above end when the caller has the status; each launch's CPU time
-includes its finisher's, and the next launch starts once it is done. As root, `max_procs` (512 in
-strict) needs a pids cgroup, because the kernel never applies RLIMIT_NPROC
-to uid 0; it is joined through cgroup v1's `tasks` file, which (unlike
-`cgroup.procs`) does not wait for an RCU grace period. On cgroup v2 (not
-this host's pids controller) a move through `cgroup.procs` waited 5.7 to
-15.7 ms here, so from Linux 5.7 init is cloned straight into the cgroup
-(clone3 CLONE_INTO_CGROUP) instead: about the cost of a plain fork.
-Unprivileged, RLIMIT_NPROC in the sandbox's own user namespace does the
-same job. `PORTCULLIS_TIMING=1 portcullis run ...` prints where the time of
+holding the log's lock (readers and the next run wait for it). Init lends
+its mount namespace to the supervisor, whose finisher closes it: the
+namespace's teardown waits for an RCU grace period, which no longer sits
+between the command's end and the caller's status. The wall times above
+end when the caller has the status; each launch's CPU time includes its
+finisher's, and the next launch starts once it is done. As root,
+`max_procs` (512 in strict) needs a pids cgroup, because the kernel never
+applies RLIMIT_NPROC to uid 0; it is joined through cgroup v1's `tasks`
+file, which (unlike `cgroup.procs`) does not wait for an RCU grace period.
+On cgroup v2 (not this host's pids controller) a move through
+`cgroup.procs` waited 5.7 to 15.7 ms here, so from Linux 5.7 the command
+is cloned straight into the cgroup (clone3 CLONE_INTO_CGROUP) instead:
+about the cost of a plain fork. Unprivileged, RLIMIT_NPROC in the
+sandbox's own user namespace does the same job. `PORTCULLIS_TIMING=1 portcullis run ...` prints where the time of
 one launch goes (the timeline table above).
 
 The binary is linked statically (`.cargo/config.toml`): a dynamically
