@@ -125,8 +125,9 @@ extern "C" fn finisher(arg: *mut libc::c_void) -> libc::c_int {
 }
 
 /// Whether this process has a thread besides the caller that is still
-/// running (one that has been joined may linger in /proc as it exits: its
-/// state is then Z or X, and it runs no more code of ours).
+/// running (one that has been joined may linger in /proc as it exits: it
+/// is then marked exiting, or its state is Z or X, and it runs no more
+/// code of ours).
 fn other_threads_alive() -> bool {
     let Ok(dir) = std::fs::read_dir("/proc/self/task") else { return true };
     // SAFETY: gettid takes no arguments.
@@ -143,18 +144,47 @@ fn other_threads_alive() -> bool {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
             Err(_) => return true,
         };
-        // "tid (comm) S ...": the state follows the last parenthesis.
-        let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next());
-        if !matches!(state, Some("Z" | "X")) {
+        if !exiting(&stat) {
             return true;
         }
     }
     false
 }
 
+/// Whether a /proc/PID/task/TID/stat line is a thread's that has ended or
+/// is ending: state Z or X, or PF_EXITING in its flags (a joined thread
+/// still in the kernel's exit path, state R or D: once in 50 launches
+/// here, which then made the exit record durable before exiting).
+fn exiting(stat: &str) -> bool {
+    const PF_EXITING: u64 = 0x4;
+    // "tid (comm) S ppid pgrp session tty_nr tpgid flags ...": the state
+    // follows the last parenthesis (a comm may hold one), the flags six after.
+    let fields: Vec<&str> =
+        stat.rsplit_once(')').map(|(_, rest)| rest.split_whitespace().collect()).unwrap_or_default();
+    let flags = fields.get(6).and_then(|f| f.parse::<u64>().ok());
+    matches!(fields.first(), Some(&("Z" | "X"))) || flags.is_some_and(|f| f & PF_EXITING != 0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_thread_on_its_way_out_counts_as_gone() {
+        // Fields as the kernel writes them (flags: 0x400040 running, 0x400044 exiting).
+        let line =
+            |state: &str, flags: u64| format!("4242 (gate (x)) {state} 1 1 1 0 -1 {flags} 0 0 0 0 1 2 0 0 20 0 3 0");
+        assert!(!exiting(&line("R", 0x40_0040)));
+        assert!(!exiting(&line("S", 0x40_0040)));
+        assert!(exiting(&line("R", 0x40_0044)));
+        assert!(exiting(&line("D", 0x40_0044)));
+        assert!(exiting(&line("Z", 0x40_0040)));
+        assert!(exiting(&line("X", 0)));
+        assert!(!exiting("garbage"));
+        // This thread, read back: running, not exiting.
+        let tid = nix::unistd::gettid();
+        assert!(!exiting(&std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).unwrap()));
+    }
 
     #[test]
     fn a_second_thread_keeps_the_finisher_in_process() {
