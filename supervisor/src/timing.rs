@@ -17,3 +17,14 @@ pub fn mark(phase: &str) {
         eprintln!("portcullis: timing: {:>6} us  {phase}", t.elapsed().as_micros());
     }
 }
+
+static DONE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Marks "done" once: `run` marks it before it exits with the command's
+/// status, and `main` for every command (a run that could not hand its
+/// last steps to the finisher returns to `main`, which printed it again).
+pub fn done() {
+    if !DONE.swap(true, std::sync::atomic::Ordering::Relaxed) {
+        mark("done");
+    }
+}

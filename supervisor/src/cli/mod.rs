@@ -328,7 +328,7 @@ pub fn main() -> i32 {
         Cmd::Grants { cmd } => grants::grants(cmd),
         Cmd::ProbeOp { op, target } => Ok(probe_op::probe_op(&op, &target)),
     };
-    crate::timing::mark("done");
+    crate::timing::done();
     match result {
         Ok(code) => code,
         Err(Failure { code, message }) => {

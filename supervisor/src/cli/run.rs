@@ -531,7 +531,7 @@ fn launch_with(
                 let _ = writeln!(std::io::stderr(), "portcullis: {}", f.message);
             }
         });
-        crate::timing::mark("done");
+        crate::timing::done();
         // Returns only where the finisher cannot run here (see sys::finish).
         crate::sys::finish::exit_finishing(code, finish)();
         crate::timing::mark("exit record durable");
