@@ -266,18 +266,24 @@ fn a_temp_root_another_user_made_is_refused_and_left_alone() {
 fn without_user_namespaces(c: &std::process::Command, zero: &std::path::Path) -> std::process::Command {
     let mut w = std::process::Command::new("bwrap");
     w.args(["--dev-bind", "/", "/", "--ro-bind"]).arg(zero).args(["/proc/sys/user/max_user_namespaces", "--"]);
-    w.arg(c.get_program()).args(c.get_args());
+    wrapping(w, c)
+}
+
+/// `outer` (a launcher and its options) running `c`: its program, arguments,
+/// environment and directory; stdin from /dev/null.
+fn wrapping(mut outer: std::process::Command, c: &std::process::Command) -> std::process::Command {
+    outer.arg(c.get_program()).args(c.get_args());
     for (k, v) in c.get_envs() {
         match v {
-            Some(v) => w.env(k, v),
-            None => w.env_remove(k),
+            Some(v) => outer.env(k, v),
+            None => outer.env_remove(k),
         };
     }
     if let Some(d) = c.get_current_dir() {
-        w.current_dir(d);
+        outer.current_dir(d);
     }
-    w.stdin(Stdio::null());
-    w
+    outer.stdin(Stdio::null());
+    outer
 }
 
 // The path without namespaces (the stage's child is the command itself):
@@ -367,19 +373,10 @@ both!(the_command_runs_on_the_cpus_portcullis_was_given, |sb| {
         skip("this process's CPUs cannot be read");
         return;
     };
-    let c = sb.portcullis(&["run", "--exec", PROBE, "--", PROBE, "status"]);
-    let mut t = std::process::Command::new("taskset");
-    t.args(["-c", &cpu.to_string()]).arg(c.get_program()).args(c.get_args());
-    for (k, v) in c.get_envs() {
-        match v {
-            Some(v) => t.env(k, v),
-            None => t.env_remove(k),
-        };
-    }
-    if let Some(d) = c.get_current_dir() {
-        t.current_dir(d);
-    }
-    let r = Run::from(t.stdin(Stdio::null()).output().expect("taskset (util-linux) runs"));
+    let mut taskset = std::process::Command::new("taskset");
+    taskset.args(["-c", &cpu.to_string()]);
+    let mut t = wrapping(taskset, &sb.portcullis(&["run", "--exec", PROBE, "--", PROBE, "status"]));
+    let r = Run::from(t.output().expect("taskset (util-linux) runs"));
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert_eq!(cpus_allowed(&r.stdout), Some(cpu.to_string()), "{}", r.stdout);
 });

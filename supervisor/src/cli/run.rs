@@ -319,8 +319,9 @@ enum Ending {
 ///
 /// The stage (cloned by `run` before the profile was loaded, or here) is
 /// configured as soon as the sandbox is prepared: while init forks the
-/// command into its cgroup, this thread ([`decide`]) takes the audit log and the kernel-audit watcher (`early`: opened and started by
-/// `run` meanwhile; otherwise it does both), checks what must be refused,
+/// command into its cgroup, this thread ([`decide`]) takes the audit log
+/// and the kernel-audit watcher (`early`: opened and started by `run`
+/// meanwhile; otherwise it does both), checks what must be refused,
 /// writes the launch record and starts the gate. The command confines
 /// itself once it is told whether the kernel's reports are read (the
 /// first byte of the go-ahead pipe), and execs only on its go-ahead (the
