@@ -491,7 +491,8 @@ impl Birth {
                 while !cmsg.is_null() {
                     if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
                         let data = libc::CMSG_DATA(cmsg).cast::<RawFd>();
-                        let count = ((*cmsg).cmsg_len - libc::CMSG_LEN(0) as usize) / std::mem::size_of::<RawFd>();
+                        let count =
+                            (*cmsg).cmsg_len.saturating_sub(libc::CMSG_LEN(0) as usize) / std::mem::size_of::<RawFd>();
                         for i in 0..count {
                             if nfds == MAX_FDS {
                                 return Err(libc::EMSGSIZE);
