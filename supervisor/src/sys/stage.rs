@@ -1433,11 +1433,6 @@ pub fn begin(namespaces: bool) -> io::Result<(Early, OwnedFd)> {
 }
 
 impl Early {
-    /// The child's pid, if it was cloned.
-    pub fn pid(&self) -> Option<u32> {
-        self.child.ok().map(|p| p as u32)
-    }
-
     /// Sends the stage its configuration: it forks the command (init) or
     /// becomes it, which confines itself and execs on the go-ahead
     /// ([`Stage::go`]). Returns at once: [`Started::exec`] waits for the
