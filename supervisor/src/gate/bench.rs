@@ -163,7 +163,7 @@ pub fn measure(iters: usize, dir: &Path) -> Result<GateBench, Failure> {
     let bare_getppid = stats(bare_ppid.run().map_err(|e| fail(&e))?);
 
     // The floor: receive, answer, nothing else.
-    let listener = super::recv_listener(&floor_ours).ok_or_else(|| fail(&"no listener from the worker"))?;
+    let listener = crate::sys::stage::recv_fd(&floor_ours, true).ok_or_else(|| fail(&"no listener from the worker"))?;
     let _ = notify::set_sync_wakeup(listener.as_fd());
     let responder = std::thread::spawn(move || loop {
         use nix::poll::{poll, PollFd, PollFlags, PollTimeout};

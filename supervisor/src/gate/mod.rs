@@ -823,7 +823,7 @@ impl Armed {
             .name("gate".into())
             .spawn(move || {
                 // No listener: the stage failed before it sent one.
-                let listener = recv_listener(&sock)?;
+                let listener = crate::sys::stage::recv_fd(&sock, true)?;
                 drop(sock);
                 let _ = notify::set_sync_wakeup(listener.as_fd());
                 let syscall_names = ctx.plan.ask_syscalls().into_iter().collect();
@@ -1132,28 +1132,6 @@ impl Journal {
         let writer = self.writer.lock().unwrap_or_else(|p| p.into_inner()).take();
         writer.and_then(|w| w.join().unwrap_or_else(|_| Some("the gate's audit writer panicked".into())))
     }
-}
-
-pub(crate) fn recv_listener(sock: &OwnedFd) -> Option<OwnedFd> {
-    use std::os::fd::AsRawFd;
-    let mut byte = [0u8; 1];
-    let mut iov = [std::io::IoSliceMut::new(&mut byte)];
-    let mut cmsg = nix::cmsg_space!(std::os::fd::RawFd);
-    let msg = nix::sys::socket::recvmsg::<()>(
-        sock.as_raw_fd(),
-        &mut iov,
-        Some(&mut cmsg),
-        nix::sys::socket::MsgFlags::MSG_CMSG_CLOEXEC,
-    )
-    .ok()?;
-    for c in msg.cmsgs().ok()? {
-        if let nix::sys::socket::ControlMessageOwned::ScmRights(fds) = c {
-            if let Some(&fd) = fds.first() {
-                return Some(notify::own(fd));
-            }
-        }
-    }
-    None
 }
 
 fn serve(shared: &Arc<Shared>) {

@@ -1296,25 +1296,27 @@ impl Spawned {
     }
 }
 
-/// The fd init lent through `sock`, if it is there (see Birth::lend_mount_ns).
-fn lent_fd(sock: &OwnedFd) -> Option<OwnedFd> {
+/// The first fd sent over the unix socket `sock` with one byte
+/// ([`send_fd`]), close-on-exec; any others in the message are closed.
+/// `wait`: block until a message comes (else None when there is none yet).
+pub(crate) fn recv_fd(sock: &OwnedFd, wait: bool) -> Option<OwnedFd> {
     use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
     let mut byte = [0u8; 1];
     let mut iov = [io::IoSliceMut::new(&mut byte)];
     let mut cmsg = nix::cmsg_space!(RawFd);
-    let flags = MsgFlags::MSG_CMSG_CLOEXEC | MsgFlags::MSG_DONTWAIT;
+    let flags = MsgFlags::MSG_CMSG_CLOEXEC | if wait { MsgFlags::empty() } else { MsgFlags::MSG_DONTWAIT };
     let msg = recvmsg::<()>(sock.as_raw_fd(), &mut iov, Some(&mut cmsg), flags).ok()?;
-    let mut lent = None;
+    let mut first = None;
     for c in msg.cmsgs().ok()? {
         if let ControlMessageOwned::ScmRights(fds) = c {
             for fd in fds {
                 // SAFETY: received just now, owned by nothing else.
                 let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-                lent.get_or_insert(fd);
+                first.get_or_insert(fd);
             }
         }
     }
-    lent
+    first
 }
 
 /// The forwarded and job-control signals, handled by [`forward`] while
@@ -1561,7 +1563,7 @@ impl Started {
             None => (None, None),
         };
         match read {
-            Ok(0) => Ok(Spawned { pid, stdin, stdout, mount_ns: lent_fd(&sock) }),
+            Ok(0) => Ok(Spawned { pid, stdin, stdout, mount_ns: recv_fd(&sock, false) }),
             other => {
                 let e = match other {
                     Ok(4) => i32::from_ne_bytes(err),
