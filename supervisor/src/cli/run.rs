@@ -57,26 +57,30 @@ impl Session {
         let audit = audit_paths(args)?;
         let id = session_id();
         let root = features.runtime_root();
+        let planned = sandbox::private_tmp_path(&root, &id);
         let tmp = make_private_tmp(&root, &id);
-        Self::open_as(args, features, id, audit, || tmp, crate::gate::hooks::configured_hooks)
+        Self::open_as(args, features, id, audit, planned, || tmp, crate::gate::hooks::configured_hooks)
     }
 
     /// As [`open_on`](Self::open_on), with the run's id and audit paths
-    /// already chosen (`run` opens the log with them meanwhile), and the
-    /// private `{tmp}` from `tmp` ([`make_private_tmp`]; `run` makes it on
-    /// the other thread meanwhile). `tmp` is taken even when the profile
-    /// fails, so that the directory it made goes again. `hooks`: the rule
-    /// for the hooks directory the workspace's git config names (see
+    /// already chosen (`run` opens the log with them meanwhile). The
+    /// profile is compiled with `planned` for `{tmp}`
+    /// ([`sandbox::private_tmp_path`]); `tmp` then gives the directory
+    /// made there ([`make_private_tmp`]; `run` makes it on the other thread
+    /// meanwhile). `tmp` is taken even when the profile fails, so that the
+    /// directory it made goes again. `hooks`: the rule for the hooks
+    /// directory the workspace's git config names (see
     /// gate::hooks::configured_hooks).
     fn open_as(
         args: &SandboxArgs,
         features: Features,
         id: String,
         audit: AuditPaths,
+        planned: PathBuf,
         tmp: impl FnOnce() -> Result<(PathBuf, std::fs::File), Failure>,
         hooks: impl FnOnce(&Path, &str) -> Option<policy::ask::GateRule>,
     ) -> Result<Session, Failure> {
-        let loaded = (|| {
+        let compiled = (|| {
             let mut profile = policy::Loader::from_env().load(&args.profile)?;
             profile.apply(&args.overrides())?;
             let workspace = match &args.workspace {
@@ -90,12 +94,14 @@ impl Session {
             }
             let home = std::env::var("HOME").unwrap_or_else(|_| "/nonexistent".into());
             refuse_home_as_workspace(&workspace, &home, args.workspace.is_none())?;
-            Ok((profile, workspace, home))
+            crate::timing::mark("profile loaded");
+            let vars = policy::Vars { workspace: path_str(&workspace)?, home, tmp: path_str(&planned)? };
+            let plan = policy::compile(&profile, &vars)?;
+            Ok((plan, workspace, vars.home))
         })();
-        crate::timing::mark("profile loaded");
         let made = tmp();
-        let (profile, workspace, home) = match loaded {
-            Ok(l) => l,
+        let (mut plan, workspace, home) = match compiled {
+            Ok(c) => c,
             Err(e) => {
                 // The profile's error first, as when the directory was made
                 // after it; the directory goes again.
@@ -107,21 +113,28 @@ impl Session {
             }
         };
         let (tmp, tmp_held) = made?;
-        let vars = policy::Vars { workspace: path_str(&workspace)?, home, tmp: path_str(&tmp)? };
-        let mut plan = match policy::compile(&profile, &vars) {
-            Ok(p) => p,
-            Err(e) => {
-                let _ = std::fs::remove_dir_all(&tmp);
-                return Err(e.into());
-            }
-        };
-        crate::gate::hooks::protect_found_hooks(&mut plan.gate, hooks(&workspace, &vars.home));
+        if tmp != planned {
+            drop(tmp_held);
+            let _ = std::fs::remove_dir_all(&tmp);
+            return Err(Failure::setup(format!(
+                "private temp dir made at {}, not at {} as planned",
+                tmp.display(),
+                planned.display()
+            )));
+        }
+        crate::gate::hooks::protect_found_hooks(&mut plan.gate, hooks(&workspace, &home));
         let path_var = std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
         Ok(Session { id, features, plan, tmp, path_var, workspace, audit, _tmp_held: tmp_held })
     }
 
     pub fn prepare(&self, dry: bool) -> Result<Prepared, Failure> {
         sandbox::prepare(&self.plan, &self.features, &self.path_var, &self.id, dry)
+    }
+
+    /// As [`prepare`](Self::prepare), for a launch, with the cgroup
+    /// controllers from `controllers` ([`sandbox::prepare_with`]).
+    fn prepare_with(&self, controllers: impl FnOnce() -> Option<sandbox::Controllers>) -> Result<Prepared, Failure> {
+        sandbox::prepare_with(&self.plan, &self.features, &self.path_var, &self.id, false, controllers)
     }
 }
 
@@ -197,13 +210,12 @@ pub fn run(args: RunArgs) -> Result<i32, Failure> {
         let workspace = args.sandbox.workspace.clone();
         wait::LaunchWatch::start_after(move || {
             // First what the main thread needs from here, each about 0.1 ms
-            // off its path to the clone: the private `{tmp}` (mkdir), and
-            // where this process may make the sandbox's cgroups (the kernel
-            // formats our cgroups and the mount table for the reads).
-            let _ = tmp_tx.send(make_private_tmp(&root, &id));
-            let _ = cgroups_tx.send(limits::find_controllers(["pids", "memory"]));
-            // And the hooks directory git's config names, for the workspace
-            // the main thread is about to find (it checks it is the same).
+            // off its path, in the order it asks: the hooks directory git's
+            // config names, for the workspace the main thread is about to
+            // find (it checks it is the same), and the private `{tmp}`
+            // (mkdir), once the profile is compiled; where this process may
+            // make the sandbox's cgroups (the kernel formats our cgroups
+            // and the mount table for the reads), once the sandbox is built.
             let workspace = match workspace {
                 Some(w) => std::fs::canonicalize(w),
                 None => std::env::current_dir(),
@@ -214,6 +226,8 @@ pub fn run(args: RunArgs) -> Result<i32, Failure> {
                 (ws, home, rule)
             });
             let _ = hooks_tx.send(found);
+            let _ = tmp_tx.send(make_private_tmp(&root, &id));
+            let _ = cgroups_tx.send(limits::find_controllers(["pids", "memory"]));
             // Asked before the log opens, answered when the kernel-audit watcher starts:
             // the kernel answers from a thread it starts for the reply (the
             // request waits for that thread to exist: about 0.2 ms here, a
@@ -234,13 +248,11 @@ pub fn run(args: RunArgs) -> Result<i32, Failure> {
         Ok(Some((w, h, found))) if w == ws && h == home => found,
         _ => crate::gate::hooks::configured_hooks(ws, home),
     };
-    let mut session = Session::open_as(&args.sandbox, features, id.clone(), audit, tmp, hooks)?;
+    let planned = sandbox::private_tmp_path(&root, &id);
+    let session = Session::open_as(&args.sandbox, features, id.clone(), audit, planned, tmp, hooks)?;
     crate::timing::mark("profile loaded and compiled");
     // Without them (the thread died), prepare looks for itself.
-    if let Ok([pids, memory]) = cgroups.recv() {
-        (session.features.pids_cgroup, session.features.memory_cgroup) = (pids, memory);
-    }
-    let prepared = session.prepare(false)?;
+    let prepared = session.prepare_with(|| cgroups.recv().ok())?;
     crate::timing::mark("sandbox prepared");
     let early = Early { set, watch, opened, canary: canary_path, stage };
     launch_with(&session, prepared, &args.command, args.mcp, Some(early), Ending::Exit)

@@ -45,6 +45,25 @@ pub fn prepare(
     session: &str,
     dry: bool,
 ) -> Result<Prepared, Failure> {
+    prepare_with(plan, features, path_var, session, dry, || None)
+}
+
+/// The pids and memory cgroup controllers, as [`limits::find_controllers`]
+/// finds them.
+pub type Controllers = [Option<limits::CgroupController>; 2];
+
+/// As [`prepare`], with the cgroup controllers from `controllers` when it
+/// has them (`run` looks them up on another thread meanwhile: asked for
+/// only once the Landlock ruleset and the seccomp program are built), and
+/// otherwise from `features`.
+pub fn prepare_with(
+    plan: &Plan,
+    features: &Features,
+    path_var: &OsString,
+    session: &str,
+    dry: bool,
+    controllers: impl FnOnce() -> Option<Controllers>,
+) -> Result<Prepared, Failure> {
     let mut enforcement = Enforcement::default();
     let writable = exec::Writable::of(plan);
     let exec =
@@ -118,10 +137,15 @@ pub fn prepare(
     let program = seccomp::program(&rules, parked.as_deref())?;
     crate::timing::mark("seccomp compiled");
 
+    let found = controllers();
+    let [pids, memory] = match &found {
+        Some([pids, memory]) => [pids.as_ref(), memory.as_ref()],
+        None => [features.pids_cgroup.as_ref(), features.memory_cgroup.as_ref()],
+    };
     let limits = limits::apply(
         &plan.limits,
-        features.pids_cgroup.as_ref(),
-        features.memory_cgroup.as_ref(),
+        pids,
+        memory,
         namespaces,
         namespaces && features.clone_into_cgroup(),
         session,
@@ -188,7 +212,13 @@ impl Drop for Undo {
     }
 }
 
-/// A fresh private directory for `{tmp}`, mode 0700, under a root we own.
+/// Where the run `session` has its private `{tmp}` under `root`.
+pub fn private_tmp_path(root: &std::path::Path, session: &str) -> PathBuf {
+    root.join(format!("tmp-{session}"))
+}
+
+/// A fresh private directory for `{tmp}` ([`private_tmp_path`]), mode
+/// 0700, under a root we own.
 pub fn private_tmp(root: &std::path::Path, session: &str) -> Result<PathBuf, Failure> {
     use std::os::unix::fs::{DirBuilderExt, MetadataExt};
     let fail = |what: &str, e: &dyn std::fmt::Display| Failure::setup(format!("private temp dir {what}: {e}"));
@@ -205,7 +235,7 @@ pub fn private_tmp(root: &std::path::Path, session: &str) -> Result<PathBuf, Fai
             root.display()
         )));
     }
-    let dir = root.join(format!("tmp-{session}"));
+    let dir = private_tmp_path(root, session);
     std::fs::DirBuilder::new().mode(0o700).create(&dir).map_err(|e| fail(&dir.display().to_string(), &e))?;
     Ok(dir)
 }
