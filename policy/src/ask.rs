@@ -146,7 +146,7 @@ impl Access {
 }
 
 /// A rule's target before variables are expanded.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum RawTarget {
     Path(String),
     Port(u16),
@@ -155,7 +155,7 @@ pub enum RawTarget {
 }
 
 /// One `ask` or `deny` line, merged along the chain.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct RawRule {
     pub access: Access,
     pub target: RawTarget,
@@ -166,7 +166,7 @@ pub struct RawRule {
 }
 
 /// `[ask]` and `[deny]` merged along the `extends` chain.
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct AskProfile {
     pub rules: Vec<RawRule>,
     pub timeout_ms: Option<Located<u64>>,

@@ -88,7 +88,7 @@ pub struct BreakerFile {
 // ---------------------------------------------------------------- merged profile
 
 /// What a tool rule does with a call.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ToolVerdict {
     Allow,
@@ -116,7 +116,7 @@ impl ToolVerdict {
 }
 
 /// What a tool does, for rules (`@write`), the audit log and the approver.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Category {
     Read,
@@ -157,7 +157,7 @@ impl Category {
 }
 
 /// The merged `[mcp]` section: lists add up along the chain, scalars from the child win.
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct McpProfile {
     pub max_message: Option<Located<u64>>,
     pub redact: Option<bool>,
@@ -172,14 +172,14 @@ pub struct McpProfile {
 }
 
 /// `allow`/`ask`/`deny` entry: a tool-name glob or `@category`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ToolRule {
     pub pattern: String,
     pub verdict: ToolVerdict,
     pub at: Origin,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CategoryRule {
     pub pattern: String,
     pub category: Category,
@@ -187,7 +187,7 @@ pub struct CategoryRule {
 }
 
 /// A token bucket: at most `burst` calls at once, refilled at `burst` per `per_ms`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RateRule {
     pub pattern: String,
     pub burst: u32,

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
 use crate::error::{Error, Origin};
@@ -11,7 +11,7 @@ use crate::schema::ProfileFile;
 use crate::size;
 
 /// A value and the place (file:line or flag) that gave it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Located<T> {
     pub value: T,
     pub at: Origin,
@@ -24,7 +24,7 @@ impl<T> Located<T> {
 }
 
 /// A merged profile, not yet expanded or checked against the machine.
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Profile {
     /// Name the user asked for (`strict`, `./mine.toml`).
     pub name: String,
@@ -59,7 +59,7 @@ pub struct Profile {
 }
 
 /// A checked `[[expect]]` entry.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Expect {
     pub op: ExpectOp,
     /// A path (variables not yet expanded) or a port number as text.
@@ -67,7 +67,7 @@ pub struct Expect {
     pub allow: bool,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ExpectOp {
     Read,

@@ -14,6 +14,7 @@ pub mod kernel;
 pub mod mcp;
 #[cfg(test)]
 mod mutate;
+pub mod profiles;
 pub mod sandbox;
 pub mod sys;
 pub mod timing;

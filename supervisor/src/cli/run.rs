@@ -81,7 +81,7 @@ impl Session {
         hooks: impl FnOnce(&Path, &str) -> Option<policy::ask::GateRule>,
     ) -> Result<Session, Failure> {
         let compiled = (|| {
-            let mut profile = policy::Loader::from_env().load(&args.profile)?;
+            let mut profile = policy::Loader::from_env().load_preloaded(&args.profile, crate::profiles::PRELOADED)?;
             profile.apply(&args.overrides())?;
             let workspace = match &args.workspace {
                 Some(w) => {
