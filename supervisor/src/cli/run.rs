@@ -205,6 +205,7 @@ pub fn run(args: RunArgs) -> Result<i32, Failure> {
     let (cgroups_tx, cgroups) = std::sync::mpsc::sync_channel(1);
     let (tmp_tx, tmp) = std::sync::mpsc::sync_channel(1);
     let (hooks_tx, hooks) = std::sync::mpsc::sync_channel(1);
+    let (watched_tx, watched) = std::sync::mpsc::sync_channel(1);
     let (watch, opened) = {
         let (audit, id, root) = (audit.clone(), id.clone(), features.runtime_root());
         let workspace = args.sandbox.workspace.clone();
@@ -228,14 +229,18 @@ pub fn run(args: RunArgs) -> Result<i32, Failure> {
             let _ = hooks_tx.send(found);
             let _ = tmp_tx.send(make_private_tmp(&root, &id));
             let _ = cgroups_tx.send(limits::find_controllers(["pids", "memory"]));
-            // Asked before the log opens, answered when the kernel-audit watcher starts:
-            // the kernel answers from a thread it starts for the reply (the
-            // request waits for that thread to exist: about 0.2 ms here, a
-            // few milliseconds when the machine was busy).
+            // Then whether the kernel's reports will be read, which is all
+            // the command waits for to confine itself (it does while the
+            // log opens). The kernel answers the status request from a
+            // thread it starts for the reply (the request waits for that
+            // thread to exist: about 0.1 ms here, a few milliseconds when
+            // the machine was busy).
             let audit_status = (abi >= 7).then(kaudit::StatusQuery::send);
+            let watch = watch_kernel(abi, audit_status, canary, &audit);
+            let _ = watched_tx.send(watch.is_ok());
             let mut opened = open_audit(&audit, &id);
             if opened.evidence.is_ok() {
-                opened.watcher = Some(start_watcher(abi, audit_status, canary, &audit, &id));
+                opened.watcher = Some(start_watcher(watch, &audit, &id));
             }
             opened
         })
@@ -254,7 +259,7 @@ pub fn run(args: RunArgs) -> Result<i32, Failure> {
     // Without them (the thread died), prepare looks for itself.
     let prepared = session.prepare_with(|| cgroups.recv().ok())?;
     crate::timing::mark("sandbox prepared");
-    let early = Early { set, watch, opened, canary: canary_path, stage };
+    let early = Early { set, watch, opened: Opening { watched, opened }, canary: canary_path, stage };
     launch_with(&session, prepared, &args.command, args.mcp, Some(early), Ending::Exit)
 }
 
@@ -277,9 +282,18 @@ struct AuditOpened {
 struct Early {
     set: nix::sys::signal::SigSet,
     watch: wait::LaunchWatch,
-    opened: wait::FirstJob<AuditOpened>,
+    opened: Opening,
     canary: Option<PathBuf>,
     stage: (stage::Early, std::os::fd::OwnedFd),
+}
+
+/// What the thread that opens the audit log gives the launch: first
+/// whether the kernel's reports will be read (its audit stream joined and
+/// the canary placed, see [`watch_kernel`]), then the log, the guarded
+/// places and the kernel-audit watcher.
+struct Opening {
+    watched: std::sync::mpsc::Receiver<bool>,
+    opened: wait::FirstJob<AuditOpened>,
 }
 
 /// Opens the log (reads the key, checks the chain's tail against its
@@ -293,26 +307,32 @@ fn open_audit(audit: &AuditPaths, id: &str) -> AuditOpened {
 
 /// Asks the kernel whether Landlock's own reports of what it refused can
 /// be read (ABI 7+, kernel audit on, CAP_AUDIT_READ; the answer took about
-/// a millisecond here, much of it spent waiting), and if so places the
-/// canary and starts the kernel-audit watcher.
-fn start_watcher(
+/// a millisecond here, much of it spent waiting), and if so joins its audit
+/// stream and places the canary: what must be done before the command
+/// confines itself, whose reports then wait on the reader.
+fn watch_kernel(
     abi: i32,
     audit_status: Option<kaudit::StatusQuery>,
     canary: Option<kaudit::Canary>,
     audit: &AuditPaths,
+) -> Result<(kaudit::Reader, kaudit::Canary), String> {
+    let reader = kaudit::probe_with(abi, audit_status)?;
+    let mut canary = canary.ok_or("no canary could be placed beside the audit log")?;
+    // A first run's log directory may not be made yet.
+    if let Some(dir) = audit.log.parent() {
+        let _ = crate::evidence::create_private_dir(dir);
+    }
+    canary.place()?;
+    Ok((reader, canary))
+}
+
+/// [`watch_kernel`], then the kernel-audit watcher started.
+fn start_watcher(
+    watch: Result<(kaudit::Reader, kaudit::Canary), String>,
+    audit: &AuditPaths,
     id: &str,
 ) -> Result<kaudit::Watcher, String> {
-    let watcher = match (kaudit::probe_with(abi, audit_status), canary) {
-        (Ok(reader), Some(canary)) => {
-            // A first run's log directory may not be made yet.
-            if let Some(dir) = audit.log.parent() {
-                let _ = crate::evidence::create_private_dir(dir);
-            }
-            kaudit::Watcher::start(reader, canary, audit, id)
-        }
-        (Ok(_), None) => Err("no canary could be placed beside the audit log".to_string()),
-        (Err(why), _) => Err(why),
-    };
+    let watcher = watch.and_then(|(reader, canary)| kaudit::Watcher::start(reader, canary, audit, id));
     crate::timing::mark("kernel audit watcher started");
     watcher
 }
@@ -593,7 +613,7 @@ fn decide(
     program: Result<&Path, &Failure>,
     gate_setup: Option<crate::gate::Setup>,
     canary: Option<kaudit::Canary>,
-    opened: Option<wait::FirstJob<AuditOpened>>,
+    opened: Option<Opening>,
     go: Option<std::os::fd::OwnedFd>,
 ) -> Result<Ready, Failure> {
     std::thread::scope(|scope| decide_in(scope, d, program, gate_setup, canary, opened, go))
@@ -605,7 +625,7 @@ fn decide_in<'scope>(
     program: Result<&Path, &Failure>,
     gate_setup: Option<crate::gate::Setup>,
     canary: Option<kaudit::Canary>,
-    opened: Option<wait::FirstJob<AuditOpened>>,
+    opened: Option<Opening>,
     go: Option<std::os::fd::OwnedFd>,
 ) -> Result<Ready, Failure> {
     let session = d.session;
@@ -631,9 +651,12 @@ fn decide_in<'scope>(
         confine.lock().is_ok_and(|go| go.as_ref().is_some_and(|go| nix::unistd::write(go, &[byte]).is_ok()))
     };
     let (opened, prep) = match opened {
-        // Opened, and the watcher started, by `run` before the fork: the
-        // command may confine itself at once.
-        Some(job) => {
+        // Opened, and the watcher started, by `run`'s other thread: the
+        // command may confine itself as soon as it says whether the
+        // kernel's reports are read, before the log has opened.
+        Some(Opening { watched, opened: job }) => {
+            // A thread that died before it said counts as not watching.
+            let confined = tell_confine(watched.recv().unwrap_or(false));
             let mut opened = job.wait().unwrap_or_else(|| AuditOpened {
                 evidence: Err(Failure::setup(
                     "the thread opening the audit log died; refusing to run without a working audit log",
@@ -642,14 +665,14 @@ fn decide_in<'scope>(
                 watcher: None,
             });
             let watcher = opened.watcher.take().unwrap_or_else(|| Err("the kernel-audit watcher did not start".into()));
-            let confined = tell_confine(watcher.is_ok());
             (opened, Prep::Done(watcher, confined))
         }
         None => {
             gate = gate_setup.take().map(crate::gate::begin);
             let abi = session.features.landlock_abi_used;
             let prepare = move || {
-                let watcher = start_watcher(abi, None, canary, &session.audit, &session.id);
+                let watch = watch_kernel(abi, None, canary, &session.audit);
+                let watcher = start_watcher(watch, &session.audit, &session.id);
                 let confined = tell_confine(watcher.is_ok());
                 (watcher, gate_rules(), confined)
             };
