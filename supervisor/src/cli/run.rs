@@ -205,9 +205,14 @@ pub fn run(args: RunArgs) -> Result<i32, Failure> {
     let (cgroups_tx, cgroups) = std::sync::mpsc::sync_channel(1);
     let (tmp_tx, tmp) = std::sync::mpsc::sync_channel(1);
     let (hooks_tx, hooks) = std::sync::mpsc::sync_channel(1);
-    let (watched_tx, watched) = std::sync::mpsc::sync_channel(1);
+    // The go-ahead pipe, made once the stage is cloned (which must not
+    // hold its writer): that thread tells the command to confine itself.
+    let (go_rx, go_tx) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+        .map_err(|e| Failure::setup(format!("cannot make the go-ahead pipe: {e}")))?;
+    let go: GoAhead = std::sync::Arc::new(std::sync::Mutex::new(Some(go_tx)));
     let (watch, opened) = {
         let (audit, id, root) = (audit.clone(), id.clone(), features.runtime_root());
+        let go = go.clone();
         let workspace = args.sandbox.workspace.clone();
         wait::LaunchWatch::start_after(move || {
             // First what the main thread needs from here, each about 0.1 ms
@@ -230,15 +235,18 @@ pub fn run(args: RunArgs) -> Result<i32, Failure> {
             let _ = tmp_tx.send(make_private_tmp(&root, &id));
             let _ = cgroups_tx.send(limits::find_controllers(["pids", "memory"]));
             // Then whether the kernel's reports will be read, which is all
-            // the command waits for to confine itself (it does while the
-            // log opens). The kernel answers the status request from a
-            // thread it starts for the reply (the request waits for that
-            // thread to exist: about 0.1 ms here, a few milliseconds when
-            // the machine was busy).
+            // the command waits for to confine itself: told from here, it
+            // does while the log opens (and without a wake-up of the main
+            // thread, which the scheduler queued behind this one for
+            // 0.4 ms while the other CPU idled). The kernel answers the
+            // status request from a thread it starts for the reply (the
+            // request waits for that thread to exist: about 0.1 ms here, a
+            // few milliseconds when the machine was busy).
             let audit_status = (abi >= 7).then(kaudit::StatusQuery::send);
             let watch = watch_kernel(abi, audit_status, canary, &audit);
-            let _ = watched_tx.send(watch.is_ok());
+            let confined = tell_confine(&go, watch.is_ok());
             let mut opened = open_audit(&audit, &id);
+            opened.confined = confined;
             if opened.evidence.is_ok() {
                 opened.watcher = Some(start_watcher(watch, &audit, &id));
             }
@@ -259,7 +267,7 @@ pub fn run(args: RunArgs) -> Result<i32, Failure> {
     // Without them (the thread died), prepare looks for itself.
     let prepared = session.prepare_with(|| cgroups.recv().ok())?;
     crate::timing::mark("sandbox prepared");
-    let early = Early { set, watch, opened: Opening { watched, opened }, canary: canary_path, stage };
+    let early = Early { set, watch, opened, canary: canary_path, stage, go: (go_rx, go) };
     launch_with(&session, prepared, &args.command, args.mcp, Some(early), Ending::Exit)
 }
 
@@ -273,27 +281,36 @@ struct AuditOpened {
     evidence: Result<Evidence, Failure>,
     guarded: Vec<crate::evidence::Guarded>,
     watcher: Option<Result<kaudit::Watcher, String>>,
+    /// The command was told to confine itself ([`tell_confine`]).
+    confined: bool,
+}
+
+/// The go-ahead pipe's writer, shared by the threads that may write to it
+/// (never duplicated: a copy made while the stage forks would be inherited
+/// by the command, which would then never see the end of the pipe that a
+/// refusal must give it). Taken out and dropped to refuse.
+type GoAhead = std::sync::Arc<std::sync::Mutex<Option<std::os::fd::OwnedFd>>>;
+
+/// Tells the command to confine itself, saying whether the kernel's
+/// reports are read (the first byte of the go-ahead pipe; see
+/// stage::CONFINE_WATCHED). False when the pipe is gone or refused.
+fn tell_confine(go: &GoAhead, watched: bool) -> bool {
+    let byte = if watched { stage::CONFINE_WATCHED } else { stage::CONFINE };
+    go.lock().is_ok_and(|go| go.as_ref().is_some_and(|go| nix::unistd::write(go, &[byte]).is_ok()))
 }
 
 /// What `run` set up before the profile was loaded: the blocked signals,
 /// the launch's signal watcher, the audit log that watcher opens first (and
-/// the kernel-audit watcher it starts), the canary's path, and the stage
-/// with its report pipe.
+/// the kernel-audit watcher it starts, after telling the command to
+/// confine itself), the canary's path, the stage with its report pipe, and
+/// the go-ahead pipe.
 struct Early {
     set: nix::sys::signal::SigSet,
     watch: wait::LaunchWatch,
-    opened: Opening,
+    opened: wait::FirstJob<AuditOpened>,
     canary: Option<PathBuf>,
     stage: (stage::Early, std::os::fd::OwnedFd),
-}
-
-/// What the thread that opens the audit log gives the launch: first
-/// whether the kernel's reports will be read (its audit stream joined and
-/// the canary placed, see [`watch_kernel`]), then the log, the guarded
-/// places and the kernel-audit watcher.
-struct Opening {
-    watched: std::sync::mpsc::Receiver<bool>,
-    opened: wait::FirstJob<AuditOpened>,
+    go: (std::os::fd::OwnedFd, GoAhead),
 }
 
 /// Opens the log (reads the key, checks the chain's tail against its
@@ -302,7 +319,7 @@ struct Opening {
 fn open_audit(audit: &AuditPaths, id: &str) -> AuditOpened {
     let evidence = Evidence::open(audit, id);
     crate::timing::mark("audit log opened");
-    AuditOpened { evidence, guarded: guarded(audit), watcher: None }
+    AuditOpened { evidence, guarded: guarded(audit), watcher: None, confined: false }
 }
 
 /// Asks the kernel whether Landlock's own reports of what it refused can
@@ -375,13 +392,17 @@ fn launch_with(
     // by `run` or here: every thread inherits the mask, so SIGCHLD can only
     // be taken by the wait loop (see wait::block_signals). Until the
     // command has exec'd, signals go to the stage from the watcher.
-    let (set, launch_signals, opened, early_canary, (begun, report_rx)) = match early {
-        Some(Early { set, watch, opened, canary, stage }) => (set, watch, Some(opened), Some(canary), stage),
+    let (set, launch_signals, opened, early_canary, (begun, report_rx), (go_rx, go)) = match early {
+        Some(Early { set, watch, opened, canary, stage, go }) => (set, watch, Some(opened), Some(canary), stage, go),
         None => {
             let set = wait::block_signals().map_err(|e| Failure::setup(format!("cannot block signals: {e}")))?;
             let begun = stage::begin(session.features.user_namespaces)
                 .map_err(|e| Failure::setup(format!("cannot start the sandbox's first process: {e}")))?;
-            (set, wait::LaunchWatch::start(), None, None, begun)
+            // Made once the stage is cloned, which must not hold its writer.
+            let (go_rx, go_tx) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+                .map_err(|e| Failure::setup(format!("cannot make the go-ahead pipe: {e}")))?;
+            let go: GoAhead = std::sync::Arc::new(std::sync::Mutex::new(Some(go_tx)));
+            (set, wait::LaunchWatch::start(), None, None, begun, (go_rx, go))
         }
     };
     let argv: Vec<String> = command.iter().map(|a| a.to_string_lossy().into_owned()).collect();
@@ -391,7 +412,7 @@ fn launch_with(
         match exec::resolve_command(&command[0], &session.path_var, &allowed, &session.plan, &enforcement.notices) {
             Ok(p) => p,
             // Nothing to fork: record the refusal (or an earlier one) and stop.
-            Err(f) => return Err(decide(&decision, Err(&f), gate_setup, None, opened, None).err().unwrap_or(f)),
+            Err(f) => return Err(decide(&decision, Err(&f), gate_setup, None, opened, go).err().unwrap_or(f)),
         };
     // The canary's name is fixed now (by `run`, or here); the go-ahead says whether it is used.
     let (canary, canary_path) = match early_canary {
@@ -409,15 +430,13 @@ fn launch_with(
     if let Some(p) = &canary_path {
         stage.canary = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).ok();
     }
-    let (go_rx, go_tx) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
-        .map_err(|e| Failure::setup(format!("cannot make the go-ahead pipe: {e}")))?;
     stage.go = Some(go_rx);
     let env = env::build(&session.plan.env, std::env::vars_os());
     let exec = match stage::Exec::new(&program, command, &env, mcp) {
         Ok(e) => e,
         Err(e) => {
             let f = Failure::setup(format!("cannot prepare the command's exec: {e}"));
-            return Err(decide(&decision, Err(&f), gate_setup, None, opened, None).err().unwrap_or(f));
+            return Err(decide(&decision, Err(&f), gate_setup, None, opened, go).err().unwrap_or(f));
         }
     };
     crate::timing::mark("configuring the stage");
@@ -426,7 +445,7 @@ fn launch_with(
     // While the command is forked and confines itself (on the other CPU),
     // this thread decides the launch, then waits for the exec.
     let started = begun.configure(stage, exec);
-    let ready = decide(&decision, Ok(program.as_path()), gate_setup, canary, opened, Some(go_tx));
+    let ready = decide(&decision, Ok(program.as_path()), gate_setup, canary, opened, go);
     let spawned = started.and_then(stage::Started::exec);
     crate::timing::mark("command exec'd");
     let ready = match ready {
@@ -613,8 +632,8 @@ fn decide(
     program: Result<&Path, &Failure>,
     gate_setup: Option<crate::gate::Setup>,
     canary: Option<kaudit::Canary>,
-    opened: Option<Opening>,
-    go: Option<std::os::fd::OwnedFd>,
+    opened: Option<wait::FirstJob<AuditOpened>>,
+    go: GoAhead,
 ) -> Result<Ready, Failure> {
     std::thread::scope(|scope| decide_in(scope, d, program, gate_setup, canary, opened, go))
 }
@@ -625,55 +644,44 @@ fn decide_in<'scope>(
     program: Result<&Path, &Failure>,
     gate_setup: Option<crate::gate::Setup>,
     canary: Option<kaudit::Canary>,
-    opened: Option<Opening>,
-    go: Option<std::os::fd::OwnedFd>,
+    opened: Option<wait::FirstJob<AuditOpened>>,
+    go: GoAhead,
 ) -> Result<Ready, Failure> {
     let session = d.session;
     // What needs no log is done while the log opens and the reach checks
-    // run: the gate's acting thread confines itself, and (unless `run` did
-    // it before the fork) a second thread starts the kernel-audit watcher
-    // (start_watcher), tells the command to confine itself, and resolves
-    // the gate's rule paths. When `run` did, the command is told first:
-    // the acting thread's start would only delay it.
+    // run: the gate's rule paths are resolved, the gate's acting thread
+    // confines itself, and (unless `run`'s other thread does it: it also
+    // tells the command to confine itself, as soon as it knows whether the
+    // kernel's reports are read) a second thread starts the kernel-audit
+    // watcher (start_watcher), tells the command to confine itself, and
+    // resolves the gate's rule paths.
     let gated = gate_setup.is_some();
     let mut gate_setup = gate_setup;
     let mut gate = None;
     let gate_rules = move || gated.then(|| crate::gate::canonical_rules(&session.plan.gate));
-    // The go-ahead pipe, shared with that thread: the command confines
-    // itself as soon as it knows whether the kernel's reports are read,
-    // while the log opens. Shared, never duplicated: a copy made while the
-    // stage forks would be inherited by the command, which would then
-    // never see the end of the pipe that a refusal must give it.
-    let go = std::sync::Arc::new(std::sync::Mutex::new(go));
-    let confine = go.clone();
-    let tell_confine = move |watched: bool| {
-        let byte = if watched { stage::CONFINE_WATCHED } else { stage::CONFINE };
-        confine.lock().is_ok_and(|go| go.as_ref().is_some_and(|go| nix::unistd::write(go, &[byte]).is_ok()))
-    };
     let (opened, prep) = match opened {
-        // Opened, and the watcher started, by `run`'s other thread: the
-        // command may confine itself as soon as it says whether the
-        // kernel's reports are read, before the log has opened.
-        Some(Opening { watched, opened: job }) => {
-            // A thread that died before it said counts as not watching.
-            let confined = tell_confine(watched.recv().unwrap_or(false));
+        Some(job) => {
+            let rules = gate_rules();
             let mut opened = job.wait().unwrap_or_else(|| AuditOpened {
                 evidence: Err(Failure::setup(
                     "the thread opening the audit log died; refusing to run without a working audit log",
                 )),
                 guarded: Vec::new(),
                 watcher: None,
+                confined: false,
             });
             let watcher = opened.watcher.take().unwrap_or_else(|| Err("the kernel-audit watcher did not start".into()));
-            (opened, Prep::Done(watcher, confined))
+            let confined = opened.confined;
+            (opened, Prep::Done(watcher, rules, confined))
         }
         None => {
             gate = gate_setup.take().map(crate::gate::begin);
             let abi = session.features.landlock_abi_used;
+            let confine = go.clone();
             let prepare = move || {
                 let watch = watch_kernel(abi, None, canary, &session.audit);
                 let watcher = start_watcher(watch, &session.audit, &session.id);
-                let confined = tell_confine(watcher.is_ok());
+                let confined = tell_confine(&confine, watcher.is_ok());
                 (watcher, gate_rules(), confined)
             };
             let prep = std::thread::Builder::new().name("launch-prep".into()).spawn_scoped(scope, prepare);
@@ -745,7 +753,7 @@ fn decide_in<'scope>(
             h.join().unwrap_or_else(|_| (Err("the launch-prep thread panicked".into()), None, false))
         }
         Prep::Thread(Err(e)) => (Err(format!("cannot start a thread: {e}")), gate_rules(), false),
-        Prep::Done(watcher, confined) => (watcher, gate_rules(), confined),
+        Prep::Done(watcher, rules, confined) => (watcher, rules, confined),
     };
     let watcher = match watcher {
         Ok(w) => {
@@ -757,9 +765,9 @@ fn decide_in<'scope>(
             None
         }
     };
-    // Without the launch-prep thread's byte, the command may confine
-    // itself now (the canary exists if it is to be opened).
-    // Ours alone from here (the thread has ended).
+    // Without a byte from the thread that was to tell it (launch-prep, or
+    // `run`'s), the command may confine itself now (the canary exists if
+    // it is to be opened). Ours alone from here (that thread has ended).
     let go = go.lock().map_or(None, |mut g| g.take());
     if let (Some(go), false) = (&go, confined) {
         let byte = if watcher.is_some() { stage::CONFINE_WATCHED } else { stage::CONFINE };
@@ -856,11 +864,12 @@ enum SyscallGate {
     Pending(Box<PendingGate>),
 }
 
-/// The kernel-audit watcher, whether the command was told to confine
-/// itself, and (from the thread) the gate's rule paths.
+/// The kernel-audit watcher, the gate's rule paths (resolved when the run
+/// has a gate) and whether the command was told to confine itself: from
+/// decide's own thread, or known already.
 enum Prep<T> {
     Thread(std::io::Result<T>),
-    Done(Result<kaudit::Watcher, String>, bool),
+    Done(Result<kaudit::Watcher, String>, Option<policy::ask::GatePlan>, bool),
 }
 
 /// What no sandbox may reach, whether or not this run has a gate: the
