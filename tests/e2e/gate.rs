@@ -61,6 +61,42 @@ both!(protected_file_is_not_written, |sb| {
     assert_eq!(std::fs::read_to_string(sb.ws.join("file.txt")).unwrap(), "inside\nprobe\n");
 });
 
+both!(the_gate_starts_its_threads_only_once_a_syscall_is_parked, |sb| {
+    // A command that parks nothing costs no gate thread; one that parks a
+    // syscall later, after the run has waited a while, is still answered.
+    // (strict parks opens for writing only: the probe's start parks none.)
+    let go = sb.path(&sb.ws.join("go"));
+    let asked = ws(sb, ".mcp.json");
+    let args = ["run", "--profile", "strict", "--exec", PROBE, "--", PROBE, "await", &go, "create", &asked];
+    let mut c = sb.portcullis(&args);
+    c.env("PORTCULLIS_BROKER", "off").env("PORTCULLIS_GRANTS", sb.root.join("state/grants.json"));
+    let child = c.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    // The probe waits (any write it made to say so would be parked):
+    // found by its command line, then given time to be well under way.
+    let waiting = || {
+        std::fs::read_dir("/proc").unwrap().flatten().any(|e| {
+            std::fs::read(e.path().join("cmdline"))
+                .is_ok_and(|c| c.starts_with(format!("{PROBE}\0await\0{go}\0").as_bytes()))
+        })
+    };
+    let started = std::time::Instant::now();
+    while !waiting() && started.elapsed() < std::time::Duration::from_secs(10) {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert!(waiting(), "the sandboxed probe never started");
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    let threads: Vec<String> = std::fs::read_dir(format!("/proc/{}/task", child.id()))
+        .unwrap()
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("comm")).ok())
+        .map(|n| n.trim().to_string())
+        .collect();
+    assert!(!threads.iter().any(|n| n.starts_with("gate")), "gate threads before anything was parked: {threads:?}");
+    std::fs::write(sb.ws.join("go"), "").unwrap();
+    Run::from(child.wait_with_output().unwrap()).expect("errno 13 EACCES");
+    assert!(!sb.ws.join(".mcp.json").exists());
+});
+
 both!(protected_dir_refuses_new_files, |sb| {
     let p = setup(sb);
     let hook = ws(sb, ".git/hooks/pre-commit");

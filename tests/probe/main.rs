@@ -76,6 +76,21 @@ fn main() {
     let a = |i: usize| args.get(i).map(String::as_str).unwrap_or("");
     unsafe {
         match a(0) {
+            "await" => {
+                // `await PATH OP ARGS...`: waits (10 s at most) for the
+                // test to make PATH, then does OP ARGS (by exec'ing
+                // itself). Nothing before that may be parked by a gate.
+                let p = std::path::Path::new(a(1));
+                for _ in 0..1000 {
+                    if p.exists() {
+                        break;
+                    }
+                    libc::usleep(10_000);
+                }
+                let me = std::env::current_exe().unwrap();
+                let err = std::os::unix::process::CommandExt::exec(std::process::Command::new(me).args(&args[2..]));
+                println!("exec failed: {err}");
+            }
             "read" => {
                 let fd = libc::open(c(a(1)).as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC);
                 report(fd as i64);

@@ -474,30 +474,30 @@ fn launch_with(
         }
     };
     let mount_ns = child.take_mount_ns();
-    // What the command parked meanwhile has waited in the kernel. Should
-    // a thread not start, the run ends with the command killed, and nothing
-    // parked was ever allowed (ENOSYS once the listener closes).
+    // What the command parks waits in the kernel until the gate reads it.
+    // A gate the command's exec does not need starts its threads only once
+    // a syscall is parked (wait::supervise_until): not at all for a command
+    // that never parks one. Should a thread not start, the run ends with
+    // the command killed, and nothing parked was ever allowed (ENOSYS once
+    // the listener closes).
+    let (syscall_gate, idle_gate) = match syscall_gate {
+        Some(SyscallGate::Pending(p)) => match p.armed.take_listener() {
+            Some(listener) => (None, Some((p, listener))),
+            None => (Some(SyscallGate::Pending(p)), None),
+        },
+        other => (other, None),
+    };
     let syscall_gate = match syscall_gate.map(|g| match g {
         SyscallGate::Running(g) => Ok(g),
-        SyscallGate::Pending(p) => p.start(),
+        SyscallGate::Pending(p) => p.start(None),
     }) {
         Some(Ok(g)) => Some(g),
-        Some(Err(f)) => {
-            kill(&child);
-            wait::supervise(child.id(), &set);
-            evidence.refused(Kind::Exit, f.code, &f.message, json!({ "stage": "syscall gate" }))?;
-            return Err(f);
-        }
+        Some(Err(f)) => return stop_refused(&child, &set, &mut evidence, f, json!({ "stage": "syscall gate" })),
         None => None,
     };
     let proxy = match mcp_gate.map(|g| crate::mcp::attach(g, &mut child)).transpose() {
         Ok(p) => p,
-        Err(f) => {
-            kill(&child);
-            wait::supervise(child.id(), &set);
-            evidence.refused(Kind::Exit, f.code, &f.message, json!({}))?;
-            return Err(f);
-        }
+        Err(f) => return stop_refused(&child, &set, &mut evidence, f, json!({})),
     };
     // Init has mounted /proc (or failed to) before the command could exec.
     let mut reports = stage::read_reports(&report_rx);
@@ -519,7 +519,21 @@ fn launch_with(
     }
     crate::timing::mark("launch record durable");
     drop(launch_signals);
-    let code = wait::supervise(child.id(), &set);
+    let (code, syscall_gate) = match idle_gate {
+        Some((pending, listener)) => match wait::supervise_until(child.id(), &set, std::os::fd::AsFd::as_fd(&listener))
+        {
+            // Never started: no thread of it acted, or is left to stop.
+            Some(code) => (code, syscall_gate),
+            None => match pending.start(Some(listener)) {
+                Ok(g) => (wait::supervise(child.id(), &set), Some(g)),
+                Err(f) => {
+                    committed?;
+                    return stop_refused(&child, &set, &mut evidence, f, json!({ "stage": "syscall gate" }));
+                }
+            },
+        },
+        None => (wait::supervise(child.id(), &set), syscall_gate),
+    };
     committed?;
     crate::timing::mark("command exited");
     // Parts of the run's evidence that could not be written: the exit
@@ -649,12 +663,11 @@ fn decide_in<'scope>(
 ) -> Result<Ready, Failure> {
     let session = d.session;
     // What needs no log is done while the log opens and the reach checks
-    // run: the gate's rule paths are resolved, the gate's acting thread
-    // confines itself, and (unless `run`'s other thread does it: it also
-    // tells the command to confine itself, as soon as it knows whether the
-    // kernel's reports are read) a second thread starts the kernel-audit
-    // watcher (start_watcher), tells the command to confine itself, and
-    // resolves the gate's rule paths.
+    // run: the gate's rule paths are resolved, and (unless `run`'s other
+    // thread does it: it also tells the command to confine itself, as soon
+    // as it knows whether the kernel's reports are read) a second thread
+    // starts the kernel-audit watcher (start_watcher), tells the command to
+    // confine itself, and resolves the gate's rule paths.
     let gated = gate_setup.is_some();
     let mut gate_setup = gate_setup;
     let mut gate = None;
@@ -779,10 +792,11 @@ fn decide_in<'scope>(
     // disk) stops the launch before exec; made durable while the command
     // starts (an fsync that fails then kills it).
     evidence.write_ahead()?;
-    // Everything that can refuse the gate is done before the go-ahead (its
-    // grants file, its acting thread's confinement), and its rule paths are
-    // resolved: once the command runs, it could plant symlinks the
-    // resolution would follow.
+    // What can refuse the gate is done before the go-ahead (its grants
+    // file; its acting thread confines itself when the gate's threads
+    // start, and a gate that cannot start ends the run, the sandbox
+    // killed), and its rule paths are resolved: once the command runs, it
+    // could plant symlinks the resolution would follow.
     let gate = match gate.zip(gate_evidence) {
         Some((starting, ev)) => {
             let rules = gate_rules.unwrap_or_else(|| crate::gate::canonical_rules(&session.plan.gate));
@@ -827,7 +841,7 @@ fn decide_in<'scope>(
             // few tenths of a millisecond); unless the command's own
             // execve may be parked, and waits for them.
             match session.plan.gate.covers(policy::ask::Access::Exec) {
-                true => match pending.start() {
+                true => match pending.start(None) {
                     Ok(g) => Some(SyscallGate::Running(g)),
                     Err(f) => {
                         evidence.refused(Kind::Exit, f.code, &f.message, json!({ "stage": "syscall gate" }))?;
@@ -850,11 +864,27 @@ struct PendingGate {
 }
 
 impl PendingGate {
-    fn start(self) -> Result<crate::gate::Running, Failure> {
-        let g = self.armed.start(Some(self.evidence), self.last)?;
+    /// `listener`: the sandbox's, when the run took it already.
+    fn start(self, listener: Option<std::os::fd::OwnedFd>) -> Result<crate::gate::Running, Failure> {
+        let g = self.armed.start_with(listener, Some(self.evidence), self.last)?;
         crate::timing::mark("gate started");
         Ok(g)
     }
+}
+
+/// Ends a launch that cannot go on once the command runs: the sandbox is
+/// killed and waited for, and the refusal recorded.
+fn stop_refused(
+    child: &stage::Spawned,
+    set: &nix::sys::signal::SigSet,
+    evidence: &mut Evidence,
+    f: Failure,
+    body: serde_json::Value,
+) -> Result<i32, Failure> {
+    kill(child);
+    wait::supervise(child.id(), set);
+    evidence.refused(Kind::Exit, f.code, &f.message, body)?;
+    Err(f)
 }
 
 /// The syscall gate as [`decide`] leaves it.
@@ -897,7 +927,7 @@ fn guarded(audit: &AuditPaths) -> Vec<crate::evidence::Guarded> {
     guarded
 }
 
-/// Arms the syscall gate for the plan's `ask`/`deny` rules: its grants, its acting thread confined.
+/// Arms the syscall gate for the plan's `ask`/`deny` rules: its grants.
 fn arm_gate(
     session: &Session,
     starting: crate::gate::Starting,

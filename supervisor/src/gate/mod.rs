@@ -758,24 +758,24 @@ pub struct Running {
     done: mpsc::Receiver<()>,
 }
 
-/// A gate whose acting thread is starting: [`begin`] it early (the thread
-/// confines itself meanwhile), [`Starting::arm`] it when the launch is
-/// decided, [`Armed::start`] it when the command may exec.
+/// A gate being set up: [`begin`] it early, [`Starting::arm`] it when the
+/// launch is decided, [`Armed::start`] it when the command may exec (or,
+/// for a run, once the sandbox first parks a syscall).
 pub struct Starting {
     sock: OwnedFd,
     ruleset: Option<OwnedFd>,
     net: Option<OwnedFd>,
-    hands: PendingHands,
+    /// The ruleset the acting thread confines itself with, once started.
+    hands: Option<OwnedFd>,
 }
 
-/// Starts the gate's acting thread, without waiting for it.
+/// Takes what `prepare` made for the gate.
 pub fn begin(setup: Setup) -> Result<Starting, Failure> {
     let ruleset = match &setup.ruleset {
         Some(r) => Some(r.try_clone().map_err(|e| Failure::setup(format!("gate: cannot duplicate the ruleset: {e}")))?),
         None => None,
     };
-    let hands = Hands::spawn(setup.ruleset)?;
-    Ok(Starting { sock: setup.sock, ruleset, net: setup.net, hands })
+    Ok(Starting { sock: setup.sock, ruleset, net: setup.net, hands: setup.ruleset })
 }
 
 impl Starting {
@@ -784,22 +784,20 @@ impl Starting {
         self.arm(ctx)?.start(evidence, None)
     }
 
-    /// Waits until the hands are confined: what can still refuse the
-    /// launch, short of a thread that cannot be started.
+    /// With its context loaded (what can refuse the launch before its
+    /// threads start).
     pub fn arm(self, ctx: Context) -> Result<Armed, Failure> {
         let Starting { sock, ruleset, net, hands } = self;
-        let hands = hands.ready()?;
         Ok(Armed { sock, ruleset, net, hands, ctx })
     }
 }
 
-/// A gate whose hands are confined, its context loaded: only its threads
-/// are left to start.
+/// A gate whose context is loaded: only its threads are left to start.
 pub struct Armed {
     sock: OwnedFd,
     ruleset: Option<OwnedFd>,
     net: Option<OwnedFd>,
-    hands: Hands,
+    hands: Option<OwnedFd>,
     ctx: Context,
 }
 
@@ -813,7 +811,29 @@ impl Armed {
     /// learns the server has (the kernel-audit reader's stop: its marker
     /// must follow every report the gate's actions can cause).
     pub fn start(self, evidence: Option<Evidence>, last: Option<Box<dyn FnOnce() + Send>>) -> Result<Running, Failure> {
+        self.start_with(None, evidence, last)
+    }
+
+    /// The sandbox's listener, if the exec stage has sent it (it does
+    /// before the command execs): for a run that starts the gate's threads
+    /// only once a syscall is parked ([`start_with`](Self::start_with)).
+    pub fn take_listener(&self) -> Option<OwnedFd> {
+        crate::sys::stage::recv_fd(&self.sock, false)
+    }
+
+    /// As [`start`](Self::start), serving `listener` when the run took it
+    /// already ([`take_listener`](Self::take_listener)).
+    pub fn start_with(
+        self,
+        listener: Option<OwnedFd>,
+        evidence: Option<Evidence>,
+        last: Option<Box<dyn FnOnce() + Send>>,
+    ) -> Result<Running, Failure> {
         let Armed { sock, ruleset, net, hands, ctx } = self;
+        // The acting thread first: a gate whose thread cannot confine
+        // itself does not start, and the run ends (with the sandbox killed,
+        // once the command runs: nothing it parked was allowed).
+        let hands = Hands::spawn(hands)?.ready()?;
         let evidence = Journal::start(evidence)?;
         let grants = ctx.grants.clone();
         let slot: Arc<Mutex<Option<Arc<Shared>>>> = Arc::new(Mutex::new(None));
@@ -823,7 +843,10 @@ impl Armed {
             .name("gate".into())
             .spawn(move || {
                 // No listener: the stage failed before it sent one.
-                let listener = crate::sys::stage::recv_fd(&sock, true)?;
+                let listener = match listener {
+                    Some(l) => l,
+                    None => crate::sys::stage::recv_fd(&sock, true)?,
+                };
                 drop(sock);
                 let _ = notify::set_sync_wakeup(listener.as_fd());
                 let syscall_names = ctx.plan.ask_syscalls().into_iter().collect();

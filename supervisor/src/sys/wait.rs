@@ -27,31 +27,89 @@ pub fn block_signals() -> nix::Result<SigSet> {
 pub fn supervise(child: u32, set: &SigSet) -> i32 {
     let pid = Pid::from_raw(child as i32);
     loop {
-        match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
-            Ok(WaitStatus::Exited(_, code)) => return code,
-            Ok(WaitStatus::Signaled(_, sig, _)) => return 128 + sig as i32,
-            Ok(_) => {}
-            Err(nix::errno::Errno::EINTR) => continue,
-            Err(_) => return 125,
+        if let Some(code) = reaped(pid) {
+            return code;
         }
         // A timed wait: should a thread that does not block SIGCHLD ever
         // take it (a library's thread, a regression), the loop still sees
         // the child's end within a second instead of hanging.
-        match wait_timeout_ms(set, 1000) {
-            Some(Signal::SIGCHLD) | None => {}
-            // Ctrl-Z: the sandbox has a session of its own, out of reach of
-            // the terminal's job control, and would go on running (reading
-            // what the user types into their shell). Stop it first (init
-            // stops all of it), then ourselves, as the shell expects; once
-            // continued, continue it.
-            Some(Signal::SIGTSTP) => {
-                let _ = kill(pid, Signal::SIGTSTP);
-                let _ = nix::sys::signal::raise(Signal::SIGSTOP);
-                let _ = kill(pid, Signal::SIGCONT);
+        if let Some(sig) = wait_timeout_ms(set, 1000) {
+            pass_on(pid, sig);
+        }
+    }
+}
+
+/// As [`supervise`], until `fd` has something to read (the sandbox's
+/// seccomp listener: a syscall parked for the gate): then None, with
+/// `child` still to be waited for. Also None at once, `fd` unwatched,
+/// should the signals not be readable from a descriptor here; the caller
+/// then does what it would do for a parked syscall.
+pub fn supervise_until(child: u32, set: &SigSet, fd: std::os::fd::BorrowedFd) -> Option<i32> {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    use nix::sys::signalfd::{SfdFlags, SignalFd};
+    use std::os::fd::AsFd;
+    let pid = Pid::from_raw(child as i32);
+    // The signals stay blocked: the descriptor takes them instead of
+    // sigtimedwait, in the same poll as `fd`.
+    let signals = SignalFd::with_flags(set, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK).ok()?;
+    // Once every process of the sandbox has left the filter, the listener
+    // hangs up (and stays readable for poll): the child's end comes next.
+    let mut watching = true;
+    loop {
+        if let Some(code) = reaped(pid) {
+            return Some(code);
+        }
+        let mut fds = [PollFd::new(signals.as_fd(), PollFlags::POLLIN), PollFd::new(fd, PollFlags::POLLIN)];
+        let n = if watching { 2 } else { 1 };
+        match poll(&mut fds[..n], PollTimeout::from(1000u16)) {
+            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+            Err(_) => return None,
+        }
+        if watching {
+            let revents = fds[1].revents().unwrap_or(PollFlags::empty());
+            if revents.contains(PollFlags::POLLIN) {
+                return None;
             }
-            Some(sig) => {
-                let _ = kill(pid, sig);
+            watching = !revents.intersects(PollFlags::POLLHUP | PollFlags::POLLERR | PollFlags::POLLNVAL);
+        }
+        while let Ok(Some(info)) = signals.read_signal() {
+            if let Ok(sig) = Signal::try_from(info.ssi_signo as i32) {
+                pass_on(pid, sig);
             }
+        }
+    }
+}
+
+/// The child's exit code once it has ended (128+N when killed by signal
+/// N; 125 when it cannot be waited for).
+fn reaped(pid: Pid) -> Option<i32> {
+    loop {
+        return match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::Exited(_, code)) => Some(code),
+            Ok(WaitStatus::Signaled(_, sig, _)) => Some(128 + sig as i32),
+            Ok(_) => None,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(_) => Some(125),
+        };
+    }
+}
+
+/// What the wait loops do with a signal taken for the sandbox.
+fn pass_on(pid: Pid, sig: Signal) {
+    match sig {
+        Signal::SIGCHLD => {}
+        // Ctrl-Z: the sandbox has a session of its own, out of reach of
+        // the terminal's job control, and would go on running (reading
+        // what the user types into their shell). Stop it first (init
+        // stops all of it), then ourselves, as the shell expects; once
+        // continued, continue it.
+        Signal::SIGTSTP => {
+            let _ = kill(pid, Signal::SIGTSTP);
+            let _ = nix::sys::signal::raise(Signal::SIGSTOP);
+            let _ = kill(pid, Signal::SIGCONT);
+        }
+        sig => {
+            let _ = kill(pid, sig);
         }
     }
 }
