@@ -1,6 +1,7 @@
 //! `portcullis run`: load, compile, prepare, then fork and supervise.
 
 use std::ffi::OsString;
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 
 use super::{RunArgs, SandboxArgs};
@@ -519,9 +520,17 @@ fn launch_with(
     }
     crate::timing::mark("launch record durable");
     drop(launch_signals);
+    let mut watcher = watcher;
+    // Once the sandbox is gone (the listener hangs up) nothing can cause a
+    // report of it: the kernel-audit reader is asked to stop while its
+    // init exits.
+    let ask_watcher = || {
+        if let Some(w) = watcher.as_mut() {
+            w.ask_to_stop();
+        }
+    };
     let (code, syscall_gate) = match idle_gate {
-        Some((pending, listener)) => match wait::supervise_until(child.id(), &set, std::os::fd::AsFd::as_fd(&listener))
-        {
+        Some((pending, listener)) => match wait::supervise_until(child.id(), &set, listener.as_fd(), ask_watcher) {
             // Never started: no thread of it acted, or is left to stop.
             Some(code) => (code, syscall_gate),
             None => match pending.start(Some(listener)) {
@@ -541,7 +550,6 @@ fn launch_with(
     // the gate waits for processes that outlived the command, and for its
     // acting thread's last job, whose denials the reader must still see.
     let mut incomplete = Vec::new();
-    let mut watcher = watcher;
     if let Some(g) = syscall_gate {
         // The reader is told to stop as soon as the gate acts no more, and
         // finds its marker while the gate's records are written.

@@ -43,8 +43,10 @@ pub fn supervise(child: u32, set: &SigSet) -> i32 {
 /// seccomp listener: a syscall parked for the gate): then None, with
 /// `child` still to be waited for. Also None at once, `fd` unwatched,
 /// should the signals not be readable from a descriptor here; the caller
-/// then does what it would do for a parked syscall.
-pub fn supervise_until(child: u32, set: &SigSet, fd: std::os::fd::BorrowedFd) -> Option<i32> {
+/// then does what it would do for a parked syscall. `hung_up` runs once
+/// `fd` hangs up: every process under the filter has ended and been
+/// reaped, which comes a little before `child` (the sandbox's init) ends.
+pub fn supervise_until(child: u32, set: &SigSet, fd: std::os::fd::BorrowedFd, hung_up: impl FnOnce()) -> Option<i32> {
     use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
     use nix::sys::signalfd::{SfdFlags, SignalFd};
     use std::os::fd::AsFd;
@@ -55,6 +57,7 @@ pub fn supervise_until(child: u32, set: &SigSet, fd: std::os::fd::BorrowedFd) ->
     // Once every process of the sandbox has left the filter, the listener
     // hangs up (and stays readable for poll): the child's end comes next.
     let mut watching = true;
+    let mut hung_up = Some(hung_up);
     loop {
         if let Some(code) = reaped(pid) {
             return Some(code);
@@ -71,6 +74,11 @@ pub fn supervise_until(child: u32, set: &SigSet, fd: std::os::fd::BorrowedFd) ->
                 return None;
             }
             watching = !revents.intersects(PollFlags::POLLHUP | PollFlags::POLLERR | PollFlags::POLLNVAL);
+            if revents.contains(PollFlags::POLLHUP) {
+                if let Some(f) = hung_up.take() {
+                    f();
+                }
+            }
         }
         while let Ok(Some(info)) = signals.read_signal() {
             if let Ok(sig) = Signal::try_from(info.ssi_signo as i32) {
