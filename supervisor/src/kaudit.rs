@@ -86,6 +86,14 @@ pub fn probe_with(landlock_abi: i32, status: Option<StatusQuery>) -> Result<Read
     Ok(Reader { fd: open_reader()?, lost: status.map(|(_, lost)| lost) })
 }
 
+/// Why an unprivileged run sees none of the kernel's reports.
+pub const NO_AUDIT_READ: &str = "reading the kernel's audit stream needs CAP_AUDIT_READ, which this user lacks";
+
+/// Whether this process may join the kernel's audit stream (CAP_AUDIT_READ).
+pub fn may_read() -> bool {
+    caps::has_cap(None, caps::CapSet::Effective, caps::Capability::CAP_AUDIT_READ).unwrap_or(false)
+}
+
 /// A socket joined to the audit read-log multicast group.
 fn open_reader() -> Result<OwnedFd, String> {
     let fd = socket::socket(
@@ -97,9 +105,7 @@ fn open_reader() -> Result<OwnedFd, String> {
     .map_err(|e| format!("cannot open a kernel audit socket: {e}"))?;
     match socket::bind(fd.as_raw_fd(), &NetlinkAddr::new(0, READLOG_GROUPS)) {
         Ok(()) => {}
-        Err(Errno::EPERM) => {
-            return Err("reading the kernel's audit stream needs CAP_AUDIT_READ, which this user lacks".into())
-        }
+        Err(Errno::EPERM) => return Err(NO_AUDIT_READ.into()),
         Err(e) => return Err(format!("cannot join the kernel audit read group: {e}")),
     }
     // Bursts of denials: room for a few thousand reports (best effort).

@@ -194,8 +194,11 @@ pub fn run(args: RunArgs) -> Result<i32, Failure> {
         .map_err(|e| Failure::setup(format!("cannot start the sandbox's first process: {e}")))?;
     crate::timing::mark("stage cloned");
     let abi = features.landlock_abi_used;
+    // Whether the kernel's reports can be read at all: an unprivileged run
+    // (no CAP_AUDIT_READ) names no canary, and asks the kernel nothing.
+    let audit_read = abi >= 7 && kaudit::may_read();
     // The canary's name is fixed now; the go-ahead says whether it is used.
-    let canary = (abi >= 7).then(|| kaudit::Canary::new(&audit).ok()).flatten();
+    let canary = audit_read.then(|| kaudit::Canary::new(&audit).ok()).flatten();
     let canary_path = canary.as_ref().map(|c| c.path().to_path_buf());
     // The thread that passes signals on during the launch has nothing to
     // do until the stage is forked: it opens the audit log and starts the
@@ -213,6 +216,10 @@ pub fn run(args: RunArgs) -> Result<i32, Failure> {
     let go: GoAhead = std::sync::Arc::new(std::sync::Mutex::new(Some(go_tx)));
     let (watch, opened) = {
         let (audit, id, root) = (audit.clone(), id.clone(), features.runtime_root());
+        // Only root needs a cgroup for max_procs (RLIMIT_NPROC binds anyone
+        // else in the sandbox's user namespace); a memory limit alone looks
+        // its cgroup up in prepare.
+        let cgroup_limits = features.euid == 0 || !features.user_namespaces;
         let go = go.clone();
         let workspace = args.sandbox.workspace.clone();
         wait::LaunchWatch::start_after(move || {
@@ -234,7 +241,7 @@ pub fn run(args: RunArgs) -> Result<i32, Failure> {
             });
             let _ = hooks_tx.send(found);
             let _ = tmp_tx.send(make_private_tmp(&root, &id));
-            let _ = cgroups_tx.send(limits::find_controllers(["pids", "memory"]));
+            let _ = cgroups_tx.send(cgroup_limits.then(|| limits::find_controllers(["pids", "memory"])));
             // Then whether the kernel's reports will be read, which is all
             // the command waits for to confine itself: told from here, it
             // does while the log opens (and without a wake-up of the main
@@ -243,8 +250,10 @@ pub fn run(args: RunArgs) -> Result<i32, Failure> {
             // status request from a thread it starts for the reply (the
             // request waits for that thread to exist: about 0.1 ms here, a
             // few milliseconds when the machine was busy).
-            let audit_status = (abi >= 7).then(kaudit::StatusQuery::send);
-            let watch = watch_kernel(abi, audit_status, canary, &audit);
+            let watch = match abi >= 7 && !audit_read {
+                true => Err(kaudit::NO_AUDIT_READ.to_string()),
+                false => watch_kernel(abi, (abi >= 7).then(kaudit::StatusQuery::send), canary, &audit),
+            };
             let confined = tell_confine(&go, watch.is_ok());
             let mut opened = open_audit(&audit, &id);
             opened.confined = confined;
@@ -266,7 +275,7 @@ pub fn run(args: RunArgs) -> Result<i32, Failure> {
     let session = Session::open_as(&args.sandbox, features, id.clone(), audit, planned, tmp, hooks)?;
     crate::timing::mark("profile loaded and compiled");
     // Without them (the thread died), prepare looks for itself.
-    let prepared = session.prepare_with(|| cgroups.recv().ok())?;
+    let prepared = session.prepare_with(|| cgroups.recv().ok().flatten())?;
     crate::timing::mark("sandbox prepared");
     let early = Early { set, watch, opened, canary: canary_path, stage, go: (go_rx, go) };
     launch_with(&session, prepared, &args.command, args.mcp, Some(early), Ending::Exit)
