@@ -224,12 +224,13 @@ pub fn run(args: RunArgs) -> Result<i32, Failure> {
         let workspace = args.sandbox.workspace.clone();
         wait::LaunchWatch::start_after(move || {
             // First what the main thread needs from here, each about 0.1 ms
-            // off its path, in the order it asks: the hooks directory git's
-            // config names, for the workspace the main thread is about to
-            // find (it checks it is the same), and the private `{tmp}`
-            // (mkdir), once the profile is compiled; where this process may
-            // make the sandbox's cgroups (the kernel formats our cgroups
-            // and the mount table for the reads), once the sandbox is built.
+            // off its path: once the profile is compiled, the private
+            // `{tmp}` (mkdir: the slowest, so first) and the hooks directory
+            // git's config names, for the workspace the main thread is about
+            // to find (it checks it is the same); where this process may
+            // make the sandbox's cgroups (the kernel formats our cgroups and
+            // the mount table for the reads), once the sandbox is built.
+            let _ = tmp_tx.send(make_private_tmp(&root, &id));
             let workspace = match workspace {
                 Some(w) => std::fs::canonicalize(w),
                 None => std::env::current_dir(),
@@ -240,7 +241,6 @@ pub fn run(args: RunArgs) -> Result<i32, Failure> {
                 (ws, home, rule)
             });
             let _ = hooks_tx.send(found);
-            let _ = tmp_tx.send(make_private_tmp(&root, &id));
             let _ = cgroups_tx.send(cgroup_limits.then(|| limits::find_controllers(["pids", "memory"])));
             // Then whether the kernel's reports will be read, which is all
             // the command waits for to confine itself: told from here, it
