@@ -589,7 +589,10 @@ impl Watcher {
             .map_err(|e| format!("cannot make a pipe: {e}"))?;
         let thread = std::thread::Builder::new()
             .name("kernel-audit".into())
-            .spawn(move || read_loop(reader, woken, attributor, sink, s, m, q))
+            .spawn(move || {
+                crate::sys::wait::adopt_process_cpus();
+                read_loop(reader, woken, attributor, sink, s, m, q)
+            })
             .map_err(|e| format!("cannot start a thread: {e}"));
         // On an error the canary removes its file; from here on the watcher does.
         let thread = thread?;

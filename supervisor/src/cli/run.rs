@@ -455,6 +455,7 @@ fn launch_with(
     // While the command is forked and confines itself (on the other CPU),
     // this thread decides the launch, then waits for the exec.
     let started = begun.configure(stage, exec);
+    launch_signals.share_this_cpu();
     let ready = decide(&decision, Ok(program.as_path()), gate_setup, canary, opened, go);
     let spawned = started.and_then(stage::Started::exec);
     crate::timing::mark("command exec'd");

@@ -122,6 +122,16 @@ fn pass_on(pid: Pid, sig: Signal) {
     }
 }
 
+/// Gives the calling thread the CPUs of the process's main thread (those
+/// portcullis was started with): for a thread started by one that was
+/// moved for a while ([`LaunchWatch::share_this_cpu`]), which it would
+/// otherwise keep for good.
+pub fn adopt_process_cpus() {
+    if let Some(a) = Affinity::of(nix::unistd::getpid().as_raw()) {
+        a.restore();
+    }
+}
+
 /// Forwards the signals that arrive while the command is still being
 /// launched. They are blocked from the start (see [`block_signals`]) and
 /// [`supervise`] only runs once the command has exec'd; a launch that waits
@@ -157,6 +167,31 @@ impl<T> FirstJob<T> {
 }
 
 impl LaunchWatch {
+    /// Moves the thread (and what is left of its first job) onto the
+    /// calling thread's CPU, until the job ends: once the stage is
+    /// configured, the sandbox's init, on the other CPU, forks the command,
+    /// which confines itself and waits for the go-ahead; queued behind
+    /// this thread's job (the audit log's opening), it waited 0.2 ms here.
+    /// The go-ahead needs both this thread's job and the caller's, which
+    /// take turns on one CPU meanwhile.
+    pub fn share_this_cpu(&self) {
+        use std::os::unix::thread::JoinHandleExt;
+        let Some(t) = &self.thread else { return };
+        // SAFETY: takes nothing.
+        let here = unsafe { libc::sched_getcpu() };
+        if !(0..libc::CPU_SETSIZE).contains(&here) {
+            return;
+        }
+        // SAFETY: cpu_set_t is plain data; all zeroes is the empty set.
+        let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+        // SAFETY: `here` is below CPU_SETSIZE; `set` is live. The thread is
+        // not joined, so its pthread_t is live.
+        unsafe {
+            libc::CPU_SET(here as usize, &mut set);
+            libc::pthread_setaffinity_np(t.as_pthread_t(), CPU_SET_SIZE, &set);
+        }
+    }
+
     /// Call in the thread that will fork the stage, after [`block_signals`].
     pub fn start() -> LaunchWatch {
         Self::start_after(|| ()).0
@@ -276,10 +311,15 @@ const CPU_SET_SIZE: usize = std::mem::size_of::<libc::cpu_set_t>();
 
 impl Affinity {
     fn current() -> Option<Affinity> {
+        Self::of(0)
+    }
+
+    /// Those of thread `tid` (0: the calling one).
+    fn of(tid: libc::pid_t) -> Option<Affinity> {
         // SAFETY: cpu_set_t is plain data; all zeroes is the empty set.
         let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
         // SAFETY: `set` is a live cpu_set_t of CPU_SET_SIZE bytes.
-        (unsafe { libc::sched_getaffinity(0, CPU_SET_SIZE, &mut set) } == 0).then_some(Affinity(set))
+        (unsafe { libc::sched_getaffinity(tid, CPU_SET_SIZE, &mut set) } == 0).then_some(Affinity(set))
     }
 
     /// Moves a thread just started off the CPU this one runs on, when
