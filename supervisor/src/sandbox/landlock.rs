@@ -4,11 +4,11 @@
 //! either covered by the seccomp floor (and noted) or reported as a
 //! degradation that needs --best-effort.
 
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 
 use landlock::{
-    Access, AccessFs, AccessNet, BitFlags, CompatLevel, Compatible, NetPort, PathBeneath, PathFd, Ruleset, RulesetAttr,
+    Access, AccessFs, AccessNet, BitFlags, CompatLevel, Compatible, NetPort, PathFd, Ruleset, RulesetAttr,
     RulesetCreatedAttr, Scope, ABI,
 };
 
@@ -190,6 +190,24 @@ pub fn build(
     }
 
     let mut created = ruleset.create().map_err(ll_err)?;
+    if abi >= 4 && !cfg!(feature = "sabotage-landlock-net") {
+        for p in &plan.connect_tcp {
+            created = created.add_rule(NetPort::new(p.value, AccessNet::ConnectTcp)).map_err(ll_err)?;
+        }
+        for p in &plan.bind_tcp {
+            created = created.add_rule(NetPort::new(p.value, AccessNet::BindTcp)).map_err(ll_err)?;
+        }
+    }
+    // Path rules go in directly: the crate's add_rule stats each file again
+    // to check what we already know (we stat it for its inode), a syscall
+    // per rule on every launch. The rights are masked to what the ruleset
+    // handles, and to files' rights for a file, as the crate would.
+    let ruleset: Option<OwnedFd> = created.into();
+    let ruleset = ruleset.ok_or_else(|| ll_err("the kernel made no ruleset"))?;
+    let add = |parent: BorrowedFd, access: BitFlags<AccessFs>| {
+        crate::sys::fs::add_path_beneath(ruleset.as_raw_fd(), parent.as_raw_fd(), access.bits())
+            .map_err(std::io::Error::from_raw_os_error)
+    };
     let mut proc_access = None;
     let mut inodes = Vec::with_capacity(plan.paths.len());
     // A path beneath a writable one may be a symlink the sandbox planted in an
@@ -246,8 +264,7 @@ pub fn build(
         if rule.path == "/proc" {
             proc_access = Some(access.bits());
         }
-        created = created
-            .add_rule(PathBeneath::new(fd, access))
+        add(fd.as_fd(), access)
             .map_err(|e| Failure::setup(format!("{}: Landlock rule for {}: {e}", rule.at, rule.path)))?;
     }
     for cmd in exec {
@@ -255,18 +272,9 @@ pub fn build(
             PathFd::new(&cmd.path).map_err(|e| Failure::setup(format!("{}: {}: {e}", cmd.at, cmd.path.display())))?;
         let access =
             (AccessFs::Execute | AccessFs::ReadFile | AccessFs::ReadDir) & if is_dir(&fd) { fs_all } else { fs_file };
-        created = created.add_rule(PathBeneath::new(fd, access)).map_err(ll_err)?;
+        add(fd.as_fd(), access).map_err(ll_err)?;
     }
-    if abi >= 4 && !cfg!(feature = "sabotage-landlock-net") {
-        for p in &plan.connect_tcp {
-            created = created.add_rule(NetPort::new(p.value, AccessNet::ConnectTcp)).map_err(ll_err)?;
-        }
-        for p in &plan.bind_tcp {
-            created = created.add_rule(NetPort::new(p.value, AccessNet::BindTcp)).map_err(ll_err)?;
-        }
-    }
-    let fd: Option<OwnedFd> = created.into();
-    Ok(Outcome { ruleset: fd, inodes, proc_access, floor })
+    Ok(Outcome { ruleset: Some(ruleset), inodes, proc_access, floor })
 }
 
 /// Whether the opened file is a directory (fstat on the descriptor: one

@@ -959,21 +959,11 @@ impl Config {
         let (Some(ruleset), true, true) = (self.fd(h.ruleset_fd), h.proc_access != NONE, self.proc_dir >= 0) else {
             return;
         };
-        #[repr(C, packed)]
-        struct PathBeneath {
-            allowed_access: u64,
-            parent_fd: i32,
+        if let Err(e) = super::fs::add_path_beneath(ruleset, self.proc_dir, h.proc_access) {
+            record(self.report, Step::ProcMount, e);
         }
-        const LANDLOCK_RULE_PATH_BENEATH: libc::c_int = 1;
-        let attr = PathBeneath { allowed_access: h.proc_access, parent_fd: self.proc_dir };
-        // SAFETY: the Landlock attribute is a live packed struct on the
-        // stack; the fds are ours.
-        unsafe {
-            if libc::syscall(libc::SYS_landlock_add_rule, ruleset, LANDLOCK_RULE_PATH_BENEATH, &attr, 0u32) != 0 {
-                record(self.report, Step::ProcMount, errno());
-            }
-            libc::close(self.proc_dir);
-        }
+        // SAFETY: the fd is ours, used no more.
+        unsafe { libc::close(self.proc_dir) };
     }
 
     /// Reads the next byte of the go-ahead pipe; None without a pipe. EOF
