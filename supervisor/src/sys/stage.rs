@@ -241,6 +241,33 @@ fn fail(report: RawFd, step: Step, err: i32) -> io::Error {
     io::Error::from_raw_os_error(err)
 }
 
+/// Set by init once it has emptied its capability bounding set (which the
+/// command inherits): the command's confinement then skips its own
+/// forty-odd prctl calls. Process memory, copied by the fork.
+static BOUNDING_SET_EMPTY: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Empties the calling process's capability bounding set, up to the last
+/// capability this kernel knows, and says so in [`BOUNDING_SET_EMPTY`];
+/// on any error it stops and says nothing (the command's confinement then
+/// drops them itself, and decides what an error means). Only exec and
+/// capset read the bounding set, and init does neither: it does this while
+/// it waits for its configuration, off the command's path.
+///
+/// # Safety
+///
+/// As for [`Birth::run`].
+unsafe fn empty_bounding_set() {
+    for cap in 0..64 {
+        // SAFETY: prctl on this process.
+        if unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) } != 0 {
+            if errno() == libc::EINVAL && cap > 0 {
+                BOUNDING_SET_EMPTY.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+            return;
+        }
+    }
+}
+
 /// What the stage's first process is given at its clone, before the
 /// profile is known: all of it is the supervisor's, not the profile's.
 struct Birth {
@@ -308,7 +335,12 @@ impl Birth {
     /// # Safety
     ///
     /// As for [`Birth::run`].
+    /// Runs `then` once the configuration has come. The capability
+    /// bounding set is emptied first, while init waits for it
+    /// ([`empty_bounding_set`]).
     unsafe fn configured(&self, proc_dir: RawFd, then: impl FnOnce(&Config) -> io::Result<()>) -> io::Result<()> {
+        // SAFETY: prctl on this process.
+        unsafe { empty_bounding_set() };
         // SAFETY: as for this function.
         match unsafe { self.receive() } {
             Ok(mut config) => {
@@ -1030,7 +1062,8 @@ impl Config {
                     return Err(fail(self.report, Step::Capabilities, e));
                 }
             }
-            for cap in 0..64 {
+            // Done by init already, as a rule (the command inherited it).
+            for cap in (0..64).filter(|_| !BOUNDING_SET_EMPTY.load(std::sync::atomic::Ordering::Relaxed)) {
                 if libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) != 0 {
                     match errno() {
                         // Past the last capability this kernel knows.
