@@ -297,6 +297,11 @@ pub struct Shared {
     pending: Mutex<HashMap<String, Pending>>,
     /// Denials per target (audit rate limit).
     denials: Mutex<Denials>,
+    /// Taken by whoever closes the gate out ([`Shared::close_out`]): the
+    /// server once the sandbox is gone, or the run when processes outlived
+    /// the command. Never both: a second close-out read the flood's count
+    /// while the first was still writing (asks neither recorded nor counted).
+    closing: std::sync::atomic::AtomicBool,
 }
 
 impl Drop for Shared {
@@ -862,9 +867,15 @@ impl Armed {
                     evidence,
                     pending: Mutex::new(HashMap::new()),
                     denials: Mutex::new(Denials::default()),
+                    closing: std::sync::atomic::AtomicBool::new(false),
                 });
                 *slot2.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::clone(&shared));
                 serve(&shared);
+                // Closed out by the run already (processes outlived the
+                // command, and it stopped waiting for this thread).
+                if shared.closing.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                    return None;
+                }
                 // Nothing more can be asked of the hands, and then nothing
                 // can cause a report of this sandbox: all that is left is
                 // done here, while the run waits for the sandbox's init to exit.
@@ -918,6 +929,13 @@ impl Running {
             then();
             return outlived;
         };
+        // The sandbox is gone after all, and the server is closing out (a
+        // flood's records take a while to write): it finishes that.
+        if shared.closing.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            drop(shared);
+            let _ = self.done.recv();
+            return self.server.join().unwrap_or_else(|_| Some("the gate's server panicked".into()));
+        }
         shared.hands.stop();
         then();
         shared.close_out(outlived)
