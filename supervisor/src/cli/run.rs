@@ -113,16 +113,8 @@ impl Session {
                 return Err(e);
             }
         };
+        // Made at `planned`: both come from sandbox::private_tmp_path.
         let (tmp, tmp_held) = made?;
-        if tmp != planned {
-            drop(tmp_held);
-            let _ = std::fs::remove_dir_all(&tmp);
-            return Err(Failure::setup(format!(
-                "private temp dir made at {}, not at {} as planned",
-                tmp.display(),
-                planned.display()
-            )));
-        }
         crate::gate::hooks::protect_found_hooks(&mut plan.gate, hooks(&workspace, &home));
         let path_var = std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
         Ok(Session { id, features, plan, tmp, path_var, workspace, audit, _tmp_held: tmp_held })
@@ -209,11 +201,8 @@ pub fn run(args: RunArgs) -> Result<i32, Failure> {
     let (cgroups_tx, cgroups) = std::sync::mpsc::sync_channel(1);
     let (tmp_tx, tmp) = std::sync::mpsc::sync_channel(1);
     let (hooks_tx, hooks) = std::sync::mpsc::sync_channel(1);
-    // The go-ahead pipe, made once the stage is cloned (which must not
-    // hold its writer): that thread tells the command to confine itself.
-    let (go_rx, go_tx) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
-        .map_err(|e| Failure::setup(format!("cannot make the go-ahead pipe: {e}")))?;
-    let go: GoAhead = std::sync::Arc::new(std::sync::Mutex::new(Some(go_tx)));
+    // That thread tells the command to confine itself.
+    let (go_rx, go) = go_ahead()?;
     let (watch, opened) = {
         let (audit, id, root) = (audit.clone(), id.clone(), features.runtime_root());
         // Only root needs a cgroup for max_procs (RLIMIT_NPROC binds anyone
@@ -300,6 +289,14 @@ struct AuditOpened {
 /// by the command, which would then never see the end of the pipe that a
 /// refusal must give it). Taken out and dropped to refuse.
 type GoAhead = std::sync::Arc<std::sync::Mutex<Option<std::os::fd::OwnedFd>>>;
+
+/// The go-ahead pipe: the stage's end, and ours. Made once the stage is
+/// cloned, which must not hold a copy of the writer.
+fn go_ahead() -> Result<(std::os::fd::OwnedFd, GoAhead), Failure> {
+    let (rx, tx) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+        .map_err(|e| Failure::setup(format!("cannot make the go-ahead pipe: {e}")))?;
+    Ok((rx, std::sync::Arc::new(std::sync::Mutex::new(Some(tx)))))
+}
 
 /// Tells the command to confine itself, saying whether the kernel's
 /// reports are read (the first byte of the go-ahead pipe; see
@@ -408,11 +405,7 @@ fn launch_with(
             let set = wait::block_signals().map_err(|e| Failure::setup(format!("cannot block signals: {e}")))?;
             let begun = stage::begin(session.features.user_namespaces)
                 .map_err(|e| Failure::setup(format!("cannot start the sandbox's first process: {e}")))?;
-            // Made once the stage is cloned, which must not hold its writer.
-            let (go_rx, go_tx) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
-                .map_err(|e| Failure::setup(format!("cannot make the go-ahead pipe: {e}")))?;
-            let go: GoAhead = std::sync::Arc::new(std::sync::Mutex::new(Some(go_tx)));
-            (set, wait::LaunchWatch::start(), None, None, begun, (go_rx, go))
+            (set, wait::LaunchWatch::start(), None, None, begun, go_ahead()?)
         }
     };
     let argv: Vec<String> = command.iter().map(|a| a.to_string_lossy().into_owned()).collect();
