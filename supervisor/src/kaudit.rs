@@ -524,15 +524,10 @@ impl Drop for Canary {
 /// The running watcher: one thread reading the audit stream.
 pub struct Watcher {
     canary: PathBuf,
-    stop: Arc<AtomicU8>,
-    /// The marker, the status question and how the reader was asked to stop.
+    /// How the reader is to stop, and its wake-up.
     stopper: Stopper,
     /// Returns why denials went unrecorded, if they did.
     thread: Option<JoinHandle<Option<String>>>,
-    /// Closed to wake the reader at once when it is to stop without
-    /// waiting for anything (its poll times out after 50 ms otherwise: a
-    /// refused launch took that much longer).
-    wake: Option<OwnedFd>,
 }
 
 /// [`Watcher::ask_to_stop`] from another thread: the gate's server asks as
@@ -540,31 +535,23 @@ pub struct Watcher {
 /// sandbox's init to exit (see gate::Armed::start).
 #[derive(Clone)]
 pub struct Stopper {
-    marker: String,
-    /// The status asked for by `finish`, for the reader's summary.
-    lost_after: Arc<std::sync::Mutex<Option<StatusQuery>>>,
-    /// How the reader was told to stop, once it was.
-    asked: Arc<std::sync::Mutex<Option<u8>>>,
+    /// RUNNING, then ASKED or DISCARD.
+    stop: Arc<AtomicU8>,
+    /// A byte written here wakes the reader at once (its poll times out
+    /// after 50 ms otherwise: a refused launch took that much longer).
+    wake: Arc<OwnedFd>,
 }
 
 impl Stopper {
-    /// Asks once; later calls return how it was asked.
-    pub fn ask(&self) -> u8 {
-        let mut asked = self.asked.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(how) = *asked {
-            return how;
+    /// Asks the reader to stop once it has read everything the kernel
+    /// queued; asking again does nothing. Costs the asker a write: the
+    /// reader itself asks the kernel for its `lost` counter and sends the
+    /// marker (each a netlink round trip, the first through a kernel thread
+    /// started for the reply), while the run waits for the sandbox's init.
+    pub fn ask(&self) {
+        if self.stop.compare_exchange(RUNNING, ASKED, Ordering::AcqRel, Ordering::Acquire).is_ok() {
+            let _ = nix::unistd::write(self.wake.as_fd(), &[ASKED]);
         }
-        // The sandbox is gone, so every report of its has been queued or
-        // dropped: the kernel's `lost` counter, taken now, counts each one
-        // it dropped. Asked before the marker (the reader, which stops at
-        // the marker, always finds the question), answered after the wait.
-        if let Ok(mut q) = self.lost_after.lock() {
-            *q = Some(StatusQuery::send());
-        }
-        // Without CAP_AUDIT_WRITE there is no marker: a quiet spell instead.
-        let how = if send_user_message(&self.marker) { STOP_AT_MARKER } else { STOP_WHEN_QUIET };
-        *asked = Some(how);
-        how
     }
 }
 
@@ -582,8 +569,7 @@ impl Watcher {
         let Reader { fd: reader, lost } = reader;
         let tally = Tally { kernel_lost: lost, ..Tally::default() };
         let attributor = Attributor { canary: canary_str, own_pid: std::process::id().to_string(), tally };
-        let lost_after = Arc::new(std::sync::Mutex::new(None));
-        let (s, m, q) = (stop.clone(), marker.clone(), lost_after.clone());
+        let s = stop.clone();
         let sink = Sink { paths: paths.clone(), session: session.to_string(), ev: None, failed: None };
         let (woken, wake) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK)
             .map_err(|e| format!("cannot make a pipe: {e}"))?;
@@ -591,7 +577,7 @@ impl Watcher {
             .name("kernel-audit".into())
             .spawn(move || {
                 crate::sys::wait::adopt_process_cpus();
-                read_loop(reader, woken, attributor, sink, s, m, q)
+                read_loop(reader, woken, attributor, sink, s, marker)
             })
             .map_err(|e| format!("cannot start a thread: {e}"));
         // On an error the canary removes its file; from here on the watcher does.
@@ -599,10 +585,8 @@ impl Watcher {
         canary.placed = false;
         Ok(Watcher {
             canary: std::mem::take(&mut canary.path),
-            stop,
-            stopper: Stopper { marker, lost_after, asked: Arc::default() },
+            stopper: Stopper { stop, wake: Arc::new(wake) },
             thread: Some(thread),
-            wake: Some(wake),
         })
     }
 
@@ -615,15 +599,15 @@ impl Watcher {
     /// Returns why some denials could not be recorded, if that happened (for
     /// the run's exit record).
     pub fn finish(mut self) -> Option<String> {
-        let how = self.ask_to_stop();
-        self.stop_thread(how)
+        self.ask_to_stop();
+        self.join()
     }
 
     /// The first half of [`finish`](Self::finish), which a run sends as soon
     /// as nothing can cause a report of this sandbox any more (the sandbox
     /// and the gate's acting thread are gone), so that the kernel delivers
     /// the marker while the run writes its other records.
-    pub fn ask_to_stop(&mut self) -> u8 {
+    pub fn ask_to_stop(&mut self) {
         self.stopper.ask()
     }
 
@@ -632,11 +616,7 @@ impl Watcher {
         self.stopper.clone()
     }
 
-    fn stop_thread(&mut self, how: u8) -> Option<String> {
-        self.stop.store(how, Ordering::Release);
-        if how == DISCARD {
-            drop(self.wake.take());
-        }
+    fn join(&mut self) -> Option<String> {
         let lost = self
             .thread
             .take()
@@ -650,9 +630,12 @@ impl Drop for Watcher {
     /// A run that ends without `finish` (refused before or at spawn): the
     /// thread stops without writing, so nothing lands after the refusal
     /// record, and it never waits for a log lock the run still holds.
+    /// (Even when it was asked to stop at the marker already.)
     fn drop(&mut self) {
         if self.thread.is_some() {
-            let _ = self.stop_thread(DISCARD);
+            self.stopper.stop.store(DISCARD, Ordering::Release);
+            let _ = nix::unistd::write(self.stopper.wake.as_fd(), &[DISCARD]);
+            let _ = self.join();
         }
     }
 }
@@ -693,8 +676,9 @@ impl Events {
 }
 
 const RUNNING: u8 = 0;
-const STOP_AT_MARKER: u8 = 1;
-const STOP_WHEN_QUIET: u8 = 2;
+/// To stop once every report queued before now has been read.
+const ASKED: u8 = 1;
+/// To stop at once, recording nothing more.
 const DISCARD: u8 = 3;
 /// Reports read per wake-up before the stop flag is looked at again.
 const DRAIN_MAX: usize = 256;
@@ -761,7 +745,6 @@ fn read_loop(
     mut sink: Sink,
     stop: Arc<AtomicU8>,
     marker: String,
-    lost_after: Arc<std::sync::Mutex<Option<StatusQuery>>>,
 ) -> Option<String> {
     crate::sys::background_thread();
     use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
@@ -773,13 +756,27 @@ fn read_loop(
     let mut stop_since: Option<Instant> = None;
     let mut last_read = Instant::now();
     let mut synced = false;
+    // Once asked to stop: the kernel's `lost` counter asked for, and
+    // whether the marker went out.
+    let mut lost_after: Option<StatusQuery> = None;
+    let mut at_marker = false;
     loop {
         match stop.load(Ordering::Acquire) {
             RUNNING => {}
             DISCARD => return None,
-            how => {
-                let since = *stop_since.get_or_insert_with(Instant::now);
-                let quiet = how == STOP_WHEN_QUIET && since.elapsed() > QUIET && last_read.elapsed() > QUIET;
+            _ => {
+                let since = *stop_since.get_or_insert_with(|| {
+                    // The sandbox is gone, so every report of its has been
+                    // queued or dropped: the kernel's `lost` counter, taken
+                    // now, counts each one it dropped. Asked before the
+                    // marker is sent (the kernel takes its snapshot when
+                    // asked), answered once the marker is back. Without
+                    // CAP_AUDIT_WRITE there is no marker: a quiet spell instead.
+                    lost_after = Some(StatusQuery::send());
+                    at_marker = send_user_message(&marker);
+                    Instant::now()
+                });
+                let quiet = !at_marker && since.elapsed() > QUIET && last_read.elapsed() > QUIET;
                 if quiet || since.elapsed() > SYNC_WAIT {
                     break;
                 }
@@ -790,6 +787,10 @@ fn read_loop(
             Ok(_) => {}
             Err(Errno::EINTR) => continue,
             Err(_) => break,
+        }
+        if fds[1].revents().is_some_and(|r| r.contains(PollFlags::POLLIN)) {
+            // The byte that woke us: the stop flag says what it meant.
+            let _ = nix::unistd::read(woken.as_raw_fd(), &mut [0u8; 8]);
         }
         for _ in 0..DRAIN_MAX {
             let (n, from) = match socket::recvfrom::<NetlinkAddr>(fd.as_raw_fd(), &mut buf) {
@@ -835,8 +836,7 @@ fn read_loop(
     for done in events.take_older_than(Duration::ZERO) {
         at.event(&done).into_iter().for_each(|b| sink.record(b));
     }
-    let asked = lost_after.lock().ok().and_then(|mut q| q.take());
-    let after = asked.unwrap_or_else(StatusQuery::send).answer().map(|w| w[6]);
+    let after = lost_after.unwrap_or_else(StatusQuery::send).answer().map(|w| w[6]);
     at.tally.kernel_lost = match (at.tally.kernel_lost, after) {
         (Some(before), Some(after)) => Some(after.wrapping_sub(before)),
         _ => None,
