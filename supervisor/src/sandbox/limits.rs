@@ -230,9 +230,6 @@ pub fn apply(
         }
     }
     for w in wanted {
-        if !dry {
-            sweep_stale_cgroups(&w.ctrl.dir);
-        }
         let made = match dry {
             true => Some((w.ctrl.dir.join(format!("portcullis-{session}")), None)),
             false => make_cgroup(&w.ctrl, session, &w.files, born).ok().map(|(d, j)| (d, Some(j))),
@@ -258,7 +255,8 @@ pub fn apply(
 }
 
 /// Removes the cgroups under `dir` of sessions killed before their cleanup
-/// (see `sandbox::session_gone`). What is still in one belongs to a sandbox
+/// (see `sandbox::session_gone`): by the next run to clean up after itself
+/// there, off its launch's way. What is still in one belongs to a sandbox
 /// whose supervisor is gone, and should have died with it: it is killed,
 /// and the removal tried again for a moment (a sandbox killed a moment ago
 /// can still be leaving its cgroup when its `{tmp}` is already free; a CI
@@ -308,7 +306,8 @@ fn fallback(out: &mut Applied, report: &mut Enforcement, fb: Fallback) {
     }
 }
 
-/// Removes the sandbox's cgroups once it has exited, killing stragglers.
+/// Removes the sandbox's cgroups once it has exited, killing stragglers,
+/// then what killed runs left beside them ([`sweep_stale_cgroups`]).
 pub fn cleanup(dirs: &[PathBuf]) {
     for dir in dirs {
         for _ in 0..50 {
@@ -318,6 +317,9 @@ pub fn cleanup(dirs: &[PathBuf]) {
             kill_all(dir);
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
+    }
+    for parent in dirs.iter().filter_map(|d| d.parent()) {
+        sweep_stale_cgroups(parent);
     }
 }
 

@@ -418,7 +418,7 @@ pub fn session_gone(name: &str, prefix: &str) -> bool {
 /// Removes the `{tmp}` trees under `root` that runs killed before their
 /// cleanup (SIGKILL) left: those of sessions gone ([`session_gone`]) whose
 /// tree is not held either (a live run whose pid this process cannot see).
-/// Their cgroups go in `limits::apply`.
+/// Their cgroups go in `limits::cleanup`, at the end of a later run.
 pub fn sweep_stale(root: &std::path::Path) {
     let Ok(entries) = std::fs::read_dir(root) else { return };
     for e in entries.flatten() {
