@@ -332,7 +332,7 @@ fn timeline(argv: &[String], dir: &Path, rounds: usize) -> Result<String> {
         .collect();
     rows.sort_by(|a, b| a.1.total_cmp(&b.1));
     let mut t = format!(
-        "\n### Where the time of one launch goes (`PORTCULLIS_TIMING=1`, {rounds} launches as in the first table)\n\nThe median time of each mark since portcullis's `main`. Marks come from two threads (the main one, which clones the stage first, configures it once the sandbox is prepared, decides the launch and starts the gate once the command has exec'd, and the one that opens the log and starts the kernel-audit reader meanwhile), so the steps overlap; printing the marks adds a little to each.\n\n| mark | median since start |\n|---|---:|\n"
+        "\n### Where the time of one launch goes (`PORTCULLIS_TIMING=1`, {rounds} launches as in the first table)\n\nThe median time of each mark since portcullis's `main`. Marks come from two threads (the main one, which clones the stage first, configures it once the sandbox is prepared, decides the launch and starts the gate once the command has exec'd, and the one that joins the kernel's audit stream and opens the log meanwhile; the kernel-audit reader starts once the go-ahead is given), so the steps overlap; printing the marks adds a little to each.\n\n| mark | median since start |\n|---|---:|\n"
     );
     for (phase, us, n) in rows {
         let seen = if n == rounds { String::new() } else { format!(" (in {n} of {rounds} launches)") };
@@ -760,8 +760,8 @@ where the sandbox's cgroups can be made, asks the kernel whether
 Landlock's denials can be read (the kernel replies from a thread it starts
 per reply), joins the kernel's audit stream and places the canary, tells
 the command (once there is one) whether its denials are read, opens and
-checks the signed audit log, looks up the files no
-rule may reach, and starts the kernel-audit reader. The scheduler here
+checks the signed audit log, and looks up the files no
+rule may reach. The scheduler here
 queued a new thread behind its creator for over a millisecond while the
 other CPU idled, so that thread is moved off its creator's CPU when it
 starts. Once the sandbox is prepared, the main thread sends init its
@@ -774,12 +774,15 @@ whether the kernel's reports are read (before that thread opens the log),
 and waits, while the main thread resolves the gate's rule paths, checks
 that no rule reaches the log, writes the launch record and gives the
 go-ahead to exec. The command takes back its CPUs and
-execs; the main thread fsyncs the launch record while the command runs,
+execs; meanwhile the main thread starts the kernel-audit reader's thread
+(what the kernel reports before it reads waits on its socket), then fsyncs the launch record while the command runs,
 then waits for it, polling the gate's listener beside its signals: the
 syscall gate's threads start only when the sandbox parks a syscall (what
 it parks waits in the kernel meanwhile), so `/bin/true` under strict
 starts none. When the sandbox is gone, the kernel-audit reader is asked to
-stop (the marker after which nothing of this sandbox can be reported; with
+stop (a byte: the reader itself asks the kernel for its count of dropped
+records and sends the marker after which nothing of this sandbox can be
+reported; with
 a gate running, its server thread asks, once its acting thread has
 stopped, and closes the gate's records), the exit record is
 written, and portcullis exits with the command's status: a finisher that

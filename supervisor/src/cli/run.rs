@@ -193,8 +193,8 @@ pub fn run(args: RunArgs) -> Result<i32, Failure> {
     let canary = audit_read.then(|| kaudit::Canary::new(&audit).ok()).flatten();
     let canary_path = canary.as_ref().map(|c| c.path().to_path_buf());
     // The thread that passes signals on during the launch has nothing to
-    // do until the stage is forked: it opens the audit log and starts the
-    // kernel-audit watcher meanwhile, on the second core while this one
+    // do until the stage is forked: it joins the kernel's audit stream and
+    // opens the audit log meanwhile, on the second core while this one
     // loads, compiles and prepares. (A thread of its own for that cost this
     // one about as much as it saved: a thread costs its creator a tenth of a
     // millisecond here.)
@@ -246,9 +246,7 @@ pub fn run(args: RunArgs) -> Result<i32, Failure> {
             let confined = tell_confine(&go, watch.is_ok());
             let mut opened = open_audit(&audit, &id);
             opened.confined = confined;
-            if opened.evidence.is_ok() {
-                opened.watcher = Some(start_watcher(watch, &audit, &id));
-            }
+            opened.watch = Some(watch);
             opened
         })
     };
@@ -275,11 +273,11 @@ pub(super) fn launch(session: &Session, prepared: Prepared, command: &[OsString]
 }
 
 /// The run's audit log, the places no sandbox may reach ([`guarded`]) and,
-/// when started with it, the kernel-audit watcher.
+/// when made with it, the kernel-audit watch ([`watch_kernel`]).
 struct AuditOpened {
     evidence: Result<Evidence, Failure>,
     guarded: Vec<crate::evidence::Guarded>,
-    watcher: Option<Result<kaudit::Watcher, String>>,
+    watch: Option<Watch>,
     /// The command was told to confine itself ([`tell_confine`]).
     confined: bool,
 }
@@ -307,8 +305,8 @@ fn tell_confine(go: &GoAhead, watched: bool) -> bool {
 }
 
 /// What `run` set up before the profile was loaded: the blocked signals,
-/// the launch's signal watcher, the audit log that watcher opens first (and
-/// the kernel-audit watcher it starts, after telling the command to
+/// the launch's signal watcher, the audit log that watcher opens first
+/// (after joining the kernel's audit stream and telling the command to
 /// confine itself), the canary's path, the stage with its report pipe, and
 /// the go-ahead pipe.
 struct Early {
@@ -326,20 +324,21 @@ struct Early {
 fn open_audit(audit: &AuditPaths, id: &str) -> AuditOpened {
     let evidence = Evidence::open(audit, id);
     crate::timing::mark("audit log opened");
-    AuditOpened { evidence, guarded: guarded(audit), watcher: None, confined: false }
+    AuditOpened { evidence, guarded: guarded(audit), watch: None, confined: false }
 }
 
 /// Asks the kernel whether Landlock's own reports of what it refused can
 /// be read (ABI 7+, kernel audit on, CAP_AUDIT_READ; the answer took about
 /// a millisecond here, much of it spent waiting), and if so joins its audit
 /// stream and places the canary: what must be done before the command
-/// confines itself, whose reports then wait on the reader.
+/// confines itself, whose reports then queue on the socket until the
+/// reader's thread starts ([`start_watcher`]).
 fn watch_kernel(
     abi: i32,
     audit_status: Option<kaudit::StatusQuery>,
     canary: Option<kaudit::Canary>,
     audit: &AuditPaths,
-) -> Result<(kaudit::Reader, kaudit::Canary), String> {
+) -> Watch {
     let reader = kaudit::probe_with(abi, audit_status)?;
     let mut canary = canary.ok_or("no canary could be placed beside the audit log")?;
     // A first run's log directory may not be made yet.
@@ -350,12 +349,12 @@ fn watch_kernel(
     Ok((reader, canary))
 }
 
-/// [`watch_kernel`], then the kernel-audit watcher started.
-fn start_watcher(
-    watch: Result<(kaudit::Reader, kaudit::Canary), String>,
-    audit: &AuditPaths,
-    id: &str,
-) -> Result<kaudit::Watcher, String> {
+/// The kernel's audit stream joined and the canary placed, or why the
+/// kernel's reports of this sandbox are invisible.
+type Watch = Result<(kaudit::Reader, kaudit::Canary), String>;
+
+/// The kernel-audit reader's thread started on [`watch_kernel`]'s socket.
+fn start_watcher(watch: Watch, audit: &AuditPaths, id: &str) -> Result<kaudit::Watcher, String> {
     let watcher = watch.and_then(|(reader, canary)| kaudit::Watcher::start(reader, canary, audit, id));
     crate::timing::mark("kernel audit watcher started");
     watcher
@@ -376,9 +375,10 @@ enum Ending {
 /// The stage (cloned by `run` before the profile was loaded, or here) is
 /// configured as soon as the sandbox is prepared: while init forks the
 /// command into its cgroup, this thread ([`decide`]) takes the audit log
-/// and the kernel-audit watcher (`early`: opened and started by `run`
+/// and the kernel's audit stream (`early`: opened and joined by `run`
 /// meanwhile; otherwise it does both), checks what must be refused,
-/// writes the launch record and starts the gate. The command confines
+/// writes the launch record, arms the gate and, after the go-ahead, starts
+/// the kernel-audit reader. The command confines
 /// itself once it is told whether the kernel's reports are read (the
 /// first byte of the go-ahead pipe), and execs only on its go-ahead (the
 /// second); a refusal closes the pipe and the command never runs. (A
@@ -464,7 +464,7 @@ fn launch_with(
             return Err(f);
         }
     };
-    let Ready { mut evidence, watcher, syscall_gate, mcp_gate } = ready;
+    let Ready { mut evidence, watcher, unwatched, syscall_gate, mcp_gate } = ready;
     let mut child = match spawned {
         Ok(c) => {
             // A prompt on the terminal stops this sandbox while it asks.
@@ -553,6 +553,7 @@ fn launch_with(
     // the gate waits for processes that outlived the command, and for its
     // acting thread's last job, whose denials the reader must still see.
     let mut incomplete = Vec::new();
+    incomplete.extend(unwatched.map(|why| format!("kernel-reported denials: the reader did not start: {why}")));
     if let Some(g) = syscall_gate {
         // The reader is told to stop as soon as the gate acts no more, and
         // finds its marker while the gate's records are written.
@@ -642,16 +643,21 @@ struct Decision<'a> {
 struct Ready {
     evidence: Evidence,
     watcher: Option<kaudit::Watcher>,
+    /// Why the kernel-audit reader did not start after all, when the
+    /// launch record says the kernel's reports are recorded.
+    unwatched: Option<String>,
     syscall_gate: Option<SyscallGate>,
     mcp_gate: Option<crate::mcp::Prepared>,
 }
 
-/// Takes the audit log (or opens it: meanwhile a second thread starts the
-/// kernel-audit watcher), tells the stage to confine itself, refuses (and
+/// Takes the audit log (or opens it: meanwhile a second thread joins the
+/// kernel's audit stream), tells the stage to confine itself, refuses (and
 /// records why) a launch that must not happen, writes the launch record,
-/// starts the gate, and then gives the stage its go-ahead through `go`. A refusal drops `go` before the
-/// go-ahead, which stops the stage before exec. `program`: the resolved command,
-/// or why it may not run (then nothing was forked and `go` is None).
+/// arms the gate, and then gives the stage its go-ahead through `go`, and
+/// starts the kernel-audit reader's thread while the command execs. A
+/// refusal drops `go` before the go-ahead, which stops the stage before
+/// exec. `program`: the resolved command, or why it may not run (then
+/// nothing was forked and `go` is None).
 fn decide(
     d: &Decision,
     program: Result<&Path, &Failure>,
@@ -677,7 +683,7 @@ fn decide_in<'scope>(
     // run: the gate's rule paths are resolved, and (unless `run`'s other
     // thread does it: it also tells the command to confine itself, as soon
     // as it knows whether the kernel's reports are read) a second thread
-    // starts the kernel-audit watcher (start_watcher), tells the command to
+    // joins the kernel's audit stream (watch_kernel), tells the command to
     // confine itself, and resolves the gate's rule paths.
     let gated = gate_setup.is_some();
     let mut gate_setup = gate_setup;
@@ -691,12 +697,12 @@ fn decide_in<'scope>(
                     "the thread opening the audit log died; refusing to run without a working audit log",
                 )),
                 guarded: Vec::new(),
-                watcher: None,
+                watch: None,
                 confined: false,
             });
-            let watcher = opened.watcher.take().unwrap_or_else(|| Err("the kernel-audit watcher did not start".into()));
+            let watch = opened.watch.take().unwrap_or_else(|| Err("the kernel's audit stream was not joined".into()));
             let confined = opened.confined;
-            (opened, Prep::Done(watcher, rules, confined))
+            (opened, Prep::Done(watch, rules, confined))
         }
         None => {
             gate = gate_setup.take().map(crate::gate::begin);
@@ -704,9 +710,8 @@ fn decide_in<'scope>(
             let confine = go.clone();
             let prepare = move || {
                 let watch = watch_kernel(abi, None, canary, &session.audit);
-                let watcher = start_watcher(watch, &session.audit, &session.id);
-                let confined = tell_confine(&confine, watcher.is_ok());
-                (watcher, gate_rules(), confined)
+                let confined = tell_confine(&confine, watch.is_ok());
+                (watch, gate_rules(), confined)
             };
             let prep = std::thread::Builder::new().name("launch-prep".into()).spawn_scoped(scope, prepare);
             (open_audit(&session.audit, &session.id), Prep::Thread(prep))
@@ -772,29 +777,23 @@ fn decide_in<'scope>(
     launch["program"] = json!(program);
     // Without the thread the canary went with it: the launch record says
     // the kernel's reports are invisible, and why.
-    let (watcher, gate_rules, confined) = match prep {
+    let (watch, gate_rules, confined) = match prep {
         Prep::Thread(Ok(h)) => {
             h.join().unwrap_or_else(|_| (Err("the launch-prep thread panicked".into()), None, false))
         }
         Prep::Thread(Err(e)) => (Err(format!("cannot start a thread: {e}")), gate_rules(), false),
-        Prep::Done(watcher, rules, confined) => (watcher, rules, confined),
+        Prep::Done(watch, rules, confined) => (watch, rules, confined),
     };
-    let watcher = match watcher {
-        Ok(w) => {
-            launch["kernel_denials"] = json!("recorded");
-            Some(w)
-        }
-        Err(why) => {
-            launch["kernel_denials"] = json!(format!("invisible: {why}"));
-            None
-        }
+    launch["kernel_denials"] = match &watch {
+        Ok(_) => json!("recorded"),
+        Err(why) => json!(format!("invisible: {why}")),
     };
     // Without a byte from the thread that was to tell it (launch-prep, or
     // `run`'s), the command may confine itself now (the canary exists if
     // it is to be opened). Ours alone from here (that thread has ended).
     let go = go.lock().map_or(None, |mut g| g.take());
     if let (Some(go), false) = (&go, confined) {
-        let byte = if watcher.is_some() { stage::CONFINE_WATCHED } else { stage::CONFINE };
+        let byte = if watch.is_ok() { stage::CONFINE_WATCHED } else { stage::CONFINE };
         // A stage that already failed has closed its end: spawn reports why.
         let _ = nix::unistd::write(go, &[byte]);
     }
@@ -836,6 +835,16 @@ fn decide_in<'scope>(
     if let Some(go) = go {
         let _ = nix::unistd::write(&go, &[stage::GO]);
     }
+    // The reader's thread starts while the command execs (on two CPUs, the
+    // thread that joined the audit stream was the one the go-ahead waited
+    // for); what the kernel reports meanwhile waits on its socket. Should it
+    // not start after all, the exit record says so (the launch record said
+    // "recorded").
+    let (watcher, unwatched) = match watch.map(|w| start_watcher(Ok(w), &session.audit, &session.id)) {
+        Ok(Ok(w)) => (Some(w), None),
+        Ok(Err(why)) => (None, Some(why)),
+        Err(_) => (None, None),
+    };
     let syscall_gate = match gate {
         Some((armed, ev)) => {
             // The kernel-audit reader is asked to stop by the gate itself, as
@@ -864,7 +873,7 @@ fn decide_in<'scope>(
         }
         None => None,
     };
-    Ok(Ready { evidence, watcher, syscall_gate, mcp_gate })
+    Ok(Ready { evidence, watcher, unwatched, syscall_gate, mcp_gate })
 }
 
 /// The syscall gate, armed before the go-ahead, whose threads may start after it.
@@ -905,12 +914,12 @@ enum SyscallGate {
     Pending(Box<PendingGate>),
 }
 
-/// The kernel-audit watcher, the gate's rule paths (resolved when the run
+/// The kernel-audit watch, the gate's rule paths (resolved when the run
 /// has a gate) and whether the command was told to confine itself: from
 /// decide's own thread, or known already.
 enum Prep<T> {
     Thread(std::io::Result<T>),
-    Done(Result<kaudit::Watcher, String>, Option<policy::ask::GatePlan>, bool),
+    Done(Watch, Option<policy::ask::GatePlan>, bool),
 }
 
 /// What no sandbox may reach, whether or not this run has a gate: the
