@@ -79,9 +79,12 @@ impl AuditPaths {
 
     /// The key (forge records) and the log (rewrite or read history): no
     /// Landlock rule of the plan may reach them.
-    pub fn guarded(&self) -> [Guarded; 2] {
+    pub fn guarded(&self, lookups: &mut Lookups) -> [Guarded; 2] {
         let advice = "move the workspace, or pass --audit-log/--audit-key outside every rule";
-        [Guarded::file("audit signing key", &self.key, advice), Guarded::file("audit log", &self.log, advice)]
+        [
+            Guarded::file("audit signing key", &self.key, advice, lookups),
+            Guarded::file("audit log", &self.log, advice, lookups),
+        ]
     }
 }
 
@@ -140,7 +143,7 @@ impl<'a> RuleInodes<'a> {
         path: &Path,
         keep: impl Fn(&policy::plan::PathRule) -> bool,
     ) -> Option<&'a policy::plan::PathRule> {
-        self.first_over(&Reach::of(path), keep)
+        self.first_over(&Reach::of(path, &mut Lookups::default()), keep)
     }
 
     /// As [`reaching`](Self::reaching), for a path looked up before.
@@ -170,17 +173,46 @@ pub struct Reach {
     chain: Vec<(u64, u64)>,
 }
 
-impl Reach {
-    pub fn of(path: &Path) -> Reach {
+/// What [`Reach::of`] looked up, for the next lookup of one batch (the
+/// guarded places share most of their ancestors: each is looked up once).
+/// Only for lookups made together: the file system moves on.
+#[derive(Default)]
+pub struct Lookups {
+    /// stat (symlinks followed) by path.
+    ids: std::collections::HashMap<PathBuf, Option<(u64, u64)>>,
+    /// canonicalize by path.
+    canonical: std::collections::HashMap<PathBuf, PathBuf>,
+}
+
+impl Lookups {
+    fn id(&mut self, p: &Path) -> Option<(u64, u64)> {
         use std::os::unix::fs::MetadataExt;
+        if let Some(id) = self.ids.get(p) {
+            return *id;
+        }
+        let id = std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino()));
+        self.ids.insert(p.to_path_buf(), id);
+        id
+    }
+
+    fn canonical(&mut self, p: PathBuf) -> PathBuf {
+        if let Some(c) = self.canonical.get(&p) {
+            return c.clone();
+        }
+        let c = std::fs::canonicalize(&p).unwrap_or_else(|_| p.clone());
+        self.canonical.insert(p, c.clone());
+        c
+    }
+}
+
+impl Reach {
+    pub fn of(path: &Path, lookups: &mut Lookups) -> Reach {
         let mut probe = path.to_path_buf();
-        while !probe.exists() && probe.pop() {}
-        let mut at = std::fs::canonicalize(&probe).unwrap_or(probe);
+        while lookups.id(&probe).is_none() && probe.pop() {}
+        let mut at = lookups.canonical(probe);
         let mut chain = Vec::new();
         loop {
-            if let Ok(m) = std::fs::metadata(&at) {
-                chain.push((m.dev(), m.ino()));
-            }
+            chain.extend(lookups.id(&at));
             if !at.pop() {
                 return Reach { chain };
             }
@@ -200,10 +232,10 @@ pub struct Guarded {
 
 impl Guarded {
     /// A file the sandbox must neither read nor write: no rule may reach its directory.
-    pub fn file(what: &str, target: &Path, advice: &'static str) -> Guarded {
+    pub fn file(what: &str, target: &Path, advice: &'static str, lookups: &mut Lookups) -> Guarded {
         let dir = target.parent().unwrap_or(target);
         Guarded {
-            reach: Reach::of(dir),
+            reach: Reach::of(dir, lookups),
             writes_only: false,
             would: format!("reach the {what} {}", target.display()),
             advice,
@@ -211,8 +243,9 @@ impl Guarded {
     }
 
     /// A directory the sandbox must not write in: no writable rule may reach it.
-    pub fn unwritable_dir(what: &str, dir: &Path, advice: &'static str) -> Guarded {
-        Guarded { reach: Reach::of(dir), writes_only: true, would: format!("rewrite {what} {}", dir.display()), advice }
+    pub fn unwritable_dir(what: &str, dir: &Path, advice: &'static str, lookups: &mut Lookups) -> Guarded {
+        let reach = Reach::of(dir, lookups);
+        Guarded { reach, writes_only: true, would: format!("rewrite {what} {}", dir.display()), advice }
     }
 
     pub fn check(&self, rules: &RuleInodes) -> Result<(), Failure> {
@@ -448,4 +481,42 @@ pub(crate) fn create_private_dir(dir: &Path) -> std::io::Result<()> {
         return Ok(());
     }
     std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Lookups, Reach};
+
+    /// One batch of lookups (shared ancestors, a symlinked directory, a
+    /// path that does not exist yet) finds what each lookup finds alone.
+    #[test]
+    fn shared_lookups_find_what_fresh_ones_find() {
+        let dir = std::env::temp_dir().join(format!("pc-reach-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("a/real/inner")).unwrap();
+        std::fs::create_dir_all(dir.join("b")).unwrap();
+        // Relative, and out of its own directory: its ancestors are a's.
+        std::os::unix::fs::symlink("../a/real", dir.join("b/link")).unwrap();
+        let paths = [
+            dir.join("a/real/inner"),
+            dir.join("b/link/inner"),
+            dir.join("b/link/inner/not/yet"),
+            dir.join("a/real"),
+            dir.join("gone/away"),
+            dir.join("b"),
+            dir.clone(),
+        ];
+        let mut shared = Lookups::default();
+        for p in &paths {
+            let batch = Reach::of(p, &mut shared).chain;
+            let alone = Reach::of(p, &mut Lookups::default()).chain;
+            assert_eq!(batch, alone, "{}", p.display());
+            assert!(!batch.is_empty(), "{}", p.display());
+        }
+        // Through the link, the chain is the real directory's.
+        let real = Reach::of(&dir.join("a/real/inner"), &mut shared).chain;
+        assert_eq!(Reach::of(&dir.join("b/link/inner"), &mut shared).chain, real);
+        assert_ne!(Reach::of(&dir.join("b"), &mut shared).chain[..], real[2..]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

@@ -931,18 +931,19 @@ enum Prep<T> {
 /// run, and is not checked.
 fn guarded(audit: &AuditPaths) -> Vec<crate::evidence::Guarded> {
     use crate::evidence::Guarded;
-    let mut guarded = Vec::from(audit.guarded());
+    let mut lookups = crate::evidence::Lookups::default();
+    let mut guarded = Vec::from(audit.guarded(&mut lookups));
     if let Ok(grants) = crate::grants::path() {
         let advice = "set PORTCULLIS_GRANTS or XDG_STATE_HOME outside every rule";
-        guarded.push(Guarded::file("grants file", &grants, advice));
+        guarded.push(Guarded::file("grants file", &grants, advice, &mut lookups));
     }
     if let Ok(dir) = crate::broker::socket::dir() {
         let advice = "set XDG_RUNTIME_DIR outside every rule";
-        guarded.push(Guarded::file("approval broker socket", &dir.join("broker.sock"), advice));
+        guarded.push(Guarded::file("approval broker socket", &dir.join("broker.sock"), advice, &mut lookups));
     }
     if let Some(dir) = crate::mcp::pins::default_dir() {
         let advice = "move the workspace, or set XDG_STATE_HOME outside every writable rule";
-        guarded.push(Guarded::unwritable_dir("the MCP tool pins in", &dir, advice));
+        guarded.push(Guarded::unwritable_dir("the MCP tool pins in", &dir, advice, &mut lookups));
     }
     guarded
 }
