@@ -156,6 +156,45 @@ both!(ctrl_z_stops_the_whole_sandbox_and_fg_continues_it, |sb| {
     child.wait().unwrap();
 });
 
+// As root, the sandbox's pids cgroup is made before the profile is read
+// (every built-in profile sets max_procs). It lives as long as its run,
+// used or not, and goes with it: also for a profile that sets no limit, and
+// for a run refused before its limits (a profile that does not exist).
+both!(a_cgroup_made_ahead_goes_with_its_run, |sb| {
+    let no_limits = sb.profile("nolimits.toml", "[filesystem]\nread = [\"/usr\", \"/lib\", \"/etc\"]\n");
+    let gone = |pid: u32| {
+        let prefix = format!("portcullis-{pid}-");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        // The finisher removes it after the status is out.
+        while !cgroups_named(&prefix).is_empty() {
+            assert!(Instant::now() < deadline, "left behind: {:?}", cgroups_named(&prefix));
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    for profile in ["strict", no_limits.as_str()] {
+        let mut child = sb
+            .portcullis(&["run", "--profile", profile, "--exec", PROBE, "--", PROBE, "trap"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        assert!(line.starts_with("ready"), "{profile}: {line:?}");
+        // Twin: while it runs, root's run has its cgroup (nobody's has none:
+        // RLIMIT_NPROC in its user namespace stands in).
+        let live = cgroups_named(&format!("portcullis-{}-", child.id()));
+        assert_eq!(live.len(), usize::from(sb.who == As::Caller && is_root()), "{profile}: {live:?}");
+        // SAFETY: kill with plain integers.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        child.wait().unwrap();
+        gone(child.id());
+    }
+    let refused = sb.portcullis(&["run", "--profile", "/nonexistent/p.toml", "--", PROBE]).spawn().unwrap();
+    let pid = refused.id();
+    assert_eq!(refused.wait_with_output().unwrap().status.code(), Some(125));
+    gone(pid);
+});
+
 /// Directories under /sys/fs/cgroup (a few levels down) named `prefix...`.
 fn cgroups_named(prefix: &str) -> Vec<std::path::PathBuf> {
     let mut found = Vec::new();

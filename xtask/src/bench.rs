@@ -756,7 +756,8 @@ own IPC and mount namespaces (unshare: their cost, mostly copying the
 mount table, is init's, not the main thread's), mounts a private /proc and
 waits for its configuration. Meanwhile, on the other CPU, the thread that
 later passes signals on to the sandbox makes the private temp dir, looks up
-where the sandbox's cgroups can be made, asks the kernel whether
+where the sandbox's cgroups can be made (as root, and makes its pids
+cgroup there: every built-in profile sets max_procs), asks the kernel whether
 Landlock's denials can be read (the kernel replies from a thread it starts
 per reply), joins the kernel's audit stream and places the canary, tells
 the command (once there is one) whether its denials are read, opens and

@@ -199,6 +199,7 @@ pub fn run(args: RunArgs) -> Result<i32, Failure> {
     // one about as much as it saved: a thread costs its creator a tenth of a
     // millisecond here.)
     let (cgroups_tx, cgroups) = std::sync::mpsc::sync_channel(1);
+    let mut cgroups = AheadCgroups(Some(cgroups));
     let (tmp_tx, tmp) = std::sync::mpsc::sync_channel(1);
     let (hooks_tx, hooks) = std::sync::mpsc::sync_channel(1);
     // That thread tells the command to confine itself.
@@ -218,7 +219,8 @@ pub fn run(args: RunArgs) -> Result<i32, Failure> {
             // git's config names, for the workspace the main thread is about
             // to find (it checks it is the same); where this process may
             // make the sandbox's cgroups (the kernel formats our cgroups and
-            // the mount table for the reads), once the sandbox is built.
+            // the mount table for the reads) and its pids cgroup, once the
+            // sandbox is built.
             let _ = tmp_tx.send(make_private_tmp(&root, &id));
             let workspace = match workspace {
                 Some(w) => std::fs::canonicalize(w),
@@ -230,7 +232,14 @@ pub fn run(args: RunArgs) -> Result<i32, Failure> {
                 (ws, home, rule)
             });
             let _ = hooks_tx.send(found);
-            let _ = cgroups_tx.send(cgroup_limits.then(|| limits::find_controllers(["pids", "memory"])));
+            let _ = cgroups_tx.send(cgroup_limits.then(|| {
+                let found = limits::find_controllers(["pids", "memory"]);
+                // Every built-in profile sets max_procs: its cgroup is
+                // made here, off the main thread's way (removed at the end
+                // if the profile wants none).
+                let premade = found[0].as_ref().and_then(|pids| limits::premake(pids, &id));
+                sandbox::Controllers { found, premade }
+            }));
             // Then whether the kernel's reports will be read, which is all
             // the command waits for to confine itself: told from here, it
             // does while the log opens (and without a wake-up of the main
@@ -262,7 +271,7 @@ pub fn run(args: RunArgs) -> Result<i32, Failure> {
     let session = Session::open_as(&args.sandbox, features, id.clone(), audit, planned, tmp, hooks)?;
     crate::timing::mark("profile loaded and compiled");
     // Without them (the thread died), prepare looks for itself.
-    let prepared = session.prepare_with(|| cgroups.recv().ok().flatten())?;
+    let prepared = session.prepare_with(|| cgroups.take())?;
     crate::timing::mark("sandbox prepared");
     let early = Early { set, watch, opened, canary: canary_path, stage, go: (go_rx, go) };
     launch_with(&session, prepared, &args.command, args.mcp, Some(early), Ending::Exit)
@@ -302,6 +311,27 @@ fn go_ahead() -> Result<(std::os::fd::OwnedFd, GoAhead), Failure> {
 fn tell_confine(go: &GoAhead, watched: bool) -> bool {
     let byte = if watched { stage::CONFINE_WATCHED } else { stage::CONFINE };
     go.lock().is_ok_and(|go| go.as_ref().is_some_and(|go| nix::unistd::write(go, &[byte]).is_ok()))
+}
+
+/// The cgroup controllers (and the cgroup made ahead) from `run`'s other
+/// thread. Never taken (the launch was refused before its limits), the
+/// cgroup made ahead is removed (waiting for it: the other thread sends it
+/// soon, or has ended).
+struct AheadCgroups(Option<std::sync::mpsc::Receiver<Option<sandbox::Controllers>>>);
+
+impl AheadCgroups {
+    /// None when the thread died.
+    fn take(&mut self) -> Option<sandbox::Controllers> {
+        self.0.take().and_then(|rx| rx.recv().ok().flatten())
+    }
+}
+
+impl Drop for AheadCgroups {
+    fn drop(&mut self) {
+        if let Some(premade) = self.take().and_then(|c| c.premade) {
+            limits::cleanup(&[premade]);
+        }
+    }
 }
 
 /// What `run` set up before the profile was loaded: the blocked signals,

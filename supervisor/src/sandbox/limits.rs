@@ -107,16 +107,35 @@ enum Join {
     Born(OwnedFd, OwnedFd),
 }
 
-/// Makes the sandbox's cgroup under `ctrl` and writes its limit `files`.
-/// `born`: the v2 sandbox is forked into it rather than moved there.
+/// The directory of session `session`'s cgroup under `ctrl`.
+fn cgroup_dir(ctrl: &CgroupController, session: &str) -> PathBuf {
+    ctrl.dir.join(format!("portcullis-{session}"))
+}
+
+/// Makes the sandbox's cgroup directory under `ctrl` before the plan is
+/// known (`run` does, on another thread, where the sandbox needs a cgroup
+/// for max_procs: every built-in profile sets it). [`apply`] then writes
+/// its limits, or has it removed with the sandbox's cgroups when the plan
+/// wants none there.
+pub fn premake(ctrl: &CgroupController, session: &str) -> Option<PathBuf> {
+    let dir = cgroup_dir(ctrl, session);
+    fs::create_dir(&dir).ok().map(|()| dir)
+}
+
+/// Makes the sandbox's cgroup under `ctrl` (unless it is `premade`) and
+/// writes its limit `files`. `born`: the v2 sandbox is forked into it
+/// rather than moved there.
 fn make_cgroup(
     ctrl: &CgroupController,
     session: &str,
     files: &[(&str, String)],
     born: bool,
+    premade: Option<&Path>,
 ) -> std::io::Result<(PathBuf, Join)> {
-    let dir = ctrl.dir.join(format!("portcullis-{session}"));
-    fs::create_dir(&dir)?;
+    let dir = cgroup_dir(ctrl, session);
+    if premade != Some(dir.as_path()) {
+        fs::create_dir(&dir)?;
+    }
     let setup = || -> std::io::Result<Join> {
         for (name, value) in files {
             let p = dir.join(name);
@@ -166,11 +185,14 @@ enum Fallback {
 /// Prepares the limits of `plan`, preferring cgroups. `born`: the sandbox
 /// gets an init cloned into its namespaces (user + PID) on a kernel with
 /// CLONE_INTO_CGROUP (5.7+), so a v2 cgroup is entered at birth.
+/// `premade`: the sandbox's cgroup directory made already ([`premake`]);
+/// removed with the others afterwards whether used or not.
 #[allow(clippy::too_many_arguments)]
 pub fn apply(
     plan: &LimitsPlan,
     pids: Option<&CgroupController>,
     memory: Option<&CgroupController>,
+    premade: Option<&Path>,
     in_user_ns: bool,
     born: bool,
     session: &str,
@@ -232,7 +254,7 @@ pub fn apply(
     for w in wanted {
         let made = match dry {
             true => Some((w.ctrl.dir.join(format!("portcullis-{session}")), None)),
-            false => make_cgroup(&w.ctrl, session, &w.files, born).ok().map(|(d, j)| (d, Some(j))),
+            false => make_cgroup(&w.ctrl, session, &w.files, born, premade).ok().map(|(d, j)| (d, Some(j))),
         };
         let Some((dir, join)) = made else {
             for fb in w.fallbacks {
@@ -250,6 +272,11 @@ pub fn apply(
             None => continue,
         }
         out.cgroups.push(dir);
+    }
+    // Made for a limit the plan does not set there: removed afterwards.
+    // (make_cgroup removed it already if it failed.)
+    if let Some(p) = premade.filter(|p| !out.cgroups.iter().any(|c| c == p) && p.exists()) {
+        out.cgroups.push(p.to_path_buf());
     }
     Ok(out)
 }

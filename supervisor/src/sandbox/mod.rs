@@ -49,8 +49,12 @@ pub fn prepare(
 }
 
 /// The pids and memory cgroup controllers, as [`limits::find_controllers`]
-/// finds them.
-pub type Controllers = [Option<limits::CgroupController>; 2];
+/// finds them, and the sandbox's pids cgroup directory if it was made
+/// already ([`limits::premake`]).
+pub struct Controllers {
+    pub found: [Option<limits::CgroupController>; 2],
+    pub premade: Option<std::path::PathBuf>,
+}
 
 /// As [`prepare`], with the cgroup controllers from `controllers` when it
 /// has them (`run` looks them up on another thread meanwhile: asked for
@@ -139,21 +143,24 @@ pub fn prepare_with(
 
     let found = controllers();
     let [pids, memory] = match &found {
-        Some([pids, memory]) => [pids.as_ref(), memory.as_ref()],
+        Some(Controllers { found: [pids, memory], .. }) => [pids.as_ref(), memory.as_ref()],
         None => [features.pids_cgroup.as_ref(), features.memory_cgroup.as_ref()],
     };
+    let premade = found.as_ref().and_then(|c| c.premade.as_deref());
+    // Removed again if anything below fails: nothing else would.
+    let mut made = Undo(premade.into_iter().map(PathBuf::from).collect());
     let limits = limits::apply(
         &plan.limits,
         pids,
         memory,
+        premade,
         namespaces,
         namespaces && features.clone_into_cgroup(),
         session,
         dry,
         &mut enforcement,
     )?;
-    // Removed again if anything below fails: nothing else would.
-    let mut made = Undo(limits.cgroups.clone());
+    made.0 = limits.cgroups.clone();
 
     let (notify, gate) = match plan.gate.is_empty() {
         true => (None, None),
