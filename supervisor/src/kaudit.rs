@@ -768,12 +768,15 @@ fn read_loop(
                 let since = *stop_since.get_or_insert_with(|| {
                     // The sandbox is gone, so every report of its has been
                     // queued or dropped: the kernel's `lost` counter, taken
-                    // now, counts each one it dropped. Asked before the
-                    // marker is sent (the kernel takes its snapshot when
-                    // asked), answered once the marker is back. Without
-                    // CAP_AUDIT_WRITE there is no marker: a quiet spell instead.
-                    lost_after = Some(StatusQuery::send());
+                    // from now on, counts each one it dropped. The marker
+                    // goes first: the kernel's audit thread delivers it
+                    // while the status question waits for the thread the
+                    // kernel starts to answer it (the snapshot is taken when
+                    // asked, after the marker: later is the cautious side).
+                    // Without CAP_AUDIT_WRITE there is no marker: a quiet
+                    // spell instead.
                     at_marker = send_user_message(&marker);
+                    lost_after = Some(StatusQuery::send());
                     Instant::now()
                 });
                 let quiet = !at_marker && since.elapsed() > QUIET && last_read.elapsed() > QUIET;
