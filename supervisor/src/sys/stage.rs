@@ -315,13 +315,18 @@ impl Birth {
                 // sandbox's v2 cgroup if there is one. (Forked before, and
                 // waiting for the configuration itself, it gained nothing
                 // measurable here, and could only join a v2 cgroup by a write.)
-                Ok(proc_dir) => self.configured(proc_dir, |config| match self.namespaces {
-                    true => match clone_child(0, config.fd(config.header().cgroup_dir_fd)) {
+                Ok(proc_dir) => self.configured(proc_dir, |config| {
+                    if !self.namespaces {
+                        return config.command(false);
+                    }
+                    // Before the fork, which leaves the command queued
+                    // behind init on init's CPU until init waits.
+                    self.install_forwarding();
+                    match clone_child(0, config.fd(config.header().cgroup_dir_fd)) {
                         Ok((0, born)) => config.command(born),
                         Ok((cmd, _)) => self.become_waiter(cmd),
                         Err((step, e)) => Err(fail(self.report, step, e)),
-                    },
-                    false => config.command(false),
+                    }
                 }),
             };
             let err = failed.err().and_then(|e| e.raw_os_error()).unwrap_or(libc::EIO);
@@ -571,16 +576,18 @@ impl Birth {
         }
     }
 
-    /// Init: forward signals to `child`, pass its exit status up, and reap
-    /// every orphan. Never returns.
+    /// Init's signal handlers: [`FORWARDED`] go to the command once there
+    /// is one ([`become_waiter`](Self::become_waiter)), [`JOB_CONTROL`]
+    /// stops or continues the whole sandbox. Installed before the command
+    /// is forked (which resets them to the defaults), while signals are
+    /// still blocked.
     ///
     /// # Safety
     ///
     /// As for [`Birth::run`].
-    unsafe fn become_waiter(&self, child: libc::pid_t) -> ! {
-        // SAFETY: single-threaded child; handlers only call kill(2); fds are ours.
+    unsafe fn install_forwarding(&self) {
+        // SAFETY: sigaction on local structs; handlers only call kill(2).
         unsafe {
-            FORWARD_TO.store(child, Ordering::Relaxed);
             // Init stops and continues all of the sandbox's PID namespace.
             let job = stop_or_continue_all as extern "C" fn(libc::c_int);
             let handlers = FORWARDED.iter().map(|&s| (s, forward as extern "C" fn(libc::c_int)));
@@ -591,6 +598,21 @@ impl Birth {
                 libc::sigemptyset(&mut sa.sa_mask);
                 libc::sigaction(sig, &sa, std::ptr::null_mut());
             }
+        }
+    }
+
+    /// Init: forward signals to `child`, pass its exit status up, and reap
+    /// every orphan. Never returns.
+    ///
+    /// # Safety
+    ///
+    /// As for [`Birth::run`].
+    unsafe fn become_waiter(&self, child: libc::pid_t) -> ! {
+        // SAFETY: single-threaded child; handlers only call kill(2); fds are ours.
+        unsafe {
+            // The handlers are in place (install_forwarding); signals still
+            // blocked.
+            FORWARD_TO.store(child, Ordering::Relaxed);
             // Our own stdio goes to /dev/null so the command alone holds the
             // client's pipes: its EOF is the client's EOF.
             for fd in 0..3 {
