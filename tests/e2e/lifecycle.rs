@@ -184,8 +184,8 @@ both!(a_cgroup_made_ahead_goes_with_its_run, |sb| {
         // RLIMIT_NPROC in its user namespace stands in).
         let live = cgroups_named(&format!("portcullis-{}-", child.id()));
         assert_eq!(live.len(), usize::from(sb.who == As::Caller && is_root()), "{profile}: {live:?}");
-        // SAFETY: kill with plain integers.
-        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
         child.wait().unwrap();
         gone(child.id());
     }
