@@ -545,9 +545,10 @@ pub struct Stopper {
 impl Stopper {
     /// Asks the reader to stop once it has read everything the kernel
     /// queued; asking again does nothing. Costs the asker a write: the
-    /// reader itself asks the kernel for its `lost` counter and sends the
-    /// marker (each a netlink round trip, the first through a kernel thread
-    /// started for the reply), while the run waits for the sandbox's init.
+    /// reader itself sends the marker and asks the kernel for its `lost`
+    /// counter (each a netlink round trip, the second answered by a kernel
+    /// thread started for the reply), while the run waits for the sandbox's
+    /// init.
     pub fn ask(&self) {
         if self.stop.compare_exchange(RUNNING, ASKED, Ordering::AcqRel, Ordering::Acquire).is_ok() {
             let _ = nix::unistd::write(self.wake.as_fd(), &[ASKED]);

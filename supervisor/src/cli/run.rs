@@ -384,8 +384,12 @@ fn watch_kernel(
 type Watch = Result<(kaudit::Reader, kaudit::Canary), String>;
 
 /// The kernel-audit reader's thread started on [`watch_kernel`]'s socket.
-fn start_watcher(watch: Watch, audit: &AuditPaths, id: &str) -> Result<kaudit::Watcher, String> {
-    let watcher = watch.and_then(|(reader, canary)| kaudit::Watcher::start(reader, canary, audit, id));
+fn start_watcher(
+    (reader, canary): (kaudit::Reader, kaudit::Canary),
+    audit: &AuditPaths,
+    id: &str,
+) -> Result<kaudit::Watcher, String> {
+    let watcher = kaudit::Watcher::start(reader, canary, audit, id);
     crate::timing::mark("kernel audit watcher started");
     watcher
 }
@@ -870,7 +874,7 @@ fn decide_in<'scope>(
     // for); what the kernel reports meanwhile waits on its socket. Should it
     // not start after all, the exit record says so (the launch record said
     // "recorded").
-    let (watcher, unwatched) = match watch.map(|w| start_watcher(Ok(w), &session.audit, &session.id)) {
+    let (watcher, unwatched) = match watch.map(|w| start_watcher(w, &session.audit, &session.id)) {
         Ok(Ok(w)) => (Some(w), None),
         Ok(Err(why)) => (None, Some(why)),
         Err(_) => (None, None),

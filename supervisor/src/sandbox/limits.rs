@@ -253,7 +253,7 @@ pub fn apply(
     }
     for w in wanted {
         let made = match dry {
-            true => Some((w.ctrl.dir.join(format!("portcullis-{session}")), None)),
+            true => Some((cgroup_dir(&w.ctrl, session), None)),
             false => make_cgroup(&w.ctrl, session, &w.files, born, premade).ok().map(|(d, j)| (d, Some(j))),
         };
         let Some((dir, join)) = made else {
@@ -273,9 +273,9 @@ pub fn apply(
         }
         out.cgroups.push(dir);
     }
-    // Made for a limit the plan does not set there: removed afterwards.
-    // (make_cgroup removed it already if it failed.)
-    if let Some(p) = premade.filter(|p| !out.cgroups.iter().any(|c| c == p) && p.exists()) {
+    // Made for a limit the plan does not set there: removed afterwards
+    // (cleanup skips it if make_cgroup removed it already).
+    if let Some(p) = premade.filter(|p| !out.cgroups.iter().any(|c| c == p)) {
         out.cgroups.push(p.to_path_buf());
     }
     Ok(out)
