@@ -220,22 +220,23 @@ impl LaunchWatch {
         let job = std::sync::Arc::new(std::sync::Mutex::new(Some(job)));
         let job_here = job.clone();
         let spawned = std::thread::Builder::new().name("launch-signals".into()).spawn(move || {
-            // Moved to another CPU by now (Affinity::elsewhere): it stays
-            // there while that is idle, and the threads the job starts may
-            // run anywhere. Should it have run before the move, it undoes
-            // the move once the job is done.
-            let restore = || {
-                if let Some(a) = affinity {
-                    a.restore();
-                }
-            };
-            if moved_here.load(Ordering::Acquire) {
-                restore();
+            // Waits until moved to another CPU (Affinity::elsewhere): a new
+            // thread may run first on its creator's CPU, ahead of the
+            // creator (it did here in a third of the launches, when the
+            // parent woken by our exec had asked for a reschedule), and
+            // did its job there for 0.25 ms while the creator waited.
+            // Moved while it sleeps, it wakes on the other CPU and stays
+            // there while that is busy; its affinity is restored at once,
+            // so the threads the job starts may run anywhere.
+            while !moved_here.load(Ordering::Acquire) {
+                std::thread::park();
+            }
+            if let Some(a) = affinity {
+                a.restore();
             }
             if let Some(job) = job.lock().ok().and_then(|mut j| j.take()) {
                 let _ = tx.send(job());
             }
-            restore();
             drop(tx);
             let mut held: Option<Signal> = None;
             loop {
@@ -267,8 +268,9 @@ impl LaunchWatch {
             Ok(ref t) => {
                 if let Some(a) = affinity {
                     a.elsewhere(t);
-                    moved.store(true, Ordering::Release);
                 }
+                moved.store(true, Ordering::Release);
+                t.thread().unpark();
                 FirstJob::Running(rx)
             }
             Err(_) => {
