@@ -293,6 +293,9 @@ struct Birth {
     /// The CPUs the command may run on once it execs: the supervisor's
     /// when it cloned init (see Early::configure).
     cpus: Option<libc::cpu_set_t>,
+    /// Those without the CPU the supervisor's thread cloned it on, where
+    /// there is another ([`cpus_but_this`]).
+    away: Option<libc::cpu_set_t>,
 }
 
 impl Birth {
@@ -309,6 +312,14 @@ impl Birth {
     unsafe fn run(&self) -> ! {
         // SAFETY: all calls are async-signal-safe syscalls on prepared data.
         unsafe {
+            // Off the supervisor's CPU first. A new process may run ahead
+            // of its creator, on the creator's CPU (here when our parent,
+            // woken by the supervisor's exec, had asked for a reschedule),
+            // and would do its setup there while the supervisor waited;
+            // the supervisor moves it too, should it not have run yet.
+            if let Some(set) = &self.away {
+                libc::sched_setaffinity(0, CPU_SET_SIZE, set);
+            }
             let failed = match self.prelude() {
                 Err(e) => Err(e),
                 // Init forks the command once configured, straight into the
@@ -1456,6 +1467,7 @@ pub fn begin(namespaces: bool) -> io::Result<(Early, OwnedFd)> {
         done: done_tx.as_raw_fd(),
         alive: alive.as_ref().map(AsRawFd::as_raw_fd),
         cpus: cpus_of(0),
+        away: cpus_but_this(),
     };
     let flags = if namespaces { NAMESPACES } else { 0 };
     let inherited = Inherited::forwarding();
@@ -1469,9 +1481,11 @@ pub fn begin(namespaces: bool) -> io::Result<(Early, OwnedFd)> {
     drop(inherited);
     // Init's setup runs beside this thread's, not queued behind it (2 CPUs
     // here: 0.12 ms off a launch); configure moves it again, and the
-    // command takes back the CPUs it was born with.
-    if let Ok((pid, _)) = cloned {
-        move_off_this_cpu(pid);
+    // command takes back the CPUs it was born with. (Init moves itself
+    // too, should it run first.)
+    if let (Ok((pid, _)), Some(set)) = (cloned, &birth.away) {
+        // SAFETY: reads a live cpu_set_t.
+        unsafe { libc::sched_setaffinity(pid, CPU_SET_SIZE, set) };
     }
     // Our copies of the child's ends.
     drop((done_tx, theirs, devnull, alive));
@@ -1541,18 +1555,25 @@ fn cpus_of(pid: libc::pid_t) -> Option<libc::cpu_set_t> {
 /// Lets process `pid` run anywhere this thread may, but on the CPU this
 /// thread runs on now (where there is another).
 fn move_off_this_cpu(pid: libc::pid_t) {
-    let Some(mut set) = cpus_of(0) else { return };
+    if let Some(set) = cpus_but_this() {
+        // SAFETY: reads a live cpu_set_t.
+        unsafe { libc::sched_setaffinity(pid, CPU_SET_SIZE, &set) };
+    }
+}
+
+/// The CPUs this thread may run on but the one it runs on now; None when
+/// that is the only one.
+fn cpus_but_this() -> Option<libc::cpu_set_t> {
+    let mut set = cpus_of(0)?;
     // SAFETY: takes nothing.
     let here = unsafe { libc::sched_getcpu() };
     if !(0..libc::CPU_SETSIZE).contains(&here) {
-        return;
+        return None;
     }
-    // SAFETY: `here` is below CPU_SETSIZE; `set` is live, read and passed.
+    // SAFETY: `here` is below CPU_SETSIZE; `set` is live.
     unsafe {
         libc::CPU_CLR(here as usize, &mut set);
-        if libc::CPU_COUNT(&set) > 0 {
-            libc::sched_setaffinity(pid, CPU_SET_SIZE, &set);
-        }
+        (libc::CPU_COUNT(&set) > 0).then_some(set)
     }
 }
 
