@@ -106,9 +106,14 @@ pub fn exit_finishing(code: i32, finish: Finish) -> Finish {
 extern "C" fn finisher(arg: *mut libc::c_void) -> libc::c_int {
     // SAFETY: `arg` is the Box leaked by exit_finishing, handed to us alone.
     let finish: Box<Finish> = unsafe { Box::from_raw(arg.cast()) };
-    // SAFETY: dup2 and close on fds of our own table; signal() on our own
-    // copy of the handlers.
+    // SAFETY: sched_yield takes nothing; dup2 and close on fds of our own
+    // table; signal() on our own copy of the handlers.
     unsafe {
+        // The caller's exit first: a new process may run ahead of its
+        // creator on the creator's CPU, and the exit, which the caller
+        // waits for, would wait for our first steps. (Elsewhere, this
+        // returns at once.)
+        libc::sched_yield();
         // Once we are gone the caller's shell may take the terminal back:
         // a failure reported then must not stop the finisher (tostop).
         libc::signal(libc::SIGTTOU, libc::SIG_IGN);
