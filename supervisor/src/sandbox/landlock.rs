@@ -226,7 +226,10 @@ pub fn build(
                 )));
             }
             Err(e) => {
-                let missing = Path::new(&rule.path).symlink_metadata().is_err();
+                // ENOENT: nothing there (or a symlink to nothing), without
+                // a second lookup: optional paths missing is the usual
+                // case, a dozen times a launch under strict.
+                let missing = e == nix::errno::Errno::ENOENT || Path::new(&rule.path).symlink_metadata().is_err();
                 if rule.optional {
                     inodes.push(None);
                     report.skipped.push(format!(
