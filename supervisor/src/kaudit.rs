@@ -775,7 +775,11 @@ fn read_loop(
                     // kernel starts to answer it (the snapshot is taken when
                     // asked, after the marker: later is the cautious side).
                     // Without CAP_AUDIT_WRITE there is no marker: a quiet
-                    // spell instead.
+                    // spell instead. From here the run waits for this
+                    // thread: back to the priority of the threads it
+                    // competes with (init's exit, the kernel's audit
+                    // thread), not a tenth of their share.
+                    crate::sys::foreground_thread();
                     at_marker = send_user_message(&marker);
                     lost_after = Some(StatusQuery::send());
                     Instant::now()

@@ -76,6 +76,17 @@ pub fn without_file_overrides<T>(f: impl FnOnce() -> T) -> T {
     r
 }
 
+/// Puts the calling thread back at nice 0 after [`background_thread`], when
+/// what it does has become what the run waits for. Unprivileged without
+/// RLIMIT_NICE room this fails, and the thread stays where it was.
+pub fn foreground_thread() {
+    // SAFETY: gettid and setpriority take and return plain integers.
+    unsafe {
+        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        libc::setpriority(libc::PRIO_PROCESS, tid, 0);
+    }
+}
+
 /// Lowers the calling thread to nice 10 (a per-thread attribute on Linux).
 /// For the audit writers and signers: signing and fsync are background work
 /// that should yield the CPU to the threads a sandboxed call waits on. Not
