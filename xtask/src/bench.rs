@@ -768,8 +768,9 @@ other CPU idled, so that thread is moved off its creator's CPU when it
 starts. Once the sandbox is prepared, the main thread sends init its
 configuration over a socket (the ruleset and the cgroup's fds, the seccomp
 programs, the limits, the command line and environment; read in place,
-nothing allocated) and moves it off its own CPU; init forks the command,
-straight into its cgroup where that is cgroup v2, which confines itself
+nothing allocated) and moves it off its own CPU; init forks the command
+straight into its cgroup where that is cgroup v2 (elsewhere it starts it
+in its own memory, clone CLONE_VM: no page tables copied), which confines itself
 (capabilities, Landlock, seccomp) as soon as the other thread has told it
 whether the kernel's reports are read (before that thread opens the log),
 and waits, while the main thread resolves the gate's rule paths, checks

@@ -17,7 +17,9 @@
 //!   to close the race), and when G dies the kernel kills everything left
 //!   in the namespace: nothing outlives the supervisor, double-forked or not.
 //! * Once configured, G forks H, straight into the sandbox's v2 cgroup where
-//!   clone3 takes one; then it forwards INT/TERM/HUP/QUIT/USR1/USR2 to H,
+//!   clone3 takes one; elsewhere H starts in G's memory (clone CLONE_VM, a
+//!   stack of its own: [`Birth::start_sharing`]) and joins its cgroups by a
+//!   write, until its exec makes it a process of its own. Then G forwards INT/TERM/HUP/QUIT/USR1/USR2 to H,
 //!   stops and continues the whole namespace on TSTP/CONT, passes H's exit
 //!   status up (128+N for death by signal N) and reaps orphans.
 //! * H joins its cgroups (unless born in one), confines itself (rlimits,
@@ -29,7 +31,7 @@
 //! copy a multithreaded process (when a launch is not a `run`'s first),
 //! whose other threads may have held the allocator's locks. The
 //! configuration arrives in a buffer mapped by mmap(2) and is read in
-//! place; init forks H by the raw syscall for the same reason.
+//! place; init forks (or clones) H by the raw syscall for the same reason.
 
 use std::ffi::{CString, OsString};
 use std::io;
