@@ -237,6 +237,10 @@ impl LaunchWatch {
             if let Some(job) = job.lock().ok().and_then(|mut j| j.take()) {
                 let _ = tx.send(job());
             }
+            // Undoes share_this_cpu, should it have come during the job.
+            if let Some(a) = affinity {
+                a.restore();
+            }
             drop(tx);
             let mut held: Option<Signal> = None;
             loop {
