@@ -636,6 +636,23 @@ mod tests {
         checked
     }
 
+    /// A shipped profile's name and plan, the syscalls its approval filter
+    /// parks, and its one program.
+    type Shipped = (&'static str, policy::Plan, Option<Vec<(u32, Notify)>>, Vec<Insn>);
+
+    /// Every shipped profile, as [`Shipped`].
+    fn shipped() -> Vec<Shipped> {
+        let vars = policy::Vars { workspace: "/ws".into(), home: "/home/u".into(), tmp: "/tmp/t".into() };
+        let loader = policy::Loader::builtin_only();
+        let profiles = policy::source::BUILTIN.iter().map(|&(name, _)| {
+            let plan = policy::compile(&loader.load(name).unwrap(), &vars).unwrap();
+            let gate = (!plan.gate.is_empty()).then(|| notify_set(&plan.gate));
+            let prog = program(&plan.seccomp.rules, gate.as_deref()).unwrap();
+            (name, plan, gate, prog)
+        });
+        profiles.collect()
+    }
+
     /// The calls a server makes all the time are answered from the kernel's
     /// action cache under every shipped profile (no BPF runs for them), and
     /// the twin: what the profile checks by argument, or parks, is not.
@@ -646,12 +663,7 @@ mod tests {
             rt_sigaction rt_sigprocmask rt_sigreturn sched_yield poll ppoll epoll_wait epoll_pwait epoll_ctl \
             getrandom getdents64 fcntl dup dup3 pipe2 wait4 recvfrom recvmsg readlink faccessat2 exit exit_group";
         let nr = |n: &str| policy::syscalls::number(n).unwrap_or_else(|| panic!("{n}")) as u32;
-        let vars = policy::Vars { workspace: "/ws".into(), home: "/home/u".into(), tmp: "/tmp/t".into() };
-        let loader = policy::Loader::builtin_only();
-        for (name, _) in policy::source::BUILTIN {
-            let plan = policy::compile(&loader.load(name).unwrap(), &vars).unwrap();
-            let gate = (!plan.gate.is_empty()).then(|| notify_set(&plan.gate));
-            let prog = program(&plan.seccomp.rules, gate.as_deref()).unwrap();
+        for (name, _, _, prog) in shipped() {
             for n in HOT.split_whitespace() {
                 assert!(cached_allow(&prog, nr(n)), "{name}: {n} runs BPF on every call");
             }
@@ -661,7 +673,7 @@ mod tests {
             }
             // Denied outright: not an ALLOW, so not cached either.
             assert!(!cached_allow(&prog, nr("bpf")), "{name}: bpf");
-            if *name == "strict" {
+            if name == "strict" {
                 // The approval filter looks at openat's flags, and openat
                 // goes straight there (see `program`).
                 assert!(!cached_allow(&prog, nr("openat")), "strict: openat cached");
@@ -715,12 +727,7 @@ mod tests {
         // The kernel runs the program once per syscall number to fill its
         // action cache when it is attached: what no part names must be
         // answered by the first part's search, not walk every part.
-        let vars = policy::Vars { workspace: "/ws".into(), home: "/home/u".into(), tmp: "/tmp/t".into() };
-        let loader = policy::Loader::builtin_only();
-        for (name, _) in policy::source::BUILTIN {
-            let plan = policy::compile(&loader.load(name).unwrap(), &vars).unwrap();
-            let gate = (!plan.gate.is_empty()).then(|| notify_set(&plan.gate));
-            let prog = program(&plan.seccomp.rules, gate.as_deref()).unwrap();
+        for (name, plan, gate, prog) in shipped() {
             assert!(!prog.iter().any(|i| i.k == FINAL_ALLOW), "{name}: the first part's marker was attached");
             let named: Vec<u32> =
                 plan.seccomp.rules.iter().map(|r| r.nr as u32).chain(gate.iter().flatten().map(|(n, _)| *n)).collect();
