@@ -19,9 +19,10 @@
 //! * Once configured, G forks H, straight into the sandbox's v2 cgroup where
 //!   clone3 takes one; elsewhere H starts in G's memory (clone CLONE_VM, a
 //!   stack of its own: [`Birth::start_sharing`]) and joins its cgroups by a
-//!   write, until its exec makes it a process of its own. Then G forwards INT/TERM/HUP/QUIT/USR1/USR2 to H,
-//!   stops and continues the whole namespace on TSTP/CONT, passes H's exit
-//!   status up (128+N for death by signal N) and reaps orphans.
+//!   write, until its exec makes it a process of its own. Then G forwards
+//!   INT/TERM/HUP/QUIT/USR1/USR2 to H, stops and continues the whole
+//!   namespace on TSTP/CONT, passes H's exit status up (128+N for death by
+//!   signal N) and reaps orphans.
 //! * H joins its cgroups (unless born in one), confines itself (rlimits,
 //!   capabilities, no_new_privs, Landlock, seccomp, fd hygiene) and execs
 //!   the command on the supervisor's go-ahead.
@@ -620,12 +621,6 @@ impl Birth {
         }
     }
 
-    /// Init: forward signals to `child`, pass its exit status up, and reap
-    /// every orphan. Never returns.
-    ///
-    /// # Safety
-    ///
-    /// As for [`Birth::run`].
     /// Starts the command in init's memory (clone CLONE_VM, on a stack of
     /// its own), where it is not born in a cgroup (it joins by a write):
     /// no copy of init's page tables, and none of the copy-on-write
@@ -670,6 +665,12 @@ impl Birth {
         }
     }
 
+    /// Init: forward signals to `child`, pass its exit status up, and reap
+    /// every orphan. Never returns.
+    ///
+    /// # Safety
+    ///
+    /// As for [`Birth::run`].
     unsafe fn become_waiter(&self, child: libc::pid_t) -> ! {
         // SAFETY: single-threaded child; handlers only call kill(2); fds are ours.
         unsafe {
