@@ -97,6 +97,23 @@ both!(the_gate_starts_its_threads_only_once_a_syscall_is_parked, |sb| {
     assert!(!sb.ws.join(".mcp.json").exists());
 });
 
+both!(a_rule_named_through_a_link_holds_for_the_real_path, |sb| {
+    // The rule names the file through a link to its directory; the sandbox
+    // writes it by its real name. `run` resolves the rule's path before
+    // the command can change the link (on its other thread, meanwhile).
+    std::fs::create_dir(sb.ws.join("real")).unwrap();
+    if sb.who == As::Nobody {
+        std::os::unix::fs::chown(sb.ws.join("real"), Some(NOBODY), Some(NOBODY)).unwrap();
+    }
+    std::os::unix::fs::symlink("real", sb.ws.join("via")).unwrap();
+    let p = sb.profile("via.toml", "extends = \"strict\"\n[deny]\nwrite = [\"{workspace}/via/secret.txt\"]\n");
+    probe_gate(sb, &p, &["create", &ws(sb, "real/secret.txt")]).expect("errno 13 EACCES");
+    assert!(!sb.ws.join("real/secret.txt").exists());
+    // Twin: its neighbour is written.
+    probe_gate(sb, &p, &["create", &ws(sb, "real/other.txt")]).expect("ok");
+    assert!(sb.ws.join("real/other.txt").exists());
+});
+
 both!(protected_dir_refuses_new_files, |sb| {
     let p = setup(sb);
     let hook = ws(sb, ".git/hooks/pre-commit");

@@ -202,6 +202,8 @@ pub fn run(args: RunArgs) -> Result<i32, Failure> {
     let mut cgroups = AheadCgroups(Some(cgroups));
     let (tmp_tx, tmp) = std::sync::mpsc::sync_channel(1);
     let (hooks_tx, hooks) = std::sync::mpsc::sync_channel(1);
+    // The gate's rules, once compiled, for that thread to resolve.
+    let (gate_tx, gate_rx) = std::sync::mpsc::sync_channel::<policy::ask::GatePlan>(1);
     // That thread tells the command to confine itself.
     let (go_rx, go) = go_ahead()?;
     let (watch, opened) = {
@@ -256,9 +258,17 @@ pub fn run(args: RunArgs) -> Result<i32, Failure> {
             let mut opened = open_audit(&audit, &id);
             opened.confined = confined;
             opened.watch = Some(watch);
+            // Last, the gate's rule paths (0.1 ms here), which the main
+            // thread would otherwise resolve after it configured the stage,
+            // on the go-ahead's way. Nothing comes when the run has no gate
+            // or ends before it compiled its profile.
+            opened.gate_rules = gate_rx.recv().ok().map(|g| crate::gate::canonical_rules(&g));
             opened
         })
     };
+    // Dropped before the watch, whose drop waits for the thread: should
+    // this return early, the thread's job ends without the gate's rules.
+    let gate_tx = gate_tx;
     // Without the thread's answer (it died), made here.
     let root = features.runtime_root();
     let made_here = || make_private_tmp(&root, &id);
@@ -269,6 +279,10 @@ pub fn run(args: RunArgs) -> Result<i32, Failure> {
     };
     let planned = sandbox::private_tmp_path(&root, &id);
     let session = Session::open_as(&args.sandbox, features, id.clone(), audit, planned, tmp, hooks)?;
+    if !session.plan.gate.is_empty() {
+        let _ = gate_tx.send(session.plan.gate.clone());
+    }
+    drop(gate_tx);
     crate::timing::mark("profile loaded and compiled");
     // Without them (the thread died), prepare looks for itself.
     let prepared = session.prepare_with(|| cgroups.take())?;
@@ -289,6 +303,9 @@ struct AuditOpened {
     watch: Option<Watch>,
     /// The command was told to confine itself ([`tell_confine`]).
     confined: bool,
+    /// The gate's rules with their paths resolved (gate::canonical_rules),
+    /// when the thread that opened the log was given them.
+    gate_rules: Option<policy::ask::GatePlan>,
 }
 
 /// The go-ahead pipe's writer, shared by the threads that may write to it
@@ -354,7 +371,7 @@ struct Early {
 fn open_audit(audit: &AuditPaths, id: &str) -> AuditOpened {
     let evidence = Evidence::open(audit, id);
     crate::timing::mark("audit log opened");
-    AuditOpened { evidence, guarded: guarded(audit), watch: None, confined: false }
+    AuditOpened { evidence, guarded: guarded(audit), watch: None, confined: false, gate_rules: None }
 }
 
 /// Asks the kernel whether Landlock's own reports of what it refused can
@@ -725,7 +742,6 @@ fn decide_in<'scope>(
     let gate_rules = move || gated.then(|| crate::gate::canonical_rules(&session.plan.gate));
     let (opened, prep) = match opened {
         Some(job) => {
-            let rules = gate_rules();
             let mut opened = job.wait().unwrap_or_else(|| AuditOpened {
                 evidence: Err(Failure::setup(
                     "the thread opening the audit log died; refusing to run without a working audit log",
@@ -733,9 +749,13 @@ fn decide_in<'scope>(
                 guarded: Vec::new(),
                 watch: None,
                 confined: false,
+                gate_rules: None,
             });
             let watch = opened.watch.take().unwrap_or_else(|| Err("the kernel's audit stream was not joined".into()));
             let confined = opened.confined;
+            // Resolved by that thread (before the stage was configured, so
+            // before the command could plant a link), or here.
+            let rules = opened.gate_rules.take().or_else(gate_rules);
             (opened, Prep::Done(watch, rules, confined))
         }
         None => {
