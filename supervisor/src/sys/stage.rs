@@ -244,6 +244,12 @@ fn fail(report: RawFd, step: Step, err: i32) -> io::Error {
     io::Error::from_raw_os_error(err)
 }
 
+/// How many times the command looks at the go-ahead pipe before it sleeps
+/// on it ([`Config::spin_for_byte`]): each look is two syscalls, about a
+/// microsecond here, so at most a few hundred microseconds of a CPU the
+/// command has to itself.
+const GO_SPINS: u32 = 256;
+
 /// Set by init once it has emptied its capability bounding set (which the
 /// command inherits): the command's confinement then skips its own
 /// forty-odd prctl calls. Process memory, copied by the fork.
@@ -1051,6 +1057,9 @@ impl Config {
                 Some(_) => return Err(fail(self.report, Step::Go, libc::ECANCELED)),
             };
             self.confine(true, watched)?;
+            if self.cpus.is_some() {
+                self.spin_for_byte(GO_SPINS);
+            }
             match self.await_byte()? {
                 None | Some(GO) => {}
                 Some(_) => return Err(fail(self.report, Step::Go, libc::ECANCELED)),
@@ -1113,6 +1122,32 @@ impl Config {
             }
         }
         Ok(Some(byte))
+    }
+
+    /// Returns once the go-ahead pipe has something to read (or is
+    /// closed), or after `rounds` looks at it, without sleeping in between:
+    /// a CPU that idles is slow to wake on a virtual machine (about 60 us
+    /// from the supervisor's go-ahead to this read, measured on the 2-vCPU
+    /// host of BENCHMARKS.md), and the command waits for the go-ahead on a
+    /// CPU of its own, away from the deciding thread (`cpus` is set). Each
+    /// round yields the CPU to anything else that wants it. A profile that
+    /// denies poll(2) ends the spin at once: the blocking read then waits.
+    ///
+    /// # Safety
+    ///
+    /// As for [`Config::command`].
+    unsafe fn spin_for_byte(&self, rounds: u32) {
+        let Some(go) = self.fd(self.header().go_fd) else { return };
+        let mut p = libc::pollfd { fd: go, events: libc::POLLIN, revents: 0 };
+        for _ in 0..rounds {
+            // SAFETY: polls one live pollfd without waiting; yields the CPU.
+            unsafe {
+                if libc::poll(&mut p, 1, 0) != 0 {
+                    return;
+                }
+                libc::sched_yield();
+            }
+        }
     }
 
     /// Confines the calling process. Order matters: limits and capability
