@@ -101,6 +101,12 @@ const CLONE_NEWIPC: u64 = 0x0800_0000;
 const CLONE_NEWUSER: u64 = 0x1000_0000;
 const CLONE_NEWPID: u64 = 0x2000_0000;
 const CLONE_NEWNET: u64 = 0x4000_0000;
+// The clone rules test these in the low word of the flags (see baseline).
+const _: () = assert!(
+    (CLONE_NEWTIME | CLONE_NEWNS | CLONE_NEWCGROUP | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWUSER | CLONE_NEWPID | CLONE_NEWNET)
+        >> 32
+        == 0
+);
 
 const TIOCSTI: u64 = 0x5412;
 const TIOCLINUX: u64 = 0x541C;
@@ -180,8 +186,13 @@ pub fn baseline(floor: FloorPolicy) -> Vec<SyscallRule> {
         }
     }
 
-    // Flag words are unsigned long: test each bit with a full-width mask, so
-    // extra or high bits beside the flag cannot dodge an equality match.
+    // Flag words are unsigned long: each flag is tested through a mask, so
+    // extra or high bits beside it cannot dodge the match. Every namespace
+    // flag lies in the low 32 bits, where the masked test of the low word
+    // alone gives the same answer in half the BPF (a full-width test also
+    // loads and tests the high word against a zero mask): about 30
+    // instructions fewer for the kernel to convert, compile and run for
+    // each syscall number at every launch's install.
     for (flag, label) in [
         (CLONE_NEWNS, "CLONE_NEWNS"),
         (CLONE_NEWUSER, "CLONE_NEWUSER"),
@@ -194,7 +205,7 @@ pub fn baseline(floor: FloorPolicy) -> Vec<SyscallRule> {
     ] {
         rules.push(rule(
             "clone",
-            vec![cmp(0, Width::Qword, Op::MaskedEq(flag), flag)],
+            vec![cmp(0, Width::Dword, Op::MaskedEq(flag), flag)],
             Verdict::Eperm,
             &format!("clone with {label} creates a namespace"),
         ));
