@@ -828,12 +828,12 @@ const FILTER_NOTES: &str = "
   part that allows falls through to the next. The first part checks the
   architecture (i386 and x32 syscalls kill the process) and then finds the
   unconditional denies by binary search over the syscall number, one
-  instruction per syscall, which jumps to a return shared by its block of up
-  to 128 (EPERM, or ENOSYS for `clone3`). The same search also names every
-  syscall a later part checks or parks, which goes on to that part; every
-  other syscall is allowed there and then, without walking the later parts.
-  The second is
-  seccompiler's, for the syscalls whose arguments are checked (`socket`,
+  instruction per syscall (two per stretch of consecutive syscalls with the
+  same answer, as the mount family's), which jumps to a return shared by its
+  block of up to 80 (EPERM, or ENOSYS for `clone3`). The same search also
+  names every syscall a later part checks or parks, which goes on to that
+  part; every other syscall is allowed there and then, without walking the
+  later parts. The second is seccompiler's, for the syscalls whose arguments are checked (`socket`,
   `clone`, `ioctl`, `personality`, `memfd_create`, `execveat`,
   `socketpair`, and with TCP allowed `sendto`/`sendmsg`/`sendmmsg`/`listen`).
   The last is the approval filter, for what a profile's ask and deny rules
