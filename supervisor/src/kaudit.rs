@@ -35,6 +35,7 @@ use nix::sys::socket::{self, AddressFamily, MsgFlags, NetlinkAddr, SockFlag, Soc
 use serde_json::{json, Map, Value};
 
 use crate::evidence::{AuditPaths, Evidence};
+use crate::sys::Spin;
 
 const NLMSG_HDRLEN: usize = 16;
 const NLMSG_ERROR: u16 = 2;
@@ -55,13 +56,6 @@ pub const LOG_NEW_EXEC_ON: u32 = 1 << 1;
 const RECORDS_PER_TARGET: u32 = 3;
 /// Distinct targets remembered for counting; beyond, one shared counter.
 const MAX_TARGETS: usize = 4096;
-/// How many times the reader looks for the marker, and then for the
-/// kernel's answer about lost records, without sleeping once the run
-/// waits for it: a CPU that idles is slow to wake on a virtual machine,
-/// and what is awaited comes within a few tenths of a millisecond (a look
-/// is a syscall or two, and yields the CPU to whatever else wants it).
-const END_SPINS: u32 = 512;
-
 /// How long `finish` waits for the marker to come back through the kernel.
 const SYNC_WAIT: Duration = Duration::from_secs(2);
 const MARKER: &str = "portcullis-sync";
@@ -180,24 +174,21 @@ impl StatusQuery {
     /// The reply (waiting up to the control socket's timeout); None when
     /// this process may not ask (AUDIT_GET needs CAP_AUDIT_CONTROL).
     fn answer(self) -> Option<[u32; 7]> {
-        self.answer_spinning(0)
+        self.answer_spinning(Spin::none())
     }
 
-    /// As [`answer`](Self::answer), looking for the reply up to `spins`
-    /// times without sleeping first (each look yields the CPU: the reply
-    /// comes from a thread the kernel starts for it, which needs one).
-    fn answer_spinning(self, mut spins: u32) -> Option<[u32; 7]> {
+    /// As [`answer`](Self::answer), looking for the reply without sleeping
+    /// first, for `spin`'s rounds (the reply comes from a thread the kernel
+    /// starts for it, which needs a CPU).
+    fn answer_spinning(self, mut spin: Spin) -> Option<[u32; 7]> {
         let fd = self.0?;
         let mut buf = [0u8; 512];
         for _ in 0..4 {
             let n = loop {
-                if spins == 0 {
-                    break socket::recv(fd.as_raw_fd(), &mut buf, MsgFlags::empty()).ok()?;
-                }
                 match socket::recv(fd.as_raw_fd(), &mut buf, MsgFlags::MSG_DONTWAIT) {
+                    Err(Errno::EAGAIN) | Err(Errno::EINTR) if spin.again() => {}
                     Err(Errno::EAGAIN) | Err(Errno::EINTR) => {
-                        spins -= 1;
-                        let _ = nix::sched::sched_yield();
+                        break socket::recv(fd.as_raw_fd(), &mut buf, MsgFlags::empty()).ok()?
                     }
                     r => break r.ok()?,
                 }
@@ -786,7 +777,9 @@ fn read_loop(
     // whether the marker went out.
     let mut lost_after: Option<StatusQuery> = None;
     let mut at_marker = false;
-    let mut spins = END_SPINS;
+    // Once asked to stop, the run waits for the marker: looked for
+    // without sleeping, for a while.
+    let mut spin = Spin::rounds(Spin::END);
     loop {
         match stop.load(Ordering::Acquire) {
             RUNNING => {}
@@ -817,15 +810,9 @@ fn read_loop(
             }
         }
         let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLIN), PollFd::new(woken.as_fd(), PollFlags::POLLIN)];
-        // Once asked to stop, the run waits for the marker: looked for
-        // without sleeping, for a while (see END_SPINS).
-        let timeout = match (stop_since.is_some(), spins) {
-            (true, 1..) => {
-                spins -= 1;
-                let _ = nix::sched::sched_yield();
-                PollTimeout::ZERO
-            }
-            _ => PollTimeout::from(50u16),
+        let timeout = match stop_since.is_some() && spin.again() {
+            true => PollTimeout::ZERO,
+            false => PollTimeout::from(50u16),
         };
         match poll(&mut fds, timeout) {
             Ok(_) => {}
@@ -880,7 +867,7 @@ fn read_loop(
     for done in events.take_older_than(Duration::ZERO) {
         at.event(&done).into_iter().for_each(|b| sink.record(b));
     }
-    let after = lost_after.unwrap_or_else(StatusQuery::send).answer_spinning(END_SPINS).map(|w| w[6]);
+    let after = lost_after.unwrap_or_else(StatusQuery::send).answer_spinning(Spin::rounds(Spin::END)).map(|w| w[6]);
     at.tally.kernel_lost = match (at.tally.kernel_lost, after) {
         (Some(before), Some(after)) => Some(after.wrapping_sub(before)),
         _ => None,

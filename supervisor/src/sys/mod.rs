@@ -99,3 +99,37 @@ pub fn background_thread() {
         libc::setpriority(libc::PRIO_PROCESS, tid, 10);
     }
 }
+
+/// Looks for something that is a few tenths of a millisecond away without
+/// sleeping, for a bounded number of rounds: a CPU that idles is slow to
+/// wake on a virtual machine (tens of microseconds on this project's
+/// 2-vCPU host), and a wait that sleeps pays for that wake-up. Each round
+/// yields the CPU to whatever else wants it (often what is awaited).
+pub struct Spin(u32);
+
+impl Spin {
+    /// The rounds a run spends looking for its end: init's exit, the
+    /// kernel-audit reader's marker and the kernel's last answer. A round
+    /// is a syscall or three, a microsecond or two here.
+    pub const END: u32 = 512;
+
+    /// No rounds: waits sleep from the start.
+    pub const fn none() -> Spin {
+        Spin(0)
+    }
+
+    pub const fn rounds(n: u32) -> Spin {
+        Spin(n)
+    }
+
+    /// Whether to look once more without sleeping: yields the CPU and
+    /// counts the round. False once the rounds are spent.
+    pub fn again(&mut self) -> bool {
+        if self.0 == 0 {
+            return false;
+        }
+        self.0 -= 1;
+        let _ = nix::sched::sched_yield();
+        true
+    }
+}

@@ -1125,13 +1125,12 @@ impl Config {
     }
 
     /// Returns once the go-ahead pipe has something to read (or is
-    /// closed), or after `rounds` looks at it, without sleeping in between:
-    /// a CPU that idles is slow to wake on a virtual machine (about 60 us
-    /// from the supervisor's go-ahead to this read, measured on the 2-vCPU
-    /// host of BENCHMARKS.md), and the command waits for the go-ahead on a
-    /// CPU of its own, away from the deciding thread (`cpus` is set). Each
-    /// round yields the CPU to anything else that wants it. A profile that
-    /// denies poll(2) ends the spin at once: the blocking read then waits.
+    /// closed), or after `rounds` looks at it, without sleeping in between
+    /// ([`super::Spin`]): the go-ahead took about 60 us to wake a command
+    /// that slept for it, on the 2-vCPU host of BENCHMARKS.md, and the
+    /// command waits for it on a CPU of its own, away from the deciding
+    /// thread (`cpus` is set). A profile that denies poll(2) ends the spin
+    /// at once: the blocking read then waits.
     ///
     /// # Safety
     ///
@@ -1139,15 +1138,9 @@ impl Config {
     unsafe fn spin_for_byte(&self, rounds: u32) {
         let Some(go) = self.fd(self.header().go_fd) else { return };
         let mut p = libc::pollfd { fd: go, events: libc::POLLIN, revents: 0 };
-        for _ in 0..rounds {
-            // SAFETY: polls one live pollfd without waiting; yields the CPU.
-            unsafe {
-                if libc::poll(&mut p, 1, 0) != 0 {
-                    return;
-                }
-                libc::sched_yield();
-            }
-        }
+        let mut spin = super::Spin::rounds(rounds);
+        // SAFETY: polls one live pollfd without waiting.
+        while unsafe { libc::poll(&mut p, 1, 0) } == 0 && spin.again() {}
     }
 
     /// Confines the calling process. Order matters: limits and capability

@@ -39,11 +39,6 @@ pub fn supervise(child: u32, set: &SigSet) -> i32 {
     }
 }
 
-/// How many times [`supervise_until`] looks for the child's end without
-/// sleeping once the sandbox has hung up: a round is three syscalls, a
-/// microsecond or two here.
-const END_SPINS: u32 = 512;
-
 /// As [`supervise`], until `fd` has something to read (the sandbox's
 /// seccomp listener: a syscall parked for the gate): then None, with
 /// `child` still to be waited for. Also None at once, `fd` unwatched,
@@ -64,24 +59,15 @@ pub fn supervise_until(child: u32, set: &SigSet, fd: std::os::fd::BorrowedFd, hu
     let mut watching = true;
     let mut hung_up = Some(hung_up);
     // Once hung up, the child's end is a few tenths of a millisecond away:
-    // looked for without sleeping, for a while (a CPU that idles is slow
-    // to wake on a virtual machine; each round yields to whatever else
-    // wants the CPU: the child's exit, the kernel-audit reader).
-    let mut spins = 0u32;
+    // looked for without sleeping, for a while (super::Spin).
+    let mut spin = super::Spin::none();
     loop {
         if let Some(code) = reaped(pid) {
             return Some(code);
         }
         let mut fds = [PollFd::new(signals.as_fd(), PollFlags::POLLIN), PollFd::new(fd, PollFlags::POLLIN)];
         let n = if watching { 2 } else { 1 };
-        let timeout = match spins {
-            0 => PollTimeout::from(1000u16),
-            _ => {
-                spins -= 1;
-                let _ = nix::sched::sched_yield();
-                PollTimeout::ZERO
-            }
-        };
+        let timeout = if spin.again() { PollTimeout::ZERO } else { PollTimeout::from(1000u16) };
         match poll(&mut fds[..n], timeout) {
             Ok(_) | Err(nix::errno::Errno::EINTR) => {}
             Err(_) => return None,
@@ -95,7 +81,7 @@ pub fn supervise_until(child: u32, set: &SigSet, fd: std::os::fd::BorrowedFd, hu
             if revents.contains(PollFlags::POLLHUP) {
                 if let Some(f) = hung_up.take() {
                     f();
-                    spins = END_SPINS;
+                    spin = super::Spin::rounds(super::Spin::END);
                 }
             }
         }
