@@ -118,6 +118,7 @@ impl Spin {
         Spin(0)
     }
 
+    /// `n` rounds before waits sleep.
     pub const fn rounds(n: u32) -> Spin {
         Spin(n)
     }
