@@ -303,6 +303,49 @@ fn a_temp_root_another_user_made_is_refused_and_left_alone() {
     assert!(!stale.exists(), "a stale {{tmp}} under the user's own root stayed");
 }
 
+// No thread can be started (a process limit of one, for a user with no
+// other process): `run`'s launch-signals thread's job then runs on the
+// main thread, which must not wait there for what only it sends later.
+// The run ends refused, saying why, instead of waiting forever with its
+// signals blocked.
+#[test]
+fn a_run_that_can_start_no_thread_ends_refused() {
+    if !is_root() {
+        skip("switching to a user of the test's own needs root");
+        return;
+    }
+    if std::process::Command::new("prlimit").arg("--version").output().is_err() {
+        skip("prlimit (util-linux) is not installed");
+        return;
+    }
+    const LONER: u32 = 4243;
+    let sb = Sandbox::new("nothread", As::Caller);
+    for d in [&sb.root, &sb.ws, &sb.home] {
+        std::os::unix::fs::chown(d, Some(LONER), Some(LONER)).unwrap();
+    }
+    let mut outer = std::process::Command::new("setpriv");
+    outer.args([&format!("--reuid={LONER}"), &format!("--regid={LONER}"), "--clear-groups", "--"]);
+    outer.args(["prlimit", "--nproc=1", "--"]);
+    let inner = sb.portcullis(&["run", "--exec", PROBE, "--", PROBE, "status"]);
+    let mut child = wrapping(outer, &inner).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    let started = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if started.elapsed() > Duration::from_secs(20) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("a run that could start no thread was still waiting after 20 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert_eq!(status.code(), Some(125), "{stderr}");
+    assert!(stderr.contains("Resource temporarily unavailable"), "{stderr}");
+}
+
 /// `c` under bubblewrap with "0" mounted over the user-namespace sysctl:
 /// portcullis finds no user namespaces and starts the command itself.
 fn without_user_namespaces(c: &std::process::Command, zero: &std::path::Path) -> std::process::Command {

@@ -208,6 +208,8 @@ pub fn run(args: RunArgs) -> Result<i32, Failure> {
     let (go_rx, go) = go_ahead()?;
     let (watch, opened) = {
         let (audit, id, root) = (audit.clone(), id.clone(), features.runtime_root());
+        // Where no thread can be started, the job runs here, on this thread.
+        let creator = nix::unistd::gettid();
         // Only root needs a cgroup for max_procs (RLIMIT_NPROC binds anyone
         // else in the sandbox's user namespace); a memory limit alone looks
         // its cgroup up in prepare.
@@ -261,8 +263,13 @@ pub fn run(args: RunArgs) -> Result<i32, Failure> {
             // Last, the gate's rule paths (0.1 ms here), which the main
             // thread would otherwise resolve after it configured the stage,
             // on the go-ahead's way. Nothing comes when the run has no gate
-            // or ends before it compiled its profile.
-            opened.gate_rules = gate_rx.recv().ok().map(|g| crate::gate::canonical_rules(&g));
+            // or ends before it compiled its profile; nor when the job runs
+            // on the main thread (no thread could be started), which would
+            // wait for itself: decide resolves them then.
+            opened.gate_rules = match nix::unistd::gettid() == creator {
+                true => None,
+                false => gate_rx.recv().ok().map(|g| crate::gate::canonical_rules(&g)),
+            };
             opened
         })
     };
