@@ -130,7 +130,7 @@ const FINAL_ALLOW: u32 = libc::SECCOMP_RET_ALLOW | 0xA110;
 
 /// Entries (lone numbers or stretches) per block: few enough that every
 /// jump to the block's returns stays within a conditional jump's 8-bit
-/// offset (80 stretches come to at most 160 tests, 26 JGE nodes and a
+/// offset (80 stretches come to at most 160 tests, 31 JGE nodes and a
 /// return per answer).
 const BLOCK: usize = 80;
 
