@@ -760,8 +760,10 @@ fn decide_in<'scope>(
             });
             let watch = opened.watch.take().unwrap_or_else(|| Err("the kernel's audit stream was not joined".into()));
             let confined = opened.confined;
-            // Resolved by that thread (before the stage was configured, so
-            // before the command could plant a link), or here.
+            // Resolved by that thread, or here: either way before the
+            // go-ahead, so before the command execs anything that could
+            // plant a link (the job often ends after the stage was
+            // configured; until its exec the command runs only our code).
             let rules = opened.gate_rules.take().or_else(gate_rules);
             (opened, Prep::Done(watch, rules, confined))
         }

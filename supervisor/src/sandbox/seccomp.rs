@@ -790,7 +790,7 @@ mod tests {
         denies.extend((14..16).map(|n| (n, Verdict::Enosys)));
         denies.push((18, Verdict::Eperm));
         denies.push((20, Verdict::Enosys));
-        // 300 stretches of 3, each answer different from the next's.
+        // 300 stretches of 3, two apart, their answers in turn EPERM, ENOSYS, EPERM.
         denies.extend((0..300u32).flat_map(|i| (0..3).map(move |k| (100 + i * 5 + k, v(i)))));
         let prog = search_tree(&denies);
         let want: std::collections::HashMap<u32, u32> = denies.iter().map(|&(n, v)| (n, ret_errno(v))).collect();
