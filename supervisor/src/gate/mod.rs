@@ -738,10 +738,20 @@ fn canonical_path(
             Some(r) => r.clone(),
             None => {
                 let joined = canon.join(name);
+                use std::io::ErrorKind::{NotADirectory, NotFound, PermissionDenied};
+                // What neither is there nor is refused to us (a resolved
+                // form too long to name or to read back: the kernel walks
+                // the short path step by step) is left to the opens of the
+                // path as written, with a cache of their own.
+                let by_opens = || canonical_path_by_opens(p, &mut Default::default());
                 let r = match std::fs::symlink_metadata(&joined) {
-                    Ok(m) if m.file_type().is_symlink() => resolved(&joined),
+                    Ok(m) if m.file_type().is_symlink() => match resolved(&joined) {
+                        Some(r) => Some(r),
+                        None => return by_opens(),
+                    },
                     Ok(_) => Some(joined),
-                    Err(_) => None,
+                    Err(e) if matches!(e.kind(), NotFound | NotADirectory | PermissionDenied) => None,
+                    Err(_) => return by_opens(),
                 };
                 seen.insert(prefix.clone(), r.clone());
                 r
@@ -1305,9 +1315,9 @@ mod tests {
             canonical_path(std::path::Path::new("/nonexistent-pc/x"), &mut Default::default()),
             "/nonexistent-pc/x"
         );
-        // The walk from the root (lstat per name, links read back) and the
-        // opens of the longest existing prefix agree, on one shared cache
-        // as in canonical_rules, and each alone.
+        // The walk from the root (lstat per name, links read back) agrees
+        // with the opens of the longest existing prefix, and gives the same
+        // answers from a cache shared across rules (as canonical_rules).
         std::os::unix::fs::symlink("gone", root.join("dangling")).unwrap();
         std::os::unix::fs::symlink("..", real.join("sub/up")).unwrap();
         let mut shared = Default::default();
@@ -1331,6 +1341,21 @@ mod tests {
             assert_eq!(canonical_path(&p, &mut shared), walked, "{rel}, cached");
         }
         assert_eq!(at("link/sub/up/file"), format!("{real_s}/file"));
+        // A link whose resolved form is too long to read back (over 4095
+        // bytes): the walk hands the path to the opens, which the kernel
+        // follows step by step. Before, the rule under it was kept as
+        // written and missed the real path (found by a review).
+        let deep = root.join("deep");
+        let eleven = vec!["d".repeat(200); 11].join("/");
+        std::fs::create_dir_all(deep.join(&eleven)).unwrap();
+        // Link targets stay under 4096 bytes: two links, eleven levels each.
+        std::os::unix::fs::symlink(&eleven, deep.join("half")).unwrap();
+        std::fs::create_dir_all(deep.join("half").join(&eleven)).unwrap();
+        std::os::unix::fs::symlink(format!("half/{eleven}"), deep.join("cfg")).unwrap();
+        std::os::unix::fs::symlink(real.join("sub"), deep.join("cfg/git")).unwrap();
+        let sub_s = format!("{real_s}/sub");
+        assert_eq!(canonical_path(&deep.join("cfg/git"), &mut Default::default()), sub_s);
+        assert_eq!(canonical_path(&deep.join("cfg/git/new"), &mut Default::default()), format!("{sub_s}/new"));
         std::fs::remove_dir_all(&root).unwrap();
     }
 
