@@ -544,6 +544,10 @@ pub struct Watcher {
     stopper: Stopper,
     /// Returns why denials went unrecorded, if they did.
     thread: Option<JoinHandle<Option<String>>>,
+    /// The same answer, sent by the reader before its thread ends: the
+    /// run takes it without waiting for the thread's exit (and the wake-up
+    /// of a join), which took a tenth of a millisecond at every run's end.
+    answer: std::sync::mpsc::Receiver<Option<String>>,
 }
 
 /// [`Watcher::ask_to_stop`] from another thread: the gate's server asks as
@@ -556,16 +560,39 @@ pub struct Stopper {
     /// A byte written here wakes the reader at once (its poll times out
     /// after 50 ms otherwise: a refused launch took that much longer).
     wake: Arc<OwnedFd>,
+    /// The end's questions, once asked (see [`ask`](Self::ask)).
+    end: Arc<EndAsked>,
+}
+
+/// What the asker sent the kernel for the reader when it asked it to stop.
+struct EndAsked {
+    marker: String,
+    /// Set by the first asker (the others return at once).
+    asked: std::sync::atomic::AtomicBool,
+    /// Whether the marker went out, and the `lost` question.
+    sent: std::sync::Mutex<Option<(bool, StatusQuery)>>,
 }
 
 impl Stopper {
     /// Asks the reader to stop once it has read everything the kernel
-    /// queued; asking again does nothing. Costs the asker a write: the
-    /// reader itself sends the marker and asks the kernel for its `lost`
-    /// counter (each a netlink round trip, the second answered by a kernel
-    /// thread started for the reply), while the run waits for the sandbox's
-    /// init.
+    /// queued; asking again does nothing. The sandbox is gone when this is
+    /// asked, so the asker sends the marker and asks the kernel for its
+    /// `lost` counter itself (the second answered by a kernel thread
+    /// started for the reply): the kernel works on both while the reader
+    /// wakes, which took it tenths of a millisecond at a run's end (it
+    /// runs at a lower priority than the run, which spins for init's end
+    /// meanwhile). Costs the asker two netlink sends and the marker's
+    /// acknowledgement.
     pub fn ask(&self) {
+        if self.end.asked.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        // The marker first: see read_loop.
+        let at_marker = send_user_message(&self.end.marker);
+        let lost = StatusQuery::send();
+        if let Ok(mut sent) = self.end.sent.lock() {
+            *sent = Some((at_marker, lost));
+        }
         if self.stop.compare_exchange(RUNNING, ASKED, Ordering::AcqRel, Ordering::Acquire).is_ok() {
             let _ = nix::unistd::write(self.wake.as_fd(), &[ASKED]);
         }
@@ -590,11 +617,20 @@ impl Watcher {
         let sink = Sink { paths: paths.clone(), session: session.to_string(), ev: None, failed: None };
         let (woken, wake) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK)
             .map_err(|e| format!("cannot make a pipe: {e}"))?;
+        let end = Arc::new(EndAsked {
+            marker: marker.clone(),
+            asked: std::sync::atomic::AtomicBool::new(false),
+            sent: std::sync::Mutex::new(None),
+        });
+        let (answer_tx, answer) = std::sync::mpsc::sync_channel(1);
+        let asked = end.clone();
         let thread = std::thread::Builder::new()
             .name("kernel-audit".into())
             .spawn(move || {
                 crate::sys::wait::adopt_process_cpus();
-                read_loop(reader, woken, attributor, sink, s, marker)
+                let lost = read_loop(reader, woken, attributor, sink, s, marker, &asked);
+                let _ = answer_tx.send(lost.clone());
+                lost
             })
             .map_err(|e| format!("cannot start a thread: {e}"));
         // On an error the canary removes its file; from here on the watcher does.
@@ -602,8 +638,9 @@ impl Watcher {
         canary.placed = false;
         Ok(Watcher {
             canary: std::mem::take(&mut canary.path),
-            stopper: Stopper { stop, wake: Arc::new(wake) },
+            stopper: Stopper { stop, wake: Arc::new(wake), end },
             thread: Some(thread),
+            answer,
         })
     }
 
@@ -615,9 +652,32 @@ impl Watcher {
     /// has been read (or SYNC_WAIT), writes the summary, releases the log.
     /// Returns why some denials could not be recorded, if that happened (for
     /// the run's exit record).
-    pub fn finish(mut self) -> Option<String> {
+    ///
+    /// The reader's thread may still be ending: the [`ReaderEnd`] returned
+    /// beside the answer joins it when dropped (before the run's last
+    /// steps, which must not run beside another thread of ours).
+    pub fn finish(mut self) -> (Option<String>, ReaderEnd) {
         self.ask_to_stop();
-        self.join()
+        // The answer is a few tenths of a millisecond away (the kernel's
+        // marker and its answer about lost reports): looked for without
+        // sleeping for a while, then waited for.
+        let mut spin = crate::sys::Spin::rounds(crate::sys::Spin::END);
+        let answer = loop {
+            match self.answer.try_recv() {
+                Ok(lost) => break Some(lost),
+                Err(std::sync::mpsc::TryRecvError::Empty) if spin.again() => {}
+                Err(std::sync::mpsc::TryRecvError::Empty) => break self.answer.recv().ok(),
+                Err(std::sync::mpsc::TryRecvError::Disconnected) => break None,
+            }
+        };
+        match answer {
+            Some(lost) => {
+                let _ = std::fs::remove_file(&self.canary);
+                (lost, ReaderEnd(self.thread.take()))
+            }
+            // Ended without an answer: it panicked (join says so).
+            None => (self.join(), ReaderEnd(None)),
+        }
     }
 
     /// The first half of [`finish`](Self::finish), which a run sends as soon
@@ -640,6 +700,17 @@ impl Watcher {
             .and_then(|t| t.join().unwrap_or_else(|_| Some("the kernel-audit reader panicked".into())));
         let _ = std::fs::remove_file(&self.canary);
         lost
+    }
+}
+
+/// The kernel-audit reader's thread once it has answered: joined on drop.
+pub struct ReaderEnd(Option<JoinHandle<Option<String>>>);
+
+impl Drop for ReaderEnd {
+    fn drop(&mut self) {
+        if let Some(t) = self.0.take() {
+            let _ = t.join();
+        }
     }
 }
 
@@ -762,6 +833,7 @@ fn read_loop(
     mut sink: Sink,
     stop: Arc<AtomicU8>,
     marker: String,
+    asked: &EndAsked,
 ) -> Option<String> {
     crate::sys::background_thread();
     use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
@@ -794,13 +866,17 @@ fn read_loop(
                     // kernel starts to answer it (the snapshot is taken when
                     // asked, after the marker: later is the cautious side).
                     // Without CAP_AUDIT_WRITE there is no marker: a quiet
-                    // spell instead. From here the run waits for this
-                    // thread: back to the priority of the threads it
-                    // competes with (init's exit, the kernel's audit
-                    // thread), not a tenth of their share.
+                    // spell instead. Both were sent by whoever asked us to
+                    // stop, as a rule (Stopper::ask); by us otherwise.
+                    // From here the run waits for this thread: back to the
+                    // priority of the threads it competes with (init's
+                    // exit, the kernel's audit thread), not a tenth of their
+                    // share.
                     crate::sys::foreground_thread();
-                    at_marker = send_user_message(&marker);
-                    lost_after = Some(StatusQuery::send());
+                    let sent = asked.sent.lock().ok().and_then(|mut s| s.take());
+                    let (marker_sent, lost) = sent.unwrap_or_else(|| (send_user_message(&marker), StatusQuery::send()));
+                    at_marker = marker_sent;
+                    lost_after = Some(lost);
                     Instant::now()
                 });
                 let quiet = !at_marker && since.elapsed() > QUIET && last_read.elapsed() > QUIET;
