@@ -940,6 +940,13 @@ fn read_loop(
             break;
         }
     }
+    // The marker can come in before the stop is seen (the asker sent it):
+    // then the asker's question is taken here, and the run waits for this
+    // thread from now on.
+    if stop_since.is_none() {
+        crate::sys::foreground_thread();
+        lost_after = asked.sent.lock().ok().and_then(|mut s| s.take()).map(|(_, lost)| lost);
+    }
     for done in events.take_older_than(Duration::ZERO) {
         at.event(&done).into_iter().for_each(|b| sink.record(b));
     }
