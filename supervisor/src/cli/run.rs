@@ -594,22 +594,27 @@ fn launch_with(
     // caller has the status (its handles took 0.05 ms to close here).
     let mut idle_rest = None;
     let (code, syscall_gate) = match idle_gate {
-        Some((pending, listener)) => match wait::supervise_until(child.id(), &set, listener.as_fd(), ask_watcher) {
-            // Never started: no thread of it acted, or is left to stop.
-            Some(code) => {
-                idle_rest = Some((pending, listener));
-                (code, syscall_gate)
-            }
-            None => match pending.start(Some(listener)) {
-                Ok(g) => (wait::supervise(child.id(), &set), Some(g)),
-                Err(f) => {
-                    committed?;
-                    return stop_refused(&child, &set, &mut evidence, f, json!({ "stage": "syscall gate" }));
+        Some((pending, listener)) => {
+            match wait::supervise_until(child.id(), &set, listener.as_fd(), child.status(), ask_watcher) {
+                // Never started: no thread of it acted, or is left to stop.
+                Some(code) => {
+                    idle_rest = Some((pending, listener));
+                    (code, syscall_gate)
                 }
-            },
-        },
+                None => match pending.start(Some(listener)) {
+                    Ok(g) => (wait::supervise(child.id(), &set), Some(g)),
+                    Err(f) => {
+                        committed?;
+                        return stop_refused(&child, &set, &mut evidence, f, json!({ "stage": "syscall gate" }));
+                    }
+                },
+            }
+        }
         None => (wait::supervise(child.id(), &set), syscall_gate),
     };
+    // Init is gone, or on its way out (the wait went on with the status it
+    // sent): reaped on every way out of here (and before the finisher).
+    let _init = wait::Reaper(child.id());
     committed?;
     crate::timing::mark("command exited");
     // Parts of the run's evidence that could not be written: the exit
@@ -678,8 +683,10 @@ fn launch_with(
             }
         });
         // The reader's thread has answered; it is joined (gone) before the
-        // finisher shares our memory.
+        // finisher shares our memory. The sandbox's init too, if the run
+        // went on with the status it sent (it is exiting, mostly done).
         drop(reader_end);
+        wait::reap(child.id());
         crate::timing::done();
         // Returns only where the finisher cannot run here (see sys::finish).
         crate::sys::finish::exit_finishing(code, finish)();

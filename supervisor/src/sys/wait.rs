@@ -46,10 +46,19 @@ pub fn supervise(child: u32, set: &SigSet) -> i32 {
 /// then does what it would do for a parked syscall. `hung_up` runs once
 /// `fd` hangs up: every process under the filter has ended and been
 /// reaped, which comes a little before `child` (the sandbox's init) ends.
-pub fn supervise_until(child: u32, set: &SigSet, fd: std::os::fd::BorrowedFd, hung_up: impl FnOnce()) -> Option<i32> {
+/// From then on the command's status that init sends on `status` (see
+/// stage::Spawned::status) ends the wait too, without init's end: the
+/// caller then reaps it later ([`reap`]).
+pub fn supervise_until(
+    child: u32,
+    set: &SigSet,
+    fd: std::os::fd::BorrowedFd,
+    status: std::os::fd::BorrowedFd,
+    hung_up: impl FnOnce(),
+) -> Option<i32> {
     use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
     use nix::sys::signalfd::{SfdFlags, SignalFd};
-    use std::os::fd::AsFd;
+    use std::os::fd::{AsFd, AsRawFd};
     let pid = Pid::from_raw(child as i32);
     // The signals stay blocked: the descriptor takes them instead of
     // sigtimedwait, in the same poll as `fd`.
@@ -61,12 +70,38 @@ pub fn supervise_until(child: u32, set: &SigSet, fd: std::os::fd::BorrowedFd, hu
     // Once hung up, the child's end is a few tenths of a millisecond away:
     // looked for without sleeping, for a while (super::Spin).
     let mut spin = super::Spin::none();
+    // What init sent so far, read once the listener has hung up; None once
+    // its socket has ended (init is gone: `reaped` says so).
+    let mut sent = Some(Vec::new());
     loop {
         if let Some(code) = reaped(pid) {
             return Some(code);
         }
-        let mut fds = [PollFd::new(signals.as_fd(), PollFlags::POLLIN), PollFd::new(fd, PollFlags::POLLIN)];
-        let n = if watching { 2 } else { 1 };
+        if let (false, Some(got)) = (watching || hung_up.is_some(), sent.as_mut()) {
+            let mut buf = [0u8; 16];
+            match nix::sys::socket::recv(status.as_raw_fd(), &mut buf, nix::sys::socket::MsgFlags::MSG_DONTWAIT) {
+                Ok(0) | Err(nix::errno::Errno::ENOTSOCK | nix::errno::Errno::EBADF) => sent = None,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(_) => {}
+            }
+            if let Some(code) = sent.as_deref().and_then(super::stage::status_in) {
+                return Some(code);
+            }
+        }
+        let mut fds = [
+            PollFd::new(signals.as_fd(), PollFlags::POLLIN),
+            PollFd::new(fd, PollFlags::POLLIN),
+            PollFd::new(status, PollFlags::POLLIN),
+        ];
+        let n = match (watching, sent.is_some() && hung_up.is_none()) {
+            (true, _) => 2,
+            // Hung up: the signals, and init's socket.
+            (false, true) => {
+                fds.swap(1, 2);
+                2
+            }
+            (false, false) => 1,
+        };
         let timeout = if spin.again() { PollTimeout::ZERO } else { PollTimeout::from(1000u16) };
         match poll(&mut fds[..n], timeout) {
             Ok(_) | Err(nix::errno::Errno::EINTR) => {}
@@ -90,6 +125,24 @@ pub fn supervise_until(child: u32, set: &SigSet, fd: std::os::fd::BorrowedFd, hu
                 pass_on(pid, sig);
             }
         }
+    }
+}
+
+/// Waits for `child` to end if it has not been waited for yet: for a run
+/// that went on with the status init sent ([`supervise_until`]), before its
+/// last steps (a process of ours left unreaped would be a zombie wherever
+/// the host's init does not reap what it inherits).
+pub fn reap(child: u32) {
+    let pid = Pid::from_raw(child as i32);
+    while let Err(nix::errno::Errno::EINTR) = waitpid(pid, None) {}
+}
+
+/// [`reap`] on drop: only for a child that has ended or is ending.
+pub struct Reaper(pub u32);
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        reap(self.0);
     }
 }
 
