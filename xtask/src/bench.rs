@@ -781,12 +781,15 @@ execs; meanwhile the main thread starts the kernel-audit reader's thread
 then waits for it, polling the gate's listener beside its signals: the
 syscall gate's threads start only when the sandbox parks a syscall (what
 it parks waits in the kernel meanwhile), so `/bin/true` under strict
-starts none. When the sandbox is gone, the kernel-audit reader is asked to
-stop (a byte: the reader itself asks the kernel for its count of dropped
-records and sends the marker after which nothing of this sandbox can be
-reported; with
-a gate running, its server thread asks, once its acting thread has
-stopped, and closes the gate's records), the exit record is
+starts none. Init sends the command's exit status up its socket before
+its own exit; once the gate's listener has hung up too (every process of
+the sandbox is gone), the main thread goes on with that status (init is
+reaped later) and asks the kernel-audit reader to stop: the asker itself
+sends the marker after which nothing of this sandbox can be reported and
+asks the kernel for its count of dropped records, while the reader wakes
+(with a gate running, its server thread asks, once its acting thread has
+stopped, and closes the gate's records). The reader's answer is taken as
+soon as it is sent (its thread is joined later), the exit record is
 written, and portcullis exits with the command's status: a finisher that
 shares its memory (clone CLONE_VM) fsyncs the record, writes the signed
 checkpoint, removes the temp dir and cgroups and tears the memory down,
