@@ -80,9 +80,10 @@ pub fn supervise_until(
         if let (false, Some(got)) = (watching || hung_up.is_some(), sent.as_mut()) {
             let mut buf = [0u8; 16];
             match nix::sys::socket::recv(status.as_raw_fd(), &mut buf, nix::sys::socket::MsgFlags::MSG_DONTWAIT) {
-                Ok(0) | Err(nix::errno::Errno::ENOTSOCK | nix::errno::Errno::EBADF) => sent = None,
-                Ok(n) => got.extend_from_slice(&buf[..n]),
-                Err(_) => {}
+                Ok(n) if n > 0 => got.extend_from_slice(&buf[..n]),
+                Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EINTR) => {}
+                // Ended (or broken): init's exit says the rest.
+                Ok(_) | Err(_) => sent = None,
             }
             if let Some(code) = sent.as_deref().and_then(super::stage::status_in) {
                 return Some(code);
