@@ -618,7 +618,7 @@ impl Watcher {
         let (woken, wake) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK)
             .map_err(|e| format!("cannot make a pipe: {e}"))?;
         let end = Arc::new(EndAsked {
-            marker: marker.clone(),
+            marker,
             asked: std::sync::atomic::AtomicBool::new(false),
             sent: std::sync::Mutex::new(None),
         });
@@ -628,7 +628,7 @@ impl Watcher {
             .name("kernel-audit".into())
             .spawn(move || {
                 crate::sys::wait::adopt_process_cpus();
-                let lost = read_loop(reader, woken, attributor, sink, s, marker, &asked);
+                let lost = read_loop(reader, woken, attributor, sink, s, &asked);
                 let _ = answer_tx.send(lost.clone());
                 lost
             })
@@ -832,9 +832,9 @@ fn read_loop(
     mut at: Attributor,
     mut sink: Sink,
     stop: Arc<AtomicU8>,
-    marker: String,
     asked: &EndAsked,
 ) -> Option<String> {
+    let marker = &asked.marker;
     crate::sys::background_thread();
     use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
     let mut buf = vec![0u8; 16 << 10];
@@ -874,7 +874,7 @@ fn read_loop(
                     // share.
                     crate::sys::foreground_thread();
                     let sent = asked.sent.lock().ok().and_then(|mut s| s.take());
-                    let (marker_sent, lost) = sent.unwrap_or_else(|| (send_user_message(&marker), StatusQuery::send()));
+                    let (marker_sent, lost) = sent.unwrap_or_else(|| (send_user_message(marker), StatusQuery::send()));
                     at_marker = marker_sent;
                     lost_after = Some(lost);
                     Instant::now()
@@ -917,7 +917,7 @@ fn read_loop(
             last_read = Instant::now();
             let Some((kind, payload)) = header(&buf[..n]) else { continue };
             if kind == AUDIT_USER {
-                if String::from_utf8_lossy(payload).contains(&marker) {
+                if String::from_utf8_lossy(payload).contains(marker.as_str()) {
                     synced = true;
                     break;
                 }

@@ -617,7 +617,7 @@ fn launch_with(
     };
     // Init is gone, or on its way out (the wait went on with the status it
     // sent): reaped on every way out of here (and before the finisher).
-    let _init = wait::Reaper(child.id());
+    let init = wait::Reaper(child.id());
     committed?;
     crate::timing::mark("command exited");
     // Parts of the run's evidence that could not be written: the exit
@@ -689,7 +689,7 @@ fn launch_with(
         // finisher shares our memory. The sandbox's init too, if the run
         // went on with the status it sent (it is exiting, mostly done).
         drop(reader_end);
-        wait::reap(child.id());
+        drop(init);
         crate::timing::done();
         // Returns only where the finisher cannot run here (see sys::finish).
         crate::sys::finish::exit_finishing(code, finish)();

@@ -1482,7 +1482,7 @@ impl Spawned {
     /// before its own exit (its unmapping, its namespaces' and its
     /// /proc's teardown: 0.1 to 0.3 ms here). With the seccomp listener
     /// hung up as well, every process of the sandbox is gone: the run
-    /// goes on with that status, and reaps init later ([`reap`]).
+    /// goes on with that status, and reaps init later (wait::Reaper).
     pub fn status(&self) -> std::os::fd::BorrowedFd<'_> {
         use std::os::fd::AsFd;
         self.sock.as_fd()

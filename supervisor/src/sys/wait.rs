@@ -48,7 +48,7 @@ pub fn supervise(child: u32, set: &SigSet) -> i32 {
 /// reaped, which comes a little before `child` (the sandbox's init) ends.
 /// From then on the command's status that init sends on `status` (see
 /// stage::Spawned::status) ends the wait too, without init's end: the
-/// caller then reaps it later ([`reap`]).
+/// caller then reaps it later ([`Reaper`]).
 pub fn supervise_until(
     child: u32,
     set: &SigSet,
@@ -129,21 +129,17 @@ pub fn supervise_until(
     }
 }
 
-/// Waits for `child` to end if it has not been waited for yet: for a run
-/// that went on with the status init sent ([`supervise_until`]), before its
-/// last steps (a process of ours left unreaped would be a zombie wherever
-/// the host's init does not reap what it inherits).
-pub fn reap(child: u32) {
-    let pid = Pid::from_raw(child as i32);
-    while let Err(nix::errno::Errno::EINTR) = waitpid(pid, None) {}
-}
-
-/// [`reap`] on drop: only for a child that has ended or is ending.
+/// Waits, when dropped, for the child to end if it has not been waited for
+/// yet: for a run that went on with the status init sent
+/// ([`supervise_until`]), before its last steps (a process of ours left
+/// unreaped would be a zombie wherever the host's init does not reap what
+/// it inherits). Only for a child that has ended or is ending.
 pub struct Reaper(pub u32);
 
 impl Drop for Reaper {
     fn drop(&mut self) {
-        reap(self.0);
+        let pid = Pid::from_raw(self.0 as i32);
+        while let Err(nix::errno::Errno::EINTR) = waitpid(pid, None) {}
     }
 }
 
