@@ -217,6 +217,7 @@ pub fn run(args: RunArgs) -> Result<i32, Failure> {
         let go = go.clone();
         let workspace = args.sandbox.workspace.clone();
         wait::LaunchWatch::start_after(move || {
+            let status = (abi >= 7 && audit_read).then(kaudit::StatusQuery::send);
             // First what the main thread needs from here, each about 0.1 ms
             // off its path: once the profile is compiled, the private
             // `{tmp}` (mkdir: the slowest, so first) and the hooks directory
@@ -254,7 +255,7 @@ pub fn run(args: RunArgs) -> Result<i32, Failure> {
             // few milliseconds when the machine was busy).
             let watch = match abi >= 7 && !audit_read {
                 true => Err(kaudit::NO_AUDIT_READ.to_string()),
-                false => watch_kernel(abi, (abi >= 7).then(kaudit::StatusQuery::send), canary, &audit),
+                false => watch_kernel(abi, status, canary, &audit),
             };
             let confined = tell_confine(&go, watch.is_ok());
             let mut opened = open_audit(&audit, &id);
