@@ -127,7 +127,7 @@ impl Session {
     /// As [`prepare`](Self::prepare), for a launch, with the cgroup
     /// controllers from `controllers` ([`sandbox::prepare_with`]).
     fn prepare_with(&self, controllers: impl FnOnce() -> Option<sandbox::Controllers>) -> Result<Prepared, Failure> {
-        sandbox::prepare_with(&self.plan, &self.features, &self.path_var, &self.id, false, controllers)
+        sandbox::prepare_with(&self.plan, &self.features, &self.path_var, &self.id, false, true, controllers)
     }
 }
 
@@ -217,6 +217,9 @@ pub fn run(args: RunArgs) -> Result<i32, Failure> {
         let go = go.clone();
         let workspace = args.sandbox.workspace.clone();
         wait::LaunchWatch::start_after(move || {
+            // The kernel's audit status is asked first: the request waits
+            // for the kernel's reply thread to exist, and the work below
+            // runs while that thread answers.
             let status = (abi >= 7 && audit_read).then(kaudit::StatusQuery::send);
             // First what the main thread needs from here, each about 0.1 ms
             // off its path: once the profile is compiled, the private
@@ -245,21 +248,22 @@ pub fn run(args: RunArgs) -> Result<i32, Failure> {
                 let premade = found[0].as_ref().and_then(|pids| limits::premake(pids, &id));
                 sandbox::Controllers { found, premade }
             }));
-            // Then whether the kernel's reports will be read, which is all
-            // the command waits for to confine itself: told from here, it
-            // does while the log opens (and without a wake-up of the main
-            // thread, which the scheduler queued behind this one for
-            // 0.4 ms while the other CPU idled). The kernel answers the
-            // status request from a thread it starts for the reply (the
+            // Then whether the kernel's reports will be read, which the
+            // command waits for to confine itself (with the ruleset's path
+            // rules, which the main thread adds once the stage is
+            // configured: GoState): told from here, it does while the log
+            // opens (and without a wake-up of the main thread, which the
+            // scheduler queued behind this one for 0.4 ms while the other
+            // CPU idled). The kernel answers the status request (sent
+            // first: see above) from a thread it starts for the reply (the
             // request waits for that thread to exist: about 0.1 ms here, a
             // few milliseconds when the machine was busy).
             let watch = match abi >= 7 && !audit_read {
                 true => Err(kaudit::NO_AUDIT_READ.to_string()),
                 false => watch_kernel(abi, status, canary, &audit),
             };
-            let confined = tell_confine(&go, watch.is_ok());
+            tell_confine(&go, watch.is_ok());
             let mut opened = open_audit(&audit, &id);
-            opened.confined = confined;
             opened.watch = Some(watch);
             // Last, the gate's rule paths (0.1 ms here), which the main
             // thread would otherwise resolve after it configured the stage,
@@ -309,8 +313,6 @@ struct AuditOpened {
     evidence: Result<Evidence, Failure>,
     guarded: Vec<crate::evidence::Guarded>,
     watch: Option<Watch>,
-    /// The command was told to confine itself ([`tell_confine`]).
-    confined: bool,
     /// The gate's rules with their paths resolved (gate::canonical_rules),
     /// when the thread that opened the log was given them.
     gate_rules: Option<policy::ask::GatePlan>,
@@ -319,23 +321,70 @@ struct AuditOpened {
 /// The go-ahead pipe's writer, shared by the threads that may write to it
 /// (never duplicated: a copy made while the stage forks would be inherited
 /// by the command, which would then never see the end of the pipe that a
-/// refusal must give it). Taken out and dropped to refuse.
-type GoAhead = std::sync::Arc<std::sync::Mutex<Option<std::os::fd::OwnedFd>>>;
+/// refusal must give it), with what its first byte waits for. Its `fd` is
+/// taken out and dropped to refuse.
+type GoAhead = std::sync::Arc<std::sync::Mutex<GoState>>;
 
-/// The go-ahead pipe: the stage's end, and ours. Made once the stage is
-/// cloned, which must not hold a copy of the writer.
+/// The go-ahead pipe's writer, and what the command's confine byte
+/// ([`stage::CONFINE`] or [`stage::CONFINE_WATCHED`]) waits for: whether
+/// the kernel's reports are read (known on `run`'s other thread, or in
+/// decide), and the ruleset's path rules, added by launch_with once the
+/// stage has its configuration (sandbox::prepare_with's `defer_paths`): a
+/// command that restricted itself before would lack them.
+struct GoState {
+    fd: Option<std::os::fd::OwnedFd>,
+    watched: Option<bool>,
+    paths_pending: bool,
+    /// The confine byte is written.
+    told: bool,
+}
+
+impl GoState {
+    /// Writes the confine byte once both are known (once only); whether
+    /// it is written, now or before.
+    fn tell(&mut self) -> bool {
+        if let (false, false, Some(watched), Some(fd)) = (self.told, self.paths_pending, self.watched, &self.fd) {
+            let byte = if watched { stage::CONFINE_WATCHED } else { stage::CONFINE };
+            // A stage that already failed has closed its end: spawn reports why.
+            self.told = nix::unistd::write(fd, &[byte]).is_ok();
+        }
+        self.told
+    }
+}
+
+/// The go-ahead pipe: the stage's end, and ours, with the path rules
+/// still to be added ([`paths_added`] says they are). Made once the stage
+/// is cloned, which must not hold a copy of the writer.
 fn go_ahead() -> Result<(std::os::fd::OwnedFd, GoAhead), Failure> {
     let (rx, tx) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
         .map_err(|e| Failure::setup(format!("cannot make the go-ahead pipe: {e}")))?;
-    Ok((rx, std::sync::Arc::new(std::sync::Mutex::new(Some(tx)))))
+    let state = GoState { fd: Some(tx), watched: None, paths_pending: true, told: false };
+    Ok((rx, std::sync::Arc::new(std::sync::Mutex::new(state))))
 }
 
-/// Tells the command to confine itself, saying whether the kernel's
-/// reports are read (the first byte of the go-ahead pipe; see
-/// stage::CONFINE_WATCHED). False when the pipe is gone or refused.
-fn tell_confine(go: &GoAhead, watched: bool) -> bool {
-    let byte = if watched { stage::CONFINE_WATCHED } else { stage::CONFINE };
-    go.lock().is_ok_and(|go| go.as_ref().is_some_and(|go| nix::unistd::write(go, &[byte]).is_ok()))
+/// Says whether the kernel's reports are read: the command confines
+/// itself (stage::CONFINE_WATCHED or stage::CONFINE) now, or once the
+/// path rules are in.
+fn tell_confine(go: &GoAhead, watched: bool) {
+    if let Ok(mut g) = go.lock() {
+        g.watched.get_or_insert(watched);
+        g.tell();
+    }
+}
+
+/// The ruleset the stage holds has every rule: the confine byte may go.
+fn paths_added(go: &GoAhead) {
+    if let Ok(mut g) = go.lock() {
+        g.paths_pending = false;
+        g.tell();
+    }
+}
+
+/// Refuses the launch before the command confines itself: the stage
+/// reads the end of the go-ahead pipe and stops.
+fn refuse(go: &GoAhead) {
+    let fd = go.lock().map_or(None, |mut g| g.fd.take());
+    drop(fd);
 }
 
 /// The cgroup controllers (and the cgroup made ahead) from `run`'s other
@@ -379,7 +428,7 @@ struct Early {
 fn open_audit(audit: &AuditPaths, id: &str) -> AuditOpened {
     let evidence = Evidence::open(audit, id);
     crate::timing::mark("audit log opened");
-    AuditOpened { evidence, guarded: guarded(audit), watch: None, confined: false, gate_rules: None }
+    AuditOpened { evidence, guarded: guarded(audit), watch: None, gate_rules: None }
 }
 
 /// Asks the kernel whether Landlock's own reports of what it refused can
@@ -451,7 +500,8 @@ fn launch_with(
     early: Option<Early>,
     ending: Ending,
 ) -> Result<i32, Failure> {
-    let Prepared { enforcement, exec: allowed, stage, cgroups, gate: gate_setup, rule_inodes, .. } = prepared;
+    let Prepared { mut enforcement, exec: allowed, stage, cgroups, gate: gate_setup, mut rule_inodes, paths, .. } =
+        prepared;
     let mut cleanup = CgroupCleanup(cgroups);
     // Signals are blocked before any thread exists (audit writers and
     // signers, the kernel-audit reader, the MCP journal, the gate),
@@ -469,12 +519,17 @@ fn launch_with(
     };
     let argv: Vec<String> = command.iter().map(|a| a.to_string_lossy().into_owned()).collect();
     let decision =
-        Decision { session, enforcement: &enforcement, allowed: &allowed, argv: &argv, mcp, rule_inodes: &rule_inodes };
+        |enforcement, rule_inodes| Decision { session, enforcement, allowed: &allowed, argv: &argv, mcp, rule_inodes };
     let program =
         match exec::resolve_command(&command[0], &session.path_var, &allowed, &session.plan, &enforcement.notices) {
             Ok(p) => p,
             // Nothing to fork: record the refusal (or an earlier one) and stop.
-            Err(f) => return Err(decide(&decision, Err(&f), gate_setup, None, opened, go).err().unwrap_or(f)),
+            Err(f) => {
+                // A path that fails is the profile's error, and comes first.
+                fill(paths, session, &allowed, &mut enforcement, &mut rule_inodes)?;
+                let d = decision(&enforcement, &rule_inodes);
+                return Err(decide(&d, Err(&f), gate_setup, None, opened, go).err().unwrap_or(f));
+            }
         };
     // The canary's name is fixed now (by `run`, or here); the go-ahead says whether it is used.
     let (canary, canary_path) = match early_canary {
@@ -498,7 +553,9 @@ fn launch_with(
         Ok(e) => e,
         Err(e) => {
             let f = Failure::setup(format!("cannot prepare the command's exec: {e}"));
-            return Err(decide(&decision, Err(&f), gate_setup, None, opened, go).err().unwrap_or(f));
+            fill(paths, session, &allowed, &mut enforcement, &mut rule_inodes)?;
+            let d = decision(&enforcement, &rule_inodes);
+            return Err(decide(&d, Err(&f), gate_setup, None, opened, go).err().unwrap_or(f));
         }
     };
     crate::timing::mark("configuring the stage");
@@ -508,6 +565,22 @@ fn launch_with(
     // this thread decides the launch, then waits for the exec.
     let started = begun.configure(stage, exec);
     launch_signals.share_this_cpu();
+    // The ruleset's path and exec rules go into the ruleset the stage
+    // holds while it forks and readies the command, which restricts
+    // itself only once they are in (GoState).
+    if let Err(f) = fill(paths, session, &allowed, &mut enforcement, &mut rule_inodes) {
+        // As when a path failed before the stage was configured: nothing
+        // recorded, and the stage stops before it confines the command (it
+        // reads the end of the go-ahead pipe).
+        refuse(&go);
+        if let Ok(child) = started.and_then(stage::Started::exec) {
+            kill(&child);
+            wait::supervise(child.id(), &set);
+        }
+        return Err(f);
+    }
+    paths_added(&go);
+    let decision = decision(&enforcement, &rule_inodes);
     let ready = decide(&decision, Ok(program.as_path()), gate_setup, canary, opened, go);
     let spawned = started.and_then(stage::Started::exec);
     crate::timing::mark("command exec'd");
@@ -721,6 +794,22 @@ struct Decision<'a> {
     rule_inodes: &'a [Option<(u64, u64)>],
 }
 
+/// Adds the ruleset's path and exec rules when they are still to be added
+/// (sandbox::prepare_with's `defer_paths`), and sets `rule_inodes` from them.
+fn fill(
+    paths: Option<sandbox::landlock::Paths>,
+    session: &Session,
+    allowed: &[exec::Resolved],
+    enforcement: &mut sandbox::report::Enforcement,
+    rule_inodes: &mut Vec<Option<(u64, u64)>>,
+) -> Result<(), Failure> {
+    if let Some(paths) = paths {
+        *rule_inodes = paths.fill(&session.plan.landlock, allowed, enforcement)?;
+        crate::timing::mark("Landlock path rules added");
+    }
+    Ok(())
+}
+
 /// What the launch runs with, once decided.
 struct Ready {
     evidence: Evidence,
@@ -779,17 +868,15 @@ fn decide_in<'scope>(
                 )),
                 guarded: Vec::new(),
                 watch: None,
-                confined: false,
                 gate_rules: None,
             });
             let watch = opened.watch.take().unwrap_or_else(|| Err("the kernel's audit stream was not joined".into()));
-            let confined = opened.confined;
             // Resolved by that thread, or here: either way before the
             // go-ahead, so before the command execs anything that could
             // plant a link (the job often ends after the stage was
             // configured; until its exec the command runs only our code).
             let rules = opened.gate_rules.take().or_else(gate_rules);
-            (opened, Prep::Done(watch, rules, confined))
+            (opened, Prep::Done(watch, rules))
         }
         None => {
             gate = gate_setup.take().map(crate::gate::begin);
@@ -797,8 +884,8 @@ fn decide_in<'scope>(
             let confine = go.clone();
             let prepare = move || {
                 let watch = watch_kernel(abi, None, canary, &session.audit);
-                let confined = tell_confine(&confine, watch.is_ok());
-                (watch, gate_rules(), confined)
+                tell_confine(&confine, watch.is_ok());
+                (watch, gate_rules())
             };
             let prep = std::thread::Builder::new().name("launch-prep".into()).spawn_scoped(scope, prepare);
             (open_audit(&session.audit, &session.id), Prep::Thread(prep))
@@ -864,12 +951,10 @@ fn decide_in<'scope>(
     launch["program"] = json!(program);
     // Without the thread the canary went with it: the launch record says
     // the kernel's reports are invisible, and why.
-    let (watch, gate_rules, confined) = match prep {
-        Prep::Thread(Ok(h)) => {
-            h.join().unwrap_or_else(|_| (Err("the launch-prep thread panicked".into()), None, false))
-        }
-        Prep::Thread(Err(e)) => (Err(format!("cannot start a thread: {e}")), gate_rules(), false),
-        Prep::Done(watch, rules, confined) => (watch, rules, confined),
+    let (watch, gate_rules) = match prep {
+        Prep::Thread(Ok(h)) => h.join().unwrap_or_else(|_| (Err("the launch-prep thread panicked".into()), None)),
+        Prep::Thread(Err(e)) => (Err(format!("cannot start a thread: {e}")), gate_rules()),
+        Prep::Done(watch, rules) => (watch, rules),
     };
     launch["kernel_denials"] = match &watch {
         Ok(_) => json!("recorded"),
@@ -877,13 +962,13 @@ fn decide_in<'scope>(
     };
     // Without a byte from the thread that was to tell it (launch-prep, or
     // `run`'s), the command may confine itself now (the canary exists if
-    // it is to be opened). Ours alone from here (that thread has ended).
-    let go = go.lock().map_or(None, |mut g| g.take());
-    if let (Some(go), false) = (&go, confined) {
-        let byte = if watch.is_ok() { stage::CONFINE_WATCHED } else { stage::CONFINE };
-        // A stage that already failed has closed its end: spawn reports why.
-        let _ = nix::unistd::write(go, &[byte]);
-    }
+    // it is to be opened; the path rules are in). Ours alone from here
+    // (that thread has ended).
+    let go = go.lock().map_or(None, |mut g| {
+        g.watched.get_or_insert(watch.is_ok());
+        g.tell();
+        g.fd.take()
+    });
     evidence.launch(launch)?;
     // Written before the go-ahead, so a log that cannot take it (a full
     // disk) stops the launch before exec; made durable while the command
@@ -1006,7 +1091,7 @@ enum SyscallGate {
 /// decide's own thread, or known already.
 enum Prep<T> {
     Thread(std::io::Result<T>),
-    Done(Watch, Option<policy::ask::GatePlan>, bool),
+    Done(Watch, Option<policy::ask::GatePlan>),
 }
 
 /// What no sandbox may reach, whether or not this run has a gate: the
@@ -1091,5 +1176,53 @@ struct CgroupCleanup(Vec<PathBuf>);
 impl Drop for CgroupCleanup {
     fn drop(&mut self) {
         limits::cleanup(&self.0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsRawFd;
+
+    /// What is in the go-ahead pipe now (it does not block).
+    fn pending(rx: &std::os::fd::OwnedFd) -> Vec<u8> {
+        let mut buf = [0u8; 8];
+        match nix::unistd::read(rx.as_raw_fd(), &mut buf) {
+            Ok(n) => buf[..n].to_vec(),
+            Err(nix::errno::Errno::EAGAIN) => Vec::new(),
+            Err(e) => panic!("read: {e}"),
+        }
+    }
+
+    fn pipe() -> (std::os::fd::OwnedFd, GoAhead) {
+        let (rx, go) = go_ahead().unwrap();
+        nix::fcntl::fcntl(rx.as_raw_fd(), nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK)).unwrap();
+        (rx, go)
+    }
+
+    #[test]
+    fn the_confine_byte_waits_for_the_path_rules_and_goes_once() {
+        // Told first: the byte waits until the ruleset has its path rules.
+        let (rx, go) = pipe();
+        tell_confine(&go, true);
+        assert_eq!(pending(&rx), b"");
+        paths_added(&go);
+        assert_eq!(pending(&rx), [stage::CONFINE_WATCHED]);
+        // Neither a second word nor decide's own (GoState::tell) sends another.
+        tell_confine(&go, false);
+        assert!(go.lock().unwrap().tell());
+        assert_eq!(pending(&rx), b"");
+        // The rules first: the byte goes when told, as told.
+        let (rx, go) = pipe();
+        paths_added(&go);
+        assert_eq!(pending(&rx), b"");
+        tell_confine(&go, false);
+        assert_eq!(pending(&rx), [stage::CONFINE]);
+        // Refused before the rules were in: the stage reads the end, no byte.
+        let (rx, go) = pipe();
+        tell_confine(&go, true);
+        refuse(&go);
+        paths_added(&go);
+        assert!(matches!(nix::unistd::read(rx.as_raw_fd(), &mut [0u8; 1]), Ok(0)), "EOF expected");
     }
 }

@@ -87,6 +87,36 @@ pub fn build(
     unix_sockets: bool,
     report: &mut Enforcement,
 ) -> Result<Outcome, Failure> {
+    let (mut outcome, paths) = create(plan, abi, namespaces, unix_sockets, report)?;
+    if let Some(paths) = paths {
+        outcome.inodes = paths.fill(plan, exec, report)?;
+    }
+    Ok(outcome)
+}
+
+/// The path rules of a ruleset made by [`create`], still to be added
+/// ([`fill`](Self::fill)): `run` sends the stage the ruleset first, and
+/// adds them while the stage forks the command, which restricts itself
+/// only once they are in (Landlock takes the rules a ruleset holds when
+/// a process restricts itself; one short of rules refuses more, never
+/// less).
+pub struct Paths {
+    /// Another fd of the ruleset the outcome holds.
+    ruleset: OwnedFd,
+    fs_all: BitFlags<AccessFs>,
+    fs_file: BitFlags<AccessFs>,
+}
+
+/// As [`build`], without the plan's path rules and the commands' exec
+/// rules: those are added by [`Paths::fill`] (the outcome's `inodes` are
+/// left empty). No paths to add without Landlock.
+pub fn create(
+    plan: &LandlockPlan,
+    abi: i32,
+    namespaces: bool,
+    unix_sockets: bool,
+    report: &mut Enforcement,
+) -> Result<(Outcome, Option<Paths>), Failure> {
     report.landlock_abi = abi;
     let mut floor = Vec::new();
     if abi < 1 {
@@ -96,7 +126,7 @@ pub fn build(
             "Landlock (ABI >= 1); this kernel has none (not built, or not in lsm= at boot)",
             "no filesystem confinement at all; seccomp, capabilities and no_new_privs still apply",
         );
-        return Ok(Outcome { ruleset: None, inodes: Vec::new(), proc_access: None, floor });
+        return Ok((Outcome { ruleset: None, inodes: Vec::new(), proc_access: None, floor }, None));
     }
     let v = abi_of(abi);
     let fs_all = AccessFs::from_all(v);
@@ -198,86 +228,112 @@ pub fn build(
             created = created.add_rule(NetPort::new(p.value, AccessNet::BindTcp)).map_err(ll_err)?;
         }
     }
-    // Path rules go in directly: the crate's add_rule stats each file again
-    // to check what we already know (we stat it for its inode), a syscall
-    // per rule on every launch. The rights are masked to what the ruleset
-    // handles, and to files' rights for a file, as the crate would.
     let ruleset: Option<OwnedFd> = created.into();
     let ruleset = ruleset.ok_or_else(|| ll_err("the kernel made no ruleset"))?;
-    let add = |parent: BorrowedFd, access: BitFlags<AccessFs>| {
-        crate::sys::fs::add_path_beneath(ruleset.as_raw_fd(), parent.as_raw_fd(), access.bits())
-            .map_err(std::io::Error::from_raw_os_error)
+    // The private /proc init mounts is a directory, as the host's is.
+    let proc_access = plan.paths.iter().find(|r| r.path == "/proc").map(|r| (rights(r) & fs_all).bits());
+    let paths = Paths {
+        ruleset: ruleset.try_clone().map_err(|e| ll_err(format!("cannot duplicate the ruleset: {e}")))?,
+        fs_all,
+        fs_file,
     };
-    let mut proc_access = None;
-    let mut inodes = Vec::with_capacity(plan.paths.len());
-    // A path beneath a writable one may be a symlink the sandbox planted in an
-    // earlier run: resolve those without following symlinks.
-    let writable: Vec<&str> = plan.paths.iter().filter(|r| r.write).map(|r| r.path.as_str()).collect();
-    for rule in &plan.paths {
-        let beneath_writable = writable.iter().any(|w| {
-            rule.path.len() > w.len() && rule.path.starts_with(w) && rule.path.as_bytes()[w.len()] == b'/' || *w == "/"
-        });
-        let fd = match crate::sys::fs::open_path(&rule.path, !beneath_writable) {
-            Ok(fd) => fd,
-            Err(nix::errno::Errno::ELOOP) if beneath_writable => {
-                return Err(Failure::setup(format!(
-                    "{}: path {} goes through a symlink inside a writable tree; refusing it (the sandbox could have planted it): name the real path",
-                    rule.at, rule.path
-                )));
-            }
-            Err(e) => {
-                // ENOENT: nothing there (or a symlink to nothing), without
-                // a second lookup: optional paths missing is the usual
-                // case, a dozen times a launch under strict.
-                let missing = e == nix::errno::Errno::ENOENT || Path::new(&rule.path).symlink_metadata().is_err();
-                if rule.optional {
-                    inodes.push(None);
-                    report.skipped.push(format!(
-                        "path {} ({}): {}",
-                        rule.path,
-                        rule.at,
-                        if missing { "does not exist" } else { "cannot be opened" }
-                    ));
-                    continue;
-                }
-                return Err(Failure::setup(if missing {
-                    format!(
-                        "{}: path {} does not exist (prefix it with `?` in a profile to make it optional)",
-                        rule.at, rule.path
-                    )
-                } else {
-                    format!("{}: path {} cannot be opened: {e}", rule.at, rule.path)
-                }));
-            }
+    Ok((Outcome { ruleset: Some(ruleset), inodes: Vec::new(), proc_access, floor }, Some(paths)))
+}
+
+/// The rights a path rule grants, before they are masked to what the
+/// ruleset handles (and to a file's rights for a file).
+fn rights(rule: &policy::plan::PathRule) -> BitFlags<AccessFs> {
+    let mut access = BitFlags::<AccessFs>::empty();
+    if rule.read {
+        access |= read_rights();
+    }
+    if rule.write {
+        access |= write_rights();
+    }
+    if rule.exec {
+        access |= AccessFs::Execute;
+    }
+    access
+}
+
+impl Paths {
+    /// Adds `plan`'s path rules and the exec rules of `exec`; returns the
+    /// (device, inode) of what each path rule was made from, in plan
+    /// order (None for an optional rule skipped).
+    pub fn fill(
+        self,
+        plan: &LandlockPlan,
+        exec: &[Resolved],
+        report: &mut Enforcement,
+    ) -> Result<Vec<Option<(u64, u64)>>, Failure> {
+        let Paths { ruleset, fs_all, fs_file } = self;
+        // Path rules go in directly: the crate's add_rule stats each file
+        // again to check what we already know (we stat it for its inode),
+        // a syscall per rule on every launch. The rights are masked to
+        // what the ruleset handles, and to files' rights for a file, as
+        // the crate would.
+        let add = |parent: BorrowedFd, access: BitFlags<AccessFs>| {
+            crate::sys::fs::add_path_beneath(ruleset.as_raw_fd(), parent.as_raw_fd(), access.bits())
+                .map_err(std::io::Error::from_raw_os_error)
         };
-        let mut access = BitFlags::<AccessFs>::empty();
-        if rule.read {
-            access |= read_rights();
+        let mut inodes = Vec::with_capacity(plan.paths.len());
+        // A path beneath a writable one may be a symlink the sandbox planted in an
+        // earlier run: resolve those without following symlinks.
+        let writable: Vec<&str> = plan.paths.iter().filter(|r| r.write).map(|r| r.path.as_str()).collect();
+        for rule in &plan.paths {
+            let beneath_writable = writable.iter().any(|w| {
+                rule.path.len() > w.len() && rule.path.starts_with(w) && rule.path.as_bytes()[w.len()] == b'/'
+                    || *w == "/"
+            });
+            let fd = match crate::sys::fs::open_path(&rule.path, !beneath_writable) {
+                Ok(fd) => fd,
+                Err(nix::errno::Errno::ELOOP) if beneath_writable => {
+                    return Err(Failure::setup(format!(
+                        "{}: path {} goes through a symlink inside a writable tree; refusing it (the sandbox could have planted it): name the real path",
+                        rule.at, rule.path
+                    )));
+                }
+                Err(e) => {
+                    // ENOENT: nothing there (or a symlink to nothing), without
+                    // a second lookup: optional paths missing is the usual
+                    // case, a dozen times a launch under strict.
+                    let missing = e == nix::errno::Errno::ENOENT || Path::new(&rule.path).symlink_metadata().is_err();
+                    if rule.optional {
+                        inodes.push(None);
+                        report.skipped.push(format!(
+                            "path {} ({}): {}",
+                            rule.path,
+                            rule.at,
+                            if missing { "does not exist" } else { "cannot be opened" }
+                        ));
+                        continue;
+                    }
+                    return Err(Failure::setup(if missing {
+                        format!(
+                            "{}: path {} does not exist (prefix it with `?` in a profile to make it optional)",
+                            rule.at, rule.path
+                        )
+                    } else {
+                        format!("{}: path {} cannot be opened: {e}", rule.at, rule.path)
+                    }));
+                }
+            };
+            // What was opened, not what the path names a moment later.
+            let (is_dir, inode) = kind_of(&fd);
+            inodes.push(inode);
+            let access = rights(rule) & if is_dir { fs_all } else { fs_file };
+            add(fd.as_fd(), access)
+                .map_err(|e| Failure::setup(format!("{}: Landlock rule for {}: {e}", rule.at, rule.path)))?;
         }
-        if rule.write {
-            access |= write_rights();
+        for cmd in exec {
+            let fd = PathFd::new(&cmd.path)
+                .map_err(|e| Failure::setup(format!("{}: {}: {e}", cmd.at, cmd.path.display())))?;
+            let access = (AccessFs::Execute | AccessFs::ReadFile | AccessFs::ReadDir)
+                & if is_dir(&fd) { fs_all } else { fs_file };
+            add(fd.as_fd(), access).map_err(ll_err)?;
         }
-        if rule.exec {
-            access |= AccessFs::Execute;
-        }
-        // What was opened, not what the path names a moment later.
-        let (is_dir, inode) = kind_of(&fd);
-        inodes.push(inode);
-        access &= if is_dir { fs_all } else { fs_file };
-        if rule.path == "/proc" {
-            proc_access = Some(access.bits());
-        }
-        add(fd.as_fd(), access)
-            .map_err(|e| Failure::setup(format!("{}: Landlock rule for {}: {e}", rule.at, rule.path)))?;
+        Ok(inodes)
     }
-    for cmd in exec {
-        let fd =
-            PathFd::new(&cmd.path).map_err(|e| Failure::setup(format!("{}: {}: {e}", cmd.at, cmd.path.display())))?;
-        let access =
-            (AccessFs::Execute | AccessFs::ReadFile | AccessFs::ReadDir) & if is_dir(&fd) { fs_all } else { fs_file };
-        add(fd.as_fd(), access).map_err(ll_err)?;
-    }
-    Ok(Outcome { ruleset: Some(ruleset), inodes, proc_access, floor })
 }
 
 /// Whether the opened file is a directory (fstat on the descriptor: one

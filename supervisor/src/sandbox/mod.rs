@@ -32,8 +32,13 @@ pub struct Prepared {
     pub cgroups: Vec<PathBuf>,
     /// For the syscall gate (`ask`/`deny` rules), when the plan has any.
     pub gate: Option<crate::gate::Setup>,
-    /// What each path rule's Landlock rule was made from (landlock::Outcome).
+    /// What each path rule's Landlock rule was made from (landlock::Outcome);
+    /// empty while `paths` waits.
     pub rule_inodes: Vec<Option<(u64, u64)>>,
+    /// The ruleset's path and exec rules, when they are still to be added
+    /// ([`prepare_with`]'s `defer_paths`; then `rule_inodes` comes from
+    /// [`landlock::Paths::fill`]).
+    pub paths: Option<landlock::Paths>,
 }
 
 /// Checks and builds everything for `plan` on this kernel.
@@ -45,7 +50,7 @@ pub fn prepare(
     session: &str,
     dry: bool,
 ) -> Result<Prepared, Failure> {
-    prepare_with(plan, features, path_var, session, dry, || None)
+    prepare_with(plan, features, path_var, session, dry, false, || None)
 }
 
 /// The pids and memory cgroup controllers, as [`limits::find_controllers`]
@@ -59,13 +64,20 @@ pub struct Controllers {
 /// As [`prepare`], with the cgroup controllers from `controllers` when it
 /// has them (`run` looks them up on another thread meanwhile: asked for
 /// only once the Landlock ruleset and the seccomp program are built), and
-/// otherwise from `features`.
+/// otherwise from `features`. With `defer_paths`, the Landlock ruleset
+/// holds none of the plan's path rules yet: they are left for the caller
+/// to add ([`Prepared::paths`]) once the stage has its configuration, and
+/// before the command confines itself (about a quarter of a millisecond
+/// here, an O_PATH open and a rule per path, taken off the way to the
+/// configuration: the stage forks and readies the command meanwhile).
+#[allow(clippy::too_many_arguments)]
 pub fn prepare_with(
     plan: &Plan,
     features: &Features,
     path_var: &OsString,
     session: &str,
     dry: bool,
+    defer_paths: bool,
     controllers: impl FnOnce() -> Option<Controllers>,
 ) -> Result<Prepared, Failure> {
     let mut enforcement = Enforcement::default();
@@ -100,14 +112,20 @@ pub fn prepare_with(
     }
 
     let unix = plan.seccomp.floor.sockets.unix;
-    let ll = landlock::build(&plan.landlock, &exec, features.landlock_abi_used, namespaces, unix, &mut enforcement)?;
+    let abi = features.landlock_abi_used;
+    let (mut ll, mut paths) = landlock::create(&plan.landlock, abi, namespaces, unix, &mut enforcement)?;
+    if !defer_paths {
+        if let Some(p) = paths.take() {
+            ll.inodes = p.fill(&plan.landlock, &exec, &mut enforcement)?;
+        }
+    }
 
     if plan.seccomp.floor.chmod && features.euid == 0 {
         return Err(Failure::setup(
             "`[filesystem] chmod = true` is refused when portcullis runs as root: the sandbox would own, and could chmod, every root-owned file on the host",
         ));
     }
-    crate::timing::mark("Landlock ruleset built");
+    crate::timing::mark(if defer_paths { "Landlock ruleset created" } else { "Landlock ruleset built" });
     let mut rules = plan.seccomp.rules.clone();
     rules.extend(ll.floor);
     if !namespaces {
@@ -207,7 +225,7 @@ pub fn prepare_with(
         notify,
     };
     made.0.clear();
-    Ok(Prepared { enforcement, exec, seccomp_rules: rules, stage, cgroups: limits.cgroups, gate, rule_inodes })
+    Ok(Prepared { enforcement, exec, seccomp_rules: rules, stage, cgroups: limits.cgroups, gate, rule_inodes, paths })
 }
 
 /// The cgroups of a preparation that failed after making them.

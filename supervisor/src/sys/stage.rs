@@ -137,7 +137,12 @@ pub struct Stage {
     /// Fail when the bounding set cannot be emptied (false only for an
     /// unprivileged run without a user namespace, where it cannot be).
     pub require_bounding_drop: bool,
-    /// A created Landlock ruleset, or None when Landlock is unavailable (best effort).
+    /// A created Landlock ruleset, or None when Landlock is unavailable
+    /// (best effort). Its path rules may still be on their way when the
+    /// stage receives it (`run` adds them while the stage forks the
+    /// command): the supervisor writes the confine byte ([`Stage::go`])
+    /// only once they are in, and Landlock takes the rules a ruleset holds
+    /// when `landlock_restrict_self` is called.
     pub ruleset: Option<OwnedFd>,
     /// Landlock rights for the private /proc (the profile's /proc rule),
     /// added by the command for the /proc init mounted.
