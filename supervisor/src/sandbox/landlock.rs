@@ -76,24 +76,6 @@ pub fn gate_net(plan: &LandlockPlan, abi: i32) -> Result<Option<OwnedFd>, Failur
     Ok(created.into())
 }
 
-/// Builds the ruleset for `plan` on a kernel with Landlock ABI `abi`.
-/// `namespaces`: the sandbox gets its own PID namespace (signals by pid stay inside).
-/// `unix_sockets`: the profile allows socket(AF_UNIX).
-pub fn build(
-    plan: &LandlockPlan,
-    exec: &[Resolved],
-    abi: i32,
-    namespaces: bool,
-    unix_sockets: bool,
-    report: &mut Enforcement,
-) -> Result<Outcome, Failure> {
-    let (mut outcome, paths) = create(plan, abi, namespaces, unix_sockets, report)?;
-    if let Some(paths) = paths {
-        outcome.inodes = paths.fill(plan, exec, report)?;
-    }
-    Ok(outcome)
-}
-
 /// The path rules of a ruleset made by [`create`], still to be added
 /// ([`fill`](Self::fill)): `run` sends the stage the ruleset first, and
 /// adds them while the stage forks the command, which restricts itself
@@ -107,9 +89,12 @@ pub struct Paths {
     fs_file: BitFlags<AccessFs>,
 }
 
-/// As [`build`], without the plan's path rules and the commands' exec
-/// rules: those are added by [`Paths::fill`] (the outcome's `inodes` are
-/// left empty). No paths to add without Landlock.
+/// Builds the ruleset for `plan` on a kernel with Landlock ABI `abi`,
+/// without the plan's path rules and the commands' exec rules: those are
+/// added by [`Paths::fill`] (the outcome's `inodes` are left empty). No
+/// paths to add without Landlock. `namespaces`: the sandbox gets its own
+/// PID namespace (signals by pid stay inside). `unix_sockets`: the
+/// profile allows socket(AF_UNIX).
 pub fn create(
     plan: &LandlockPlan,
     abi: i32,
@@ -230,7 +215,10 @@ pub fn create(
     }
     let ruleset: Option<OwnedFd> = created.into();
     let ruleset = ruleset.ok_or_else(|| ll_err("the kernel made no ruleset"))?;
-    // The private /proc init mounts is a directory, as the host's is.
+    // The private /proc init mounts is a directory, as the host's is. The
+    // profile's rule grants it whether or not the host's /proc opens (an
+    // optional `?/proc` on a host without one still grants the sandbox's
+    // own, which init mounts in any case).
     let proc_access = plan.paths.iter().find(|r| r.path == "/proc").map(|r| (rights(r) & fs_all).bits());
     let paths = Paths {
         ruleset: ruleset.try_clone().map_err(|e| ll_err(format!("cannot duplicate the ruleset: {e}")))?,
