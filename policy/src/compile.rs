@@ -244,10 +244,16 @@ pub fn compile(profile: &Profile, vars: &Vars) -> Result<Plan, Error> {
 /// `[ask]`/`[deny]`: paths expanded and normalised; an ask on a syscall the
 /// floor denies outright is an error (ask never loosens the floor).
 fn compile_gate(profile: &Profile, vars: &Vars) -> Result<crate::ask::GatePlan, Error> {
-    let floor = seccomp::baseline(FloorPolicy {
-        sockets: SocketPolicy { tcp: true, tcp_bind: true, udp: true, unix: true },
-        chmod: profile.chmod,
-    });
+    // Only for a profile that asks about syscalls by name.
+    let floor = std::cell::OnceCell::new();
+    let floor = || {
+        floor.get_or_init(|| {
+            seccomp::baseline(FloorPolicy {
+                sockets: SocketPolicy { tcp: true, tcp_bind: true, udp: true, unix: true },
+                chmod: profile.chmod,
+            })
+        })
+    };
     let path = |text: &str, at: &Origin| -> Result<String, Error> {
         let (raw, _) = optional(text);
         normalize(&vars.expand(raw, at)?, at)
@@ -272,7 +278,7 @@ fn compile_gate(profile: &Profile, vars: &Vars) -> Result<crate::ask::GatePlan, 
                 "ask.syscalls: `{name}` cannot be asked by name: the gate decides it by what it names; ask with [ask] {rule} rules instead"
             ));
         }
-        match floor.iter().find(|r| r.nr == nr && r.when.is_empty()) {
+        match floor().iter().find(|r| r.nr == nr && r.when.is_empty()) {
             Some(r) => Err(format!("ask.syscalls: `{name}` is always denied ({}); ask cannot loosen that", r.why)),
             None => Ok(nr),
         }

@@ -156,6 +156,18 @@ pub struct FloorPolicy {
     pub chmod: bool,
 }
 
+/// The numbers of [`ALWAYS`]' syscalls, looked up when compiled (a launch
+/// compiles the baseline; the lookups were a third of its time).
+const ALWAYS_NR: [i64; ALWAYS.len()] = {
+    let mut out = [0; ALWAYS.len()];
+    let mut i = 0;
+    while i < ALWAYS.len() {
+        out[i] = syscalls::number_const(ALWAYS[i].0);
+        i += 1;
+    }
+    out
+};
+
 fn nr(name: &str) -> i64 {
     syscalls::number(name).unwrap_or_else(|| panic!("baseline names unknown syscall {name}"))
 }
@@ -171,7 +183,17 @@ fn cmp(arg: u8, width: Width, op: Op, value: u64) -> ArgCmp {
 /// The baseline rules for a sandbox with this socket policy.
 pub fn baseline(floor: FloorPolicy) -> Vec<SyscallRule> {
     let sockets = floor.sockets;
-    let mut rules: Vec<SyscallRule> = ALWAYS.iter().map(|(n, why)| rule(n, vec![], Verdict::Eperm, why)).collect();
+    let mut rules: Vec<SyscallRule> = ALWAYS
+        .iter()
+        .zip(ALWAYS_NR)
+        .map(|(&(name, why), nr)| SyscallRule {
+            syscall: name.to_string(),
+            nr,
+            when: vec![],
+            verdict: Verdict::Eperm,
+            why: why.to_string(),
+        })
+        .collect();
 
     for &(name, arg) in CHMODS {
         if floor.chmod {

@@ -394,6 +394,20 @@ pub fn number(name: &str) -> Option<i64> {
 /// Indices into [`X86_64`] in the order of their names.
 const BY_NAME: [u16; X86_64.len()] = sorted_by_name();
 
+/// [`number`] when compiled, for constant tables of names (a linear scan,
+/// at compile time); a name not in the table fails the build.
+pub const fn number_const(name: &str) -> i64 {
+    let mut i = 0;
+    while i < X86_64.len() {
+        let (n, nr) = X86_64[i];
+        if !name_before(n, name) && !name_before(name, n) {
+            return nr;
+        }
+        i += 1;
+    }
+    panic!("a syscall name not in the x86-64 table")
+}
+
 /// `a` sorts before `b` (byte order, as `str`'s `Ord`).
 const fn name_before(a: &str, b: &str) -> bool {
     let (a, b) = (a.as_bytes(), b.as_bytes());
@@ -462,6 +476,7 @@ mod tests {
     fn every_name_finds_its_number_and_nothing_else_is_found() {
         for (name, nr) in X86_64 {
             assert_eq!(number(name), Some(*nr), "{name}");
+            assert_eq!(number_const(name), *nr, "{name}");
         }
         // Strictly sorted: no name twice, and the search sees the table's order.
         assert!(BY_NAME.windows(2).all(|w| X86_64[w[0] as usize].0 < X86_64[w[1] as usize].0));
