@@ -416,8 +416,8 @@ impl Drop for AheadCgroups {
 /// What `run` set up before the profile was loaded: the blocked signals,
 /// the launch's signal watcher, the audit log that watcher opens first
 /// (after joining the kernel's audit stream and saying whether the
-/// command's denials are read: [`tell_confine`]), the canary's path, the stage with its report pipe, and
-/// the go-ahead pipe.
+/// command's denials are read: [`tell_confine`]), the canary's path, the
+/// stage with its report pipe, and the go-ahead pipe.
 struct Early {
     set: nix::sys::signal::SigSet,
     watch: wait::LaunchWatch,
@@ -569,7 +569,8 @@ fn launch_with(
     // This thread cloned the stage, and stays for the whole run:
     // PR_SET_PDEATHSIG in it fires when the thread that cloned it ends.
     // While the command is forked and confines itself (on the other CPU),
-    // this thread decides the launch, then waits for the exec.
+    // this thread adds the path rules, decides the launch, then waits for
+    // the exec.
     let started = begun.configure(stage, exec);
     // The ruleset's path and exec rules go into the ruleset the stage
     // holds while it forks and readies the command, which restricts
