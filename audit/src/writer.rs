@@ -570,6 +570,23 @@ impl AuditLog {
         Ok(seq)
     }
 
+    /// Takes the lock now, as the first appended record would (and learns
+    /// what other writers added meanwhile), and keeps it until the next
+    /// [`commit`](Self::commit) or [`checkpoint`](Self::checkpoint): other
+    /// writers and readers wait from here for the records to come.
+    pub fn hold(&mut self) -> Result<(), AuditError> {
+        self.usable()?;
+        if !self.locked {
+            self.lock_now()?;
+            if let Err(e) = self.catch_up() {
+                self.failed = Some(e.to_string());
+                self.unlock();
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
     /// Appends and commits: returns only once the record (and everything
     /// buffered before it) is written and fsynced. Use it for every decision
     /// a human answered, before acting on the answer.

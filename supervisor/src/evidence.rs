@@ -445,6 +445,13 @@ impl Evidence {
         self.write_ahead()
     }
 
+    /// Takes the log's lock and keeps it for the records to come (see
+    /// `audit::AuditLog::hold`): whoever reads or writes the log next waits
+    /// for them.
+    pub fn hold(&mut self) -> Result<(), Failure> {
+        self.log.hold().map_err(|e| Failure::setup(format!("audit log write failed: {e}")))
+    }
+
     /// Commits and writes a checkpoint (a journal's last act).
     pub fn checkpoint(&mut self) -> Result<(), Failure> {
         self.close()

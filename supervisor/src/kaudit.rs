@@ -56,8 +56,11 @@ pub const LOG_NEW_EXEC_ON: u32 = 1 << 1;
 const RECORDS_PER_TARGET: u32 = 3;
 /// Distinct targets remembered for counting; beyond, one shared counter.
 const MAX_TARGETS: usize = 4096;
-/// How long `finish` waits for the marker to come back through the kernel.
-const SYNC_WAIT: Duration = Duration::from_secs(2);
+/// How long the reader waits for the marker to come back through the
+/// kernel, from when it was asked to stop. Under the 2 s a reader of the
+/// log waits for its lock: at a run's end the finisher waits for it with
+/// the log locked (Handoff), after the caller has the status.
+const SYNC_WAIT: Duration = Duration::from_millis(1500);
 const MARKER: &str = "portcullis-sync";
 
 /// A socket joined to the kernel's audit stream, from [`probe`].
@@ -542,12 +545,9 @@ pub struct Watcher {
     canary: PathBuf,
     /// How the reader is to stop, and its wake-up.
     stopper: Stopper,
-    /// Returns why denials went unrecorded, if they did.
-    thread: Option<JoinHandle<Option<String>>>,
-    /// The same answer, sent by the reader before its thread ends: the
-    /// run takes it without waiting for the thread's exit (and the wake-up
-    /// of a join), which took a tenth of a millisecond at every run's end.
-    answer: std::sync::mpsc::Receiver<Option<String>>,
+    /// Returns why denials went unrecorded, if they did (or the reader's
+    /// state, handed over).
+    thread: Option<JoinHandle<Ended>>,
 }
 
 /// [`Watcher::ask_to_stop`] from another thread: the gate's server asks as
@@ -555,7 +555,7 @@ pub struct Watcher {
 /// sandbox's init to exit (see gate::Armed::start).
 #[derive(Clone)]
 pub struct Stopper {
-    /// RUNNING, then ASKED or DISCARD.
+    /// RUNNING, then ASKED, HAND_OFF or DISCARD.
     stop: Arc<AtomicU8>,
     /// A byte written here wakes the reader at once (its poll times out
     /// after 50 ms otherwise: a refused launch took that much longer).
@@ -587,7 +587,7 @@ impl Stopper {
         if self.end.asked.swap(true, Ordering::AcqRel) {
             return;
         }
-        // The marker first: see read_loop.
+        // The marker first: see Drain::run.
         let at_marker = send_user_message(&self.end.marker);
         let lost = StatusQuery::send();
         if let Ok(mut sent) = self.end.sent.lock() {
@@ -614,7 +614,7 @@ impl Watcher {
         let tally = Tally { kernel_lost: lost, ..Tally::default() };
         let attributor = Attributor { canary: canary_str, own_pid: std::process::id().to_string(), tally };
         let s = stop.clone();
-        let sink = Sink { paths: paths.clone(), session: session.to_string(), ev: None, failed: None };
+        let sink = Sink { paths: paths.clone(), session: session.to_string(), ev: None, failed: None, held: false };
         let (woken, wake) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK)
             .map_err(|e| format!("cannot make a pipe: {e}"))?;
         let end = Arc::new(EndAsked {
@@ -622,15 +622,13 @@ impl Watcher {
             asked: std::sync::atomic::AtomicBool::new(false),
             sent: std::sync::Mutex::new(None),
         });
-        let (answer_tx, answer) = std::sync::mpsc::sync_channel(1);
-        let asked = end.clone();
+        let drain = Drain::new(reader, woken, attributor, sink, end.clone());
         let thread = std::thread::Builder::new()
             .name("kernel-audit".into())
             .spawn(move || {
                 crate::sys::wait::adopt_process_cpus();
-                let lost = read_loop(reader, woken, attributor, sink, s, &asked);
-                let _ = answer_tx.send(lost.clone());
-                lost
+                crate::sys::background_thread();
+                drain.read(&s)
             })
             .map_err(|e| format!("cannot start a thread: {e}"));
         // On an error the canary removes its file; from here on the watcher does.
@@ -640,7 +638,6 @@ impl Watcher {
             canary: std::mem::take(&mut canary.path),
             stopper: Stopper { stop, wake: Arc::new(wake), end },
             thread: Some(thread),
-            answer,
         })
     }
 
@@ -648,42 +645,10 @@ impl Watcher {
         &self.canary
     }
 
-    /// After the sandbox is gone: waits until every report the kernel queued
-    /// has been read (or SYNC_WAIT), writes the summary, releases the log.
-    /// Returns why some denials could not be recorded, if that happened (for
-    /// the run's exit record).
-    ///
-    /// The reader's thread may still be ending: the [`ReaderEnd`] returned
-    /// beside the answer joins it when dropped (before the run's last
-    /// steps, which must not run beside another thread of ours).
-    pub fn finish(mut self) -> (Option<String>, ReaderEnd) {
-        self.ask_to_stop();
-        // The answer is a few tenths of a millisecond away (the kernel's
-        // marker and its answer about lost reports): looked for without
-        // sleeping for a while, then waited for.
-        let mut spin = crate::sys::Spin::rounds(crate::sys::Spin::END);
-        let answer = loop {
-            match self.answer.try_recv() {
-                Ok(lost) => break Some(lost),
-                Err(std::sync::mpsc::TryRecvError::Empty) if spin.again() => {}
-                Err(std::sync::mpsc::TryRecvError::Empty) => break self.answer.recv().ok(),
-                Err(std::sync::mpsc::TryRecvError::Disconnected) => break None,
-            }
-        };
-        match answer {
-            Some(lost) => {
-                let _ = std::fs::remove_file(&self.canary);
-                (lost, ReaderEnd(self.thread.take()))
-            }
-            // Ended without an answer: it panicked (join says so).
-            None => (self.join(), ReaderEnd(None)),
-        }
-    }
-
-    /// The first half of [`finish`](Self::finish), which a run sends as soon
-    /// as nothing can cause a report of this sandbox any more (the sandbox
-    /// and the gate's acting thread are gone), so that the kernel delivers
-    /// the marker while the run writes its other records.
+    /// The first half of [`hand_off`](Self::hand_off), which a run sends as
+    /// soon as nothing can cause a report of this sandbox any more (the
+    /// sandbox and the gate's acting thread are gone), so that the kernel
+    /// delivers the marker while the run does its last steps.
     pub fn ask_to_stop(&mut self) {
         self.stopper.ask()
     }
@@ -694,22 +659,88 @@ impl Watcher {
     }
 
     fn join(&mut self) -> Option<String> {
-        let lost = self
-            .thread
-            .take()
-            .and_then(|t| t.join().unwrap_or_else(|_| Some("the kernel-audit reader panicked".into())));
+        let lost = self.thread.take().and_then(|t| match t.join() {
+            Ok(Ended::Done(lost)) => lost,
+            // Only hand_off asks for that, and it joins the thread itself.
+            Ok(Ended::Handed(_)) => None,
+            Err(_) => Some("the kernel-audit reader panicked".into()),
+        });
         let _ = std::fs::remove_file(&self.canary);
         lost
     }
+
+    /// Stops the reader's thread at once, between two of its wake-ups, and
+    /// takes over what it has not read yet: the kernel's reports that are
+    /// still on their way (the marker, the `lost` answer) are read by
+    /// [`Handoff::finish_into`], which a run calls from its finisher, once
+    /// the caller has the command's status. Asks the reader to stop first
+    /// (as [`ask_to_stop`](Self::ask_to_stop)), if nobody has. Returns
+    /// when the thread has ended.
+    pub fn hand_off(mut self) -> Handoff {
+        self.ask_to_stop();
+        // From ASKED (or RUNNING), never from DISCARD.
+        let s = &self.stopper.stop;
+        if s.compare_exchange(ASKED, HAND_OFF, Ordering::AcqRel, Ordering::Acquire).is_ok()
+            || s.compare_exchange(RUNNING, HAND_OFF, Ordering::AcqRel, Ordering::Acquire).is_ok()
+        {
+            let _ = nix::unistd::write(self.stopper.wake.as_fd(), &[HAND_OFF]);
+        }
+        let ended = match self.thread.take().map(JoinHandle::join) {
+            Some(Ok(ended)) => ended,
+            Some(Err(_)) => Ended::Done(Some("the kernel-audit reader panicked".into())),
+            None => Ended::Done(None),
+        };
+        Handoff { ended: Some(ended), canary: std::mem::take(&mut self.canary) }
+    }
 }
 
-/// The kernel-audit reader's thread once it has answered: joined on drop.
-pub struct ReaderEnd(Option<JoinHandle<Option<String>>>);
+/// The kernel-audit reader's state, taken from its thread by
+/// [`Watcher::hand_off`]; its end is read by [`finish_into`](Self::finish_into).
+/// Dropped unfinished, it records nothing more.
+pub struct Handoff {
+    ended: Option<Ended>,
+    canary: PathBuf,
+}
 
-impl Drop for ReaderEnd {
+impl Drop for Handoff {
+    /// Unfinished (the run ended before its finisher): nothing more is
+    /// recorded, and the canary goes.
     fn drop(&mut self) {
-        if let Some(t) = self.0.take() {
-            let _ = t.join();
+        if !self.canary.as_os_str().is_empty() {
+            let _ = std::fs::remove_file(&self.canary);
+        }
+    }
+}
+
+impl Handoff {
+    /// Reads the kernel's reports until every one queued before the stop
+    /// was asked has been read (the marker, as [`Watcher::finish`] waits
+    /// for), and records what they say through `ev`, the run's own handle,
+    /// whose lock the caller holds ([`Evidence::hold`]): the records are
+    /// written ahead under that lock, which is never released in between,
+    /// so that the run's exit record follows them before anyone else
+    /// writes or reads. Returns why denials went unrecorded, if they did,
+    /// and `ev`.
+    pub fn finish_into(mut self, ev: Evidence) -> (Option<String>, Evidence) {
+        let _ = std::fs::remove_file(std::mem::take(&mut self.canary));
+        match self.ended.take() {
+            Some(Ended::Handed(mut d)) => {
+                // The thread's own handle holds no lock between its
+                // wake-ups and has nothing buffered: released as the thread
+                // would have.
+                let own = d.sink.ev.replace(ev);
+                d.sink.held = true;
+                if let Some(Err(f)) = own.map(Evidence::release) {
+                    d.sink.fail(&f.message);
+                }
+                let _ = d.run(&AtomicU8::new(ASKED));
+                d.wind_up();
+                d.sink.commit();
+                let ev = d.sink.ev.take().expect("the sink holds the run's handle");
+                (d.sink.failed.take(), ev)
+            }
+            Some(Ended::Done(lost)) => (lost, ev),
+            None => (None, ev),
         }
     }
 }
@@ -766,6 +797,8 @@ impl Events {
 const RUNNING: u8 = 0;
 /// To stop once every report queued before now has been read.
 const ASKED: u8 = 1;
+/// To stop between two wake-ups and hand the rest over (Watcher::hand_off).
+const HAND_OFF: u8 = 2;
 /// To stop at once, recording nothing more.
 const DISCARD: u8 = 3;
 /// Reports read per wake-up before the stop flag is looked at again.
@@ -780,6 +813,9 @@ struct Sink {
     ev: Option<Evidence>,
     /// Why records stopped being written (the first failure).
     failed: Option<String>,
+    /// `ev` is the run's own handle, whose lock is held for the run's
+    /// last records: written ahead, never unlocked (see Handoff).
+    held: bool,
 }
 
 impl Sink {
@@ -799,7 +835,12 @@ impl Sink {
     }
 
     fn commit(&mut self) {
-        if let Some(Err(f)) = self.ev.as_mut().filter(|_| self.failed.is_none()).map(Evidence::commit) {
+        let held = self.held;
+        let written = self.ev.as_mut().filter(|_| self.failed.is_none()).map(|ev| match held {
+            true => ev.write_ahead(),
+            false => ev.commit(),
+        });
+        if let Some(Err(f)) = written {
             self.fail(&f.message);
         }
     }
@@ -825,141 +866,210 @@ impl Sink {
     }
 }
 
-/// Returns why denials went unrecorded, if they did.
-fn read_loop(
+/// The reader's state between wake-ups. The reader's thread runs it; at a
+/// run's end it may hand it over (HAND_OFF) to the run's finisher, which
+/// reads the rest of the kernel's reports after the caller has the status
+/// (see [`Handoff`]).
+struct Drain {
     fd: OwnedFd,
     woken: OwnedFd,
-    mut at: Attributor,
-    mut sink: Sink,
-    stop: Arc<AtomicU8>,
-    asked: &EndAsked,
-) -> Option<String> {
-    let marker = &asked.marker;
-    crate::sys::background_thread();
-    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-    let mut buf = vec![0u8; 16 << 10];
-    // Reports by event serial: one event's reports arrive apart and
-    // interleaved with other events' (its SYSCALL report comes at syscall
-    // exit). An event is complete at its EOE, or once it is EVENT_AGE old.
-    let mut events: Events = Events::default();
-    let mut stop_since: Option<Instant> = None;
-    let mut last_read = Instant::now();
-    let mut synced = false;
-    // Once asked to stop: the kernel's `lost` counter asked for, and
-    // whether the marker went out.
-    let mut lost_after: Option<StatusQuery> = None;
-    let mut at_marker = false;
-    // Once asked to stop, the run waits for the marker: looked for
-    // without sleeping, for a while.
-    let mut spin = Spin::rounds(Spin::END);
-    loop {
-        match stop.load(Ordering::Acquire) {
-            RUNNING => {}
-            DISCARD => return None,
-            _ => {
-                let since = *stop_since.get_or_insert_with(|| {
-                    // The sandbox is gone, so every report of its has been
-                    // queued or dropped: the kernel's `lost` counter, taken
-                    // from now on, counts each one it dropped. The marker
-                    // goes first: the kernel's audit thread delivers it
-                    // while the status question waits for the thread the
-                    // kernel starts to answer it (the snapshot is taken when
-                    // asked, after the marker: later is the cautious side).
-                    // Without CAP_AUDIT_WRITE there is no marker: a quiet
-                    // spell instead. Both were sent by whoever asked us to
-                    // stop, as a rule (Stopper::ask); by us otherwise.
-                    // From here the run waits for this thread: back to the
-                    // priority of the threads it competes with (init's
-                    // exit, the kernel's audit thread), not a tenth of their
-                    // share.
-                    crate::sys::foreground_thread();
-                    let sent = asked.sent.lock().ok().and_then(|mut s| s.take());
-                    let (marker_sent, lost) = sent.unwrap_or_else(|| (send_user_message(marker), StatusQuery::send()));
-                    at_marker = marker_sent;
-                    lost_after = Some(lost);
-                    Instant::now()
-                });
-                let quiet = !at_marker && since.elapsed() > QUIET && last_read.elapsed() > QUIET;
-                if quiet || since.elapsed() > SYNC_WAIT {
-                    break;
+    at: Attributor,
+    sink: Sink,
+    asked: Arc<EndAsked>,
+    buf: Vec<u8>,
+    /// Reports by event serial: one event's reports arrive apart and
+    /// interleaved with other events' (its SYSCALL report comes at syscall
+    /// exit). An event is complete at its EOE, or once it is EVENT_AGE old.
+    events: Events,
+    stop_since: Option<Instant>,
+    last_read: Instant,
+    synced: bool,
+    /// Once asked to stop: the kernel's `lost` counter asked for, and
+    /// whether the marker went out.
+    lost_after: Option<StatusQuery>,
+    at_marker: bool,
+    /// Once asked to stop, the run waits for the marker: looked for
+    /// without sleeping, for a while.
+    spin: Spin,
+}
+
+/// How [`Drain::run`] ended.
+enum Step {
+    /// Every report queued before the stop was read (or the wait gave up).
+    Done,
+    /// Told to hand over, between two wake-ups (nothing read is left
+    /// unwritten).
+    Handed,
+    /// Told to record nothing more.
+    Discarded,
+}
+
+/// What the reader's thread ends with.
+enum Ended {
+    /// Why denials went unrecorded, if they did.
+    Done(Option<String>),
+    Handed(Box<Drain>),
+}
+
+impl Drain {
+    fn new(fd: OwnedFd, woken: OwnedFd, at: Attributor, sink: Sink, asked: Arc<EndAsked>) -> Drain {
+        Drain {
+            fd,
+            woken,
+            at,
+            sink,
+            asked,
+            buf: vec![0u8; 16 << 10],
+            events: Events::default(),
+            stop_since: None,
+            last_read: Instant::now(),
+            synced: false,
+            lost_after: None,
+            at_marker: false,
+            spin: Spin::rounds(Spin::END),
+        }
+    }
+
+    /// Reads until `stop` says why not to go on.
+    fn run(&mut self, stop: &AtomicU8) -> Step {
+        use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+        let marker = &self.asked.marker;
+        loop {
+            match stop.load(Ordering::Acquire) {
+                RUNNING => {}
+                DISCARD => return Step::Discarded,
+                HAND_OFF => return Step::Handed,
+                _ => {
+                    let asked = &self.asked;
+                    let (at_marker, lost_after) = (&mut self.at_marker, &mut self.lost_after);
+                    let since = *self.stop_since.get_or_insert_with(|| {
+                        // The sandbox is gone, so every report of its has been
+                        // queued or dropped: the kernel's `lost` counter, taken
+                        // from now on, counts each one it dropped. The marker
+                        // goes first: the kernel's audit thread delivers it
+                        // while the status question waits for the thread the
+                        // kernel starts to answer it (the snapshot is taken when
+                        // asked, after the marker: later is the cautious side).
+                        // Without CAP_AUDIT_WRITE there is no marker: a quiet
+                        // spell instead. Both were sent by whoever asked us to
+                        // stop, as a rule (Stopper::ask); by us otherwise.
+                        // From here the run waits for this thread: back to the
+                        // priority of the threads it competes with (init's
+                        // exit, the kernel's audit thread), not a tenth of their
+                        // share.
+                        crate::sys::foreground_thread();
+                        let sent = asked.sent.lock().ok().and_then(|mut s| s.take());
+                        let (marker_sent, lost) =
+                            sent.unwrap_or_else(|| (send_user_message(&asked.marker), StatusQuery::send()));
+                        *at_marker = marker_sent;
+                        *lost_after = Some(lost);
+                        Instant::now()
+                    });
+                    let quiet = !self.at_marker && since.elapsed() > QUIET && self.last_read.elapsed() > QUIET;
+                    if quiet || since.elapsed() > SYNC_WAIT {
+                        return Step::Done;
+                    }
                 }
             }
-        }
-        let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLIN), PollFd::new(woken.as_fd(), PollFlags::POLLIN)];
-        let timeout = match stop_since.is_some() && spin.again() {
-            true => PollTimeout::ZERO,
-            false => PollTimeout::from(50u16),
-        };
-        match poll(&mut fds, timeout) {
-            Ok(_) => {}
-            Err(Errno::EINTR) => continue,
-            Err(_) => break,
-        }
-        if fds[1].revents().is_some_and(|r| r.contains(PollFlags::POLLIN)) {
-            // The byte that woke us: the stop flag says what it meant.
-            let _ = nix::unistd::read(woken.as_raw_fd(), &mut [0u8; 8]);
-        }
-        for _ in 0..DRAIN_MAX {
-            let (n, from) = match socket::recvfrom::<NetlinkAddr>(fd.as_raw_fd(), &mut buf) {
-                Ok(r) => r,
-                Err(Errno::EAGAIN) => break,
-                Err(Errno::ENOBUFS) => {
-                    at.tally.overruns += 1;
+            let mut fds =
+                [PollFd::new(self.fd.as_fd(), PollFlags::POLLIN), PollFd::new(self.woken.as_fd(), PollFlags::POLLIN)];
+            let timeout = match self.stop_since.is_some() && self.spin.again() {
+                true => PollTimeout::ZERO,
+                false => PollTimeout::from(50u16),
+            };
+            match poll(&mut fds, timeout) {
+                Ok(_) => {}
+                Err(Errno::EINTR) => continue,
+                Err(_) => return Step::Done,
+            }
+            if fds[1].revents().is_some_and(|r| r.contains(PollFlags::POLLIN)) {
+                // The byte that woke us: the stop flag says what it meant.
+                let _ = nix::unistd::read(self.woken.as_raw_fd(), &mut [0u8; 8]);
+            }
+            for _ in 0..DRAIN_MAX {
+                let (n, from) = match socket::recvfrom::<NetlinkAddr>(self.fd.as_raw_fd(), &mut self.buf) {
+                    Ok(r) => r,
+                    Err(Errno::EAGAIN) => break,
+                    Err(Errno::ENOBUFS) => {
+                        self.at.tally.overruns += 1;
+                        continue;
+                    }
+                    Err(Errno::EINTR) => continue,
+                    Err(_) => break,
+                };
+                // Only the kernel speaks on this group.
+                if from.is_none_or(|a| a.pid() != 0) {
                     continue;
                 }
-                Err(Errno::EINTR) => continue,
-                Err(_) => break,
-            };
-            // Only the kernel speaks on this group.
-            if from.is_none_or(|a| a.pid() != 0) {
-                continue;
-            }
-            last_read = Instant::now();
-            let Some((kind, payload)) = header(&buf[..n]) else { continue };
-            if kind == AUDIT_USER {
-                if String::from_utf8_lossy(payload).contains(marker.as_str()) {
-                    synced = true;
-                    break;
+                self.last_read = Instant::now();
+                let Some((kind, payload)) = header(&self.buf[..n]) else { continue };
+                if kind == AUDIT_USER {
+                    if String::from_utf8_lossy(payload).contains(marker.as_str()) {
+                        self.synced = true;
+                        break;
+                    }
+                    continue;
                 }
-                continue;
+                if !matches!(kind, AUDIT_LANDLOCK_ACCESS | AUDIT_LANDLOCK_DOMAIN | AUDIT_SYSCALL | AUDIT_EOE) {
+                    continue;
+                }
+                let Some(r) = parse(kind, &String::from_utf8_lossy(payload)) else { continue };
+                if let Some(done) = self.events.add(r) {
+                    self.at.event(&done).into_iter().for_each(|b| self.sink.record(b));
+                }
             }
-            if !matches!(kind, AUDIT_LANDLOCK_ACCESS | AUDIT_LANDLOCK_DOMAIN | AUDIT_SYSCALL | AUDIT_EOE) {
-                continue;
+            for done in self.events.take_older_than(EVENT_AGE) {
+                self.at.event(&done).into_iter().for_each(|b| self.sink.record(b));
             }
-            let Some(r) = parse(kind, &String::from_utf8_lossy(payload)) else { continue };
-            if let Some(done) = events.add(r) {
-                at.event(&done).into_iter().for_each(|b| sink.record(b));
+            // Group commit per wake-up: the log's lock is never held across
+            // a wait (unless the sink writes under a lock held for it).
+            self.sink.commit();
+            if self.synced {
+                return Step::Done;
             }
         }
-        for done in events.take_older_than(EVENT_AGE) {
-            at.event(&done).into_iter().for_each(|b| sink.record(b));
+    }
+
+    /// After [`run`](Self::run) is done: what is left of the events, the
+    /// kernel's `lost` counter since the start, the summary.
+    fn wind_up(&mut self) {
+        // The marker can come in before the stop is seen (the asker sent it):
+        // then the asker's question is taken here, and the run waits for this
+        // thread from now on.
+        if self.stop_since.is_none() {
+            crate::sys::foreground_thread();
+            self.lost_after = self.asked.sent.lock().ok().and_then(|mut s| s.take()).map(|(_, lost)| lost);
         }
-        // Group commit per wake-up: the log's lock is never held across a wait.
-        sink.commit();
-        if synced {
-            break;
+        for done in self.events.take_older_than(Duration::ZERO) {
+            self.at.event(&done).into_iter().for_each(|b| self.sink.record(b));
+        }
+        let after = self
+            .lost_after
+            .take()
+            .unwrap_or_else(StatusQuery::send)
+            .answer_spinning(Spin::rounds(Spin::END))
+            .map(|w| w[6]);
+        self.at.tally.kernel_lost = match (self.at.tally.kernel_lost, after) {
+            (Some(before), Some(after)) => Some(after.wrapping_sub(before)),
+            _ => None,
+        };
+        // A run with nothing refused, seen to the end, needs no summary.
+        if let Some(summary) = self.at.summary(self.synced) {
+            self.sink.record(summary);
         }
     }
-    // The marker can come in before the stop is seen (the asker sent it):
-    // then the asker's question is taken here, and the run waits for this
-    // thread from now on.
-    if stop_since.is_none() {
-        crate::sys::foreground_thread();
-        lost_after = asked.sent.lock().ok().and_then(|mut s| s.take()).map(|(_, lost)| lost);
+
+    /// The whole of it, on the reader's thread.
+    fn read(mut self, stop: &AtomicU8) -> Ended {
+        match self.run(stop) {
+            Step::Done => {
+                self.wind_up();
+                Ended::Done(self.sink.release())
+            }
+            Step::Handed => Ended::Handed(Box::new(self)),
+            Step::Discarded => Ended::Done(None),
+        }
     }
-    for done in events.take_older_than(Duration::ZERO) {
-        at.event(&done).into_iter().for_each(|b| sink.record(b));
-    }
-    let after = lost_after.unwrap_or_else(StatusQuery::send).answer_spinning(Spin::rounds(Spin::END)).map(|w| w[6]);
-    at.tally.kernel_lost = match (at.tally.kernel_lost, after) {
-        (Some(before), Some(after)) => Some(after.wrapping_sub(before)),
-        _ => None,
-    };
-    // A run with nothing refused, seen to the end, needs no summary.
-    if let Some(summary) = at.summary(synced) {
-        sink.record(summary);
-    }
-    sink.release()
 }
 
 #[cfg(test)]
@@ -975,7 +1085,7 @@ mod tests {
         std::fs::write(&blocker, b"").unwrap();
         let paths =
             AuditPaths { log: blocker.join("audit.log"), key: dir.join("audit.key"), syslog: None, rotate_bytes: None };
-        let mut sink = Sink { paths, session: "s".into(), ev: None, failed: None };
+        let mut sink = Sink { paths, session: "s".into(), ev: None, failed: None, held: false };
         sink.record(json!({"verdict": "deny"}));
         sink.commit();
         sink.record(json!({"verdict": "deny"}));
@@ -994,8 +1104,40 @@ mod tests {
             session: "s".into(),
             ev: None,
             failed: None,
+            held: false,
         };
         assert_eq!(quiet.release(), None);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_sink_writing_for_the_finisher_never_lets_the_log_go() {
+        // At a run's end the finisher writes the reader's last records
+        // through the run's handle, whose lock was taken before the caller
+        // got the status: nobody may get in between them and the exit record.
+        let dir = std::env::temp_dir().join(format!("pc-kaudit-held-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let paths =
+            AuditPaths { log: dir.join("audit.log"), key: dir.join("audit.key"), syslog: None, rotate_bytes: None };
+        let mut ev = Evidence::open(&paths, "s").unwrap();
+        // A lock of our own on the lock file (flock, as writers and readers take it).
+        let free = || std::fs::File::open(dir.join("audit.log.lock")).unwrap().try_lock().is_ok();
+        assert!(free(), "nothing holds the log yet");
+        ev.hold().unwrap();
+        assert!(!free(), "held before the first record");
+        let mut sink = Sink { paths: paths.clone(), session: "s".into(), ev: Some(ev), failed: None, held: true };
+        sink.record(json!({"verdict": "deny"}));
+        sink.commit();
+        assert!(!free(), "still held after the sink's records were written");
+        assert_eq!(sink.failed, None);
+        let mut ev = sink.ev.take().unwrap();
+        ev.exit_written(0, &[]).unwrap();
+        ev.checkpoint().unwrap();
+        assert!(free(), "released with the checkpoint");
+        let text = std::fs::read_to_string(dir.join("audit.log")).unwrap();
+        let kinds: Vec<&str> = text.lines().filter_map(|l| l.split("\"kind\":\"").nth(1)?.split('"').next()).collect();
+        assert_eq!(kinds.iter().rev().take(2).collect::<Vec<_>>(), [&"exit", &"verdict"], "{text}");
         let _ = std::fs::remove_dir_all(&dir);
     }
 

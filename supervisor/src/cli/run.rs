@@ -724,27 +724,27 @@ fn launch_with(
     if let Some(p) = proxy {
         incomplete.extend(p.finish().map(|why| format!("MCP tool-call records: {why}")));
     }
-    let mut reader_end = None;
-    if let Some(w) = watcher {
-        let (lost, end) = w.finish();
-        reader_end = Some(end);
-        incomplete.extend(lost.map(|why| format!("kernel-reported denials: {why}")));
-        crate::timing::mark("kernel audit read to the end");
-    }
+    // The kernel-audit reader stops at once, between two of its wake-ups
+    // (its thread is joined here): what the kernel still has on its way
+    // (the marker, the `lost` answer, a tenth of a millisecond here) is
+    // read after the caller has the status, by the finisher, which writes
+    // those records and the exit record under the log's lock, taken here
+    // (readers wait for it); or below, when the run ends another way.
+    let reader = watcher.map(kaudit::Watcher::hand_off);
     reports.extend(stage::read_reports(&report_rx));
     if let Some((step, errno)) = reports.into_iter().find(|(s, _)| *s != stage::Step::ProcMount) {
         let f = setup_failed(step, errno);
+        let mut evidence = read_to_the_end(reader, evidence, &mut incomplete);
         let extra = if incomplete.is_empty() { json!({}) } else { json!({ "incomplete": incomplete }) };
         evidence.refused(Kind::Exit, f.code, &f.message, extra)?;
         return Err(f);
     }
     if ending == Ending::Exit {
-        if let Err(f) = evidence.exit_written(code, &incomplete) {
+        if let Err(f) = evidence.hold() {
             // The command has run; its status still passes through.
             eprintln!("portcullis: {}", f.message);
             return Ok(code);
         }
-        crate::timing::mark("exit record written");
         let (tmp, cgroups) = (session.tmp.clone(), std::mem::take(&mut cleanup.0));
         // For the e2e test that shows the order (the caller's status, then
         // the durable record): the finisher waits this long, the log locked.
@@ -755,7 +755,10 @@ fn launch_with(
                 std::thread::sleep(std::time::Duration::from_millis(ms.min(1500)));
             }
             drop(idle_rest);
-            let checkpointed = evidence.checkpoint();
+            let mut incomplete = incomplete;
+            let mut evidence = read_to_the_end(reader, evidence, &mut incomplete);
+            let recorded = evidence.exit_written(code, &incomplete).and_then(|()| evidence.checkpoint());
+            crate::timing::mark("exit record durable");
             // The sandbox's mount namespace goes here, not in its init's
             // exit: its teardown waits for an RCU grace period.
             drop(mount_ns);
@@ -763,23 +766,22 @@ fn launch_with(
             // command (no PID namespace), which could still write in {tmp}.
             limits::cleanup(&cgroups);
             sandbox::remove_private_tmp(&tmp);
-            if let Err(f) = checkpointed {
+            if let Err(f) = recorded {
                 // Not eprintln: a closed stderr must not panic the cleanup away.
                 use std::io::Write;
                 let _ = writeln!(std::io::stderr(), "portcullis: {}", f.message);
             }
         });
-        // The reader's thread has answered; it is joined (gone) before the
-        // finisher shares our memory. The sandbox's init too, if the run
-        // went on with the status it sent (it is exiting, mostly done).
-        drop(reader_end);
+        // The sandbox's init too is reaped before the finisher shares our
+        // memory, if the run went on with the status it sent (it is
+        // exiting, mostly done).
         drop(init);
         crate::timing::done();
         // Returns only where the finisher cannot run here (see sys::finish).
         crate::sys::finish::exit_finishing(code, finish)();
-        crate::timing::mark("exit record durable");
         return Ok(code);
     }
+    let mut evidence = read_to_the_end(reader, evidence, &mut incomplete);
     let exit_record = evidence.exit(code, &incomplete);
     crate::timing::mark("exit record durable");
     if let Err(f) = exit_record {
@@ -787,6 +789,16 @@ fn launch_with(
         eprintln!("portcullis: {}", f.message);
     }
     Ok(code)
+}
+
+/// The rest of the kernel-audit reader's work (see kaudit::Handoff), its
+/// records written through `evidence`; a loss goes into `incomplete`.
+fn read_to_the_end(reader: Option<kaudit::Handoff>, evidence: Evidence, incomplete: &mut Vec<String>) -> Evidence {
+    let Some(reader) = reader else { return evidence };
+    let (lost, evidence) = reader.finish_into(evidence);
+    incomplete.extend(lost.map(|why| format!("kernel-reported denials: {why}")));
+    crate::timing::mark("kernel audit read to the end");
+    evidence
 }
 
 fn kill(child: &stage::Spawned) {
