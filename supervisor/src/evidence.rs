@@ -301,7 +301,14 @@ impl Syslog {
         let msg = format!("<{pri}>portcullis[{}]: {record}", std::process::id());
         if let Err(e) = self.socket.send_to(msg.as_bytes(), &self.path) {
             if !self.failed {
-                eprintln!("portcullis: note: cannot forward audit records to {}: {e}", self.path.display());
+                // Not eprintln: this may run in the finisher, where a closed
+                // stderr must not panic the run's last records away.
+                use std::io::Write;
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "portcullis: note: cannot forward audit records to {}: {e}",
+                    self.path.display()
+                );
                 self.failed = true;
             }
         }

@@ -547,7 +547,7 @@ pub struct Watcher {
     stopper: Stopper,
     /// Returns why denials went unrecorded, if they did (or the reader's
     /// state, handed over).
-    thread: Option<JoinHandle<Ended>>,
+    thread: Option<JoinHandle<Option<Box<Drain>>>>,
 }
 
 /// [`Watcher::ask_to_stop`] from another thread: the gate's server asks as
@@ -660,9 +660,7 @@ impl Watcher {
 
     fn join(&mut self) -> Option<String> {
         let lost = self.thread.take().and_then(|t| match t.join() {
-            Ok(Ended::Done(lost)) => lost,
-            // Only hand_off asks for that, and it joins the thread itself.
-            Ok(Ended::Handed(_)) => None,
+            Ok(_) => None,
             Err(_) => Some("the kernel-audit reader panicked".into()),
         });
         let _ = std::fs::remove_file(&self.canary);
@@ -685,12 +683,18 @@ impl Watcher {
         {
             let _ = nix::unistd::write(self.stopper.wake.as_fd(), &[HAND_OFF]);
         }
-        let ended = match self.thread.take().map(JoinHandle::join) {
-            Some(Ok(ended)) => ended,
-            Some(Err(_)) => Ended::Done(Some("the kernel-audit reader panicked".into())),
-            None => Ended::Done(None),
+        // The thread is awake as a rule (it looks for the marker without
+        // sleeping): its end is looked for without sleeping too, a join
+        // that sleeps would wait for this CPU to be woken (tens of
+        // microseconds here). The join then waits only for its exit.
+        let mut spin = Spin::rounds(Spin::END);
+        while self.thread.as_ref().is_some_and(|t| !t.is_finished()) && spin.again() {}
+        let (drain, lost) = match self.thread.take().map(JoinHandle::join) {
+            Some(Ok(drain)) => (drain, None),
+            Some(Err(_)) => (None, Some("the kernel-audit reader panicked".into())),
+            None => (None, None),
         };
-        Handoff { ended: Some(ended), canary: std::mem::take(&mut self.canary) }
+        Handoff { drain, lost, canary: std::mem::take(&mut self.canary) }
     }
 }
 
@@ -698,7 +702,9 @@ impl Watcher {
 /// [`Watcher::hand_off`]; its end is read by [`finish_into`](Self::finish_into).
 /// Dropped unfinished, it records nothing more.
 pub struct Handoff {
-    ended: Option<Ended>,
+    drain: Option<Box<Drain>>,
+    /// Why there is no state to finish with (the thread panicked).
+    lost: Option<String>,
     canary: PathBuf,
 }
 
@@ -714,34 +720,31 @@ impl Drop for Handoff {
 
 impl Handoff {
     /// Reads the kernel's reports until every one queued before the stop
-    /// was asked has been read (the marker, as [`Watcher::finish`] waits
-    /// for), and records what they say through `ev`, the run's own handle,
-    /// whose lock the caller holds ([`Evidence::hold`]): the records are
-    /// written ahead under that lock, which is never released in between,
-    /// so that the run's exit record follows them before anyone else
-    /// writes or reads. Returns why denials went unrecorded, if they did,
-    /// and `ev`.
+    /// was asked has been read (the marker comes back, or SYNC_WAIT), asks
+    /// the kernel's `lost` counter, and records what they say through `ev`,
+    /// the run's own handle, whose lock the caller holds
+    /// ([`Evidence::hold`]): the records are written ahead under that lock,
+    /// which is never released in between, so that the run's exit record
+    /// follows them before anyone else writes or reads. (As a rule this
+    /// takes a few tenths of a millisecond; when the kernel loses the marker,
+    /// up to SYNC_WAIT and its last answer's timeout, and a reader may give
+    /// up waiting for the lock first: it then reads the log without them.)
+    /// Returns why denials went unrecorded, if they did, and `ev`.
     pub fn finish_into(mut self, ev: Evidence) -> (Option<String>, Evidence) {
         let _ = std::fs::remove_file(std::mem::take(&mut self.canary));
-        match self.ended.take() {
-            Some(Ended::Handed(mut d)) => {
-                // The thread's own handle holds no lock between its
-                // wake-ups and has nothing buffered: released as the thread
-                // would have.
-                let own = d.sink.ev.replace(ev);
-                d.sink.held = true;
-                if let Some(Err(f)) = own.map(Evidence::release) {
-                    d.sink.fail(&f.message);
-                }
-                let _ = d.run(&AtomicU8::new(ASKED));
-                d.wind_up();
-                d.sink.commit();
-                let ev = d.sink.ev.take().expect("the sink holds the run's handle");
-                (d.sink.failed.take(), ev)
-            }
-            Some(Ended::Done(lost)) => (lost, ev),
-            None => (None, ev),
+        let Some(mut d) = self.drain.take() else { return (self.lost.take(), ev) };
+        // The thread closed its own handle (Drain::read).
+        d.sink.let_go();
+        d.sink.ev = Some(ev);
+        d.sink.held = true;
+        // Unless the thread saw the marker already (or gave up waiting).
+        if !d.synced {
+            let _ = d.run(&AtomicU8::new(ASKED));
         }
+        d.wind_up();
+        d.sink.commit();
+        let ev = d.sink.ev.take().expect("the sink holds the run's handle");
+        (d.sink.failed.take(), ev)
     }
 }
 
@@ -829,7 +832,16 @@ impl Sink {
                 Err(f) => return self.fail(&f.message),
             }
         }
-        if let Some(Err(f)) = self.ev.as_mut().map(|ev| ev.record(Kind::Verdict, body)) {
+        let held = self.held;
+        // Held for the finisher: each record is written at once, so that a
+        // batch never grows to where the handle would start a signer
+        // thread (the finisher may start none) or commit on its own
+        // (which would let the lock go).
+        let written = self.ev.as_mut().map(|ev| match held {
+            true => ev.record(Kind::Verdict, body).and_then(|()| ev.write_ahead()),
+            false => ev.record(Kind::Verdict, body),
+        });
+        if let Some(Err(f)) = written {
             self.fail(&f.message);
         }
     }
@@ -846,23 +858,26 @@ impl Sink {
     }
 
     fn fail(&mut self, why: &str) {
-        // The run itself goes on: its own log handle works.
+        // The run itself goes on: its own log handle works. Not eprintln:
+        // in the finisher a closed stderr must not panic the run's last
+        // records away.
+        use std::io::Write;
         let why = crate::evidence::reason(why);
-        eprintln!("portcullis: kernel audit: {why}; denials the kernel reports are no longer recorded");
+        let _ = writeln!(
+            std::io::stderr(),
+            "portcullis: kernel audit: {why}; denials the kernel reports are no longer recorded"
+        );
         self.failed = Some(why.to_string());
     }
 
-    /// Commits; the run's exit record and checkpoint come after this.
-    /// Returns why records were lost, if any were.
-    fn release(self) -> Option<String> {
-        match (self.ev, self.failed) {
-            (_, Some(why)) => Some(why),
-            (Some(ev), None) => ev.release().err().map(|f| {
-                eprintln!("portcullis: kernel audit: {}", f.message);
-                crate::evidence::reason(&f.message).to_string()
-            }),
-            (None, None) => None,
+    /// Commits and closes the handle (joining its signer thread, if it
+    /// started one); returns why records were lost, if any were. Records
+    /// after this open a handle again, unless one is given (Handoff).
+    fn let_go(&mut self) -> Option<String> {
+        if let Some(Err(f)) = self.ev.take().map(Evidence::release) {
+            self.fail(&f.message);
         }
+        self.failed.clone()
     }
 }
 
@@ -902,13 +917,6 @@ enum Step {
     Handed,
     /// Told to record nothing more.
     Discarded,
-}
-
-/// What the reader's thread ends with.
-enum Ended {
-    /// Why denials went unrecorded, if they did.
-    Done(Option<String>),
-    Handed(Box<Drain>),
 }
 
 impl Drain {
@@ -1059,15 +1067,20 @@ impl Drain {
         }
     }
 
-    /// The whole of it, on the reader's thread.
-    fn read(mut self, stop: &AtomicU8) -> Ended {
+    /// The reader's thread: reads until told to stop, and returns the
+    /// state for [`Handoff::finish_into`] to wind up (the kernel's last
+    /// answer about lost records, the summary) where the run needs it, off
+    /// the caller's way; None when told to record nothing more.
+    fn read(mut self, stop: &AtomicU8) -> Option<Box<Drain>> {
         match self.run(stop) {
-            Step::Done => {
-                self.wind_up();
-                Ended::Done(self.sink.release())
+            Step::Done | Step::Handed => {
+                // Its handle holds no lock between wake-ups and nothing
+                // buffered; closed here, its signer thread (if it started
+                // one) ends with this thread, before the run's finisher.
+                self.sink.let_go();
+                Some(Box::new(self))
             }
-            Step::Handed => Ended::Handed(Box::new(self)),
-            Step::Discarded => Ended::Done(None),
+            Step::Discarded => None,
         }
     }
 }
@@ -1089,7 +1102,7 @@ mod tests {
         sink.record(json!({"verdict": "deny"}));
         sink.commit();
         sink.record(json!({"verdict": "deny"}));
-        let why = sink.release().expect("the failure is returned");
+        let why = sink.let_go().expect("the failure is returned");
         assert!(why.contains("log directory"), "{why}");
         // The run outlives this writer: its record does not say it refused to run.
         assert!(!why.contains("refusing"), "{why}");
@@ -1106,7 +1119,8 @@ mod tests {
             failed: None,
             held: false,
         };
-        assert_eq!(quiet.release(), None);
+        let mut quiet = quiet;
+        assert_eq!(quiet.let_go(), None);
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -14,7 +14,10 @@ pub fn start() {
 /// Prints the time since `start` when timing is on.
 pub fn mark(phase: &str) {
     if let Some(Some(t)) = START.get() {
-        eprintln!("portcullis: timing: {:>6} us  {phase}", t.elapsed().as_micros());
+        // Not eprintln: marks come from the finisher too, where a closed
+        // stderr must not panic its work away.
+        use std::io::Write;
+        let _ = writeln!(std::io::stderr(), "portcullis: timing: {:>6} us  {phase}", t.elapsed().as_micros());
     }
 }
 

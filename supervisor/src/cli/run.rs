@@ -751,12 +751,12 @@ fn launch_with(
         // (At most 1.5 s: readers wait 2 s for the lock.)
         let hold = std::env::var("PORTCULLIS_TEST_FINISH_DELAY_MS").ok().and_then(|ms| ms.parse::<u64>().ok());
         let finish = Box::new(move || {
-            if let Some(ms) = hold {
-                std::thread::sleep(std::time::Duration::from_millis(ms.min(1500)));
-            }
             drop(idle_rest);
             let mut incomplete = incomplete;
             let mut evidence = read_to_the_end(reader, evidence, &mut incomplete);
+            if let Some(ms) = hold {
+                std::thread::sleep(std::time::Duration::from_millis(ms.min(1500)));
+            }
             let recorded = evidence.exit_written(code, &incomplete).and_then(|()| evidence.checkpoint());
             crate::timing::mark("exit record durable");
             // The sandbox's mount namespace goes here, not in its init's

@@ -1,7 +1,8 @@
 //! Ending `portcullis run` before its last records are durable.
 //!
 //! When the command has exited, what is left is bookkeeping the caller
-//! does not need to wait for: the fsync of the exit record, the signed
+//! does not need to wait for: the kernel-audit reader's last wait (for its
+//! marker to come back through the kernel), the exit record and its fsync, the signed
 //! checkpoint (a second fsync, an exchange of names and a third fsync of
 //! the directory), removing the temp dir and cgroups, and tearing down
 //! the supervisor's memory. Measured here that is about a millisecond of
@@ -9,12 +10,14 @@
 //! status at once, and a child that shares its memory (clone CLONE_VM,
 //! no copy of the page tables) finishes.
 //!
-//! The exit record is already written (not yet fsynced) and the log's
-//! lock held, so the finisher holds it until the checkpoint is written:
-//! readers (`portcullis audit ...`, which take it shared) and the next
-//! writer wait for it, and see the exit record and its checkpoint
-//! together. A crash in that millisecond loses what a crash just before
-//! the command's exit would have lost.
+//! The log's lock is already held (and, as a rule, nothing is written
+//! yet): the finisher reads the kernel-audit reader's last reports, writes
+//! their records and the exit record, and holds the lock until the
+//! checkpoint is written: readers (`portcullis audit ...`, which take it
+//! shared) and the next writer wait for it, and see the exit record and
+//! its checkpoint together. A crash (or a SIGKILL of the finisher) in
+//! that millisecond loses the exit record: the log then shows a launch
+//! without its end, as after a crash while the command ran.
 //!
 //! What the finisher may do: allocate, and use std's files and locks.
 //! What it must not: start threads, fork or spawn (`Command`), or use
