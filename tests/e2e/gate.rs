@@ -922,6 +922,21 @@ fn a_profile_denying_read_fails_before_exec_and_says_why() {
     assert!(r.stdout.is_empty(), "{}", r.stdout);
 }
 
+#[test]
+fn a_profile_denying_landlock_restrict_self_is_still_confined_by_landlock() {
+    // The command installs its seccomp program before Landlock, unless the
+    // program would refuse a call it makes on the way to exec
+    // (sandbox::filters_first): this profile denies landlock_restrict_self,
+    // so Landlock comes first and still holds. In the other order the
+    // launch would fail (exit 125) or, worse, run without Landlock.
+    let sb = Sandbox::new("deny-llrs", As::Caller);
+    let p = sb.profile("nollrs.toml", "extends = \"strict\"\n[syscalls]\ndeny = [\"landlock_restrict_self\"]\n");
+    let secret = sb.path(&sb.outside.join("secret.txt"));
+    sb.probe(&["--profile", &p], &["read", &secret]).expect("errno 13 EACCES");
+    // Twin: the workspace is readable, so the command did run.
+    sb.probe(&["--profile", &p], &["read", &ws(&sb, "file.txt")]).expect("ok");
+}
+
 /// Accepts (and counts) every connection a listener gets, until stopped.
 struct Drain {
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,

@@ -157,6 +157,7 @@ pub fn prepare_with(
     // With ask or deny rules, the approval filter is the program's last part.
     let parked = (!plan.gate.is_empty()).then(|| seccomp::notify_set(&plan.gate));
     let program = seccomp::program(&rules, parked.as_deref())?;
+    let filters_first = filters_first(&rules, parked.as_deref());
     crate::timing::mark("seccomp compiled");
 
     let found = controllers();
@@ -223,9 +224,28 @@ pub fn prepare_with(
         ruleset: ll.ruleset,
         filters,
         notify,
+        filters_first,
     };
     made.0.clear();
     Ok(Prepared { enforcement, exec, seccomp_rules: rules, stage, cgroups: limits.cgroups, gate, rule_inodes, paths })
+}
+
+/// Whether the command may install its seccomp program before it waits for
+/// its confine byte ([`Stage::filters_first`]). Between the two it reads
+/// that byte, restricts itself with Landlock, opens the canary read-only
+/// and closes it, and may poll and yield (stage::Config::command): a
+/// profile that denies one of those, or parks it for the gate (other than
+/// an open for writing), keeps the other order, the program installed
+/// last.
+fn filters_first(rules: &[policy::plan::SyscallRule], parked: Option<&[(u32, seccomp::Notify)]>) -> bool {
+    const BETWEEN: [&str; 7] = ["read", "landlock_restrict_self", "open", "openat", "close", "poll", "sched_yield"];
+    let between: Vec<i64> = BETWEEN.iter().filter_map(|n| policy::syscalls::number(n)).collect();
+    let denied = rules.iter().any(|r| between.contains(&r.nr));
+    let held = parked
+        .unwrap_or_default()
+        .iter()
+        .any(|(n, how)| between.contains(&i64::from(*n)) && !matches!(how, seccomp::Notify::WriteFlags { .. }));
+    !denied && !held
 }
 
 /// The cgroups of a preparation that failed after making them.
@@ -453,5 +473,29 @@ pub fn sweep_stale(root: &std::path::Path) {
         let Ok(held) = hold_private_tmp(&e.path()) else { continue };
         remove_private_tmp(&e.path());
         drop(held);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn deny(name: &str) -> policy::plan::SyscallRule {
+        policy::seccomp::extra(name, "test").expect("a known syscall")
+    }
+
+    #[test]
+    fn the_program_goes_first_unless_it_could_stop_the_way_to_exec() {
+        let nr = |n: &str| policy::syscalls::number(n).expect("known") as u32;
+        let write_flags = [(nr("openat"), seccomp::Notify::WriteFlags { arg: 2 })];
+        // strict's kind: outright denies of other calls, opens for writing parked.
+        assert!(filters_first(&[deny("bpf"), deny("mount")], Some(&write_flags)));
+        assert!(filters_first(&[], None));
+        // Each call the command makes between the program and exec.
+        for name in ["read", "landlock_restrict_self", "openat", "close", "poll", "sched_yield"] {
+            assert!(!filters_first(&[deny(name)], None), "{name} denied");
+            let always = [(nr(name), seccomp::Notify::Always)];
+            assert!(!filters_first(&[], Some(&always)), "{name} parked");
+        }
     }
 }

@@ -166,6 +166,14 @@ pub struct Stage {
     /// what the gate decides), installed last with NEW_LISTENER; the
     /// listener goes to the supervisor over the socket and is closed here.
     pub notify: Option<(Vec<Insn>, OwnedFd)>,
+    /// The command installs the seccomp programs before it waits for its
+    /// confine byte, and restricts itself with Landlock once the byte
+    /// comes: the programs' install (the kernel compiles them, a tenth of a
+    /// millisecond and more here) overlaps the supervisor adding the path
+    /// rules. False where the programs could refuse or park a call the
+    /// command makes until its exec (sandbox::filters_first): then both
+    /// wait for the byte, Landlock first.
+    pub filters_first: bool,
 }
 
 /// First byte: confine yourself; the kernel's Landlock reports are not read.
@@ -797,6 +805,7 @@ struct Header {
     nfds: u64,
     require_bounding_drop: u64,
     proc_access: u64,
+    filters_first: u64,
     ruleset_fd: u64,
     go_fd: u64,
     notify_fd: u64,
@@ -879,6 +888,7 @@ fn encode(stage: &Stage, exec: &Exec) -> io::Result<Wire> {
     let mut fds = Vec::new();
     let mut h = Header {
         require_bounding_drop: stage.require_bounding_drop as u64,
+        filters_first: stage.filters_first as u64,
         proc_access: stage.proc_access.unwrap_or(NONE),
         ..Header::default()
     };
@@ -1072,13 +1082,22 @@ impl Config {
                 }
             }
             // Confined before the launch is decided, so that only exec is
-            // left once it is; a refusal still stops it before exec.
+            // left once it is; a refusal still stops it before exec. What
+            // needs no word from the supervisor comes first (Stage::filters_first).
+            let first = h.filters_first != 0;
+            self.limit_and_drop()?;
+            if first {
+                self.install_filters(true)?;
+            }
             let watched = match self.await_byte()? {
                 None | Some(CONFINE) => false,
                 Some(CONFINE_WATCHED) => true,
                 Some(_) => return Err(fail(self.report, Step::Go, libc::ECANCELED)),
             };
-            self.confine(true, watched)?;
+            self.restrict(watched)?;
+            if !first {
+                self.install_filters(true)?;
+            }
             if self.cpus.is_some() {
                 self.spin_for_byte(GO_SPINS);
             }
@@ -1177,9 +1196,23 @@ impl Config {
     ///
     /// As for [`Birth::run`]: only in a forked child, which it confines for good.
     unsafe fn confine(&self, send_listener: bool, watched: bool) -> io::Result<()> {
+        // SAFETY: as for this function.
+        unsafe {
+            self.limit_and_drop()?;
+            self.restrict(watched)?;
+            self.install_filters(send_listener)
+        }
+    }
+
+    /// The first part of [`confine`](Self::confine): limits, capabilities,
+    /// no_new_privs.
+    ///
+    /// # Safety
+    ///
+    /// As for [`confine`](Self::confine).
+    unsafe fn limit_and_drop(&self) -> io::Result<()> {
         let h = self.header();
-        // SAFETY: syscalls on local structs and the settled buffer, whose
-        // BPF programs stay mapped for the whole call.
+        // SAFETY: syscalls on local structs and the settled buffer.
         unsafe {
             for i in 0..h.rlimits.n {
                 let at = h.rlimits.at + i * 16;
@@ -1219,6 +1252,20 @@ impl Config {
             if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
                 return Err(fail(self.report, Step::NoNewPrivs, errno()));
             }
+        }
+        Ok(())
+    }
+
+    /// Landlock (after [`limit_and_drop`](Self::limit_and_drop)), and the
+    /// canary when `watched`.
+    ///
+    /// # Safety
+    ///
+    /// As for [`confine`](Self::confine).
+    unsafe fn restrict(&self, watched: bool) -> io::Result<()> {
+        let h = self.header();
+        // SAFETY: syscalls on the settled buffer and fds this process owns.
+        unsafe {
             if let Some(ruleset) = self.fd(h.ruleset_fd) {
                 let flags = if watched { crate::kaudit::LOG_NEW_EXEC_ON } else { 0 };
                 if libc::syscall(libc::SYS_landlock_restrict_self, ruleset, flags) != 0 {
@@ -1231,6 +1278,23 @@ impl Config {
                     }
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// The seccomp programs (after [`limit_and_drop`](Self::limit_and_drop)),
+    /// the approval filter's listener sent (or closed: `send_listener`),
+    /// then every inherited fd but stdio marked close-on-exec.
+    ///
+    /// # Safety
+    ///
+    /// As for [`confine`](Self::confine); the last step of a confinement
+    /// but Landlock (see [`Stage::filters_first`]).
+    unsafe fn install_filters(&self, send_listener: bool) -> io::Result<()> {
+        let h = self.header();
+        // SAFETY: syscalls on local structs and the settled buffer, whose
+        // BPF programs stay mapped for the whole call.
+        unsafe {
             for prog in (0..h.filters.n).map(|i| self.program(self.filter(i))) {
                 let fprog = libc::sock_fprog {
                     len: prog.len() as libc::c_ushort,
@@ -1889,6 +1953,7 @@ mod tests {
             go: None,
             filters: vec![vec![insn(0x20, 4), insn(0x6, 0x7fff_0000)], vec![insn(0x6, 0)]],
             notify: None,
+            filters_first: true,
         }
     }
 
@@ -1935,6 +2000,7 @@ mod tests {
         config.settle().expect("settled");
         let h = config.header();
         assert_eq!((h.len as usize, h.require_bounding_drop, h.proc_access), (wire.bytes.len(), 1, 5));
+        assert_eq!(h.filters_first, 1);
         assert_eq!((config.fd(h.ruleset_fd), config.fd(h.go_fd), h.notify.at), (None, None, NONE));
         let rlimits: Vec<(u64, u64)> = (0..h.rlimits.n)
             .map(|i| (config.word(h.rlimits.at + i * 16), config.word(h.rlimits.at + i * 16 + 8)))
