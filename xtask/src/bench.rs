@@ -798,11 +798,15 @@ before its path rules are in: the main thread adds them (an O_PATH open
 and a rule per path, about a quarter of a millisecond) while init forks
 the command straight into its cgroup where that is cgroup v2 (elsewhere it
 starts it in its own memory, clone CLONE_VM: no page tables copied) and
-the command readies itself. The command confines itself (capabilities,
-Landlock, seccomp) once it is told, in one byte, whether the kernel's
-reports are read; that byte goes only when the other thread knows (before
-it opens the log) and the path rules are in (Landlock takes the rules a
-ruleset holds when a process restricts itself). Then it waits, while the
+the command readies itself. The command drops its capabilities, sets
+no_new_privs and installs its seccomp program at once (the kernel converts
+and compiles the program and fills its action cache while the path rules
+go in), and restricts itself with Landlock once it is told, in one byte,
+whether the kernel's reports are read; that byte goes only when the other
+thread knows (before it opens the log) and the path rules are in (Landlock
+takes the rules a ruleset holds when a process restricts itself). A
+profile whose program would refuse or park a call the command makes on
+its way to exec keeps the program for last. Then it waits, while the
 main thread resolves the gate's rule paths, checks that no rule reaches
 the log, writes the launch record and gives the go-ahead to exec. The command takes back its CPUs and
 execs; meanwhile the main thread starts the kernel-audit reader's thread
@@ -817,12 +821,15 @@ reaped later) and asks the kernel-audit reader to stop: the asker itself
 sends the marker after which nothing of this sandbox can be reported and
 asks the kernel for its count of dropped records, while the reader wakes
 (with a gate running, its server thread asks, once its acting thread has
-stopped, and closes the gate's records). The reader's answer is taken as
-soon as it is sent (its thread is joined later), the exit record is
-written, and portcullis exits with the command's status: a finisher that
-shares its memory (clone CLONE_VM) fsyncs the record, writes the signed
-checkpoint, removes the temp dir and cgroups and tears the memory down,
-holding the log's lock (readers and the next run wait for it). Init lends
+stopped, and closes the gate's records). The reader's thread is stopped
+between two of its wake-ups and joined (it looks for the marker without
+sleeping, and hands over what it has not read), the log's lock is taken,
+and portcullis exits with the command's status: a finisher that shares its
+memory (clone CLONE_VM) reads the rest of the kernel's reports (the marker,
+the count of dropped records: a few tenths of a millisecond), writes their
+records and the exit record, fsyncs them, writes the signed checkpoint,
+removes the temp dir and cgroups and tears the memory down, holding the
+log's lock throughout (readers and the next run wait for it). Init lends
 its mount namespace to the supervisor, whose finisher closes it: the
 namespace's teardown waits for an RCU grace period, which no longer sits
 between the command's end and the caller's status. The wall times above
