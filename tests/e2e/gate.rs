@@ -928,7 +928,7 @@ fn a_profile_denying_landlock_restrict_self_is_still_confined_by_landlock() {
     // program would refuse a call it makes on the way to exec
     // (sandbox::filters_first): this profile denies landlock_restrict_self,
     // so Landlock comes first and still holds. In the other order the
-    // launch would fail (exit 125) or, worse, run without Landlock.
+    // launch would fail closed (exit 125: Landlock refused by the program).
     let sb = Sandbox::new("deny-llrs", As::Caller);
     let p = sb.profile("nollrs.toml", "extends = \"strict\"\n[syscalls]\ndeny = [\"landlock_restrict_self\"]\n");
     let secret = sb.path(&sb.outside.join("secret.txt"));

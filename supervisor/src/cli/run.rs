@@ -577,9 +577,13 @@ fn launch_with(
     // itself only once they are in (GoState).
     if let Err(f) = fill(paths, session, &allowed, &mut enforcement, &mut rule_inodes) {
         // As when a path failed before the stage was configured: nothing
-        // recorded, and the stage stops before it confines the command (it
+        // recorded, and the command stops before Landlock and exec (it
         // reads the end of the go-ahead pipe).
         refuse(&go);
+        // The gate's socket goes first: whatever the command parks on its
+        // way out fails (ENOSYS) instead of waiting for a gate that never
+        // starts.
+        drop(gate_setup);
         if let Ok(child) = started.and_then(stage::Started::exec) {
             kill(&child);
             wait::supervise(child.id(), &set);

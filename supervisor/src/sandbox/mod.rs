@@ -233,12 +233,26 @@ pub fn prepare_with(
 /// Whether the command may install its seccomp program before it waits for
 /// its confine byte ([`Stage::filters_first`]). Between the two it reads
 /// that byte, restricts itself with Landlock, opens the canary read-only
-/// and closes it, and may poll and yield (stage::Config::command): a
-/// profile that denies one of those, or parks it for the gate (other than
-/// an open for writing), keeps the other order, the program installed
-/// last.
+/// and closes it, and may poll and yield (stage::Config::command); on a
+/// refusal or a failure it writes its report and exits. A profile that
+/// denies one of those, or parks it for the gate (other than an open for
+/// writing: a parked call before exec would wait for a gate that has not
+/// started), keeps the other order, the program installed last. (Calls
+/// made after the byte in both orders, the go-ahead's read, poll and yield
+/// among them, are listed too: the rule errs on the side of the old order.)
 fn filters_first(rules: &[policy::plan::SyscallRule], parked: Option<&[(u32, seccomp::Notify)]>) -> bool {
-    const BETWEEN: [&str; 7] = ["read", "landlock_restrict_self", "open", "openat", "close", "poll", "sched_yield"];
+    const BETWEEN: [&str; 10] = [
+        "read",
+        "landlock_restrict_self",
+        "open",
+        "openat",
+        "close",
+        "poll",
+        "sched_yield",
+        "write",
+        "exit",
+        "exit_group",
+    ];
     let between: Vec<i64> = BETWEEN.iter().filter_map(|n| policy::syscalls::number(n)).collect();
     let denied = rules.iter().any(|r| between.contains(&r.nr));
     let held = parked
@@ -492,7 +506,8 @@ mod tests {
         assert!(filters_first(&[deny("bpf"), deny("mount")], Some(&write_flags)));
         assert!(filters_first(&[], None));
         // Each call the command makes between the program and exec.
-        for name in ["read", "landlock_restrict_self", "openat", "close", "poll", "sched_yield"] {
+        for name in ["read", "landlock_restrict_self", "openat", "close", "poll", "sched_yield", "write", "exit_group"]
+        {
             assert!(!filters_first(&[deny(name)], None), "{name} denied");
             let always = [(nr(name), seccomp::Notify::Always)];
             assert!(!filters_first(&[], Some(&always)), "{name} parked");

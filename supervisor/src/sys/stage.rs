@@ -171,8 +171,10 @@ pub struct Stage {
     /// comes: the programs' install (the kernel compiles them, a tenth of a
     /// millisecond and more here) overlaps the supervisor adding the path
     /// rules. False where the programs could refuse or park a call the
-    /// command makes until its exec (sandbox::filters_first): then both
-    /// wait for the byte, Landlock first.
+    /// command makes between them and the byte's restriction, or on a
+    /// failure there (sandbox::filters_first): then both wait for the
+    /// byte, Landlock first. The limits, capability drops and
+    /// no_new_privs come before the byte either way.
     pub filters_first: bool,
 }
 
