@@ -576,15 +576,7 @@ impl AuditLog {
     /// writers and readers wait from here for the records to come.
     pub fn hold(&mut self) -> Result<(), AuditError> {
         self.usable()?;
-        if !self.locked {
-            self.lock_now()?;
-            if let Err(e) = self.catch_up() {
-                self.failed = Some(e.to_string());
-                self.unlock();
-                return Err(e);
-            }
-        }
-        Ok(())
+        self.take_lock()
     }
 
     /// Appends and commits: returns only once the record (and everything
@@ -813,8 +805,9 @@ impl AuditLog {
         }
     }
 
-    /// Chains a record onto the buffer (taking the lock first if needed).
-    fn push(&mut self, kind: Kind, body: Map<String, Value>) -> Result<u64, AuditError> {
+    /// Takes the lock unless held, and folds what other writers appended
+    /// meanwhile (a failure there makes the handle unusable).
+    fn take_lock(&mut self) -> Result<(), AuditError> {
         if !self.locked {
             self.lock_now()?;
             if let Err(e) = self.catch_up() {
@@ -823,6 +816,12 @@ impl AuditLog {
                 return Err(e);
             }
         }
+        Ok(())
+    }
+
+    /// Chains a record onto the buffer (taking the lock first if needed).
+    fn push(&mut self, kind: Kind, body: Map<String, Value>) -> Result<u64, AuditError> {
+        self.take_lock()?;
         let seq = self.chain.next_seq;
         let mut rec = Record {
             v: FORMAT_VERSION,
