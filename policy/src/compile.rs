@@ -265,12 +265,14 @@ fn compile_gate(profile: &Profile, vars: &Vars) -> Result<crate::ask::GatePlan, 
             // starts serving once it arrives: the launch would hang.
             return Err("ask.syscalls: `sendmsg` cannot be asked: the sandbox hands its approval filter to portcullis with it, before anyone could answer".into());
         }
-        if matches!(name, "read" | "close" | "close_range") {
+        if matches!(name, "read" | "close" | "close_range" | "poll" | "sched_yield" | "sched_setaffinity") {
             // The stage makes these under its own filters before exec
-            // (closing the listener and its fds, reading the go-ahead); an
+            // (closing the listener and its fds, reading the go-ahead,
+            // looking for it without sleeping, taking back its CPUs); an
             // answer is recorded under the log's lock, which the launch
-            // record holds until the command has exec'd: it would wait 30 s
-            // and fail.
+            // record holds until the command has exec'd, and the gate's
+            // threads start once it has: it would wait for ever (poll,
+            // sched_yield and sched_setaffinity did: the launch hung).
             return Err(format!("ask.syscalls: `{name}` cannot be asked: the sandbox makes it itself while it starts, under its filters, before an answer could be recorded"));
         }
         if let Some((_, rule)) = crate::ask::DECIDED_BY_TARGET.iter().find(|(n, _)| *n == name) {

@@ -787,10 +787,11 @@ fn ask_on_an_always_denied_syscall_is_a_profile_error() {
     let r = sb.run(&["run", "--profile", &p, "--", "/bin/true"]);
     assert_eq!(r.code, 125, "{}", r.stderr);
     assert!(r.stderr.contains("handoff.toml:3:") && r.stderr.contains("`sendmsg` cannot be asked"), "{}", r.stderr);
-    // The sandbox reads its go-ahead, and closes its fds, under its own
+    // The sandbox reads its go-ahead, closes its fds, looks for the
+    // go-ahead without sleeping and takes back its CPUs under its own
     // filters: parked, those waited for an answer that could only be
-    // recorded once the command had started.
-    for name in ["read", "close", "close_range"] {
+    // recorded once the command had started (the last three hung).
+    for name in ["read", "close", "close_range", "poll", "sched_yield", "sched_setaffinity"] {
         let p = sb.profile("startup.toml", &format!("extends = \"strict\"\n[ask]\nsyscalls = [\"{name}\"]\n"));
         let r = sb.run(&["run", "--profile", &p, "--", "/bin/true"]);
         assert_eq!(r.code, 125, "{}", r.stderr);
