@@ -884,6 +884,7 @@ mod tests {
         let f = dir.join("p.toml");
         std::fs::write(&f, text).unwrap();
         let p = policy::Loader::builtin_only().load(f.to_str().unwrap()).unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
         policy::mcp::compile(&p.mcp)
     }
 
