@@ -171,8 +171,34 @@ impl Sandbox {
 
 impl Drop for Sandbox {
     fn drop(&mut self) {
+        // A run's finisher writes its last records and checkpoint after the
+        // run has exited, holding its log's lock: wait for every lock in
+        // here (at most 5 s), or the finisher writes into a tree being
+        // removed (it failed with "rename into place", and recreated the
+        // state directory, left behind in /tmp).
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        for lock in lock_files(&self.root) {
+            let Ok(f) = std::fs::File::open(&lock) else { continue };
+            while f.try_lock().is_err() && std::time::Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
+        }
         let _ = std::fs::remove_dir_all(&self.root);
     }
+}
+
+/// The audit logs' lock files (`*.lock`) under `dir`, at any depth.
+fn lock_files(dir: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        match entry.file_type() {
+            Ok(t) if t.is_dir() => found.extend(lock_files(&path)),
+            Ok(t) if t.is_file() && path.extension().is_some_and(|e| e == "lock") => found.push(path),
+            _ => {}
+        }
+    }
+    found
 }
 
 /// Defines `mod NAME { fn caller(); fn nobody(); }`: the same enforcement
