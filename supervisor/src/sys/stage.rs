@@ -1186,8 +1186,11 @@ impl Config {
         while unsafe { libc::poll(&mut p, 1, 0) } == 0 && spin.again() {}
     }
 
-    /// Confines the calling process. Order matters: limits and capability
-    /// drops need privilege that no_new_privs, Landlock and seccomp then lock.
+    /// Confines the calling process in one go, as the benchmark measures it
+    /// (the command runs the same parts around its confine byte, in the
+    /// order [`Stage::filters_first`] says: [`Config::command`]). Order
+    /// matters: limits and capability drops need privilege that
+    /// no_new_privs, Landlock and seccomp then lock.
     /// With `send_listener` false the approval filter is installed but its
     /// listener closed instead of sent (for the benchmark, whose forked
     /// children have no supervisor to send it to). `watched`: the kernel's
