@@ -256,11 +256,28 @@ mod tests {
         p
     }
 
-    fn tmpdir(tag: &str) -> PathBuf {
+    /// A directory of this test's own, removed when dropped (a failing
+    /// assertion included), so test runs leave nothing in the temp dir.
+    struct TmpDir(PathBuf);
+
+    impl std::ops::Deref for TmpDir {
+        type Target = Path;
+        fn deref(&self) -> &Path {
+            &self.0
+        }
+    }
+
+    impl Drop for TmpDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn tmpdir(tag: &str) -> TmpDir {
         let d = std::env::temp_dir().join(format!("portcullis-policy-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&d);
         std::fs::create_dir_all(&d).unwrap();
-        d
+        TmpDir(d)
     }
 
     #[test]
@@ -302,7 +319,7 @@ mod tests {
         // node) wins over the table, as it does over the built-in.
         let d = tmpdir("preloaded");
         write(&d, "strict.toml", "description = \"site strict\"\n[filesystem]\nread = [\"/usr\"]\n");
-        let site = Loader { places: vec![Place::Dir(d.clone()), Place::Builtin] };
+        let site = Loader { places: vec![Place::Dir(d.to_path_buf()), Place::Builtin] };
         let node = site.load_preloaded("node", &t).unwrap();
         assert_eq!(node.chain, vec![d.join("strict.toml").display().to_string(), "builtin:node".to_string()]);
         assert_ne!(node.description.as_deref(), Some("from the table"));
@@ -313,7 +330,6 @@ mod tests {
         assert_eq!(l.load_preloaded("strict", &t).unwrap().chain, vec!["builtin:strict"]);
         let t = [("python", marked.as_str())];
         assert_eq!(l.load_preloaded("python", &t).unwrap().name, "python");
-        let _ = std::fs::remove_dir_all(&d);
     }
 
     #[test]
@@ -361,7 +377,7 @@ mod tests {
     fn user_dir_adds_profiles_but_cannot_shadow_builtins() {
         let d = tmpdir("shadow");
         write(&d, "mine.toml", "extends = \"strict\"\n[network]\nconnect = [443]\n");
-        let l = Loader { places: vec![Place::Builtin, Place::Dir(d.clone())] };
+        let l = Loader { places: vec![Place::Builtin, Place::Dir(d.to_path_buf())] };
         let p = l.load("mine").unwrap();
         assert_eq!(p.connect[0].value, 443);
         assert_eq!(p.connect[0].at.line, 3);

@@ -284,6 +284,8 @@ mod tests {
         std::fs::create_dir_all(&d).unwrap();
         let s = d.join("script");
         std::fs::write(&s, "#!/bin/sh -e\necho hi\n").unwrap();
-        assert_eq!(interpreter(&s), Some(PathBuf::from("/bin/sh")));
+        let found = interpreter(&s);
+        let _ = std::fs::remove_dir_all(&d);
+        assert_eq!(found, Some(PathBuf::from("/bin/sh")));
     }
 }
