@@ -191,6 +191,9 @@ pub fn compile(profile: &Profile, vars: &Vars) -> Result<Plan, Error> {
     let floor = FloorPolicy { sockets, chmod: profile.chmod };
     let mut rules = seccomp::baseline(floor);
     for item in &profile.deny_syscalls {
+        if let Some(why) = STAGE_NEEDS.iter().find(|(n, _)| *n == item.value).map(|(_, why)| why) {
+            return Err(Error::invalid(&item.at, format!("`{}` cannot be denied: {why}", item.value)));
+        }
         let rule = seccomp::extra(&item.value, &format!("denied by {}", item.at)).ok_or_else(|| {
             Error::invalid(&item.at, format!("unknown syscall `{}` (x86-64 names, e.g. `ptrace`)", item.value))
         })?;
@@ -241,6 +244,19 @@ pub fn compile(profile: &Profile, vars: &Vars) -> Result<Plan, Error> {
     })
 }
 
+/// Calls the sandbox's first process makes under its own filters on its
+/// way out when it cannot exec, and why: denied, a failed exec would look
+/// like a command that ran (it reports the errno by `write`, then exits;
+/// the supervisor takes the end of that pipe without a word for the exec).
+const STAGE_NEEDS: [(&str, &str); 3] = [
+    (
+        "write",
+        "portcullis reports a failed exec with it, under the profile's filters (and an MCP server speaks through it)",
+    ),
+    ("exit", "the sandbox's processes end with it (a failed exec included)"),
+    ("exit_group", "the sandbox's processes end with it (a failed exec included)"),
+];
+
 /// `[ask]`/`[deny]`: paths expanded and normalised; an ask on a syscall the
 /// floor denies outright is an error (ask never loosens the floor).
 fn compile_gate(profile: &Profile, vars: &Vars) -> Result<crate::ask::GatePlan, Error> {
@@ -264,6 +280,9 @@ fn compile_gate(profile: &Profile, vars: &Vars) -> Result<crate::ask::GatePlan, 
             // Parked, the hand-off itself would wait for a gate that only
             // starts serving once it arrives: the launch would hang.
             return Err("ask.syscalls: `sendmsg` cannot be asked: the sandbox hands its approval filter to portcullis with it, before anyone could answer".into());
+        }
+        if let Some((_, why)) = STAGE_NEEDS.iter().find(|(n, _)| *n == name) {
+            return Err(format!("ask.syscalls: `{name}` cannot be asked: {why}"));
         }
         if matches!(name, "read" | "close" | "close_range" | "poll" | "sched_yield" | "sched_setaffinity") {
             // The stage makes these under its own filters before exec
@@ -357,6 +376,20 @@ mod tests {
         p.deny_syscalls.push(Located::new("frobnicate".into(), Origin::new("f.toml", 9)));
         let e = compile(&p, &vars()).unwrap_err().to_string();
         assert!(e.starts_with("f.toml:9: unknown syscall `frobnicate`"), "{e}");
+    }
+
+    #[test]
+    fn calls_a_failed_exec_needs_cannot_be_denied() {
+        for name in ["write", "exit", "exit_group"] {
+            let mut p = Profile::default();
+            p.deny_syscalls.push(Located::new(name.into(), Origin::new("f.toml", 4)));
+            let e = compile(&p, &vars()).unwrap_err().to_string();
+            assert!(e.starts_with(&format!("f.toml:4: `{name}` cannot be denied")), "{e}");
+        }
+        // Its neighbours still can.
+        let mut p = Profile::default();
+        p.deny_syscalls.push(Located::new("writev".into(), Origin::new("f.toml", 4)));
+        assert!(compile(&p, &vars()).is_ok());
     }
 
     #[test]

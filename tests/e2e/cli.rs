@@ -26,6 +26,8 @@ fn bad_profiles_name_file_and_line_and_run_nothing() {
         ("size.toml", "[limits]\nmax_memory = \"lots\"\n", "size.toml:2: bad size `lots`"),
         ("var.toml", "[filesystem]\nread = [\"{nope}/x\"]\n", "var.toml:2: unknown variable `{nope}`"),
         ("sys.toml", "[syscalls]\ndeny = [\"frobnicate\"]\n", "sys.toml:2: unknown syscall `frobnicate`"),
+        // Denied, a failed exec could not be told from a command that ran.
+        ("nowrite.toml", "[syscalls]\ndeny = [\"write\"]\n", "nowrite.toml:2: `write` cannot be denied"),
         (
             "extends.toml",
             "extends = \"no-such-profile\"\n",
