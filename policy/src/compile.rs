@@ -253,8 +253,8 @@ const STAGE_NEEDS: [(&str, &str); 3] = [
         "write",
         "portcullis reports a failed exec with it, under the profile's filters (and an MCP server speaks through it)",
     ),
-    ("exit", "the sandbox's processes end with it (a failed exec included)"),
-    ("exit_group", "the sandbox's processes end with it (a failed exec included)"),
+    ("exit", "threads end with it (refused, a glibc thread retries it for ever), and a process when exit_group fails"),
+    ("exit_group", "processes end with it, the sandbox's own when its exec fails included"),
 ];
 
 /// `[ask]`/`[deny]`: paths expanded and normalised; an ask on a syscall the
