@@ -344,6 +344,14 @@ impl AuditLog {
     /// Starts from `<log>.state` when it matches the log (see `resume`).
     fn resume(&mut self, checkpoint_size: Option<u64>) {
         let Some(st) = resume::load(&storage::sibling(&self.path, ".state")) else { return };
+        // The keys come from the cache too: the record it ends on must be
+        // one this writer's key signed (checked below, in
+        // `check_last_signature`), never one under a key the cache names.
+        // Else a cache naming a key of a forger's for that seq would have
+        // the writer chain onto the forger's record.
+        if st.chain.key_for(st.chain.next_seq - 1) != Some(&self.vk) {
+            return;
+        }
         let len = match self.file.metadata() {
             Ok(m) => m.len(),
             Err(_) => return,

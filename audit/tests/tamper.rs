@@ -785,6 +785,52 @@ fn a_forged_or_stale_state_cache_is_ignored() {
 }
 
 #[test]
+fn a_state_cache_naming_a_forgers_key_is_not_built_upon() {
+    // A local forger (no key) appends a record signed with a key of theirs
+    // and rewrites the cache to name that key for its seq, the real one
+    // after it; they remove the checkpoint that would betray the append.
+    let t = Tmp::new("resume-key");
+    make_log(&t, 5);
+    let mut l = lines(&t.log());
+    let last = Record::parse_line(l.last().unwrap().as_bytes()).unwrap();
+    let forged = record::seal(
+        &test_key(9),
+        last.seq + 1,
+        "2026-01-01T00:00:00.000000Z".into(),
+        "x".into(),
+        Kind::Exit,
+        json!({"status": 0, "note": "forged"}).as_object().unwrap().clone(),
+        last.hash,
+    )
+    .unwrap();
+    l.push(forged.line().unwrap());
+    write_lines(&t.log(), &l);
+    let _ = std::fs::remove_file(t.cp());
+    let _ = std::fs::remove_file(t.0.join(".audit.log.checkpoint.spare"));
+    let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+    let mut v = read_state(&t);
+    let next = forged.seq + 1;
+    v["bytes"] = json!(std::fs::metadata(t.log()).unwrap().len());
+    v["next_seq"] = json!(next);
+    v["last_hash"] = json!(hex(&forged.hash));
+    v["keys"] =
+        json!([[0, hex(test_key(9).verifying_key().as_bytes())], [next, hex(test_key(1).verifying_key().as_bytes())]]);
+    // The frontier as the log's own would be: one more leaf, the forged one.
+    let mut frontier = audit::merkle::Frontier::default();
+    for line in &l {
+        frontier.push(audit::merkle::leaf_hash(line.as_bytes()));
+    }
+    let (size, stack) = frontier.parts();
+    v["frontier_size"] = json!(size);
+    v["frontier"] = json!(stack.iter().map(|(h, x)| json!([h, hex(x)])).collect::<Vec<_>>());
+    write_state(&t, &v);
+    // The writer reads the log whole instead, and refuses the forged record.
+    let e = AuditLog::open(&t.log(), test_key(1)).err().expect("a forged tail is not built upon");
+    assert!(e.to_string().contains("signature"), "{e}");
+    assert_eq!(lines(&t.log()).len(), l.len(), "nothing was written after it");
+}
+
+#[test]
 fn a_lock_held_too_long_fails_closed_and_a_released_one_is_taken() {
     let t = Tmp::new("lockwait");
     let mut log = AuditLog::open(&t.log(), test_key(1)).unwrap();
