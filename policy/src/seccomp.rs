@@ -242,6 +242,20 @@ pub fn baseline(floor: FloorPolicy) -> Vec<SyscallRule> {
     // clone3 passes its flags in memory BPF cannot read: ENOSYS makes libc
     // fall back to clone(2), whose flags the rules above inspect.
     rules.push(rule("clone3", vec![], Verdict::Enosys, "flags hidden in memory; libc falls back to clone"));
+    // A Landlock layer of the sandbox's own would have the kernel report
+    // the sandbox's denials under a domain portcullis does not know (or,
+    // with LANDLOCK_RESTRICT_SELF_LOG_SAME_EXEC_OFF, not at all): they
+    // would go unrecorded while the run's summary said none were missed.
+    // The sandbox cannot make a ruleset, so it cannot restrict itself
+    // further (the command's own landlock_restrict_self takes the one
+    // portcullis made). ENOSYS reads as a kernel without Landlock, which
+    // tools that sandbox themselves take in their stride.
+    rules.push(rule(
+        "landlock_create_ruleset",
+        vec![],
+        Verdict::Enosys,
+        "a Landlock layer of the sandbox's own would hide its denials from the audit log",
+    ));
 
     // ioctl's request is an unsigned int: compare 32 bits (CVE-2019-10063).
     rules.push(rule(
