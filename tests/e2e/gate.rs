@@ -1535,6 +1535,67 @@ both!(git_redirects_are_protected_too, |sb| {
     probe_gate(sb, &p, &["read", &ws(sb, ".git")]).expect("ok");
 });
 
+both!(a_git_directory_under_another_name_is_held_to_the_git_rules, |sb| {
+    // A `.git` *file* sends git to a git directory of any name: a bare
+    // repository with worktrees beside it (`proj/.git` says `gitdir:
+    // ./.bare`) or `git clone --separate-git-dir`. git obeys its config and
+    // hooks as a `.git`'s (a helper's hunt appended an fsmonitor to
+    // `proj/.bare/config` and the host's next `git status` ran it).
+    let bare = sb.ws.join("proj/.bare");
+    let sep = sb.ws.join("sep/repo-gitdir");
+    for g in [&bare, &sep] {
+        std::fs::create_dir_all(g.join("objects")).unwrap();
+        std::fs::create_dir_all(g.join("refs/heads")).unwrap();
+        std::fs::create_dir_all(g.join("hooks")).unwrap();
+        std::fs::write(g.join("HEAD"), "ref: refs/heads/main\n").unwrap();
+        std::fs::write(g.join("config"), "[core]\n").unwrap();
+    }
+    std::fs::create_dir_all(bare.join("worktrees/main")).unwrap();
+    std::fs::write(bare.join("worktrees/main/HEAD"), "ref: refs/heads/main\n").unwrap();
+    std::fs::write(bare.join("worktrees/main/commondir"), "../..\n").unwrap();
+    std::fs::write(sb.ws.join("proj/.git"), "gitdir: ./.bare\n").unwrap();
+    std::fs::create_dir_all(sb.ws.join("proj/main")).unwrap();
+    std::fs::write(sb.ws.join("proj/main/.git"), "gitdir: ../.bare/worktrees/main\n").unwrap();
+    std::fs::write(sb.ws.join("proj/main/file.txt"), "work\n").unwrap();
+    std::fs::create_dir_all(sb.ws.join("sep/wt")).unwrap();
+    std::fs::write(sb.ws.join("sep/wt/.git"), format!("gitdir: {}\n", sep.display())).unwrap();
+    if sb.who == As::Nobody {
+        for d in ["proj", "sep"] {
+            Command::new("chown").args(["-R", "65534:65534"]).arg(sb.ws.join(d)).status().unwrap();
+        }
+    }
+    let strict = |args: &[&str]| probe_with(sb, &["--profile", "strict"], args);
+    strict(&["write", &ws(sb, "proj/.bare/config")]).expect("errno 13 EACCES");
+    strict(&["create", &ws(sb, "proj/.bare/hooks/pre-commit")]).expect("errno 13 EACCES");
+    strict(&["create", &ws(sb, "proj/.bare/worktrees/main/config.worktree")]).expect("errno 13 EACCES");
+    strict(&["write", &ws(sb, "sep/repo-gitdir/config")]).expect("errno 13 EACCES");
+    // Nor moved away whole (its name freed for another).
+    strict(&["rename", &ws(sb, "proj/.bare"), &ws(sb, "proj/old")]).expect("errno 13 EACCES");
+    for g in [&bare, &sep] {
+        assert_eq!(std::fs::read_to_string(g.join("config")).unwrap(), "[core]\n");
+    }
+    assert!(!bare.join("hooks/pre-commit").exists() && !bare.join("worktrees/main/config.worktree").exists());
+    // Moving the project moves the repository along, still protected; but
+    // no git directory can be built in its place (a `.git` file naming it
+    // by an absolute path would send git there): git wants a HEAD.
+    strict(&["rename", &ws(sb, "proj"), &ws(sb, "moved")]).expect("ok");
+    strict(&["write", &ws(sb, "moved/.bare/config")]).expect("errno 13 EACCES");
+    strict(&["mkdir", &ws(sb, "proj")]).expect("ok");
+    strict(&["mkdir", &ws(sb, "proj/.bare")]).expect("ok");
+    strict(&["create", &ws(sb, "proj/.bare/HEAD")]).expect("errno 13 EACCES");
+    assert!(!sb.ws.join("proj/.bare/HEAD").exists());
+    // Twins: the work trees beside them stay writable.
+    strict(&["write", &ws(sb, "moved/main/file.txt")]).expect("ok");
+    strict(&["create", &ws(sb, "sep/wt/new.txt")]).expect("ok");
+    assert_eq!(std::fs::read_to_string(sb.ws.join("moved/main/file.txt")).unwrap(), "work\nprobe\n");
+    // mcp-git writes a repository's objects but not its config: its finer
+    // `**/.git/...` rules hold under the other name too.
+    let p = sb.profile("protect.toml", PROTECT);
+    probe_gate(sb, &p, &["write", &ws(sb, "moved/.bare/config")]).expect("errno 13 EACCES");
+    probe_gate(sb, &p, &["create", &ws(sb, "moved/.bare/objects/ab")]).expect("ok");
+    assert_eq!(std::fs::read_to_string(sb.ws.join("moved/.bare/config")).unwrap(), "[core]\n");
+});
+
 both!(strict_protects_git_at_any_depth_and_in_write_roots, |sb| {
     // strict's `**/.git/...` rules: a repository handed over with --write
     // (a git server's --repository, a filesystem server's directory: `wrap`

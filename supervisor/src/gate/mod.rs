@@ -225,6 +225,10 @@ pub struct Op {
     pub access: Vec<Access>,
     /// Canonical targets the rules are matched on; `moves` as in policy::ask::Subject.
     pub targets: Vec<(String, bool)>,
+    /// More names the rules are matched on, for the target of that index:
+    /// its path as if each git directory it is or lies in were a `.git`
+    /// (gate::path::git_aliases). Never shown, never keyed.
+    pub aliases: Vec<(usize, String)>,
     pub subject: Option<Subject>,
     /// `open-write`, `rename`, `exec`, `connect`, ...
     pub kind: &'static str,
@@ -450,8 +454,11 @@ impl Shared {
                         });
                     }
                     let no_grants = policy::ask::Grants::default();
-                    for (t, moves) in &op.targets {
-                        let subject = policy::ask::Subject::Path { path: t, moves: *moves };
+                    // A git directory under another name is decided as the
+                    // `.git` it stands for, beside its own name.
+                    let aliases = op.aliases.iter().filter_map(|(i, a)| Some((a, op.targets.get(*i)?.1)));
+                    for (t, moves) in op.targets.iter().map(|(t, m)| (t, *m)).chain(aliases) {
+                        let subject = policy::ask::Subject::Path { path: t, moves };
                         let mut d = policy::ask::decide(&self.ctx.plan, &grants, access, &subject);
                         // A name that is not UTF-8 was made text lossily
                         // (each bad byte U+FFFD): many names share that text,
@@ -478,7 +485,11 @@ impl Shared {
     /// symlink there, or moves a tree (which could hold one) or a symlink
     /// in from elsewhere (or, exchanged, out).
     fn brings_a_symlink(&self, op: &Op) -> Option<&policy::ask::GateRule> {
-        let zone = |i: usize| op.targets.get(i).and_then(|(t, _)| policy::ask::no_symlinks_at(&self.ctx.plan, t));
+        let zone = |i: usize| {
+            let names = op.targets.get(i).map(|(t, _)| t).into_iter();
+            let aliases = op.aliases.iter().filter(|(j, _)| *j == i).map(|(_, a)| a);
+            names.chain(aliases).find_map(|t| policy::ask::no_symlinks_at(&self.ctx.plan, t))
+        };
         match op.kind {
             "symlink" | "mknod" => zone(0),
             "link-symlink" => zone(1),
@@ -1276,6 +1287,7 @@ mod tests {
         let op = |kind: &'static str, access: Vec<Access>, subject: Option<Subject>, detail: &str| Op {
             access,
             targets: vec![("/ws/secret".into(), false)],
+            aliases: vec![],
             subject,
             kind,
             detail: detail.into(),

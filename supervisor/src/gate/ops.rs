@@ -9,7 +9,7 @@ use nix::fcntl::OFlag;
 use nix::sys::stat::Mode;
 use policy::ask::Access;
 
-use super::path::{resolve, Caller, OwnProc, Resolved};
+use super::path::{git_aliases, resolve, Caller, OwnProc, Resolved};
 use super::{Op, Reply, Shared, Subject};
 use crate::sandbox::seccomp::nr;
 use crate::sys::notify::{self, Notif};
@@ -89,7 +89,10 @@ fn int(v: u64) -> i32 {
 
 fn path_arg(shared: &Shared, n: &Notif, caller: &Caller, dirfd: u64, addr: u64, follow: bool) -> Result<Resolved, i32> {
     let p = read_cstr(shared, n, addr, PATH_MAX)?;
-    let resolved = resolve(caller, int(dirfd), &p, follow)?;
+    let mut resolved = resolve(caller, int(dirfd), &p, follow)?;
+    if names_dot_git(&shared.ctx.plan) {
+        resolved.git_aliases = git_aliases(&resolved);
+    }
     // `resolve` opened the caller's /proc/TID/{root,cwd,fd/N}: had the
     // caller died and its TID been reused since the read above, those would
     // be another process's (THREATS #14). Still valid now: they were its.
@@ -97,6 +100,19 @@ fn path_arg(shared: &Shared, n: &Notif, caller: &Caller, dirfd: u64, addr: u64, 
         return Err(libc::ESRCH);
     }
     Ok(resolved)
+}
+
+/// Whether a rule names `.git` at any depth (`**/.git`, `**/.git/config`):
+/// then a git directory under another name is held to it too.
+fn names_dot_git(plan: &policy::ask::GatePlan) -> bool {
+    plan.rules
+        .iter()
+        .any(|r| matches!(&r.target, policy::ask::Target::Anywhere(s) if s == ".git" || s.starts_with(".git/")))
+}
+
+/// The aliases of resolved targets, by their index in the op's `targets`.
+fn aliases_of(targets: &[&Resolved]) -> Vec<(usize, String)> {
+    targets.iter().enumerate().flat_map(|(i, r)| r.git_aliases.iter().map(move |a| (i, a.clone()))).collect()
 }
 
 fn hands_result(r: Option<Reply>) -> Reply {
@@ -183,6 +199,7 @@ pub fn classify(shared: &Shared, n: &Notif) -> Result<Op, i32> {
             Ok(Op {
                 access: vec![Access::Write, Access::Read],
                 targets: vec![(from.canonical.clone(), true), (to.canonical.clone(), true)],
+                aliases: aliases_of(&[&from, &to]),
                 subject: None,
                 kind: if file_over_file { "rename" } else { "rename-tree" },
                 detail: format!("rename({:?}, {:?}, flags {flags:#x})", from.canonical, to.canonical),
@@ -224,6 +241,7 @@ pub fn classify(shared: &Shared, n: &Notif) -> Result<Op, i32> {
             Ok(Op {
                 access: vec![Access::Write, Access::Read],
                 targets: vec![(from.canonical.clone(), true), (to.canonical.clone(), true)],
+                aliases: aliases_of(&[&from, &to]),
                 subject: None,
                 // Without AT_SYMLINK_FOLLOW a symlink is linked as itself.
                 kind: if from.kind == Some(libc::S_IFLNK) { "link-symlink" } else { "link" },
@@ -260,6 +278,7 @@ pub fn classify(shared: &Shared, n: &Notif) -> Result<Op, i32> {
                 access: vec![Access::Write, Access::Read],
                 // A symlink named like a protected place redirects it: counts as a move.
                 targets: vec![(link.canonical.clone(), true)],
+                aliases: aliases_of(&[&link]),
                 subject: None,
                 kind: "symlink",
                 detail: format!("symlink({:?} -> {:?})", link.canonical, target.to_string_lossy()),
@@ -287,6 +306,7 @@ pub fn classify(shared: &Shared, n: &Notif) -> Result<Op, i32> {
             Ok(Op {
                 access: vec![Access::Write],
                 targets: vec![(r.canonical.clone(), false)],
+                aliases: aliases_of(&[&r]),
                 subject: None,
                 kind: "unlink",
                 detail: format!("unlink({:?})", r.canonical),
@@ -309,6 +329,7 @@ pub fn classify(shared: &Shared, n: &Notif) -> Result<Op, i32> {
             Ok(Op {
                 access: vec![Access::Write],
                 targets: vec![(r.canonical.clone(), false)],
+                aliases: aliases_of(&[&r]),
                 subject: None,
                 kind: "mkdir",
                 detail: format!("mkdir({:?}, {:o})", r.canonical, mode),
@@ -337,6 +358,7 @@ pub fn classify(shared: &Shared, n: &Notif) -> Result<Op, i32> {
             Ok(Op {
                 access: vec![Access::Write],
                 targets: vec![(r.canonical.clone(), true)],
+                aliases: aliases_of(&[&r]),
                 subject: None,
                 kind: "mknod",
                 detail: format!("mknod({:?}, {:o})", r.canonical, mode),
@@ -365,6 +387,7 @@ pub fn classify(shared: &Shared, n: &Notif) -> Result<Op, i32> {
                 // submodule's own directory, whose `config` no rule covers
                 // (a helper's hunt ran core.fsmonitor that way).
                 targets: vec![(r.canonical.clone(), r.kind == Some(libc::S_IFREG))],
+                aliases: aliases_of(&[&r]),
                 subject: None,
                 kind: "truncate",
                 detail: format!("truncate({:?}, {len})", r.canonical),
@@ -404,6 +427,7 @@ pub fn classify(shared: &Shared, n: &Notif) -> Result<Op, i32> {
             Ok(Op {
                 access: vec![Access::Exec],
                 targets: vec![(r.canonical.clone(), false)],
+                aliases: aliases_of(&[&r]),
                 subject: None,
                 kind: "exec",
                 detail: format!("exec {} (argv: {})", r.canonical, shell_words(&argv)),
@@ -417,6 +441,7 @@ pub fn classify(shared: &Shared, n: &Notif) -> Result<Op, i32> {
             Ok(Op {
                 access: vec![Access::Syscall],
                 targets: vec![],
+                aliases: vec![],
                 // The arguments are formatted only if someone is shown them.
                 subject: Some(Subject::Syscall(name.clone(), a)),
                 kind: "syscall",
@@ -465,6 +490,7 @@ fn open_op(
         return Ok(Op {
             access: vec![],
             targets: vec![],
+            aliases: vec![],
             subject: None,
             kind: "open-path",
             detail: String::new(),
@@ -545,6 +571,7 @@ fn open_op(
             r.canonical.clone(),
             !marker && ((creates && r.kind.is_none()) || (writes && r.kind == Some(libc::S_IFREG))),
         )],
+        aliases: aliases_of(&[&r]),
         subject: None,
         kind,
         detail: format!(
@@ -698,6 +725,7 @@ fn connect_op(shared: &Shared, n: &Notif, _caller: &Caller) -> Result<Op, i32> {
         return Ok(Op {
             access: vec![],
             targets: vec![],
+            aliases: vec![],
             subject: None,
             kind: "connect",
             detail: String::new(),
@@ -735,6 +763,7 @@ fn connect_op(shared: &Shared, n: &Notif, _caller: &Caller) -> Result<Op, i32> {
         return Ok(Op {
             access: vec![],
             targets: vec![],
+            aliases: vec![],
             subject: None,
             kind: "connect",
             detail: String::new(),
@@ -744,6 +773,7 @@ fn connect_op(shared: &Shared, n: &Notif, _caller: &Caller) -> Result<Op, i32> {
     Ok(Op {
         access: vec![Access::Connect],
         targets: vec![],
+        aliases: vec![],
         subject: Some(Subject::Addr(ip, port)),
         kind: "connect",
         detail: format!("connect(tcp {})", std::net::SocketAddr::new(ip, port)),

@@ -45,6 +45,11 @@ pub struct Resolved {
     /// ended in `/`, for a call that does not follow: the kernel acts on
     /// no target then (`unlink("link/")` is ENOTDIR), see [`Resolved::no_slash_link`].
     pub slash_followed: bool,
+    /// The names rules are also matched on, when the target is (or lies
+    /// in) a directory git takes for a git directory under another name
+    /// than `.git`: [`git_aliases`]. Filled by the gate where a rule names
+    /// `.git` at any depth.
+    pub git_aliases: Vec<String>,
 }
 
 /// A file in the caller's own /proc directory, named through `/proc/self`
@@ -297,6 +302,7 @@ pub fn resolve(caller: &Caller, dirfd: i32, path: &[u8], follow: bool) -> Result
                 kind: Some(libc::S_IFDIR),
                 own_proc: None,
                 slash_followed,
+                git_aliases: Vec::new(),
             });
         }
         let name = CString::new(last).map_err(|_| libc::EINVAL)?;
@@ -324,9 +330,84 @@ pub fn resolve(caller: &Caller, dirfd: i32, path: &[u8], follow: bool) -> Result
         }
         let canonical = join(&dir_path, last);
         let own_proc = own_proc.filter(|_| !trailing_slash && kind == Some(libc::S_IFREG));
-        return Ok(Resolved { dir, name: Some(name), canonical, trailing_slash, kind, own_proc, slash_followed });
+        return Ok(Resolved {
+            dir,
+            name: Some(name),
+            canonical,
+            trailing_slash,
+            kind,
+            own_proc,
+            slash_followed,
+            git_aliases: Vec::new(),
+        });
     }
     Err(libc::ELOOP)
+}
+
+/// Whether git takes the directory `fd` for a git directory: it holds
+/// `HEAD` and `objects/` (or `commondir`, as a linked worktree's does).
+/// Looser than git (which also wants a valid `HEAD` and `refs/`): a
+/// directory that only looks like one is treated as one.
+fn is_git_dir(fd: &OwnedFd) -> bool {
+    use nix::fcntl::AtFlags;
+    let at = |name: &std::ffi::CStr, flags: AtFlags| {
+        nix::sys::stat::fstatat(Some(fd.as_raw_fd()), name, flags).ok().map(|st| st.st_mode & libc::S_IFMT)
+    };
+    at(c"HEAD", AtFlags::AT_SYMLINK_NOFOLLOW).is_some()
+        && (at(c"objects", AtFlags::empty()) == Some(libc::S_IFDIR)
+            || at(c"commondir", AtFlags::AT_SYMLINK_NOFOLLOW).is_some())
+}
+
+/// The target's path as it would read if each git directory it is or lies
+/// in were named `.git`, for each such directory not named `.git` already.
+///
+/// A `.git` *file* (`gitdir: PATH`: `git clone --separate-git-dir`, a bare
+/// repository with worktrees beside it) sends git to a directory of any
+/// name, whose `config` and hooks it obeys as it would a `.git`'s; so does
+/// a bare repository. Rules that name `.git` at any depth must hold there
+/// too (a helper's hunt rewrote `proj/.bare/config`, and the host's next
+/// `git status` ran its fsmonitor). Found from the resolved directory fd
+/// upwards (`..`, not by name), so what is checked is where the act lands
+/// even if names change meanwhile; mapped onto `canonical` by the path
+/// the kernel gives each directory found (the git directory itself when
+/// that no longer leads to the target).
+pub fn git_aliases(r: &Resolved) -> Vec<String> {
+    let open_dir = |at: &OwnedFd, name: &std::ffi::CStr| {
+        nix::fcntl::openat(
+            Some(at.as_raw_fd()),
+            name,
+            OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        )
+        .ok()
+        .map(notify::own)
+    };
+    let mut out = Vec::new();
+    let start = match (&r.name, r.kind) {
+        (Some(name), Some(libc::S_IFDIR)) => open_dir(&r.dir, name),
+        _ => r.dir.try_clone().ok(),
+    };
+    let Some(mut fd) = start else { return out };
+    // Every directory from the target up: as many as `canonical` names,
+    // and one more should a rename meanwhile have put the target deeper
+    // (`/`'s `..` is `/` again).
+    for _ in 0..=r.canonical.matches('/').count() {
+        if is_git_dir(&fd) {
+            let path = fd_path(&fd).unwrap_or_default();
+            match path.rsplit_once('/') {
+                Some((_, ".git" | "")) | None => {}
+                Some((parent, _)) => {
+                    let rest = r.canonical.strip_prefix(&path).filter(|rest| rest.is_empty() || rest.starts_with('/'));
+                    out.push(format!("{parent}/.git{}", rest.unwrap_or("")));
+                }
+            }
+        }
+        match open_dir(&fd, c"..") {
+            Some(up) => fd = up,
+            None => break,
+        }
+    }
+    out
 }
 
 #[cfg(test)]
