@@ -825,7 +825,7 @@ pub fn bench(args: &[String]) -> Result<()> {
 | getppid parked, bare responder (receive, answer): the floor | {:.2} µs | {:.2} µs | {:.2} µs | |\n\
 | getppid parked, the gate decides (ask rule, session grant: no human) | {:.2} µs | {:.2} µs | {:.2} µs | p50 ≤ 1.3x floor ({:.2}x), p99 ≤ 3x floor ({:.2}x) |\n\
 | open(O_WRONLY\\|O_APPEND)+close, no filter | {:.2} µs | {:.2} µs | {:.2} µs | |\n\
-| the same open through the gate (resolve, decide, open in the confined thread, ADDFD) | {:.2} µs | {:.2} µs | {:.2} µs | |\n\n\
+| the same open through the gate (resolve, look for git directories above it, decide, open in the confined thread, ADDFD) | {:.2} µs | {:.2} µs | {:.2} µs | |\n\n\
 Decisions per second, one sandbox calling back to back: {:.0} (target: at least 100,000). \
 SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP is set where the kernel has it (6.6+). \
 Policy-allowed operations write no audit record; denials are group-committed, asks are durable before the answer is acted on.\n",

@@ -112,6 +112,9 @@ pub fn measure(iters: usize, dir: &Path) -> Result<GateBench, Failure> {
         rules: vec![
             rule(Access::Syscall, Target::Syscall { name: "getppid".into(), nr: nr_getppid }, false),
             rule(Access::Write, Target::Path(dir.join("protected").to_string_lossy().into_owned()), true),
+            // As strict's: every write then also looks for git directories
+            // of other names around its target (gate::path::git_aliases).
+            rule(Access::Write, Target::Anywhere(".git".into()), true),
         ],
         markers: vec![],
         symlinks: vec![],
