@@ -1559,8 +1559,17 @@ both!(a_git_directory_under_another_name_is_held_to_the_git_rules, |sb| {
     std::fs::write(sb.ws.join("proj/main/file.txt"), "work\n").unwrap();
     std::fs::create_dir_all(sb.ws.join("sep/wt")).unwrap();
     std::fs::write(sb.ws.join("sep/wt/.git"), format!("gitdir: {}\n", sep.display())).unwrap();
+    std::fs::create_dir_all(bare.join("objects/info")).unwrap();
+    // A worktree checked out inside its bare repository: a work tree.
+    let inside = sb.ws.join("inb/repo.git");
+    for d in ["objects", "refs", "main"] {
+        std::fs::create_dir_all(inside.join(d)).unwrap();
+    }
+    std::fs::write(inside.join("HEAD"), "ref: refs/heads/main\n").unwrap();
+    std::fs::write(inside.join("config"), "[core]\n").unwrap();
+    std::fs::write(inside.join("main/.git"), "gitdir: ../worktrees/main\n").unwrap();
     if sb.who == As::Nobody {
-        for d in ["proj", "sep"] {
+        for d in ["proj", "sep", "inb"] {
             Command::new("chown").args(["-R", "65534:65534"]).arg(sb.ws.join(d)).status().unwrap();
         }
     }
@@ -1584,9 +1593,11 @@ both!(a_git_directory_under_another_name_is_held_to_the_git_rules, |sb| {
     strict(&["mkdir", &ws(sb, "proj/.bare")]).expect("ok");
     strict(&["create", &ws(sb, "proj/.bare/HEAD")]).expect("errno 13 EACCES");
     assert!(!sb.ws.join("proj/.bare/HEAD").exists());
-    // Twins: the work trees beside them stay writable.
+    // Twins: the work trees beside them (or in them) stay writable.
     strict(&["write", &ws(sb, "moved/main/file.txt")]).expect("ok");
     strict(&["create", &ws(sb, "sep/wt/new.txt")]).expect("ok");
+    strict(&["create", &ws(sb, "inb/repo.git/main/new.txt")]).expect("ok");
+    strict(&["write", &ws(sb, "inb/repo.git/config")]).expect("errno 13 EACCES");
     assert_eq!(std::fs::read_to_string(sb.ws.join("moved/main/file.txt")).unwrap(), "work\nprobe\n");
     // mcp-git writes a repository's objects but not its config: its finer
     // `**/.git/...` rules hold under the other name too.
@@ -1594,6 +1605,14 @@ both!(a_git_directory_under_another_name_is_held_to_the_git_rules, |sb| {
     probe_gate(sb, &p, &["write", &ws(sb, "moved/.bare/config")]).expect("errno 13 EACCES");
     probe_gate(sb, &p, &["create", &ws(sb, "moved/.bare/objects/ab")]).expect("ok");
     assert_eq!(std::fs::read_to_string(sb.ws.join("moved/.bare/config")).unwrap(), "[core]\n");
+    // mcp-git lets `.git` directories be made (git init): one made inside
+    // a git directory does not end the look upwards short of it.
+    probe_gate(sb, &p, &["mkdir", &ws(sb, "moved/.bare/objects/.git")]).expect("ok");
+    probe_gate(sb, &p, &["create", &ws(sb, "moved/.bare/objects/info/alternates")]).expect("errno 13 EACCES");
+    // Nor can the workspace itself become a bare repository (git writes
+    // `.git/HEAD`, never the workspace's).
+    probe_gate(sb, &p, &["create", &ws(sb, "HEAD")]).expect("errno 13 EACCES");
+    assert!(!sb.ws.join("HEAD").exists() && !sb.ws.join("moved/.bare/objects/info/alternates").exists());
 });
 
 both!(strict_protects_git_at_any_depth_and_in_write_roots, |sb| {

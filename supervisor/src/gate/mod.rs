@@ -455,11 +455,19 @@ impl Shared {
                     }
                     let no_grants = policy::ask::Grants::default();
                     // A git directory under another name is decided as the
-                    // `.git` it stands for, beside its own name.
-                    let aliases = op.aliases.iter().filter_map(|(i, a)| Some((a, op.targets.get(*i)?.1)));
-                    for (t, moves) in op.targets.iter().map(|(t, m)| (t, *m)).chain(aliases) {
+                    // `.git` it stands for, beside its own name; no grant
+                    // answers for such a name (a grant on `/ws/.git/x` is
+                    // not one on every git directory's `x`).
+                    let aliases = op.aliases.iter().filter_map(|(i, a)| Some((a, op.targets.get(*i)?.1, true)));
+                    let named = op.targets.iter().map(|(t, m)| (t, *m, false));
+                    for (t, moves, alias) in named.chain(aliases) {
                         let subject = policy::ask::Subject::Path { path: t, moves };
-                        let mut d = policy::ask::decide(&self.ctx.plan, &grants, access, &subject);
+                        let mut d = policy::ask::decide(
+                            &self.ctx.plan,
+                            if alias { &no_grants } else { &grants },
+                            access,
+                            &subject,
+                        );
                         // A name that is not UTF-8 was made text lossily
                         // (each bad byte U+FFFD): many names share that text,
                         // so no grant answers for one (see `answered`).

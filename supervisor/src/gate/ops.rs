@@ -89,10 +89,7 @@ fn int(v: u64) -> i32 {
 
 fn path_arg(shared: &Shared, n: &Notif, caller: &Caller, dirfd: u64, addr: u64, follow: bool) -> Result<Resolved, i32> {
     let p = read_cstr(shared, n, addr, PATH_MAX)?;
-    let mut resolved = resolve(caller, int(dirfd), &p, follow)?;
-    if names_dot_git(&shared.ctx.plan) {
-        resolved.git_aliases = git_aliases(&resolved);
-    }
+    let resolved = resolve(caller, int(dirfd), &p, follow)?;
     // `resolve` opened the caller's /proc/TID/{root,cwd,fd/N}: had the
     // caller died and its TID been reused since the read above, those would
     // be another process's (THREATS #14). Still valid now: they were its.
@@ -110,9 +107,25 @@ fn names_dot_git(plan: &policy::ask::GatePlan) -> bool {
         .any(|r| matches!(&r.target, policy::ask::Target::Anywhere(s) if s == ".git" || s.starts_with(".git/")))
 }
 
-/// The aliases of resolved targets, by their index in the op's `targets`.
-fn aliases_of(targets: &[&Resolved]) -> Vec<(usize, String)> {
-    targets.iter().enumerate().flat_map(|(i, r)| r.git_aliases.iter().map(move |a| (i, a.clone()))).collect()
+/// Whether no `.git` can be written anywhere (strict's `**/.git`, denied).
+fn denies_every_dot_git(plan: &policy::ask::GatePlan) -> bool {
+    plan.rules.iter().any(|r| {
+        r.deny && r.access == Access::Write && matches!(&r.target, policy::ask::Target::Anywhere(s) if s == ".git")
+    })
+}
+
+/// The names resolved targets also go by, by their index in the op's
+/// `targets` ([`git_aliases`]), where a rule names `.git` at any depth.
+fn aliases_of(shared: &Shared, targets: &[&Resolved]) -> Result<Vec<(usize, String)>, i32> {
+    if !names_dot_git(&shared.ctx.plan) {
+        return Ok(Vec::new());
+    }
+    let work_trees = denies_every_dot_git(&shared.ctx.plan);
+    let mut out = Vec::new();
+    for (i, r) in targets.iter().enumerate() {
+        out.extend(git_aliases(r, work_trees)?.into_iter().map(|a| (i, a)));
+    }
+    Ok(out)
 }
 
 fn hands_result(r: Option<Reply>) -> Reply {
@@ -199,7 +212,7 @@ pub fn classify(shared: &Shared, n: &Notif) -> Result<Op, i32> {
             Ok(Op {
                 access: vec![Access::Write, Access::Read],
                 targets: vec![(from.canonical.clone(), true), (to.canonical.clone(), true)],
-                aliases: aliases_of(&[&from, &to]),
+                aliases: aliases_of(shared, &[&from, &to])?,
                 subject: None,
                 kind: if file_over_file { "rename" } else { "rename-tree" },
                 detail: format!("rename({:?}, {:?}, flags {flags:#x})", from.canonical, to.canonical),
@@ -241,7 +254,7 @@ pub fn classify(shared: &Shared, n: &Notif) -> Result<Op, i32> {
             Ok(Op {
                 access: vec![Access::Write, Access::Read],
                 targets: vec![(from.canonical.clone(), true), (to.canonical.clone(), true)],
-                aliases: aliases_of(&[&from, &to]),
+                aliases: aliases_of(shared, &[&from, &to])?,
                 subject: None,
                 // Without AT_SYMLINK_FOLLOW a symlink is linked as itself.
                 kind: if from.kind == Some(libc::S_IFLNK) { "link-symlink" } else { "link" },
@@ -278,7 +291,7 @@ pub fn classify(shared: &Shared, n: &Notif) -> Result<Op, i32> {
                 access: vec![Access::Write, Access::Read],
                 // A symlink named like a protected place redirects it: counts as a move.
                 targets: vec![(link.canonical.clone(), true)],
-                aliases: aliases_of(&[&link]),
+                aliases: aliases_of(shared, &[&link])?,
                 subject: None,
                 kind: "symlink",
                 detail: format!("symlink({:?} -> {:?})", link.canonical, target.to_string_lossy()),
@@ -306,7 +319,7 @@ pub fn classify(shared: &Shared, n: &Notif) -> Result<Op, i32> {
             Ok(Op {
                 access: vec![Access::Write],
                 targets: vec![(r.canonical.clone(), false)],
-                aliases: aliases_of(&[&r]),
+                aliases: aliases_of(shared, &[&r])?,
                 subject: None,
                 kind: "unlink",
                 detail: format!("unlink({:?})", r.canonical),
@@ -329,7 +342,7 @@ pub fn classify(shared: &Shared, n: &Notif) -> Result<Op, i32> {
             Ok(Op {
                 access: vec![Access::Write],
                 targets: vec![(r.canonical.clone(), false)],
-                aliases: aliases_of(&[&r]),
+                aliases: aliases_of(shared, &[&r])?,
                 subject: None,
                 kind: "mkdir",
                 detail: format!("mkdir({:?}, {:o})", r.canonical, mode),
@@ -358,7 +371,7 @@ pub fn classify(shared: &Shared, n: &Notif) -> Result<Op, i32> {
             Ok(Op {
                 access: vec![Access::Write],
                 targets: vec![(r.canonical.clone(), true)],
-                aliases: aliases_of(&[&r]),
+                aliases: aliases_of(shared, &[&r])?,
                 subject: None,
                 kind: "mknod",
                 detail: format!("mknod({:?}, {:o})", r.canonical, mode),
@@ -387,7 +400,7 @@ pub fn classify(shared: &Shared, n: &Notif) -> Result<Op, i32> {
                 // submodule's own directory, whose `config` no rule covers
                 // (a helper's hunt ran core.fsmonitor that way).
                 targets: vec![(r.canonical.clone(), r.kind == Some(libc::S_IFREG))],
-                aliases: aliases_of(&[&r]),
+                aliases: aliases_of(shared, &[&r])?,
                 subject: None,
                 kind: "truncate",
                 detail: format!("truncate({:?}, {len})", r.canonical),
@@ -427,7 +440,8 @@ pub fn classify(shared: &Shared, n: &Notif) -> Result<Op, i32> {
             Ok(Op {
                 access: vec![Access::Exec],
                 targets: vec![(r.canonical.clone(), false)],
-                aliases: aliases_of(&[&r]),
+                // Only writes are held to the `.git` rules under other names.
+                aliases: vec![],
                 subject: None,
                 kind: "exec",
                 detail: format!("exec {} (argv: {})", r.canonical, shell_words(&argv)),
@@ -571,7 +585,7 @@ fn open_op(
             r.canonical.clone(),
             !marker && ((creates && r.kind.is_none()) || (writes && r.kind == Some(libc::S_IFREG))),
         )],
-        aliases: aliases_of(&[&r]),
+        aliases: aliases_of(shared, &[&r])?,
         subject: None,
         kind,
         detail: format!(

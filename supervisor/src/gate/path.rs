@@ -45,11 +45,6 @@ pub struct Resolved {
     /// ended in `/`, for a call that does not follow: the kernel acts on
     /// no target then (`unlink("link/")` is ENOTDIR), see [`Resolved::no_slash_link`].
     pub slash_followed: bool,
-    /// The names rules are also matched on, when the target is (or lies
-    /// in) a directory git takes for a git directory under another name
-    /// than `.git`: [`git_aliases`]. Filled by the gate where a rule names
-    /// `.git` at any depth.
-    pub git_aliases: Vec<String>,
 }
 
 /// A file in the caller's own /proc directory, named through `/proc/self`
@@ -302,7 +297,6 @@ pub fn resolve(caller: &Caller, dirfd: i32, path: &[u8], follow: bool) -> Result
                 kind: Some(libc::S_IFDIR),
                 own_proc: None,
                 slash_followed,
-                git_aliases: Vec::new(),
             });
         }
         let name = CString::new(last).map_err(|_| libc::EINVAL)?;
@@ -330,32 +324,27 @@ pub fn resolve(caller: &Caller, dirfd: i32, path: &[u8], follow: bool) -> Result
         }
         let canonical = join(&dir_path, last);
         let own_proc = own_proc.filter(|_| !trailing_slash && kind == Some(libc::S_IFREG));
-        return Ok(Resolved {
-            dir,
-            name: Some(name),
-            canonical,
-            trailing_slash,
-            kind,
-            own_proc,
-            slash_followed,
-            git_aliases: Vec::new(),
-        });
+        return Ok(Resolved { dir, name: Some(name), canonical, trailing_slash, kind, own_proc, slash_followed });
     }
     Err(libc::ELOOP)
 }
 
 /// Whether git takes the directory `fd` for a git directory: it holds
-/// `HEAD` and `objects/` (or `commondir`, as a linked worktree's does).
-/// Looser than git (which also wants a valid `HEAD` and `refs/`): a
-/// directory that only looks like one is treated as one.
+/// `HEAD` and `objects` (or `commondir`, as a linked worktree's does).
+/// Looser than git (which also wants a valid `HEAD` and `refs/`, and an
+/// `objects` it may search): a directory that only looks like one is
+/// treated as one.
 fn is_git_dir(fd: &OwnedFd) -> bool {
     use nix::fcntl::AtFlags;
-    let at = |name: &std::ffi::CStr, flags: AtFlags| {
-        nix::sys::stat::fstatat(Some(fd.as_raw_fd()), name, flags).ok().map(|st| st.st_mode & libc::S_IFMT)
-    };
-    at(c"HEAD", AtFlags::AT_SYMLINK_NOFOLLOW).is_some()
-        && (at(c"objects", AtFlags::empty()) == Some(libc::S_IFDIR)
-            || at(c"commondir", AtFlags::AT_SYMLINK_NOFOLLOW).is_some())
+    let has =
+        |name: &std::ffi::CStr, flags: AtFlags| nix::sys::stat::fstatat(Some(fd.as_raw_fd()), name, flags).is_ok();
+    has(c"HEAD", AtFlags::AT_SYMLINK_NOFOLLOW)
+        && (has(c"objects", AtFlags::empty()) || has(c"commondir", AtFlags::AT_SYMLINK_NOFOLLOW))
+}
+
+/// Whether the directory `fd` holds a `.git` (a work tree's root).
+fn holds_dot_git(fd: &OwnedFd) -> bool {
+    nix::sys::stat::fstatat(Some(fd.as_raw_fd()), c".git", nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW).is_ok()
 }
 
 /// The target's path as it would read if each git directory it is or lies
@@ -366,12 +355,22 @@ fn is_git_dir(fd: &OwnedFd) -> bool {
 /// name, whose `config` and hooks it obeys as it would a `.git`'s; so does
 /// a bare repository. Rules that name `.git` at any depth must hold there
 /// too (a helper's hunt rewrote `proj/.bare/config`, and the host's next
-/// `git status` ran its fsmonitor). Found from the resolved directory fd
-/// upwards (`..`, not by name), so what is checked is where the act lands
-/// even if names change meanwhile; mapped onto `canonical` by the path
-/// the kernel gives each directory found (the git directory itself when
-/// that no longer leads to the target).
-pub fn git_aliases(r: &Resolved) -> Vec<String> {
+/// `git status` ran its fsmonitor).
+///
+/// Found from the resolved directory fd upwards (`..`, not by name), so
+/// what is checked is where the act lands even if names change meanwhile,
+/// and mapped onto `canonical` by the path the kernel gives each git
+/// directory found. The walk stops at `/`, and with `work_trees` above a
+/// directory holding a `.git` (a work tree's root: what lies in it is no
+/// repository's state, as in a worktree checked out inside its bare
+/// repository). Only where the sandbox can make no `.git` anywhere
+/// (strict's `**/.git`): elsewhere one it made inside a git directory
+/// would end the walk short of it.
+///
+/// Err (the call is refused, never let through unchecked): the walk could
+/// not go on, or a git directory found no longer leads to `canonical` (a
+/// name changed meanwhile: EAGAIN) or has no path (ENAMETOOLONG, deleted).
+pub fn git_aliases(r: &Resolved, work_trees: bool) -> Result<Vec<String>, i32> {
     let open_dir = |at: &OwnedFd, name: &std::ffi::CStr| {
         nix::fcntl::openat(
             Some(at.as_raw_fd()),
@@ -379,35 +378,33 @@ pub fn git_aliases(r: &Resolved) -> Vec<String> {
             OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
             nix::sys::stat::Mode::empty(),
         )
-        .ok()
         .map(notify::own)
+        .map_err(|e| e as i32)
     };
     let mut out = Vec::new();
-    let start = match (&r.name, r.kind) {
-        (Some(name), Some(libc::S_IFDIR)) => open_dir(&r.dir, name),
-        _ => r.dir.try_clone().ok(),
+    let mut fd = match (&r.name, r.kind) {
+        (Some(name), Some(libc::S_IFDIR)) => open_dir(&r.dir, name)?,
+        _ => r.dir.try_clone().map_err(|_| libc::EMFILE)?,
     };
-    let Some(mut fd) = start else { return out };
-    // Every directory from the target up: as many as `canonical` names,
-    // and one more should a rename meanwhile have put the target deeper
-    // (`/`'s `..` is `/` again).
+    // As many levels as `canonical` names, and one more should a rename
+    // meanwhile have put the target deeper (`/`'s `..` is `/` again).
     for _ in 0..=r.canonical.matches('/').count() {
         if is_git_dir(&fd) {
-            let path = fd_path(&fd).unwrap_or_default();
-            match path.rsplit_once('/') {
-                Some((_, ".git" | "")) | None => {}
-                Some((parent, _)) => {
-                    let rest = r.canonical.strip_prefix(&path).filter(|rest| rest.is_empty() || rest.starts_with('/'));
-                    out.push(format!("{parent}/.git{}", rest.unwrap_or("")));
-                }
+            let path = fd_path(&fd)?;
+            let (parent, name) = path.rsplit_once('/').ok_or(libc::ENOENT)?;
+            if name != ".git" {
+                let rest =
+                    r.canonical.strip_prefix(path.as_str()).filter(|rest| rest.is_empty() || rest.starts_with('/'));
+                let rest = if path == "/" { Some(r.canonical.as_str()) } else { rest };
+                out.push(format!("{parent}/.git{}", rest.ok_or(libc::EAGAIN)?));
             }
         }
-        match open_dir(&fd, c"..") {
-            Some(up) => fd = up,
-            None => break,
+        if work_trees && holds_dot_git(&fd) {
+            break;
         }
+        fd = open_dir(&fd, c"..")?;
     }
-    out
+    Ok(out)
 }
 
 #[cfg(test)]
