@@ -1598,6 +1598,14 @@ both!(a_git_directory_under_another_name_is_held_to_the_git_rules, |sb| {
     strict(&["create", &ws(sb, "sep/wt/new.txt")]).expect("ok");
     strict(&["create", &ws(sb, "inb/repo.git/main/new.txt")]).expect("ok");
     strict(&["write", &ws(sb, "inb/repo.git/config")]).expect("errno 13 EACCES");
+    // Only a `.git` file or directory marks a work tree's root: a socket of
+    // that name (`bind` makes one without the gate, where unix sockets are
+    // allowed) does not end the look short of the git directory.
+    let unix = sb.profile("unix.toml", "extends = \"strict\"\n[ipc]\nunix = true\n");
+    let with_unix = |args: &[&str]| probe_with(sb, &["--profile", &unix], args);
+    with_unix(&["unix-bind", &ws(sb, "moved/.bare/hooks/.git")]).expect("ok");
+    with_unix(&["create", &ws(sb, "moved/.bare/hooks/pre-commit")]).expect("errno 13 EACCES");
+    assert!(!sb.ws.join("moved/.bare/hooks/pre-commit").exists());
     assert_eq!(std::fs::read_to_string(sb.ws.join("moved/main/file.txt")).unwrap(), "work\nprobe\n");
     // mcp-git writes a repository's objects but not its config: its finer
     // `**/.git/...` rules hold under the other name too.
@@ -1609,9 +1617,16 @@ both!(a_git_directory_under_another_name_is_held_to_the_git_rules, |sb| {
     // a git directory does not end the look upwards short of it.
     probe_gate(sb, &p, &["mkdir", &ws(sb, "moved/.bare/objects/.git")]).expect("ok");
     probe_gate(sb, &p, &["create", &ws(sb, "moved/.bare/objects/info/alternates")]).expect("errno 13 EACCES");
+    // Nor does moving its HEAD aside (mcp-git's git writes HEAD) make it
+    // no git directory: its objects beside its config still say it is.
+    probe_gate(sb, &p, &["rename", &ws(sb, "moved/.bare/HEAD"), &ws(sb, "moved/.bare/H")]).expect("ok");
+    probe_gate(sb, &p, &["write", &ws(sb, "moved/.bare/config")]).expect("errno 13 EACCES");
     // Nor can the workspace itself become a bare repository (git writes
-    // `.git/HEAD`, never the workspace's).
+    // `.git/HEAD`, never the workspace's), nor a directory point at a
+    // common git directory of the sandbox's making (`commondir`, whose
+    // target needs no HEAD).
     probe_gate(sb, &p, &["create", &ws(sb, "HEAD")]).expect("errno 13 EACCES");
+    probe_gate(sb, &p, &["create", &ws(sb, "moved/commondir")]).expect("errno 13 EACCES");
     assert!(!sb.ws.join("HEAD").exists() && !sb.ws.join("moved/.bare/objects/info/alternates").exists());
 });
 
@@ -1738,6 +1753,11 @@ both!(no_symlink_lands_in_a_git_dir_and_git_obeys_nothing_else_there, |sb| {
     run(&["rename", &ws(sb, "tree/HEAD"), &ws(sb, ".git/ORIG_HEAD")]).expect("errno 13 EACCES");
     run(&["link", &ws(sb, "tree/HEAD"), &ws(sb, ".git/FETCH_HEAD")]).expect("errno 13 EACCES");
     run(&["rename", &ws(sb, "tree"), &ws(sb, ".git/logs")]).expect("errno 13 EACCES");
+    // Nor once `tree` looks like a git directory itself (its HEAD the
+    // link): a move between two no-symlink zones passes only when both
+    // sides are in one by their own names (a reviewer's repro).
+    run(&["mkdir", &ws(sb, "tree/objects")]).expect("ok");
+    run(&["rename", &ws(sb, "tree/HEAD"), &ws(sb, ".git/COMMIT_EDITMSG")]).expect("errno 13 EACCES");
     for name in ["COMMIT_EDITMSG", "ORIG_HEAD", "FETCH_HEAD", "logs", "objects/info/x"] {
         assert!(std::fs::symlink_metadata(sb.ws.join(".git").join(name)).is_err(), "{name}");
     }

@@ -493,16 +493,22 @@ impl Shared {
     /// symlink there, or moves a tree (which could hold one) or a symlink
     /// in from elsewhere (or, exchanged, out).
     fn brings_a_symlink(&self, op: &Op) -> Option<&policy::ask::GateRule> {
+        let plan = &self.ctx.plan;
+        let named = |i: usize| op.targets.get(i).and_then(|(t, _)| policy::ask::no_symlinks_at(plan, t));
+        // Also under the names a git directory of another name gives it
+        // (gate::path::git_aliases); those only ever add a refusal.
         let zone = |i: usize| {
-            let names = op.targets.get(i).map(|(t, _)| t).into_iter();
-            let aliases = op.aliases.iter().filter(|(j, _)| *j == i).map(|(_, a)| a);
-            names.chain(aliases).find_map(|t| policy::ask::no_symlinks_at(&self.ctx.plan, t))
+            let aliases = op.aliases.iter().filter(|(j, _)| *j == i);
+            named(i).or_else(|| aliases.map(|(_, a)| a).find_map(|a| policy::ask::no_symlinks_at(plan, a)))
         };
         match op.kind {
             "symlink" | "mknod" => zone(0),
             "link-symlink" => zone(1),
+            // A move within one zone, by the names themselves, brings
+            // nothing in; any other move touching a zone does.
             "rename-tree" => match (zone(0), zone(1)) {
-                (Some(_), Some(_)) | (None, None) => None,
+                (None, None) => None,
+                (Some(_), Some(_)) if named(0).is_some() && named(1).is_some() => None,
                 (a, b) => a.or(b),
             },
             _ => None,

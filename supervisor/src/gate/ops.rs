@@ -99,12 +99,15 @@ fn path_arg(shared: &Shared, n: &Notif, caller: &Caller, dirfd: u64, addr: u64, 
     Ok(resolved)
 }
 
-/// Whether a rule names `.git` at any depth (`**/.git`, `**/.git/config`):
-/// then a git directory under another name is held to it too.
+/// Whether a rule names a `.git` (`**/.git`, `**/.git/config`,
+/// `/ws/.git/hooks`): then a git directory under another name is held to
+/// it too.
 fn names_dot_git(plan: &policy::ask::GatePlan) -> bool {
-    plan.rules
-        .iter()
-        .any(|r| matches!(&r.target, policy::ask::Target::Anywhere(s) if s == ".git" || s.starts_with(".git/")))
+    plan.rules.iter().any(|r| match &r.target {
+        policy::ask::Target::Anywhere(s) => s == ".git" || s.starts_with(".git/"),
+        policy::ask::Target::Path(p) => p.ends_with("/.git") || p.contains("/.git/"),
+        _ => false,
+    })
 }
 
 /// Whether no `.git` can be written anywhere (strict's `**/.git`, denied).
@@ -120,10 +123,10 @@ fn aliases_of(shared: &Shared, targets: &[&Resolved]) -> Result<Vec<(usize, Stri
     if !names_dot_git(&shared.ctx.plan) {
         return Ok(Vec::new());
     }
-    let work_trees = denies_every_dot_git(&shared.ctx.plan);
+    let strict = denies_every_dot_git(&shared.ctx.plan);
     let mut out = Vec::new();
     for (i, r) in targets.iter().enumerate() {
-        out.extend(git_aliases(r, work_trees)?.into_iter().map(|a| (i, a)));
+        out.extend(git_aliases(r, strict)?.into_iter().map(|a| (i, a)));
     }
     Ok(out)
 }

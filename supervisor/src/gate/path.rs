@@ -333,18 +333,25 @@ pub fn resolve(caller: &Caller, dirfd: i32, path: &[u8], follow: bool) -> Result
 /// `HEAD` and `objects` (or `commondir`, as a linked worktree's does).
 /// Looser than git (which also wants a valid `HEAD` and `refs/`, and an
 /// `objects` it may search): a directory that only looks like one is
-/// treated as one.
-fn is_git_dir(fd: &OwnedFd) -> bool {
-    use nix::fcntl::AtFlags;
-    let has =
-        |name: &std::ffi::CStr, flags: AtFlags| nix::sys::stat::fstatat(Some(fd.as_raw_fd()), name, flags).is_ok();
-    has(c"HEAD", AtFlags::AT_SYMLINK_NOFOLLOW)
-        && (has(c"objects", AtFlags::empty()) || has(c"commondir", AtFlags::AT_SYMLINK_NOFOLLOW))
+/// treated as one. Without `strict` (where the sandbox may move `HEAD`
+/// aside: mcp-git, whose git writes it), `objects` beside a `config` is
+/// enough: rules on `.git/config` and `.git/objects/...` keep both in
+/// place once the directory is known for one.
+fn is_git_dir(fd: &OwnedFd, strict: bool) -> bool {
+    let has = |name: &std::ffi::CStr| {
+        nix::sys::stat::fstatat(Some(fd.as_raw_fd()), name, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW).is_ok()
+    };
+    let objects = has(c"objects");
+    (has(c"HEAD") && (objects || has(c"commondir"))) || (!strict && objects && has(c"config"))
 }
 
-/// Whether the directory `fd` holds a `.git` (a work tree's root).
+/// Whether the directory `fd` holds a `.git` file or directory (a work
+/// tree's root). Not a socket, FIFO or symlink of that name: strict lets
+/// the sandbox make none of those two kinds, but `bind` makes a socket
+/// without the gate.
 fn holds_dot_git(fd: &OwnedFd) -> bool {
-    nix::sys::stat::fstatat(Some(fd.as_raw_fd()), c".git", nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW).is_ok()
+    nix::sys::stat::fstatat(Some(fd.as_raw_fd()), c".git", nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW)
+        .is_ok_and(|st| matches!(st.st_mode & libc::S_IFMT, libc::S_IFREG | libc::S_IFDIR))
 }
 
 /// The target's path as it would read if each git directory it is or lies
@@ -353,24 +360,26 @@ fn holds_dot_git(fd: &OwnedFd) -> bool {
 /// A `.git` *file* (`gitdir: PATH`: `git clone --separate-git-dir`, a bare
 /// repository with worktrees beside it) sends git to a directory of any
 /// name, whose `config` and hooks it obeys as it would a `.git`'s; so does
-/// a bare repository. Rules that name `.git` at any depth must hold there
-/// too (a helper's hunt rewrote `proj/.bare/config`, and the host's next
-/// `git status` ran its fsmonitor).
+/// a bare repository. Rules that name `.git` must hold there too (a
+/// helper's hunt rewrote `proj/.bare/config`, and the host's next `git
+/// status` ran its fsmonitor).
 ///
 /// Found from the resolved directory fd upwards (`..`, not by name), so
 /// what is checked is where the act lands even if names change meanwhile,
 /// and mapped onto `canonical` by the path the kernel gives each git
-/// directory found. The walk stops at `/`, and with `work_trees` above a
+/// directory found. The walk ends at `/`. With `strict` (the sandbox can
+/// make no `.git` anywhere: strict's `**/.git`) it also ends above a
 /// directory holding a `.git` (a work tree's root: what lies in it is no
 /// repository's state, as in a worktree checked out inside its bare
-/// repository). Only where the sandbox can make no `.git` anywhere
-/// (strict's `**/.git`): elsewhere one it made inside a git directory
-/// would end the walk short of it.
+/// repository), other than the target itself; elsewhere a `.git` made
+/// inside a git directory would end the walk short of it.
 ///
 /// Err (the call is refused, never let through unchecked): the walk could
-/// not go on, or a git directory found no longer leads to `canonical` (a
-/// name changed meanwhile: EAGAIN) or has no path (ENAMETOOLONG, deleted).
-pub fn git_aliases(r: &Resolved, work_trees: bool) -> Result<Vec<String>, i32> {
+/// not go on or did not reach its end (EAGAIN), or a git directory found
+/// no longer leads to `canonical` (a name changed meanwhile: EAGAIN) or
+/// has no path (ENAMETOOLONG, deleted).
+pub fn git_aliases(r: &Resolved, strict: bool) -> Result<Vec<String>, i32> {
+    use std::os::unix::fs::MetadataExt;
     let open_dir = |at: &OwnedFd, name: &std::ffi::CStr| {
         nix::fcntl::openat(
             Some(at.as_raw_fd()),
@@ -381,15 +390,18 @@ pub fn git_aliases(r: &Resolved, work_trees: bool) -> Result<Vec<String>, i32> {
         .map(notify::own)
         .map_err(|e| e as i32)
     };
+    let id =
+        |fd: &OwnedFd| nix::sys::stat::fstat(fd.as_raw_fd()).map(|st| (st.st_dev, st.st_ino)).map_err(|e| e as i32);
     let mut out = Vec::new();
-    let mut fd = match (&r.name, r.kind) {
-        (Some(name), Some(libc::S_IFDIR)) => open_dir(&r.dir, name)?,
-        _ => r.dir.try_clone().map_err(|_| libc::EMFILE)?,
+    let (mut fd, mut at_target) = match (&r.name, r.kind) {
+        (Some(name), Some(libc::S_IFDIR)) => (open_dir(&r.dir, name)?, true),
+        _ => (r.dir.try_clone().map_err(|_| libc::EMFILE)?, false),
     };
-    // As many levels as `canonical` names, and one more should a rename
-    // meanwhile have put the target deeper (`/`'s `..` is `/` again).
-    for _ in 0..=r.canonical.matches('/').count() {
-        if is_git_dir(&fd) {
+    let root = std::fs::metadata("/").map(|m| (m.dev(), m.ino())).map_err(|_| libc::EIO)?;
+    // As many levels as `canonical` names, and two more should a rename
+    // meanwhile have put the target deeper; not reaching the end is an error.
+    for _ in 0..r.canonical.matches('/').count() + 2 {
+        if is_git_dir(&fd, strict) {
             let path = fd_path(&fd)?;
             let (parent, name) = path.rsplit_once('/').ok_or(libc::ENOENT)?;
             if name != ".git" {
@@ -399,12 +411,13 @@ pub fn git_aliases(r: &Resolved, work_trees: bool) -> Result<Vec<String>, i32> {
                 out.push(format!("{parent}/.git{}", rest.ok_or(libc::EAGAIN)?));
             }
         }
-        if work_trees && holds_dot_git(&fd) {
-            break;
+        if (strict && !at_target && holds_dot_git(&fd)) || id(&fd)? == root {
+            return Ok(out);
         }
+        at_target = false;
         fd = open_dir(&fd, c"..")?;
     }
-    Ok(out)
+    Err(libc::EAGAIN)
 }
 
 #[cfg(test)]
